@@ -1,0 +1,333 @@
+"""Structured approximations of an ``mn × mn`` matrix: Kronecker, eigen-corrected, diagonal.
+
+Conventions (the project's, see ``theory.md`` A.0): vec is row-major, so a matrix
+``X`` of shape ``(m, n)`` is the vector ``X.reshape(-1)`` and
+
+    kron(L, R) @ vec(X) = vec(L X Rᵀ),    L: m×m (rows / output side), R: n×n.
+
+Every structure offers :meth:`~Structure.matvec` on batches of ``(…, m, n)``
+matrices, :meth:`~Structure.to_dense` (for references and small sizes only),
+``trace``, ``logdet``, ``frobenius_norm`` and spectral functions such as damped
+powers ``(S + λI)^p``. Spectral functions of a Kronecker product with damping are
+no longer Kronecker products; they are returned in eigen form
+(:class:`EigenKronecker`), which is exact and as cheap to apply.
+
+Structures are JAX pytrees (their fit information is dropped when flattened), so
+they can be passed into jitted functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .linalg._spectral import eigh_sym
+
+__all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitInfo:
+    """Convergence history of an iterative estimator.
+
+    Attributes:
+        iterations: number of iterations performed.
+        converged: whether the stopping tolerance was met.
+        residuals: one residual per iteration (the estimator's docstring says which).
+        objective: the objective value per iteration, where the estimator has one.
+        method: short name of the algorithm.
+    """
+
+    iterations: int
+    converged: bool
+    residuals: np.ndarray
+    objective: np.ndarray | None = None
+    method: str = ""
+
+
+def _check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Array:
+    """Return ``w + damping`` after checking that ``(w + damping)^p`` is defined."""
+    scale = float(jnp.max(jnp.abs(w))) if w.size else 0.0
+    tol = 100 * max(w.shape[-1], 1) * float(jnp.finfo(w.dtype).eps) * scale
+    wmin = float(jnp.min(w))
+    if wmin < -tol:
+        raise ValueError(
+            f"{what} is not positive semidefinite (smallest eigenvalue {wmin:.3e}, largest "
+            f"{float(jnp.max(w)):.3e}); power {p} is undefined."
+        )
+    shifted = jnp.maximum(w, 0.0) + damping
+    if p <= 0 and float(jnp.min(shifted)) <= 0:
+        raise ValueError(
+            f"{what} is singular (smallest eigenvalue {wmin:.3e}); power {p} or a log-determinant "
+            f"needs damping > 0."
+        )
+    return shifted
+
+
+class Structure:
+    """Common interface of the structured approximations."""
+
+    info: FitInfo | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(m, n)``: the approximated matrix is ``mn × mn``."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self):
+        raise NotImplementedError
+
+    def matvec(self, x: jax.Array) -> jax.Array:
+        """Apply the ``mn × mn`` matrix to a batch of ``(…, m, n)`` matrices."""
+        raise NotImplementedError
+
+    def to_dense(self) -> jax.Array:
+        """The explicit ``(mn, mn)`` matrix (references and small sizes only)."""
+        raise NotImplementedError
+
+    def eigen(self) -> EigenKronecker | Diagonal:
+        """The same matrix in eigen form (a Kronecker eigenbasis and its eigenvalues)."""
+        raise NotImplementedError
+
+    def eigenvalues(self) -> jax.Array:
+        """All ``mn`` eigenvalues as an ``(m, n)`` array (row-major, unsorted)."""
+        return self.eigen().values
+
+    def trace(self) -> jax.Array:
+        return jnp.sum(self.eigenvalues())
+
+    def frobenius_norm(self) -> jax.Array:
+        return jnp.sqrt(jnp.sum(self.eigenvalues() ** 2))
+
+    def logdet(self, damping: float = 0.0) -> jax.Array:
+        """``log det(S + damping·I)``; raises if the matrix is singular or indefinite."""
+        w = _check_spectrum(self.eigenvalues(), 0.0, damping, type(self).__name__)
+        return jnp.sum(jnp.log(w))
+
+    def power(self, p: float, damping: float = 0.0) -> Structure:
+        """``(S + damping·I)^p`` (``p = -1/2`` root, ``p = -1`` root-free inverse, …)."""
+        return self.eigen().power(p, damping)
+
+    def function(self, fn: Callable[[jax.Array], jax.Array]) -> Structure:
+        """``Q fn(Λ) Qᵀ`` for the eigen form ``Q Λ Qᵀ`` (e.g. ``jnp.log``)."""
+        return self.eigen().function(fn)
+
+    @property
+    def num_params(self) -> int:
+        """Number of stored numbers (memory of the structure)."""
+        return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(self)))
+
+
+@jax.tree_util.register_pytree_node_class
+class Kronecker(Structure):
+    """``scale · kron(left, right)``: ``left`` is m×m (rows), ``right`` is n×n (columns).
+
+    Attributes:
+        left: the m×m factor, acting on rows: ``S vec(X) = scale · vec(left X rightᵀ)``.
+        right: the n×n factor.
+        scale: a scalar, kept apart so that estimators can report their factors in their
+            natural normalisation (e.g. Shampoo² has ``left = L``, ``right = R``,
+            ``scale = 1/tr Σ``).
+        info: the fit's convergence history, or None.
+    """
+
+    def __init__(self, left, right, scale=1.0, info: FitInfo | None = None):
+        left = jnp.asarray(left)
+        right = jnp.asarray(right)
+        if left.ndim != 2 or left.shape[0] != left.shape[1]:
+            raise ValueError(f"left factor must be square m×m; got shape {left.shape}")
+        if right.ndim != 2 or right.shape[0] != right.shape[1]:
+            raise ValueError(f"right factor must be square n×n; got shape {right.shape}")
+        self.left = left
+        self.right = right
+        self.scale = jnp.asarray(scale, dtype=left.dtype)
+        self.info = info
+
+    def tree_flatten(self):
+        return (self.left, self.right, self.scale), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.left, obj.right, obj.scale = children
+        obj.info = None
+        return obj
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"Kronecker(m={m}, n={n}, scale={float(self.scale):.4g}, dtype={self.dtype})"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.left.shape[0], self.right.shape[0]
+
+    @property
+    def dtype(self):
+        return self.left.dtype
+
+    def matvec(self, x: jax.Array) -> jax.Array:
+        return self.scale * (self.left @ x @ self.right.T)
+
+    def to_dense(self) -> jax.Array:
+        return self.scale * jnp.kron(self.left, self.right)
+
+    def eigen(self) -> EigenKronecker:
+        wl, ql = eigh_sym(self.left)
+        wr, qr = eigh_sym(self.right)
+        return EigenKronecker(ql, qr, self.scale * jnp.outer(wl, wr), info=self.info)
+
+    def trace(self) -> jax.Array:
+        return self.scale * jnp.trace(self.left) * jnp.trace(self.right)
+
+    def frobenius_norm(self) -> jax.Array:
+        return jnp.abs(self.scale) * jnp.linalg.norm(self.left) * jnp.linalg.norm(self.right)
+
+    def rescaled(self, factor) -> Kronecker:
+        """The same Kronecker product multiplied by the scalar ``factor``."""
+        return Kronecker(self.left, self.right, self.scale * factor, info=self.info)
+
+    def normalized(self) -> Kronecker:
+        """Balanced factors ``‖left‖_F = ‖right‖_F = 1`` with all scale (and sign) in ``scale``.
+
+        The factors' signs are fixed so that both traces are non-negative.
+        """
+        nl, nr = jnp.linalg.norm(self.left), jnp.linalg.norm(self.right)
+        sl = jnp.where(jnp.trace(self.left) < 0, -1.0, 1.0)
+        sr = jnp.where(jnp.trace(self.right) < 0, -1.0, 1.0)
+        return Kronecker(
+            sl * self.left / nl, sr * self.right / nr, self.scale * nl * nr * sl * sr, self.info
+        )
+
+
+class _EigenForm(Structure):
+    """``Q diag(vec values) Qᵀ`` with a Kronecker-structured orthogonal ``Q``."""
+
+    values: jax.Array
+
+    def _rotate(self, x):  # Qᵀ vec(x)
+        raise NotImplementedError
+
+    def _unrotate(self, x):  # Q vec(x)
+        raise NotImplementedError
+
+    def _with_values(self, values) -> _EigenForm:
+        raise NotImplementedError
+
+    def eigen(self):
+        return self
+
+    def eigenvalues(self) -> jax.Array:
+        return self.values
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def matvec(self, x: jax.Array) -> jax.Array:
+        return self._unrotate(self._rotate(x) * self.values)
+
+    def power(self, p: float, damping: float = 0.0):
+        w = _check_spectrum(self.values, p, damping, type(self).__name__)
+        return self._with_values(w**p)
+
+    def function(self, fn):
+        return self._with_values(fn(self.values))
+
+
+@jax.tree_util.register_pytree_node_class
+class EigenKronecker(_EigenForm):
+    """``(Qa ⊗ Qb) diag(vec D) (Qa ⊗ Qb)ᵀ``: a diagonal in a Kronecker eigenbasis.
+
+    This is the EKFAC / SOAP structure; it is also the exact form of every spectral
+    function of a Kronecker product (e.g. ``(L⊗R + λI)^{-1/2}``).
+
+    Attributes:
+        left_basis: orthogonal m×m ``Qa``.
+        right_basis: orthogonal n×n ``Qb``.
+        values: the ``(m, n)`` eigenvalues, ``values[i, j]`` belonging to ``qa_i ⊗ qb_j``.
+    """
+
+    def __init__(self, left_basis, right_basis, values, info: FitInfo | None = None):
+        self.left_basis = jnp.asarray(left_basis)
+        self.right_basis = jnp.asarray(right_basis)
+        self.values = jnp.asarray(values)
+        m, n = self.left_basis.shape[0], self.right_basis.shape[0]
+        if self.values.shape != (m, n):
+            raise ValueError(
+                f"values must have shape (m, n) = {(m, n)} matching the bases; "
+                f"got {self.values.shape}"
+            )
+        self.info = info
+
+    def tree_flatten(self):
+        return (self.left_basis, self.right_basis, self.values), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.left_basis, obj.right_basis, obj.values = children
+        obj.info = None
+        return obj
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"EigenKronecker(m={m}, n={n}, dtype={self.dtype})"
+
+    def _rotate(self, x):
+        return self.left_basis.T @ x @ self.right_basis
+
+    def _unrotate(self, x):
+        return self.left_basis @ x @ self.right_basis.T
+
+    def _with_values(self, values):
+        return EigenKronecker(self.left_basis, self.right_basis, values)
+
+    def to_dense(self) -> jax.Array:
+        q = jnp.kron(self.left_basis, self.right_basis)
+        return (q * self.values.reshape(-1)) @ q.T
+
+
+@jax.tree_util.register_pytree_node_class
+class Diagonal(_EigenForm):
+    """``diag(vec D)`` with ``D`` of shape ``(m, n)`` (row-major, like the gradients)."""
+
+    def __init__(self, values, info: FitInfo | None = None):
+        self.values = jnp.asarray(values)
+        if self.values.ndim != 2:
+            raise ValueError(f"diagonal values must have shape (m, n); got {self.values.shape}")
+        self.info = info
+
+    def tree_flatten(self):
+        return (self.values,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        (obj.values,) = children
+        obj.info = None
+        return obj
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"Diagonal(m={m}, n={n}, dtype={self.dtype})"
+
+    def _rotate(self, x):
+        return x
+
+    def _unrotate(self, x):
+        return x
+
+    def _with_values(self, values):
+        return Diagonal(values)
+
+    def to_dense(self) -> jax.Array:
+        return jnp.diag(self.values.reshape(-1))
