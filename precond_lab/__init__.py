@@ -1,0 +1,34 @@
+"""precond_lab: check what Kronecker-factored preconditioners approximate, on real gradients.
+
+Conventions (theory.md A.0): per-example matrices ``G`` of shape ``(N, m, n)``
+(``m`` = output side / rows, ``n`` = input side / columns), weights ``w`` (default
+``1/N``), target ``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` with row-major vec, and
+``kron(L, R) @ vec(X) = vec(L X Rᵀ)`` with ``L`` m×m on the left.
+
+Subpackages: :mod:`~precond_lab.estimators`, :mod:`~precond_lab.metrics`,
+:mod:`~precond_lab.structures`, :mod:`~precond_lab.targets`,
+:mod:`~precond_lab.reference` (dense float64 references), :mod:`~precond_lab.linalg`.
+"""
+
+from . import estimators, metrics, structures, targets
+from ._validation import FitNeedsDampingError, NonFiniteError
+from .structures import Diagonal, EigenKronecker, FitInfo, Kronecker
+from .targets import DenseTarget, SampleTarget, as_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DenseTarget",
+    "Diagonal",
+    "EigenKronecker",
+    "FitInfo",
+    "FitNeedsDampingError",
+    "Kronecker",
+    "NonFiniteError",
+    "SampleTarget",
+    "as_target",
+    "estimators",
+    "metrics",
+    "structures",
+    "targets",
+]

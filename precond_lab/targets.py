@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import check_finite, check_float_dtype, NonFiniteError
+from ._validation import NonFiniteError, check_finite, check_float_dtype
 from .structures import Structure
 
 __all__ = ["Target", "SampleTarget", "DenseTarget", "Spectrum", "as_target"]
@@ -131,7 +131,11 @@ def _truncate_rank(values, vectors, dim, dtype, size):
 def _k_stats(g, w):
     finite = jnp.all(jnp.isfinite(g), axis=(1, 2))
     sq = jnp.sum(jnp.where(jnp.isfinite(g), g, 0.0) ** 2, axis=(1, 2))
-    return finite, jnp.sum(w * sq), jnp.einsum("k,kij->ij", w, jnp.where(finite[:, None, None], g, 0))
+    return (
+        finite,
+        jnp.sum(w * sq),
+        jnp.einsum("k,kij->ij", w, jnp.where(finite[:, None, None], g, 0)),
+    )
 
 
 @jax.jit
@@ -238,6 +242,7 @@ class SampleTarget(Target):
             self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("sample"))
         self._extra: tuple[jax.Array, jax.Array] | None = None
         self._trace = None
+        self._cache: dict = {}
         if validate or center:
             self._first_pass(center)
 
@@ -336,7 +341,13 @@ class SampleTarget(Target):
         """``‖Σ‖_F = sqrt(Σ_kl w_k w_l ⟨G_k, G_l⟩²)``, from blocks of the Gram matrix.
 
         Streams over pairs of chunks (``O(num_chunks²)`` reads), never storing the Gram.
+        Cached: a target is immutable.
         """
+        if "frobenius" not in self._cache:
+            self._cache["frobenius"] = self._frobenius_norm()
+        return self._cache["frobenius"]
+
+    def _frobenius_norm(self):
         total = 0.0
         for i in range(self.num_chunks):
             _, ga, wa = self.chunk(i)
@@ -349,10 +360,19 @@ class SampleTarget(Target):
         """The Gram matrix ``K_kl = ⟨G_k, G_l⟩`` over all blocks (padding included) and weights."""
         blocks = [self.chunk(i) for i in range(self.num_chunks)]
         ws = jnp.concatenate([w for _, _, w in blocks])
-        rows = [jnp.concatenate([_k_gram(ga, gb) for _, gb, _ in blocks], axis=1) for _, ga, _ in blocks]
+        rows = [
+            jnp.concatenate([_k_gram(ga, gb) for _, gb, _ in blocks], axis=1) for _, ga, _ in blocks
+        ]
         return jnp.concatenate(rows, axis=0), ws
 
     def eigh(self, vectors: bool = False) -> Spectrum:
+        """Non-zero eigenpairs, on the smaller of sample space and parameter space (cached)."""
+        key = ("eigh", True) if ("eigh", True) in self._cache else ("eigh", vectors)
+        if key not in self._cache:
+            self._cache[key] = self._eigh(vectors)
+        return self._cache[key]
+
+    def _eigh(self, vectors: bool) -> Spectrum:
         m, n = self.shape
         d = m * n
         if self.num_chunks * self.chunk_size <= d:
@@ -415,7 +435,8 @@ class DenseTarget(Target):
             scale = float(jnp.max(jnp.abs(mat))) or 1.0
             if asym > 1e3 * float(jnp.finfo(mat.dtype).eps) * scale:
                 raise ValueError(
-                    f"dense target is not symmetric (max |Σ - Σᵀ| = {asym:.3e}, max |Σ| = {scale:.3e})"
+                    f"dense target is not symmetric (max |Σ - Σᵀ| = {asym:.3e}, "
+                    f"max |Σ| = {scale:.3e})"
                 )
         self.matrix = 0.5 * (mat + mat.T)
         self.shape = (m, n)

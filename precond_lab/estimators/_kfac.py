@@ -1,0 +1,86 @@
+"""K-FAC from layer inputs and output-side gradients (theory.md A.4).
+
+For a linear layer ``y = W a`` without weight sharing the per-example gradient is
+``G = δ aᵀ``, so ``vec(G) vec(G)ᵀ = (δδᵀ) ⊗ (aaᵀ)`` (row-major, output factor on the
+left) and K-FAC approximates ``Σ ≈ E[δδᵀ] ⊗ E[aaᵀ]``. With a weight-sharing axis of
+length ``R`` (tokens, pixels), ``G = Σ_r δ_r a_rᵀ`` and K-FAC has two flavours
+(Eschenhagen et al., 2023):
+
+* expand: ``Σ_n w_n Σ_r δ_{n,r} δ_{n,r}ᵀ  ⊗  Σ_n w_n (1/R) Σ_r a_{n,r} a_{n,r}ᵀ``
+* reduce: ``Σ_n w_n δ̂_n δ̂_nᵀ  ⊗  Σ_n w_n â_n â_nᵀ`` with ``δ̂_n = Σ_r δ_{n,r}``,
+  ``â_n = (1/R) Σ_r a_{n,r}``
+
+(the right factor is divided by ``Σ_n w_n`` so that both variants equal ``Σ`` for a
+single example without sharing). A class / Monte-Carlo axis on the backpropagated
+vectors (Gauss–Newton pseudo-gradients) is summed in the left factor.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._validation import check_finite, check_float_dtype
+from ..structures import Kronecker
+from ..targets import _check_weights
+
+__all__ = ["kfac"]
+
+
+def _as_array(x, what):
+    if hasattr(x, "dims") and hasattr(x, "values"):  # xarray.DataArray
+        x = x.values
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    check_float_dtype(x.dtype, what)
+    check_finite(np.asarray(x), what)
+    return jnp.asarray(x)
+
+
+def kfac(activations, backprops, *, weights=None, variant: str = "expand") -> Kronecker:
+    """K-FAC's ``E[δδᵀ] ⊗ E[aaᵀ]`` (output factor left, row-major convention).
+
+    Args:
+        activations: layer inputs ``a``: ``(N, n)`` or, with a weight-sharing axis,
+            ``(N, R, n)``.
+        backprops: output-side gradients ``δ``: ``(N, m)`` / ``(N, R, m)``, or with an
+            extra class / MC axis right after the sample axis: ``(N, C, m)`` /
+            ``(N, C, R, m)`` (e.g. ``Jᵀ Λ^{1/2} e_c`` for the Gauss–Newton matrix).
+        weights: ``(N,)`` example weights (default ``1/N``).
+        variant: ``"expand"`` or ``"reduce"`` (identical without a sharing axis).
+
+    Returns:
+        ``Kronecker(left=Σ_n w_n Σ δδᵀ, right=Σ_n w_n aaᵀ / Σ_n w_n)``.
+    """
+    if variant not in ("expand", "reduce"):
+        raise ValueError(f"variant must be 'expand' or 'reduce'; got {variant!r}")
+    a = _as_array(activations, "activations")
+    d = _as_array(backprops, "backprops")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"activations must be (N, n) or (N, R, n); got shape {tuple(a.shape)}")
+    if d.ndim == a.ndim:
+        d = d[:, None]  # no class axis
+    elif d.ndim != a.ndim + 1:
+        raise ValueError(
+            f"backprops must be (N, [C,] m) for activations (N, n), or (N, [C,] R, m) for "
+            f"(N, R, n); got backprops {tuple(d.shape)} with activations {tuple(a.shape)}"
+        )
+    if d.shape[0] != a.shape[0] or d.shape[2:-1] != a.shape[1:-1]:
+        raise ValueError(
+            f"backprops {tuple(d.shape)} and activations {tuple(a.shape)} disagree on the "
+            "sample or sharing axis"
+        )
+    if a.shape[0] == 0:
+        raise ValueError("kfac needs at least one example (N = 0).")
+    dt = jnp.result_type(a.dtype, d.dtype)
+    w = _check_weights(weights, a.shape[0], np.dtype(dt))
+    if a.ndim == 3 and variant == "reduce":
+        a = jnp.mean(a, axis=1)
+        d = jnp.sum(d, axis=2)
+    if a.ndim == 3:  # expand
+        left = jnp.einsum("n,ncri,ncrj->ij", w, d, d)
+        right = jnp.einsum("n,nri,nrj->ij", w, a, a) / a.shape[1]
+    else:
+        left = jnp.einsum("n,nci,ncj->ij", w, d, d)
+        right = jnp.einsum("n,ni,nj->ij", w, a, a)
+    return Kronecker(left, right / jnp.sum(w))

@@ -1,0 +1,49 @@
+"""Shampoo's statistics and its two implicit Kronecker approximations."""
+
+from __future__ import annotations
+
+from ..linalg._spectral import psd_power, symmetrize
+from ..structures import Kronecker
+from ._common import target_of
+
+__all__ = ["shampoo", "shampoo_squared"]
+
+
+def shampoo(
+    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+) -> Kronecker:
+    """Shampoo's implicit approximation ``L^{1/2} ⊗ R^{1/2}``.
+
+    ``L = E[G Gᵀ]`` (m×m) and ``R = E[Gᵀ G]`` (n×n). Morwani et al. argue that it is
+    the square of this, :func:`shampoo_squared`, that approximates ``Σ``; for an exact
+    Kronecker ``Σ`` this one is proportional to ``Σ^{1/2}``.
+
+    Args:
+        samples: ``(N, m, n)`` per-example matrices, a DataArray, or a Target.
+        weights: ``(N,)`` sample weights (default ``1/N``).
+        center: subtract the weighted mean first.
+        chunk_size: samples per streamed chunk.
+
+    Returns:
+        ``Kronecker(left=L^{1/2}, right=R^{1/2}, scale=1)``.
+    """
+    target = target_of(samples, weights, center, chunk_size)
+    left, right = target.second_moments()
+    return Kronecker(psd_power(left, 0.5), psd_power(right, 0.5))
+
+
+def shampoo_squared(
+    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+) -> Kronecker:
+    """Shampoo² with trace scaling: ``L ⊗ R / tr Σ``.
+
+    Exact when ``Σ`` is a Kronecker product (``L ⊗ R = tr(Σ) Σ`` then), equal up to a
+    scalar to one power-iteration step from the identity (Morwani et al.), and the
+    exact minimiser of the von Neumann divergence ``D_vN(Σ, A ⊗ B)`` (theory.md A.3).
+
+    Returns:
+        ``Kronecker(left=L, right=R, scale=1/tr Σ)``.
+    """
+    target = target_of(samples, weights, center, chunk_size)
+    left, right = target.second_moments()
+    return Kronecker(symmetrize(left), symmetrize(right), 1.0 / target.trace())

@@ -1,0 +1,28 @@
+"""Approximation-quality metrics: exact, matrix-free (never an ``mn × mn`` array).
+
+Each metric takes the target (per-example matrices ``G``, a DataArray or a
+:class:`~precond_lab.targets.Target`) and a structure, plus ``weights=``. To score
+many approximations of one target, build the target once
+(``precond_lab.SampleTarget(G)``): its Frobenius norm and spectrum are cached.
+"""
+
+from ._divergences import kl_divergence, kl_scale, logdet_divergence, von_neumann_divergence
+from ._frobenius import (
+    cosine_similarity,
+    frobenius_inner,
+    frobenius_scale,
+    relative_frobenius_error,
+)
+from ._spectra import spectrum
+
+__all__ = [
+    "cosine_similarity",
+    "frobenius_inner",
+    "frobenius_scale",
+    "kl_divergence",
+    "kl_scale",
+    "logdet_divergence",
+    "relative_frobenius_error",
+    "spectrum",
+    "von_neumann_divergence",
+]

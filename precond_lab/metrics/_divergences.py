@@ -1,0 +1,201 @@
+"""Divergences between the target ``Σ`` and a structured approximation ``S``.
+
+All are exact and matrix-free: with ``X = Σ + λI`` and ``Y = S + λI`` and the eigen
+form ``S = Q diag(D) Qᵀ`` (``Q = Qa ⊗ Qb``),
+
+* ``tr(f(Y) X) = Σ_ij f(D_ij + λ) (diag(QᵀΣQ)_ij + λ)`` — one pass over the samples;
+* ``log det X``, ``tr(X log X)`` and ``tr(X⁻¹ Y)`` use the target's non-zero
+  eigenpairs (``r ≤ min(N, mn)``), computed from the Gram matrix of the samples.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from .._validation import FitNeedsDampingError
+from ..structures import Structure, _check_spectrum
+from ..targets import Target
+from ._common import prepare, rotated_target_diagonal
+
+__all__ = [
+    "kl_divergence",
+    "logdet_divergence",
+    "von_neumann_divergence",
+    "kl_scale",
+]
+
+
+def _check_damping(damping):
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+    return float(damping)
+
+
+def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_rank: bool = True):
+    """Eigenpairs of ``Σ``, checked PSD; full rank required when ``damping == 0``."""
+    spec = t.eigh(vectors=vectors)
+    mu = spec.values
+    if mu.size and float(jnp.min(mu)) < 0:
+        tol = 1e3 * float(jnp.finfo(mu.dtype).eps) * float(jnp.max(jnp.abs(mu)))
+        if float(jnp.min(mu)) < -tol:
+            raise ValueError(
+                f"the target is not positive semidefinite (eigenvalue {float(jnp.min(mu)):.3e});"
+                " Gaussian divergences are undefined. Are the weights right?"
+            )
+        mu = jnp.maximum(mu, 0.0)
+    if need_full_rank and damping == 0 and spec.rank < spec.dim:
+        raise FitNeedsDampingError(
+            f"the target Σ is singular (rank {spec.rank} < mn = {spec.dim}; e.g. fewer samples "
+            "than dimensions), so N(0, Σ) is degenerate and this divergence is infinite. "
+            "Pass damping > 0."
+        )
+    return mu, spec
+
+
+def _target_logdet(mu, dim, damping):
+    logdet = jnp.sum(jnp.log(mu + damping))
+    if dim > mu.shape[0]:
+        logdet = logdet + (dim - mu.shape[0]) * jnp.log(damping)
+    return logdet
+
+
+def _forward_terms(values, delta, damping):
+    """``tr(Y⁻¹X)`` and ``log det Y`` as functions of a scale ``c`` on ``S``."""
+    values = np.asarray(values, np.float64).ravel()
+    delta = np.asarray(delta, np.float64).ravel()
+
+    def trace_term(c):
+        return float(np.sum((delta + damping) / (c * values + damping)))
+
+    def logdet(c):
+        return float(np.sum(np.log(c * values + damping)))
+
+    return trace_term, logdet
+
+
+def _best_scale(objective, c0):
+    """Minimise a scalar objective over ``c > 0`` (in ``log c``) from a good start."""
+    x0 = np.log(c0)
+    res = scipy.optimize.minimize_scalar(
+        lambda x: objective(np.exp(x)), bracket=(x0 - 1.0, x0 + 1.0), tol=1e-12
+    )
+    return float(np.exp(res.x))
+
+
+def kl_scale(target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None):
+    """The KL-optimal scalar ``c`` for ``c·S`` (forward direction).
+
+    Without damping it is the closed form ``c = tr(S⁻¹Σ)/(mn)`` (theory.md A.5); with
+    damping a one-dimensional minimisation of the exact objective.
+    """
+    damping = _check_damping(damping)
+    t, s = prepare(target, approx, weights, center, chunk_size)
+    values, delta = rotated_target_diagonal(t, s)
+    _check_spectrum(values, -1.0, damping, "approximation")
+    trace_term, logdet = _forward_terms(values, delta, damping)
+    c0 = (
+        trace_term(1.0) / values.size if damping == 0 else max(trace_term(1.0) / values.size, 1e-30)
+    )
+    if damping == 0:
+        return c0
+    return _best_scale(lambda c: trace_term(c) + logdet(c), c0)
+
+
+def kl_divergence(
+    target,
+    approx: Structure,
+    *,
+    damping: float = 0.0,
+    direction: str = "forward",
+    rescale: bool = False,
+    weights=None,
+    center=False,
+    chunk_size=None,
+):
+    """Gaussian KL divergence between ``Σ`` and ``S``, both damped by ``λI``.
+
+    * ``direction="forward"``: ``KL(N(0, Σ+λI) ‖ N(0, S+λI))`` — the objective that
+      KL-Shampoo's factors minimise (P1), the matrix-normal likelihood;
+    * ``direction="reverse"``: ``KL(N(0, S+λI) ‖ N(0, Σ+λI))``.
+
+    Args:
+        target: per-example matrices (``(N, m, n)``), a DataArray, or a Target.
+        approx: a structure from :mod:`precond_lab.estimators`.
+        damping: ``λ ≥ 0``. A singular target (``N < mn``) needs ``λ > 0``.
+        direction: ``"forward"`` or ``"reverse"``.
+        rescale: evaluate at the KL-optimal scalar ``c·S`` instead of ``S``.
+
+    Raises:
+        FitNeedsDampingError: if ``λ = 0`` and ``Σ`` (or ``S``) is singular.
+    """
+    damping = _check_damping(damping)
+    if direction not in ("forward", "reverse"):
+        raise ValueError(f"direction must be 'forward' or 'reverse'; got {direction!r}")
+    t, s = prepare(target, approx, weights, center, chunk_size)
+    dim = t.dim
+    if direction == "forward":
+        values, delta = rotated_target_diagonal(t, s)
+        _check_spectrum(values, -1.0, damping, "approximation")
+        mu, _ = _target_eigs(t, damping)
+        trace_term, logdet = _forward_terms(values, delta, damping)
+        c = kl_scale(t, s, damping=damping) if rescale else 1.0
+        kl = trace_term(c) - dim + logdet(c) - float(_target_logdet(mu, dim, damping))
+        return jnp.asarray(0.5 * kl, t.dtype)
+
+    # reverse: tr(X⁻¹Y) with X⁻¹ = V (μ+λ)⁻¹ Vᵀ + (I − VVᵀ)/λ
+    mu, spec = _target_eigs(t, damping, vectors=True)
+    values = s.eigenvalues()
+    _check_spectrum(values, -1.0, damping, "approximation")
+    vecs = spec.vectors
+    quad = np.asarray(jnp.einsum("rij,rij->r", vecs, s.matvec(vecs)), np.float64)
+    mu64 = np.asarray(mu, np.float64)
+    trace_s = float(np.sum(np.asarray(values, np.float64)))
+    vals64 = np.asarray(values, np.float64).ravel()
+
+    def trace_term(c):
+        inside = np.sum((c * quad + damping) / (mu64 + damping))
+        if spec.rank < dim:
+            inside += (c * trace_s + dim * damping - np.sum(c * quad + damping)) / damping
+        return float(inside)
+
+    def logdet_s(c):
+        return float(np.sum(np.log(c * vals64 + damping)))
+
+    c = 1.0
+    if rescale:
+        c0 = dim / trace_term(1.0) if damping == 0 else 1.0
+        c = c0 if damping == 0 else _best_scale(lambda c: trace_term(c) - logdet_s(c), c0)
+    kl = trace_term(c) - dim + float(_target_logdet(mu, dim, damping)) - logdet_s(c)
+    return jnp.asarray(0.5 * kl, t.dtype)
+
+
+def logdet_divergence(target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None):
+    """LogDet (Stein) divergence ``tr(XY⁻¹) − log det(XY⁻¹) − mn`` = ``2·KL(X‖Y)``."""
+    return 2 * kl_divergence(
+        target, approx, damping=damping, weights=weights, center=center, chunk_size=chunk_size
+    )
+
+
+def von_neumann_divergence(
+    target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None
+):
+    """``D_vN(X, Y) = tr(X log X − X log Y − X + Y)`` with ``X = Σ+λI``, ``Y = S+λI``.
+
+    ``L ⊗ R / tr Σ`` (:func:`~precond_lab.estimators.shampoo_squared`) is its exact
+    minimiser over Kronecker products when ``λ = 0`` (theory.md A.3). ``0 log 0 = 0``,
+    so a singular target is fine; ``S + λI`` must be positive definite.
+    """
+    damping = _check_damping(damping)
+    t, s = prepare(target, approx, weights, center, chunk_size)
+    dim = t.dim
+    values, delta = rotated_target_diagonal(t, s)
+    yv = _check_spectrum(values, -1.0, damping, "approximation")
+    mu, spec = _target_eigs(t, damping, need_full_rank=False)
+    xv = mu + damping
+    x_log_x = jnp.sum(jnp.where(xv > 0, xv * jnp.log(jnp.where(xv > 0, xv, 1.0)), 0.0))
+    if spec.rank < dim and damping > 0:
+        x_log_x = x_log_x + (dim - spec.rank) * damping * np.log(damping)
+    x_log_y = jnp.sum((delta + damping) * jnp.log(yv))
+    return x_log_x - x_log_y - t.trace() + jnp.sum(values)

@@ -1,0 +1,180 @@
+"""Dense float64 references, built straight from the definitions (NumPy/SciPy only).
+
+These form the explicit ``(mn, mn)`` matrix and are meant for tests and small sizes
+(``mn`` up to ~1000). They deliberately share no code with the matrix-free path.
+Conventions as everywhere: row-major vec, ``kron(L, R) vec(X) = vec(L X Rᵀ)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+__all__ = [
+    "target_matrix",
+    "rearrange",
+    "shampoo_statistics",
+    "frobenius_optimal",
+    "power_iteration",
+    "kl_flip_flop",
+    "kl_objective",
+    "kfac",
+    "eigencorrected",
+    "cosine_similarity",
+    "relative_frobenius_error",
+    "kl_divergence",
+    "von_neumann_divergence",
+    "logm_psd",
+]
+
+
+def target_matrix(samples, weights=None, center: bool = False) -> np.ndarray:
+    """``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` (centered: ``Σ_k w_k (g_k−ḡ)(g_k−ḡ)ᵀ``)."""
+    g = np.asarray(samples, np.float64)
+    n_samples = g.shape[0]
+    w = np.full(n_samples, 1.0 / n_samples) if weights is None else np.asarray(weights, np.float64)
+    x = g.reshape(n_samples, -1)
+    if center:
+        x = x - (w @ x) / w.sum()
+    sigma = np.zeros((x.shape[1], x.shape[1]))
+    for k in range(n_samples):
+        sigma += w[k] * np.outer(x[k], x[k])
+    return sigma
+
+
+def rearrange(sigma, m: int, n: int) -> np.ndarray:
+    """Van Loan–Pitsianis rearrangement ``R(Σ)[(i,i'),(j,j')] = Σ[(i,j),(i',j')]``."""
+    out = np.empty((m * m, n * n))
+    for i in range(m):
+        for ip in range(m):
+            block = sigma[i * n : (i + 1) * n, ip * n : (ip + 1) * n]  # Σ[(i,·),(i',·)]
+            out[i * m + ip] = block.reshape(-1)
+    return out
+
+
+def shampoo_statistics(sigma, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``L = E[GGᵀ]`` and ``R = E[GᵀG]`` as partial traces of ``Σ``."""
+    blocks = np.asarray(sigma).reshape(m, n, m, n)
+    left = np.trace(blocks, axis1=1, axis2=3)  # L[i,i'] = Σ_j Σ[(i,j),(i',j)]
+    right = np.trace(blocks, axis1=0, axis2=2)  # R[j,j'] = Σ_i Σ[(i,j),(i,j')]
+    return left, right
+
+
+def frobenius_optimal(sigma, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B)`` minimising ``‖Σ − A⊗B‖_F`` by the SVD of the explicit rearrangement."""
+    u, s, vt = np.linalg.svd(rearrange(sigma, m, n))
+    a = np.sqrt(s[0]) * u[:, 0].reshape(m, m)
+    b = np.sqrt(s[0]) * vt[0].reshape(n, n)
+    if np.trace(a) < 0:
+        a, b = -a, -b
+    return a, b
+
+
+def power_iteration(sigma, m: int, n: int, steps: int, variant: str = "jacobi"):
+    """Power iteration on the explicit rearrangement, from the identity (unit-norm factors)."""
+    r = rearrange(sigma, m, n)
+    a, b = np.eye(m).reshape(-1), np.eye(n).reshape(-1)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    for _ in range(steps):
+        a_new = r @ b
+        a_new /= np.linalg.norm(a_new)
+        b = r.T @ (a_new if variant == "gauss-seidel" else a)
+        b /= np.linalg.norm(b)
+        a = a_new
+    return a.reshape(m, m), b.reshape(n, n)
+
+
+def kl_objective(sigma, left, right, damping: float = 0.0) -> float:
+    """``KL(N(0, Σ+λI) ‖ N(0, L⊗R))`` with explicit matrices."""
+    d = sigma.shape[0]
+    x = sigma + damping * np.eye(d)
+    y = np.kron(left, right)
+    _, logdet_x = np.linalg.slogdet(x)
+    _, logdet_y = np.linalg.slogdet(y)
+    return 0.5 * (np.trace(np.linalg.solve(y, x)) - d + logdet_y - logdet_x)
+
+
+def kl_flip_flop(sigma, m: int, n: int, damping: float = 0.0, iters: int = 2000, tol=1e-14):
+    """The two-sided KL fixed point by dense flip-flop on the explicit ``Σ``.
+
+    ``L = (Σ_{jj'} Σ[(i,j),(i',j')] (R⁻¹)_{jj'} + λ tr(R⁻¹) I)/n`` and symmetrically.
+    Returns ``(L, R)`` with ``tr R = n``.
+    """
+    blocks = sigma.reshape(m, n, m, n)
+    left, right = np.eye(m), np.eye(n)
+    for _ in range(iters):
+        ri = np.linalg.inv(right)
+        new_left = (np.einsum("ijkl,jl->ik", blocks, ri) + damping * np.trace(ri) * np.eye(m)) / n
+        li = np.linalg.inv(new_left)
+        new_right = (np.einsum("ijkl,ik->jl", blocks, li) + damping * np.trace(li) * np.eye(n)) / m
+        c = np.trace(new_right) / n
+        new_right, new_left = new_right / c, new_left * c
+        change = np.linalg.norm(new_left - left) + np.linalg.norm(new_right - right)
+        left, right = new_left, new_right
+        if change < tol:
+            break
+    return left, right
+
+
+def kfac(activations, backprops, weights=None, variant: str = "expand"):
+    """K-FAC factors with explicit loops over examples, classes and positions."""
+    a = np.asarray(activations, np.float64)
+    d = np.asarray(backprops, np.float64)
+    if d.ndim == a.ndim:
+        d = d[:, None]
+    if a.ndim == 2:
+        a, d = a[:, None], d[:, :, None]
+    n_ex, n_pos = a.shape[0], a.shape[1]
+    w = np.full(n_ex, 1.0 / n_ex) if weights is None else np.asarray(weights, np.float64)
+    left = np.zeros((d.shape[-1], d.shape[-1]))
+    right = np.zeros((a.shape[-1], a.shape[-1]))
+    for k in range(n_ex):
+        if variant == "reduce":
+            a_hat = a[k].mean(axis=0)
+            right += w[k] * np.outer(a_hat, a_hat)
+            for c in range(d.shape[1]):
+                d_hat = d[k, c].sum(axis=0)
+                left += w[k] * np.outer(d_hat, d_hat)
+        else:
+            for r in range(n_pos):
+                right += w[k] * np.outer(a[k, r], a[k, r]) / n_pos
+                for c in range(d.shape[1]):
+                    left += w[k] * np.outer(d[k, c, r], d[k, c, r])
+    return left, right / w.sum()
+
+
+def eigencorrected(sigma, qa, qb) -> np.ndarray:
+    """``diag(QᵀΣQ)`` reshaped to ``(m, n)`` for ``Q = qa ⊗ qb``."""
+    q = np.kron(qa, qb)
+    return np.diag(q.T @ sigma @ q).reshape(qa.shape[0], qb.shape[0])
+
+
+def cosine_similarity(a, b) -> float:
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def relative_frobenius_error(target, approx, rescale: bool = False) -> float:
+    c = np.sum(target * approx) / np.sum(approx * approx) if rescale else 1.0
+    return float(np.linalg.norm(target - c * approx) / np.linalg.norm(target))
+
+
+def kl_divergence(x, y) -> float:
+    """``KL(N(0, X) ‖ N(0, Y))`` for explicit SPD matrices."""
+    d = x.shape[0]
+    _, ldx = np.linalg.slogdet(x)
+    _, ldy = np.linalg.slogdet(y)
+    return 0.5 * (np.trace(np.linalg.solve(y, x)) - d + ldy - ldx)
+
+
+def logm_psd(x) -> np.ndarray:
+    """Matrix logarithm of a symmetric positive definite matrix."""
+    w, q = scipy.linalg.eigh(x)
+    return (q * np.log(w)) @ q.T
+
+
+def von_neumann_divergence(x, y) -> float:
+    """``tr(X log X − X log Y − X + Y)`` with ``0 log 0 = 0`` (X PSD, Y PD)."""
+    wx, qx = scipy.linalg.eigh(x)
+    wx = np.clip(wx, 0.0, None)
+    x_log_x = np.sum(np.where(wx > 0, wx * np.log(np.where(wx > 0, wx, 1.0)), 0.0))
+    return float(x_log_x - np.trace(x @ logm_psd(y)) - np.trace(x) + np.trace(y))
