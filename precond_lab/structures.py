@@ -61,7 +61,9 @@ def _check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Ar
         )
     shifted = jnp.maximum(w, 0.0) + damping
     if p <= 0 and float(jnp.min(shifted)) <= 0:
-        raise ValueError(
+        from ._validation import FitNeedsDampingError
+
+        raise FitNeedsDampingError(
             f"{what} is singular (smallest eigenvalue {wmin:.3e}); power {p} or a log-determinant "
             f"needs damping > 0."
         )

@@ -34,7 +34,7 @@ import numpy as np
 from ._validation import NonFiniteError, check_finite, check_float_dtype
 from .structures import Structure
 
-__all__ = ["Target", "SampleTarget", "DenseTarget", "Spectrum", "as_target"]
+__all__ = ["Target", "SampleTarget", "DenseTarget", "DampedTarget", "Spectrum", "as_target"]
 
 _CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default
 
@@ -44,14 +44,17 @@ class Spectrum:
     """Non-zero eigenpairs of a target, in descending order.
 
     Attributes:
-        values: ``(r,)`` eigenvalues (``r`` = numerical rank).
+        values: ``(r,)`` eigenvalues (``r`` = numerical rank of ``Σ`` without damping).
         vectors: ``(r, m, n)`` orthonormal eigenvectors as matrices, or None.
-        dim: ``mn``, so that ``dim - r`` eigenvalues are zero.
+        dim: ``mn``, so that ``dim - r`` eigenvalues equal ``floor``.
+        floor: the eigenvalue on the orthogonal complement of ``vectors`` (0, or the
+            damping ``λ`` of a :meth:`Target.damped` target).
     """
 
     values: jax.Array
     vectors: jax.Array | None
     dim: int
+    floor: float = 0.0
 
     @property
     def rank(self) -> int:
@@ -106,6 +109,72 @@ class Target:
     def to_dense(self) -> jax.Array:
         """The explicit ``(mn, mn)`` matrix: for references and small sizes only."""
         raise NotImplementedError
+
+    def damped(self, damping: float) -> Target:
+        """The target ``Σ + λI`` (every estimator and metric accepts it)."""
+        if not np.isfinite(damping) or damping < 0:
+            raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+        return DampedTarget(self, float(damping)) if damping else self
+
+
+class DampedTarget(Target):
+    """``Σ + λI`` for a base target ``Σ``, through the base's primitives.
+
+    ``E[G B Gᵀ]`` gains ``λ tr(B) I``, ``E[Gᵀ A G]`` gains ``λ tr(A) I``, every diagonal
+    entry in any orthogonal basis gains ``λ``, and the eigenvalues shift by ``λ`` (the
+    complement of the base's eigenvectors has eigenvalue ``λ``).
+    """
+
+    def __init__(self, base: Target, damping: float):
+        if isinstance(base, DampedTarget):
+            base, damping = base.base, base.damping + damping
+        self.base = base
+        self.damping = damping
+        self.shape = base.shape
+        self.dtype = base.dtype
+
+    def contract_left(self, b):
+        m = self.shape[0]
+        return self.base.contract_left(b) + self.damping * jnp.trace(b) * jnp.eye(
+            m, dtype=self.dtype
+        )
+
+    def contract_right(self, a):
+        n = self.shape[1]
+        return self.base.contract_right(a) + self.damping * jnp.trace(a) * jnp.eye(
+            n, dtype=self.dtype
+        )
+
+    def second_moments(self):
+        m, n = self.shape
+        left, right = self.base.second_moments()
+        return (
+            left + self.damping * n * jnp.eye(m, dtype=self.dtype),
+            right + self.damping * m * jnp.eye(n, dtype=self.dtype),
+        )
+
+    def rotated_diagonal(self, qa, qb):
+        return self.base.rotated_diagonal(qa, qb) + self.damping
+
+    def trace(self):
+        return self.base.trace() + self.damping * self.dim
+
+    def trace_product(self, s: Structure):
+        return self.base.trace_product(s) + self.damping * s.trace()
+
+    def frobenius_norm(self):
+        lam = self.damping
+        sq = self.base.frobenius_norm() ** 2 + 2 * lam * self.base.trace() + lam**2 * self.dim
+        return jnp.sqrt(sq)
+
+    def eigh(self, vectors: bool = False) -> Spectrum:
+        spec = self.base.eigh(vectors)
+        return Spectrum(
+            spec.values + self.damping, spec.vectors, spec.dim, spec.floor + self.damping
+        )
+
+    def to_dense(self):
+        return self.base.to_dense() + self.damping * jnp.eye(self.dim, dtype=self.dtype)
 
 
 def _truncate_rank(values, vectors, dim, dtype, size):

@@ -6,6 +6,7 @@ many approximations of one target, build the target once
 (``precond_lab.SampleTarget(G)``): its Frobenius norm and spectrum are cached.
 """
 
+from ._direction import DirectionQuality, direction_quality, exact_direction, loss_scaling_response
 from ._divergences import kl_divergence, kl_scale, logdet_divergence, von_neumann_divergence
 from ._frobenius import (
     cosine_similarity,
@@ -13,9 +14,16 @@ from ._frobenius import (
     frobenius_scale,
     relative_frobenius_error,
 )
+from ._score import SCORE_NAMES, score
 from ._spectra import spectrum
 
 __all__ = [
+    "DirectionQuality",
+    "direction_quality",
+    "exact_direction",
+    "loss_scaling_response",
+    "SCORE_NAMES",
+    "score",
     "cosine_similarity",
     "frobenius_inner",
     "frobenius_scale",

@@ -45,7 +45,7 @@ def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_ran
                 " Gaussian divergences are undefined. Are the weights right?"
             )
         mu = jnp.maximum(mu, 0.0)
-    if need_full_rank and damping == 0 and spec.rank < spec.dim:
+    if need_full_rank and spec.floor + damping == 0 and spec.rank < spec.dim:
         raise FitNeedsDampingError(
             f"the target Σ is singular (rank {spec.rank} < mn = {spec.dim}; e.g. fewer samples "
             "than dimensions), so N(0, Σ) is degenerate and this divergence is infinite. "
@@ -54,23 +54,27 @@ def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_ran
     return mu, spec
 
 
-def _target_logdet(mu, dim, damping):
+def _target_logdet(mu, dim, damping, floor=0.0):
+    """``log det(Σ + λI)``: eigenvalues ``μ + λ`` and ``floor + λ`` on the complement."""
     logdet = jnp.sum(jnp.log(mu + damping))
     if dim > mu.shape[0]:
-        logdet = logdet + (dim - mu.shape[0]) * jnp.log(damping)
+        logdet = logdet + (dim - mu.shape[0]) * jnp.log(floor + damping)
     return logdet
 
 
-def _forward_terms(values, delta, damping):
-    """``tr(Y⁻¹X)`` and ``log det Y`` as functions of a scale ``c`` on ``S``."""
+def _forward_terms(values, delta, damping, approx_damping):
+    """``tr(Y⁻¹X)`` and ``log det Y`` as functions of a scale ``c`` on ``S``.
+
+    ``X = Σ + λI`` (``damping``), ``Y = c·S + μI`` (``approx_damping``).
+    """
     values = np.asarray(values, np.float64).ravel()
     delta = np.asarray(delta, np.float64).ravel()
 
     def trace_term(c):
-        return float(np.sum((delta + damping) / (c * values + damping)))
+        return float(np.sum((delta + damping) / (c * values + approx_damping)))
 
     def logdet(c):
-        return float(np.sum(np.log(c * values + damping)))
+        return float(np.sum(np.log(c * values + approx_damping)))
 
     return trace_term, logdet
 
@@ -84,23 +88,71 @@ def _best_scale(objective, c0):
     return float(np.exp(res.x))
 
 
-def kl_scale(target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None):
-    """The KL-optimal scalar ``c`` for ``c·S`` (forward direction).
-
-    Without damping it is the closed form ``c = tr(S⁻¹Σ)/(mn)`` (theory.md A.5); with
-    damping a one-dimensional minimisation of the exact objective.
-    """
-    damping = _check_damping(damping)
-    t, s = prepare(target, approx, weights, center, chunk_size)
-    values, delta = rotated_target_diagonal(t, s)
-    _check_spectrum(values, -1.0, damping, "approximation")
-    trace_term, logdet = _forward_terms(values, delta, damping)
-    c0 = (
-        trace_term(1.0) / values.size if damping == 0 else max(trace_term(1.0) / values.size, 1e-30)
-    )
-    if damping == 0:
+def _forward_scale(values, delta, damping, approx_damping):
+    trace_term, logdet = _forward_terms(values, delta, damping, approx_damping)
+    c0 = trace_term(1.0) / np.size(values)  # the closed form when approx_damping = 0
+    if approx_damping == 0:
         return c0
     return _best_scale(lambda c: trace_term(c) + logdet(c), c0)
+
+
+def _resolve(damping, approx_damping):
+    damping = _check_damping(damping)
+    approx_damping = damping if approx_damping is None else _check_damping(approx_damping)
+    return damping, approx_damping
+
+
+def kl_scale(
+    target,
+    approx,
+    *,
+    damping=0.0,
+    approx_damping=None,
+    weights=None,
+    center=False,
+    chunk_size=None,
+):
+    """The KL-optimal scalar ``c`` for ``c·S`` (forward direction).
+
+    Without damping on the approximation it is the closed form
+    ``c = tr(S⁻¹(Σ+λI))/(mn)`` (theory.md A.5); otherwise a one-dimensional
+    minimisation of the exact objective.
+    """
+    damping, approx_damping = _resolve(damping, approx_damping)
+    t, s = prepare(target, approx, weights, center, chunk_size)
+    values, delta = rotated_target_diagonal(t, s)
+    _check_spectrum(values, -1.0, approx_damping, "approximation")
+    return _forward_scale(values, delta, damping, approx_damping)
+
+
+def forward_kl_from_spectra(
+    values, delta, mu, dim, damping, approx_damping, rescale=False, floor=0.0
+):
+    """Forward KL from the approximation's eigenvalues ``D``, ``δ = diag(QᵀΣQ)`` and ``μ``.
+
+    Shared by :func:`kl_divergence` and :func:`~precond_lab.metrics.score`.
+    """
+    _check_spectrum(values, -1.0, approx_damping, "approximation")
+    trace_term, logdet = _forward_terms(values, delta, damping, approx_damping)
+    c = _forward_scale(values, delta, damping, approx_damping) if rescale else 1.0
+    logdet_x = float(_target_logdet(mu, dim, damping, floor))
+    return 0.5 * (trace_term(c) - dim + logdet(c) - logdet_x)
+
+
+def von_neumann_from_spectra(
+    values, delta, mu, rank, dim, trace, damping, approx_damping, floor=0.0
+):
+    """``D_vN(Σ+λI, S+μI)`` from ``D``, ``δ``, the target's eigenvalues and trace."""
+    yv = _check_spectrum(values, -1.0, approx_damping, "approximation")
+    xv = np.asarray(mu, np.float64) + damping
+    x_log_x = float(np.sum(np.where(xv > 0, xv * np.log(np.where(xv > 0, xv, 1.0)), 0.0)))
+    comp = floor + damping  # eigenvalue of X on the complement of the eigenvectors
+    if rank < dim and comp > 0:
+        x_log_x += (dim - rank) * comp * np.log(comp)
+    delta = np.asarray(delta, np.float64)
+    x_log_y = float(np.sum((delta + damping) * np.log(np.asarray(yv, np.float64))))
+    trace_y = float(np.sum(np.asarray(values, np.float64))) + dim * approx_damping
+    return x_log_x - x_log_y - (float(trace) + dim * damping) + trace_y
 
 
 def kl_divergence(
@@ -108,94 +160,105 @@ def kl_divergence(
     approx: Structure,
     *,
     damping: float = 0.0,
+    approx_damping: float | None = None,
     direction: str = "forward",
     rescale: bool = False,
     weights=None,
     center=False,
     chunk_size=None,
 ):
-    """Gaussian KL divergence between ``Σ`` and ``S``, both damped by ``λI``.
+    """Gaussian KL divergence between ``X = Σ + λI`` and ``Y = S + μI``.
 
-    * ``direction="forward"``: ``KL(N(0, Σ+λI) ‖ N(0, S+λI))`` — the objective that
-      KL-Shampoo's factors minimise (P1), the matrix-normal likelihood;
-    * ``direction="reverse"``: ``KL(N(0, S+λI) ‖ N(0, Σ+λI))``.
+    * ``direction="forward"``: ``KL(N(0, X) ‖ N(0, Y))`` — with ``μ = 0`` exactly the
+      objective that :func:`~precond_lab.estimators.kl_optimal` minimises (P1), the
+      matrix-normal likelihood;
+    * ``direction="reverse"``: ``KL(N(0, Y) ‖ N(0, X))``.
 
     Args:
         target: per-example matrices (``(N, m, n)``), a DataArray, or a Target.
         approx: a structure from :mod:`precond_lab.estimators`.
-        damping: ``λ ≥ 0``. A singular target (``N < mn``) needs ``λ > 0``.
+        damping: ``λ ≥ 0`` on the target. A singular target (``N < mn``) needs ``λ > 0``.
+        approx_damping: ``μ ≥ 0`` on the approximation; default ``μ = λ``. Use
+            ``approx_damping=0`` to compare estimators on the objective that
+            ``kl_optimal(damping=λ)`` minimises.
         direction: ``"forward"`` or ``"reverse"``.
         rescale: evaluate at the KL-optimal scalar ``c·S`` instead of ``S``.
 
     Raises:
-        FitNeedsDampingError: if ``λ = 0`` and ``Σ`` (or ``S``) is singular.
+        FitNeedsDampingError: if ``Σ + λI`` (or ``S + μI``) is singular.
     """
-    damping = _check_damping(damping)
+    damping, approx_damping = _resolve(damping, approx_damping)
     if direction not in ("forward", "reverse"):
         raise ValueError(f"direction must be 'forward' or 'reverse'; got {direction!r}")
     t, s = prepare(target, approx, weights, center, chunk_size)
     dim = t.dim
     if direction == "forward":
         values, delta = rotated_target_diagonal(t, s)
-        _check_spectrum(values, -1.0, damping, "approximation")
-        mu, _ = _target_eigs(t, damping)
-        trace_term, logdet = _forward_terms(values, delta, damping)
-        c = kl_scale(t, s, damping=damping) if rescale else 1.0
-        kl = trace_term(c) - dim + logdet(c) - float(_target_logdet(mu, dim, damping))
-        return jnp.asarray(0.5 * kl, t.dtype)
+        _check_spectrum(values, -1.0, approx_damping, "approximation")
+        mu, spec = _target_eigs(t, damping)
+        kl = forward_kl_from_spectra(
+            values, delta, mu, dim, damping, approx_damping, rescale, spec.floor
+        )
+        return jnp.asarray(kl, t.dtype)
 
-    # reverse: tr(X⁻¹Y) with X⁻¹ = V (μ+λ)⁻¹ Vᵀ + (I − VVᵀ)/λ
+    # reverse: tr(X⁻¹Y) with X⁻¹ = V (μ+λ)⁻¹ Vᵀ + (I − VVᵀ)/(floor+λ)
     mu, spec = _target_eigs(t, damping, vectors=True)
     values = s.eigenvalues()
-    _check_spectrum(values, -1.0, damping, "approximation")
+    _check_spectrum(values, -1.0, approx_damping, "approximation")
     vecs = spec.vectors
     quad = np.asarray(jnp.einsum("rij,rij->r", vecs, s.matvec(vecs)), np.float64)
     mu64 = np.asarray(mu, np.float64)
-    trace_s = float(np.sum(np.asarray(values, np.float64)))
     vals64 = np.asarray(values, np.float64).ravel()
+    trace_s = float(np.sum(vals64))
 
     def trace_term(c):
-        inside = np.sum((c * quad + damping) / (mu64 + damping))
+        inside = np.sum((c * quad + approx_damping) / (mu64 + damping))
         if spec.rank < dim:
-            inside += (c * trace_s + dim * damping - np.sum(c * quad + damping)) / damping
+            inside += (c * trace_s + dim * approx_damping - np.sum(c * quad + approx_damping)) / (
+                spec.floor + damping
+            )
         return float(inside)
 
     def logdet_s(c):
-        return float(np.sum(np.log(c * vals64 + damping)))
+        return float(np.sum(np.log(c * vals64 + approx_damping)))
 
     c = 1.0
     if rescale:
-        c0 = dim / trace_term(1.0) if damping == 0 else 1.0
-        c = c0 if damping == 0 else _best_scale(lambda c: trace_term(c) - logdet_s(c), c0)
-    kl = trace_term(c) - dim + float(_target_logdet(mu, dim, damping)) - logdet_s(c)
+        c0 = dim / trace_term(1.0)
+        c = c0 if approx_damping == 0 else _best_scale(lambda c: trace_term(c) - logdet_s(c), c0)
+    kl = trace_term(c) - dim + float(_target_logdet(mu, dim, damping, spec.floor)) - logdet_s(c)
     return jnp.asarray(0.5 * kl, t.dtype)
 
 
-def logdet_divergence(target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None):
+def logdet_divergence(
+    target, approx, *, damping=0.0, approx_damping=None, weights=None, center=False, chunk_size=None
+):
     """LogDet (Stein) divergence ``tr(XY⁻¹) − log det(XY⁻¹) − mn`` = ``2·KL(X‖Y)``."""
     return 2 * kl_divergence(
-        target, approx, damping=damping, weights=weights, center=center, chunk_size=chunk_size
+        target,
+        approx,
+        damping=damping,
+        approx_damping=approx_damping,
+        weights=weights,
+        center=center,
+        chunk_size=chunk_size,
     )
 
 
 def von_neumann_divergence(
-    target, approx, *, damping=0.0, weights=None, center=False, chunk_size=None
+    target, approx, *, damping=0.0, approx_damping=None, weights=None, center=False, chunk_size=None
 ):
-    """``D_vN(X, Y) = tr(X log X − X log Y − X + Y)`` with ``X = Σ+λI``, ``Y = S+λI``.
+    """``D_vN(X, Y) = tr(X log X − X log Y − X + Y)`` with ``X = Σ+λI``, ``Y = S+μI``.
 
     ``L ⊗ R / tr Σ`` (:func:`~precond_lab.estimators.shampoo_squared`) is its exact
-    minimiser over Kronecker products when ``λ = 0`` (theory.md A.3). ``0 log 0 = 0``,
-    so a singular target is fine; ``S + λI`` must be positive definite.
+    minimiser over Kronecker products when ``λ = μ = 0`` (theory.md A.3). ``0 log 0 = 0``,
+    so a singular target is fine; ``S + μI`` must be positive definite.
     """
-    damping = _check_damping(damping)
+    damping, approx_damping = _resolve(damping, approx_damping)
     t, s = prepare(target, approx, weights, center, chunk_size)
-    dim = t.dim
     values, delta = rotated_target_diagonal(t, s)
-    yv = _check_spectrum(values, -1.0, damping, "approximation")
     mu, spec = _target_eigs(t, damping, need_full_rank=False)
-    xv = mu + damping
-    x_log_x = jnp.sum(jnp.where(xv > 0, xv * jnp.log(jnp.where(xv > 0, xv, 1.0)), 0.0))
-    if spec.rank < dim and damping > 0:
-        x_log_x = x_log_x + (dim - spec.rank) * damping * np.log(damping)
-    x_log_y = jnp.sum((delta + damping) * jnp.log(yv))
-    return x_log_x - x_log_y - t.trace() + jnp.sum(values)
+    vn = von_neumann_from_spectra(
+        values, delta, mu, spec.rank, t.dim, t.trace(), damping, approx_damping, spec.floor
+    )
+    return jnp.asarray(vn, t.dtype)

@@ -1,0 +1,178 @@
+"""Quality of preconditioned directions, and the loss-scaling invariance of root vs root-free.
+
+The exact direction ``(Σ + λI)^{-p} g`` is computed matrix-free from the target's
+non-zero eigenpairs ``Σ = V diag(μ) Vᵀ`` (``V``: ``r`` orthonormal ``m×n`` matrices):
+
+    (Σ + λI)^{-p} g = V ((μ + λ)^{-p} ⊙ Vᵀg) + λ^{-p} (g − V Vᵀ g),
+
+so nothing of size ``mn × mn`` is formed. The approximate direction is
+``approx.power(-p, λ').matvec(g)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._validation import FitNeedsDampingError
+from ..structures import Structure
+from ..targets import Spectrum, Target, as_target
+
+__all__ = [
+    "DirectionQuality",
+    "direction_quality",
+    "exact_direction",
+    "loss_scaling_response",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectionQuality:
+    """Agreement of an approximate preconditioned direction with the exact one.
+
+    Attributes:
+        cosine: ``⟨d̂, d⟩ / (‖d̂‖ ‖d‖)`` (per gradient, over the ``m×n`` entries).
+        relative_error: ``‖d̂ − d‖ / ‖d‖``.
+        norm_ratio: ``‖d̂‖ / ‖d‖`` (the step-size mismatch a learning rate must absorb).
+        p: the power.
+        damping: ``λ`` of the exact side.
+    """
+
+    cosine: jax.Array
+    relative_error: jax.Array
+    norm_ratio: jax.Array
+    p: float
+    damping: float
+
+
+def exact_direction(
+    target,
+    gradient: jax.Array,
+    *,
+    p: float,
+    damping: float = 0.0,
+    spectrum: Spectrum | None = None,
+) -> jax.Array:
+    """``(Σ + λI)^{-p} g`` for ``g`` of shape ``(…, m, n)``, from the eigenpairs of ``Σ``.
+
+    Args:
+        target: a :class:`~precond_lab.targets.Target` or ``(N, m, n)`` samples.
+        gradient: ``(…, m, n)`` matrices ``g``.
+        p: the power (``1/2`` root, ``1`` root-free).
+        damping: ``λ ≥ 0``.
+        spectrum: ``target.eigh(vectors=True)`` if already computed (it is the expensive part).
+
+    Raises:
+        FitNeedsDampingError: ``λ = 0`` while ``Σ`` is singular and ``p > 0``.
+    """
+    target = as_target(target)
+    spec = target.eigh(vectors=True) if spectrum is None else spectrum
+    if spec.vectors is None:
+        raise ValueError("spectrum has no eigenvectors; compute it with eigh(vectors=True)")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0; got {damping}")
+    if damping == 0 and p > 0 and spec.rank < spec.dim:
+        raise FitNeedsDampingError(
+            f"Σ has rank {spec.rank} < mn = {spec.dim}; (Σ + λI)^(-{p}) g needs damping > 0."
+        )
+    g = jnp.asarray(gradient, spec.vectors.dtype)
+    return _apply(spec.values, spec.vectors, g, p, damping)
+
+
+@jax.jit
+def _project(vectors, g):
+    return jnp.einsum("rij,...ij->...r", vectors, g)
+
+
+def _apply(values, vectors, g, p, damping):
+    coef = _project(vectors, g)
+    if damping == 0:
+        return jnp.einsum("...r,rij->...ij", coef * values ** (-p), vectors)
+    shift = (values + damping) ** (-p) - damping ** (-p)
+    return jnp.einsum("...r,rij->...ij", coef * shift, vectors) + damping ** (-p) * g
+
+
+def direction_quality(
+    target,
+    approx: Structure,
+    gradient: jax.Array,
+    *,
+    p: float = 0.5,
+    damping: float = 0.0,
+    approx_damping: float | None = None,
+    spectrum: Spectrum | None = None,
+) -> DirectionQuality:
+    """Compare ``approx.power(-p, λ').matvec(g)`` with the exact ``(Σ + λI)^{-p} g``.
+
+    Args:
+        target: a Target or ``(N, m, n)`` samples defining ``Σ``.
+        approx: a structure approximating ``Σ`` (e.g. an estimator's output).
+        gradient: ``(…, m, n)`` gradients ``g``.
+        p: power, ``0.5`` (Shampoo/KL-Shampoo/SOAP, root) or ``1`` (root-free).
+        damping: ``λ`` on the exact side.
+        approx_damping: ``λ'`` applied to ``approx`` (default ``λ``); pass 0 for an
+            approximation whose damping is already built in (IF-Shampoo's factors).
+        spectrum: precomputed ``target.eigh(vectors=True)``.
+
+    Returns:
+        :class:`DirectionQuality` (arrays with the gradient's leading shape).
+    """
+    target = as_target(target)
+    if tuple(approx.shape) != tuple(target.shape):
+        raise ValueError(f"approx has shape {approx.shape}; target has {target.shape}")
+    exact = exact_direction(target, gradient, p=p, damping=damping, spectrum=spectrum)
+    lam = damping if approx_damping is None else approx_damping
+    approx_dir = approx.power(-p, lam).matvec(jnp.asarray(gradient, approx.dtype))
+    approx_dir = approx_dir.astype(exact.dtype)
+    ne = jnp.linalg.norm(exact, axis=(-2, -1))
+    na = jnp.linalg.norm(approx_dir, axis=(-2, -1))
+    inner = jnp.sum(exact * approx_dir, axis=(-2, -1))
+    err = jnp.linalg.norm(approx_dir - exact, axis=(-2, -1))
+    return DirectionQuality(inner / (ne * na), err / ne, na / ne, float(p), float(damping))
+
+
+def loss_scaling_response(
+    estimator: Callable[[jax.Array], Structure],
+    samples: jax.Array,
+    gradient: jax.Array,
+    *,
+    c: float,
+    p: float,
+    damping: float = 0.0,
+) -> dict[str, float]:
+    """How a preconditioned step responds to scaling the loss by ``c``.
+
+    Scaling the loss scales every gradient by ``c`` and ``Σ = E[ggᵀ]`` by ``c²``, so
+    without damping ``(c²Σ)^{-p}(c g) = c^{1-2p} Σ^{-p} g``: the root step (``p = 1/2``)
+    is invariant, the root-free step (``p = 1``) shrinks by ``1/c``. The same holds for
+    any estimator that is homogeneous of degree 2 in the samples (Shampoo², KL, …).
+
+    Args:
+        estimator: samples ``(N, m, n)`` → structure approximating ``Σ``.
+        samples: per-example gradients ``G``.
+        gradient: the ``(m, n)`` gradient to precondition.
+        c: loss scale.
+        p: power.
+        damping: ``λ`` (breaks the invariance; use it to see by how much).
+
+    Returns:
+        ``{"norm_ratio": ‖d(c)‖/‖d(1)‖, "predicted": c^{1-2p}, "cosine": cos(d(c), d(1)),
+        "sigma_scale": tr Σ(cG) / tr Σ(G)}``.
+    """
+    g = jnp.asarray(gradient)
+    x = jnp.asarray(samples)
+    d1 = estimator(x).power(-p, damping).matvec(g)
+    dc = estimator(c * x).power(-p, damping).matvec(c * g)
+    n1, nc = jnp.linalg.norm(d1), jnp.linalg.norm(dc)
+    t1: Target = as_target(x)
+    tc: Target = as_target(c * x)
+    return {
+        "norm_ratio": float(nc / n1),
+        "predicted": float(np.power(c, 1.0 - 2.0 * p)),
+        "cosine": float(jnp.sum(d1 * dc) / (n1 * nc)),
+        "sigma_scale": float(tc.trace() / t1.trace()),
+    }
