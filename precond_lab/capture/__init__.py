@@ -1,0 +1,46 @@
+"""Capture per-example gradients, Gauss–Newton pseudo-gradients and K-FAC factors.
+
+Train a model (plain JAX, optax) on an offline dataset and, at chosen steps, record for
+selected layers the per-example gradients ``G_i`` (``m × n``), exact and sampled-label
+GGN pseudo-gradients, K-FAC activations and backprops, mini-batch and trajectory
+gradients, into an ``xarray.DataTree`` stored in Zarr (atomic per step, resumable).
+Every ``(sample, [class|mc,] row, col)`` array feeds ``precond_lab.targets.SampleTarget``.
+
+Example::
+
+    from precond_lab.capture import capture, open_capture
+    tree = capture("mlp", "digits", steps=[0, 50], targets=["gradients", "ggn"],
+                   out="run.zarr")
+    g = open_capture("run.zarr")["step_000050/layers/0/w"]["gradients"]  # lazy
+
+See :mod:`.store` for the schema, :mod:`.layout` for matricization, :mod:`.ggn` for loss
+conventions, :mod:`.kfac` for K-FAC conventions.
+"""
+
+from .api import TARGETS, capture, capture_from_fn
+from .data import DATASETS, Dataset, from_arrays, load_dataset
+from .ggn import LOSSES, hessian_sqrt, per_example_loss
+from .models import MODELS, Model, Tape, make_model
+from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
+
+__all__ = [
+    "DATASETS",
+    "LOSSES",
+    "MODELS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TARGETS",
+    "Dataset",
+    "Model",
+    "StoreError",
+    "Tape",
+    "capture",
+    "capture_from_fn",
+    "from_arrays",
+    "hessian_sqrt",
+    "load_dataset",
+    "make_model",
+    "open_capture",
+    "per_example_loss",
+    "validate_store",
+]

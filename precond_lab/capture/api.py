@@ -1,0 +1,448 @@
+"""``capture`` and ``capture_from_fn``: train, capture at chosen steps, store, resume.
+
+A run trains ``model`` on ``dataset`` with optax and, at each requested step, evaluates
+the requested targets on a fixed set of ``num_samples`` training examples (drawn once from
+``seed``), for the selected layers. With ``out``, each step is written atomically to a Zarr
+store (see :mod:`.store` for the schema) together with the training state, and a rerun
+with the same configuration resumes after the last finished step without recomputing it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from . import store as st
+from .data import Dataset, from_arrays, load_dataset
+from .kfac import KFAC_TARGETS, kfac_layer
+from .layout import flat_params, matrix_shape, row_axes_for, to_matrix
+from .models import Model, make_model
+from .per_example import Request, make_capture_fn, run_chunked
+from .train import batch_indices, make_eval, make_optimizer, make_train_step
+
+__all__ = ["TARGETS", "capture", "capture_from_fn"]
+
+TARGETS = ("gradients", "ggn", "ggn-mc", "kfac", "kfac-ggn", "kfac-mc", "batch", "trajectory")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python_version": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "numpy", "xarray", "zarr", "optax", "precond-lab"):
+        try:
+            out[f"{pkg.replace('-', '_')}_version"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[f"{pkg.replace('-', '_')}_version"] = "unknown"
+    return out
+
+
+def _check_choice(kind: str, values: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
+    bad = [v for v in values if v not in valid]
+    if bad:
+        raise ValueError(f"unknown {kind} {bad}; valid {kind}: {', '.join(valid)}")
+    if not values:
+        raise ValueError(f"no {kind} given; valid {kind}: {', '.join(valid)}")
+    return tuple(dict.fromkeys(values))
+
+
+def _default_layers(model: Model, params) -> tuple[str, ...]:
+    if model.tape_layers:
+        return tuple(f"{n}/w" for n in model.tape_layers)
+    return tuple(p for p, leaf in flat_params(params).items() if np.ndim(leaf) >= 1)
+
+
+def capture(
+    model: str | Model = "mlp",
+    dataset: str | Dataset = "digits",
+    *,
+    steps: Sequence[int] = (0,),
+    targets: Sequence[str] = ("gradients",),
+    layers: Sequence[str] | None = None,
+    out=None,
+    num_samples: int = 64,
+    batch_size: int = 32,
+    batch_sizes: Sequence[int] = (8,),
+    mc_samples: int = 8,
+    optimizer: str = "sgd",
+    learning_rate: float = 0.1,
+    seed: int = 0,
+    dtype: str = "float32",
+    model_options: Mapping | None = None,
+    row_axes: Mapping[str, Sequence[int]] | None = None,
+    chunk_size: int = 64,
+    eval_samples: int = 1000,
+    callback: Callable[[int, xr.DataTree], None] | None = None,
+    progress: bool = False,
+) -> xr.DataTree:
+    """Train and capture per-example quantities at ``steps``.
+
+    Args:
+        model: a name (``mlp``, ``cnn``, ``transformer``) or a :class:`Model`.
+        dataset: a name (see :func:`load_dataset`) or a :class:`Dataset`.
+        steps: training steps to capture at (0 = initialisation).
+        targets: any of :data:`TARGETS`: ``gradients`` (per-example), ``ggn`` (exact GGN
+            pseudo-gradients), ``ggn-mc`` (sampled labels), ``kfac``/``kfac-ggn``/
+            ``kfac-mc`` (activations and backprops with real/Λ^{1/2}/sampled
+            cotangents), ``batch`` (mini-batch gradients at ``batch_sizes``),
+            ``trajectory`` (the training mini-batch gradients, for Adagrad's target).
+        layers: parameter paths such as ``"layers/0/w"`` (default: every tape layer's
+            weight, or every non-scalar parameter of a user model).
+        out: Zarr path; the run is written there and resumed if it exists.
+        num_samples: examples captured per step (the same ones at every step).
+        batch_size: training mini-batch size.
+        batch_sizes: mini-batch sizes for the ``batch`` target (each ≤ ``num_samples``).
+        mc_samples: sampled labels per example for ``ggn-mc``/``kfac-mc``.
+        optimizer: ``sgd``, ``momentum`` or ``adam``; ``learning_rate`` its step size.
+        seed: initialisation, capture examples, mini-batches and sampled labels.
+        dtype: ``float32`` or ``float64`` (needs ``jax_enable_x64``).
+        model_options: keyword options for :func:`make_model` (names only).
+        row_axes: per-layer matricization overrides (see :mod:`.layout`).
+        chunk_size: examples per jitted call (bounds memory).
+        eval_samples: test examples for ``test_loss``/``test_accuracy``.
+        callback: ``callback(step, step_tree)`` after each captured step is stored.
+        progress: show a tqdm progress bar over training steps.
+
+    Returns:
+        The run's DataTree: opened lazily from ``out`` (all complete steps), or in memory.
+
+    Raises:
+        ValueError: unknown model, dataset, target, layer or optimizer; bad sizes.
+        StoreError: ``out`` holds a foreign store or a different configuration.
+    """
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(model, str):
+        model = make_model(model, ds, dtype=dtype, **dict(model_options or {}))
+    elif model_options:
+        raise ValueError("model_options only apply to a model given by name")
+    targets = _check_choice("targets", list(targets), TARGETS)
+    steps = sorted({int(s) for s in steps})
+    if not steps or steps[0] < 0:
+        raise ValueError(f"steps must be non-negative integers; got {steps}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    if dtype == "float64" and not jax.config.read("jax_enable_x64"):
+        raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True)")
+    n_train = len(ds.y_train)
+    for name, v, hi in (
+        ("num_samples", num_samples, n_train),
+        ("batch_size", batch_size, n_train),
+        ("mc_samples", mc_samples, None),
+        ("chunk_size", chunk_size, None),
+    ):
+        if int(v) < 1 or (hi is not None and int(v) > hi):
+            raise ValueError(f"{name} must be in [1, {hi or 'inf'}]; got {v}")
+    batch_sizes = sorted({int(b) for b in batch_sizes}) if "batch" in targets else []
+    if any(b < 1 or b > num_samples for b in batch_sizes) or (
+        "batch" in targets and not batch_sizes
+    ):
+        raise ValueError(
+            f"batch_sizes must lie in [1, num_samples={num_samples}]; got {batch_sizes}"
+        )
+
+    params = model.init(jax.random.PRNGKey(seed))
+    flat = flat_params(params)
+    layers = tuple(layers) if layers else _default_layers(model, params)
+    _check_choice("layers", list(layers), list(flat))
+    if any(p == "checkpoint" or p.startswith("checkpoint/") for p in layers):
+        raise ValueError("a layer path may not start with 'checkpoint' (reserved group name)")
+    if set(targets) & set(KFAC_TARGETS):
+        for p in layers:
+            kfac_layer(model, p)
+    row_axes = {p: tuple(a) for p, a in (row_axes or {}).items()}
+    shapes = {
+        p: matrix_shape(flat[p].shape, row_axes_for(flat[p].shape, row_axes.get(p))) for p in layers
+    }
+    cap_idx = np.random.default_rng(seed).choice(n_train, num_samples, replace=False)
+    config = {
+        "model": model.name,
+        "model_config": model.config_json(),
+        "dataset": ds.name,
+        "loss": model.loss,
+        "seed": int(seed),
+        "optimizer": optimizer,
+        "learning_rate": float(learning_rate),
+        "batch_size": int(batch_size),
+        "num_samples": int(num_samples),
+        "mc_samples": int(mc_samples),
+        "batch_sizes": ",".join(map(str, batch_sizes)),
+        "targets": ",".join(targets),
+        "layers": ",".join(layers),
+        "dtype": dtype,
+        "row_axes": json.dumps({p: list(a) for p, a in sorted(row_axes.items())}),
+    }
+    attrs = {
+        "schema": st.SCHEMA_NAME,
+        "schema_version": st.SCHEMA_VERSION,
+        **config,
+        "output_dim": int(ds.output_dim),
+        "dataset_description": ds.description,
+        "layer_shapes": ",".join(f"{m}x{n}" for m, n in shapes.values()),
+        "config_json": json.dumps(config, sort_keys=True),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        **_versions(),
+    }
+
+    opt = make_optimizer(optimizer, learning_rate)
+    opt_state = opt.init(params)
+    done: list[int] = []
+    if out is not None:
+        st.init_store(out, attrs)
+        done = st.completed_steps(out)
+    missing = [s for s in steps if s not in done]
+    result = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
+    if missing:
+        resume = max((d for d in done if d < missing[0]), default=None)
+        if resume is not None:
+            params, opt_state = _restore(out, resume, params, opt_state)
+        runner = _Runner(
+            model,
+            ds,
+            params,
+            opt,
+            layers,
+            targets,
+            row_axes,
+            cap_idx,
+            dict(
+                seed=seed,
+                mc_samples=mc_samples,
+                batch_sizes=batch_sizes,
+                chunk_size=chunk_size,
+                eval_samples=eval_samples,
+                batch_size=batch_size,
+            ),
+            dtype,
+        )
+        start = 0 if resume is None else resume
+        todo = range(start, missing[-1] + 1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(todo, desc="capture", unit="step")
+        traj: list[tuple[int, dict]] = []
+        for s in todo:
+            xb, yb = runner.batch(s)
+            new_params, new_opt, train_loss, g = runner.train_step(params, opt_state, xb, yb)
+            if s != resume:
+                traj.append((s, g))
+            if s in missing:
+                tree = runner.step_tree(s, params, opt_state, float(train_loss), traj)
+                traj = []
+                if out is not None:
+                    st.write_step(out, s, tree)
+                else:
+                    result[st.step_name(s)] = tree
+                if callback is not None:
+                    callback(s, tree)
+            params, opt_state = new_params, new_opt
+    return st.open_capture(out) if out is not None else result
+
+
+def _restore(out, step, params, opt_state):
+    paths, pleaves, oleaves = st.read_checkpoint(out, step)
+    flat = flat_params(params)
+    if paths != list(flat):
+        raise st.StoreError(
+            f"{out}: checkpoint of step {step} has parameters {paths}, expected {list(flat)}"
+        )
+    otree = jax.tree_util.tree_structure(opt_state)
+    if otree.num_leaves != len(oleaves):
+        raise st.StoreError(f"{out}: checkpoint of step {step} has a different optimizer state")
+    ptree = jax.tree_util.tree_structure(params)
+    params = jax.tree_util.tree_unflatten(ptree, [jnp.asarray(v) for v in pleaves])
+    old = jax.tree_util.tree_leaves(opt_state)
+    opt_state = jax.tree_util.tree_unflatten(
+        otree, [jnp.asarray(v, dtype=o.dtype) for v, o in zip(oleaves, old, strict=True)]
+    )
+    return params, opt_state
+
+
+class _Runner:
+    """The jitted pieces of one run and the assembly of a step's DataTree."""
+
+    def __init__(self, model, ds, params, opt, layers, targets, row_axes, cap_idx, cfg, dtype):
+        self.model, self.ds, self.layers, self.targets, self.cfg = model, ds, layers, targets, cfg
+        self.row_axes = row_axes
+        self.dtype = dtype
+        self.cap_idx = cap_idx
+        self.x_cap, self.y_cap = self._cast(ds.x_train[cap_idx]), self._cast(ds.y_train[cap_idx])
+        req = Request(layers, frozenset(targets) - {"trajectory"}, cfg["mc_samples"], row_axes)
+        if not req.targets:
+            req = Request(layers, frozenset({"gradients"}), cfg["mc_samples"], row_axes)
+        self.capture_fn = make_capture_fn(model, params, req)
+        self.train_step = make_train_step(model, opt, layers, row_axes)
+        self.evaluate = make_eval(model)
+
+    def _cast(self, a):
+        a = np.asarray(a)
+        return a.astype(self.dtype) if a.dtype.kind == "f" else a
+
+    def batch(self, step):
+        idx = batch_indices(self.cfg["seed"], step, len(self.ds.y_train), self.cfg["batch_size"])
+        return self._cast(self.ds.x_train[idx]), self._cast(self.ds.y_train[idx])
+
+    def step_tree(self, step, params, opt_state, train_loss, traj) -> xr.DataTree:
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg["seed"]), 77), step)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(self.cap_idx))
+        res = run_chunked(
+            self.capture_fn, params, self.x_cap, self.y_cap, keys, self.cfg["chunk_size"]
+        )
+        coords = {"sample": self.cap_idx.astype(np.int64)}
+        y = self.y_cap
+        data = {
+            "loss": ("sample", res["loss"]),
+            "labels": (("sample", "output") if y.ndim == 2 else ("sample",), y),
+        }
+        attrs = {
+            "step": int(step),
+            "loss": float(np.mean(res["loss"])),
+            "train_loss": train_loss,
+            "accuracy": -1.0,
+            "test_loss": -1.0,
+            "test_accuracy": -1.0,
+        }
+        if "outputs" in res:
+            data["outputs"] = (("sample", "output"), res["outputs"])
+            if self.model.loss == "cross_entropy":
+                attrs["accuracy"] = float(np.mean(np.argmax(res["outputs"], -1) == y))
+        n_test = min(self.cfg["eval_samples"], len(self.ds.y_test))
+        if n_test:
+            tl, ta = self.evaluate(
+                params, self._cast(self.ds.x_test[:n_test]), self._cast(self.ds.y_test[:n_test])
+            )
+            attrs["test_loss"] = float(tl)
+            attrs["test_accuracy"] = -1.0 if np.isnan(float(ta)) else float(ta)
+        nodes = {
+            "/": xr.Dataset(data, coords=coords, attrs=attrs),
+            "checkpoint": _checkpoint(params, opt_state),
+        }
+        flat = flat_params(params)
+        for p in self.layers:
+            nodes.update(self._layer_nodes(p, flat[p], res[p], traj, coords))
+        return xr.DataTree.from_dict(nodes)
+
+    def _layer_nodes(self, p, param, r, traj, coords):
+        rows = row_axes_for(param.shape, self.row_axes.get(p))
+        mat = np.asarray(to_matrix(param, 0, param.shape, rows))
+        dims = {
+            "gradients": ("sample", "row", "col"),
+            "ggn": ("sample", "class", "row", "col"),
+            "ggn_mc": ("sample", "mc", "row", "col"),
+        }
+        data = {"param": (("row", "col"), mat)}
+        for name in ("gradients", "ggn", "ggn_mc"):
+            if name in r and (name != "gradients" or "gradients" in self.targets):
+                data[name] = (dims[name], r[name])
+        pos = ("position",) if "kfac_activations" in r and r["kfac_activations"].ndim == 3 else ()
+        if "kfac_activations" in r:
+            data["kfac_activations"] = (("sample", *pos, "in"), r["kfac_activations"])
+        for sfx, extra in (("", ()), ("_ggn", ("class",)), ("_mc", ("mc",))):
+            if "kfac_backprops" + sfx in r:
+                data["kfac_backprops" + sfx] = (
+                    ("sample", *extra, *pos, "out"),
+                    r["kfac_backprops" + sfx],
+                )
+        c = {**coords}
+        if "ggn" in data or "kfac_backprops_ggn" in data:
+            c["class"] = np.arange(self.ds.output_dim)
+        if "ggn_mc" in data or "kfac_backprops_mc" in data:
+            c["mc"] = np.arange(self.cfg["mc_samples"])
+        attrs = {
+            "param_path": p,
+            "param_shape": ",".join(map(str, param.shape)),
+            "row_axes": ",".join(map(str, rows)),
+            "rows": mat.shape[0],
+            "cols": mat.shape[1],
+        }
+        nodes = {p: xr.Dataset(data, coords=c, attrs=attrs)}
+        g = r.get("gradients")
+        for b in self.cfg["batch_sizes"]:
+            nb = len(g) // b
+            means = g[: nb * b].reshape(nb, b, *g.shape[1:]).mean(axis=1)
+            nodes[f"{p}/batch_size_{b}"] = xr.Dataset(
+                {"gradients": (("batch", "row", "col"), means)},
+                coords={"weight": ("batch", np.full(nb, b / nb, means.dtype))},
+                attrs={"batch_size": b, "note": "batch j = captured examples j*B..(j+1)*B-1"},
+            )
+        if "trajectory" in self.targets:
+            gs = np.stack([np.asarray(gg[p]) for _, gg in traj])
+            nodes[f"{p}/trajectory"] = xr.Dataset(
+                {"gradients": (("train_step", "row", "col"), gs)},
+                coords={
+                    "train_step": np.array([s for s, _ in traj], np.int64),
+                    "weight": ("train_step", np.ones(len(traj), gs.dtype)),
+                },
+            )
+        return nodes
+
+
+def _checkpoint(params, opt_state) -> xr.Dataset:
+    flat = flat_params(params)
+    data = {}
+    for i, leaf in enumerate(flat.values()):
+        a = np.asarray(leaf)
+        data[f"p{i:04d}"] = ([f"p{i:04d}_{d}" for d in range(a.ndim)], a)
+    oleaves = jax.tree_util.tree_leaves(opt_state)
+    for i, leaf in enumerate(oleaves):
+        a = np.asarray(leaf)
+        data[f"o{i:04d}"] = ([f"o{i:04d}_{d}" for d in range(a.ndim)], a)
+    return xr.Dataset(data, attrs={"param_paths": ",".join(flat), "num_opt_leaves": len(oleaves)})
+
+
+def capture_from_fn(
+    params,
+    x,
+    y,
+    *,
+    apply_fn: Callable | None = None,
+    loss: str | None = None,
+    loss_fn: Callable | None = None,
+    steps: Sequence[int] = (0,),
+    name: str = "user",
+    x_test=None,
+    y_test=None,
+    **kwargs,
+) -> xr.DataTree:
+    """Capture for any JAX model given as functions (no tape: no K-FAC targets).
+
+    Args:
+        params: the parameter pytree (the initialisation when training, ``steps`` > 0).
+        x, y: training inputs and labels (int classes for ``cross_entropy``, floats for
+            ``mse``); the captured examples are drawn from them.
+        apply_fn: ``(params, x_batch) -> outputs (B, C)``; with ``loss`` (``cross_entropy``
+            or ``mse``, see :mod:`.ggn`) enables every non-K-FAC target.
+        loss_fn: alternatively ``(params, (x_batch, y_batch)) -> mean loss``: gradient
+            targets only (``gradients``, ``batch``, ``trajectory``).
+        steps: steps to capture at; ``(0,)`` captures ``params`` as given.
+        name: model name stored as provenance.
+        x_test, y_test: optional evaluation data.
+        **kwargs: forwarded to :func:`capture` (``targets``, ``layers``, ``out``, …).
+    """
+    if (apply_fn is None) == (loss_fn is None):
+        raise ValueError("give exactly one of apply_fn (with loss) or loss_fn")
+    if apply_fn is not None and loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"apply_fn needs loss='cross_entropy' or 'mse'; got {loss!r}")
+    data_loss = loss or ("cross_entropy" if np.asarray(y).dtype.kind in "iu" else "mse")
+    ds = from_arrays(x, y, loss=data_loss, x_test=x_test, y_test=y_test)
+    if apply_fn is not None:
+        model = Model(
+            name,
+            lambda key: params,
+            lambda p, xi, tape=None: apply_fn(p, xi[None])[0],
+            loss,
+            {"user": name},
+        )
+    else:
+        model = Model(name, lambda key: params, None, data_loss, {"user": name}, loss_fn=loss_fn)
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    kwargs.setdefault("dtype", "float64" if leaf.dtype == jnp.float64 else "float32")
+    return capture(model, ds, steps=steps, **kwargs)

@@ -1,0 +1,46 @@
+"""K-FAC factors: which :class:`~precond_lab.capture.models.Tape` layer owns a parameter.
+
+For a captured weight ``"<layer>/w"`` (``m × n``) the stored factors are the layer inputs
+``a`` (``kfac_activations``: ``(sample, in)`` or ``(sample, position, in)``) and the
+output-side backprops ``δ = ∂ℓ_i/∂s`` (``kfac_backprops*``: ``(sample, [class|mc,]
+[position,] out)``), so that the per-example gradient is exactly ``G = Σ_r δ_r a_rᵀ``
+(``G = δ aᵀ`` without positions). A bias ``"<layer>/b"`` is its own layer with
+activations equal to one (``in = 1``), so ``G_b = Σ_r δ_r`` (matricized ``m × 1``); the
+bias is not folded into the weight. ``kfac_backprops`` uses the real labels (empirical),
+``kfac_backprops_ggn`` the ``C`` columns of ``Λ^{1/2}`` (exact GGN) and
+``kfac_backprops_mc`` the sampled labels, pre-divided by ``√k``.
+
+With weight sharing (``position`` axis, ``R`` positions), Eschenhagen et al.'s variants
+are ``expand``: ``[Σ_n w_n (1/R) Σ_r a aᵀ] ⊗ [Σ_n w_n Σ_{c,r} δ δᵀ]`` and ``reduce``:
+``[Σ_n w_n â â ᵀ] ⊗ [Σ_n w_n Σ_c δ̂ δ̂ᵀ]`` with ``â = (1/R) Σ_r a_r``, ``δ̂ = Σ_r δ_r``
+(computed by ``precond_lab.estimators.kfac``, not here).
+"""
+
+from __future__ import annotations
+
+from .models import Model
+
+__all__ = ["KFAC_TARGETS", "kfac_layer"]
+
+KFAC_TARGETS = ("kfac", "kfac-ggn", "kfac-mc")
+
+
+def kfac_layer(model: Model, path: str) -> tuple[str, bool]:
+    """``(tape layer name, is_bias)`` for parameter ``path``.
+
+    Raises:
+        ValueError: when ``path`` is not the ``w`` or ``b`` of a tape layer of ``model``.
+    """
+    prefix, _, leaf = path.rpartition("/")
+    if leaf in ("w", "b") and prefix in model.tape_layers:
+        return prefix, leaf == "b"
+    if not model.tape_layers:
+        raise ValueError(
+            f"K-FAC targets need a model whose apply routes its layers through Tape.linear; "
+            f"model {model.name!r} has no tape layers (user apply_fn/loss_fn models support "
+            f"gradients, ggn, ggn-mc, batch and trajectory only)"
+        )
+    valid = ", ".join(f"{n}/w, {n}/b" for n in model.tape_layers)
+    raise ValueError(
+        f"layer {path!r} has no K-FAC factors in model {model.name!r}; K-FAC layers: {valid}"
+    )

@@ -1,0 +1,177 @@
+"""The per-example engine: gradients, GGN pseudo-gradients and K-FAC factors in one pass.
+
+For each example one forward pass ``jax.vjp`` is taken with respect to the selected
+parameters *and* the layers' output perturbations (see
+:class:`~precond_lab.capture.models.Tape`); every requested set of output cotangents is
+pulled back through it with ``jax.vmap``:
+
+* real-label gradient ``∂ℓ/∂f`` → per-example gradients ``G_i`` and K-FAC ``δ``;
+* the ``C`` columns of ``Λ^{1/2}`` → exact GGN pseudo-gradients ``b_{i,c}`` and ``δ``;
+* ``k`` sampled-label gradients divided by ``√k`` → MC pseudo-gradients and ``δ``.
+
+Examples are batched with ``jax.vmap`` and the whole chunk is one ``jax.jit`` call. The
+same sampled labels feed ``ggn_mc`` and ``kfac_backprops_mc``. Models given only as a
+``loss_fn`` get per-example gradients from ``vmap(grad)`` of the loss on one-example
+batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import ggn
+from .kfac import KFAC_TARGETS, kfac_layer
+from .layout import flat_params, matrix_shape, merge_params, row_axes_for, to_matrix
+from .models import Model, Tape
+
+__all__ = ["Request", "make_capture_fn", "run_chunked"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What to compute.
+
+    Attributes:
+        layers: parameter paths.
+        targets: subset of ``gradients, ggn, ggn-mc, kfac, kfac-ggn, kfac-mc, batch``.
+        mc_samples: ``k`` sampled labels per example.
+        row_axes: per-path matricization overrides (see :mod:`.layout`).
+    """
+
+    layers: tuple[str, ...]
+    targets: frozenset[str]
+    mc_samples: int = 1
+    row_axes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def needs(self, *names: str) -> bool:
+        return bool(self.targets & set(names))
+
+
+def make_capture_fn(model: Model, params, req: Request) -> Callable:
+    """A jitted ``fn(params, x, y, keys) -> dict`` over a chunk of examples.
+
+    The result has ``"loss"`` ``(N,)``, ``"outputs"`` ``(N, C)`` (when the model has an
+    ``apply``) and, per layer path, a dict with the requested arrays among
+    ``gradients (N, m, n)``, ``ggn (N, C, m, n)``, ``ggn_mc (N, k, m, n)``,
+    ``kfac_activations (N, [P,] n)``, ``kfac_backprops (N, [P,] m)``,
+    ``kfac_backprops_ggn (N, C, [P,] m)``, ``kfac_backprops_mc (N, k, [P,] m)``.
+    """
+    flat = flat_params(params)
+    shapes = {p: tuple(flat[p].shape) for p in req.layers}
+    rows = {p: row_axes_for(shapes[p], req.row_axes.get(p)) for p in req.layers}
+    kinds = {
+        "emp": req.needs("gradients", "batch", "kfac"),
+        "ggn": req.needs("ggn", "kfac-ggn"),
+        "mc": req.needs("ggn-mc", "kfac-mc"),
+    }
+    want_kfac = req.needs(*KFAC_TARGETS)
+    owners = {p: kfac_layer(model, p) for p in req.layers} if want_kfac else {}
+    tape_names = sorted({name for name, _ in owners.values()})
+    k = int(req.mc_samples)
+
+    if model.apply is None:  # user loss_fn only
+        if req.needs("ggn", "ggn-mc", *KFAC_TARGETS):
+            raise ValueError("ggn, ggn-mc and K-FAC targets need an apply_fn and a loss name")
+        return _make_loss_fn_capture(model, req, shapes, rows)
+
+    def mat(g, lead, p):
+        return to_matrix(g, lead, shapes[p], rows[p])
+
+    def one(params, x, y, key):
+        sel = {p: flat_params(params)[p] for p in req.layers}
+        probe = Tape()
+        model.apply(params, x, probe)  # records output shapes; dead code for XLA
+        perts = {n: jnp.zeros(probe.output_shapes[n], _dtype(params)) for n in tape_names}
+
+        def fwd(sel, perts):
+            tape = Tape(perts)
+            out = model.apply(merge_params(params, sel), x, tape)
+            return out, {n: tape.inputs[n] for n in tape_names}
+
+        f, vjp, acts = jax.vjp(fwd, sel, perts, has_aux=True)
+        cots = {}
+        if kinds["emp"]:
+            cots["emp"] = ggn.loss_grad(model.loss, f, y)[None]
+        if kinds["ggn"]:
+            cots["ggn"] = ggn.hessian_sqrt(model.loss, f).T  # row c = column c of S
+        if kinds["mc"]:
+            cots["mc"] = ggn.sampled_grads(model.loss, f, key, k) / math.sqrt(k)
+        pulled = {kind: jax.vmap(vjp)(c) for kind, c in cots.items()}
+        res = {"loss": ggn.per_example_loss(model.loss, f, y), "outputs": f}
+        for p in req.layers:
+            d = {}
+            if req.needs("gradients", "batch"):
+                d["gradients"] = mat(pulled["emp"][0][p], 1, p)[0]
+            if req.needs("ggn"):
+                d["ggn"] = mat(pulled["ggn"][0][p], 1, p)
+            if req.needs("ggn-mc"):
+                d["ggn_mc"] = mat(pulled["mc"][0][p], 1, p)
+            if want_kfac:
+                name, is_bias = owners[p]
+                a = acts[name]
+                d["kfac_activations"] = jnp.ones((*a.shape[:-1], 1), a.dtype) if is_bias else a
+                suffix = {
+                    "kfac": ("emp", ""),
+                    "kfac-ggn": ("ggn", "_ggn"),
+                    "kfac-mc": ("mc", "_mc"),
+                }
+                for tgt, (kind, sfx) in suffix.items():
+                    if tgt in req.targets:
+                        delta = pulled[kind][1][name]
+                        d["kfac_backprops" + sfx] = delta[0] if kind == "emp" else delta
+            res[p] = d
+        return res
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
+
+
+def _dtype(params):
+    return jax.tree_util.tree_leaves(params)[0].dtype
+
+
+def _make_loss_fn_capture(model: Model, req: Request, shapes, rows):
+    def one(params, x, y, key):
+        sel = {p: flat_params(params)[p] for p in req.layers}
+
+        def loss(sel):
+            return model.loss_fn(merge_params(params, sel), (x[None], y[None]))
+
+        value, grads = jax.value_and_grad(loss)(sel)
+        res = {"loss": value}
+        for p in req.layers:
+            res[p] = {"gradients": to_matrix(grads[p], 0, shapes[p], rows[p])}
+        return res
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
+
+
+def run_chunked(fn: Callable, params, x, y, keys, chunk: int) -> dict:
+    """Apply ``fn`` over examples in chunks of ``chunk`` (the last padded, then trimmed).
+
+    Returns the same nested dict with NumPy arrays concatenated along the sample axis.
+    """
+    n = len(x)
+    chunk = max(1, min(int(chunk), n))
+    parts = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk) % n  # pad by wrapping: one compiled shape
+        out = fn(params, x[idx], y[idx], keys[idx])
+        keep = min(chunk, n - start)
+        parts.append(jax.tree_util.tree_map(lambda a, keep=keep: np.asarray(a)[:keep], out))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *parts)
+
+
+def layer_matrix_shapes(params, req: Request) -> dict[str, tuple[int, int]]:
+    """``{path: (m, n)}`` of the selected layers."""
+    flat = flat_params(params)
+    out = {}
+    for p in req.layers:
+        shape = tuple(flat[p].shape)
+        out[p] = matrix_shape(shape, row_axes_for(shape, req.row_axes.get(p)))
+    return out
