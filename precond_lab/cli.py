@@ -6,6 +6,8 @@ Subcommands:
   a dense float64 cross-check; the README's main job.
 * ``capture`` — capture per-example gradients, Gauss–Newton pseudo-gradients and
   K-FAC factors from the built-in model zoo into a Zarr store.
+* ``reproduce`` — run the claim studies of ``studies/`` (``--quick`` / ``--full``,
+  ``--only NAME``), write ``figures/`` and ``REPORT.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from .study import FAILS, reproduce
+
+    preset = "full" if args.full else "quick"
+    only = [o for part in (args.only or []) for o in part.split(",") if o]
+    records = reproduce(preset=preset, only=only or None, figdir=args.figures, report=args.report)
+    errors = [r["name"] for r in records if r["error"]]
+    verdicts = [v for r in records for v in r["verdicts"]]
+    print(
+        f"\n{len(records)} studies, {len(verdicts)} verdicts: "
+        f"{sum(v.verdict == FAILS for v in verdicts)} 'does not hold', "
+        f"{len(errors)} failed studies{(' (' + ', '.join(errors) + ')') if errors else ''}"
+    )
+    return 1 if errors else 0
+
+
 def _frame(rows):
     import pandas as pd
 
@@ -65,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=int, default=30, help="full-batch GD steps first")
     demo.add_argument("--out", help="also write the table as netCDF")
     demo.set_defaults(func=_run_demo)
+    rep = sub.add_parser("reproduce", help="run the claim studies; write figures/ and REPORT.md")
+    group = rep.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="laptop-CPU preset (default)")
+    group.add_argument("--full", action="store_true", help="the larger, GPU-scale preset")
+    rep.add_argument("--only", action="append", help="study name(s), comma-separated")
+    rep.add_argument("--figures", default=None, help="figure folder (default: <clone>/figures)")
+    rep.add_argument("--report", default=None, help="report path (default: <clone>/REPORT.md)")
+    rep.set_defaults(func=_run_reproduce)
     try:
         from .capture import cli as capture_cli
     except ImportError as err:  # the capture extra is not installed

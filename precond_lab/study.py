@@ -1,0 +1,315 @@
+"""The study framework: claims, verdicts, the ``reproduce`` runner and its report.
+
+A *study* is a module in the top-level ``studies/`` folder of a clone that defines
+
+* ``NAME`` (str), ``TITLE`` (str), ``PRESETS = {"quick": {...}, "full": {...}}``;
+* ``run(**config) -> xarray.Dataset`` — the measurements, with provenance attributes;
+* ``plot(ds, figdir) -> list[pathlib.Path]`` — figures written into ``figdir``;
+* ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``.
+
+``reproduce`` imports each study, runs the chosen preset, saves the Dataset as netCDF,
+draws the figures and writes a Markdown report with a table (claim, paper, location,
+verdict, key numbers) and the figures embedded. Claims no study can test yet stay in the
+table as "not yet tested" with the reason (:data:`UNTESTED`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = [
+    "HOLDS",
+    "FAILS",
+    "PARTIAL",
+    "UNTESTED_VERDICT",
+    "Verdict",
+    "UNTESTED",
+    "judge",
+    "cached_capture",
+    "repo_root",
+    "study_modules",
+    "reproduce",
+    "write_report",
+]
+
+HOLDS = "holds"
+FAILS = "does not hold"
+PARTIAL = "partially holds"
+UNTESTED_VERDICT = "not yet tested"
+ERROR = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The answer to one claim on this data.
+
+    Attributes:
+        claim: the claim's id in theory.md section B (e.g. ``"P3-1"``, ``"D9"``).
+        paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
+        location: where the paper states it (as far as known).
+        statement: the claim, in one sentence.
+        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL` or
+            :data:`UNTESTED_VERDICT` (or ``"error"`` if the study crashed).
+        evidence: the key numbers behind the verdict.
+        tolerance: the threshold used to decide.
+    """
+
+    claim: str
+    paper: str
+    location: str
+    statement: str
+    verdict: str
+    evidence: str
+    tolerance: str = ""
+
+
+def judge(ok: bool, partial: bool = False) -> str:
+    """``holds`` if ``ok``, else ``partially holds`` if ``partial``, else ``does not hold``."""
+    return HOLDS if ok else (PARTIAL if partial else FAILS)
+
+
+# Claims that need full training runs or hardware this toolkit does not model (theory.md B).
+UNTESTED = [
+    Verdict(
+        "P1-16",
+        "P1 Lin et al. 2025",
+        "Abstract; memory table",
+        "KL-Shampoo needs no Adam grafting and saves Adam's d_a·d_b memory per layer.",
+        UNTESTED_VERDICT,
+        "needs full optimiser training runs (LM pre-training).",
+    ),
+    Verdict(
+        "P1-17",
+        "P1 Lin et al. 2025",
+        "papernotes summary",
+        "Shampoo (p=1/2) without grafting fails in all 150 runs on NanoRWKV7.",
+        UNTESTED_VERDICT,
+        "needs 150-run hyper-parameter searches on a 162M-parameter LM.",
+    ),
+    Verdict(
+        "P1-18",
+        "P1 Lin et al. 2025",
+        "Abstract v7",
+        "KL-Shampoo beats SOAP, Shampoo and KL-SOAP in LM pre-training (4 models).",
+        UNTESTED_VERDICT,
+        "needs LM pre-training at 123M–227M parameters.",
+    ),
+    Verdict(
+        "P2-24",
+        "P2 Lin et al. 2024",
+        "Abstract; Fig. 1",
+        "Root-free methods close the generalisation gap to SGD on CNNs (CIFAR-100).",
+        UNTESTED_VERDICT,
+        "needs 200-run searches of full CNN trainings on CIFAR-100.",
+    ),
+    Verdict(
+        "P2-25",
+        "P2 Lin et al. 2024",
+        "Abstract; Fig. 1",
+        "Root-free methods keep root-based performance on vision transformers.",
+        UNTESTED_VERDICT,
+        "needs full ViT trainings on ImageWoof.",
+    ),
+    Verdict(
+        "P2-26",
+        "P2 Lin et al. 2024",
+        "Fig. 1 (v1)",
+        "Root-free methods also work on a 3-layer LSTM and a GNN.",
+        UNTESTED_VERDICT,
+        "needs full LSTM/GNN trainings (code not released).",
+    ),
+    Verdict(
+        "P2-32",
+        "P2 Lin et al. 2024",
+        "Abstract",
+        "Adaptivity itself, not sign descent from the root, drives adaptive methods.",
+        UNTESTED_VERDICT,
+        "an interpretation of training results; needs training studies.",
+    ),
+]
+
+
+def repo_root() -> Path:
+    """The clone's root (the folder holding ``studies/`` and ``figures/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def cached_capture(cache_dir: Path | None = None, **config):
+    """``precond_lab.capture.capture(**config)`` stored once under the cache and reused.
+
+    The store's name is a hash of the configuration, and a capture resumes where it
+    stopped, so studies that need the same run share it. Cache: ``<clone>/.precond_lab_cache``
+    (or ``$PRECOND_LAB_CACHE``).
+
+    Returns:
+        The capture opened lazily (``open_capture``).
+    """
+    import hashlib
+    import json
+    import os
+
+    from .capture import capture, open_capture
+
+    cache = Path(
+        cache_dir or os.environ.get("PRECOND_LAB_CACHE", repo_root() / ".precond_lab_cache")
+    )
+    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out = (
+        cache
+        / "captures"
+        / f"{config.get('model', 'model')}-{config.get('dataset', 'data')}-{key}.zarr"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    capture(out=str(out), progress=False, **config)
+    return open_capture(str(out))
+
+
+def study_modules(only: list[str] | None = None) -> list:
+    """Import the study modules of ``studies/`` (sorted), optionally only some names."""
+    folder = repo_root() / "studies"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no studies/ folder next to the package ({folder}); run from a clone of precond_lab"
+        )
+    if str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
+    names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    modules = [importlib.import_module(f"studies.{n}") for n in names]
+    if only:
+        known = {m.NAME: m for m in modules}
+        unknown = [o for o in only if o not in known]
+        if unknown:
+            raise ValueError(f"unknown study {unknown}; available: {', '.join(sorted(known))}")
+        modules = [known[o] for o in only]
+    return modules
+
+
+def _provenance() -> dict:
+    import jax
+    import numpy as np
+    import xarray as xr
+
+    from . import __version__
+
+    return {
+        "precond_lab_version": __version__,
+        "jax_version": jax.__version__,
+        "numpy_version": np.__version__,
+        "xarray_version": xr.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": str(jax.devices()[0].device_kind),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def reproduce(
+    preset: str = "quick",
+    only: list[str] | None = None,
+    figdir: Path | None = None,
+    report: Path | None = None,
+    log=print,
+) -> list[dict]:
+    """Run the studies, save data and figures, and write the report.
+
+    Returns:
+        One record per study: ``{"name", "title", "seconds", "figures", "verdicts",
+        "error"}``.
+    """
+    root = repo_root()
+    figdir = Path(figdir) if figdir is not None else root / "figures"
+    report = Path(report) if report is not None else root / "REPORT.md"
+    datadir = figdir / "data"
+    datadir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for mod in study_modules(only):
+        if preset not in mod.PRESETS:
+            raise ValueError(f"study {mod.NAME} has no preset {preset!r}")
+        log(f"[{mod.NAME}] {mod.TITLE} ({preset})")
+        t0 = time.perf_counter()
+        rec = {"name": mod.NAME, "title": mod.TITLE, "figures": [], "verdicts": [], "error": None}
+        try:
+            ds = mod.run(**mod.PRESETS[preset])
+            ds.attrs.update({k: v for k, v in _provenance().items() if k not in ds.attrs})
+            ds.attrs["preset"] = preset
+            ds.to_netcdf(datadir / f"{mod.NAME}.nc")
+            rec["figures"] = [Path(p) for p in mod.plot(ds, figdir)]
+            rec["verdicts"] = list(mod.verdicts(ds))
+        except Exception as err:  # one study's failure is reported, not fatal
+            rec["error"] = f"{type(err).__name__}: {err}"
+            log(traceback.format_exc())
+        rec["seconds"] = time.perf_counter() - t0
+        for v in rec["verdicts"]:
+            log(f"  {v.claim:<6} {v.verdict:<16} {v.evidence}")
+        if rec["error"]:
+            log(f"  ERROR {rec['error']}")
+        records.append(rec)
+    write_report(records, report, preset, figdir)
+    log(f"wrote {report}")
+    return records
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(records: list[dict], path: Path, preset: str, figdir: Path) -> None:
+    """Write the Markdown report: summary table, per-study sections with figures."""
+    path = Path(path)
+    prov = _provenance()
+    lines = [
+        "# precond_lab: claims report",
+        "",
+        f"Generated by `precond-lab reproduce --{preset}` on {prov['date']} "
+        f"(precond_lab {prov['precond_lab_version']}, jax {prov['jax_version']}, "
+        f"device {prov['device']}). Claims are numbered as in `theory.md` section B; "
+        "D1–D9 are the derived identities of B.4.",
+        "",
+        "| claim | paper | location | verdict | key numbers | tolerance |",
+        "|---|---|---|---|---|---|",
+    ]
+    tested = [v for r in records for v in r["verdicts"]]
+    for r in records:
+        if r["error"]:
+            lines.append(f"| {r['name']} | — | — | {ERROR} | {_cell(r['error'])} | — |")
+    for v in sorted(tested + UNTESTED, key=lambda v: _claim_key(v.claim)):
+        lines.append(
+            f"| {v.claim} | {_cell(v.paper)} | {_cell(v.location)} | **{v.verdict}** | "
+            f"{_cell(v.evidence)} | {_cell(v.tolerance)} |"
+        )
+    counts = {}
+    for v in tested + UNTESTED:
+        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+    lines += ["", "Summary: " + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())), ""]
+    for r in records:
+        lines += [f"## {r['title']} (`{r['name']}`, {r['seconds']:.0f} s)", ""]
+        if r["error"]:
+            lines += [f"**The study failed:** `{r['error']}`", ""]
+        for v in r["verdicts"]:
+            lines.append(f"- **{v.claim}** ({v.verdict}): {v.statement} — {v.evidence}")
+        lines.append("")
+        for fig in r["figures"]:
+            if fig.suffix == ".png":
+                rel = _relpath(fig, path.parent)
+                lines += [f"![{fig.stem}]({rel})", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _relpath(p: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(Path(p).resolve(), Path(start).resolve())
+
+
+def _claim_key(claim: str):
+    head, _, num = claim.partition("-")
+    if not num:  # D1..D9
+        return ("Z", int(claim[1:]) if claim[1:].isdigit() else 0)
+    return (head, int(num) if num.isdigit() else 0)

@@ -1,0 +1,1 @@
+"""Claim studies: one module per claim group (see precond_lab.study for the contract)."""
