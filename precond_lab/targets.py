@@ -37,6 +37,7 @@ from .structures import Structure
 __all__ = ["Target", "SampleTarget", "DenseTarget", "DampedTarget", "Spectrum", "as_target"]
 
 _CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default
+_MIN_CHUNK = 32  # ... but at least this many samples, so large layers keep large products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +83,15 @@ class Target:
 
     def second_moments(self) -> tuple[jax.Array, jax.Array]:
         """Shampoo's statistics ``(L, R) = (E[G Gᵀ], E[Gᵀ G])``."""
-        m, n = self.shape
-        return (
-            self.contract_left(jnp.eye(n, dtype=self.dtype)),
-            self.contract_right(jnp.eye(m, dtype=self.dtype)),
-        )
+        return self.left_moment(), self.right_moment()
+
+    def left_moment(self) -> jax.Array:
+        """``L = E[G Gᵀ] = contract_left(I)`` (m×m)."""
+        return self.contract_left(jnp.eye(self.shape[1], dtype=self.dtype))
+
+    def right_moment(self) -> jax.Array:
+        """``R = E[Gᵀ G] = contract_right(I)`` (n×n)."""
+        return self.contract_right(jnp.eye(self.shape[0], dtype=self.dtype))
 
     def rotated_diagonal(self, qa: jax.Array | None, qb: jax.Array | None) -> jax.Array:
         """``diag(QᵀΣQ)`` as ``(m, n)`` for ``Q = qa ⊗ qb`` (identity where None)."""
@@ -152,6 +157,14 @@ class DampedTarget(Target):
             left + self.damping * n * jnp.eye(m, dtype=self.dtype),
             right + self.damping * m * jnp.eye(n, dtype=self.dtype),
         )
+
+    def left_moment(self):
+        m, n = self.shape
+        return self.base.left_moment() + self.damping * n * jnp.eye(m, dtype=self.dtype)
+
+    def right_moment(self):
+        m, n = self.shape
+        return self.base.right_moment() + self.damping * m * jnp.eye(n, dtype=self.dtype)
 
     def rotated_diagonal(self, qa, qb):
         return self.base.rotated_diagonal(qa, qb) + self.damping
@@ -220,9 +233,23 @@ def _k_right(g, w, a):
 
 
 @jax.jit
+def _k_left_moment(g, w):
+    """``Σ_k w_k G_k G_kᵀ`` as one ``(m, c·n) × (c·n, m)`` product."""
+    c, m, n = g.shape
+    h = jnp.transpose(g, (1, 0, 2))  # (m, c, n)
+    return h.reshape(m, c * n) @ (h * w[None, :, None]).reshape(m, c * n).T
+
+
+@jax.jit
+def _k_right_moment(g, w):
+    """``Σ_k w_k G_kᵀ G_k`` as one ``(n, c·m) × (c·m, n)`` product (no transpose needed)."""
+    c, m, n = g.shape
+    return g.reshape(c * m, n).T @ (g * w[:, None, None]).reshape(c * m, n)
+
+
+@jax.jit
 def _k_moments(g, w):
-    gw = g * w[:, None, None]
-    return jnp.einsum("kij,klj->il", gw, g), jnp.einsum("kij,kil->jl", gw, g)
+    return _k_left_moment(g, w), _k_right_moment(g, w)
 
 
 @jax.jit
@@ -302,7 +329,7 @@ class SampleTarget(Target):
         self.shard = len(self._devices) > 1 if shard is None else bool(shard)
         ndev = len(self._devices) if self.shard else 1
         if chunk_size is None:
-            chunk_size = max(1, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
+            chunk_size = max(_MIN_CHUNK, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
         self.chunk_size = int(math.ceil(min(int(chunk_size), self.num_samples) / ndev) * ndev)
@@ -388,6 +415,12 @@ class SampleTarget(Target):
     def second_moments(self):
         return self._reduce(_k_moments)
 
+    def left_moment(self):
+        return self._reduce(_k_left_moment)
+
+    def right_moment(self):
+        return self._reduce(_k_right_moment)
+
     def rotated_diagonal(self, qa, qb):
         if qa is None and qb is None:
             return self._reduce(_k_diag)
@@ -426,13 +459,26 @@ class SampleTarget(Target):
         return jnp.sqrt(jnp.maximum(total, 0.0))
 
     def gram(self) -> tuple[jax.Array, jax.Array]:
-        """The Gram matrix ``K_kl = ⟨G_k, G_l⟩`` over all blocks (padding included) and weights."""
-        blocks = [self.chunk(i) for i in range(self.num_chunks)]
-        ws = jnp.concatenate([w for _, _, w in blocks])
-        rows = [
-            jnp.concatenate([_k_gram(ga, gb) for _, gb, _ in blocks], axis=1) for _, ga, _ in blocks
-        ]
-        return jnp.concatenate(rows, axis=0), ws
+        """The Gram matrix ``K_kl = ⟨G_k, G_l⟩`` over all blocks (padding included) and weights.
+
+        Streams over block pairs ``i ≤ j`` (two chunks in memory at a time) and fills the
+        symmetric result on the host, so the samples are never held twice.
+        """
+        sizes = [self.chunk_size] * (self.num_chunks - (self._extra is not None))
+        if self._extra is not None:
+            sizes.append(1)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        out = np.zeros((offsets[-1], offsets[-1]), dtype=self.dtype)
+        ws = []
+        for i in range(self.num_chunks):
+            _, ga, wa = self.chunk(i)
+            ws.append(wa)
+            for j in range(i, self.num_chunks):
+                _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
+                block = np.asarray(_k_gram(ga, gb))
+                out[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
+                out[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
+        return jnp.asarray(out), jnp.concatenate(ws)
 
     def eigh(self, vectors: bool = False) -> Spectrum:
         """Non-zero eigenpairs, on the smaller of sample space and parameter space (cached)."""
@@ -580,6 +626,8 @@ class _ArraySource:
         self.weights = _check_weights(weights, self.num_samples, self.dtype)
 
     def read(self, start, stop):
+        if start == 0 and stop == self.num_samples:  # one chunk: no copy
+            return self.samples, self.weights
         return self.samples[start:stop], self.weights[start:stop]
 
     def sample_index(self, i):

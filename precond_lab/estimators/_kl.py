@@ -163,11 +163,11 @@ def one_sided_kl(
     m, n = target.shape
     dt = target.dtype
     if side == "left":
-        stat = target.contract_left(jnp.eye(n, dtype=dt))
+        stat = target.left_moment()
         return Kronecker(
             symmetrize(stat) + damping * n * jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt), 1.0 / n
         )
-    stat = target.contract_right(jnp.eye(m, dtype=dt))
+    stat = target.right_moment()
     return Kronecker(
         jnp.eye(m, dtype=dt), symmetrize(stat) + damping * m * jnp.eye(n, dtype=dt), 1.0 / m
     )
