@@ -298,7 +298,8 @@ class SampleTarget(Target):
             ``(sample, row, col)``, possibly lazy and larger than memory). A DataArray
             with one more dim between ``sample`` and ``row`` (e.g. ``class`` for exact
             Gauss–Newton pseudo-gradients, ``mc`` for sampled labels) is a bag of
-            ``N·K`` samples, each inheriting its example's weight. A DataArray may carry
+            ``N·K`` samples, each inheriting its example's weight; so is a 4-D array
+            ``(N, K, m, n)``. A DataArray may carry
             its weights as a ``weight`` coordinate along ``sample``.
         weights: ``(N,)`` weights, default ``1/N``. Negative weights are allowed.
         center: subtract the weighted mean: ``Σ_k w_k (g_k − ḡ)(g_k − ḡ)ᵀ`` with
@@ -609,6 +610,15 @@ class _ArraySource:
 
     def __init__(self, samples, weights):
         dt = check_float_dtype(samples.dtype, "samples")
+        if samples.ndim == 4:  # (N, K, m, n): K pseudo-samples per example share its weight
+            n_ex, k = samples.shape[:2]
+            if weights is not None:
+                weights = (
+                    np.repeat(np.asarray(weights), k) if np.shape(weights) == (n_ex,) else weights
+                )
+            elif n_ex:
+                weights = np.full(n_ex * k, 1.0 / n_ex)
+            samples = samples.reshape(n_ex * k, *samples.shape[2:])
         if samples.ndim != 3:
             raise ValueError(
                 f"samples must have shape (N, m, n) (N per-example m×n matrices); got "

@@ -17,7 +17,8 @@ def spectrum(x, *, k: int | None = None, weights=None, center=False, chunk_size=
         x: a structure (its eigenvalues are exact products / corrected values), or a
             target: per-example matrices, a DataArray, or a Target. A target's
             eigenvalues come from the Gram matrix of its samples (or its explicit
-            matrix); the ``mn − r`` zero eigenvalues are appended.
+            matrix); the ``mn − r`` eigenvalues of the null space (zero, or ``λ`` for a
+            damped target) are appended.
         k: keep only the ``k`` largest.
     """
     if isinstance(x, Structure):
@@ -25,6 +26,7 @@ def spectrum(x, *, k: int | None = None, weights=None, center=False, chunk_size=
     else:
         t = as_target(x, weights, center=center, chunk_size=chunk_size)
         spec = t.eigh()
-        vals = jnp.concatenate([spec.values, jnp.zeros(spec.dim - spec.rank, t.dtype)])
+        fill = jnp.full(spec.dim - spec.rank, spec.floor, t.dtype)  # 0, or λ when damped
+        vals = jnp.concatenate([spec.values, fill])
         vals = jnp.sort(vals)[::-1]
     return vals if k is None else vals[:k]

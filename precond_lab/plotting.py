@@ -1,0 +1,672 @@
+"""Publication-ready figures from the Datasets of :mod:`precond_lab.evaluate`.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``
+(no global state, safe under the Agg backend and in threads) inside the :func:`style`
+context, a ``rcParams`` context manager: nothing is changed globally. :func:`save`
+writes PNG and PDF.
+
+* :func:`plot_quality` — approximation quality over training (Morwani et al. Fig. 1
+  form): one panel per target (× layer), one line per estimator, over ``step``.
+* :func:`plot_power_iteration` — power iteration converging to the optimal Kronecker
+  product (from :func:`~precond_lab.evaluate.power_iteration_curve`).
+* :func:`plot_spectra` — eigenvalues of the target and of its approximations (log).
+* :func:`plot_factors` — heat maps of Kronecker factors (left/right).
+* :func:`plot_batch_size` — quality over mini-batch size (e.g. real vs sampled labels).
+* :func:`plot_metric_bars` — grouped bars of metrics (KL, Frobenius) across estimators.
+
+Colours follow the Okabe–Ito palette (colour-blind safe); each estimator keeps its
+colour and marker in every figure, and the ``@kind`` fit source of an estimator is
+drawn with its own line style. Lines and bar containers carry the estimator's
+pretty name as label (:func:`estimator_label`) and its raw name as ``gid``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import xarray as xr
+from cycler import cycler
+from matplotlib.figure import Figure
+
+__all__ = [
+    "OKABE_ITO",
+    "estimator_label",
+    "estimator_style",
+    "metric_label",
+    "plot_batch_size",
+    "plot_factors",
+    "plot_metric_bars",
+    "plot_power_iteration",
+    "plot_quality",
+    "plot_spectra",
+    "save",
+    "style",
+    "target_label",
+]
+
+#: The Okabe–Ito colour-blind-safe palette.
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+}
+_GREY = "#7F7F7F"
+_CYCLE = [
+    OKABE_ITO[c]
+    for c in ("blue", "vermillion", "bluish_green", "orange", "reddish_purple", "sky_blue")
+] + [_GREY, OKABE_ITO["black"]]
+
+_ESTIMATORS = {  # base name: (pretty label, colour, marker)
+    "frobenius_optimal": ("Optimal Kronecker", OKABE_ITO["blue"], "o"),
+    "shampoo_squared": ("Shampoo²", OKABE_ITO["vermillion"], "s"),
+    "shampoo": ("Shampoo", OKABE_ITO["orange"], "^"),
+    "kfac": ("K-FAC", OKABE_ITO["bluish_green"], "D"),
+    "kl_optimal": ("KL-optimal (KL-Shampoo)", OKABE_ITO["reddish_purple"], "v"),
+    "eigencorrected": ("Eigen-corrected (SOAP)", OKABE_ITO["sky_blue"], "P"),
+    "one_sided_kl": ("One-sided KL", "#B8860B", "X"),
+    "diagonal": ("Diagonal", _GREY, "x"),
+    "power_iteration": ("Power iteration", OKABE_ITO["black"], "."),
+}
+_SOURCES = {  # fit source: (suffix, line style)
+    "gradients": ("real labels", "--"),
+    "ggn_mc": ("sampled labels", ":"),
+    "ggn": ("exact GGN", "-."),
+}
+_TARGETS = {
+    "gradients": "Empirical Fisher (real labels)",
+    "ggn": "Gauss–Newton",
+    "ggn_mc": "Gauss–Newton (sampled labels)",
+    "trajectory": "Adagrad $H_\\mathrm{Ada}$",
+}
+_METRICS = {
+    "cosine": "cosine similarity",
+    "relative_frobenius": "relative Frobenius error",
+    "relative_frobenius_rescaled": "relative Frobenius error (optimal scale)",
+    "frobenius_scale": "Frobenius-optimal scale $c^*$",
+    "kl": "KL divergence",
+    "kl_rescaled": "KL divergence (optimal scale)",
+    "kl_scale": "KL-optimal scale $c^*$",
+    "von_neumann": "von Neumann divergence",
+}
+_METRIC_SYMBOLS = {  # short axis labels where the title already names the metric
+    "cosine": r"$\cos(\Sigma, S)$",
+    "relative_frobenius": r"$\|\Sigma - S\|_F / \|\Sigma\|_F$",
+    "relative_frobenius_rescaled": r"$\|\Sigma - c^*S\|_F / \|\Sigma\|_F$",
+    "kl": r"$\mathrm{KL}(\Sigma \,\|\, S)$",
+    "kl_rescaled": r"$\mathrm{KL}(\Sigma \,\|\, c^*S)$",
+    "von_neumann": r"$D_\mathrm{vN}(\Sigma, S)$",
+}
+_SPEC_RE = re.compile(r"^([A-Za-z_]\w*)(?:\((.*)\))?(?:@([\w\-]+))?$")
+
+#: rcParams of :func:`style`.
+RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.titlesize": 11,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 4.5,
+    "axes.prop_cycle": cycler(color=_CYCLE),
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.axisbelow": True,
+    "legend.frameon": False,
+    "image.cmap": "cividis",
+    "figure.dpi": 100,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+}
+
+
+@contextlib.contextmanager
+def style(**overrides) -> Iterator[None]:
+    """Temporarily apply the publication style (:data:`RC`, then ``overrides``).
+
+    Example::
+
+        with style(**{"font.size": 11}):
+            fig = plot_quality(ds)
+    """
+    with mpl.rc_context({**RC, **overrides}):
+        yield
+
+
+# --------------------------------------------------------------------------------------
+# Labels and styles
+# --------------------------------------------------------------------------------------
+
+
+def _parse(spec: str) -> tuple[str, str, str | None]:
+    m = _SPEC_RE.match(str(spec).replace(" ", ""))
+    if not m:
+        return str(spec), "", None
+    return m.group(1), m.group(2) or "", m.group(3)
+
+
+def estimator_label(spec: str) -> str:
+    """A readable name for an estimator spec: ``"shampoo_squared@gradients"`` →
+    ``"Shampoo² (real labels)"``, ``"power_iteration(3)"`` → ``"Power iteration (3 steps)"``.
+    """
+    base, args, source = _parse(spec)
+    if base not in _ESTIMATORS:
+        return str(spec)
+    label = _ESTIMATORS[base][0]
+    if base == "power_iteration":
+        steps = args.split(",")[0] if args else "1"
+        label = f"{label} ({steps} step{'' if steps == '1' else 's'})"
+    elif base == "eigencorrected" and args and args.strip("'\"") != "shampoo":
+        label = f"Eigen-corrected ({estimator_label(args.strip(chr(39) + chr(34)))})"
+    elif args:
+        label = f"{label} ({args.strip(chr(39) + chr(34))})"
+    if source:
+        label = f"{label} — {_SOURCES.get(source, (f'from {source}',))[0]}"
+    return label
+
+
+def estimator_style(spec: str, index: int = 0) -> dict:
+    """``color``, ``marker`` and ``linestyle`` of an estimator (stable across figures).
+
+    Unknown estimators take the ``index``-th colour of the cycle.
+    """
+    base, args, source = _parse(spec)
+    if base in _ESTIMATORS:
+        color, marker = _ESTIMATORS[base][1:]
+        if base == "power_iteration" and args:
+            shades = ["#000000", "#444444", "#777777", "#999999"]
+            with contextlib.suppress(ValueError):
+                color = shades[min(int(args.split(",")[0]) // 2, len(shades) - 1)]
+    else:
+        color, marker = _CYCLE[index % len(_CYCLE)], "o"
+    linestyle = _SOURCES.get(source, (None, "-"))[1] if source else "-"
+    return {"color": color, "marker": marker, "linestyle": linestyle}
+
+
+def target_label(kind: str) -> str:
+    """A readable name for a target kind (``"ggn"`` → ``"Gauss–Newton"``)."""
+    kind = str(kind)
+    if kind in _TARGETS:
+        return _TARGETS[kind]
+    m = re.fullmatch(r"batch_(\d+)", kind)
+    if m:
+        return f"Batch gradients (B = {m.group(1)})"
+    return kind
+
+
+def metric_label(metric: str) -> str:
+    """Axis label of a metric name from :data:`precond_lab.metrics.SCORE_NAMES`."""
+    return _METRICS.get(str(metric), str(metric))
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def _figure(nrows: int, ncols: int, panel: tuple[float, float], **kw) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _values(ds: xr.Dataset, dim: str, chosen) -> list:
+    if dim not in ds.dims:
+        return []
+    allv = [v.item() for v in ds[dim]]
+    if chosen is None:
+        return allv
+    chosen = [chosen] if isinstance(chosen, (str, int, np.integer)) else list(chosen)
+    bad = [c for c in chosen if c not in allv]
+    if bad:
+        raise ValueError(f"{dim} {bad} not in the dataset; available: {allv}")
+    return chosen
+
+
+def _fix(da: xr.DataArray, keep: Sequence[str], **fixed) -> xr.DataArray:
+    """Select ``fixed`` values, squeeze other singleton dims, and insist only ``keep`` is left."""
+    for dim, value in fixed.items():
+        if value is not None and dim in da.dims:
+            da = da.sel({dim: value})
+    for dim in list(da.dims):
+        if dim not in keep:
+            if da.sizes[dim] == 1:
+                da = da.isel({dim: 0})
+            else:
+                raise ValueError(
+                    f"the dataset has {da.sizes[dim]} values of {dim!r} "
+                    f"({da[dim].values.tolist()}); choose one with {dim}=..."
+                )
+    return da
+
+
+def _legend(fig: Figure, axes: np.ndarray, ncols: int | None = None) -> None:
+    seen: dict[str, object] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    if seen:
+        n = ncols or min(len(seen), 4)
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=n)
+
+
+def _suptitle(fig: Figure, title: str | None) -> None:
+    if title:
+        fig.suptitle(title)
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def plot_quality(
+    ds: xr.Dataset,
+    metric: str = "cosine",
+    *,
+    estimators: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    title: str | None = None,
+    panel_size: tuple[float, float] = (3.3, 2.6),
+) -> Figure:
+    """Approximation quality over training, one panel per target (columns) × layer (rows).
+
+    Morwani et al.'s Fig. 1 form: e.g. the cosine similarity of the optimal Kronecker
+    product, Shampoo², Shampoo and K-FAC with the Gauss–Newton matrix and with
+    Adagrad's ``H_Ada``, over training steps.
+
+    Args:
+        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
+        metric: a metric of ``ds`` (default ``"cosine"``).
+        estimators, targets, layers: subsets and order (default: all).
+        batch_size: the batch size, if ``ds`` has that dim with several values.
+        title: a figure title.
+        panel_size: inches per panel.
+    """
+    with style():
+        da = ds["score"].sel(metric=metric)
+        ests = _values(ds, "estimator", estimators)
+        tgts = _values(ds, "target", targets)
+        lays = _values(ds, "layer", layers)
+        fig, axes = _figure(len(lays), len(tgts), panel_size, sharex=True)
+        steps = ds["step"].values
+        for r, layer in enumerate(lays):
+            for c, kind in enumerate(tgts):
+                ax = axes[r, c]
+                for i, name in enumerate(ests):
+                    y = _fix(
+                        da.sel(layer=layer, target=kind, estimator=name),
+                        ["step"],
+                        batch_size=batch_size,
+                    )
+                    ax.plot(
+                        steps,
+                        y.values,
+                        label=estimator_label(name),
+                        gid=name,
+                        **estimator_style(name, i),
+                    )
+                head = target_label(kind)
+                ax.set_title(head if len(lays) == 1 else f"{head}\n{layer}")
+                ax.xaxis.get_major_locator().set_params(integer=True)
+                if r == len(lays) - 1:
+                    ax.set_xlabel("training step")
+                if c == 0:
+                    ax.set_ylabel(metric_label(metric))
+        _legend(fig, axes)
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_power_iteration(
+    curve: xr.Dataset,
+    *,
+    title: str | None = "Power iteration for the optimal Kronecker product",
+    panel_size: tuple[float, float] = (3.4, 2.7),
+) -> Figure:
+    """Power-iteration convergence from :func:`~precond_lab.evaluate.power_iteration_curve`.
+
+    Left: cosine similarity of the iterate with the target (solid) and with the
+    Frobenius-optimal Kronecker product (dashed); the optimum's own cosine with the
+    target is the dotted reference line, and step 1 (from the identity) is Shampoo².
+    Right: ``1 − cos(iterate, optimum)`` on a log scale (geometric convergence).
+    """
+    with style():
+        fig, axes = _figure(1, 2, panel_size)
+        ax_cos, ax_err = axes[0]
+        parts = (
+            [(str(t), curve.sel(target=t)) for t in curve["target"].values]
+            if "target" in curve.dims
+            else [(None, curve)]
+        )
+        for i, (name, c) in enumerate(parts):
+            color = _CYCLE[i % len(_CYCLE)]
+            it = c["iteration"].values
+            prefix = "" if name is None else f"{target_label(name)}: "
+            cos_t = c["score"].sel(metric="cosine").values
+            ax_cos.plot(it, cos_t, "-o", color=color, label=f"{prefix}to target")
+            ax_cos.plot(
+                it, c["cosine_to_optimum"].values, "--s", color=color, label=f"{prefix}to optimum"
+            )
+            ref = float(c["optimum_score"].sel(metric="cosine"))
+            ax_cos.axhline(
+                ref, color=color, linestyle=":", linewidth=1.2, label=f"{prefix}optimum vs target"
+            )
+            if it.size > 1:
+                ax_cos.annotate(
+                    "Shampoo²",
+                    (it[1], cos_t[1]),
+                    xytext=(6, -12),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=color,
+                )
+            gap = np.clip(1.0 - c["cosine_to_optimum"].values, np.finfo(float).tiny, None)
+            ax_err.semilogy(it, gap, "-o", color=color, label=f"{prefix}1 − cos(iterate, optimum)")
+        ax_cos.set_xlabel("power-iteration step")
+        ax_cos.set_ylabel("cosine similarity")
+        ax_cos.set_title("Cosine similarity")
+        ax_err.set_xlabel("power-iteration step")
+        ax_err.set_ylabel("1 − cosine to optimum")
+        ax_err.set_title("Convergence to the optimum")
+        for ax in (ax_cos, ax_err):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend(fig, axes, ncols=3)
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_spectra(
+    spec: xr.Dataset,
+    *,
+    targets: Sequence[str] | None = None,
+    estimators: Sequence[str] | None = None,
+    k: int | None = None,
+    logx: bool = False,
+    title: str | None = None,
+    panel_size: tuple[float, float] = (3.4, 2.7),
+) -> Figure:
+    """Eigenvalues (descending, log scale) of the target and of its approximations.
+
+    Args:
+        spec: a Dataset from :func:`~precond_lab.evaluate.spectra` (``eigenvalue`` with
+            dims (target, estimator, index); ``estimator="target"`` is the target).
+        targets, estimators: subsets (default: all); one panel per target.
+        k: plot only the top ``k`` eigenvalues.
+        logx: log-scale eigenvalue index.
+        title: a figure title.
+    """
+    with style():
+        tgts = _values(spec, "target", targets)
+        ests = [e for e in _values(spec, "estimator", estimators) if e != "target"]
+        fig, axes = _figure(1, len(tgts), panel_size)
+        rescale = spec.attrs.get("rescale", "None")
+        for c, kind in enumerate(tgts):
+            ax = axes[0, c]
+            da = spec["eigenvalue"].sel(target=kind)
+            if k is not None:
+                da = da.isel(index=slice(0, k))
+            idx = da["index"].values + 1
+
+            def positive(v):
+                v = np.asarray(v, float)
+                return np.where(v > 0, v, np.nan)
+
+            ax.plot(
+                idx,
+                positive(_fix(da.sel(estimator="target"), ["index"]).values),
+                color=OKABE_ITO["black"],
+                linewidth=2.4,
+                label="target Σ",
+                gid="target",
+            )
+            for i, name in enumerate(ests):
+                st = estimator_style(name, i)
+                st.pop("marker")
+                ax.plot(
+                    idx,
+                    positive(_fix(da.sel(estimator=name), ["index"]).values),
+                    label=estimator_label(name),
+                    gid=name,
+                    **st,
+                )
+            ax.set_yscale("log")
+            if logx:
+                ax.set_xscale("log")
+            ax.set_title(target_label(kind))
+            ax.set_xlabel("eigenvalue index")
+            if c == 0:
+                ylab = "eigenvalue"
+                if rescale not in ("None", ""):
+                    ylab += f" ({rescale}-optimal scale)"
+                ax.set_ylabel(ylab)
+        _legend(fig, axes)
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_factors(
+    approximations: Mapping[str, object],
+    *,
+    normalize: bool = True,
+    cmap: str = "RdBu_r",
+    title: str | None = None,
+    panel_size: tuple[float, float] = (2.8, 2.5),
+) -> Figure:
+    """Heat maps of Kronecker factors: one row per approximation, columns ``L`` and ``R``.
+
+    Args:
+        approximations: ``{name: Kronecker}`` or ``{name: (L, R)}``; names may be
+            estimator specs (shown with :func:`estimator_label`).
+        normalize: divide each factor by its Frobenius norm (the split of the scale
+            between ``L`` and ``R`` is arbitrary).
+        cmap: a diverging colour map, centred at 0 (default ``RdBu_r``, colour-blind safe).
+        title: a figure title.
+    """
+    with style(**{"axes.grid": False}):
+        rows = list(approximations.items())
+        fig, axes = _figure(len(rows), 2, panel_size)
+        for r, (name, approx) in enumerate(rows):
+            if hasattr(approx, "left") and hasattr(approx, "right"):
+                pair = (approx.left, approx.right)
+            elif isinstance(approx, (tuple, list)) and len(approx) == 2:
+                pair = tuple(approx)
+            else:
+                raise TypeError(
+                    f"{name!r}: need a Kronecker structure or an (L, R) pair; got "
+                    f"{type(approx).__name__}"
+                )
+            for c, (side, mat) in enumerate(zip(("L", "R"), pair, strict=True)):
+                x = np.asarray(mat, np.float64)
+                if normalize:
+                    x = x / max(np.linalg.norm(x), np.finfo(float).tiny)
+                vmax = float(np.max(np.abs(x))) or 1.0
+                ax = axes[r, c]
+                im = ax.imshow(x, cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+                what = "left (output side)" if side == "L" else "right (input side)"
+                ax.set_title(f"{estimator_label(name)}\n{side}: {what}, {x.shape[0]}×{x.shape[1]}")
+                ax.set_xlabel("column")
+                ax.set_ylabel("row")
+                fig.colorbar(im, ax=ax, shrink=0.85)
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_batch_size(
+    ds: xr.Dataset,
+    metric: str = "cosine",
+    *,
+    estimators: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    step: int | None = None,
+    layer: str | None = None,
+    title: str | None = None,
+    panel_size: tuple[float, float] = (3.3, 2.6),
+) -> Figure:
+    """Quality over mini-batch size, one panel per target, one line per estimator.
+
+    With estimators such as ``"shampoo_squared@gradients"`` (real labels) and
+    ``"shampoo_squared@ggn_mc"`` (sampled labels) scored against ``"ggn"`` this is
+    Morwani et al.'s real-vs-sampled-labels figure.
+
+    Args:
+        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate` with ``batch_sizes=``.
+        metric: a metric of ``ds``.
+        estimators, targets: subsets and order (default: all).
+        step, layer: the cell, when ``ds`` has several.
+        title: a figure title.
+    """
+    if "batch_size" not in ds.dims:
+        raise ValueError("the dataset has no batch_size dim: evaluate(..., batch_sizes=[...])")
+    with style():
+        da = ds["score"].sel(metric=metric)
+        ests = _values(ds, "estimator", estimators)
+        tgts = _values(ds, "target", targets)
+        fig, axes = _figure(1, len(tgts), panel_size)
+        bs = ds["batch_size"].values
+        for c, kind in enumerate(tgts):
+            ax = axes[0, c]
+            for i, name in enumerate(ests):
+                y = _fix(
+                    da.sel(target=kind, estimator=name), ["batch_size"], step=step, layer=layer
+                )
+                ax.plot(
+                    bs, y.values, label=estimator_label(name), gid=name, **estimator_style(name, i)
+                )
+            if bs.size > 1 and np.all(bs > 0):
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(bs, [str(b) for b in bs])
+                ax.minorticks_off()
+            ax.set_title(f"vs {target_label(kind)}")
+            ax.set_xlabel("batch size B")
+            if c == 0:
+                ax.set_ylabel(metric_label(metric))
+        _legend(fig, axes, ncols=2)
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_metric_bars(
+    ds: xr.Dataset,
+    metrics: Sequence[str] = ("relative_frobenius_rescaled", "kl_rescaled"),
+    *,
+    estimators: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    step: int | None = None,
+    layer: str | None = None,
+    batch_size: int | None = None,
+    log: bool | None = None,
+    title: str | None = None,
+    panel_size: tuple[float, float] = (3.6, 2.8),
+) -> Figure:
+    """Grouped bars: one panel per metric, groups = targets, one bar per estimator.
+
+    Non-finite values (a failed fit, an infinite KL) leave a gap marked ``×``.
+
+    Args:
+        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
+        metrics: metrics of ``ds``, one panel each.
+        estimators, targets: subsets and order (default: all).
+        step, layer, batch_size: the cell, when ``ds`` has several.
+        log: log-scale values (default: when the finite values are positive and span
+            more than two decades).
+        title: a figure title.
+    """
+    with style(**{"axes.grid.axis": "y"}):
+        ests = _values(ds, "estimator", estimators)
+        tgts = _values(ds, "target", targets)
+        fig, axes = _figure(1, len(metrics), panel_size)
+        x = np.arange(len(tgts))
+        width = 0.8 / max(len(ests), 1)
+        for c, metric in enumerate(metrics):
+            ax = axes[0, c]
+            da = _fix(
+                ds["score"].sel(metric=metric, target=tgts, estimator=ests),
+                ["target", "estimator"],
+                step=step,
+                layer=layer,
+                batch_size=batch_size,
+            ).transpose("target", "estimator")
+            vals = np.asarray(da.values, float)
+            finite = vals[np.isfinite(vals)]
+            use_log = log
+            if use_log is None:
+                use_log = bool(
+                    finite.size and np.all(finite > 0) and finite.max() / finite.min() > 100
+                )
+            for i, name in enumerate(ests):
+                st = estimator_style(name, i)
+                h = np.where(np.isfinite(vals[:, i]), vals[:, i], np.nan)
+                bars = ax.bar(
+                    x + (i - (len(ests) - 1) / 2) * width,
+                    h,
+                    width,
+                    label=estimator_label(name),
+                    color=st["color"],
+                    edgecolor="white",
+                    linewidth=0.5,
+                    gid=name,
+                )
+                for b, v in zip(bars, vals[:, i], strict=True):
+                    if not np.isfinite(v):
+                        ax.annotate(
+                            "×",
+                            (b.get_x() + b.get_width() / 2, 0),
+                            xycoords=("data", "axes fraction"),
+                            ha="center",
+                            va="bottom",
+                            color=st["color"],
+                            fontsize=8,
+                        )
+            if use_log:
+                ax.set_yscale("log")
+            ax.set_xticks(x, [textwrap.fill(target_label(t), 16) for t in tgts])
+            ax.set_title(metric_label(metric))
+            ax.set_ylabel(_METRIC_SYMBOLS.get(metric, metric_label(metric)))
+            ax.grid(False, axis="x")
+        _legend(fig, axes)
+        _suptitle(fig, title)
+    return fig
+
+
+def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwargs) -> list[Path]:
+    """Write ``fig`` as ``<path_stem>.png`` and ``<path_stem>.pdf`` (creating folders).
+
+    Args:
+        fig: the figure.
+        path_stem: path without suffix, e.g. ``"figures/quality_over_training"``.
+        formats: file formats (suffixes).
+        **kwargs: passed to ``Figure.savefig`` (e.g. ``dpi``).
+
+    Returns:
+        The written paths.
+    """
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    with style():
+        for fmt in formats:
+            path = stem.parent / f"{stem.name}.{fmt}"
+            fig.savefig(path, format=fmt, **kwargs)
+            out.append(path)
+    return out
