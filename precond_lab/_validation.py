@@ -45,6 +45,8 @@ def first_nonfinite(x, axis0_name: str = "sample") -> tuple[int, int] | None:
     arr = np.asarray(x)
     if arr.ndim == 0:
         return None if np.isfinite(arr) else (0, 1)
+    if arr.size == 0:  # nothing to check (emptiness is reported by the caller)
+        return None
     bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
     if not bad.any():
         return None

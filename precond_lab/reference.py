@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 
 __all__ = [
     "target_matrix",
@@ -25,6 +26,20 @@ __all__ = [
     "kl_divergence",
     "von_neumann_divergence",
     "logm_psd",
+    "psd_power",
+    "shampoo",
+    "shampoo_squared",
+    "one_sided_kl",
+    "diagonal",
+    "contract_left",
+    "contract_right",
+    "frobenius_inner",
+    "frobenius_scale",
+    "kl_scale",
+    "reverse_kl_scale",
+    "kl_fixed_point_residual",
+    "kfac_samples",
+    "spectrum",
 ]
 
 
@@ -178,3 +193,147 @@ def von_neumann_divergence(x, y) -> float:
     wx = np.clip(wx, 0.0, None)
     x_log_x = np.sum(np.where(wx > 0, wx * np.log(np.where(wx > 0, wx, 1.0)), 0.0))
     return float(x_log_x - np.trace(x @ logm_psd(y)) - np.trace(x) + np.trace(y))
+
+
+# --------------------------------------------------------------------------------------
+# Additions for the core test suite: more references, still straight from definitions.
+# --------------------------------------------------------------------------------------
+
+
+def psd_power(x, p: float, damping: float = 0.0) -> np.ndarray:
+    """``(X + λI)^p`` of a symmetric PSD matrix by its eigendecomposition."""
+    w, q = scipy.linalg.eigh(np.asarray(x, np.float64))
+    w = np.clip(w, 0.0, None) + damping
+    return (q * w**p) @ q.T
+
+
+def shampoo(sigma, m: int, n: int) -> np.ndarray:
+    """Dense ``L^{1/2} ⊗ R^{1/2}`` with ``L, R`` the partial traces of ``Σ``."""
+    left, right = shampoo_statistics(sigma, m, n)
+    return np.kron(psd_power(left, 0.5), psd_power(right, 0.5))
+
+
+def shampoo_squared(sigma, m: int, n: int) -> np.ndarray:
+    """Dense ``L ⊗ R / tr Σ``."""
+    left, right = shampoo_statistics(sigma, m, n)
+    return np.kron(left, right) / np.trace(sigma)
+
+
+def one_sided_kl(sigma, m: int, n: int, side: str = "left", damping: float = 0.0):
+    """Dense ``(L/n + λI) ⊗ I_n`` (``side="left"``) or ``I_m ⊗ (R/m + λI)``."""
+    left, right = shampoo_statistics(sigma, m, n)
+    if side == "left":
+        return np.kron(left / n + damping * np.eye(m), np.eye(n))
+    return np.kron(np.eye(m), right / m + damping * np.eye(n))
+
+
+def diagonal(sigma) -> np.ndarray:
+    """Dense ``diag(diag Σ)``."""
+    return np.diag(np.diag(sigma))
+
+
+def contract_left(samples, weights, b) -> np.ndarray:
+    """``Σ_k w_k G_k B G_kᵀ`` with an explicit loop over the samples."""
+    g = np.asarray(samples, np.float64)
+    out = np.zeros((g.shape[1], g.shape[1]))
+    for k in range(g.shape[0]):
+        out += weights[k] * g[k] @ np.asarray(b, np.float64) @ g[k].T
+    return out
+
+
+def contract_right(samples, weights, a) -> np.ndarray:
+    """``Σ_k w_k G_kᵀ A G_k`` with an explicit loop over the samples."""
+    g = np.asarray(samples, np.float64)
+    out = np.zeros((g.shape[2], g.shape[2]))
+    for k in range(g.shape[0]):
+        out += weights[k] * g[k].T @ np.asarray(a, np.float64) @ g[k]
+    return out
+
+
+def frobenius_inner(x, y) -> float:
+    return float(np.sum(np.asarray(x) * np.asarray(y)))
+
+
+def frobenius_scale(target, approx) -> float:
+    """``argmin_c ‖Σ − c S‖_F = ⟨Σ, S⟩ / ‖S‖²``."""
+    return float(np.sum(target * approx) / np.sum(approx * approx))
+
+
+def _minimize_log_scale(objective) -> float:
+    res = scipy.optimize.minimize_scalar(
+        lambda t: objective(np.exp(t)), bracket=(-1.0, 1.0), tol=1e-14
+    )
+    return float(np.exp(res.x))
+
+
+def kl_scale(sigma, approx, damping: float = 0.0) -> float:
+    """``argmin_c KL(N(0, Σ+λI) ‖ N(0, cS+λI))`` by a 1-D numerical minimisation."""
+    eye = np.eye(sigma.shape[0])
+    x = sigma + damping * eye
+    c0 = np.trace(np.linalg.solve(approx + damping * eye, x)) / sigma.shape[0]
+    c = c0 * _minimize_log_scale(lambda c: kl_divergence(x, c * c0 * approx + damping * eye))
+    return float(c)
+
+
+def reverse_kl_scale(sigma, approx, damping: float = 0.0) -> float:
+    """``argmin_c KL(N(0, cS+λI) ‖ N(0, Σ+λI))`` by a 1-D numerical minimisation."""
+    eye = np.eye(sigma.shape[0])
+    x = sigma + damping * eye
+    c0 = sigma.shape[0] / np.trace(np.linalg.solve(x, approx + damping * eye))
+    c = c0 * _minimize_log_scale(lambda c: kl_divergence(c * c0 * approx + damping * eye, x))
+    return float(c)
+
+
+def kl_fixed_point_residual(sigma, left, right, damping: float = 0.0) -> float:
+    """Relative residual of the flip-flop equations ``L = (E[G R⁻¹Gᵀ] + λ tr(R⁻¹) I)/n``,
+    ``R = (E[Gᵀ L⁻¹ G] + λ tr(L⁻¹) I)/m``, written with explicit sums over ``Σ``'s entries."""
+    m, n = left.shape[0], right.shape[0]
+    ri, li = np.linalg.inv(right), np.linalg.inv(left)
+    new_left = np.zeros((m, m))
+    for i in range(m):
+        for k in range(m):
+            for j in range(n):
+                for l in range(n):
+                    new_left[i, k] += sigma[i * n + j, k * n + l] * ri[j, l]
+    new_right = np.zeros((n, n))
+    for j in range(n):
+        for l in range(n):
+            for i in range(m):
+                for k in range(m):
+                    new_right[j, l] += sigma[i * n + j, k * n + l] * li[i, k]
+    new_left = (new_left + damping * np.trace(ri) * np.eye(m)) / n
+    new_right = (new_right + damping * np.trace(li) * np.eye(n)) / m
+    return float(
+        np.linalg.norm(new_left - left) / np.linalg.norm(left)
+        + np.linalg.norm(new_right - right) / np.linalg.norm(right)
+    )
+
+
+def kfac_samples(activations, backprops, weights=None):
+    """Per-(example, class) gradients ``G = Σ_r δ_r a_rᵀ`` and their weights.
+
+    Shapes as for :func:`kfac`: ``a`` is ``(N, n)`` or ``(N, R, n)``; ``δ`` is ``(N, m)``,
+    ``(N, C, m)``, ``(N, R, m)`` or ``(N, C, R, m)``.
+    """
+    a = np.asarray(activations, np.float64)
+    d = np.asarray(backprops, np.float64)
+    if d.ndim == a.ndim:
+        d = d[:, None]
+    if a.ndim == 2:
+        a, d = a[:, None], d[:, :, None]
+    n_ex, n_cls = a.shape[0], d.shape[1]
+    w = np.full(n_ex, 1.0 / n_ex) if weights is None else np.asarray(weights, np.float64)
+    grads, ws = [], []
+    for k in range(n_ex):
+        for c in range(n_cls):
+            g = np.zeros((d.shape[-1], a.shape[-1]))
+            for r in range(a.shape[1]):
+                g += np.outer(d[k, c, r], a[k, r])
+            grads.append(g)
+            ws.append(w[k])
+    return np.stack(grads), np.asarray(ws)
+
+
+def spectrum(x) -> np.ndarray:
+    """All eigenvalues of a symmetric matrix, descending."""
+    return np.sort(np.linalg.eigvalsh(np.asarray(x, np.float64)))[::-1]

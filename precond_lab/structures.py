@@ -51,6 +51,10 @@ class FitInfo:
 
 def _check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Array:
     """Return ``w + damping`` after checking that ``(w + damping)^p`` is defined."""
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+    if not np.isfinite(p):
+        raise ValueError(f"power must be a finite real number; got {p}")
     scale = float(jnp.max(jnp.abs(w))) if w.size else 0.0
     tol = 100 * max(w.shape[-1], 1) * float(jnp.finfo(w.dtype).eps) * scale
     wmin = float(jnp.min(w))

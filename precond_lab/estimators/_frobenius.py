@@ -28,13 +28,18 @@ def _fix_sign(a, b):
 
 
 def _orthogonalize(x, basis):
-    """Two passes of classical Gram–Schmidt of ``x`` against the rows of ``basis``."""
+    """Two passes of classical Gram–Schmidt of ``x`` against the rows of ``basis``.
+
+    Host-side NumPy (in the vectors' dtype): the basis grows by one vector per step,
+    and an eager JAX op would be recompiled for every new basis size.
+    """
     if not basis:
         return x
-    q = jnp.stack(basis)
+    q = np.stack([np.asarray(b) for b in basis])
+    x = np.asarray(x)
     for _ in range(2):
         x = x - q.T @ (q @ x)
-    return x
+    return jnp.asarray(x)
 
 
 def _ritz(alphas, betas, us, vs, rectangular):
@@ -42,20 +47,21 @@ def _ritz(alphas, betas, us, vs, rectangular):
 
     Returns ``(u, v, σ, relative residual)``; the residual of the square case is
     ``β_k |p_k|/σ``, the standard Golub–Kahan estimate of ``‖R(Σ)ᵀu − σv‖/σ``.
+    Host-side NumPy, like :func:`_orthogonalize` (the sizes change every step).
     """
     k = len(alphas)
     cols = k + 1 if rectangular else k
-    bid = jnp.zeros((k, cols), alphas[0].dtype)
-    bid = bid.at[jnp.arange(k), jnp.arange(k)].set(jnp.stack(alphas))
+    dt = np.asarray(alphas[0]).dtype
+    bid = np.zeros((k, cols), dt)
+    bid[np.arange(k), np.arange(k)] = [np.asarray(a) for a in alphas]
     if cols > 1:
-        sup = jnp.stack(betas[: cols - 1])
-        bid = bid.at[jnp.arange(cols - 1), jnp.arange(1, cols)].set(sup)
-    left, sv, right_t = jnp.linalg.svd(bid, full_matrices=False)
+        bid[np.arange(cols - 1), np.arange(1, cols)] = [np.asarray(b) for b in betas[: cols - 1]]
+    left, sv, right_t = np.linalg.svd(bid, full_matrices=False)
     sigma = sv[0]
-    u = jnp.stack(us).T @ left[:, 0]
-    v = jnp.stack(vs[:cols]).T @ right_t[0, :cols]
-    res = 0.0 if rectangular else float(jnp.abs(betas[k - 1] * left[k - 1, 0]) / sigma)
-    return u, v, float(sigma), res
+    u = np.stack([np.asarray(x) for x in us]).T @ left[:, 0]
+    v = np.stack([np.asarray(x) for x in vs[:cols]]).T @ right_t[0, :cols]
+    res = 0.0 if rectangular else float(abs(np.asarray(betas[k - 1]) * left[k - 1, 0]) / sigma)
+    return jnp.asarray(u), jnp.asarray(v), float(sigma), res
 
 
 def frobenius_optimal(
@@ -125,8 +131,20 @@ def frobenius_optimal(
                 q = target.contract_right(us[j].reshape(m, m)).reshape(-1) - alpha * vs[j]
                 q = _orthogonalize(q, vs)
                 betas.append(jnp.linalg.norm(q))
-                u_best, v_best, sigma, res = _ritz(alphas, betas, us, vs, rectangular=False)
-                converged = res <= tol or len(alphas) == dim
+                exhausted = len(alphas) == dim
+                if (
+                    exhausted
+                    and m * m < n * n
+                    and float(betas[-1]) > 10 * float(jnp.finfo(dt).eps) * float(alphas[0])
+                ):
+                    # U spans all of R^{m²}, so R = U_k [B_k | β_k e_k] V_{k+1}ᵀ exactly; the
+                    # square B_k would drop the right vector's component along v_{k+1}.
+                    vs.append(q / betas[-1])
+                    u_best, v_best, sigma, res = _ritz(alphas, betas, us, vs, rectangular=True)
+                    converged = True
+                else:
+                    u_best, v_best, sigma, res = _ritz(alphas, betas, us, vs, rectangular=False)
+                    converged = res <= tol or exhausted
             residuals.append(res)
             sigmas.append(sigma)
             if converged or it >= max_iter:
