@@ -1,0 +1,103 @@
+"""The root vs root-free study (P2-27..P2-31): test preset end to end, and verdict logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import studies.root_vs_rootfree as study
+from precond_lab.study import FAILS, HOLDS, PARTIAL
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return study.run(**study.PRESETS["test"])
+
+
+def _by_claim(verdicts):
+    return {v.claim: v for v in verdicts}
+
+
+def test_test_preset_end_to_end(ds, tmp_path):
+    for v in ds.attrs.values():
+        assert isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    assert ds["direction_cosine"].dims == ("layer", "estimator", "approx_power", "exact_power")
+    assert np.all(np.isfinite(ds["direction_cosine"].values))
+    assert np.all(np.isfinite(ds["step_scale"].isel(layer=0).values))
+    # eigh has no bfloat16 kernel in JAX on CPU: recorded as unsupported (code 3)
+    st = ds["synthetic_status"].sel(prec_method="eigh", dtype="bfloat16", power=0.25)
+    assert np.all(np.isin(st.values, (3, 4))) and np.any(st.values == 3)  # 4: cond 1e5 in bf16
+    paths = study.plot(ds, tmp_path)
+    assert sorted(p.suffix for p in paths) == [".pdf"] * 4 + [".png"] * 4
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    verdicts = _by_claim(study.verdicts(ds))
+    assert set(verdicts) == {"P2-27", "P2-28", "P2-29", "P2-30", "P2-31"}
+    for v in verdicts.values():
+        assert v.paper == study.PAPER and v.tolerance and v.evidence
+        assert v.verdict in (HOLDS, FAILS, PARTIAL)
+    # loss scaling with a scale-equivariant damping is exact: root invariant, root-free 1/c
+    np.testing.assert_allclose(ds["scaling_ratio"], ds["scaling_predicted"], rtol=1e-2)
+    # the P2-30 summary excludes inputs that rounding made indefinite (code 4)
+    assert np.isin(study._failure(np.array([[4, 0]]), np.array([[np.nan, 0.01]])), [0.0]).all()
+
+
+def _precision(ds, if_fails: bool, root_fails: bool):
+    out = ds.copy(deep=True)
+    for src in ("synthetic", "real"):
+        st, er = out[f"{src}_status"], out[f"{src}_error"]
+        bf = {"dtype": "bfloat16"}
+        st.loc[{"prec_method": "if_shampoo", "power": 1.0, **bf}] = 2 if if_fails else 0
+        er.loc[{"prec_method": "if_shampoo", "power": 1.0, **bf}] = np.nan if if_fails else 0.01
+        st.loc[{"prec_method": "newton", "power": 0.25, **bf}] = 1 if root_fails else 0
+        er.loc[{"prec_method": "newton", "power": 0.25, **bf}] = 0.5 if root_fails else 0.01
+    return out
+
+
+def test_p2_30_verdict_logic(ds):
+    holds = _by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=True)))["P2-30"]
+    assert holds.verdict == HOLDS, holds.evidence
+    fails = _by_claim(study.verdicts(_precision(ds, if_fails=True, root_fails=False)))["P2-30"]
+    assert fails.verdict == FAILS, fails.evidence
+    both_ok = _by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=False)))
+    assert both_ok["P2-30"].verdict == PARTIAL
+
+
+def test_p2_27_verdict_logic(ds):
+    good = ds.copy(deep=True)
+    bs = good["batch_size"].values.astype(float)
+    ss = good["step_scale"]
+    ss.loc[{"b_scaling": "with_B"}] = 1.0
+    ss.loc[{"b_scaling": "without_B"}] = np.broadcast_to(
+        bs, ss.loc[{"b_scaling": "without_B"}].shape
+    )
+    steps = good.sizes["init_step"]
+    good["init_step_norm"].loc[{"s0": 0.0}] = np.r_[100.0, np.ones(steps - 1)]
+    good["init_step_norm"].loc[{"s0": 1.0}] = np.linspace(0.01, 1.0, steps)
+    assert _by_claim(study.verdicts(good))["P2-27"].verdict == HOLDS
+    bad = good.copy(deep=True)
+    bad["step_scale"].loc[{"b_scaling": "with_B"}] = np.broadcast_to(
+        bs, bad["step_scale"].loc[{"b_scaling": "with_B"}].shape
+    )
+    bad["init_step_norm"].loc[{"s0": 1.0}] = np.r_[100.0, np.ones(steps - 1)]
+    assert _by_claim(study.verdicts(bad))["P2-27"].verdict == FAILS
+
+
+def test_p2_28_and_p2_31_verdict_logic(ds):
+    good = ds.copy(deep=True)
+    c = good["direction_cosine"]
+    c.loc[{"approx_power": 1.0, "exact_power": 1.0}] = 0.9
+    c.loc[{"approx_power": 0.5, "exact_power": 1.0}] = 0.5
+    c.loc[{"approx_power": 0.5, "exact_power": 0.5}] = 0.9
+    c.loc[{"approx_power": 1.0, "exact_power": 0.5}] = 0.5
+    good["scaling_ratio"][:] = good["scaling_predicted"].values
+    good["eigh_f32_s"][:] = 1.0
+    good["if_update_bf16_s"][:] = 0.1
+    good["if_update_f32_s"][:] = 0.2
+    v = _by_claim(study.verdicts(good))
+    assert v["P2-28"].verdict == HOLDS and v["P2-31"].verdict == HOLDS
+    bad = good.copy(deep=True)
+    bad["direction_cosine"].loc[{"approx_power": 1.0, "exact_power": 1.0}] = 0.1
+    bad["scaling_ratio"][:] = 2 * good["scaling_predicted"].values
+    bad["if_update_bf16_s"][:] = 3.0
+    v = _by_claim(study.verdicts(bad))
+    assert v["P2-28"].verdict == FAILS and v["P2-31"].verdict == FAILS
