@@ -32,6 +32,8 @@ __all__ = [
     "Verdict",
     "UNTESTED",
     "judge",
+    "by_claim",
+    "save_figures",
     "cached_capture",
     "repo_root",
     "study_modules",
@@ -73,6 +75,22 @@ class Verdict:
 def judge(ok: bool, partial: bool = False) -> str:
     """``holds`` if ``ok``, else ``partially holds`` if ``partial``, else ``does not hold``."""
     return HOLDS if ok else (PARTIAL if partial else FAILS)
+
+
+def by_claim(verdicts) -> dict[str, Verdict]:
+    """``{claim id: Verdict}`` for a study's verdicts."""
+    return {v.claim: v for v in verdicts}
+
+
+def save_figures(figures: dict, figdir) -> list[Path]:
+    """Write ``{stem: Figure}`` as PNG and PDF into ``figdir``; return the paths."""
+    from .plotting import save
+
+    figdir = Path(figdir)
+    paths = []
+    for stem, fig in figures.items():
+        paths += save(fig, figdir / stem)
+    return paths
 
 
 # Claims that need full training runs or hardware this toolkit does not model (theory.md B).

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab.study import save_figures
+
 NAME = "identities"
 TITLE = "Derived identities D1–D9 and the exact claims of P1/P3"
 
@@ -905,10 +907,4 @@ def _figures(ds: xr.Dataset) -> dict:
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
-    from precond_lab.plotting import save
-
-    figdir = Path(figdir)
-    paths = []
-    for stem, fig in _figures(ds).items():
-        paths += save(fig, figdir / stem)
-    return paths
+    return save_figures(_figures(ds), figdir)

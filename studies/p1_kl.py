@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab.study import save_figures
+
 NAME = "p1_kl"
 TITLE = "P1: KL-optimal Kronecker factors vs Shampoo on real layers"
 
@@ -759,10 +761,4 @@ def _figures(ds: xr.Dataset) -> dict:
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
-    from precond_lab.plotting import save
-
-    figdir = Path(figdir)
-    paths = []
-    for stem, fig in _figures(ds).items():
-        paths += save(fig, figdir / stem)
-    return paths
+    return save_figures(_figures(ds), figdir)

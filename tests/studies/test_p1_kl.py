@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 
 import studies.p1_kl as study
-from precond_lab.study import FAILS, HOLDS
+from precond_lab.study import FAILS, HOLDS, by_claim
 
 
 @pytest.fixture(scope="module")
 def ds():
     return study.run(**study.PRESETS["test"])
-
-
-def _by_claim(verdicts):
-    return {v.claim: v for v in verdicts}
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
@@ -33,7 +29,7 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert len(share_ax.containers) == 2  # scale part, shape part
     assert len([a for a in figs["p1_21_22_divergences"].axes if a.get_title()]) == 3
     assert len(figs["p1_12_flipflop"].axes[0].lines) == ds.sizes["target"]
-    verdicts = _by_claim(study.verdicts(ds))
+    verdicts = by_claim(study.verdicts(ds))
     assert set(verdicts) == {"P1-14", "P1-21", "P1-22", "P1-12"}
     for claim, v in verdicts.items():
         assert v.verdict == HOLDS, (claim, v.evidence)
@@ -54,7 +50,7 @@ def test_no_shape_gap_means_the_limitation_does_not_hold(ds):
     fake = ds.copy(deep=True)
     opt = fake["score"].sel(estimator="kl_optimal", metric="kl").values
     fake["score"].loc[{"estimator": "shampoo_product", "metric": "kl_rescaled"}] = opt
-    assert _by_claim(study.verdicts(fake))["P1-14"].verdict == FAILS
+    assert by_claim(study.verdicts(fake))["P1-14"].verdict == FAILS
 
 
 def test_exact_kronecker_target_has_no_shape_gap(monkeypatch):
@@ -71,7 +67,7 @@ def test_exact_kronecker_target_has_no_shape_gap(monkeypatch):
     sc = out["score"].isel(target=0)
     assert float(sc.sel(estimator="kl_optimal", metric="kl")) < 1e-10
     assert float(sc.sel(estimator="shampoo_product", metric="kl_rescaled")) < 1e-10
-    assert _by_claim(study.verdicts(out))["P1-14"].verdict == FAILS
+    assert by_claim(study.verdicts(out))["P1-14"].verdict == FAILS
 
 
 def test_broken_optimality_is_reported(ds):
@@ -80,7 +76,7 @@ def test_broken_optimality_is_reported(ds):
     kl_sh2 = float(fake["score"].sel(target=t0, estimator="shampoo_squared", metric="kl_rescaled"))
     fake["score"].loc[{"target": t0, "estimator": "kl_optimal", "metric": "kl"}] = 2 * kl_sh2
     fake["adafactor_numeric_error"].loc[{"target": t0}] = 1e-3
-    v = _by_claim(study.verdicts(fake))
+    v = by_claim(study.verdicts(fake))
     assert v["P1-21"].verdict != HOLDS and "1/2" in v["P1-21"].evidence
     assert v["P1-22"].verdict != HOLDS
 
@@ -89,4 +85,4 @@ def test_unconverged_damped_fit_fails_p1_12(ds):
     fake = ds.copy(deep=True)
     damped = np.flatnonzero(fake["ff_damping_rel"].values[0] > 0)[0]
     fake["ff_converged"][0, damped] = 0
-    assert _by_claim(study.verdicts(fake))["P1-12"].verdict != HOLDS
+    assert by_claim(study.verdicts(fake))["P1-12"].verdict != HOLDS

@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 
 import studies.root_vs_rootfree as study
-from precond_lab.study import FAILS, HOLDS, PARTIAL
+from precond_lab.study import FAILS, HOLDS, PARTIAL, by_claim
 
 
 @pytest.fixture(scope="module")
 def ds():
     return study.run(**study.PRESETS["test"])
-
-
-def _by_claim(verdicts):
-    return {v.claim: v for v in verdicts}
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
@@ -30,7 +26,7 @@ def test_test_preset_end_to_end(ds, tmp_path):
     paths = study.plot(ds, tmp_path)
     assert sorted(p.suffix for p in paths) == [".pdf"] * 4 + [".png"] * 4
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
-    verdicts = _by_claim(study.verdicts(ds))
+    verdicts = by_claim(study.verdicts(ds))
     assert set(verdicts) == {"P2-27", "P2-28", "P2-29", "P2-30", "P2-31"}
     for v in verdicts.values():
         assert v.paper == study.PAPER and v.tolerance and v.evidence
@@ -54,11 +50,11 @@ def _precision(ds, if_fails: bool, root_fails: bool):
 
 
 def test_p2_30_verdict_logic(ds):
-    holds = _by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=True)))["P2-30"]
+    holds = by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=True)))["P2-30"]
     assert holds.verdict == HOLDS, holds.evidence
-    fails = _by_claim(study.verdicts(_precision(ds, if_fails=True, root_fails=False)))["P2-30"]
+    fails = by_claim(study.verdicts(_precision(ds, if_fails=True, root_fails=False)))["P2-30"]
     assert fails.verdict == FAILS, fails.evidence
-    both_ok = _by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=False)))
+    both_ok = by_claim(study.verdicts(_precision(ds, if_fails=False, root_fails=False)))
     assert both_ok["P2-30"].verdict == PARTIAL
 
 
@@ -73,13 +69,13 @@ def test_p2_27_verdict_logic(ds):
     steps = good.sizes["init_step"]
     good["init_step_norm"].loc[{"s0": 0.0}] = np.r_[100.0, np.ones(steps - 1)]
     good["init_step_norm"].loc[{"s0": 1.0}] = np.linspace(0.01, 1.0, steps)
-    assert _by_claim(study.verdicts(good))["P2-27"].verdict == HOLDS
+    assert by_claim(study.verdicts(good))["P2-27"].verdict == HOLDS
     bad = good.copy(deep=True)
     bad["step_scale"].loc[{"b_scaling": "with_B"}] = np.broadcast_to(
         bs, bad["step_scale"].loc[{"b_scaling": "with_B"}].shape
     )
     bad["init_step_norm"].loc[{"s0": 1.0}] = np.r_[100.0, np.ones(steps - 1)]
-    assert _by_claim(study.verdicts(bad))["P2-27"].verdict == FAILS
+    assert by_claim(study.verdicts(bad))["P2-27"].verdict == FAILS
 
 
 def test_p2_28_and_p2_31_verdict_logic(ds):
@@ -93,11 +89,11 @@ def test_p2_28_and_p2_31_verdict_logic(ds):
     good["eigh_f32_s"][:] = 1.0
     good["if_update_bf16_s"][:] = 0.1
     good["if_update_f32_s"][:] = 0.2
-    v = _by_claim(study.verdicts(good))
+    v = by_claim(study.verdicts(good))
     assert v["P2-28"].verdict == HOLDS and v["P2-31"].verdict == HOLDS
     bad = good.copy(deep=True)
     bad["direction_cosine"].loc[{"approx_power": 1.0, "exact_power": 1.0}] = 0.1
     bad["scaling_ratio"][:] = 2 * good["scaling_predicted"].values
     bad["if_update_bf16_s"][:] = 3.0
-    v = _by_claim(study.verdicts(bad))
+    v = by_claim(study.verdicts(bad))
     assert v["P2-28"].verdict == FAILS and v["P2-31"].verdict == FAILS

@@ -7,16 +7,12 @@ import numpy as np
 import pytest
 
 import studies.identities as study
-from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT
+from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, by_claim
 
 
 @pytest.fixture(scope="module")
 def ds():
     return study.run(**study.PRESETS["test"])
-
-
-def _by_claim(verdicts):
-    return {v.claim: v for v in verdicts}
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
@@ -33,7 +29,7 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert len(figs["identities_errors"].axes[0].collections) == 2 + 1
     assert len(figs["identities_p3_2_cosines"].axes[0].collections) == 2
     assert len(figs["identities_if_shampoo"].axes[0].lines) == ds.sizes["case"]
-    verdicts = _by_claim(study.verdicts(ds))
+    verdicts = by_claim(study.verdicts(ds))
     assert set(verdicts) == set(study.CLAIMS)
     for claim, v in verdicts.items():  # identities: they hold, to the stated tolerance
         assert v.verdict == HOLDS, (claim, v.evidence)
@@ -43,10 +39,10 @@ def test_test_preset_end_to_end(ds, tmp_path):
 def test_an_error_above_tolerance_does_not_hold(ds):
     bad = ds.copy(deep=True)
     bad["error"].loc[{"check": "D5-residual", "case": bad["case"].values[0]}] = 1e-3
-    v = _by_claim(study.verdicts(bad))["D5"]
+    v = by_claim(study.verdicts(bad))["D5"]
     assert v.verdict == FAILS
     assert "1.0e-03" in v.evidence
-    assert _by_claim(study.verdicts(bad))["D7"].verdict == HOLDS  # only D5 is affected
+    assert by_claim(study.verdicts(bad))["D7"].verdict == HOLDS  # only D5 is affected
 
 
 def test_exactness_only_claimed_for_exact_kronecker(monkeypatch):
@@ -82,7 +78,7 @@ def test_exactness_only_claimed_for_exact_kronecker(monkeypatch):
     ]
     monkeypatch.setattr(study, "_cases", lambda config: iter(cases))
     out = study.run(**{**study.PRESETS["test"], "if_max_steps": 400})
-    v = _by_claim(study.verdicts(out))
+    v = by_claim(study.verdicts(out))
     assert v["P3-9"].verdict == FAILS and v["D4"].verdict == FAILS
     assert v["P3-2"].verdict != HOLDS
     assert out["error"].sel(check="P3-9", case="kronecker") < 1e-12
@@ -95,7 +91,7 @@ def test_exactness_only_claimed_for_exact_kronecker(monkeypatch):
 def test_no_kronecker_case_is_not_tested(ds):
     only_random = ds.isel(case=np.flatnonzero(ds["kronecker"].values == 0))
     only_random["error"].loc[{"check": ["D4-exact", "D4-sqrt", "P3-9"]}] = np.nan
-    v = _by_claim(study.verdicts(only_random))
+    v = by_claim(study.verdicts(only_random))
     assert v["P3-9"].verdict == UNTESTED_VERDICT
 
 
@@ -103,5 +99,5 @@ def test_p3_2_cosine_ordering_is_read_from_the_data(ds):
     flipped = ds.copy(deep=True)
     case = flipped["case"].values[0]
     flipped["cos_shampoo"].loc[{"case": case}] = 1.0  # Shampoo better than its square
-    v = _by_claim(study.verdicts(flipped))["P3-2"]
+    v = by_claim(study.verdicts(flipped))["P3-2"]
     assert v.verdict != HOLDS and case in v.evidence
