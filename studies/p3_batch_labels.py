@@ -1,0 +1,523 @@
+"""Morwani et al. (P3): batch gradients and real vs sampled labels as Shampoo² statistics.
+
+Claims (theory.md A.1, B.1): **P3-7** mini-batch gradient outer products ``B ḡ ḡᵀ`` can
+replace per-example outer products as Shampoo's statistics: with *sampled* labels
+(``y ∼ p_θ(y|x)``) they are unbiased for the Gauss–Newton matrix ``H_GN`` (the cross
+terms ``g_i g_jᵀ`` vanish in expectation because ``E_y[g | x] = 0``), so Shampoo² from
+them still approximates ``H_GN``; with *real* labels a bias ``(B − 1) ḡ ḡᵀ`` appears.
+**P3-8** (Fig. 3) Shampoo² from real-label statistics approximates ``H_GN`` worse than
+from sampled labels, especially with larger batches.
+
+Setup: the MLP on binary MNIST and the CNN on digits (quick) / MNIST (full), the same
+captured runs as :mod:`studies.p3_quality` (shared stores). At each captured step and
+layer the target is the exact per-layer GGN over the ``N`` captured examples (capture
+target ``ggn``), and the statistic is built from
+
+* real labels: the per-example gradients ``g_i`` (``gradients``);
+* sampled labels: the per-example sampled-label gradients ``g_{i,c}``, ``c = 1…k``
+  (``ggn-mc``, stored divided by ``√k``; multiplied back here).
+
+Three ways to form the batch statistic for each batch size ``B`` (``B = 1``: per-example):
+
+* ``resampled`` (the main measurement): ``M`` mini-batches of ``B`` examples drawn with
+  replacement from the ``N`` captured ones, each example with its real label or with one
+  of its ``k`` sampled labels drawn at random; statistic ``(1/M) Σ_j B ḡ_j ḡ_jᵀ``. ``M``
+  is the same for every ``B``, as in training, where Shampoo adds one outer product per
+  step whatever the batch size.
+* ``groups``: consecutive groups of ``B`` captured examples, as the capture's ``batch``
+  target (real labels: that target itself, ``batch_size_<B>``; sampled labels: the same
+  groups of ``ggn-mc`` for each of the ``k`` draws): ``N/B`` (real) or ``kN/B`` (sampled)
+  outer products — fewer as ``B`` grows.
+* ``expected``: the limit ``M → ∞`` of ``resampled``, exactly:
+  ``E[B ḡ ḡᵀ] = E[g gᵀ] + (B − 1) E[g] E[g]ᵀ`` over the captured examples (and draws).
+  For real labels ``E[g]`` is the full-batch gradient (the bias); for sampled labels it
+  is the mean of the sampled-label gradients, zero up to Monte-Carlo noise.
+
+Scores: the cosine of Shampoo² (``L ⊗ R / tr``) of each statistic with ``H_GN``, and the
+cosine of the statistic itself with ``H_GN`` (the full ``mn × mn`` matrices, exactly,
+through Gram matrices); references: Shampoo² and the optimal Kronecker product of the
+exact ``H_GN``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from precond_lab import estimators as est
+from precond_lab import metrics as met
+from precond_lab.capture.store import as_samples
+from precond_lab.structures import Kronecker
+from precond_lab.study import FAILS, Verdict, judge
+from studies import p3_quality as q
+
+NAME = "p3_batch_labels"
+TITLE = "P3 (Morwani et al.): batch gradients and real vs sampled labels"
+PAPER = q.PAPER
+
+LABELS = ("real", "sampled")
+SCHEMES = ("resampled", "groups", "expected")
+
+# Verdict thresholds (stated in each Verdict's tolerance).
+UNBIASED_TOL = 0.02  # P3-7: expected sampled statistic's cosine drops ≤ 0.02 from B=1 to B_max
+BATCH_TOL = 0.05  # P3-7: Shampoo² (sampled, resampled) drops ≤ 0.05 from B=1 at any B
+DEGRADE_TOL = 0.05  # P3-8: sampled − real ≥ 0.05 at the largest batch, and growing with B
+
+PRESETS = {
+    "test": {
+        "setups": [q.SETUPS["test"]["mlp"], q.SETUPS["test"]["cnn"]],
+        **q.TRAINING["test"],
+        "num_batches": 16,
+    },
+    "quick": {
+        "setups": [q.SETUPS["quick"]["mlp"], q.SETUPS["quick"]["cnn"]],
+        **q.TRAINING["quick"],
+        "num_batches": 128,
+    },
+    "full": {
+        "setups": [q.SETUPS["full"]["mlp"], q.SETUPS["full"]["cnn"]],
+        **q.TRAINING["full"],
+        "num_batches": 1024,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------
+
+
+class _Cell:
+    """One (step, layer, labels) cell: the label draws ``f`` and the exact GGN samples.
+
+    Every statistic is ``Σ_p w_p s_p s_pᵀ`` with ``s = C f`` (``C``: how each batch sums the
+    ``S = N·K`` label draws, scaled by ``1/√B``), so all Frobenius inner products follow
+    from the Gram matrices ``K_ff = f fᵀ`` and ``K_fg = f yᵀ`` (``y``: GGN samples), computed
+    once per cell.
+    """
+
+    def __init__(self, g, ggn_x, ggn_w, kgg):
+        self.n, self.k = g.shape[:2]
+        self.f = np.ascontiguousarray(g.reshape(self.n * self.k, -1), np.float32)
+        self.shape = g.shape[2:]
+        y = ggn_x.reshape(len(ggn_x), -1).astype(np.float32)
+        self.kff = (self.f @ self.f.T).astype(np.float64)
+        self.kfg = (self.f @ y.T).astype(np.float64)
+        self.wg = np.asarray(ggn_w, np.float64)
+        self.ggn_norm2 = float(self.wg @ (kgg * kgg) @ self.wg)
+        s = self.f.shape[0]
+        self.mean = self.f.mean(axis=0).reshape(self.shape)
+        self.base = _factors(self.f.reshape(s, *self.shape), np.full(s, 1.0 / s))
+
+    def cosine(self, c, w) -> float:
+        """Cosine of ``Σ_p w_p (C f)_p (C f)_pᵀ`` with the GGN (exact, via Gram matrices)."""
+        kss = c @ self.kff @ c.T
+        ksg = c @ self.kfg
+        inner = float(w @ (ksg * ksg) @ self.wg)
+        return inner / np.sqrt(float(w @ (kss * kss) @ w) * self.ggn_norm2)
+
+    def factors(self, c, w):
+        """Shampoo's ``(L, R)`` of the statistic."""
+        s = (c.astype(np.float32) @ self.f).reshape(len(c), *self.shape)
+        return _factors(s, w)
+
+
+def _factors(s, w):
+    """``L = Σ_p w_p s_p s_pᵀ`` and ``R = Σ_p w_p s_pᵀ s_p`` (``w ≥ 0``) as two products."""
+    p, m, n = s.shape
+    sw = s * np.sqrt(np.asarray(w, np.float32))[:, None, None]
+    a = sw.transpose(1, 0, 2).reshape(m, p * n)
+    b = sw.reshape(p * m, n)
+    return (a @ a.T).astype(np.float64), (b.T @ b).astype(np.float64)
+
+
+def _resampled(n, k, bsz, m, rng):
+    """``M`` batches of ``B`` examples drawn with replacement, each with a random draw."""
+    idx = rng.integers(0, n, size=(m, bsz)) * k + rng.integers(0, k, size=(m, bsz))
+    c = np.zeros((m, n * k))
+    np.add.at(c, (np.repeat(np.arange(m), bsz), idx.ravel()), 1.0 / np.sqrt(bsz))
+    return c, np.full(m, 1.0 / m)
+
+
+def _groups(n, k, bsz):
+    """Consecutive groups of ``B`` examples, separately for each label draw."""
+    nb = n // bsz
+    c = np.zeros((nb * k, n * k))
+    for j in range(nb):
+        for d in range(k):
+            c[j * k + d, np.arange(j * bsz, (j + 1) * bsz) * k + d] = 1.0 / np.sqrt(bsz)
+    return c, np.full(nb * k, 1.0 / (nb * k))
+
+
+def _expected(n, k, bsz):
+    """``E[g gᵀ] + (B − 1) E[g] E[g]ᵀ``: every draw (weight ``1/S``) and the mean (``B − 1``)."""
+    s = n * k
+    c = np.vstack([np.eye(s), np.full((1, s), 1.0 / s)])
+    return c, np.concatenate([np.full(s, 1.0 / s), [bsz - 1.0]])
+
+
+def _statistics(cell: _Cell, bsz, num_batches, rng):
+    """``{scheme: (cosine of the statistic with H_GN, Shampoo²'s (L, R))}``."""
+    out = {}
+    for scheme, (c, w) in (
+        ("resampled", _resampled(cell.n, cell.k, bsz, num_batches, rng)),
+        ("groups", _groups(cell.n, cell.k, bsz)),
+        ("expected", _expected(cell.n, cell.k, bsz)),
+    ):
+        if scheme == "expected":  # closed form: no (S + 1)-sample products
+            lb, rb = cell.base
+            gm = cell.mean.astype(np.float64)
+            fac = (lb + (bsz - 1) * gm @ gm.T, rb + (bsz - 1) * gm.T @ gm)
+        else:
+            fac = cell.factors(c, w)
+        out[scheme] = (cell.cosine(c, w), fac)
+    return out
+
+
+def _shampoo2_cos(ggn_target, factors) -> float:
+    """Cosine of ``L ⊗ R`` with the exact GGN."""
+    dt = ggn_target.dtype
+    kron = Kronecker(np.asarray(factors[0], dt), np.asarray(factors[1], dt))
+    return float(met.cosine_similarity(ggn_target, kron))
+
+
+def run(
+    setups,
+    steps=(0, 40, 120),
+    num_batches=128,
+    optimizer="adam",
+    learning_rate=3e-3,
+    batch_size=32,
+    seed=0,
+    cache_dir=None,
+) -> xr.Dataset:
+    """Shampoo² from real / sampled-label batch statistics vs the exact GGN.
+
+    Returns a Dataset with dims ``dataset, step, layer, labels, batch_size, scheme``;
+    ``layer`` is a slot index per dataset with names in ``layer_name``.
+    """
+    t_start = time.perf_counter()
+    steps = sorted(int(s) for s in steps)
+    rng = np.random.default_rng(seed)
+    captures = []
+    capture_seconds = 0.0
+    for s in setups:
+        t0 = time.perf_counter()
+        tree, cfg = q.capture_setup(s, steps, optimizer, learning_rate, batch_size, seed, cache_dir)
+        capture_seconds += time.perf_counter() - t0
+        captures.append((s, tree, cfg))
+    sizes = sorted({1} | {int(b) for s in setups for b in s["batch_sizes"]})
+    n_layers = max(len(str(t.attrs["layers"]).split(",")) for _, t, _ in captures)
+    shape = (len(setups), len(steps), n_layers)
+    full = (*shape, len(LABELS), len(sizes), len(SCHEMES))
+    cos_sh2 = np.full(full, np.nan)
+    cos_stat = np.full(full, np.nan)
+    ref_sh2 = np.full(shape, np.nan)
+    ref_opt = np.full(shape, np.nan)
+    mean_frac = np.full((*shape, len(LABELS)), np.nan)
+    names = np.full((len(setups), n_layers), "", dtype=object)
+    rows = np.full((len(setups), n_layers), -1, np.int64)
+    cols = np.full((len(setups), n_layers), -1, np.int64)
+    loss = np.full((len(setups), len(steps)), np.nan)
+    acc = np.full((len(setups), len(steps)), np.nan)
+    check = 0.0  # max relative deviation of our groups from the capture's batch target
+    for i_d, (_, tree, _) in enumerate(captures):
+        layers = str(tree.attrs["layers"]).split(",")
+        k = int(tree.attrs["mc_samples"])
+        for i_l, (lay, shp) in enumerate(
+            zip(layers, str(tree.attrs["layer_shapes"]).split(","), strict=True)
+        ):
+            names[i_d, i_l] = lay
+            rows[i_d, i_l], cols[i_d, i_l] = (int(x) for x in shp.split("x"))
+        for i_s, step in enumerate(steps):
+            node = tree[f"step_{step:06d}"]
+            loss[i_d, i_s] = float(node.attrs.get("loss", np.nan))
+            a = float(node.attrs.get("test_accuracy", -1.0))
+            acc[i_d, i_s] = np.nan if a == -1.0 else a
+            for i_l, lay in enumerate(layers):
+                ln = node[lay]
+                ggn_t, _ = q._ggn_target(ln)
+                bg = np.asarray(ln["ggn"].values)
+                ggn_x = bg.reshape(-1, *bg.shape[2:])
+                ggn_w = np.full(len(ggn_x), 1.0 / bg.shape[0])
+                y = ggn_x.reshape(len(ggn_x), -1).astype(np.float32)
+                kgg = (y @ y.T).astype(np.float64)
+                ref_sh2[i_d, i_s, i_l] = float(
+                    met.cosine_similarity(ggn_t, est.shampoo_squared(ggn_t))
+                )
+                ref_opt[i_d, i_s, i_l] = float(
+                    met.cosine_similarity(ggn_t, est.frobenius_optimal(ggn_t))
+                )
+                real = np.asarray(ln["gradients"].values)[:, None]  # (N, 1, m, n)
+                sampled = np.asarray(ln["ggn_mc"].values) * np.sqrt(k)  # (N, k, m, n)
+                for i_lab, g in enumerate((real, sampled)):
+                    cell = _Cell(g, ggn_x, ggn_w, kgg)
+                    flat = g.reshape(-1, *g.shape[2:]).astype(np.float64)
+                    mean_frac[i_d, i_s, i_l, i_lab] = float(
+                        np.sum(flat.mean(axis=0) ** 2) / np.mean(np.sum(flat**2, axis=(1, 2)))
+                    )
+                    for i_b, bsz in enumerate(sizes):
+                        if bsz > g.shape[0]:
+                            continue
+                        stats = _statistics(cell, bsz, num_batches, rng)
+                        if i_lab == 0 and bsz > 1 and f"batch_size_{bsz}" in ln.children:
+                            cap = as_samples(ln[f"batch_size_{bsz}"]["gradients"]).values
+                            c, _ = _groups(cell.n, cell.k, bsz)
+                            ours = (c @ cell.f).reshape(len(c), *cell.shape) / np.sqrt(bsz)
+                            dev = np.max(np.abs(cap - ours)) / max(np.max(np.abs(cap)), 1e-30)
+                            check = max(check, float(dev))
+                        for i_sc, sc in enumerate(SCHEMES):
+                            idx = (i_d, i_s, i_l, i_lab, i_b, i_sc)
+                            cos_stat[idx], fac = stats[sc]
+                            cos_sh2[idx] = _shampoo2_cos(ggn_t, fac)
+    dims = ("dataset", "step", "layer", "labels", "batch_size", "scheme")
+    ds = xr.Dataset(
+        {
+            "cos_shampoo2": (dims, cos_sh2),
+            "cos_statistic": (dims, cos_stat),
+            "ref_shampoo2_ggn": (dims[:3], ref_sh2),
+            "ref_optimal_ggn": (dims[:3], ref_opt),
+            "mean_gradient_fraction": ((*dims[:3], "labels"), mean_frac),
+            "loss": (("dataset", "step"), loss),
+            "test_accuracy": (("dataset", "step"), acc),
+        },
+        coords={
+            "dataset": [s["key"] for s in setups],
+            "step": np.asarray(steps, np.int64),
+            "layer": np.arange(n_layers),
+            "labels": list(LABELS),
+            "batch_size": np.asarray(sizes, np.int64),
+            "scheme": list(SCHEMES),
+            "layer_name": (("dataset", "layer"), names.astype(str)),
+            "layer_rows": (("dataset", "layer"), rows),
+            "layer_cols": (("dataset", "layer"), cols),
+        },
+    )
+    ds["cos_shampoo2"].attrs["long_name"] = "cosine of Shampoo² (from the statistic) with H_GN"
+    ds["cos_statistic"].attrs["long_name"] = "cosine of the batch statistic itself with H_GN"
+    ds["mean_gradient_fraction"].attrs["long_name"] = "‖E[g]‖² / E‖g‖² (bias per unit B − 1)"
+    ds.attrs.update(
+        {
+            "study": NAME,
+            "paper": PAPER,
+            "target": "exact per-layer GGN over the N captured examples",
+            "statistic": "(1/M) Σ_j B ḡ_j ḡ_jᵀ; resampled: M batches with replacement, random "
+            "sampled-label draw per example; groups: consecutive groups (capture batch target); "
+            "expected: E[ggᵀ] + (B−1) E[g]E[g]ᵀ",
+            "num_batches": int(num_batches),
+            "batch_target_check_max_rel_dev": float(check),
+            "optimizer": str(optimizer),
+            "learning_rate": float(learning_rate),
+            "batch_size_training": int(batch_size),
+            "seed": int(seed),
+            "capture_configs": " | ".join(
+                f"{s['key']}: {cfg['model']} {cfg['dataset']} layers={t.attrs['layers']} "
+                f"shapes={t.attrs['layer_shapes']} N={cfg['num_samples']} k={cfg['mc_samples']} "
+                f"options={cfg.get('model_options', {})}"
+                for s, t, cfg in captures
+            ),
+            "capture_seconds": round(capture_seconds, 2),
+            "seconds": round(time.perf_counter() - t_start, 2),
+        }
+    )
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------
+
+
+def _bmax(ds, dataset) -> int:
+    """The largest batch size with values for this dataset."""
+    c = ds["cos_shampoo2"].sel(dataset=dataset, scheme="resampled", labels="real")
+    ok = [int(b) for b in ds["batch_size"].values if np.isfinite(c.sel(batch_size=b)).any()]
+    return max(ok)
+
+
+def _med(da) -> float:
+    v = np.asarray(da.values, float).ravel()
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
+def verdicts(ds: xr.Dataset) -> list[Verdict]:
+    out = []
+    sets = [str(d) for d in ds["dataset"].values]
+    sh2 = ds["cos_shampoo2"]
+    stat = ds["cos_statistic"]
+    # P3-7 ------------------------------------------------------------------------------
+    unbiased, close, ev = [], [], []
+    for d in sets:
+        bm = _bmax(ds, d)
+        e = stat.sel(dataset=d, scheme="expected", labels="sampled")
+        drop_e = (e.sel(batch_size=1) - e.sel(batch_size=bm)).values.ravel()
+        drop_e = drop_e[np.isfinite(drop_e)]
+        unbiased.append(bool(drop_e.size) and bool(np.all(drop_e <= UNBIASED_TOL)))
+        r = sh2.sel(dataset=d, scheme="resampled", labels="sampled")
+        drops = {
+            int(b): _med(r.sel(batch_size=1) - r.sel(batch_size=b))
+            for b in ds["batch_size"].values
+            if int(b) <= bm
+        }
+        close.append(all(v <= BATCH_TOL for v in drops.values() if np.isfinite(v)))
+        er = stat.sel(dataset=d, scheme="expected", labels="real")
+        ev.append(
+            f"{d}: cos(E[stat], H_GN) B=1→{bm}: sampled {_med(e.sel(batch_size=1)):.3f}→"
+            f"{_med(e.sel(batch_size=bm)):.3f} (max drop {np.max(drop_e):.3f}), real "
+            f"{_med(er.sel(batch_size=1)):.3f}→{_med(er.sel(batch_size=bm)):.3f}; "
+            f"cos(Sh²_sampled, H_GN) B=1→{bm}: {_med(r.sel(batch_size=1)):.3f}→"
+            f"{_med(r.sel(batch_size=bm)):.3f} (vs Sh² of exact H_GN "
+            f"{_med(ds['ref_shampoo2_ggn'].sel(dataset=d)):.3f})"
+        )
+    out.append(
+        Verdict(
+            "P3-7",
+            PAPER,
+            "Abstract; Section 4 (number unverified)",
+            "Mini-batch gradient outer products B·ḡḡᵀ with sampled labels are unbiased for "
+            "H_GN, so Shampoo² built from them still approximates H_GN (real labels: biased).",
+            judge(all(unbiased) and all(close), any(unbiased) or any(close)),
+            "; ".join(ev) + f" [medians over steps × layers; M={ds.attrs.get('num_batches')}]",
+            f"holds: for every dataset the exact batch expectation with sampled labels loses ≤ "
+            f"{UNBIASED_TOL} cosine with H_GN from B=1 to the largest B in every cell, and "
+            f"Shampoo² from M resampled sampled-label batches loses ≤ {BATCH_TOL} (median) at "
+            "every B; partially: one of them for some dataset",
+        )
+    )
+    # P3-8 ------------------------------------------------------------------------------
+    strong, weak, ev = [], [], []
+    for d in sets:
+        bm = _bmax(ds, d)
+        r = sh2.sel(dataset=d, scheme="resampled")
+        gap = r.sel(labels="sampled") - r.sel(labels="real")
+        g1, gm = _med(gap.sel(batch_size=1)), _med(gap.sel(batch_size=bm))
+        strong.append(gm >= DEGRADE_TOL and gm > g1)
+        weak.append(gm > 0 and gm > g1)
+        real1 = _med(r.sel(labels="real", batch_size=1))
+        ev.append(
+            f"{d}: cos(Sh², H_GN) real vs sampled at B=1 {real1:.3f} "
+            f"vs {_med(r.sel(labels='sampled', batch_size=1)):.3f}, at B={bm} "
+            f"{_med(r.sel(labels='real', batch_size=bm)):.3f} vs "
+            f"{_med(r.sel(labels='sampled', batch_size=bm)):.3f} (gap {g1:.3f}→{gm:.3f}; "
+            f"worst cell gap {np.nanmax(gap.sel(batch_size=bm).values):.3f}; gap at B={bm} by "
+            "step: "
+            + ", ".join(
+                f"{int(st)}: {_med(gap.sel(batch_size=bm, step=st)):.3f}"
+                for st in ds["step"].values
+            )
+            + ")"
+        )
+    out.append(
+        Verdict(
+            "P3-8",
+            PAPER,
+            "Figure 3 (Binary MNIST, CIFAR-10, ImageNet)",
+            "Real labels (empirical Fisher) degrade Shampoo²'s approximation of H_GN compared "
+            "with sampled labels, especially with larger batches.",
+            judge(all(strong), any(strong) or all(weak)) if sets else FAILS,
+            "; ".join(ev) + " [resampled statistic; medians over steps × layers]",
+            f"holds: for every dataset the median gap cos(Sh²_sampled) − cos(Sh²_real) at the "
+            f"largest B is ≥ {DEGRADE_TOL} and larger than at B=1; partially: so for some "
+            "dataset, or a positive growing gap for all",
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+_COLORS = {"real": "#D55E00", "sampled": "#0072B2"}
+_MARKERS = {"real": "o", "sampled": "s"}
+_LINESTYLES = {"resampled": "-", "groups": ":", "expected": "--"}
+_SCHEME_LABEL = {
+    "resampled": "M random batches",
+    "groups": "consecutive groups (capture batch target)",
+    "expected": "exact expectation (M → ∞)",
+}
+
+
+def _panel_grid(ds, var, title, ylabel, figdir, stem):
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from precond_lab.plotting import save, style
+
+    sets = [str(d) for d in ds["dataset"].values]
+    n_layers = ds.sizes["layer"]
+    step = int(ds["step"].values[-1])
+    bs = ds["batch_size"].values
+    with style():
+        fig = Figure(figsize=(3.4 * len(sets), 2.5 * n_layers + 0.6), layout="constrained")
+        axes = fig.subplots(n_layers, len(sets), squeeze=False)
+        for c, d in enumerate(sets):
+            for r in range(n_layers):
+                ax = axes[r, c]
+                name = ds["layer_name"].sel(dataset=d, layer=r).item()
+                if not name:
+                    ax.set_axis_off()
+                    continue
+                for lab in LABELS:
+                    for sc in SCHEMES:
+                        y = ds[var].sel(dataset=d, step=step, layer=r, labels=lab, scheme=sc)
+                        ax.plot(
+                            bs,
+                            y.values,
+                            color=_COLORS[lab],
+                            marker=_MARKERS[lab] if sc == "resampled" else None,
+                            ls=_LINESTYLES[sc],
+                            lw=1.6 if sc == "resampled" else 1.0,
+                            gid=f"{lab}:{sc}",
+                        )
+                if var == "cos_shampoo2":
+                    ref = ds["ref_shampoo2_ggn"].sel(dataset=d, step=step, layer=r)
+                    ax.axhline(float(ref), color="#7F7F7F", lw=1, ls="-.", gid="ref")
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(bs, [str(b) for b in bs])
+                ax.minorticks_off()
+                rr = int(ds["layer_rows"].sel(dataset=d, layer=r))
+                cc = int(ds["layer_cols"].sel(dataset=d, layer=r))
+                ax.set_title(f"{d}\n{name} ({rr}×{cc})", fontsize=8)
+                if r == n_layers - 1:
+                    ax.set_xlabel("batch size B")
+                if c == 0:
+                    ax.set_ylabel(ylabel)
+        handles = [
+            Line2D([], [], color=_COLORS[lab], marker=_MARKERS[lab], label=f"{lab} labels")
+            for lab in LABELS
+        ] + [
+            Line2D([], [], color="black", ls=_LINESTYLES[sc], label=_SCHEME_LABEL[sc])
+            for sc in SCHEMES
+        ]
+        if var == "cos_shampoo2":
+            handles.append(
+                Line2D([], [], color="#7F7F7F", ls="-.", label="Shampoo² of the exact H_GN")
+            )
+        fig.legend(handles=handles, loc="outside lower center", ncols=3)
+        fig.suptitle(f"{title} (training step {step})")
+        return save(fig, Path(figdir) / stem)
+
+
+def plot(ds: xr.Dataset, figdir) -> list[Path]:
+    paths = _panel_grid(
+        ds,
+        "cos_shampoo2",
+        "Shampoo² from batch gradients vs H_GN: real vs sampled labels",
+        "cos(Shampoo², H_GN)",
+        figdir,
+        f"{NAME}_shampoo2",
+    )
+    paths += _panel_grid(
+        ds,
+        "cos_statistic",
+        "The batch statistic B·ḡḡᵀ itself vs H_GN",
+        "cos(statistic, H_GN)",
+        figdir,
+        f"{NAME}_statistic",
+    )
+    return paths

@@ -1,0 +1,146 @@
+"""studies/p3_batch_labels: the "test" preset end to end, the batch statistics on known
+answers, and the verdict logic on constructed Datasets."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from precond_lab import plotting
+from precond_lab.study import FAILS, HOLDS, PARTIAL
+from studies import p3_batch_labels as b
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("p3b_cache")
+    return b.run(**b.PRESETS["test"], cache_dir=cache)
+
+
+def _dense(f, c, w):
+    s = c @ f.reshape(len(f), -1).astype(np.float64)
+    return (s.T * w) @ s
+
+
+def test_expected_statistic_is_the_average_over_all_batches():
+    """E[B ḡḡᵀ] over batches drawn with replacement = E[ggᵀ] + (B−1) E[g]E[g]ᵀ, exactly."""
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((3, 2, 2, 3)).astype(np.float32)  # N=3 examples, K=2 draws
+    flat = g.reshape(6, 2, 3).astype(np.float64)
+    ggn = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y = ggn.reshape(5, -1).astype(np.float64)
+    cell = b._Cell(g, ggn, np.full(5, 0.2), y @ y.T)
+    for bsz in (1, 2, 3):
+        brute = np.zeros((6, 6))
+        tuples = list(itertools.product(range(6), repeat=bsz))
+        for t in tuples:
+            v = flat[list(t)].sum(axis=0).reshape(-1)
+            brute += np.outer(v, v) / bsz
+        brute /= len(tuples)
+        c, w = b._expected(3, 2, bsz)
+        np.testing.assert_allclose(_dense(cell.f, c, w), brute, rtol=1e-5, atol=1e-6)
+        stats = b._statistics(cell, bsz, 4, rng)
+        # the closed-form Shampoo factors of the expectation = those of its samples
+        lf, rf = cell.factors(c, w)
+        np.testing.assert_allclose(stats["expected"][1][0], lf, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stats["expected"][1][1], rf, rtol=1e-4, atol=1e-5)
+        # the Gram-matrix cosine is the dense one
+        ggn_dense = (y.T * 0.2) @ y
+        exact = np.sum(brute * ggn_dense) / np.linalg.norm(brute) / np.linalg.norm(ggn_dense)
+        assert stats["expected"][0] == pytest.approx(exact, rel=1e-5)
+
+
+def test_groups_and_resampled_batches():
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
+    f = g.reshape(24, 4)
+    c, w = b._groups(8, 3, 4)
+    assert c.shape == (2 * 3, 24) and np.allclose(w, 1 / 6)
+    np.testing.assert_allclose(c[1] @ f, g[:4, 1].sum(axis=0).ravel() / 2, rtol=1e-6)
+    c, w = b._resampled(8, 3, 5, 7, rng)
+    assert c.shape == (7, 24) and np.allclose(c.sum(axis=1), 5 / np.sqrt(5))
+    # one draw per example slot: each row touches at most B (example, draw) pairs
+    assert np.all((c > 0).sum(axis=1) <= 5)
+
+
+def test_run_dataset_layout(ds):
+    dims = {"dataset", "step", "layer", "labels", "batch_size", "scheme"}
+    assert set(ds["cos_shampoo2"].dims) == dims
+    assert list(ds["labels"].values) == ["real", "sampled"]
+    assert list(ds["batch_size"].values) == [1, 3, 6]
+    for key, value in ds.attrs.items():
+        assert isinstance(value, (str, int, float)) and not isinstance(value, bool), key
+    assert np.isfinite(ds["cos_shampoo2"]).all() and np.isfinite(ds["cos_statistic"]).all()
+    # our consecutive groups are the capture's `batch` target
+    assert ds.attrs["batch_target_check_max_rel_dev"] < 1e-5
+    # B = 1: every scheme is the per-example statistic (no cross terms)
+    one = ds["cos_statistic"].sel(batch_size=1)
+    np.testing.assert_allclose(
+        one.sel(scheme="groups").values, one.sel(scheme="expected").values, atol=1e-5
+    )
+    # Shampoo² of a statistic never beats the optimum of H_GN itself
+    assert float((ds["cos_shampoo2"] - ds["ref_optimal_ggn"]).max()) < 1e-4
+    # the real-label bias (B − 1) ḡḡᵀ grows with B; the sampled-label mean is small
+    frac = ds["mean_gradient_fraction"]
+    assert float(frac.sel(labels="sampled").max()) < float(frac.sel(labels="real").max())
+
+
+def test_plot_writes_panels_and_series(ds, tmp_path, monkeypatch):
+    figs = {}
+    original = plotting.save
+
+    def spy(fig, stem, *a, **k):
+        figs[stem.name] = fig
+        return original(fig, stem, *a, **k)
+
+    monkeypatch.setattr(plotting, "save", spy)
+    paths = b.plot(ds, tmp_path)
+    names = {p.name for p in paths}
+    for stem in ("shampoo2", "statistic"):
+        assert f"p3_batch_labels_{stem}.png" in names and f"p3_batch_labels_{stem}.pdf" in names
+    fig = figs["p3_batch_labels_shampoo2"]
+    axes = [ax for ax in fig.axes if ax.axison]
+    assert len(axes) == 2  # one layer × two datasets
+    gids = {ln.get_gid() for ln in axes[0].get_lines()}
+    assert {f"{lab}:{sc}" for lab in b.LABELS for sc in b.SCHEMES} | {"ref"} == gids
+
+
+def test_verdicts_on_the_test_run(ds):
+    out = b.verdicts(ds)
+    assert [v.claim for v in out] == ["P3-7", "P3-8"]
+    for v in out:
+        assert v.verdict in (HOLDS, PARTIAL, FAILS)
+        assert v.paper.startswith("P3") and v.evidence and v.tolerance
+
+
+def _constructed(ds, real, sampled, expected_sampled_drop=0.0):
+    """``ds`` with cos(Sh²) = ``real(B)`` / ``sampled(B)`` in every cell."""
+    out = ds.copy(deep=True)
+    bs = out["batch_size"].values
+    for i, bsz in enumerate(bs):
+        for lab, fn in (("real", real), ("sampled", sampled)):
+            out["cos_shampoo2"].loc[{"labels": lab, "batch_size": bsz}] = fn(i)
+        out["cos_statistic"].loc[{"labels": "sampled", "scheme": "expected", "batch_size": bsz}] = (
+            0.95 - expected_sampled_drop * i
+        )
+    return out
+
+
+def test_verdicts_hold_when_real_labels_degrade_with_batch_size(ds):
+    good = _constructed(ds, real=lambda i: 0.9 - 0.15 * i, sampled=lambda i: 0.92)
+    v = {x.claim: x.verdict for x in b.verdicts(good)}
+    assert v == {"P3-7": HOLDS, "P3-8": HOLDS}
+
+
+def test_verdicts_fail_when_labels_do_not_matter_and_sampled_is_biased(ds):
+    bad = _constructed(
+        ds, real=lambda i: 0.9 - 0.2 * i, sampled=lambda i: 0.9 - 0.2 * i, expected_sampled_drop=0.1
+    )
+    v = {x.claim: x.verdict for x in b.verdicts(bad)}
+    assert v == {"P3-7": FAILS, "P3-8": FAILS}
+
+
+def test_p3_8_partial_when_the_gap_is_small(ds):
+    small = _constructed(ds, real=lambda i: 0.9 - 0.01 * i, sampled=lambda i: 0.9)
+    v = {x.claim: x.verdict for x in b.verdicts(small)}
+    assert v["P3-8"] == PARTIAL
