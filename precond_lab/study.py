@@ -8,7 +8,9 @@ A *study* is a module in the top-level ``studies/`` folder of a clone that defin
 * ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``.
 
 ``reproduce`` imports each study, runs the chosen preset, saves the Dataset as netCDF,
-draws the figures and writes a Markdown report with a table (claim, paper, location,
+draws the figures and writes a Markdown report (studies not run this time, e.g. with
+``--only``, keep their section, rebuilt from their saved Dataset, since verdicts depend on
+the Dataset alone) with a table (claim, paper, location,
 verdict, key numbers) and the figures embedded. Claims no study can test yet stay in the
 table as "not yet tested" with the reason (:data:`UNTESTED`).
 """
@@ -247,7 +249,8 @@ def reproduce(
     datadir = figdir / "data"
     datadir.mkdir(parents=True, exist_ok=True)
     records = []
-    for mod in study_modules(only):
+    selected = study_modules(only)
+    for mod in selected:
         if preset not in mod.PRESETS:
             raise ValueError(f"study {mod.NAME} has no preset {preset!r}")
         log(f"[{mod.NAME}] {mod.TITLE} ({preset})")
@@ -269,6 +272,27 @@ def reproduce(
         if rec["error"]:
             log(f"  ERROR {rec['error']}")
         records.append(rec)
+    ran = {r["name"] for r in records}
+    for mod in study_modules():  # keep the other studies' sections, from their saved data
+        saved = datadir / f"{mod.NAME}.nc"
+        if mod.NAME in ran or not saved.exists():
+            continue
+        import xarray as xr
+
+        with xr.open_dataset(saved) as ds:
+            ds = ds.load()
+        records.append(
+            {
+                "name": mod.NAME,
+                "title": f"{mod.TITLE} [from saved data: {ds.attrs.get('preset', '?')} preset, "
+                f"{ds.attrs.get('date', '?')}]",
+                "figures": [Path(p) for p in mod.plot(ds, figdir)],
+                "verdicts": list(mod.verdicts(ds)),
+                "error": None,
+                "seconds": 0.0,
+            }
+        )
+    records.sort(key=lambda r: r["name"])
     write_report(records, report, preset, figdir)
     log(f"wrote {report}")
     return records
