@@ -37,6 +37,7 @@ __all__ = [
     "by_claim",
     "save_figures",
     "cached_capture",
+    "capture_targets",
     "repo_root",
     "study_modules",
     "reproduce",
@@ -189,6 +190,30 @@ def cached_capture(cache_dir: Path | None = None, **config):
     out.parent.mkdir(parents=True, exist_ok=True)
     capture(out=str(out), progress=False, **config)
     return open_capture(str(out))
+
+
+_CAPTURE_VARIABLES = {"gradients": "gradients", "ggn": "ggn", "ggn-mc": "ggn_mc"}
+
+
+def capture_targets(cap: dict):
+    """Yield ``(step, layer, kind, samples, weights)`` from a cached capture.
+
+    ``cap`` holds :func:`cached_capture`'s arguments; its ``steps``, ``layers`` and
+    ``targets`` (``gradients``, ``ggn``, ``ggn-mc``) are walked in order. ``samples`` is a
+    float64 ``(N·K, m, n)`` bag (``K`` classes or MC draws per example, 1 for gradients),
+    each pseudo-sample with its example's weight ``1/N``.
+    """
+    import numpy as np
+
+    tree = cached_capture(**cap)  # `layers` also restricts what is captured
+    for step in cap["steps"]:
+        for layer in cap["layers"]:
+            node = tree[f"step_{step:06d}/{layer}"]
+            for kind in cap["targets"]:
+                arr = np.asarray(node[_CAPTURE_VARIABLES[kind]].values, np.float64)
+                n_ex = arr.shape[0]
+                arr = arr.reshape(-1, *arr.shape[-2:])
+                yield step, layer, kind, arr, np.full(arr.shape[0], 1.0 / n_ex)
 
 
 def study_modules(only: list[str] | None = None) -> list:

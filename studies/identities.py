@@ -252,20 +252,10 @@ def _cases(config):
         real.append(("digits softmax GGN", "digits", ggn, np.full(ggn.shape[0], 1.0 / n_ex)))
     cap = config.get("capture")
     if cap:
-        from precond_lab.study import cached_capture
+        from precond_lab.study import capture_targets
 
-        tree = cached_capture(**cap)
-        for step in cap["steps"]:
-            for layer in cap["layers"]:
-                node = tree[f"step_{step:06d}/{layer}"]
-                for tgt in cap["targets"]:
-                    var = {"gradients": "gradients", "ggn": "ggn", "ggn-mc": "ggn_mc"}[tgt]
-                    arr = np.asarray(node[var].values, np.float64)
-                    n_ex = arr.shape[0]
-                    arr = arr.reshape(-1, *arr.shape[-2:])
-                    w = np.full(arr.shape[0], 1.0 / n_ex)
-                    label = f"{cap['model']} {layer} step {step} {tgt}"
-                    real.append((label, "capture", arr, w))
+        for step, layer, tgt, arr, w in capture_targets(cap):
+            real.append((f"{cap['model']} {layer} step {step} {tgt}", "capture", arr, w))
     for label, source, g, w in real:
         m, n = g.shape[1:]
         base = SampleTarget(g, w)

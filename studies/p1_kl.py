@@ -156,19 +156,11 @@ def _targets(config):
         ggn = p.ggn.reshape(-1, *p.ggn.shape[-2:])
         yield "digits softmax GGN", "digits", ggn, np.full(ggn.shape[0], 1.0 / n_ex)
     for cap in config.get("captures", []):
-        from precond_lab.study import cached_capture
+        from precond_lab.study import capture_targets
 
-        tree = cached_capture(**cap)
-        for step in cap["steps"]:
-            for layer in cap["layers"]:
-                node = tree[f"step_{step:06d}/{layer}"]
-                for tgt in cap["targets"]:
-                    var = {"gradients": "gradients", "ggn": "ggn", "ggn-mc": "ggn_mc"}[tgt]
-                    arr = np.asarray(node[var].values, np.float64)
-                    n_ex = arr.shape[0]
-                    arr = arr.reshape(-1, *arr.shape[-2:])
-                    label = f"{cap['model']}-{cap['dataset']} {layer} s{step} {tgt}"
-                    yield label, "capture", arr, np.full(arr.shape[0], 1.0 / n_ex)
+        for step, layer, tgt, arr, w in capture_targets(cap):
+            label = f"{cap['model']}-{cap['dataset']} {layer} s{step} {tgt}"
+            yield label, "capture", arr, w
 
 
 # --------------------------------------------------------------------------------------
