@@ -47,7 +47,7 @@ jax.config.update("jax_enable_x64", True)  # float64 everywhere (float32 is the 
 import numpy as np
 import pandas as pd
 
-from precond_lab import Kronecker, SampleTarget
+from precond_lab import SampleTarget
 from precond_lab import estimators as est
 from precond_lab import metrics as met
 from precond_lab.capture import capture
@@ -94,13 +94,11 @@ print(f"layer {LAYER}: m={m}, n={n}, mn={m * n}; samples behind Σ: {ggn.num_sam
 # ## 2. Estimate: every estimator
 #
 # K-FAC is built from the layer's inputs (activations) and the Λ^{1/2}-backpropagated
-# output gradients, not from `G`; we add `√λ I` to each of its factors, as `evaluate`
-# does.
+# output gradients, not from `G`; `damping=λ` adds `√λ I` to each of its factors, as
+# `evaluate` does.
 
 # %%
-sqrt_lam = np.sqrt(DAMPING)
-kfac_fit = est.kfac(layer["kfac_activations"], layer["kfac_backprops_ggn"])
-kfac_fit = Kronecker(kfac_fit.left + sqrt_lam * np.eye(m), kfac_fit.right + sqrt_lam * np.eye(n))
+kfac_fit = est.kfac(layer["kfac_activations"], layer["kfac_backprops_ggn"], damping=DAMPING)
 
 builders = {
     "frobenius_optimal": lambda: est.frobenius_optimal(target),

@@ -24,7 +24,6 @@ import numpy as np
 from . import estimators as est
 from . import metrics as met
 from . import reference as ref
-from .structures import Kronecker
 from .targets import SampleTarget
 
 __all__ = ["DemoProblem", "digits_softmax_problem", "run_demo", "format_table"]
@@ -93,14 +92,7 @@ def _estimators(problem: DemoProblem, target_name: str, damping: float):
         "diagonal": lambda t: est.diagonal(t),
     }
     if target_name == "ggn":
-
-        def kfac(t):
-            k = est.kfac(problem.activations, problem.backprops)
-            m, n = t.shape
-            root = np.sqrt(damping)
-            return Kronecker(k.left + root * np.eye(m), k.right + root * np.eye(n), k.scale)
-
-        table["kfac"] = kfac
+        table["kfac"] = lambda t: est.kfac(problem.activations, problem.backprops, damping=damping)
     return table
 
 

@@ -133,14 +133,9 @@ def _kfac(ctx: FitContext, variant: str = "expand") -> Structure:
         raise CellSkipped(f"no K-FAC activations/backprops for target kind {ctx.kind!r}")
     if ctx.batch_size != 1:
         raise CellSkipped("K-FAC is built from per-example activations, not batch gradients")
-    k = est.kfac(*ctx.kfac_inputs, variant=variant)
-    m, n = ctx.target.shape
-    if k.shape != (m, n):
-        raise ValueError(f"K-FAC factors give shape {k.shape}, the target is {(m, n)}")
-    if ctx.damping:
-        root = float(np.sqrt(ctx.damping))
-        dt = k.left.dtype
-        k = Kronecker(k.left + root * np.eye(m, dtype=dt), k.right + root * np.eye(n, dtype=dt))
+    k = est.kfac(*ctx.kfac_inputs, variant=variant, damping=ctx.damping)
+    if k.shape != ctx.target.shape:
+        raise ValueError(f"K-FAC factors give shape {k.shape}, the target is {ctx.target.shape}")
     return k
 
 

@@ -37,7 +37,9 @@ def _as_array(x, what):
     return jnp.asarray(x)
 
 
-def kfac(activations, backprops, *, weights=None, variant: str = "expand") -> Kronecker:
+def kfac(
+    activations, backprops, *, weights=None, variant: str = "expand", damping: float = 0.0
+) -> Kronecker:
     """K-FAC's ``E[δδᵀ] ⊗ E[aaᵀ]`` (output factor left, row-major convention).
 
     Args:
@@ -48,12 +50,16 @@ def kfac(activations, backprops, *, weights=None, variant: str = "expand") -> Kr
             ``(N, C, R, m)`` (e.g. ``Jᵀ Λ^{1/2} e_c`` for the Gauss–Newton matrix).
         weights: ``(N,)`` example weights (default ``1/N``).
         variant: ``"expand"`` or ``"reduce"`` (identical without a sharing axis).
+        damping: ``λ ≥ 0``; K-FAC's usual factored damping adds ``√λ I`` to each factor,
+            so the product approximates ``Σ + λI`` up to the cross terms.
 
     Returns:
-        ``Kronecker(left=Σ_n w_n Σ δδᵀ, right=Σ_n w_n aaᵀ / Σ_n w_n)``.
+        ``Kronecker(left=Σ_n w_n Σ δδᵀ + √λI, right=Σ_n w_n aaᵀ / Σ_n w_n + √λI)``.
     """
     if variant not in ("expand", "reduce"):
         raise ValueError(f"variant must be 'expand' or 'reduce'; got {variant!r}")
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
     a = _as_array(activations, "activations")
     d = _as_array(backprops, "backprops")
     if a.ndim not in (2, 3):
@@ -83,4 +89,7 @@ def kfac(activations, backprops, *, weights=None, variant: str = "expand") -> Kr
     else:
         left = jnp.einsum("n,nci,ncj->ij", w, d, d)
         right = jnp.einsum("n,ni,nj->ij", w, a, a)
-    return Kronecker(left, right / jnp.sum(w))
+    root = jnp.sqrt(jnp.asarray(damping, dt))
+    left = left + root * jnp.eye(left.shape[0], dtype=dt)
+    right = right / jnp.sum(w) + root * jnp.eye(right.shape[0], dtype=dt)
+    return Kronecker(left, right)

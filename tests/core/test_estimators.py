@@ -257,3 +257,15 @@ def test_float32_path(rng):
     e = est.eigencorrected(g32)
     assert e.dtype == jnp.float32 and e.left_basis.dtype == jnp.float32
     assert est.kfac(g32[:, :, 0], g32[:, 0, :]).dtype == jnp.float32
+
+
+def test_kfac_factor_damping_adds_sqrt_lambda_to_each_factor(rng):
+    a = rng.standard_normal((7, 3, 4))
+    d = rng.standard_normal((7, 2, 3, 5))
+    lam = 0.3
+    left, right = ref.kfac(a, d)
+    k = est.kfac(a, d, damping=lam)
+    np.testing.assert_allclose(np.asarray(k.left), left + np.sqrt(lam) * np.eye(5), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(k.right), right + np.sqrt(lam) * np.eye(4), rtol=1e-12)
+    with pytest.raises(ValueError, match="damping must be a finite number"):
+        est.kfac(a, d, damping=-1.0)
