@@ -131,14 +131,20 @@ def kl_flip_flop(sigma, m: int, n: int, damping: float = 0.0, iters: int = 2000,
     return left, right
 
 
-def kfac(activations, backprops, weights=None, variant: str = "expand"):
-    """K-FAC factors with explicit loops over examples, classes and positions."""
+def _kfac_arrays(activations, backprops):
+    """``a`` as ``(N, R, n)`` and ``δ`` as ``(N, C, R, m)`` in float64 (R, C = 1 if absent)."""
     a = np.asarray(activations, np.float64)
     d = np.asarray(backprops, np.float64)
     if d.ndim == a.ndim:
         d = d[:, None]
     if a.ndim == 2:
         a, d = a[:, None], d[:, :, None]
+    return a, d
+
+
+def kfac(activations, backprops, weights=None, variant: str = "expand"):
+    """K-FAC factors with explicit loops over examples, classes and positions."""
+    a, d = _kfac_arrays(activations, backprops)
     n_ex, n_pos = a.shape[0], a.shape[1]
     w = np.full(n_ex, 1.0 / n_ex) if weights is None else np.asarray(weights, np.float64)
     left = np.zeros((d.shape[-1], d.shape[-1]))
@@ -315,12 +321,7 @@ def kfac_samples(activations, backprops, weights=None):
     Shapes as for :func:`kfac`: ``a`` is ``(N, n)`` or ``(N, R, n)``; ``δ`` is ``(N, m)``,
     ``(N, C, m)``, ``(N, R, m)`` or ``(N, C, R, m)``.
     """
-    a = np.asarray(activations, np.float64)
-    d = np.asarray(backprops, np.float64)
-    if d.ndim == a.ndim:
-        d = d[:, None]
-    if a.ndim == 2:
-        a, d = a[:, None], d[:, :, None]
+    a, d = _kfac_arrays(activations, backprops)
     n_ex, n_cls = a.shape[0], d.shape[1]
     w = np.full(n_ex, 1.0 / n_ex) if weights is None else np.asarray(weights, np.float64)
     grads, ws = [], []
