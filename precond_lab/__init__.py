@@ -11,11 +11,16 @@ Subpackages: :mod:`~precond_lab.estimators`, :mod:`~precond_lab.metrics`,
 """
 
 from . import estimators, metrics, structures, targets
-from ._validation import FitNeedsDampingError, NonFiniteError
+from ._version import __version__
+from .errors import (
+    FitNeedsDampingError,
+    NonFiniteError,
+    NotPositiveDefiniteError,
+    PrecondLabError,
+    Status,
+)
 from .structures import Diagonal, EigenKronecker, FitInfo, Kronecker
 from .targets import DenseTarget, SampleTarget, as_target
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DenseTarget",
@@ -25,6 +30,10 @@ __all__ = [
     "FitNeedsDampingError",
     "Kronecker",
     "NonFiniteError",
+    "NotPositiveDefiniteError",
+    "PrecondLabError",
+    "Status",
+    "__version__",
     "SampleTarget",
     "as_target",
     "estimators",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import FitNeedsDampingError, NonFiniteError
+
 __all__ = [
     "FitNeedsDampingError",
     "NonFiniteError",
@@ -15,14 +17,6 @@ __all__ = [
     "check_finite",
     "first_nonfinite",
 ]
-
-
-class NonFiniteError(ValueError):
-    """Raised when an input holds NaN or Inf; the message names where."""
-
-
-class FitNeedsDampingError(ValueError):
-    """Raised when a fit is ill-posed without damping (singular target or factor)."""
 
 
 def check_float_dtype(dtype, what: str) -> np.dtype:

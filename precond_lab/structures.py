@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import NotPositiveDefiniteError
 from .linalg._spectral import eigh_sym
 
 __all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
@@ -59,7 +60,7 @@ def _check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Ar
     tol = 100 * max(w.shape[-1], 1) * float(jnp.finfo(w.dtype).eps) * scale
     wmin = float(jnp.min(w))
     if wmin < -tol:
-        raise ValueError(
+        raise NotPositiveDefiniteError(
             f"{what} is not positive semidefinite (smallest eigenvalue {wmin:.3e}, largest "
             f"{float(jnp.max(w)):.3e}); power {p} is undefined."
         )

@@ -69,6 +69,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..errors import StoreError
+
 __all__ = [
     "SCHEMA",
     "SCHEMA_NAME",
@@ -126,10 +128,6 @@ _DIMS = {
     "kfac_backprops_ggn": [("sample", "class", "out"), ("sample", "class", "position", "out")],
     "kfac_backprops_mc": [("sample", "mc", "out"), ("sample", "mc", "position", "out")],
 }
-
-
-class StoreError(ValueError):
-    """A store is missing, foreign, malformed or inconsistent with a request."""
 
 
 def step_name(step: int) -> str:

@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import NonFiniteError, check_float_dtype
+from .._validation import check_float_dtype
+from ..errors import (
+    ConvergenceError,
+    NonFiniteError,
+    NotPositiveDefiniteError,
+    NotSymmetricError,
+    UnsupportedDtypeError,
+)
 
 __all__ = [
     "DTYPES",
@@ -36,22 +43,6 @@ __all__ = [
 DTYPES: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
 
 _TOL = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
-
-
-class NotSymmetricError(ValueError):
-    """Raised when a matrix that must be symmetric is not (beyond round-off)."""
-
-
-class NotPositiveDefiniteError(ValueError):
-    """Raised when ``S + λI`` is indefinite or singular where a negative power needs SPD."""
-
-
-class UnsupportedDtypeError(TypeError):
-    """Raised when a method's JAX routine cannot run at the requested dtype."""
-
-
-class ConvergenceError(RuntimeError):
-    """Raised (with ``strict=True``) when an iteration did not reach its tolerance."""
 
 
 @dataclasses.dataclass(frozen=True)

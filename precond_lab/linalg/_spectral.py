@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ..errors import NotPositiveDefiniteError
+
 __all__ = ["symmetrize", "eigh_sym", "psd_function", "psd_power", "psd_sqrt"]
 
 
@@ -41,7 +43,7 @@ def psd_power(a: jax.Array, p: float, damping: float = 0.0) -> jax.Array:
     scale = jnp.max(jnp.abs(w))
     tol = 100 * a.shape[-1] * jnp.finfo(w.dtype).eps * scale
     if bool(jnp.any(w < -tol)):
-        raise ValueError(
+        raise NotPositiveDefiniteError(
             f"matrix is not positive semidefinite: smallest eigenvalue {float(w.min()):.3e}"
             f" (largest {float(w.max()):.3e}); a fractional or negative power is undefined."
         )

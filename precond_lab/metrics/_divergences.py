@@ -15,6 +15,7 @@ import numpy as np
 import scipy.optimize
 
 from .._validation import FitNeedsDampingError
+from ..errors import NotPositiveDefiniteError
 from ..structures import Structure, _check_spectrum
 from ..targets import Target
 from ._common import prepare, rotated_target_diagonal
@@ -40,7 +41,7 @@ def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_ran
     if mu.size and float(jnp.min(mu)) < 0:
         tol = 1e3 * float(jnp.finfo(mu.dtype).eps) * float(jnp.max(jnp.abs(mu)))
         if float(jnp.min(mu)) < -tol:
-            raise ValueError(
+            raise NotPositiveDefiniteError(
                 f"the target is not positive semidefinite (eigenvalue {float(jnp.min(mu)):.3e});"
                 " Gaussian divergences are undefined. Are the weights right?"
             )

@@ -1,0 +1,150 @@
+"""Every error precond_lab raises, and the one status vocabulary.
+
+All errors derive from :class:`PrecondLabError`, and each also derives from the builtin
+class a caller would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so
+``except ValueError`` keeps working. The meaning of each class:
+
+=============================  ==========================================================
+class                          raised when
+=============================  ==========================================================
+:class:`NonFiniteError`        an input holds NaN or Inf (the message names the index)
+:class:`NotPositiveDefiniteError`  a matrix that must be positive (semi)definite is not;
+                               the message gives its smallest eigenvalue
+:class:`NotSymmetricError`     a matrix that must be symmetric is not
+:class:`FitNeedsDampingError`  a fit or divergence is ill-posed without damping
+                               (singular target or factor): pass ``damping > 0``
+:class:`UnsupportedDtypeError` a dtype the operation cannot run at (never upcast silently)
+:class:`ConvergenceError`      an iteration asked to converge (``strict=True``) did not
+:class:`StoreError`            a capture store is missing, foreign, corrupt or in use
+:class:`CellSkipped`           (a signal, not an error) a sweep cell cannot be evaluated
+=============================  ==========================================================
+
+:class:`Status` is the status of a fit (:class:`~precond_lab.structures.FitInfo`), a
+matrix function (:class:`~precond_lab.linalg.MatrixFunctionInfo`), a sweep cell and an
+online run; :meth:`Status.of` maps an exception to its status.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "PrecondLabError",
+    "NonFiniteError",
+    "NotPositiveDefiniteError",
+    "NotSymmetricError",
+    "FitNeedsDampingError",
+    "UnsupportedDtypeError",
+    "ConvergenceError",
+    "StoreError",
+    "CellSkipped",
+    "Status",
+]
+
+
+class PrecondLabError(Exception):
+    """Base class of every error precond_lab raises on purpose."""
+
+
+class NonFiniteError(PrecondLabError, ValueError):
+    """An input holds NaN or Inf; the message names where."""
+
+
+class NotPositiveDefiniteError(PrecondLabError, ValueError):
+    """A matrix that must be positive (semi)definite is not (the one "not PSD" error)."""
+
+
+class NotSymmetricError(PrecondLabError, ValueError):
+    """A matrix that must be symmetric is not."""
+
+
+class FitNeedsDampingError(PrecondLabError, ValueError):
+    """A fit is ill-posed without damping (singular target or factor)."""
+
+
+class UnsupportedDtypeError(PrecondLabError, TypeError):
+    """The operation cannot run at this dtype on this backend (and will not upcast silently)."""
+
+
+class ConvergenceError(PrecondLabError, RuntimeError):
+    """An iterative method asked to converge (``strict=True``) did not."""
+
+
+class StoreError(PrecondLabError, ValueError):
+    """A capture store is missing, foreign, malformed, corrupt, in use or inconsistent."""
+
+
+class CellSkipped(PrecondLabError):  # noqa: N818 (a signal, not an error)
+    """Raised when a sweep cell cannot be evaluated (recorded as skipped, not as failed)."""
+
+
+class Status(str, enum.Enum):
+    """What happened to a fit, a matrix function, a sweep cell or an online run.
+
+    A ``str`` Enum: ``Status.OK == "ok"``, and Datasets store the plain strings. Each
+    member has an integer :attr:`code` for integer status arrays (e.g.
+    :func:`~precond_lab.linalg.precision_study`).
+    """
+
+    OK = "ok"  #: converged, or a direct method with a finite result; a cell that was scored
+    NOT_CONVERGED = "not_converged"  #: the iteration limit was reached above the tolerance
+    NONFINITE = "nonfinite"  #: NaN/Inf appeared (in the input or during the computation)
+    UNSUPPORTED_DTYPE = "unsupported_dtype"  #: the dtype is not supported by the operation
+    NOT_SPD = "not_spd"  #: the input is not positive definite (at this dtype)
+    UNSUPPORTED_EXPONENT = "unsupported_exponent"  #: the method cannot compute this power
+    NOT_APPLICABLE = "not_applicable"  #: the combination makes no sense; nothing ran
+    STAGNATED = "stagnated"  #: the residual stopped decreasing above the tolerance
+    NEEDS_DAMPING = "needs_damping"  #: ill-posed without damping (FitNeedsDampingError)
+    SKIPPED = "skipped"  #: a sweep cell with no data for it (CellSkipped); the message says why
+    FAILED = "failed"  #: any other error; the message names its class
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def code(self) -> int:
+        """A stable small integer for this status (0 is :attr:`OK`)."""
+        return _CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> Status:
+        """The status with integer :attr:`code` ``code``."""
+        return _BY_CODE[int(code)]
+
+    @property
+    def ok(self) -> bool:
+        """True only for :attr:`OK`."""
+        return self is Status.OK
+
+    @property
+    def failed(self) -> bool:
+        """True when something was attempted and did not give a usable result."""
+        return self in (
+            Status.NOT_CONVERGED,
+            Status.NONFINITE,
+            Status.NOT_SPD,
+            Status.STAGNATED,
+            Status.NEEDS_DAMPING,
+            Status.FAILED,
+        )
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Status:
+        """The status that an exception stands for."""
+        if isinstance(exc, CellSkipped):
+            return cls.SKIPPED
+        if isinstance(exc, FitNeedsDampingError):
+            return cls.NEEDS_DAMPING
+        if isinstance(exc, NotPositiveDefiniteError):
+            return cls.NOT_SPD
+        if isinstance(exc, NonFiniteError):
+            return cls.NONFINITE
+        if isinstance(exc, UnsupportedDtypeError):
+            return cls.UNSUPPORTED_DTYPE
+        if isinstance(exc, ConvergenceError):
+            return cls.NOT_CONVERGED
+        return cls.FAILED
+
+
+_CODES = {s: i for i, s in enumerate(Status)}
+_BY_CODE = {i: s for s, i in _CODES.items()}

@@ -1,0 +1,283 @@
+"""Names, spelled once: target kinds, dims, the capture store's groups and variables.
+
+Every module that reads or writes a capture store, builds a target from one, or lays out
+a sweep Dataset takes its names from here, so a grep for a store name (``ggn_mc``,
+``batch_size_``, ``step_``) finds only this module. It imports neither zarr nor optax.
+
+Target kinds (:class:`Kind`) are the values of a sweep's ``target`` coordinate and the
+names of the sample variables in a store: ``gradients`` (per-example gradients, the
+empirical Fisher), ``ggn`` (exact Gauss–Newton pseudo-gradients), ``ggn_mc``
+(sampled-label pseudo-gradients, the MC Fisher), ``trajectory`` (Adagrad's
+``Σ_s g_s g_sᵀ`` over training mini-batch gradients) and ``batch_<B>`` (mini-batch
+gradients of ``B`` captured examples; :func:`batch_kind`). :class:`CaptureTarget` is what
+a capture can be asked for (``--targets``); hyphens and underscores are accepted alike by
+:meth:`CaptureTarget.parse` and :func:`parse_kind`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "Kind",
+    "CaptureTarget",
+    "Dim",
+    "SAMPLE_KINDS",
+    "KFAC_ACTIVATIONS",
+    "KFAC_BACKPROPS",
+    "PARAM",
+    "CHECKPOINT",
+    "TRAJECTORY_GROUP",
+    "STEP_VARIABLES",
+    "WEIGHT",
+    "batch_kind",
+    "batch_size_of",
+    "batch_group",
+    "batch_group_size",
+    "step_name",
+    "step_of",
+    "is_step_name",
+    "parse_kind",
+    "as_samples",
+    "layer_kinds",
+    "layer_samples",
+    "layer_kfac_inputs",
+    "sample_bag",
+]
+
+
+class Kind(str, enum.Enum):
+    """A target kind: what the per-example matrices of a target are."""
+
+    GRADIENTS = "gradients"  #: per-example gradients (real labels): the empirical Fisher
+    GGN = "ggn"  #: exact Gauss–Newton pseudo-gradients ``J_iᵀ Λ_i^{1/2} e_c``
+    GGN_MC = "ggn_mc"  #: sampled-label pseudo-gradients (pre-divided by √k): MC Fisher
+    TRAJECTORY = "trajectory"  #: training mini-batch gradients since the last step (Adagrad)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The kinds stored as ``(sample, [class|mc,] row, col)`` variables of a layer group.
+SAMPLE_KINDS: tuple[Kind, ...] = (Kind.GRADIENTS, Kind.GGN, Kind.GGN_MC)
+
+
+class CaptureTarget(str, enum.Enum):
+    """What :func:`precond_lab.capture.capture` can be asked to record (``--targets``)."""
+
+    GRADIENTS = "gradients"
+    GGN = "ggn"
+    GGN_MC = "ggn-mc"
+    KFAC = "kfac"  #: K-FAC activations and real-label backprops
+    KFAC_GGN = "kfac-ggn"  #: … with the exact-GGN backprops (columns of ``Λ^{1/2}``)
+    KFAC_MC = "kfac-mc"  #: … with sampled-label backprops
+    BATCH = "batch"  #: mini-batch gradients (``batch_size_<B>`` groups)
+    TRAJECTORY = "trajectory"  #: training mini-batch gradients between captured steps
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str | CaptureTarget) -> CaptureTarget:
+        """``"ggn_mc"`` or ``"ggn-mc"`` → :attr:`GGN_MC`; unknown names raise ``ValueError``."""
+        if isinstance(name, cls):
+            return name
+        key = str(name).strip().replace("_", "-")
+        for t in cls:
+            if t.value == key:
+                return t
+        raise ValueError(
+            f"unknown capture target {name!r}; valid: {', '.join(t.value for t in cls)}"
+        )
+
+    @property
+    def store_variables(self) -> tuple[str, ...]:
+        """The layer-group variables this target writes (empty for group-level targets)."""
+        return _STORE_VARIABLES[self]
+
+
+class Dim(str, enum.Enum):
+    """Dimension names of capture stores and of sweep Datasets."""
+
+    SAMPLE = "sample"
+    CLASS = "class"  #: exact-GGN pseudo-gradients per example (one per model output)
+    MC = "mc"  #: sampled-label draws per example
+    ROW = "row"  #: output side of a matricized parameter (``m``)
+    COL = "col"  #: input side (``n``)
+    POSITION = "position"  #: shared positions of a K-FAC layer (conv pixels, tokens)
+    IN = "in"  #: K-FAC activation features
+    OUT = "out"  #: K-FAC backprop features
+    OUTPUT = "output"  #: model outputs (logits)
+    BATCH = "batch"  #: leading dim of a ``batch_size_<B>`` group's gradients
+    TRAIN_STEP = "train_step"  #: leading dim of the trajectory group's gradients
+    # sweep Datasets
+    STEP = "step"
+    LAYER = "layer"
+    TARGET = "target"
+    ESTIMATOR = "estimator"
+    METRIC = "metric"
+    BATCH_SIZE = "batch_size"
+    INDEX = "index"  #: eigenvalue index (descending)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PARAM = "param"  #: the matricized parameter of a layer group
+KFAC_ACTIVATIONS = "kfac_activations"
+#: K-FAC backprop variable per target kind (real labels, exact GGN, sampled labels).
+KFAC_BACKPROPS: dict[Kind, str] = {
+    Kind.GRADIENTS: "kfac_backprops",
+    Kind.GGN: "kfac_backprops_ggn",
+    Kind.GGN_MC: "kfac_backprops_mc",
+}
+CHECKPOINT = "checkpoint"  #: the resume-state group of a step
+TRAJECTORY_GROUP = "trajectory"  #: a layer's trajectory group
+STEP_VARIABLES = ("loss", "outputs", "labels")  #: per-example variables of a step group
+WEIGHT = "weight"  #: the per-sample weight coordinate of batch and trajectory gradients
+
+_STORE_VARIABLES = {
+    CaptureTarget.GRADIENTS: (Kind.GRADIENTS.value,),
+    CaptureTarget.GGN: (Kind.GGN.value,),
+    CaptureTarget.GGN_MC: (Kind.GGN_MC.value,),
+    CaptureTarget.KFAC: (KFAC_ACTIVATIONS, KFAC_BACKPROPS[Kind.GRADIENTS]),
+    CaptureTarget.KFAC_GGN: (KFAC_ACTIVATIONS, KFAC_BACKPROPS[Kind.GGN]),
+    CaptureTarget.KFAC_MC: (KFAC_ACTIVATIONS, KFAC_BACKPROPS[Kind.GGN_MC]),
+    CaptureTarget.BATCH: (),
+    CaptureTarget.TRAJECTORY: (),
+}
+
+_STEP_PREFIX = "step_"
+_STEP_RE = re.compile(r"^step_(\d{6,})$")
+_BATCH_GROUP = "batch_size_"
+_BATCH_KIND = "batch_"
+_BATCH_KIND_RE = re.compile(r"^batch_(\d+)$")
+_BATCH_GROUP_RE = re.compile(r"^batch_size_(\d+)$")
+
+
+def step_name(step: int) -> str:
+    """The group name of a captured step: ``step_000050``."""
+    return f"{_STEP_PREFIX}{int(step):06d}"
+
+
+def is_step_name(name: str) -> bool:
+    """Whether ``name`` is a step group's name."""
+    return _STEP_RE.fullmatch(str(name)) is not None
+
+
+def step_of(name: str) -> int:
+    """``"step_000050"`` → 50."""
+    m = _STEP_RE.fullmatch(str(name))
+    if m is None:
+        raise ValueError(f"{name!r} is not a step group name (expected 'step_NNNNNN')")
+    return int(m.group(1))
+
+
+def batch_kind(batch_size: int) -> str:
+    """The target kind of mini-batch gradients of ``B`` examples: ``batch_<B>``."""
+    return f"{_BATCH_KIND}{int(batch_size)}"
+
+
+def batch_size_of(kind: str) -> int | None:
+    """``"batch_32"`` → 32; None for kinds that are not mini-batch kinds."""
+    m = _BATCH_KIND_RE.fullmatch(str(kind))
+    return int(m.group(1)) if m else None
+
+
+def batch_group(batch_size: int) -> str:
+    """The store group holding mini-batch gradients of ``B`` examples: ``batch_size_<B>``."""
+    return f"{_BATCH_GROUP}{int(batch_size)}"
+
+
+def batch_group_size(name: str) -> int | None:
+    """``"batch_size_32"`` → 32; None for other group names."""
+    m = _BATCH_GROUP_RE.fullmatch(str(name))
+    return int(m.group(1)) if m else None
+
+
+def parse_kind(name) -> str:
+    """A target kind's canonical spelling (``"ggn-mc"`` → ``"ggn_mc"``); others unchanged."""
+    text = str(name.value if isinstance(name, enum.Enum) else name).strip()
+    alt = text.replace("-", "_")
+    for k in Kind:
+        if k.value == alt:
+            return k.value
+    return text
+
+
+def as_samples(da: xr.DataArray) -> xr.DataArray:
+    """Rename the leading dim (``batch``, ``train_step``) to ``sample`` for ``SampleTarget``."""
+    if da.dims[0] == Dim.SAMPLE.value:
+        return da
+    return da.rename({da.dims[0]: Dim.SAMPLE.value})
+
+
+def layer_kinds(node: xr.DataTree) -> list[str]:
+    """The target kinds a captured layer group holds, in canonical order."""
+    out = [k.value for k in SAMPLE_KINDS if k.value in node.dataset]
+    if TRAJECTORY_GROUP in node.children:
+        out.append(Kind.TRAJECTORY.value)
+    sizes = sorted(b for c in node.children if (b := batch_group_size(c)) is not None)
+    return out + [batch_kind(b) for b in sizes]
+
+
+def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
+    """The samples of one target kind in a captured layer group (lazy), or None if absent.
+
+    Per-example kinds are ``(sample, [class|mc,] row, col)``; ``trajectory`` and
+    ``batch_<B>`` come with their ``weight`` coordinate and the leading dim renamed to
+    ``sample`` (:func:`as_samples`), ready for :class:`~precond_lab.targets.SampleTarget`.
+    """
+    kind = parse_kind(kind)
+    if kind in (k.value for k in SAMPLE_KINDS):
+        return node.dataset[kind] if kind in node.dataset else None
+    if kind == Kind.TRAJECTORY.value:
+        child = TRAJECTORY_GROUP
+    elif (b := batch_size_of(kind)) is not None:
+        child = batch_group(b)
+    else:
+        return None
+    if child in node.children and Kind.GRADIENTS.value in node[child].dataset:
+        return as_samples(node[child].dataset[Kind.GRADIENTS.value])
+    return None
+
+
+def layer_kfac_inputs(node: xr.DataTree, kind) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(activations, backprops)`` of a captured layer for target kind ``kind``, or None."""
+    kind = parse_kind(kind)
+    try:
+        bp = KFAC_BACKPROPS[Kind(kind)]
+    except (ValueError, KeyError):
+        return None
+    ds = node.dataset
+    if KFAC_ACTIVATIONS not in ds or bp not in ds:
+        return None
+    return np.asarray(ds[KFAC_ACTIVATIONS].values), np.asarray(ds[bp].values)
+
+
+def sample_bag(samples, weights=None, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, [K,] m, n)`` samples → a flat ``(N·K, m, n)`` bag with per-sample weights.
+
+    Each of an example's ``K`` pseudo-samples (classes, MC draws) carries its example's
+    weight (default ``1/N``), so ``SampleTarget(*sample_bag(x))`` is the target the
+    ``(N, K, m, n)`` array stands for.
+    """
+    arr = np.asarray(samples.values if isinstance(samples, xr.DataArray) else samples)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"samples must be (N, m, n) or (N, K, m, n); got shape {arr.shape}")
+    num = arr.shape[0]
+    inner = arr.shape[1] if arr.ndim == 4 else 1
+    w = np.full(num, 1.0 / num, arr.dtype) if weights is None else np.asarray(weights)
+    return arr.reshape(num * inner, *arr.shape[-2:]), np.repeat(w, inner)
+
+
+def kinds_in(names: Iterable[str]) -> list[str]:
+    """Canonical spellings of several kinds (see :func:`parse_kind`)."""
+    return [parse_kind(n) for n in names]
