@@ -38,6 +38,8 @@ __all__ = [
     "OKABE_ITO",
     "estimator_label",
     "estimator_style",
+    "figure",
+    "legend",
     "metric_label",
     "plot_batch_size",
     "plot_factors",
@@ -222,7 +224,15 @@ def metric_label(metric: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _figure(nrows: int, ncols: int, panel: tuple[float, float], **kw) -> tuple[Figure, np.ndarray]:
+def figure(
+    nrows: int = 1, ncols: int = 1, panel: tuple[float, float] = (3.3, 2.6), **kw
+) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout Figure (no pyplot) and its ``(nrows, ncols)`` array of axes.
+
+    ``panel`` is one panel's (width, height) in inches: the default suits a journal
+    column at two panels per row. ``**kw`` goes to ``Figure.subplots`` (``sharex``, …).
+    Call it inside :func:`style` for the package's rcParams.
+    """
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
@@ -258,7 +268,8 @@ def _fix(da: xr.DataArray, keep: Sequence[str], **fixed) -> xr.DataArray:
     return da
 
 
-def _legend(fig: Figure, axes: np.ndarray, ncols: int | None = None) -> None:
+def legend(fig: Figure, axes: np.ndarray, ncols: int | None = None) -> None:
+    """One figure legend below the panels, with each label once (from every axis)."""
     seen: dict[str, object] = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -308,7 +319,7 @@ def plot_quality(
         ests = _values(ds, "estimator", estimators)
         tgts = _values(ds, "target", targets)
         lays = _values(ds, "layer", layers)
-        fig, axes = _figure(len(lays), len(tgts), panel_size, sharex=True)
+        fig, axes = figure(len(lays), len(tgts), panel_size, sharex=True)
         steps = ds["step"].values
         for r, layer in enumerate(lays):
             for c, kind in enumerate(tgts):
@@ -333,7 +344,7 @@ def plot_quality(
                     ax.set_xlabel("training step")
                 if c == 0:
                     ax.set_ylabel(metric_label(metric))
-        _legend(fig, axes)
+        legend(fig, axes)
         _suptitle(fig, title)
     return fig
 
@@ -352,7 +363,7 @@ def plot_power_iteration(
     Right: ``1 − cos(iterate, optimum)`` on a log scale (geometric convergence).
     """
     with style():
-        fig, axes = _figure(1, 2, panel_size)
+        fig, axes = figure(1, 2, panel_size)
         ax_cos, ax_err = axes[0]
         parts = (
             [(str(t), curve.sel(target=t)) for t in curve["target"].values]
@@ -391,7 +402,7 @@ def plot_power_iteration(
         ax_err.set_title("Convergence to the optimum")
         for ax in (ax_cos, ax_err):
             ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend(fig, axes, ncols=3)
+        legend(fig, axes, ncols=3)
         _suptitle(fig, title)
     return fig
 
@@ -419,7 +430,7 @@ def plot_spectra(
     with style():
         tgts = _values(spec, "target", targets)
         ests = [e for e in _values(spec, "estimator", estimators) if e != "target"]
-        fig, axes = _figure(1, len(tgts), panel_size)
+        fig, axes = figure(1, len(tgts), panel_size)
         rescale = spec.attrs.get("rescale", "None")
         for c, kind in enumerate(tgts):
             ax = axes[0, c]
@@ -460,7 +471,7 @@ def plot_spectra(
                 if rescale not in ("None", ""):
                     ylab += f" ({rescale}-optimal scale)"
                 ax.set_ylabel(ylab)
-        _legend(fig, axes)
+        legend(fig, axes)
         _suptitle(fig, title)
     return fig
 
@@ -485,7 +496,7 @@ def plot_factors(
     """
     with style(**{"axes.grid": False}):
         rows = list(approximations.items())
-        fig, axes = _figure(len(rows), 2, panel_size)
+        fig, axes = figure(len(rows), 2, panel_size)
         for r, (name, approx) in enumerate(rows):
             if hasattr(approx, "left") and hasattr(approx, "right"):
                 pair = (approx.left, approx.right)
@@ -542,7 +553,7 @@ def plot_batch_size(
         da = ds["score"].sel(metric=metric)
         ests = _values(ds, "estimator", estimators)
         tgts = _values(ds, "target", targets)
-        fig, axes = _figure(1, len(tgts), panel_size)
+        fig, axes = figure(1, len(tgts), panel_size)
         bs = ds["batch_size"].values
         for c, kind in enumerate(tgts):
             ax = axes[0, c]
@@ -561,7 +572,7 @@ def plot_batch_size(
             ax.set_xlabel("batch size B")
             if c == 0:
                 ax.set_ylabel(metric_label(metric))
-        _legend(fig, axes, ncols=2)
+        legend(fig, axes, ncols=2)
         _suptitle(fig, title)
     return fig
 
@@ -595,7 +606,7 @@ def plot_metric_bars(
     with style(**{"axes.grid.axis": "y"}):
         ests = _values(ds, "estimator", estimators)
         tgts = _values(ds, "target", targets)
-        fig, axes = _figure(1, len(metrics), panel_size)
+        fig, axes = figure(1, len(metrics), panel_size)
         x = np.arange(len(tgts))
         width = 0.8 / max(len(ests), 1)
         for c, metric in enumerate(metrics):
@@ -644,7 +655,7 @@ def plot_metric_bars(
             ax.set_title(metric_label(metric))
             ax.set_ylabel(_METRIC_SYMBOLS.get(metric, metric_label(metric)))
             ax.grid(False, axis="x")
-        _legend(fig, axes)
+        legend(fig, axes)
         _suptitle(fig, title)
     return fig
 
