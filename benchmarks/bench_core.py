@@ -460,7 +460,7 @@ def estimator_items(p: Problem, cfg) -> list[Item]:
         Item(
             "one_sided_kl",
             "estimator",
-            lambda q: est.one_sided_kl(q.g, damping=q.damping),
+            lambda q: est.one_sided_kl(q.g, damping=q.damping, approx_damping=q.damping),
             lambda q, r: (_pass(q), "P"),
             d_one_sided_kl,
             "bench: Σ, reference.shampoo_statistics",
@@ -548,7 +548,7 @@ def metric_items(p: Problem, cfg, warm: bool) -> list[Item]:
         ),
         (
             "kl_divergence(forward)",
-            lambda q: met.kl_divergence(tgt(q), q.approx, damping=q.damping),
+            lambda q: met.kl_divergence(tgt(q), q.approx, damping=q.damping, approx_damping=q.damping),
             lambda q, r: cold_or_warm(
                 (
                     _pass(q) + cubic_eigs + ev(q, False)[0],
@@ -563,7 +563,7 @@ def metric_items(p: Problem, cfg, warm: bool) -> list[Item]:
         ),
         (
             "kl_divergence(reverse)",
-            lambda q: met.kl_divergence(tgt(q), q.approx, damping=q.damping, direction="reverse"),
+            lambda q: met.kl_divergence(tgt(q), q.approx, damping=q.damping, approx_damping=q.damping, direction="reverse"),
             lambda q, r: cold_or_warm(
                 (
                     ev(q, True)[0] + ev(q, True)[1] / q.num * _pass(q) + cubic_eigs,

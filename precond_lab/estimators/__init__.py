@@ -5,15 +5,40 @@ or a :class:`~precond_lab.targets.Target` such as a dense ``(mn, mn)`` matrix) a
 keyword ``weights=`` (default ``1/N``), and returns a structure from
 :mod:`precond_lab.structures`. Iterative estimators attach their convergence history
 as ``.info`` (:class:`~precond_lab.structures.FitInfo`).
+
+:data:`ESTIMATORS` is the registry: one :class:`EstimatorSpec` per estimator (builder,
+label, dense reference, the divergence it is optimal for), registered next to its
+definition; :func:`parse_estimator` reads spec strings such as ``"power_iteration(3)"``.
 """
 
+# isort: off
+# registration order (= the order of ESTIMATORS in tables and figures)
+from . import _frobenius, _shampoo, _kl, _eigen, _kfac  # noqa: F401
+
+# isort: on
 from ._eigen import diagonal, eigencorrected
 from ._frobenius import frobenius_optimal, power_iteration
 from ._kfac import kfac
 from ._kl import kl_optimal, one_sided_kl
+from ._registry import (
+    ESTIMATORS,
+    EstimatorSpec,
+    FitContext,
+    ParsedEstimator,
+    build,
+    parse_estimator,
+    register,
+)
 from ._shampoo import shampoo, shampoo_squared
 
 __all__ = [
+    "ESTIMATORS",
+    "EstimatorSpec",
+    "FitContext",
+    "ParsedEstimator",
+    "build",
+    "parse_estimator",
+    "register",
     "diagonal",
     "eigencorrected",
     "frobenius_optimal",

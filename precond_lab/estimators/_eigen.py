@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from ..linalg._spectral import eigh_sym
 from ..structures import Diagonal, EigenKronecker, Kronecker, Structure
 from ._common import target_of
+from ._registry import EstimatorSpec, FitContext, build, on_target, parse_estimator, register
 from ._shampoo import shampoo_squared
 
 __all__ = ["diagonal", "eigencorrected"]
@@ -71,3 +72,36 @@ def eigencorrected(
     target = target_of(samples, weights, center, chunk_size)
     qa, qb = _basis_of(basis, target)
     return EigenKronecker(qa, qb, target.rotated_diagonal(qa, qb))
+
+
+def _eigencorrected_builder(ctx: FitContext, basis: str = "shampoo") -> EigenKronecker:
+    if basis == "shampoo":
+        return eigencorrected(ctx.target)
+    base = build(parse_estimator(basis), ctx)
+    if not isinstance(base, Kronecker):
+        raise ValueError(f"eigencorrected needs a Kronecker basis; {basis!r} gave {type(base)}")
+    return eigencorrected(ctx.target, basis=base)
+
+
+register(
+    EstimatorSpec(
+        "eigencorrected",
+        _eigencorrected_builder,
+        "Eigen-corrected (SOAP)",
+        reference="eigencorrected",
+        summary="EKFAC/SOAP: Σ's diagonal in a Kronecker eigenbasis (default Shampoo's).",
+        color="#56B4E9",
+        marker="P",
+    )
+)
+register(
+    EstimatorSpec(
+        "diagonal",
+        on_target(diagonal),
+        "Diagonal",
+        reference="diagonal",
+        summary="diag(Σ): Adagrad/Adam's diagonal second moment.",
+        color="#7F7F7F",
+        marker="x",
+    )
+)

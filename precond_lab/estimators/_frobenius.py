@@ -17,6 +17,7 @@ from ..linalg._spectral import symmetrize
 from ..structures import FitInfo, Kronecker
 from ..targets import Target
 from ._common import default_tol, target_of
+from ._registry import EstimatorSpec, on_target, register
 
 __all__ = ["frobenius_optimal", "power_iteration"]
 
@@ -248,3 +249,29 @@ def power_iteration(
         method=f"power-iteration-{variant}",
     )
     return Kronecker(a, b, scale, info=info)
+
+
+register(
+    EstimatorSpec(
+        "frobenius_optimal",
+        on_target(frobenius_optimal),
+        "Optimal Kronecker",
+        reference="frobenius_optimal",
+        optimal_for="relative_frobenius",
+        summary="Van Loan–Pitsianis: the Kronecker product nearest to Σ in Frobenius norm.",
+        color="#0072B2",
+        marker="o",
+    )
+)
+register(
+    EstimatorSpec(
+        "power_iteration",
+        lambda ctx, steps=1, **kw: power_iteration(ctx.target, steps, **kw),
+        "Power iteration",
+        reference="power_iteration",
+        summary="k steps of the alternating power iteration from I (1 step: Shampoo²).",
+        color="#000000",
+        marker=".",
+        example_args="(3)",
+    )
+)

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import check_finite, check_float_dtype
+from ..errors import CellSkipped
 from ..structures import Kronecker
 from ..targets import _check_weights
+from ._registry import EstimatorSpec, FitContext, register
 
 __all__ = ["kfac"]
 
@@ -93,3 +95,28 @@ def kfac(
     left = left + root * jnp.eye(left.shape[0], dtype=dt)
     right = right / jnp.sum(w) + root * jnp.eye(right.shape[0], dtype=dt)
     return Kronecker(left, right)
+
+
+def _kfac_builder(ctx: FitContext, variant: str = "expand") -> Kronecker:
+    if ctx.kfac_inputs is None:
+        raise CellSkipped(f"no K-FAC activations/backprops for target kind {ctx.kind!r}")
+    if ctx.batch_size != 1:
+        raise CellSkipped("K-FAC is built from per-example activations, not batch gradients")
+    k = kfac(*ctx.kfac_inputs, variant=variant, damping=ctx.damping)
+    if k.shape != ctx.target.shape:
+        raise ValueError(f"K-FAC factors give shape {k.shape}, the target is {ctx.target.shape}")
+    return k
+
+
+register(
+    EstimatorSpec(
+        "kfac",
+        _kfac_builder,
+        "K-FAC",
+        reference="kfac",
+        summary="E[δδᵀ] ⊗ E[aaᵀ] from activations and backprops (expand/reduce), √λI each.",
+        color="#009E73",
+        marker="D",
+        needs_kfac_inputs=True,
+    )
+)

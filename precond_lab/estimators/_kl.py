@@ -20,6 +20,7 @@ from .._validation import FitNeedsDampingError
 from ..linalg._spectral import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
 from ._common import default_tol, target_of
+from ._registry import EstimatorSpec, on_target, register
 
 __all__ = ["kl_optimal", "one_sided_kl"]
 
@@ -171,3 +172,28 @@ def one_sided_kl(
     return Kronecker(
         jnp.eye(m, dtype=dt), symmetrize(stat) + damping * m * jnp.eye(n, dtype=dt), 1.0 / m
     )
+
+
+register(
+    EstimatorSpec(
+        "kl_optimal",
+        on_target(kl_optimal),
+        "KL-optimal (KL-Shampoo)",
+        reference="kl_flip_flop",
+        optimal_for="kl",
+        summary="KL-Shampoo's two-sided fixed point: the Kronecker minimiser of KL(Σ ‖ S).",
+        color="#CC79A7",
+        marker="v",
+    )
+)
+register(
+    EstimatorSpec(
+        "one_sided_kl",
+        lambda ctx, side="left": one_sided_kl(ctx.target, side=side),
+        "One-sided KL",
+        reference="one_sided_kl",
+        summary="One KL flip-flop half-step from the identity on the other side.",
+        color="#B8860B",
+        marker="X",
+    )
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..linalg._spectral import psd_power, symmetrize
 from ..structures import Kronecker
 from ._common import target_of
+from ._registry import EstimatorSpec, on_target, register
 
 __all__ = ["shampoo", "shampoo_squared"]
 
@@ -47,3 +48,28 @@ def shampoo_squared(
     target = target_of(samples, weights, center, chunk_size)
     left, right = target.second_moments()
     return Kronecker(symmetrize(left), symmetrize(right), 1.0 / target.trace())
+
+
+register(
+    EstimatorSpec(
+        "shampoo",
+        on_target(shampoo),
+        "Shampoo",
+        reference="shampoo",
+        summary="Shampoo's L^{1/2} ⊗ R^{1/2}, with L = E[GGᵀ], R = E[GᵀG].",
+        color="#E69F00",
+        marker="^",
+    )
+)
+register(
+    EstimatorSpec(
+        "shampoo_squared",
+        on_target(shampoo_squared),
+        "Shampoo²",
+        reference="shampoo_squared",
+        optimal_for="von_neumann",
+        summary="L ⊗ R / tr Σ: one power step from I, and the von Neumann optimum.",
+        color="#D55E00",
+        marker="s",
+    )
+)

@@ -114,8 +114,8 @@ def direction_quality(
         gradient: ``(…, m, n)`` gradients ``g``.
         p: power, ``0.5`` (Shampoo/KL-Shampoo/SOAP, root) or ``1`` (root-free).
         damping: ``λ`` on the exact side.
-        approx_damping: ``λ'`` applied to ``approx`` (default ``λ``); pass 0 for an
-            approximation whose damping is already built in (IF-Shampoo's factors).
+        approx_damping: ``λ'`` applied to ``approx`` (default 0: ``approx`` as given, e.g.
+            IF-Shampoo's factors with their damping built in; pass ``λ`` to damp both sides).
         spectrum: precomputed ``target.eigh(vectors=True)``.
 
     Returns:
@@ -125,7 +125,7 @@ def direction_quality(
     if tuple(approx.shape) != tuple(target.shape):
         raise ValueError(f"approx has shape {approx.shape}; target has {target.shape}")
     exact = exact_direction(target, gradient, p=p, damping=damping, spectrum=spectrum)
-    lam = damping if approx_damping is None else approx_damping
+    lam = 0.0 if approx_damping is None else approx_damping
     approx_dir = approx.power(-p, lam).matvec(jnp.asarray(gradient, approx.dtype))
     approx_dir = approx_dir.astype(exact.dtype)
     ne = jnp.linalg.norm(exact, axis=(-2, -1))

@@ -19,6 +19,7 @@ from ..errors import NotPositiveDefiniteError
 from ..structures import Structure, _check_spectrum
 from ..targets import Target
 from ._common import prepare, rotated_target_diagonal
+from ._registry import MetricSpec, register_metric
 
 __all__ = [
     "kl_divergence",
@@ -99,7 +100,7 @@ def _forward_scale(values, delta, damping, approx_damping):
 
 def _resolve(damping, approx_damping):
     damping = _check_damping(damping)
-    approx_damping = damping if approx_damping is None else _check_damping(approx_damping)
+    approx_damping = 0.0 if approx_damping is None else _check_damping(approx_damping)
     return damping, approx_damping
 
 
@@ -179,9 +180,9 @@ def kl_divergence(
         target: per-example matrices (``(N, m, n)``), a DataArray, or a Target.
         approx: a structure from :mod:`precond_lab.estimators`.
         damping: ``λ ≥ 0`` on the target. A singular target (``N < mn``) needs ``λ > 0``.
-        approx_damping: ``μ ≥ 0`` on the approximation; default ``μ = λ``. Use
-            ``approx_damping=0`` to compare estimators on the objective that
-            ``kl_optimal(damping=λ)`` minimises.
+        approx_damping: ``μ ≥ 0`` on the approximation (default 0: ``S`` as given, which
+            is the objective ``kl_optimal(damping=λ)`` minimises). See "Damping" in
+            :mod:`precond_lab.metrics`.
         direction: ``"forward"`` or ``"reverse"``.
         rescale: evaluate at the KL-optimal scalar ``c·S`` instead of ``S``.
 
@@ -263,3 +264,53 @@ def von_neumann_divergence(
         values, delta, mu, spec.rank, t.dim, t.trace(), damping, approx_damping, spec.floor
     )
     return jnp.asarray(vn, t.dtype)
+
+
+register_metric(
+    MetricSpec(
+        "kl",
+        "KL divergence",
+        reference="kl_divergence",
+        function="kl_divergence",
+        symbol=r"$\mathrm{KL}(\Sigma \,\|\, S)$",
+    )
+)
+register_metric(
+    MetricSpec(
+        "kl_rescaled",
+        "KL divergence (optimal scale)",
+        reference="kl_divergence",
+        function="kl_divergence",
+        symbol=r"$\mathrm{KL}(\Sigma \,\|\, c^*S)$",
+        function_kwargs=(("rescale", True),),
+        reference_kwargs=(("rescale", True),),
+    )
+)
+register_metric(
+    MetricSpec(
+        "kl_scale",
+        "KL-optimal scale $c^*$",
+        reference="kl_scale",
+        function="kl_scale",
+        lower_is_better=None,
+    )
+)
+register_metric(
+    MetricSpec(
+        "von_neumann",
+        "von Neumann divergence",
+        reference="von_neumann_divergence",
+        function="von_neumann_divergence",
+        symbol=r"$D_\mathrm{vN}(\Sigma, S)$",
+    )
+)
+register_metric(
+    MetricSpec(
+        "logdet",
+        "LogDet (Burg) divergence",
+        reference="kl_divergence",
+        function="logdet_divergence",
+        symbol=r"$D_\mathrm{LD}(\Sigma, S)$",
+        in_score=False,
+    )
+)

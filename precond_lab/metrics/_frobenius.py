@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._common import prepare
+from ._registry import MetricSpec, register_metric
 
 __all__ = ["frobenius_inner", "cosine_similarity", "relative_frobenius_error", "frobenius_scale"]
 
@@ -47,3 +48,44 @@ def relative_frobenius_error(
     c = inner / norm_s**2 if rescale else 1.0
     sq = norm_t**2 - 2 * c * inner + c**2 * norm_s**2
     return jnp.sqrt(jnp.maximum(sq, 0.0)) / norm_t
+
+
+register_metric(
+    MetricSpec(
+        "cosine",
+        "cosine similarity",
+        reference="cosine_similarity",
+        function="cosine_similarity",
+        symbol=r"$\cos(\Sigma, S)$",
+        lower_is_better=False,
+    )
+)
+register_metric(
+    MetricSpec(
+        "relative_frobenius",
+        "relative Frobenius error",
+        reference="relative_frobenius_error",
+        function="relative_frobenius_error",
+        symbol=r"$\|\Sigma - S\|_F / \|\Sigma\|_F$",
+    )
+)
+register_metric(
+    MetricSpec(
+        "relative_frobenius_rescaled",
+        "relative Frobenius error (optimal scale)",
+        reference="relative_frobenius_error",
+        function="relative_frobenius_error",
+        symbol=r"$\|\Sigma - c^*S\|_F / \|\Sigma\|_F$",
+        function_kwargs=(("rescale", True),),
+        reference_kwargs=(("rescale", True),),
+    )
+)
+register_metric(
+    MetricSpec(
+        "frobenius_scale",
+        "Frobenius-optimal scale $c^*$",
+        reference="frobenius_scale",
+        function="frobenius_scale",
+        lower_is_better=None,
+    )
+)

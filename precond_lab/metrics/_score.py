@@ -13,19 +13,12 @@ from ._divergences import (
     forward_kl_from_spectra,
     von_neumann_from_spectra,
 )
+from ._registry import score_names
 
 __all__ = ["score", "SCORE_NAMES"]
 
-SCORE_NAMES = (
-    "cosine",
-    "relative_frobenius",
-    "relative_frobenius_rescaled",
-    "frobenius_scale",
-    "kl",
-    "kl_rescaled",
-    "kl_scale",
-    "von_neumann",
-)
+#: The keys of :func:`score`: the registered metrics with ``in_score=True``.
+SCORE_NAMES = score_names()
 
 
 def score(
