@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from precond_lab import SampleTarget, reference  # noqa: E402
+from precond_lab import SampleTarget, Status, reference  # noqa: E402
 from precond_lab import estimators as est  # noqa: E402
 from precond_lab import metrics as met  # noqa: E402
 from precond_lab.evaluate import (  # noqa: E402
@@ -120,7 +120,9 @@ def test_failures_are_recorded_not_fatal(data):
             progress=False,
         )
     st = ds["status"].sel(step=0, layer="layer")
-    assert st.sel(target="single", estimator="kl_optimal") == "FitNeedsDampingError"
+    assert st.sel(target="single", estimator="kl_optimal") == Status.NEEDS_DAMPING
+    msg = ds["message"].sel(step=0, layer="layer", target="single", estimator="kl_optimal")
+    assert "FitNeedsDampingError" in str(msg.item())
     assert "singular" in str(
         ds["message"].sel(step=0, layer="layer", target="single", estimator="kl_optimal").values
     )
@@ -222,7 +224,7 @@ def test_netcdf_and_zarr_round_trip(data, tmp_path):
     ds.to_zarr(tmp_path / "sweep.zarr", mode="w", consolidated=False)
     back = xr.open_zarr(tmp_path / "sweep.zarr", consolidated=False).load()
     xr.testing.assert_equal(back, ds)
-    assert back["status"].sel(target="single", estimator="kl_optimal") == "FitNeedsDampingError"
+    assert back["status"].sel(target="single", estimator="kl_optimal") == Status.NEEDS_DAMPING
 
 
 def test_spectra_match_metrics_spectrum(data):

@@ -1,0 +1,160 @@
+"""Sources: uniform ``(step, layer, kind) -> samples`` access to captures and in-memory data.
+
+The seam between iterating over data and evaluating it (as curvlinops separates data
+iteration from the operators built on it): the sweep asks a :class:`Source` for the
+steps, layers and target kinds it holds, the samples of one cell, and their K-FAC
+inputs, and never looks inside a store itself. Store names come from
+:mod:`precond_lab.schema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .. import schema
+from ..targets import Target
+
+__all__ = ["Source", "DictSource", "CaptureSource", "open_source"]
+
+
+class Source:
+    """What the sweep reads: steps, layers, kinds per cell, samples and K-FAC inputs."""
+
+    steps: list[int]
+    layers: list[str]
+    description: str
+    attrs: dict
+    step_coords: dict[str, list[float]]
+
+    def kinds(self, step: int, layer: str) -> list[str]:
+        """The target kinds held for ``(step, layer)``."""
+        raise NotImplementedError
+
+    def samples(self, step: int, layer: str, kind: str):
+        """The samples (array, DataArray or Target) of a cell, or None if absent."""
+        raise NotImplementedError
+
+    def kfac_inputs(self, step: int, layer: str, kind: str):
+        """``(activations, backprops)`` of a cell for K-FAC, or None."""
+        return None
+
+
+class DictSource(Source):
+    """``{kind: samples}``, ``{layer: {kind: samples}}`` or ``{step: {layer: {kind: samples}}}``.
+
+    ``kfac_inputs`` maps a kind to ``(activations, backprops)`` for every layer, or a
+    ``(layer, kind)`` pair to the inputs of one layer.
+    """
+
+    def __init__(self, data: Mapping, kfac_inputs: Mapping | None):
+        if not data:
+            raise ValueError("the source dict is empty")
+        first = next(iter(data.values()))
+        if isinstance(first, Mapping):
+            inner = next(iter(first.values()))
+            nested = data if isinstance(inner, Mapping) else {0: data}
+        else:
+            nested = {0: {"layer": data}}
+        self.data = {
+            int(s): {
+                str(k): {schema.parse_kind(kk): vv for kk, vv in v.items()} for k, v in lay.items()
+            }
+            for s, lay in nested.items()
+        }
+        self.steps = list(self.data)
+        self.layers = list(dict.fromkeys(lay for s in self.data.values() for lay in s))
+        self.kfac = {}
+        for key, value in dict(kfac_inputs or {}).items():
+            if not (isinstance(value, tuple) and len(value) == 2):
+                raise TypeError(
+                    f"kfac_inputs[{key!r}] must be an (activations, backprops) pair; "
+                    f"got {type(value).__name__}"
+                )
+            if isinstance(key, tuple):
+                self.kfac[(str(key[0]), schema.parse_kind(key[1]))] = value
+            else:
+                self.kfac[schema.parse_kind(key)] = value
+        self.description = "in-memory"
+        self.attrs = {}
+        self.step_coords = {}
+
+    def kinds(self, step, layer):
+        return list(self.data[step].get(layer, {}))
+
+    def samples(self, step, layer, kind):
+        return self.data[step].get(layer, {}).get(kind)
+
+    def kfac_inputs(self, step, layer, kind):
+        return self.kfac.get((layer, kind), self.kfac.get(kind))
+
+
+class CaptureSource(Source):
+    """A capture store's DataTree (lazy: samples are read chunk by chunk when used)."""
+
+    def __init__(self, tree: xr.DataTree, description: str):
+        self.tree = tree
+        self.attrs = dict(tree.attrs)
+        names = sorted(c for c in tree.children if schema.is_step_name(c))
+        self.steps = [schema.step_of(c) for c in names]
+        self._names = dict(zip(self.steps, names, strict=True))
+        layers = str(self.attrs.get("layers", ""))
+        self.layers = [x for x in layers.split(",") if x]
+        if not self.layers and names:  # no root attribute: every group holding samples
+            kinds = [k.value for k in schema.SAMPLE_KINDS]
+            self.layers = [
+                n.relative_to(tree[names[0]])
+                for n in tree[names[0]].subtree
+                if any(k in n.dataset for k in kinds)
+            ]
+        self.description = description
+        self.step_coords = {}
+        for key in ("loss", "accuracy", "test_loss", "test_accuracy"):
+            vals = [float(tree[self._names[s]].attrs.get(key, np.nan)) for s in self.steps]
+            self.step_coords[key] = [np.nan if v == -1.0 else v for v in vals]
+
+    def _node(self, step, layer):
+        try:
+            return self.tree[self._names[step]][layer]
+        except KeyError:
+            return None
+
+    def kinds(self, step, layer):
+        node = self._node(step, layer)
+        return [] if node is None else schema.layer_kinds(node)
+
+    def samples(self, step, layer, kind):
+        node = self._node(step, layer)
+        return None if node is None else schema.layer_samples(node, kind)
+
+    def kfac_inputs(self, step, layer, kind):
+        node = self._node(step, layer)
+        return None if node is None else schema.layer_kfac_inputs(node, kind)
+
+
+def open_source(source, kfac_inputs=None, steps=None) -> Source:
+    """A :class:`Source` for a store path, a DataTree, a dict, or one array."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(source, (str, Path, xr.DataTree)) and kfac_inputs is not None:
+        raise ValueError(
+            "kfac_inputs= is for dict sources; a capture's K-FAC inputs are read from "
+            "the store (capture with --targets kfac,kfac-ggn,kfac-mc)"
+        )
+    if isinstance(source, (str, Path)):
+        from ..capture import open_capture
+
+        return CaptureSource(open_capture(source, steps=steps), str(source))
+    if isinstance(source, xr.DataTree):
+        return CaptureSource(source, str(source.attrs.get("source_path", "DataTree")))
+    if isinstance(source, Mapping):
+        return DictSource(source, kfac_inputs)
+    if isinstance(source, (np.ndarray, xr.DataArray, Target)) or hasattr(source, "shape"):
+        return DictSource({"target": source}, kfac_inputs)
+    raise TypeError(
+        "source must be a capture path, an xarray.DataTree, a dict {kind: samples} "
+        f"(or {{step: {{layer: {{kind: samples}}}}}}), or one array; got {type(source).__name__}"
+    )
