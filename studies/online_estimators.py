@@ -138,94 +138,109 @@ def _eigh_desc(s):
     return w[::-1], q[:, ::-1]
 
 
-def _instant_init(g0, **hp):
-    from precond_lab.online import kl_shampoo_init
+def _kl_factor_step(state, g, beta):
+    """A.6 step 4: both factors with the other's inverse from its eigen-approximation."""
+    from precond_lab.online import batch_left, batch_right
 
-    st = kl_shampoo_init(g0, **hp)
-    m, n = st["sa"].shape[0], st["sb"].shape[0]
-    la = _clamp(jnp.sum(st["qa"] * (st["sa"] @ st["qa"]), axis=0), m)
-    lb = _clamp(jnp.sum(st["qb"] * (st["sb"] @ st["qb"]), axis=0), n)
-    return st.replace(la=la, lb=lb)
-
-
-@jax.jit
-def _instant_update(state, g):
-    """A.6 steps 4 and 6; step 5 replaced by ``λ = diag(QᵀSQ)`` in the (stale) basis."""
-    from precond_lab.linalg import qr_refresh_step
-    from precond_lab.online._state import batch_left, batch_right
-
-    hp = state.hp
-    b = hp["beta"]
     m, n = g.shape[-2:]
-    qa, qb, la, lb = state["qa"], state["qb"], state["la"], state["lb"]
+    qa, qb = state.left_basis, state.right_basis
+    la, lb = state.left_values, state.right_values
     sb_inv = (qb / lb[None, :]) @ qb.T
     sa_inv = (qa / la[None, :]) @ qa.T
-    sa = b * state["sa"] + (1 - b) / n * batch_left(g, sb_inv)
-    sb = b * state["sb"] + (1 - b) / m * batch_right(g, sa_inv)
-    step = state["step"] + 1
-    if hp["frequency"] > 0:
-        refresh = step % hp["frequency"] == 0
-        qa = lax.cond(refresh, lambda: qr_refresh_step(sa, qa)[0], lambda: qa)
-        qb = lax.cond(refresh, lambda: qr_refresh_step(sb, qb)[0], lambda: qb)
-    la = _clamp(jnp.sum(qa * (sa @ qa), axis=0), m)
-    lb = _clamp(jnp.sum(qb * (sb @ qb), axis=0), n)
-    return state.replace(sa=sa, sb=sb, la=la, lb=lb, qa=qa, qb=qb, step=step)
+    sa = beta * state.left + (1 - beta) / n * batch_left(g, sb_inv)
+    sb = beta * state.right + (1 - beta) / m * batch_right(g, sa_inv)
+    return sa, sb
 
 
-def _eigh_init(g0, **hp):
-    st = _instant_init(g0, **hp)
-    return _eigh_refresh(st)
+def _instant_values(state):
+    """``λ = diag(QᵀSQ)`` in the state's basis, clamped as A.6 step 5 clamps."""
+    m, n = state.left.shape[0], state.right.shape[0]
+    la = _clamp(jnp.sum(state.left_basis * (state.left @ state.left_basis), axis=0), m)
+    lb = _clamp(jnp.sum(state.right_basis * (state.right @ state.right_basis), axis=0), n)
+    return state._replace(left_values=la, right_values=lb)
+
+
+def kl_shampoo_instant(beta: float, frequency: int):
+    """KL-Shampoo with A.6 step 5 replaced by ``λ = diag(QᵀSQ)`` in the (stale) QR basis.
+
+    Args:
+        beta: weight of the old factor.
+        frequency: QR refresh period.
+
+    Returns:
+        An :class:`~precond_lab.online.OnlineEstimator` on
+        :class:`~precond_lab.online.KLShampooState`.
+    """
+    from precond_lab.linalg import qr_refresh_step
+    from precond_lab.online import OnlineEstimator, kl_shampoo
+
+    base = kl_shampoo(beta=beta, frequency=frequency)
+    beta, frequency = float(beta), int(frequency)
+
+    def init(g0):
+        return _instant_values(base.init(g0))
+
+    @jax.jit
+    def update(state, g):
+        sa, sb = _kl_factor_step(state, g, beta)
+        qa, qb = state.left_basis, state.right_basis
+        step = state.step + 1
+        if frequency > 0:
+            refresh = step % frequency == 0
+            qa = lax.cond(refresh, lambda: qr_refresh_step(sa, qa)[0], lambda: qa)
+            qb = lax.cond(refresh, lambda: qr_refresh_step(sb, qb)[0], lambda: qb)
+        st = state._replace(left=sa, right=sb, left_basis=qa, right_basis=qb, step=step)
+        return _instant_values(st)
+
+    return OnlineEstimator(init, update, base.approximation, base.power)
 
 
 @jax.jit
 def _eigh_refresh(state):
-    m, n = state["sa"].shape[0], state["sb"].shape[0]
-    wa, qa = _eigh_desc(state["sa"])
-    wb, qb = _eigh_desc(state["sb"])
-    return state.replace(qa=qa, qb=qb, la=_clamp(wa, m), lb=_clamp(wb, n))
+    m, n = state.left.shape[0], state.right.shape[0]
+    wa, qa = _eigh_desc(state.left)
+    wb, qb = _eigh_desc(state.right)
+    return state._replace(
+        left_basis=qa, right_basis=qb, left_values=_clamp(wa, m), right_values=_clamp(wb, n)
+    )
 
 
-@jax.jit
-def _eigh_update(state, g):
-    """The same factor EMA, then basis and eigenvalues from ``eigh`` every step."""
-    from precond_lab.online._state import batch_left, batch_right
+def kl_shampoo_eigh(beta: float, frequency: int):
+    """KL-Shampoo's factor EMA, with basis and eigenvalues from ``eigh`` every step.
 
-    b = state.hp["beta"]
-    m, n = g.shape[-2:]
-    qa, qb, la, lb = state["qa"], state["qb"], state["la"], state["lb"]
-    sb_inv = (qb / lb[None, :]) @ qb.T
-    sa_inv = (qa / la[None, :]) @ qa.T
-    sa = b * state["sa"] + (1 - b) / n * batch_left(g, sb_inv)
-    sb = b * state["sb"] + (1 - b) / m * batch_right(g, sa_inv)
-    return _eigh_refresh(state.replace(sa=sa, sb=sb, step=state["step"] + 1))
+    Args:
+        beta: weight of the old factor.
+        frequency: passed to the first step (as the other variants'); unused afterwards.
+
+    Returns:
+        An :class:`~precond_lab.online.OnlineEstimator` on
+        :class:`~precond_lab.online.KLShampooState`.
+    """
+    from precond_lab.online import OnlineEstimator
+
+    instant = kl_shampoo_instant(beta, frequency)
+    beta = float(beta)
+
+    def init(g0):
+        return _eigh_refresh(instant.init(g0))
+
+    @jax.jit
+    def update(state, g):
+        sa, sb = _kl_factor_step(state, g, beta)
+        return _eigh_refresh(state._replace(left=sa, right=sb, step=state.step + 1))
+
+    return OnlineEstimator(init, update, instant.approximation, instant.power)
 
 
 def _variants(beta: float, frequency: int) -> dict:
-    """name -> (init(G0), update, preconditioner)."""
+    """name -> :class:`~precond_lab.online.OnlineEstimator`."""
     from precond_lab import online
 
-    kl_hp = {"beta": beta, "frequency": frequency}
     return {
-        "shampoo": (
-            lambda g0: online.shampoo_init(g0, beta=beta),
-            online.shampoo_update,
-            online.shampoo_preconditioner,
-        ),
-        "kl_shampoo": (
-            lambda g0: online.kl_shampoo_init(g0, **kl_hp),
-            online.kl_shampoo_update,
-            online.kl_shampoo_preconditioner,
-        ),
-        "kl_shampoo_instant": (
-            lambda g0: _instant_init(g0, **kl_hp),
-            _instant_update,
-            online.kl_shampoo_preconditioner,
-        ),
-        "kl_shampoo_eigh": (
-            lambda g0: _eigh_init(g0, **kl_hp),
-            _eigh_update,
-            online.kl_shampoo_preconditioner,
-        ),
+        "shampoo": online.shampoo(beta=beta),
+        "kl_shampoo": online.kl_shampoo(beta=beta, frequency=frequency),
+        "kl_shampoo_instant": kl_shampoo_instant(beta, frequency),
+        "kl_shampoo_eigh": kl_shampoo_eigh(beta, frequency),
     }
 
 
@@ -307,23 +322,29 @@ def run(
             idx = np.random.default_rng(1000 + js).integers(0, pool, size=(stream_steps, batch))
             feed = g_all[jnp.asarray(idx)]
             for kv, name in enumerate(VARIANTS):
-                init, update, precond = variants[name]
+                est = variants[name]
                 t0 = time.perf_counter()
-                state = init(feed[0])
+                state = est.init(feed[0])
                 row = 0
                 for t in range(stream_steps):
                     if t > 0:
-                        state = update(state, feed[t])
+                        state = est.update(state, feed[t])
                     if t not in scored:
                         continue
-                    s = precond(state)
+                    s = est.approximation(state)
                     kl = float(kl_divergence(target, s, damping=lam, approx_damping=lam))
                     i = (il, js, row, kv)
                     out["kl_divergence"][i] = kl
                     out["kl_gap"][i] = kl - kl_opt[il]
                     out["cosine_target"][i] = float(cosine_similarity(target, s))
-                    q = direction_quality(
-                        target, s, feed[t].mean(0), p=0.5, damping=lam, spectrum=spectrum
+                    q = direction_quality(  # S + λI against Σ + λI, as the KL above
+                        target,
+                        s,
+                        feed[t].mean(0),
+                        p=0.5,
+                        damping=lam,
+                        approx_damping=lam,
+                        spectrum=spectrum,
                     )
                     out["direction_cosine"][i] = float(q.cosine)
                     row += 1

@@ -152,19 +152,20 @@ def _median_time(fn, *args, repeats):
 # ------------------------------------------------------------------------------ P2-27
 def _if_step_scale(pool, bsz, scale_by_batch, steps, lam, seed):
     """IF-Shampoo fed means of size B; mean eigenvalue of CCᵀ⊗KKᵀ (the step scale)."""
-    from precond_lab.online import if_shampoo_init, if_shampoo_update
+    from precond_lab.online import if_shampoo
 
     x = jnp.asarray(pool)
     idx = np.random.default_rng(seed).integers(0, x.shape[0], size=(steps, int(bsz)))
     means = x[jnp.asarray(idx)].mean(axis=1)
     b_hp = int(bsz) if scale_by_batch else 1
-    st = if_shampoo_init(means[0], beta2=0.1, alpha2=0.5, damping=lam, batch_size=b_hp)
+    est = if_shampoo(beta2=0.1, alpha2=0.5, damping=lam, batch_size=b_hp)
+    st = est.init(means[0])
     m, n = x.shape[1:]
     vals = []
     for t in range(1, steps):
-        st = if_shampoo_update(st, means[t])
+        st = est.update(st, means[t])
         if t >= steps // 2:
-            c, k = st["c"], st["k"]
+            c, k = st.c, st.k
             vals.append(float(jnp.sum(c * c) * jnp.sum(k * k)) / (m * n))
     return float(np.mean(vals))
 
@@ -374,8 +375,9 @@ def _synthetic_precision(conds, dims, repeats, damping, dtypes=PREC_DTYPES, ps=P
 
 # ------------------------------------------------------------------------------ P2-31
 def _timing_section(sizes, repeats):
-    from precond_lab.online import if_shampoo_init, if_shampoo_update
+    from precond_lab.online import if_shampoo
 
+    est = if_shampoo(damping=1e-3, batch_size=32)
     eigh = jax.jit(jnp.linalg.eigh)
     mm = jax.jit(lambda a, b: a @ b)
     rng = np.random.default_rng(0)
@@ -386,8 +388,8 @@ def _timing_section(sizes, repeats):
         g = jnp.asarray(rng.standard_normal((d, d)).astype(np.float32) / d)
         out[i, 0] = _median_time(eigh, s, repeats=repeats)
         for j, dt in enumerate((jnp.bfloat16, jnp.float32)):
-            st = if_shampoo_init(g.astype(dt), damping=1e-3, batch_size=32)
-            out[i, 1 + j] = _median_time(if_shampoo_update, st, g.astype(dt), repeats=repeats)
+            st = est.init(g.astype(dt))
+            out[i, 1 + j] = _median_time(est.update, st, g.astype(dt), repeats=repeats)
             out[i, 3 + j] = _median_time(mm, s.astype(dt), s.astype(dt), repeats=repeats)
     return out
 

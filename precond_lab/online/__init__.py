@@ -1,70 +1,82 @@
 """Online (EMA) estimators of Shampoo, KL-Shampoo, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam.
 
-Each estimator is three pure functions: ``<name>_init(G0, **hparams) -> state``,
-``<name>_update(state, G) -> state`` (jitted; ``G`` is ``(m, n)`` or a per-example
-batch ``(N, m, n)``) and ``<name>_preconditioner(state) -> Structure`` (the
-approximation of ``Σ``, so the core metrics apply). :data:`ESTIMATORS` bundles them
-with the power the optimizer applies; :func:`run_online` scores them on a stream.
+Each estimator is an optax-style :class:`OnlineEstimator` built by a factory that holds
+the hyper-parameters in its closure, e.g. ``est = kl_shampoo(beta=0.98, frequency=10)``:
+
+* ``state = est.init(G0)``: a ``NamedTuple`` state (e.g. :class:`KLShampooState`), a
+  pytree of arrays;
+* ``state = est.update(state, G)``: one step (jitted; ``G`` is ``(m, n)`` or a
+  per-example batch ``(N, m, n)``); works under ``jax.jit`` and ``lax.scan``;
+* ``est.approximation(state)``: the :class:`~precond_lab.structures.Structure`
+  approximating ``Σ`` (so the core metrics apply); ``est.power`` is the power the
+  optimizer applies.
+
+:data:`ESTIMATORS` maps names to factories; :func:`run_online` scores estimators on a
+stream and reports each cell's :class:`~precond_lab.errors.Status`.
 """
 
 from ._invariance import batch_size_response, initialisation_response
 from ._kronecker import (
-    kl_shampoo_init,
-    kl_shampoo_preconditioner,
-    kl_shampoo_update,
-    kl_soap_init,
-    kl_soap_preconditioner,
-    kl_soap_update,
-    shampoo_init,
-    shampoo_preconditioner,
-    shampoo_update,
-    soap_init,
-    soap_preconditioner,
-    soap_update,
+    KLShampooState,
+    KLSOAPState,
+    ShampooState,
+    SOAPState,
+    kl_shampoo,
+    kl_soap,
+    shampoo,
+    soap,
 )
+from ._legacy import EstimatorState, if_shampoo_stationarity, if_shampoo_update
 from ._rootfree import (
-    adam_init,
-    adam_preconditioner,
-    adam_update,
-    if_shampoo_init,
-    if_shampoo_preconditioner,
-    if_shampoo_stationarity,
-    if_shampoo_update,
-    rf_rmsprop_init,
-    rf_rmsprop_preconditioner,
-    rf_rmsprop_update,
+    AdamState,
+    IFShampooState,
+    RFRMSPropState,
+    adam,
+    if_shampoo,
+    rf_rmsprop,
 )
-from ._runner import ESTIMATORS, run_online, structure_cosine
-from ._state import EstimatorState, OnlineEstimator
+from ._runner import ESTIMATORS, run_online, state_is_finite, structure_cosine
+from ._state import (
+    ApproximationFn,
+    InitFn,
+    OnlineEstimator,
+    UpdateFn,
+    batch_factor,
+    batch_left,
+    batch_right,
+    batch_square,
+)
 
 __all__ = [
     "ESTIMATORS",
+    "AdamState",
+    "ApproximationFn",
     "EstimatorState",
+    "IFShampooState",
+    "InitFn",
+    "KLSOAPState",
+    "KLShampooState",
     "OnlineEstimator",
-    "adam_init",
-    "adam_preconditioner",
-    "adam_update",
+    "RFRMSPropState",
+    "SOAPState",
+    "ShampooState",
+    "UpdateFn",
+    "adam",
+    "batch_factor",
+    "batch_left",
+    "batch_right",
     "batch_size_response",
-    "if_shampoo_init",
-    "if_shampoo_preconditioner",
+    "batch_square",
+    "if_shampoo",
     "if_shampoo_stationarity",
     "if_shampoo_update",
     "initialisation_response",
-    "kl_shampoo_init",
-    "kl_shampoo_preconditioner",
-    "kl_shampoo_update",
-    "kl_soap_init",
-    "kl_soap_preconditioner",
-    "kl_soap_update",
-    "rf_rmsprop_init",
-    "rf_rmsprop_preconditioner",
-    "rf_rmsprop_update",
+    "kl_shampoo",
+    "kl_soap",
+    "rf_rmsprop",
     "run_online",
-    "shampoo_init",
-    "shampoo_preconditioner",
-    "shampoo_update",
-    "soap_init",
-    "soap_preconditioner",
-    "soap_update",
+    "shampoo",
+    "soap",
+    "state_is_finite",
     "structure_cosine",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ._rootfree import rf_rmsprop_init, rf_rmsprop_update
+from ._rootfree import rf_rmsprop
 
 __all__ = ["batch_size_response", "initialisation_response"]
 
@@ -37,14 +37,13 @@ def batch_size_response(
     for bsz in batch_sizes:
         idx = rng.integers(0, x.shape[0], size=(steps, int(bsz)))
         means = x[idx].mean(axis=1)
-        state = rf_rmsprop_init(
-            means[0], beta2=beta2, batch_size=int(bsz), s0=0.0, scale_by_batch=scale_by_batch
-        )
+        est = rf_rmsprop(beta2=beta2, batch_size=int(bsz), s0=0.0, scale_by_batch=scale_by_batch)
+        state = est.init(means[0])
         levels = []
         for t in range(1, steps):
-            state = rf_rmsprop_update(state, means[t])
+            state = est.update(state, means[t])
             if t >= steps // 2:
-                levels.append(float(jnp.mean(state["s"])))
+                levels.append(float(jnp.mean(state.s)))
         out[int(bsz)] = float(np.mean(levels))
     return out
 
@@ -73,10 +72,11 @@ def initialisation_response(
     x = jnp.asarray(gradients)
     out = {}
     for s0 in s0_values:
-        state = rf_rmsprop_init(x[0], beta2=beta2, batch_size=batch_size, s0=float(s0))
-        norms = [float(jnp.linalg.norm(x[0] / (state["s"] + damping)))]
+        est = rf_rmsprop(beta2=beta2, batch_size=batch_size, s0=float(s0))
+        state = est.init(x[0])
+        norms = [float(jnp.linalg.norm(x[0] / (state.s + damping)))]
         for t in range(1, x.shape[0]):
-            state = rf_rmsprop_update(state, x[t])
-            norms.append(float(jnp.linalg.norm(x[t] / (state["s"] + damping))))
+            state = est.update(state, x[t])
+            norms.append(float(jnp.linalg.norm(x[t] / (state.s + damping))))
         out[float(s0)] = np.asarray(norms)
     return out

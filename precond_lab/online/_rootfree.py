@@ -1,5 +1,7 @@
 """Online IF-Shampoo, RF-RMSProp (root-free, theory.md A.9) and Adam's diagonal.
 
+Each factory returns an :class:`~precond_lab.online.OnlineEstimator` whose state is a
+``NamedTuple`` (:class:`IFShampooState`, :class:`RFRMSPropState`, :class:`AdamState`).
 Hyper-parameters follow P2's notation as in the ``sirfshampoo`` docstring: ``beta2``
 is the preconditioner learning rate (weight of the *new* term), ``alpha2`` the
 Riemannian momentum, ``damping`` is ``λ``, ``batch_size`` is ``B``.
@@ -7,80 +9,64 @@ Riemannian momentum, ``damping`` is ``λ``, ``batch_size`` is ``B``.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from ..structures import Diagonal, EigenKronecker
-from ._state import EstimatorState, batch_factor, batch_left, batch_right, batch_square
+from ._state import OnlineEstimator, batch_factor, batch_left, batch_right, batch_square
 
 __all__ = [
-    "adam_init",
-    "adam_preconditioner",
-    "adam_update",
-    "if_shampoo_init",
-    "if_shampoo_preconditioner",
+    "AdamState",
+    "IFShampooState",
+    "RFRMSPropState",
+    "adam",
+    "if_shampoo",
     "if_shampoo_stationarity",
-    "if_shampoo_update",
-    "rf_rmsprop_init",
-    "rf_rmsprop_preconditioner",
-    "rf_rmsprop_update",
+    "rf_rmsprop",
 ]
 
 
-def _hp(**kw):
-    return tuple(sorted(kw.items()))
-
-
 # --------------------------------------------------------------------------- IF-Shampoo
-def if_shampoo_init(
-    g0: jax.Array,
-    *,
-    beta2: float = 0.01,
-    alpha2: float = 0.5,
-    damping: float = 1e-3,
-    batch_size: int = 1,
-    normalize: bool = True,
-    init_scale: float = 1.0,
-) -> EstimatorState:
-    """``C = K = init_scale·I``, zero momenta ``m_C, m_K``, then one update with ``G0``.
+class IFShampooState(NamedTuple):
+    """IF-Shampoo's inverse-free factors and their Riemannian momenta.
 
-    Args:
-        g0: first gradient ``(m, n)`` (scaled by ``√B``) or per-example batch ``(N, m, n)``.
-        beta2: preconditioner step ``β₂`` in ``C ← C(I − β₂ m_C)``.
-        alpha2: Riemannian momentum ``α₂``.
-        damping: ``λ``.
-        batch_size: ``B`` for single mini-batch gradients.
-        normalize: divide the step by ``max(1, ‖m‖_F)`` as the released code does.
-        init_scale: ``C₀ = K₀ = init_scale·I``.
+    Attributes:
+        c: ``C`` (``m×m``), with ``(CCᵀ)^{-1}`` the left factor of the approximation.
+        k: ``K`` (``n×n``).
+        momentum_c: ``m_C`` (``m×m``).
+        momentum_k: ``m_K`` (``n×n``).
+        step: number of updates applied (the first gradient counts as one).
     """
-    g0 = jnp.asarray(g0)
-    m, n = g0.shape[-2:]
-    arrays = {
-        "c": init_scale * jnp.eye(m, dtype=g0.dtype),
-        "k": init_scale * jnp.eye(n, dtype=g0.dtype),
-        "mc": jnp.zeros((m, m), g0.dtype),
-        "mk": jnp.zeros((n, n), g0.dtype),
-        "step": jnp.asarray(0, jnp.int32),
-    }
-    hp = _hp(
-        beta2=float(beta2),
-        alpha2=float(alpha2),
-        damping=float(damping),
-        batch_size=int(batch_size),
-        normalize=bool(normalize),
-    )
-    return if_shampoo_update(EstimatorState("if_shampoo", arrays, hp), g0)
+
+    c: jax.Array
+    k: jax.Array
+    momentum_c: jax.Array
+    momentum_k: jax.Array
+    step: jax.Array
 
 
-def if_shampoo_stationarity(state: EstimatorState, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def if_shampoo_stationarity(
+    state: IFShampooState, g: jax.Array, *, damping: float, batch_size: int = 1
+) -> tuple[jax.Array, jax.Array]:
     """The instantaneous ``(m_C, m_K)`` targets of theory.md A.9 (zero at the fixed point).
 
     ``m_C = (1/2d_i)[Cᵀ B·E[G KKᵀ Gᵀ] C + λ tr(KᵀK) CᵀC − d_i I]`` and symmetrically.
+
+    Args:
+        state: the IF-Shampoo state (only ``c`` and ``k`` are read).
+        g: a gradient ``(m, n)`` or per-example batch ``(N, m, n)``.
+        damping: ``λ``.
+        batch_size: ``B`` for single mini-batch gradients.
+
+    Returns:
+        ``(m_C, m_K)``.
     """
-    hp = state.hp
-    c, k, lam = state["c"], state["k"], hp["damping"]
+    c, k, lam = state.c, state.k, damping
     m, n = g.shape[-2:]
-    bsz = batch_factor(g, hp["batch_size"])
+    bsz = batch_factor(g, batch_size)
     kk = k @ k.T
     cc = c @ c.T
     tc = c.T @ (bsz * batch_left(g, kk)) @ c + lam * jnp.trace(k.T @ k) * (c.T @ c)
@@ -90,87 +76,163 @@ def if_shampoo_stationarity(state: EstimatorState, g: jax.Array) -> tuple[jax.Ar
     return mc, mk
 
 
-@jax.jit
-def if_shampoo_update(state: EstimatorState, g: jax.Array) -> EstimatorState:
-    """Momentum ``m ← α₂m + (1−α₂)·target`` and the multiplicative ``C ← C(I − β₂ m_C)``."""
-    hp = state.hp
-    a2, b2 = hp["alpha2"], hp["beta2"]
-    tc, tk = if_shampoo_stationarity(state, g)
-    mc = a2 * state["mc"] + (1 - a2) * tc
-    mk = a2 * state["mk"] + (1 - a2) * tk
-    lc, lk = b2, b2
-    if hp["normalize"]:
-        lc = b2 / jnp.maximum(1.0, jnp.linalg.norm(mc))
-        lk = b2 / jnp.maximum(1.0, jnp.linalg.norm(mk))
-    c = state["c"] @ (jnp.eye(mc.shape[0], dtype=mc.dtype) - lc * mc)
-    k = state["k"] @ (jnp.eye(mk.shape[0], dtype=mk.dtype) - lk * mk)
-    return state.replace(c=c, k=k, mc=mc, mk=mk, step=state["step"] + 1)
+@functools.cache
+def if_shampoo(
+    *,
+    beta2: float = 0.01,
+    alpha2: float = 0.5,
+    damping: float = 1e-3,
+    batch_size: int = 1,
+    normalize: bool = True,
+    init_scale: float = 1.0,
+) -> OnlineEstimator:
+    """IF-Shampoo's multiplicative, inverse-free update (theory.md A.9).
 
+    ``init``: ``C = K = init_scale·I``, zero momenta, then one update with ``G0``.
+    ``update``: momentum ``m ← α₂m + (1−α₂)·target`` and ``C ← C(I − β₂ m_C)`` (and
+    ``K``). The approximation is ``(CCᵀ)^{-1} ⊗ (KKᵀ)^{-1}`` in eigen form (damping built
+    in; power −1 gives ``CCᵀ ⊗ KKᵀ``); reading it needs ``eigh`` of ``CCᵀ`` and ``KKᵀ``
+    (float32/float64), while the update itself is matmul-only.
 
-def if_shampoo_preconditioner(state: EstimatorState) -> EigenKronecker:
-    """``(CCᵀ)^{-1} ⊗ (KKᵀ)^{-1}`` in eigen form (damping built in; power −1 gives ``CCᵀ ⊗ KKᵀ``).
+    Args:
+        beta2: preconditioner step ``β₂`` in ``C ← C(I − β₂ m_C)``.
+        alpha2: Riemannian momentum ``α₂``.
+        damping: ``λ``.
+        batch_size: ``B`` for single mini-batch gradients (scaled by ``√B``).
+        normalize: divide the step by ``max(1, ‖m‖_F)`` as the released code does.
+        init_scale: ``C₀ = K₀ = init_scale·I``.
 
-    Reading the structure needs ``eigh`` of ``CCᵀ`` and ``KKᵀ`` (float32/float64); the
-    estimator's update itself is matmul-only.
+    Returns:
+        The estimator (state :class:`IFShampooState`; ``internal_damping=True``).
     """
-    wc, qc = jnp.linalg.eigh(state["c"] @ state["c"].T)
-    wk, qk = jnp.linalg.eigh(state["k"] @ state["k"].T)
-    return EigenKronecker(qc, qk, 1.0 / jnp.outer(wc, wk))
+    a2, b2, lam = float(alpha2), float(beta2), float(damping)
+    bsz, normalize, init_scale = int(batch_size), bool(normalize), float(init_scale)
+
+    @jax.jit
+    def update(state: IFShampooState, g: jax.Array) -> IFShampooState:
+        tc, tk = if_shampoo_stationarity(state, g, damping=lam, batch_size=bsz)
+        mc = a2 * state.momentum_c + (1 - a2) * tc
+        mk = a2 * state.momentum_k + (1 - a2) * tk
+        lc, lk = b2, b2
+        if normalize:
+            lc = b2 / jnp.maximum(1.0, jnp.linalg.norm(mc))
+            lk = b2 / jnp.maximum(1.0, jnp.linalg.norm(mk))
+        c = state.c @ (jnp.eye(mc.shape[0], dtype=mc.dtype) - lc * mc)
+        k = state.k @ (jnp.eye(mk.shape[0], dtype=mk.dtype) - lk * mk)
+        return IFShampooState(c, k, mc, mk, state.step + 1)
+
+    def init(g0: jax.Array) -> IFShampooState:
+        g0 = jnp.asarray(g0)
+        m, n = g0.shape[-2:]
+        first = IFShampooState(
+            c=init_scale * jnp.eye(m, dtype=g0.dtype),
+            k=init_scale * jnp.eye(n, dtype=g0.dtype),
+            momentum_c=jnp.zeros((m, m), g0.dtype),
+            momentum_k=jnp.zeros((n, n), g0.dtype),
+            step=jnp.asarray(0, jnp.int32),
+        )
+        return update(first, g0)
+
+    def approximation(state: IFShampooState) -> EigenKronecker:
+        wc, qc = jnp.linalg.eigh(state.c @ state.c.T)
+        wk, qk = jnp.linalg.eigh(state.k @ state.k.T)
+        return EigenKronecker(qc, qk, 1.0 / jnp.outer(wc, wk))
+
+    return OnlineEstimator(init, update, approximation, 1.0, internal_damping=True)
 
 
 # -------------------------------------------------------------------------- RF-RMSProp
-def rf_rmsprop_init(
-    g0: jax.Array,
+class RFRMSPropState(NamedTuple):
+    """RF-RMSProp's diagonal.
+
+    Attributes:
+        s: ``s`` (``m×n``); the step is ``g/(s + λ)``.
+        step: number of updates applied (the first gradient counts as one).
+    """
+
+    s: jax.Array
+    step: jax.Array
+
+
+@functools.cache
+def rf_rmsprop(
     *,
     beta2: float = 0.01,
     batch_size: int = 1,
     s0: float = 1.0,
     scale_by_batch: bool = True,
-) -> EstimatorState:
-    """``s = s₀`` (P2: ``s₀ = 1``), then one update with ``G0``.
+) -> OnlineEstimator:
+    """RF-RMSProp: ``s ← (1−β₂)s + β₂·B·g⊙g`` from ``s = s₀``, then one update with ``G0``.
+
+    The approximation is ``diag(s)``; the RF-RMSProp step is ``g/(s + λ)`` (power −1).
 
     Args:
-        beta2: weight of the new term in ``s ← (1−β₂)s + β₂·B·g⊙g``.
-        batch_size: ``B``.
-        s0: initial value (``0`` reproduces RMSProp's ``ŝ₀ = 0``, the ``dummy_init`` ablation).
+        beta2: weight of the new term.
+        batch_size: ``B`` (1 is used for per-example batches).
+        s0: initial value (P2: ``s₀ = 1``; ``0`` reproduces RMSProp's ``ŝ₀ = 0``, the
+            ``dummy_init`` ablation).
         scale_by_batch: multiply by ``B`` (False: the ``dummy_scaling`` ablation).
+
+    Returns:
+        The estimator (state :class:`RFRMSPropState`).
     """
-    g0 = jnp.asarray(g0)
-    arrays = {"s": jnp.full(g0.shape[-2:], s0, g0.dtype), "step": jnp.asarray(0, jnp.int32)}
-    hp = _hp(beta2=float(beta2), batch_size=int(batch_size), scale_by_batch=bool(scale_by_batch))
-    return rf_rmsprop_update(EstimatorState("rf_rmsprop", arrays, hp), g0)
+    b2, bsz, s0, scale = float(beta2), int(batch_size), float(s0), bool(scale_by_batch)
 
+    @jax.jit
+    def update(state: RFRMSPropState, g: jax.Array) -> RFRMSPropState:
+        factor = batch_factor(g, bsz) if scale else 1.0
+        s = (1 - b2) * state.s + b2 * factor * batch_square(g)
+        return RFRMSPropState(s, state.step + 1)
 
-@jax.jit
-def rf_rmsprop_update(state: EstimatorState, g: jax.Array) -> EstimatorState:
-    """``s ← (1−β₂)s + β₂·B·g⊙g`` (``B = 1`` for per-example batches)."""
-    hp = state.hp
-    bsz = batch_factor(g, hp["batch_size"]) if hp["scale_by_batch"] else 1.0
-    s = (1 - hp["beta2"]) * state["s"] + hp["beta2"] * bsz * batch_square(g)
-    return state.replace(s=s, step=state["step"] + 1)
+    def init(g0: jax.Array) -> RFRMSPropState:
+        g0 = jnp.asarray(g0)
+        first = RFRMSPropState(jnp.full(g0.shape[-2:], s0, g0.dtype), jnp.asarray(0, jnp.int32))
+        return update(first, g0)
 
+    def approximation(state: RFRMSPropState) -> Diagonal:
+        return Diagonal(state.s)
 
-def rf_rmsprop_preconditioner(state: EstimatorState) -> Diagonal:
-    """``diag(s)``; the RF-RMSProp step is ``g/(s + λ)`` (power −1)."""
-    return Diagonal(state["s"])
+    return OnlineEstimator(init, update, approximation, 1.0)
 
 
 # --------------------------------------------------------------------------------- Adam
-def adam_init(g0: jax.Array, *, beta2: float = 0.999) -> EstimatorState:
-    """Adam's second moment from zero, fed ``G0``."""
-    g0 = jnp.asarray(g0)
-    arrays = {"v": jnp.zeros(g0.shape[-2:], g0.dtype), "step": jnp.asarray(0, jnp.int32)}
-    return adam_update(EstimatorState("adam", arrays, _hp(beta2=float(beta2))), g0)
+class AdamState(NamedTuple):
+    """Adam's second moment (as optax's ``ScaleByAdamState.nu``).
+
+    Attributes:
+        nu: ``v`` (``m×n``), EMA of ``g⊙g`` from zero.
+        step: number of updates applied (the first gradient counts as one).
+    """
+
+    nu: jax.Array
+    step: jax.Array
 
 
-@jax.jit
-def adam_update(state: EstimatorState, g: jax.Array) -> EstimatorState:
-    """``v ← β₂v + (1−β₂) g⊙g``."""
-    b2 = state.hp["beta2"]
-    return state.replace(v=b2 * state["v"] + (1 - b2) * batch_square(g), step=state["step"] + 1)
+@functools.cache
+def adam(*, beta2: float = 0.999) -> OnlineEstimator:
+    """Adam's second moment ``v ← β₂v + (1−β₂) g⊙g`` from zero, fed ``G0``.
 
+    The approximation is ``diag(v̂)``, ``v̂ = v/(1−β₂^t)``; Adam's step is
+    ``g/(√v̂ + ε)`` (power −1/2).
 
-def adam_preconditioner(state: EstimatorState) -> Diagonal:
-    """``diag(v̂)``, ``v̂ = v/(1−β₂^t)``; Adam's step is ``g/(√v̂ + ε)`` (power −1/2)."""
-    corr = 1.0 - state.hp["beta2"] ** state["step"]
-    return Diagonal(state["v"] / corr)
+    Args:
+        beta2: weight of the old second moment.
+
+    Returns:
+        The estimator (state :class:`AdamState`).
+    """
+    b2 = float(beta2)
+
+    @jax.jit
+    def update(state: AdamState, g: jax.Array) -> AdamState:
+        return AdamState(b2 * state.nu + (1 - b2) * batch_square(g), state.step + 1)
+
+    def init(g0: jax.Array) -> AdamState:
+        g0 = jnp.asarray(g0)
+        return update(AdamState(jnp.zeros(g0.shape[-2:], g0.dtype), jnp.asarray(0, jnp.int32)), g0)
+
+    def approximation(state: AdamState) -> Diagonal:
+        corr = 1.0 - b2**state.step
+        return Diagonal(state.nu / corr)
+
+    return OnlineEstimator(init, update, approximation, 0.5)

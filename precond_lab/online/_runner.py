@@ -2,47 +2,40 @@
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ..metrics._direction import direction_quality
+from ..errors import PrecondLabError, Status
+from ..metrics import direction_quality
+from ..provenance import make_attrs
 from ..structures import Structure
 from ..targets import Target, as_target
 from . import _kronecker as kr
 from . import _rootfree as rf
 from ._state import OnlineEstimator
 
-__all__ = ["ESTIMATORS", "run_online", "structure_cosine"]
+__all__ = ["ESTIMATORS", "run_online", "state_is_finite", "structure_cosine"]
 
-ESTIMATORS: dict[str, OnlineEstimator] = {
-    "shampoo": OnlineEstimator(
-        "shampoo", kr.shampoo_init, kr.shampoo_update, kr.shampoo_preconditioner, 0.5
-    ),
-    "kl_shampoo": OnlineEstimator(
-        "kl_shampoo", kr.kl_shampoo_init, kr.kl_shampoo_update, kr.kl_shampoo_preconditioner, 0.5
-    ),
-    "soap": OnlineEstimator("soap", kr.soap_init, kr.soap_update, kr.soap_preconditioner, 0.5),
-    "kl_soap": OnlineEstimator(
-        "kl_soap", kr.kl_soap_init, kr.kl_soap_update, kr.kl_soap_preconditioner, 0.5
-    ),
-    "if_shampoo": OnlineEstimator(
-        "if_shampoo",
-        rf.if_shampoo_init,
-        rf.if_shampoo_update,
-        rf.if_shampoo_preconditioner,
-        1.0,
-        internal_damping=True,
-    ),
-    "rf_rmsprop": OnlineEstimator(
-        "rf_rmsprop", rf.rf_rmsprop_init, rf.rf_rmsprop_update, rf.rf_rmsprop_preconditioner, 1.0
-    ),
-    "adam": OnlineEstimator("adam", rf.adam_init, rf.adam_update, rf.adam_preconditioner, 0.5),
+#: name -> factory ``(**hparams) -> OnlineEstimator``.
+ESTIMATORS: dict[str, Callable[..., OnlineEstimator]] = {
+    "shampoo": kr.shampoo,
+    "kl_shampoo": kr.kl_shampoo,
+    "soap": kr.soap,
+    "kl_soap": kr.kl_soap,
+    "if_shampoo": rf.if_shampoo,
+    "rf_rmsprop": rf.rf_rmsprop,
+    "adam": rf.adam,
 }
+
+
+def state_is_finite(state) -> bool:
+    """Whether every floating-point array of a state (any pytree) is finite."""
+    leaves = [x for x in jax.tree_util.tree_leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
 
 
 def _eigen_parts(s: Structure):
@@ -95,7 +88,7 @@ def run_online(
         stream: ``(T, m, n)`` gradients, or ``(T, N, m, n)`` per-step batches of
             per-example gradients.
         estimators: names from :data:`ESTIMATORS`.
-        hparams: per-estimator keyword arguments for ``init`` (e.g.
+        hparams: per-estimator keyword arguments of the factory (e.g.
             ``{"kl_shampoo": {"beta": 0.9}}``). For ``(T, N, …)`` streams fed as means,
             ``batch_size=N`` is set for the root-free estimators unless given.
         damping: ``λ`` for the KL divergence and for the exact directions.
@@ -113,7 +106,11 @@ def run_online(
         batch KL optimum's; it can be negative, since ``S + λI`` lies outside the Kronecker
         family that the optimum ranges over), ``cosine_target`` (``cos(Σ, S)``),
         ``cosine_kl_optimal``, ``cosine_frobenius_optimal``, ``direction_cosine`` and
-        ``direction_relative_error`` (``S^{-p}ḡ_t`` vs ``(Σ+λI)^{-p}ḡ_t``).
+        ``direction_relative_error`` (``S^{-p}ḡ_t`` vs ``(Σ+λI)^{-p}ḡ_t``), and ``status``
+        (a :class:`~precond_lab.errors.Status` string per step and estimator: ``ok``;
+        ``nonfinite`` when the state holds NaN/Inf, or the status of the error a metric
+        raised; the metrics of such a cell stay NaN). Attributes from
+        :func:`~precond_lab.provenance.make_attrs`.
     """
     from ..estimators import frobenius_optimal, kl_optimal
     from ..metrics import cosine_similarity, kl_divergence
@@ -146,26 +143,49 @@ def run_online(
     }
     dcos = np.full((*shape, len(ps)), np.nan)
     derr = np.full((*shape, len(ps)), np.nan)
+    status = np.full(shape, Status.OK.value, dtype=object)
     for j, name in enumerate(names):
-        est = ESTIMATORS[name]
-        state = est.init(feed[0], **hparams.get(name, {}))
+        est = ESTIMATORS[name](**hparams.get(name, {}))
+        state = est.init(feed[0])
         row = 0
         for t in range(steps):
             if t > 0:
                 state = est.update(state, feed[t])
             if t not in scored:
                 continue
-            s = est.preconditioner(state)
+            if not state_is_finite(state):
+                status[row, j] = Status.NONFINITE.value
+                row += 1
+                continue
             lam = 0.0 if est.internal_damping else damping  # effective covariance S + lam·I
-            kl = kl_divergence(target, s, damping=damping, approx_damping=lam)
-            scalars["kl_divergence"][row, j] = float(kl)
-            scalars["cosine_target"][row, j] = float(cosine_similarity(target, s))
-            scalars["cosine_kl_optimal"][row, j] = float(structure_cosine(s, kl_opt))
-            scalars["cosine_frobenius_optimal"][row, j] = float(structure_cosine(s, frob_opt))
-            for k, p in enumerate(ps):
-                q = direction_quality(
-                    target, s, grads[t], p=p, damping=damping, approx_damping=lam, spectrum=spectrum
-                )
+            try:
+                s = est.approximation(state)
+                kl = kl_divergence(target, s, damping=damping, approx_damping=lam)
+                cells = {
+                    "kl_divergence": float(kl),
+                    "cosine_target": float(cosine_similarity(target, s)),
+                    "cosine_kl_optimal": float(structure_cosine(s, kl_opt)),
+                    "cosine_frobenius_optimal": float(structure_cosine(s, frob_opt)),
+                }
+                dirs = [
+                    direction_quality(
+                        target,
+                        s,
+                        grads[t],
+                        p=p,
+                        damping=damping,
+                        approx_damping=lam,
+                        spectrum=spectrum,
+                    )
+                    for p in ps
+                ]
+            except PrecondLabError as exc:
+                status[row, j] = Status.of(exc).value
+                row += 1
+                continue
+            for key, value in cells.items():
+                scalars[key][row, j] = value
+            for k, q in enumerate(dirs):
                 dcos[row, j, k] = float(q.cosine)
                 derr[row, j, k] = float(q.relative_error)
             row += 1
@@ -176,17 +196,18 @@ def run_online(
     ds["kl_gap"] = ds["kl_divergence"] - kl_best
     ds["direction_cosine"] = (("step", "estimator", "p"), dcos)
     ds["direction_relative_error"] = (("step", "estimator", "p"), derr)
+    ds["status"] = (("step", "estimator"), status.astype(str))
     ds.attrs.update(
-        {
-            "producer": "precond_lab.online.run_online",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "jax_version": jax.__version__,
-            "damping": float(damping),
-            "stream_shape": str(tuple(x.shape)),
-            "fed": "per-example batches" if (batched and per_example) else "gradients",
-            "reference": "pooled stream" if reference is None else "given target",
-            "kl_optimal_divergence": kl_best,
-            "hparams": repr(hparams),
-        }
+        make_attrs(
+            "precond_lab online estimators on a gradient stream",
+            source="given target" if reference is not None else "pooled stream",
+            producer="precond_lab.online.run_online",
+            damping=float(damping),
+            stream_shape=str(tuple(x.shape)),
+            fed="per-example batches" if (batched and per_example) else "gradients",
+            reference="pooled stream" if reference is None else "given target",
+            kl_optimal_divergence=kl_best,
+            hparams=repr(hparams),
+        )
     )
     return ds

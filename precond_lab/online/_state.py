@@ -1,7 +1,11 @@
-"""Estimator state pytree and the shared gradient statistics.
+"""The online-estimator type and the shared gradient statistics.
 
-A state holds its arrays as pytree children and its hyper-parameters as static
-auxiliary data, so ``update(state, G)`` needs no extra arguments and is jit-able.
+An online estimator is an optax-style pair of pure functions (modelled on optax's
+``GradientTransformation`` and ``scale_by_adam``): ``init(G0) -> state`` and
+``update(state, G) -> state``, plus ``approximation(state) -> Structure``, the estimate
+of ``Σ`` the state stands for. States are ``typing.NamedTuple``s of arrays (pytrees, so
+``update`` is jit-able, scannable and vmappable); hyper-parameters live in the closure
+built by the estimator's factory (e.g. ``kl_shampoo(beta=0.98)``), never in the state.
 
 Every update accepts either one gradient ``G`` of shape ``(m, n)`` (e.g. a mini-batch
 mean gradient; root-free methods then multiply its outer products by the batch size
@@ -12,9 +16,7 @@ estimate ``E[ggᵀ]``).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,10 @@ import jax.numpy as jnp
 from ..structures import Structure
 
 __all__ = [
-    "EstimatorState",
+    "ApproximationFn",
+    "InitFn",
     "OnlineEstimator",
+    "UpdateFn",
     "batch_factor",
     "batch_left",
     "batch_right",
@@ -31,56 +35,40 @@ __all__ = [
 ]
 
 
-@jax.tree_util.register_pytree_node_class
-@dataclasses.dataclass(frozen=True)
-class EstimatorState:
-    """Arrays (``arrays``, a dict of JAX arrays) and static hyper-parameters (``hparams``)."""
+class InitFn(Protocol):
+    """``init(G0) -> state``: the state after the first gradient (or batch) ``G0``."""
 
-    kind: str
-    arrays: dict[str, jax.Array]
-    hparams: tuple[tuple[str, Any], ...]
-
-    def tree_flatten(self):
-        keys = tuple(sorted(self.arrays))
-        return tuple(self.arrays[k] for k in keys), (self.kind, keys, self.hparams)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        kind, keys, hparams = aux
-        return cls(kind, dict(zip(keys, children, strict=True)), hparams)
-
-    @property
-    def hp(self) -> dict[str, Any]:
-        """The hyper-parameters as a dict."""
-        return dict(self.hparams)
-
-    def replace(self, **arrays: jax.Array) -> EstimatorState:
-        """A copy with some arrays replaced."""
-        return EstimatorState(self.kind, {**self.arrays, **arrays}, self.hparams)
-
-    def __getitem__(self, key: str) -> jax.Array:
-        return self.arrays[key]
+    def __call__(self, g0: jax.Array) -> Any: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class OnlineEstimator:
-    """The three functions of an online estimator and how its preconditioner is applied.
+class UpdateFn(Protocol):
+    """``update(state, G) -> state``: one online step (jitted, pure)."""
+
+    def __call__(self, state: Any, g: jax.Array) -> Any: ...
+
+
+class ApproximationFn(Protocol):
+    """``approximation(state) -> Structure``: the estimate of ``Σ`` (not its inverse)."""
+
+    def __call__(self, state: Any) -> Structure: ...
+
+
+class OnlineEstimator(NamedTuple):
+    """An online estimator: ``(init, update)`` as in optax, and how to read its state.
 
     Attributes:
-        name: registry name.
-        init: ``init(G0, **hparams) -> state`` (consumes ``G0`` as its recipe says).
-        update: ``update(state, G) -> state`` (jitted).
-        preconditioner: ``state -> Structure`` approximating ``Σ`` (not its inverse).
+        init: ``init(G0) -> state``; ``G0`` is ``(m, n)`` or ``(N, m, n)``.
+        update: ``update(state, G) -> state`` (jitted; the state is a NamedTuple pytree).
+        approximation: ``state -> Structure`` approximating ``Σ`` (not its inverse).
         power: the power the optimizer applies, ``S^{-power}`` (0.5 root, 1 root-free).
         internal_damping: whether the structure already includes the damping (then
-            directions use ``approx_damping=0``).
+            directions and divergences use ``approx_damping=0``).
     """
 
-    name: str
-    init: Callable[..., EstimatorState]
-    update: Callable[[EstimatorState, jax.Array], EstimatorState]
-    preconditioner: Callable[[EstimatorState], Structure]
-    power: float
+    init: InitFn
+    update: UpdateFn
+    approximation: ApproximationFn
+    power: float = 0.5
     internal_damping: bool = False
 
 

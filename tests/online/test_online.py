@@ -8,6 +8,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 from precond_lab import online  # noqa: E402
+from precond_lab.errors import Status  # noqa: E402
 from precond_lab.online import ESTIMATORS  # noqa: E402
 
 M, N_COLS = 4, 3
@@ -39,16 +40,17 @@ def _dense_flip_flop(g, damping, iters=3000):
 def test_if_shampoo_fixed_point_is_damped_kl_optimum():
     g = _samples(30)
     lam = 0.05
-    state = online.if_shampoo_init(g, beta2=0.5, alpha2=0.0, damping=lam, normalize=True)
+    est = online.if_shampoo(beta2=0.5, alpha2=0.0, damping=lam, normalize=True)
+    state = est.init(g)
     for _ in range(400):
-        state = online.if_shampoo_update(state, jnp.asarray(g))
-    mc, mk = online.if_shampoo_stationarity(state, jnp.asarray(g))
+        state = est.update(state, jnp.asarray(g))
+    mc, mk = online.if_shampoo_stationarity(state, jnp.asarray(g), damping=lam)
     assert float(jnp.abs(mc).max()) < 1e-10 and float(jnp.abs(mk).max()) < 1e-10
-    c, k = np.asarray(state["c"]), np.asarray(state["k"])
+    c, k = np.asarray(state.c), np.asarray(state.k)
     got = np.kron(np.linalg.inv(c @ c.T), np.linalg.inv(k @ k.T))
     ref = _dense_flip_flop(g, lam)
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-8
-    dense = online.if_shampoo_preconditioner(state).to_dense()
+    dense = est.approximation(state).to_dense()
     assert np.linalg.norm(np.asarray(dense) - ref) / np.linalg.norm(ref) < 1e-8
 
 
@@ -57,16 +59,18 @@ def test_kl_shampoo_fixed_basis_converges_to_batch_kl_optimum():
     ref = _dense_flip_flop(g, 0.0)
     # the eigenbasis of the optimal factors, as a fixed basis (frequency=0: never refreshed)
     sa, sb = _dense_flip_flop_factors(g)
-    state = online.kl_shampoo_init(g, beta=0.7, frequency=0, clamp=False)
-    state = state.replace(
-        qa=jnp.asarray(np.linalg.eigh(sa)[1]), qb=jnp.asarray(np.linalg.eigh(sb)[1])
+    est = online.kl_shampoo(beta=0.7, frequency=0, clamp=False)
+    state = est.init(g)
+    state = state._replace(
+        left_basis=jnp.asarray(np.linalg.eigh(sa)[1]),
+        right_basis=jnp.asarray(np.linalg.eigh(sb)[1]),
     )
     for _ in range(300):  # stationary stream: the full bag every step
-        state = online.kl_shampoo_update(state, jnp.asarray(g))
-    got = np.asarray(online.kl_shampoo_preconditioner(state).to_dense())
+        state = est.update(state, jnp.asarray(g))
+    got = np.asarray(est.approximation(state).to_dense())
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-8
     # the accumulated factors converge to the fixed point too (up to the scale gauge)
-    full = np.kron(np.asarray(state["sa"]), np.asarray(state["sb"]))
+    full = np.kron(np.asarray(state.left), np.asarray(state.right))
     assert np.linalg.norm(full - ref) / np.linalg.norm(ref) < 1e-8
 
 
@@ -81,52 +85,54 @@ def _dense_flip_flop_factors(g, iters=3000):
 def test_kl_shampoo_with_qr_refresh_approaches_optimum():
     g = _samples(30, seed=2)
     ref = _dense_flip_flop(g, 0.0)
-    state = online.kl_shampoo_init(g, beta=0.7, frequency=3, clamp=False)
+    est = online.kl_shampoo(beta=0.7, frequency=3, clamp=False)
+    state = est.init(g)
     for _ in range(300):
-        state = online.kl_shampoo_update(state, jnp.asarray(g))
-    got = np.asarray(online.kl_shampoo_preconditioner(state).to_dense())
+        state = est.update(state, jnp.asarray(g))
+    got = np.asarray(est.approximation(state).to_dense())
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-6
 
 
 def test_shampoo_and_soap_stationary_limits():
     g = _samples(20, seed=3)
     left = np.einsum("kij,klj->il", g, g) / len(g)
-    st = online.shampoo_init(g, beta=0.5)
-    st2 = online.soap_init(g, beta=0.5, beta2=0.5, frequency=2)
+    sh, so = online.shampoo(beta=0.5), online.soap(beta=0.5, beta2=0.5, frequency=2)
+    st, st2 = sh.init(g), so.init(g)
     for _ in range(120):
-        st = online.shampoo_update(st, jnp.asarray(g))
-        st2 = online.soap_update(st2, jnp.asarray(g))
-    np.testing.assert_allclose(np.asarray(st["left"]), left, rtol=1e-10, atol=1e-12)
+        st = sh.update(st, jnp.asarray(g))
+        st2 = so.update(st2, jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(st.left), left, rtol=1e-10, atol=1e-12)
     # SOAP's v is the eigen-corrected diagonal E[(QaᵀGQb)²] in its final basis
-    qa, qb = np.asarray(st2["qa"]), np.asarray(st2["qb"])
+    qa, qb = np.asarray(st2.left_basis), np.asarray(st2.right_basis)
     d = np.mean((qa.T @ g @ qb) ** 2, axis=0)
-    v = np.asarray(online.soap_preconditioner(st2).values)
+    v = np.asarray(so.approximation(st2).values)
     assert np.linalg.norm(v - d) / np.linalg.norm(d) < 1e-8
 
 
 def test_rf_rmsprop_and_adam_stationary_limits():
     g = _samples(10, seed=4)
     d = np.mean(g**2, axis=0)
-    rf = online.rf_rmsprop_init(g, beta2=0.3)
-    ad = online.adam_init(g, beta2=0.7)
+    rf_est, ad_est = online.rf_rmsprop(beta2=0.3), online.adam(beta2=0.7)
+    rf, ad = rf_est.init(g), ad_est.init(g)
     for _ in range(150):
-        rf = online.rf_rmsprop_update(rf, jnp.asarray(g))
-        ad = online.adam_update(ad, jnp.asarray(g))
-    np.testing.assert_allclose(np.asarray(rf["s"]), d, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(online.adam_preconditioner(ad).values), d, rtol=1e-10)
+        rf = rf_est.update(rf, jnp.asarray(g))
+        ad = ad_est.update(ad, jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(rf.s), d, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(ad_est.approximation(ad).values), d, rtol=1e-10)
 
 
 def test_updates_are_jittable_and_scannable():
     g = jnp.asarray(_samples(12, seed=5))
-    for name, est in ESTIMATORS.items():
+    for name, factory in ESTIMATORS.items():
+        est = factory()
         s0 = est.init(g[0])
 
         def body(s, x, est=est):
             return est.update(s, x), None
 
         s, _ = jax.lax.scan(body, s0, g[1:])
-        assert int(s["step"]) >= 11, name
-        assert np.isfinite(np.asarray(est.preconditioner(s).to_dense())).all(), name
+        assert int(s.step) >= 11, name
+        assert np.isfinite(np.asarray(est.approximation(s).to_dense())).all(), name
 
 
 def test_run_online_dataset():
@@ -141,10 +147,9 @@ def test_run_online_dataset():
 def test_structure_cosine_matches_dense():
     rng = np.random.default_rng(7)
     g = jnp.asarray(_samples(8))
-    s1 = online.shampoo_preconditioner(online.shampoo_init(g))
-    s2 = online.rf_rmsprop_preconditioner(
-        online.rf_rmsprop_init(g + 0.1 * rng.standard_normal(g.shape))
-    )
+    sh, rf = online.shampoo(), online.rf_rmsprop()
+    s1 = sh.approximation(sh.init(g))
+    s2 = rf.approximation(rf.init(g + 0.1 * rng.standard_normal(g.shape)))
     a, b = np.asarray(s1.to_dense()), np.asarray(s2.to_dense())
     ref = np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b)
     assert abs(float(online.structure_cosine(s1, s2)) - ref) < 1e-12
@@ -169,7 +174,114 @@ def test_initialisation_effect():
 @pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_if_shampoo_runs_in_half_precision(dtype):
     g = jnp.asarray(_samples(10, seed=10)).astype(dtype)
-    st = online.if_shampoo_init(g[0], beta2=0.1)
+    est = online.if_shampoo(beta2=0.1)
+    st = est.init(g[0])
     for t in range(1, 10):
-        st = online.if_shampoo_update(st, g[t])
-    assert st["c"].dtype == jnp.dtype(dtype) and np.isfinite(np.asarray(st["c"], np.float32)).all()
+        st = est.update(st, g[t])
+    assert st.c.dtype == jnp.dtype(dtype) and np.isfinite(np.asarray(st.c, np.float32)).all()
+
+
+# ------------------------------------------------------------------ the typed (init, update) API
+STATE_TYPES = {
+    "shampoo": online.ShampooState,
+    "kl_shampoo": online.KLShampooState,
+    "soap": online.SOAPState,
+    "kl_soap": online.KLSOAPState,
+    "if_shampoo": online.IFShampooState,
+    "rf_rmsprop": online.RFRMSPropState,
+    "adam": online.AdamState,
+}
+
+
+def _is_namedtuple(x):
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_states_are_namedtuple_pytrees(name):
+    g = jnp.asarray(_samples(6, seed=11))
+    est = ESTIMATORS[name]()
+    assert isinstance(est, online.OnlineEstimator) and _is_namedtuple(est)
+    state = est.init(g[0])
+    assert type(state) is STATE_TYPES[name] and _is_namedtuple(state)
+    assert "step" in state._fields
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    assert len(leaves) == len(state._fields)  # every field is an array leaf: no static data
+    assert all(isinstance(x, jax.Array) for x in leaves)
+    back = jax.tree_util.tree_unflatten(treedef, leaves)
+    assert type(back) is type(state)
+    # hyper-parameters live in the closure: a doubled state is a valid state of the same type
+    assert type(jax.tree_util.tree_map(lambda x: x * 2, state)) is type(state)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("per_example", [False, True])
+def test_jit_update_equals_eager_update(name, per_example):
+    g = jnp.asarray(_samples(8, seed=12))
+    x = g[:4] if per_example else g[0]
+    est = ESTIMATORS[name]()
+    state = est.init(x)
+    for t in range(1, 4):  # a few steps so that refreshes and momenta are non-trivial
+        state = est.update(state, g[4:] if per_example else g[t])
+    jitted = jax.jit(est.update)(state, x)
+    with jax.disable_jit():
+        eager = est.update(state, x)
+    assert type(jitted) is type(eager)
+    for a, b in zip(jitted, eager, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_approximation_has_the_gradient_shape(name):
+    g = jnp.asarray(_samples(5, seed=13))
+    est = ESTIMATORS[name]()
+    state = est.update(est.init(g[0]), g[1])
+    s = est.approximation(state)
+    assert tuple(s.shape) == (M, N_COLS)
+    assert s.to_dense().shape == (M * N_COLS, M * N_COLS)
+    assert est.power in (0.5, 1.0)
+    assert est.internal_damping == (name == "if_shampoo")
+
+
+def test_hyper_parameters_are_in_the_closure():
+    g = jnp.asarray(_samples(5, seed=14))
+    slow, fast = online.shampoo(beta=0.99), online.shampoo(beta=0.1)
+    s0 = slow.init(g[0])
+    assert not np.allclose(slow.update(s0, g[1]).left, fast.update(s0, g[1]).left)
+    assert online.shampoo(beta=0.99) is slow  # factories are cached: one compile per setting
+
+
+def test_run_online_reports_status():
+    x = _samples(4 * 5, seed=15).reshape(4, 5, M, N_COLS)
+    ds = online.run_online(x, ("shampoo", "rf_rmsprop"), every=2, damping=1e-2)
+    assert (ds.status == Status.OK.value).all()
+    bad = x.copy()
+    bad[2, 0, 0, 0] = np.nan
+    ds = online.run_online(
+        bad, ("rf_rmsprop",), every=1, damping=1e-2, reference=_samples(30, seed=16)
+    )
+    st = ds.status.sel(estimator="rf_rmsprop").values
+    assert list(st[:2]) == [Status.OK.value] * 2 and set(st[2:]) == {Status.NONFINITE.value}
+    assert np.isnan(ds.kl_divergence.sel(estimator="rf_rmsprop").values[2:]).all()
+    assert ds.attrs["library"] == "precond_lab" and "created_utc" in ds.attrs
+
+
+def test_legacy_if_shampoo_state_matches_typed():
+    """The dict-keyed EstimatorState (kept for an old caller) runs the typed update."""
+    g = jnp.asarray(_samples(6, seed=17))
+    hp = {"beta2": 0.5, "alpha2": 0.0, "damping": 0.05, "batch_size": 1, "normalize": True}
+    m0 = jnp.zeros((M, M))
+    k0 = jnp.zeros((N_COLS, N_COLS))
+    arrays = {"c": jnp.eye(M), "k": jnp.eye(N_COLS), "mc": m0, "mk": k0}
+    legacy = online.EstimatorState(
+        "if_shampoo", {**arrays, "step": jnp.asarray(0, jnp.int32)}, tuple(sorted(hp.items()))
+    )
+    est = online.if_shampoo(**hp)
+    typed = online.IFShampooState(jnp.eye(M), jnp.eye(N_COLS), m0, k0, jnp.asarray(0, jnp.int32))
+    for _ in range(3):
+        legacy = online.if_shampoo_update(legacy, g)
+        typed = est.update(typed, g)
+    assert np.array_equal(np.asarray(legacy["c"]), np.asarray(typed.c))
+    a = online.if_shampoo_stationarity(legacy, g)
+    b = online.if_shampoo_stationarity(typed, g, damping=0.05)
+    assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b, strict=True))
