@@ -2,7 +2,10 @@
 
 Every estimator is fitted to ``X = Σ + λI`` (``λ = damping·tr Σ/(mn)``) and scored with
 ``metrics.score(X, S)`` — ``KL(N(0,X) ‖ N(0,S))``, the objective that ``kl_optimal``
-minimises — and with the von Neumann divergence and the Frobenius error.
+minimises — and with the von Neumann divergence and the Frobenius error. The fits and
+scores come from the sweep (:func:`precond_lab.evaluate.evaluate`, one layer per study
+target, relative damping); Shampoo's product and Adafactor, which the estimator registry
+does not hold, enter it as ``(name, callable)`` pairs.
 
 * P1-14 (the limitation): Shampoo combines the two one-sided KL solutions into
   ``S = (L/n) ⊗ (R/m) = L⊗R/(mn)``. The gap ``KL(X, L⊗R/(mn)) − KL(X, KL-optimum)`` splits
@@ -16,11 +19,19 @@ minimises — and with the von Neumann divergence and the Frobenius error.
   total`` the vN-optimal diagonal-Kronecker fit (checked against a numerical minimiser).
 * P1-12 on real data: flip-flop convergence (iterations, residual histories) for several
   sample counts and dampings, including the failures that need damping.
+
+Hand-written beside the sweep: the Adafactor check against scipy's minimiser and the
+flip-flop study (fits on the first ``N`` examples, their residual histories and a
+recomputed fixed-point sweep), which need the fitted structures themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -30,74 +41,128 @@ from precond_lab.study import save_figures
 NAME = "p1_kl"
 TITLE = "P1: KL-optimal Kronecker factors vs Shampoo on real layers"
 
-_MLP = {
-    "model": "mlp",
-    "dataset": "digits",
-    "targets": ["gradients", "ggn"],
-    "num_samples": 128,
-    "dtype": "float64",
-    "model_options": {"hidden": [16]},
-    "layers": ["layers/0/w", "layers/1/w"],
-}
-_CNN = {
-    "model": "cnn",
-    "dataset": "digits",
-    "targets": ["gradients", "ggn"],
-    "num_samples": 128,
-    "dtype": "float64",
-    "model_options": {"channels": [4, 4]},
-    "layers": ["convs/1/w"],
-}
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    """Our toy layer: a two-component mixture of matrix-normal gradients.
+
+    Attributes:
+        m, n: the layer shape.
+        num: number of samples.
+        seed: the generator seed.
+    """
+
+    m: int = 4
+    n: int = 3
+    num: int = 2000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """A captured training run and the layers, steps and targets read from it.
+
+    Attributes:
+        model, dataset: what :func:`precond_lab.capture.capture` trains.
+        layers: the captured layers (they also restrict what is captured).
+        steps: the captured steps.
+        targets: capture targets read (``gradients``, ``ggn``).
+        num_samples: captured examples per step.
+        dtype: the stored dtype.
+        model_options: model keyword arguments as ``(name, value)`` pairs.
+    """
+
+    model: str
+    dataset: str
+    layers: tuple[str, ...]
+    steps: tuple[int, ...] = ()
+    targets: tuple[str, ...] = ("gradients", "ggn")
+    num_samples: int = 128
+    dtype: str = "float64"
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """:func:`precond_lab.study.capture_targets`' argument (lists, as JSON reads it)."""
+
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, tuple) else v
+
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "targets": list(self.targets),
+            "num_samples": int(self.num_samples),
+            "dtype": self.dtype,
+            "model_options": {k: plain(v) for k, v in self.model_options},
+            "layers": list(self.layers),
+            "steps": [int(s) for s in self.steps],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
+
+    Attributes:
+        toy: our toy layer, or None.
+        digits: add softmax regression on sklearn digits (empirical Fisher and exact GGN).
+        captures: captured layers to measure on.
+        random: ``(m, n, N)`` random Gaussian targets (half the samples column-scaled).
+        damping: ``λ = damping·trΣ/(mn)`` for every fit and score.
+        flipflop_ns: example counts ``N`` of the flip-flop study (all examples are added).
+        flipflop_dampings: relative dampings of the flip-flop study.
+    """
+
+    toy: Toy | None = Toy()
+    digits: bool = False
+    captures: tuple[Capture, ...] = ()
+    random: tuple[tuple[int, int, int], ...] = ()
+    damping: float = 1e-3
+    flipflop_ns: tuple[int, ...] = (2, 8)
+    flipflop_dampings: tuple[float, ...] = (0.0, 1e-3)
+
+
+_MLP = Capture(
+    "mlp", "digits", layers=("layers/0/w", "layers/1/w"), model_options=(("hidden", (16,)),)
+)
+_CNN = Capture("cnn", "digits", layers=("convs/1/w",), model_options=(("channels", (4, 4)),))
 
 PRESETS = {
-    "test": {
-        "toy": {"m": 4, "n": 3, "num": 2000, "seed": 0},
-        "digits": False,
-        "captures": [],
-        "random": [(5, 3, 40)],
-        "damping": 1e-3,
-        "flipflop_ns": [2, 8],
-        "flipflop_dampings": [0.0, 1e-3],
-    },
-    "quick": {
-        "toy": {"m": 4, "n": 3, "num": 2000, "seed": 0},
-        "digits": True,
-        "captures": [{**_MLP, "steps": [0, 100]}, {**_CNN, "steps": [100]}],
-        "random": [],
-        "damping": 1e-3,
-        "flipflop_ns": [2, 8],
-        "flipflop_dampings": [0.0, 1e-6, 1e-3],
-    },
-    "full": {
-        "toy": {"m": 4, "n": 3, "num": 2000, "seed": 0},
-        "digits": True,
-        "captures": [
-            {
-                **_MLP,
-                "steps": [0, 100, 1000],
-                "num_samples": 512,
-                "model_options": {"hidden": [32]},
-            },
-            {
-                **_CNN,
-                "steps": [0, 100, 1000],
-                "num_samples": 512,
-                "layers": ["convs/0/w", "convs/1/w"],
-            },
-            {
-                **_MLP,
-                "dataset": "mnist",
-                "steps": [0, 200],
-                "num_samples": 512,
-                "model_options": {"hidden": [32]},
-                "layers": ["layers/1/w"],
-            },
-        ],
-        "random": [],
-        "damping": 1e-3,
-        "flipflop_ns": [2, 8, 32],
-        "flipflop_dampings": [0.0, 1e-6, 1e-3],
-    },
+    "test": Config(random=((5, 3, 40),), flipflop_dampings=(0.0, 1e-3)),
+    "quick": Config(
+        digits=True,
+        captures=(
+            dataclasses.replace(_MLP, steps=(0, 100)),
+            dataclasses.replace(_CNN, steps=(100,)),
+        ),
+        flipflop_dampings=(0.0, 1e-6, 1e-3),
+    ),
+    "full": Config(
+        digits=True,
+        captures=(
+            dataclasses.replace(
+                _MLP, steps=(0, 100, 1000), num_samples=512, model_options=(("hidden", (32,)),)
+            ),
+            dataclasses.replace(
+                _CNN, steps=(0, 100, 1000), num_samples=512, layers=("convs/0/w", "convs/1/w")
+            ),
+            dataclasses.replace(
+                _MLP,
+                dataset="mnist",
+                steps=(0, 200),
+                num_samples=512,
+                model_options=(("hidden", (32,)),),
+                layers=("layers/1/w",),
+            ),
+        ),
+        flipflop_ns=(2, 8, 32),
+        flipflop_dampings=(0.0, 1e-6, 1e-3),
+    ),
 }
 
 ESTIMATORS = {  # name -> family
@@ -121,7 +186,7 @@ NUMERIC = 1e-6  # against scipy's minimiser
 # --------------------------------------------------------------------------------------
 
 
-def _toy(m, n, num, seed):
+def _toy(m: int, n: int, num: int, seed: int) -> np.ndarray:
     """Our toy layer: a two-component mixture of matrix-normal gradients (not Kronecker)."""
     rng = np.random.default_rng(seed)
 
@@ -137,17 +202,16 @@ def _toy(m, n, num, seed):
     return np.concatenate(out)
 
 
-def _targets(config):
-    """Yield ``(name, source, samples (K, m, n), weights (K,), activation info)``."""
-    toy = config.get("toy")
+def _targets(config: Config) -> Iterator[tuple[str, str, np.ndarray, np.ndarray | None]]:
+    """Yield ``(name, source, samples (K, m, n), weights (K,) or None)``."""
+    toy = config.toy
     if toy:
-        g = _toy(**toy)
-        yield f"toy {toy['m']}x{toy['n']}", "toy", g, None
-    for i, (m, n, num) in enumerate(config.get("random", [])):
+        yield f"toy {toy.m}x{toy.n}", "toy", _toy(toy.m, toy.n, toy.num, toy.seed), None
+    for i, (m, n, num) in enumerate(config.random):
         g = np.random.default_rng([7, i]).standard_normal((num, m, n))
         g[: num // 2] *= np.linspace(0.2, 3.0, n)
         yield f"random {m}x{n} N={num}", "random", g, None
-    if config.get("digits"):
+    if config.digits:
         from precond_lab.demo import digits_softmax_problem
 
         p = digits_softmax_problem()
@@ -155,40 +219,44 @@ def _targets(config):
         yield "digits softmax EF", "digits", p.gradients, np.full(n_ex, 1.0 / n_ex)
         ggn = p.ggn.reshape(-1, *p.ggn.shape[-2:])
         yield "digits softmax GGN", "digits", ggn, np.full(ggn.shape[0], 1.0 / n_ex)
-    for cap in config.get("captures", []):
+    for cap in config.captures:
         from precond_lab.study import capture_targets
 
-        for step, layer, tgt, arr, w in capture_targets(cap):
-            label = f"{cap['model']}-{cap['dataset']} {layer} s{step} {tgt}"
+        for step, layer, tgt, arr, w in capture_targets(cap.as_dict()):
+            label = f"{cap.model}-{cap.dataset} {layer} s{step} {tgt}"
             yield label, "capture", arr, w
 
 
 # --------------------------------------------------------------------------------------
-# Estimators and checks
+# Estimators the registry does not hold, and the hand-written checks
 # --------------------------------------------------------------------------------------
 
 
-def _fit_all(x_t):
-    import jax.numpy as jnp
-
-    from precond_lab import estimators as est
-    from precond_lab.structures import Diagonal, Kronecker
+def _shampoo_product(x_t):
+    """``(L/n) ⊗ (R/m) = L⊗R/(mn)``: Shampoo's two one-sided KL solutions combined."""
+    from precond_lab.structures import Kronecker
 
     m, n = x_t.shape
     left, right = x_t.second_moments()
-    klf = est.kl_optimal(x_t)
-    adafactor = jnp.outer(jnp.diag(left), jnp.diag(right)) / x_t.trace()
-    return {
-        "shampoo_product": Kronecker(left, right, 1.0 / (m * n)),
-        "shampoo_squared": est.shampoo_squared(x_t),
-        "kl_optimal": klf,
-        "frobenius_optimal": est.frobenius_optimal(x_t),
-        "shampoo": est.shampoo(x_t),
-        "eigencorrected": est.eigencorrected(x_t),
-        "eigencorrected(kl_optimal)": est.eigencorrected(x_t, basis=klf),
-        "adafactor": Diagonal(adafactor),
-        "diagonal": est.diagonal(x_t),
-    }
+    return Kronecker(left, right, 1.0 / (m * n))
+
+
+def _adafactor(x_t):
+    """Adafactor's ``diag(L) ⊗ diag(R) / tr X`` (the vN-optimal diagonal Kronecker fit)."""
+    import jax.numpy as jnp
+
+    from precond_lab.structures import Diagonal
+
+    left, right = x_t.second_moments()
+    return Diagonal(jnp.outer(jnp.diag(left), jnp.diag(right)) / x_t.trace())
+
+
+_CUSTOM = {"shampoo_product": _shampoo_product, "adafactor": _adafactor}
+
+
+def _sweep_estimators() -> list:
+    """:data:`ESTIMATORS` for the sweep: registry specs, or ``(name, callable)`` pairs."""
+    return [(e, _CUSTOM[e]) if e in _CUSTOM else e for e in ESTIMATORS]
 
 
 def _adafactor_numeric(x_t, ada):
@@ -196,8 +264,11 @@ def _adafactor_numeric(x_t, ada):
 
     For a diagonal approximation ``Y``, ``tr(X log Y) = Σ_ij X_(ij),(ij) log Y_ij`` exactly, so
     ``D_vN = const − Σ δ_ij (log a_i + log b_j) + Σa·Σb`` with ``δ = diag(X)``; minimised by
-    BFGS in ``(log a, log b)`` from a random start. Returns the relative error of the
-    product against Adafactor's closed form and the vN values (metric) of both.
+    BFGS in ``(log a, log b)`` from a random start.
+
+    Returns:
+        ``(relative error of the product against Adafactor's closed form, vN of the
+        numerical minimiser, vN of Adafactor)``.
     """
     import scipy.optimize
 
@@ -229,12 +300,12 @@ def _adafactor_numeric(x_t, ada):
     return err, vn_num, vn_ada
 
 
-def _flipflop(base, g, w, lam_rel, ns, dampings, max_iter=500):
-    """kl_optimal on the first ``N`` examples (and all) at several dampings."""
+def _flipflop(base, g, w, ns, dampings, max_iter=500) -> list[dict]:
+    """kl_optimal on the first ``N`` examples (and all) at several relative dampings."""
+    from precond_lab import SampleTarget
     from precond_lab import estimators as est
     from precond_lab import metrics as met
-    from precond_lab._validation import FitNeedsDampingError
-    from precond_lab.targets import SampleTarget
+    from precond_lab.errors import FitNeedsDampingError
 
     m, n = base.shape
     rows = []
@@ -275,13 +346,13 @@ def _flipflop(base, g, w, lam_rel, ns, dampings, max_iter=500):
     return rows
 
 
-def _fixed_point_residual(x_t, fit):
+def _fixed_point_residual(x_t, fit) -> float:
     """One flip-flop sweep from the fit, recomputed: relative change of ``L`` and ``R``."""
     import jax.numpy as jnp
 
-    m, n = x_t.shape
     left = np.asarray(fit.left) * float(fit.scale)
     right = np.asarray(fit.right)
+    m, n = x_t.shape
     new_l = np.asarray(x_t.contract_left(jnp.asarray(np.linalg.inv(right)))) / n
     new_r = np.asarray(x_t.contract_right(jnp.asarray(np.linalg.inv(left)))) / m
     return float(
@@ -294,66 +365,96 @@ def _fixed_point_residual(x_t, fit):
 # run
 # --------------------------------------------------------------------------------------
 
+_FF_FIELDS = (
+    "n_examples",
+    "damping_rel",
+    "needs_damping",
+    "iterations",
+    "converged",
+    "residual",
+    "objective",
+    "stationarity",
+)
 
-def run(**config) -> xr.Dataset:
-    import time
 
+def _preset_name(config: Config) -> str:
+    return next((k for k, v in PRESETS.items() if v == config), "custom")
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
+    """Score every estimator on every target (the sweep), then the hand-written checks.
+
+    Args:
+        config: a :class:`Config` (e.g. ``PRESETS["quick"]``).
+        **overrides: fields of ``config`` to replace (``dataclasses.replace``).
+
+    Returns:
+        The Dataset: ``score(target, estimator, metric)`` from the sweep, the Adafactor
+        check (``adafactor_*``) and the flip-flop study (``ff_*``).
+    """
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from precond_lab import SampleTarget
     from precond_lab import metrics as met
-    from precond_lab.targets import SampleTarget
+    from precond_lab.evaluate import evaluate
+    from precond_lab.provenance import make_attrs
 
-    names, sources, shapes, lams, scores, ada_rows, ff_rows, secs = [], [], [], [], [], [], [], []
+    config = dataclasses.replace(config, **overrides)
+    items = list(_targets(config))
+    names = [name for name, *_ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"study target names must be unique; got {names}")
+    bases = [SampleTarget(g, w) for _, _, g, w in items]
     metric_names = list(met.SCORE_NAMES)
-    for name, source, g, w in _targets(config):
+
+    # the sweep: one layer per study target, the target kind "target", λ relative
+    t0 = time.perf_counter()
+    sweep = evaluate(
+        {0: {name: {"target": base} for name, base in zip(names, bases, strict=True)}},
+        _sweep_estimators(),
+        metric_names,
+        damping=float(config.damping),
+        damping_mode="relative",
+        progress=False,
+        raise_errors=True,
+    )
+    sweep_seconds = time.perf_counter() - t0
+    cell = sweep.isel(step=0).sel(target="target", drop=True).rename(layer="target")
+    cell = cell.sel(target=names)
+    if [str(e) for e in cell["estimator"].values] != list(ESTIMATORS):
+        raise RuntimeError(f"the sweep's estimators {cell['estimator'].values} differ")
+    lams = [float(v) for v in cell["damping"].values]
+
+    ada_rows, ff_rows, secs = [], [], []
+    for (_, _, g, w), base, lam, fit_s in zip(
+        items, bases, lams, cell["fit_seconds"].sum("estimator").values, strict=True
+    ):
         t0 = time.perf_counter()
-        base = SampleTarget(g, w)
-        m, n = base.shape
-        lam = float(config["damping"]) * float(base.trace()) / (m * n)
         x_t = base.damped(lam)
-        fits = _fit_all(x_t)
-        row = []
-        for est_name in ESTIMATORS:
-            sc = met.score(x_t, fits[est_name])
-            row.append([sc[k] for k in metric_names])
-        scores.append(row)
-        ada_rows.append(_adafactor_numeric(x_t, fits["adafactor"]))
-        ff_rows.append(
-            _flipflop(
-                base, g, w, config["damping"], config["flipflop_ns"], config["flipflop_dampings"]
-            )
-        )
-        names.append(name)
-        sources.append(source)
-        shapes.append((m, n))
-        lams.append(lam)
-        secs.append(time.perf_counter() - t0)
+        ada_rows.append(_adafactor_numeric(x_t, _adafactor(x_t)))
+        ff_rows.append(_flipflop(base, g, w, config.flipflop_ns, config.flipflop_dampings))
+        secs.append(time.perf_counter() - t0 + float(fit_s))
 
     n_fit = len(ff_rows[0])
     hist_len = max(len(r["history"]) for rows in ff_rows for r in rows) or 1
-    ff = {
-        k: np.full((len(names), n_fit), np.nan)
-        for k in (
-            "n_examples",
-            "damping_rel",
-            "needs_damping",
-            "iterations",
-            "converged",
-            "residual",
-            "objective",
-            "stationarity",
-        )
-    }
+    ff = {k: np.full((len(names), n_fit), np.nan) for k in _FF_FIELDS}
     hist = np.full((len(names), n_fit, hist_len), np.nan)
     for i, rows in enumerate(ff_rows):
         for j, r in enumerate(rows):
             for k in ff:
                 ff[k][i, j] = r[k]
             hist[i, j, : len(r["history"])] = r["history"]
+    shapes = [b.shape for b in bases]
+    toy = config.toy
     ds = xr.Dataset(
         {
-            "score": (("target", "estimator", "metric"), np.asarray(scores)),
+            "score": (
+                ("target", "estimator", "metric"),
+                np.asarray(cell["score"].transpose("target", "estimator", "metric").values),
+            ),
+            "fit_status": (("target", "estimator"), cell["status"].values.astype(str)),
+            "fit_iterations": (("target", "estimator"), cell["iterations"].values),
             "adafactor_numeric_error": ("target", [a[0] for a in ada_rows]),
             "adafactor_numeric_vn": ("target", [a[1] for a in ada_rows]),
             "adafactor_closed_vn": ("target", [a[2] for a in ada_rows]),
@@ -370,7 +471,7 @@ def run(**config) -> xr.Dataset:
         },
         coords={
             "target": names,
-            "source": ("target", sources),
+            "source": ("target", [src for _, src, _, _ in items]),
             "m": ("target", [s[0] for s in shapes]),
             "n": ("target", [s[1] for s in shapes]),
             "damping": ("target", lams),
@@ -380,21 +481,26 @@ def run(**config) -> xr.Dataset:
             "fit": np.arange(n_fit),
             "sweep": np.arange(1, hist_len + 1),
         },
-        attrs={
-            "study": NAME,
-            "title": TITLE,
-            "dtype": "float64",
-            "damping_relative": float(config["damping"]),
-            "toy": "two-component mixture of matrix-normal gradients, "
-            + ", ".join(f"{k}={v}" for k, v in (config.get("toy") or {}).items()),
-            "notes": (
-                "score(target, estimator, metric) = metrics.score(Σ+λI, S); λ = "
-                "damping_relative·trΣ/(mn); shampoo_product = (L/n)⊗(R/m) = L⊗R/(mn); "
-                "adafactor = diag(L)⊗diag(R)/tr(Σ+λI); ff_* = kl_optimal on the first "
-                "ff_n_examples examples with damping ff_damping_rel·trΣ_N/(mn)"
+        attrs=make_attrs(
+            TITLE,
+            preset=_preset_name(config),
+            source=", ".join(dict.fromkeys(src for _, src, _, _ in items)),
+            study=NAME,
+            dtype="float64",
+            damping_relative=float(config.damping),
+            toy="two-component mixture of matrix-normal gradients, "
+            + ", ".join(f"{k}={v}" for k, v in (dataclasses.asdict(toy) if toy else {}).items()),
+            sweep_seconds=sweep_seconds,
+            notes=(
+                "score(target, estimator, metric) = metrics.score(Σ+λI, S) from the sweep "
+                "(precond_lab.evaluate, relative damping); λ = damping_relative·trΣ/(mn); "
+                "shampoo_product = (L/n)⊗(R/m) = L⊗R/(mn); adafactor = diag(L)⊗diag(R)/"
+                "tr(Σ+λI); ff_* = kl_optimal on the first ff_n_examples examples with damping "
+                "ff_damping_rel·trΣ_N/(mn)"
             ),
-        },
+        ),
     )
+    ds["seconds"].attrs["description"] = "sweep fit time plus the hand-written checks"
     return ds
 
 
@@ -631,9 +737,17 @@ def _verdict_p1_12(ds):
 
 
 def _figures(ds: xr.Dataset) -> dict:
-    from matplotlib.figure import Figure
-
-    from precond_lab.plotting import OKABE_ITO, estimator_style, plot_metric_bars, style
+    """The study's figures by file stem (Figures, built without pyplot)."""
+    from precond_lab.plotting import (
+        OKABE_ITO,
+        estimator_label,
+        estimator_style,
+        figure,
+        legend,
+        metric_label,
+        plot_metric_bars,
+        style,
+    )
 
     figs = {}
     names = [str(t) for t in ds["target"].values]
@@ -642,90 +756,80 @@ def _figures(ds: xr.Dataset) -> dict:
         # 1. P1-14: KL of Shampoo's product, rescaled, Frobenius-opt, KL-opt; gap split
         mis, resc, opt, scale, shape = _kl_parts(ds)
         frob = _s(ds, "frobenius_optimal", "kl")
-        fig = Figure(figsize=(max(7.5, 0.75 * len(names) + 3), 4.2), layout="constrained")
-        ax1, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
+        fig, axes = figure(
+            1, 2, panel=(max(7.5, 0.75 * len(names) + 3) / 2, 4.2), width_ratios=[3, 2]
+        )
+        ax1, ax2 = axes[0]
         series = [
             ("Shampoo L⊗R/(mn)", mis, OKABE_ITO["orange"]),
             ("Shampoo, KL-rescaled", resc, OKABE_ITO["vermillion"]),
-            ("Frobenius-optimal", frob, estimator_style("frobenius_optimal")["color"]),
-            ("KL-optimal (flip-flop)", opt, estimator_style("kl_optimal")["color"]),
+            (
+                estimator_label("frobenius_optimal"),
+                frob,
+                estimator_style("frobenius_optimal")["color"],
+            ),
+            (estimator_label("kl_optimal"), opt, estimator_style("kl_optimal")["color"]),
         ]
         w = 0.8 / len(series)
         for k, (lab, v, col) in enumerate(series):
             ax1.bar(x + (k - 1.5) * w, v, w, label=lab, color=col, edgecolor="white", linewidth=0.4)
         ax1.set_yscale("log")
         ax1.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-        ax1.set_ylabel(r"KL($\Sigma+\lambda I$ ‖ S)")
+        ax1.set_ylabel(metric_label("kl") + r" KL($\Sigma+\lambda I$ ‖ S)")
         ax1.set_title("P1-14: KL of Shampoo's product vs the KL optimum")
-        ax1.legend(fontsize=7)
         gap = np.where(mis - opt > 0, mis - opt, np.nan)
-        ax2.barh(x, scale / gap, color=OKABE_ITO["sky_blue"], label="scale part")
-        ax2.barh(x, shape / gap, left=scale / gap, color=OKABE_ITO["blue"], label="shape part")
+        ax2.barh(x, scale / gap, color=OKABE_ITO["sky_blue"], label="scale part of the gap")
+        ax2.barh(
+            x, shape / gap, left=scale / gap, color=OKABE_ITO["blue"], label="shape part of the gap"
+        )
         ax2.set_yticks(x, names, fontsize=7)
         ax2.invert_yaxis()
         ax2.set_xlim(0, 1)
         ax2.set_xlabel("share of KL gap (Shampoo − KL-opt)")
         ax2.set_title("scale vs shape")
-        ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2)
+        legend(fig, axes, ncols=3)
         figs["p1_14_kl_gap"] = fig
 
         # 2. P1-21/22: every estimator under KL, vN and Frobenius
-        fig = plot_metric_bars(
+        figs["p1_21_22_divergences"] = plot_metric_bars(
             ds,
             metrics=("kl_rescaled", "von_neumann", "relative_frobenius_rescaled"),
             title="P1-21/22: each estimator under each divergence",
             panel_size=(max(3.6, 0.45 * len(names) + 1.5), 3.2),
         )
-        figs["p1_21_22_divergences"] = fig
 
-        # 3. P1-12: flip-flop residual histories and iterations
-        fig = Figure(figsize=(9.0, 3.6), layout="constrained")
-        ax1, ax2 = fig.subplots(1, 2)
-        palette = [
-            OKABE_ITO[c]
-            for c in (
-                "blue",
-                "vermillion",
-                "bluish_green",
-                "orange",
-                "reddish_purple",
-                "sky_blue",
-                "black",
-            )
-        ]
+        # 3. P1-12: flip-flop residual histories and iterations (colours: the style's cycle)
+        fig, axes = figure(1, 2, panel=(4.5, 3.6))
+        ax1, ax2 = axes[0]
+        n_colors = 8
         for i, name in enumerate(names):
-            full = int(np.argmax(ds["ff_n_examples"].isel(target=i).values))
+            n_ex = ds["ff_n_examples"].isel(target=i).values
             fits = np.flatnonzero(
-                (
-                    ds["ff_n_examples"].isel(target=i).values
-                    == ds["ff_n_examples"].isel(target=i).values[full]
-                )
+                (n_ex == n_ex[int(np.argmax(n_ex))])
                 & (ds["ff_damping_rel"].isel(target=i).values > 0)
             )
             if fits.size:
-                j = fits[-1]
-                h = ds["ff_history"].isel(target=i, fit=j).values
+                h = ds["ff_history"].isel(target=i, fit=fits[-1]).values
                 keep = ~np.isnan(h)
                 ax1.semilogy(
                     ds["sweep"].values[keep],
                     np.maximum(h[keep], 1e-17),
-                    color=palette[i % len(palette)],
-                    linestyle=["-", "--", ":"][i // len(palette) % 3],
+                    color=f"C{i % n_colors}",
+                    linestyle=["-", "--", ":"][i // n_colors % 3],
                     label=name,
                 )
         ax1.set_xlabel("flip-flop sweep")
         ax1.set_ylabel("relative change of the factors")
         ax1.set_title("P1-12: flip-flop convergence (all examples, damped)")
         ax1.legend(fontsize=6, ncols=2)
-        dvals = np.unique(ds["ff_damping_rel"].values)
         markers = ["x", "o", "s", "D"]
-        for k, dv in enumerate(dvals):
+        for k, dv in enumerate(np.unique(ds["ff_damping_rel"].values)):
             sel = ds["ff_damping_rel"] == dv
             nn = ds["ff_n_examples"].where(sel).values.ravel()
             it = ds["ff_iterations"].where(sel).values.ravel()
             bad = ds["ff_needs_damping"].where(sel).values.ravel() == 1
             good = ~np.isnan(nn) & ~bad
-            col = palette[k % len(palette)]
+            col = f"C{k % n_colors}"
             ax2.scatter(
                 nn[good],
                 it[good],
@@ -753,4 +857,5 @@ def _figures(ds: xr.Dataset) -> dict:
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
+    """Write the study's figures (PNG and PDF) into ``figdir``; return the paths."""
     return save_figures(_figures(ds), figdir)

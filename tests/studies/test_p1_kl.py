@@ -11,7 +11,7 @@ from precond_lab.study import FAILS, HOLDS, by_claim
 
 @pytest.fixture(scope="module")
 def ds():
-    return study.run(**study.PRESETS["test"])
+    return study.run(study.PRESETS["test"])
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
@@ -63,7 +63,7 @@ def test_exact_kronecker_target_has_no_shape_gap(monkeypatch):
     ra, rb = np.linalg.cholesky(a), np.linalg.cholesky(b)
     g = np.stack([np.sqrt(12) * np.outer(ra[:, i], rb[:, j]) for i in range(4) for j in range(3)])
     monkeypatch.setattr(study, "_targets", lambda config: iter([("kron", "random", g, None)]))
-    out = study.run(**{**study.PRESETS["test"], "damping": 0.0, "flipflop_dampings": [1e-3]})
+    out = study.run(study.PRESETS["test"], damping=0.0, flipflop_dampings=(1e-3,))
     sc = out["score"].isel(target=0)
     assert float(sc.sel(estimator="kl_optimal", metric="kl")) < 1e-10
     assert float(sc.sel(estimator="shampoo_product", metric="kl_rescaled")) < 1e-10
