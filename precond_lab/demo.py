@@ -15,7 +15,6 @@ reports how far each matrix-free number is from its dense float64 reference.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import jax
@@ -24,9 +23,11 @@ import numpy as np
 from . import estimators as est
 from . import metrics as met
 from . import reference as ref
+from . import schema
+from .sweep import evaluate
 from .targets import SampleTarget
 
-__all__ = ["DemoProblem", "digits_softmax_problem", "run_demo", "format_table"]
+__all__ = ["DemoProblem", "demo_estimators", "digits_softmax_problem", "run_demo", "format_table"]
 
 
 @dataclass
@@ -73,64 +74,72 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _estimators(problem: DemoProblem, target_name: str, damping: float):
-    """``name -> callable(target) -> structure`` for the demo's table.
-
-    The targets passed in are already damped (``Σ + λI``), so every estimator fits the
-    same matrix; K-FAC, built from activations and backprops, gets the damping added to
-    its factors the usual way (``√λ`` on each).
-    """
-    table = {
-        "frobenius_optimal": lambda t: est.frobenius_optimal(t),
-        "power_iteration(1)": lambda t: est.power_iteration(t, 1),
-        "power_iteration(5)": lambda t: est.power_iteration(t, 5),
-        "shampoo": lambda t: est.shampoo(t),
-        "shampoo_squared": lambda t: est.shampoo_squared(t),
-        "kl_optimal": lambda t: est.kl_optimal(t),
-        "one_sided_kl(left)": lambda t: est.one_sided_kl(t),
-        "eigencorrected(shampoo)": lambda t: est.eigencorrected(t),
-        "diagonal": lambda t: est.diagonal(t),
-    }
-    if target_name == "ggn":
-        table["kfac"] = lambda t: est.kfac(problem.activations, problem.backprops, damping=damping)
-    return table
+def demo_estimators() -> list[str]:
+    """The demo's table: every registered estimator (its representative spec), plus
+    ``power_iteration(1)`` (Shampoo² by another road) where power iteration is registered."""
+    specs = [spec.example for spec in est.ESTIMATORS.values()]
+    if "power_iteration" in est.ESTIMATORS:
+        specs.insert(specs.index(est.ESTIMATORS["power_iteration"].example), "power_iteration(1)")
+    return specs
 
 
-def run_demo(check_dense: bool = True, dtype=np.float64, steps: int = 30) -> dict:
-    """Estimate and score every method on both demo targets.
+def run_demo(check_dense: bool = True, dtype=np.float64, steps: int = 30, progress=False) -> dict:
+    """Estimate and score every registered estimator on both demo targets, through the sweep.
+
+    Every estimator fits ``Σ + λI`` with ``λ = 10⁻³ tr(Σ)/(mn)`` (the sweep's relative
+    damping); K-FAC, built from activations and backprops, gets ``√λ`` on each factor.
 
     Returns:
-        ``{"problem": DemoProblem, "rows": [dict, ...], "damping": {target: λ}}`` with
-        one row per (target, estimator): the metrics, the fit time, and (if
-        ``check_dense``) the largest relative deviation of the metrics from the dense
-        float64 reference.
+        ``{"problem": DemoProblem, "rows": [dict, ...], "damping": {target: λ},
+        "dataset": the sweep's Dataset}`` with one row per (target, estimator): the
+        metrics, the fit time, and (if ``check_dense``) the largest relative deviation of
+        the metrics from the dense float64 reference.
     """
     problem = digits_softmax_problem(steps=steps)
-    rows = []
-    dampings = {}
-    n_ex = problem.gradients.shape[0]
+    bags = {}
     for name, samples in (("empirical_fisher", problem.gradients), ("ggn", problem.ggn)):
-        flat = samples.reshape(-1, *samples.shape[-2:]).astype(dtype)
-        weights = np.full(flat.shape[0], 1.0 / n_ex, dtype)  # pseudo-samples share 1/N
-        base = SampleTarget(flat, weights)
-        m, n = base.shape
-        damping = 1e-3 * float(base.trace()) / (m * n)
-        dampings[name] = damping
-        target = base.damped(damping)  # every estimator fits Σ + λI
-        sigma = None
-        if check_dense:
-            sigma = ref.target_matrix(flat, weights) + damping * np.eye(m * n)
-        for est_name, fit in _estimators(problem, name, damping).items():
-            t0 = time.perf_counter()
-            approx = fit(target)
-            jax.block_until_ready(jax.tree_util.tree_leaves(approx))
-            seconds = time.perf_counter() - t0
-            row = {"target": name, "estimator": est_name, "seconds": seconds}
-            row.update(met.score(target, approx))
-            if sigma is not None:
-                row["dense_deviation"] = _dense_deviation(sigma, approx, row)
+        flat, weights = schema.sample_bag(samples, dtype=dtype)
+        bags[name] = SampleTarget(flat, weights.astype(dtype))  # pseudo-samples share 1/N
+    deviations: dict[tuple[str, str], float] = {}
+
+    def dense_check(cell, target, approx):
+        flat, weights = schema.sample_bag(
+            problem.gradients if cell["target"] == "empirical_fisher" else problem.ggn
+        )
+        m, n = target.shape
+        sigma = ref.target_matrix(flat, weights) + cell_damping[cell["target"]] * np.eye(m * n)
+        values = met.score(target, approx)
+        deviations[(cell["target"], cell["estimator"])] = _dense_deviation(sigma, approx, values)
+
+    cell_damping = {k: 1e-3 * float(t.trace()) / (t.shape[0] * t.shape[1]) for k, t in bags.items()}
+    ds = evaluate(
+        bags,
+        demo_estimators(),
+        damping=1e-3,
+        damping_mode="relative",
+        kfac_inputs={"ggn": (problem.activations, problem.backprops)},
+        progress=progress,
+        on_fit=dense_check if check_dense else None,
+    )
+    cell = ds.isel(step=0, layer=0)
+    rows = []
+    for target in bags:
+        for name in ds["estimator"].values:
+            c = cell.sel(target=target, estimator=name)
+            if str(c["status"].item()) != "ok":
+                continue  # e.g. K-FAC on the empirical Fisher: no activations given
+            row = {"target": target, "estimator": str(name), "seconds": float(c["fit_seconds"])}
+            row.update(
+                {
+                    str(k): float(v)
+                    for k, v in zip(ds["metric"].values, c["score"].values, strict=True)
+                }
+            )
+            if check_dense:
+                row["dense_deviation"] = deviations[(target, str(name))]
             rows.append(row)
-    return {"problem": problem, "rows": rows, "damping": dampings}
+    damping = {t: float(cell["damping"].sel(target=t)) for t in bags}
+    return {"problem": problem, "rows": rows, "damping": damping, "dataset": ds}
 
 
 def _dense_deviation(sigma, approx, row) -> float:

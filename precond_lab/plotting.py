@@ -34,6 +34,10 @@ import xarray as xr
 from cycler import cycler
 from matplotlib.figure import Figure
 
+from .estimators import ESTIMATORS
+from .metrics import METRICS
+from .schema import Kind, batch_size_of
+
 __all__ = [
     "OKABE_ITO",
     "estimator_label",
@@ -41,6 +45,7 @@ __all__ = [
     "figure",
     "legend",
     "metric_label",
+    "metric_symbol",
     "plot_batch_size",
     "plot_factors",
     "plot_metric_bars",
@@ -69,45 +74,16 @@ _CYCLE = [
     for c in ("blue", "vermillion", "bluish_green", "orange", "reddish_purple", "sky_blue")
 ] + [_GREY, OKABE_ITO["black"]]
 
-_ESTIMATORS = {  # base name: (pretty label, colour, marker)
-    "frobenius_optimal": ("Optimal Kronecker", OKABE_ITO["blue"], "o"),
-    "shampoo_squared": ("Shampoo²", OKABE_ITO["vermillion"], "s"),
-    "shampoo": ("Shampoo", OKABE_ITO["orange"], "^"),
-    "kfac": ("K-FAC", OKABE_ITO["bluish_green"], "D"),
-    "kl_optimal": ("KL-optimal (KL-Shampoo)", OKABE_ITO["reddish_purple"], "v"),
-    "eigencorrected": ("Eigen-corrected (SOAP)", OKABE_ITO["sky_blue"], "P"),
-    "one_sided_kl": ("One-sided KL", "#B8860B", "X"),
-    "diagonal": ("Diagonal", _GREY, "x"),
-    "power_iteration": ("Power iteration", OKABE_ITO["black"], "."),
-}
 _SOURCES = {  # fit source: (suffix, line style)
-    "gradients": ("real labels", "--"),
-    "ggn_mc": ("sampled labels", ":"),
-    "ggn": ("exact GGN", "-."),
+    Kind.GRADIENTS.value: ("real labels", "--"),
+    Kind.GGN_MC.value: ("sampled labels", ":"),
+    Kind.GGN.value: ("exact GGN", "-."),
 }
 _TARGETS = {
-    "gradients": "Empirical Fisher (real labels)",
-    "ggn": "Gauss–Newton",
-    "ggn_mc": "Gauss–Newton (sampled labels)",
-    "trajectory": "Adagrad $H_\\mathrm{Ada}$",
-}
-_METRICS = {
-    "cosine": "cosine similarity",
-    "relative_frobenius": "relative Frobenius error",
-    "relative_frobenius_rescaled": "relative Frobenius error (optimal scale)",
-    "frobenius_scale": "Frobenius-optimal scale $c^*$",
-    "kl": "KL divergence",
-    "kl_rescaled": "KL divergence (optimal scale)",
-    "kl_scale": "KL-optimal scale $c^*$",
-    "von_neumann": "von Neumann divergence",
-}
-_METRIC_SYMBOLS = {  # short axis labels where the title already names the metric
-    "cosine": r"$\cos(\Sigma, S)$",
-    "relative_frobenius": r"$\|\Sigma - S\|_F / \|\Sigma\|_F$",
-    "relative_frobenius_rescaled": r"$\|\Sigma - c^*S\|_F / \|\Sigma\|_F$",
-    "kl": r"$\mathrm{KL}(\Sigma \,\|\, S)$",
-    "kl_rescaled": r"$\mathrm{KL}(\Sigma \,\|\, c^*S)$",
-    "von_neumann": r"$D_\mathrm{vN}(\Sigma, S)$",
+    Kind.GRADIENTS.value: "Empirical Fisher (real labels)",
+    Kind.GGN.value: "Gauss–Newton",
+    Kind.GGN_MC.value: "Gauss–Newton (sampled labels)",
+    Kind.TRAJECTORY.value: "Adagrad $H_\\mathrm{Ada}$",
 }
 _SPEC_RE = re.compile(r"^([A-Za-z_]\w*)(?:\((.*)\))?(?:@([\w\-]+))?$")
 
@@ -170,9 +146,9 @@ def estimator_label(spec: str) -> str:
     ``"Shampoo² (real labels)"``, ``"power_iteration(3)"`` → ``"Power iteration (3 steps)"``.
     """
     base, args, source = _parse(spec)
-    if base not in _ESTIMATORS:
+    if base not in ESTIMATORS:
         return str(spec)
-    label = _ESTIMATORS[base][0]
+    label = ESTIMATORS[base].label
     if base == "power_iteration":
         steps = args.split(",")[0] if args else "1"
         label = f"{label} ({steps} step{'' if steps == '1' else 's'})"
@@ -191,8 +167,11 @@ def estimator_style(spec: str, index: int = 0) -> dict:
     Unknown estimators take the ``index``-th colour of the cycle.
     """
     base, args, source = _parse(spec)
-    if base in _ESTIMATORS:
-        color, marker = _ESTIMATORS[base][1:]
+    if base in ESTIMATORS:
+        reg = ESTIMATORS[base]
+        i = list(ESTIMATORS).index(base)
+        color = reg.color or _CYCLE[i % len(_CYCLE)]
+        marker = reg.marker or "o"
         if base == "power_iteration" and args:
             shades = ["#000000", "#444444", "#777777", "#999999"]
             with contextlib.suppress(ValueError):
@@ -208,15 +187,22 @@ def target_label(kind: str) -> str:
     kind = str(kind)
     if kind in _TARGETS:
         return _TARGETS[kind]
-    m = re.fullmatch(r"batch_(\d+)", kind)
-    if m:
-        return f"Batch gradients (B = {m.group(1)})"
+    b = batch_size_of(kind)
+    if b is not None:
+        return f"Batch gradients (B = {b})"
     return kind
 
 
 def metric_label(metric: str) -> str:
-    """Axis label of a metric name from :data:`precond_lab.metrics.SCORE_NAMES`."""
-    return _METRICS.get(str(metric), str(metric))
+    """Axis label of a metric (its ``label`` in :data:`precond_lab.metrics.METRICS`)."""
+    spec = METRICS.get(str(metric))
+    return spec.label if spec is not None else str(metric)
+
+
+def metric_symbol(metric: str) -> str:
+    """Short math label of a metric (its ``symbol``), or its label where it has none."""
+    spec = METRICS.get(str(metric))
+    return (spec.symbol or spec.label) if spec is not None else str(metric)
 
 
 # --------------------------------------------------------------------------------------
@@ -653,7 +639,7 @@ def plot_metric_bars(
                 ax.set_yscale("log")
             ax.set_xticks(x, [textwrap.fill(target_label(t), 16) for t in tgts])
             ax.set_title(metric_label(metric))
-            ax.set_ylabel(_METRIC_SYMBOLS.get(metric, metric_label(metric)))
+            ax.set_ylabel(metric_symbol(metric))
             ax.grid(False, axis="x")
         legend(fig, axes)
         _suptitle(fig, title)

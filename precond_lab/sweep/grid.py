@@ -73,6 +73,11 @@ class Grid:
         if len(np.shape(self.score[idx])) == 1:
             self.score[idx] = np.nan
 
+    def cell(self, idx) -> dict:
+        """The coordinates of cell ``idx``: ``{"step", "layer", "target", "estimator",
+        "batch_size"}``."""
+        return {d.value: c[i] for d, c, i in zip(CELL_DIMS, self.coords, idx, strict=True)}
+
     def _where(self, idx, with_batch: bool) -> str:
         s, la, t, e, b = (c[i] for c, i in zip(self.coords, idx, strict=True))
         return f"step={s} layer={la} target={t} estimator={e}" + (

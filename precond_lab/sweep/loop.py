@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,10 +59,15 @@ def evaluate(
     spectrum_rescale: str | None = "frobenius",
     progress: bool = True,
     raise_errors: bool = False,
+    on_fit: Callable[[dict, Any, Any], None] | None = None,
 ):
     """Fit and score every estimator on every (step, layer, target) cell of ``source``.
 
     The arguments and the returned Dataset are described in :mod:`precond_lab.sweep`.
+    ``on_fit(cell, target, approx)``, if given, is called once per scored cell with its
+    coordinates (``{"step", "layer", "target", "estimator", "batch_size"}``), the damped
+    target and the fitted structure: the seam for checks that need the approximations
+    themselves (dense cross-checks, factor figures), so no caller refits.
 
     Raises:
         ValueError: unknown estimator, metric, step, layer or target names; bad damping.
@@ -98,6 +103,7 @@ def evaluate(
     if any(b < 1 for b in bs_list):
         raise ValueError(f"batch sizes must be positive; got {bs_list}")
 
+    opts = (metrics, want_spectrum, spectrum_rescale, raise_errors)
     grid = Grid(step_list, layer_list, target_list, names, bs_list, metrics)
     bar = tqdm(total=int(np.prod(grid.shape)), desc="evaluate", unit="cell", disable=not progress)
     try:
@@ -121,17 +127,9 @@ def evaluate(
                             idx = (i_s, i_l, i_t, i_e, i_b)
                             fit = cell.fit(spec, kind, batch)
                             grid.record_fit(idx, fit)
-                            if fit.approx is not None:
-                                _score(
-                                    grid,
-                                    idx,
-                                    target,
-                                    fit.approx,
-                                    metrics,
-                                    want_spectrum,
-                                    spectrum_rescale,
-                                    raise_errors,
-                                )
+                            if fit.approx is not None and _score(grid, idx, target, fit, opts):
+                                if on_fit is not None:
+                                    on_fit(grid.cell(idx), target, fit.approx)
                             bar.update(1)
     finally:
         bar.close()
@@ -155,7 +153,10 @@ def evaluate(
     )
 
 
-def _score(grid, idx, target, approx, metrics, want_spectrum, rescale, raise_errors) -> None:
+def _score(grid, idx, target, fit, opts) -> bool:
+    """Score one fitted cell into ``grid``; False (and the cell marked failed) on error."""
+    metrics, want_spectrum, rescale, raise_errors = opts
+    approx = fit.approx
     try:
         if approx.shape != target.shape:
             raise ValueError(
@@ -173,3 +174,5 @@ def _score(grid, idx, target, approx, metrics, want_spectrum, rescale, raise_err
             raise
         grid.record_error(idx, *status_of(e))
         grid.score[idx] = np.nan
+        return False
+    return True
