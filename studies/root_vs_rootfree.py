@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from precond_lab.errors import Status
+from precond_lab.linalg import STATUS_CODES
 from precond_lab.study import Verdict, judge
 
 NAME = "root_vs_rootfree"
@@ -299,7 +301,11 @@ def _kfac_if_shampoo(acts, backs, lam, steps, beta2=0.1):
 PREC_METHODS = ("eigh", "eigh@float32", "newton", "newton_schulz", "if_shampoo")
 PREC_DTYPES = ("float32", "bfloat16", "float16")
 PREC_PS = (0.25, 0.5, 1.0)
-_FAIL_CODES = (1, 2, 4)
+# Status codes of the precision arrays (precond_lab.errors.Status; the harness's codes)
+OK, NOT_CONVERGED, NONFINITE = Status.OK.code, Status.NOT_CONVERGED.code, Status.NONFINITE.code
+UNSUPPORTED_DTYPE, NOT_SPD = Status.UNSUPPORTED_DTYPE.code, Status.NOT_SPD.code
+UNSUPPORTED_EXPONENT, NOT_APPLICABLE = Status.UNSUPPORTED_EXPONENT.code, Status.NOT_APPLICABLE.code
+_FAIL_CODES = (NOT_CONVERGED, NONFINITE, NOT_SPD)
 
 
 def _exponent_ok(method, p):
@@ -319,7 +325,7 @@ def _real_precision(factors, damping_rel, dtypes=PREC_DTYPES, ps=PREC_PS):
     from precond_lab.linalg import UnsupportedDtypeError, matrix_power
 
     shape = (len(PREC_METHODS), len(dtypes), len(ps), len(factors))
-    status = np.full(shape, 6, np.int8)
+    status = np.full(shape, NOT_APPLICABLE, np.int8)
     err = np.full(shape, np.nan)
     for jf, f in enumerate(factors):
         f = 0.5 * (f + f.T) / np.trace(f)  # trace 1: scale-free, no f16 overflow
@@ -333,19 +339,21 @@ def _real_precision(factors, damping_rel, dtypes=PREC_DTYPES, ps=PREC_PS):
                 for im, label in enumerate(PREC_METHODS):
                     method, _, up = label.partition("@")
                     if not _exponent_ok(method, p):
-                        status[im, kd, lp, jf] = 5
+                        status[im, kd, lp, jf] = UNSUPPORTED_EXPONENT
                         continue
                     try:
                         x, info = matrix_power(
                             f_dt, -p, lam, method=method, upcast=up or None, check=False
                         )
                     except UnsupportedDtypeError:
-                        status[im, kd, lp, jf] = 3
+                        status[im, kd, lp, jf] = UNSUPPORTED_DTYPE
                         continue
                     x64 = np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
                     finite = bool(np.isfinite(x64).all())
                     status[im, kd, lp, jf] = (
-                        0 if (info.converged and finite) else (1 if finite else 2)
+                        OK
+                        if (info.converged and finite)
+                        else (NOT_CONVERGED if finite else NONFINITE)
                     )
                     if finite:
                         err[im, kd, lp, jf] = np.linalg.norm(x64 - truth) / np.linalg.norm(truth)
@@ -367,7 +375,7 @@ def _synthetic_precision(conds, dims, repeats, damping, dtypes=PREC_DTYPES, ps=P
     ds = ds.isel(damping=0).drop_vars("damping")
     st = ds["status"].transpose("method", "dtype", "p", "cond", "dim", "repeat")
     er = ds["rel_error_rounded_input"].transpose("method", "dtype", "p", "cond", "dim", "repeat")
-    st = st.reindex({"method": list(PREC_METHODS)}, fill_value=6).values
+    st = st.reindex({"method": list(PREC_METHODS)}, fill_value=NOT_APPLICABLE).values
     er = er.reindex({"method": list(PREC_METHODS)}).values
     n = len(conds) * len(dims) * int(repeats)
     return st.reshape(*st.shape[:3], n), er.reshape(*er.shape[:3], n)
@@ -515,8 +523,7 @@ def run(
             f"{list(precision['dims'])}, repeats {precision['repeats']}, damping 1e-6",
             "precision_real": "Shampoo factors L=E[GG^T], R=E[G^TG] scaled to trace 1, "
             "damping damping_rel/d",
-            "status_codes": "0=ok, 1=not_converged, 2=nonfinite, 3=unsupported_dtype, "
-            "4=input_not_spd_at_dtype, 5=exponent_not_supported, 6=not_applicable",
+            "status_codes": ", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
             "timing_device": str(jax.devices()[0].device_kind),
             "timing_backend": jax.default_backend(),
             "elapsed_s": float(time.perf_counter() - t_start),
@@ -537,8 +544,8 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def _failure(status, err):
     # code 4 (input not SPD once rounded to the dtype) is no method's failure: not counted
-    attempted = np.isin(status, (0, 1, 2))
-    fail = np.isin(status, (1, 2)) | ((status == 0) & ~(err <= P230_ERR_OK))
+    attempted = np.isin(status, (OK, NOT_CONVERGED, NONFINITE))
+    fail = np.isin(status, (NOT_CONVERGED, NONFINITE)) | ((status == OK) & ~(err <= P230_ERR_OK))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(attempted.sum(-1) > 0, fail.sum(-1) / attempted.sum(-1), np.nan)
 
@@ -778,7 +785,7 @@ def _p230_summary(ds):
     fr = _failure(st, er)  # (method, dtype, power)
     with warnings.catch_warnings():  # a method that failed everywhere has no median: NaN
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-        med = np.nanmedian(np.where(st == 0, er, np.nan), axis=-1)
+        med = np.nanmedian(np.where(st == OK, er, np.nan), axis=-1)
     return fr, med
 
 
@@ -795,7 +802,9 @@ def _p2_30(ds):
     i_if, p1 = meths.index("if_shampoo"), powers.index(1.0)
     f_if, e_if = fr[i_if, kd, p1], med[i_if, kd, p1]
     eigh_status = ds["synthetic_status"].sel(prec_method="eigh", dtype="bfloat16").values
-    eigh_unsupported = bool(np.any(eigh_status == 3) and not np.any(eigh_status == 0))
+    eigh_unsupported = bool(
+        np.any(eigh_status == UNSUPPORTED_DTYPE) and not np.any(eigh_status == OK)
+    )
     # Shampoo's root-inverses (p = 1/4, 1/2) by the matmul-only methods that run in bf16
     best = None
     for m in ("newton", "newton_schulz"):

@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import Status
 from . import _direct, _iterative
 from ._checks import (
+    STOP_STATUS,
     ConvergenceError,
     MatrixFunctionInfo,
     check_spd,
@@ -82,16 +84,18 @@ def _orth_loss(q: jax.Array) -> float:
     return float(jnp.linalg.norm(q.T @ q - eye))
 
 
-def _info(method, dtype, compute, iterations, status, hist, matmuls, facts=0, orth=float("nan")):
+def _info(method, dtype, compute, iterations, stop, hist, matmuls, facts=0, orth=float("nan")):
     hist = np.asarray(jnp.asarray(hist, jnp.float32) if hist.dtype.itemsize < 4 else hist)
     hist = hist.astype(np.float64)
+    status = STOP_STATUS[stop]
     return MatrixFunctionInfo(
         method=method,
         dtype=np.dtype(dtype).name,
         compute_dtype=np.dtype(compute).name,
         iterations=int(iterations),
-        converged=status in ("converged", "floor", "direct"),
+        converged=status is Status.OK,
         status=status,
+        stop=stop,
         residuals=hist,
         matmuls=int(matmuls),
         factorizations=int(facts),
@@ -104,20 +108,20 @@ def _run(a, exponent, damping, method, tol, max_iter, options):
     dt = a.dtype
     if method == "eigh":
         x, q, _ = _direct.eigh_power(a, float(exponent), damping)
-        status = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
-        return x, _info(method, dt, dt, 0, status, jnp.zeros(0), 1, 1, _orth_loss(q))
+        stop = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
+        return x, _info(method, dt, dt, 0, stop, jnp.zeros(0), 1, 1, _orth_loss(q))
     if method == "cholesky":
         x = _direct.cholesky_solve(a, jnp.eye(a.shape[0], dtype=dt), damping)
-        status = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
-        return x, _info(method, dt, dt, 0, status, jnp.zeros(0), 0, 1)
+        stop = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
+        return x, _info(method, dt, dt, 0, stop, jnp.zeros(0), 0, 1)
     if method == "qr_refresh":
         steps = int(options.get("steps", 1))
         q0 = options.get("basis")
         q0 = jnp.eye(a.shape[0], dtype=dt) if q0 is None else jnp.asarray(q0, dt)
         q, d, hist = _direct.qr_eigen(a, q0, steps)
         x = (q * ((d + damping) ** exponent)[None, :]) @ q.T
-        status = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
-        info = _info(method, dt, dt, steps, status, hist, 3 * steps + 2, steps, _orth_loss(q))
+        stop = "direct" if bool(jnp.all(jnp.isfinite(x))) else "nonfinite"
+        info = _info(method, dt, dt, steps, stop, hist, 3 * steps + 2, steps, _orth_loss(q))
         return x, info
     # Matmul-only iterations on the power-of-two-normalised damped matrix.
     scale = max(power_of_two_scale(a), power_of_two_scale(jnp.asarray(damping)))
@@ -126,36 +130,36 @@ def _run(a, exponent, damping, method, tol, max_iter, options):
     if method == "newton":
         r = _root_index(exponent, method)
         max_iter = 100 if max_iter is None else int(max_iter)
-        x, k, evals, status, hist = _iterative.coupled_newton(an, r, max_iter, tol)
+        x, k, evals, stop, hist = _iterative.coupled_newton(an, r, max_iter, tol)
         per = _iterative.matmuls_per_step("newton", r)
     elif method == "newton_schulz":
         max_iter = 100 if max_iter is None else int(max_iter)
         if exponent == -1.0:
-            x, k, evals, status, hist = _iterative.newton_schulz_inverse(an, max_iter, tol)
+            x, k, evals, stop, hist = _iterative.newton_schulz_inverse(an, max_iter, tol)
             per = _iterative.matmuls_per_step("newton_schulz_inverse")
         else:
-            (y, z), k, evals, status, hist = _iterative.newton_schulz_sqrt(an, max_iter, tol)
+            (y, z), k, evals, stop, hist = _iterative.newton_schulz_sqrt(an, max_iter, tol)
             x = z if exponent < 0 else y
             per = _iterative.matmuls_per_step("newton_schulz_sqrt")
     elif method == "if_shampoo":
         max_iter = 500 if max_iter is None else int(max_iter)
         beta = float(options.get("beta", 1.0))
         normalize = bool(options.get("normalize", True))
-        (x, _c), k, evals, status, hist = _iterative.if_shampoo_inverse(
+        (x, _c), k, evals, stop, hist = _iterative.if_shampoo_inverse(
             an, beta, max_iter, tol, normalize
         )
         per = _iterative.matmuls_per_step("if_shampoo")
     else:  # pragma: no cover - guarded by matrix_power
         raise ValueError(method)
     x = x * (scale**exponent)
-    status = _iterative.STATUS[int(status)]
+    stop = _iterative.STATUS[int(stop)]
     hist = hist[: int(evals)]
-    if status == "stagnated" and float(jnp.nanmin(hist.astype(jnp.float32))) <= 100 * tol:
-        status = "floor"
-    if status != "nonfinite" and not bool(jnp.all(jnp.isfinite(x))):
-        status = "nonfinite"
+    if stop == "stagnated" and float(jnp.nanmin(hist.astype(jnp.float32))) <= 100 * tol:
+        stop = "floor"
+    if stop != "nonfinite" and not bool(jnp.all(jnp.isfinite(x))):
+        stop = "nonfinite"
     matmuls = int(evals) * per + (1 if method == "if_shampoo" else 0)
-    return x, _info(method, dt, dt, int(k), status, hist, matmuls, 0)
+    return x, _info(method, dt, dt, int(k), stop, hist, matmuls, 0)
 
 
 def matrix_power(
@@ -215,7 +219,8 @@ def matrix_power(
         info = MatrixFunctionInfo(**{**info.__dict__, "dtype": np.dtype(in_dtype).name})
     if strict and not info.converged:
         raise ConvergenceError(
-            f"{method} did not converge at {info.compute_dtype}: status {info.status} after "
+            f"{method} did not converge at {info.compute_dtype}: status {info.status} "
+            f"({info.stop}) after "
             f"{info.iterations} iterations (last residual "
             f"{info.residuals[-1] if info.residuals.size else float('nan'):.3e})."
         )
@@ -245,8 +250,8 @@ def apply_matrix_power(
             check_spd(s, damping, "S")
         require_dtype(_NEEDS["cholesky"], s.dtype, "cholesky")
         y = _direct.cholesky_solve(s, v.astype(s.dtype), float(damping))
-        status = "direct" if bool(jnp.all(jnp.isfinite(y))) else "nonfinite"
-        return y, _info("cholesky", s.dtype, s.dtype, 0, status, jnp.zeros(0), 0, 1)
+        stop = "direct" if bool(jnp.all(jnp.isfinite(y))) else "nonfinite"
+        return y, _info("cholesky", s.dtype, s.dtype, 0, stop, jnp.zeros(0), 0, 1)
     x, info = matrix_power(s, exponent, damping, **kwargs)
     y = x @ v.astype(x.dtype)
     return y, MatrixFunctionInfo(**{**info.__dict__, "matmuls": info.matmuls + 1})

@@ -22,6 +22,7 @@ from ..errors import (
     NonFiniteError,
     NotPositiveDefiniteError,
     NotSymmetricError,
+    Status,
     UnsupportedDtypeError,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "ConvergenceError",
     "MatrixFunctionInfo",
     "NonFiniteError",
+    "STOP_STATUS",
     "NotPositiveDefiniteError",
     "NotSymmetricError",
     "UnsupportedDtypeError",
@@ -45,6 +47,17 @@ DTYPES: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
 _TOL = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
 
 
+#: The :class:`~precond_lab.errors.Status` of each ``MatrixFunctionInfo.stop`` reason.
+STOP_STATUS: dict[str, Status] = {
+    "converged": Status.OK,
+    "floor": Status.OK,
+    "direct": Status.OK,
+    "max_iter": Status.NOT_CONVERGED,
+    "stagnated": Status.STAGNATED,
+    "nonfinite": Status.NONFINITE,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MatrixFunctionInfo:
     """What a matrix function did.
@@ -56,11 +69,14 @@ class MatrixFunctionInfo:
             ``upcast=``, never silently).
         iterations: iterations performed (0 for direct methods).
         converged: whether the residual met ``tol`` (True for direct methods that
-            returned a finite result).
-        status: ``"converged"``, ``"floor"`` (the residual stopped decreasing at the
-            dtype's precision floor, within ``100·tol``: counted as converged),
-            ``"max_iter"`` (tolerance not met), ``"stagnated"`` (residual stopped
-            decreasing above ``100·tol``; the best iterate is returned),
+            returned a finite result); the same as ``status is Status.OK``.
+        status: the :class:`~precond_lab.errors.Status`: ``OK`` (stop ``"converged"``,
+            ``"floor"`` or ``"direct"``), ``NOT_CONVERGED`` (``"max_iter"``),
+            ``STAGNATED`` (``"stagnated"``) or ``NONFINITE`` (``"nonfinite"``).
+        stop: why the method stopped: ``"converged"``, ``"floor"`` (the residual stopped
+            decreasing at the dtype's precision floor, within ``100·tol``: counted as
+            converged), ``"max_iter"`` (tolerance not met), ``"stagnated"`` (residual
+            stopped decreasing above ``100·tol``; the best iterate is returned),
             ``"nonfinite"`` (NaN/Inf appeared; the last finite iterate is returned) or
             ``"direct"``.
         residuals: one residual per iteration (the method's docstring says which).
@@ -77,7 +93,8 @@ class MatrixFunctionInfo:
     compute_dtype: str
     iterations: int
     converged: bool
-    status: str
+    status: Status
+    stop: str
     residuals: np.ndarray
     matmuls: int
     factorizations: int = 0

@@ -11,7 +11,6 @@ separate method.
 
 from __future__ import annotations
 
-import datetime
 import platform
 import time
 
@@ -20,23 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..errors import Status
+from ..provenance import make_attrs
 from ._api import _NEEDS, METHODS, matrix_power
 from ._checks import DTYPES, UnsupportedDtypeError, check_spd, dtype_support
 
 __all__ = ["STATUS_CODES", "precision_study", "spd_with_spectrum"]
 
-#: Integer codes of the ``status`` variable.
-STATUS_CODES = {
-    0: "ok",
-    1: "not_converged",
-    2: "nonfinite",
-    3: "unsupported_dtype",
-    4: "input_not_spd_at_dtype",
-    5: "exponent_not_supported",
-    6: "not_applicable",
-}
+#: Integer codes of the ``status`` variable: ``Status(...).code -> Status(...).value``.
+STATUS_CODES: dict[int, str] = {s.code: s.value for s in Status}
 _UPCAST_METHODS = ("eigh", "cholesky", "qr_refresh")
-_FAIL = (1, 2, 4)
+#: A run that was attempted and failed (an input not SPD at the dtype counts as failed).
+_FAIL = (Status.NOT_CONVERGED.code, Status.NONFINITE.code, Status.NOT_SPD.code)
+#: A run that was attempted (the input was rounded to the dtype and judged).
+_ATTEMPTED = (Status.OK.code, *_FAIL)
 
 
 def spd_with_spectrum(
@@ -116,10 +112,14 @@ def precision_study(
         Dataset with dims ``(method, dtype, cond, dim, damping, p, repeat)`` and variables
         ``rel_error`` (vs the truth of the float64 ``S``), ``rel_error_rounded_input`` (vs
         the float64 truth of ``S`` rounded to the dtype: the algorithm's own error),
-        ``vec_rel_error`` (of ``(S+λI)^{-p} v`` for a Gaussian ``v``), ``status`` (codes in
-        the ``status_codes`` attribute), ``iterations``, ``matmuls``, ``orthogonality_loss``,
-        ``time_s``; plus ``failure_rate`` and ``nonfinite_rate`` (over repeats, counting
-        only runs that were attempted) and ``median_time_s``. Select a method with
+        ``vec_rel_error`` (of ``(S+λI)^{-p} v`` for a Gaussian ``v``), ``status``
+        (:attr:`Status.code <precond_lab.errors.Status.code>` integers, listed in the
+        ``status_codes`` attribute: ``Status.from_code(c)`` reads one back; ``NOT_SPD`` is
+        an input not SPD once rounded to the dtype, ``UNSUPPORTED_EXPONENT`` a power the
+        method cannot compute, ``NOT_APPLICABLE`` a cell not run), ``iterations``,
+        ``matmuls``, ``orthogonality_loss``, ``time_s``; plus ``failure_rate`` and
+        ``nonfinite_rate`` (over repeats, counting only runs that were attempted) and
+        ``median_time_s``. Select a method with
         ``ds.sel({"method": "newton"})`` (``sel(method=...)`` is xarray's own keyword).
     """
     if "float64" in dtypes and not jax.config.jax_enable_x64:
@@ -142,7 +142,7 @@ def precision_study(
             "time_s",
         )
     }
-    status = np.full(shape, 6, dtype=np.int8)
+    status = np.full(shape, Status.NOT_APPLICABLE.code, dtype=np.int8)
     rng = np.random.default_rng(seed)
     warmed: set = set()
     for ic, cond in enumerate(conds):
@@ -172,10 +172,10 @@ def precision_study(
                                 if upcast is not None and _native(method, dt):
                                     continue  # upcast variant only where the dtype is unsupported
                                 if not _exponent_ok(method, p):
-                                    status[idx] = 5
+                                    status[idx] = Status.UNSUPPORTED_EXPONENT.code
                                     continue
                                 if not valid:
-                                    status[idx] = 4
+                                    status[idx] = Status.NOT_SPD.code
                                     continue
                                 opts = (
                                     {"basis": warm, "steps": qr_steps}
@@ -193,14 +193,12 @@ def precision_study(
                                     jax.block_until_ready(x)
                                     elapsed = time.perf_counter() - t0
                                 except UnsupportedDtypeError:
-                                    status[idx] = 3
+                                    status[idx] = Status.UNSUPPORTED_DTYPE.code
                                     continue
                                 x64 = _to64(x)
                                 y64 = _to64(x @ jnp.asarray(v).astype(x.dtype))
                                 finite = np.isfinite(x64).all()
-                                status[idx] = (
-                                    0 if info.converged and finite else (1 if finite else 2)
-                                )
+                                status[idx] = _run_status(info.converged, finite).code
                                 out["time_s"][idx] = elapsed
                                 out["iterations"][idx] = info.iterations
                                 out["matmuls"][idx] = info.matmuls
@@ -221,7 +219,7 @@ def precision_study(
     }
     ds = xr.Dataset({k: (dims_, v) for k, v in out.items()}, coords=coords)
     ds["status"] = (dims_, status)
-    attempted = (status <= 2) | (status == 4)
+    attempted = np.isin(status, _ATTEMPTED)
     fails = np.isin(status, _FAIL)
     with np.errstate(invalid="ignore", divide="ignore"):
         ds["failure_rate"] = (
@@ -237,27 +235,27 @@ def precision_study(
     return ds
 
 
-def _provenance(seed: int, qr_steps: int, basis_perturbation: float) -> dict:
-    import precond_lab
+def _run_status(converged: bool, finite: bool) -> Status:
+    """A run's status: OK, NOT_CONVERGED (finite but not converged, stagnated included) or
+    NONFINITE."""
+    if not finite:
+        return Status.NONFINITE
+    return Status.OK if converged else Status.NOT_CONVERGED
 
+
+def _provenance(seed: int, qr_steps: int, basis_perturbation: float) -> dict:
     dev = jax.devices()[0]
-    return {
-        "title": "precond_lab matrix-function precision study",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "producer": "precond_lab.linalg.precision_study",
-        "precond_lab_version": getattr(precond_lab, "__version__", "unknown"),
-        "jax_version": jax.__version__,
-        "numpy_version": np.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "platform": platform.platform(),
-        "python_version": platform.python_version(),
-        "seed": int(seed),
-        "qr_steps": int(qr_steps),
-        "basis_perturbation": float(basis_perturbation),
-        "x64_enabled": int(bool(jax.config.jax_enable_x64)),
-        "status_codes": ", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
-        "ground_truth": "float64 Q diag((lambda+damping)^-p) Q^T from the known spectrum",
-        "spectrum": "geometric from 1 to 1/cond; Haar-random eigenbasis",
-        "upcast_variants": "method@float32: input explicitly cast to float32, result cast back",
-    }
+    return make_attrs(
+        "precond_lab matrix-function precision study",
+        seed=int(seed),
+        producer="precond_lab.linalg.precision_study",
+        backend=jax.default_backend(),
+        device_kind=dev.device_kind,
+        platform=platform.platform(),
+        qr_steps=int(qr_steps),
+        basis_perturbation=float(basis_perturbation),
+        status_codes=", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
+        ground_truth="float64 Q diag((lambda+damping)^-p) Q^T from the known spectrum",
+        spectrum="geometric from 1 to 1/cond; Haar-random eigenbasis",
+        upcast_variants="method@float32: input explicitly cast to float32, result cast back",
+    )

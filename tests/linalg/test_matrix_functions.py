@@ -8,6 +8,7 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 from precond_lab._validation import NonFiniteError  # noqa: E402
+from precond_lab.errors import Status  # noqa: E402
 from precond_lab.linalg import (  # noqa: E402
     ConvergenceError,
     NotPositiveDefiniteError,
@@ -122,7 +123,7 @@ def test_newton_residual_history_and_matmul_count():
 def test_iterations_report_failure_instead_of_nan():
     _, q, lam, s = _case(1e12)
     x, info = inverse_root(s, 1.0, method="newton_schulz", max_iter=8, damping=0.0)
-    assert not info.converged and info.status == "max_iter"
+    assert not info.converged and info.status == Status.NOT_CONVERGED and info.stop == "max_iter"
     assert np.isfinite(np.asarray(x)).all()
     with pytest.raises(ConvergenceError, match="newton_schulz"):
         inverse_root(s, 1.0, method="newton_schulz", max_iter=8, strict=True)
@@ -133,7 +134,15 @@ def test_half_precision_ill_conditioned_stagnates_and_says_so():
     sh = jnp.asarray(s + 1e-2 * np.eye(DIM)).astype(jnp.bfloat16)
     x, info = inverse_root(sh, 1.0, method="newton", check=False)
     assert np.isfinite(np.asarray(x, np.float32)).all()
-    assert info.status in ("stagnated", "converged", "max_iter")
+    assert info.stop in ("stagnated", "converged", "max_iter")
+    assert (
+        info.status
+        == {
+            "stagnated": Status.STAGNATED,
+            "converged": Status.OK,
+            "max_iter": Status.NOT_CONVERGED,
+        }[info.stop]
+    )
 
 
 def test_if_shampoo_small_step_converges_linearly_to_inverse():
@@ -193,3 +202,11 @@ def test_bad_inputs_named():
         inverse_root(np.ones((3, 4)), 0.5)
     with pytest.raises(TypeError, match="floating"):
         inverse_root(np.eye(3, dtype=np.int32), 0.5)
+
+
+def test_info_status_is_the_status_enum():
+    _, _, _, s = _case(1e2)
+    _, direct = inverse_root(s, 0.5, method="eigh")
+    assert direct.status is Status.OK and direct.stop == "direct" and direct.converged
+    _, it = inverse_root(s, 0.5, method="newton")
+    assert it.status is Status.OK and it.stop in ("converged", "floor") and it.converged

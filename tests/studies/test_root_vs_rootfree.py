@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import studies.root_vs_rootfree as study
+from precond_lab.errors import Status
 from precond_lab.study import FAILS, HOLDS, PARTIAL, by_claim
 
 
@@ -20,9 +21,11 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert ds["direction_cosine"].dims == ("layer", "estimator", "approx_power", "exact_power")
     assert np.all(np.isfinite(ds["direction_cosine"].values))
     assert np.all(np.isfinite(ds["step_scale"].isel(layer=0).values))
-    # eigh has no bfloat16 kernel in JAX on CPU: recorded as unsupported (code 3)
+    # eigh has no bfloat16 kernel in JAX on CPU: recorded as unsupported
     st = ds["synthetic_status"].sel(prec_method="eigh", dtype="bfloat16", power=0.25)
-    assert np.all(np.isin(st.values, (3, 4))) and np.any(st.values == 3)  # 4: cond 1e5 in bf16
+    unsupported, not_spd = Status.UNSUPPORTED_DTYPE.code, Status.NOT_SPD.code
+    assert np.all(np.isin(st.values, (unsupported, not_spd)))  # not SPD: cond 1e5 in bf16
+    assert np.any(st.values == unsupported)
     paths = study.plot(ds, tmp_path)
     assert sorted(p.suffix for p in paths) == [".pdf"] * 4 + [".png"] * 4
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
@@ -33,8 +36,9 @@ def test_test_preset_end_to_end(ds, tmp_path):
         assert v.verdict in (HOLDS, FAILS, PARTIAL)
     # loss scaling with a scale-equivariant damping is exact: root invariant, root-free 1/c
     np.testing.assert_allclose(ds["scaling_ratio"], ds["scaling_predicted"], rtol=1e-2)
-    # the P2-30 summary excludes inputs that rounding made indefinite (code 4)
-    assert np.isin(study._failure(np.array([[4, 0]]), np.array([[np.nan, 0.01]])), [0.0]).all()
+    # the P2-30 summary excludes inputs that rounding made indefinite (NOT_SPD)
+    codes = np.array([[Status.NOT_SPD.code, Status.OK.code]])
+    assert np.isin(study._failure(codes, np.array([[np.nan, 0.01]])), [0.0]).all()
 
 
 def _precision(ds, if_fails: bool, root_fails: bool):
@@ -42,9 +46,13 @@ def _precision(ds, if_fails: bool, root_fails: bool):
     for src in ("synthetic", "real"):
         st, er = out[f"{src}_status"], out[f"{src}_error"]
         bf = {"dtype": "bfloat16"}
-        st.loc[{"prec_method": "if_shampoo", "power": 1.0, **bf}] = 2 if if_fails else 0
+        st.loc[{"prec_method": "if_shampoo", "power": 1.0, **bf}] = (
+            Status.NONFINITE.code if if_fails else Status.OK.code
+        )
         er.loc[{"prec_method": "if_shampoo", "power": 1.0, **bf}] = np.nan if if_fails else 0.01
-        st.loc[{"prec_method": "newton", "power": 0.25, **bf}] = 1 if root_fails else 0
+        st.loc[{"prec_method": "newton", "power": 0.25, **bf}] = (
+            Status.NOT_CONVERGED.code if root_fails else Status.OK.code
+        )
         er.loc[{"prec_method": "newton", "power": 0.25, **bf}] = 0.5 if root_fails else 0.01
     return out
 
