@@ -14,11 +14,18 @@ Real targets are singular, so every check there is made on ``X = Σ + λI`` with
 ``λ = damping·tr Σ/(mn)`` — the identities hold for any PSD target, and the KL/IF-Shampoo
 ones need ``X`` positive definite. The Dataset holds one relative error per (check, case);
 a claim holds when the largest of its checks' errors is within the check's tolerance.
+
+This is dense verification, not a sweep over estimators: it calls the estimators, metrics
+and online updates directly and compares each with :mod:`precond_lab.reference`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -28,59 +35,123 @@ from precond_lab.study import save_figures
 NAME = "identities"
 TITLE = "Derived identities D1–D9 and the exact claims of P1/P3"
 
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """A captured training run and the layers, steps and targets read from it.
+
+    Attributes:
+        model, dataset: what :func:`precond_lab.capture.capture` trains.
+        layers: the captured layers (they also restrict what is captured).
+        steps: the captured steps.
+        targets: capture targets read (``gradients``, ``ggn``).
+        num_samples: captured examples per step.
+        dtype: the stored dtype.
+        model_options: model keyword arguments as ``(name, value)`` pairs.
+    """
+
+    model: str
+    dataset: str
+    layers: tuple[str, ...]
+    steps: tuple[int, ...] = ()
+    targets: tuple[str, ...] = ("gradients", "ggn")
+    num_samples: int = 128
+    dtype: str = "float64"
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """:func:`precond_lab.study.capture_targets`' argument (lists, as JSON reads it)."""
+
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, tuple) else v
+
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "steps": [int(s) for s in self.steps],
+            "targets": list(self.targets),
+            "num_samples": int(self.num_samples),
+            "dtype": self.dtype,
+            "model_options": {k: plain(v) for k, v in self.model_options},
+            "layers": list(self.layers),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
+
+    Attributes:
+        sizes: ``(m, n)`` of the random targets (``N = 3mn`` Gaussian samples each).
+        seeds: seeds of the random targets.
+        conds: row/column conditionings of the random targets (``10^cond`` spreads).
+        kronecker: ``(m, n)`` of the exact Kronecker targets.
+        digits: add softmax regression on sklearn digits (empirical Fisher and exact GGN).
+        capture: a captured MLP layer, or None.
+        power_steps: power-iteration steps for D3.
+        vn_numeric_max_dim: largest ``mn`` for scipy's von Neumann minimiser (D9).
+        if_max_steps: most IF-Shampoo steps when iterating to the fixed point (D6).
+        if_iterate_max_dim: largest ``mn`` for which IF-Shampoo is iterated (None: all).
+        real_damping: ``λ = real_damping·trΣ/(mn)`` on the real (singular) targets.
+    """
+
+    sizes: tuple[tuple[int, int], ...] = ((3, 2),)
+    seeds: tuple[int, ...] = (0,)
+    conds: tuple[float, ...] = (0.0, 2.0)
+    kronecker: tuple[tuple[int, int], ...] = ((3, 2),)
+    digits: bool = False
+    capture: Capture | None = None
+    power_steps: int = 60
+    vn_numeric_max_dim: int = 6
+    if_max_steps: int = 3000
+    if_iterate_max_dim: int | None = None
+    real_damping: float = 1e-3
+
+
+_MLP = Capture(
+    "mlp",
+    "digits",
+    layers=("layers/1/w",),
+    steps=(100,),
+    num_samples=128,
+    model_options=(("hidden", (16,)),),
+)
+
 PRESETS = {
-    "test": {
-        "sizes": [(3, 2)],
-        "seeds": [0],
-        "conds": [0.0, 2.0],
-        "kronecker": [(3, 2)],
-        "digits": False,
-        "capture": None,
-        "power_steps": 60,
-        "vn_numeric_max_dim": 6,
-        "if_max_steps": 3000,
-    },
-    "quick": {
-        "sizes": [(3, 2), (4, 3), (6, 5)],
-        "seeds": [0, 1],
-        "conds": [0.0, 2.0],
-        "kronecker": [(3, 2), (4, 3), (6, 5)],
-        "digits": True,
-        "capture": {
-            "model": "mlp",
-            "dataset": "digits",
-            "steps": [100],
-            "targets": ["gradients", "ggn"],
-            "num_samples": 128,
-            "dtype": "float64",
-            "model_options": {"hidden": [16]},
-            "layers": ["layers/1/w"],
-        },
-        "power_steps": 100,
-        "vn_numeric_max_dim": 12,
-        "if_max_steps": 4000,
-        "if_iterate_max_dim": 200,
-    },
-    "full": {
-        "sizes": [(3, 2), (4, 3), (6, 5), (8, 8), (12, 10)],
-        "seeds": [0, 1, 2],
-        "conds": [0.0, 2.0, 4.0],
-        "kronecker": [(3, 2), (4, 3), (6, 5), (12, 10)],
-        "digits": True,
-        "capture": {
-            "model": "mlp",
-            "dataset": "digits",
-            "steps": [0, 100, 500],
-            "targets": ["gradients", "ggn"],
-            "num_samples": 256,
-            "dtype": "float64",
-            "model_options": {"hidden": [16]},
-            "layers": ["layers/0/w", "layers/1/w"],
-        },
-        "power_steps": 200,
-        "vn_numeric_max_dim": 12,
-        "if_max_steps": 20000,
-    },
+    "test": Config(
+        sizes=((3, 2),),
+        seeds=(0,),
+        conds=(0.0, 2.0),
+        kronecker=((3, 2),),
+        power_steps=60,
+        vn_numeric_max_dim=6,
+        if_max_steps=3000,
+    ),
+    "quick": Config(
+        sizes=((3, 2), (4, 3), (6, 5)),
+        seeds=(0, 1),
+        conds=(0.0, 2.0),
+        kronecker=((3, 2), (4, 3), (6, 5)),
+        digits=True,
+        capture=_MLP,
+        power_steps=100,
+        vn_numeric_max_dim=12,
+        if_max_steps=4000,
+        if_iterate_max_dim=200,
+    ),
+    "full": Config(
+        sizes=((3, 2), (4, 3), (6, 5), (8, 8), (12, 10)),
+        seeds=(0, 1, 2),
+        conds=(0.0, 2.0, 4.0),
+        kronecker=((3, 2), (4, 3), (6, 5), (12, 10)),
+        digits=True,
+        capture=dataclasses.replace(
+            _MLP, steps=(0, 100, 500), num_samples=256, layers=("layers/0/w", "layers/1/w")
+        ),
+        power_steps=200,
+        vn_numeric_max_dim=12,
+        if_max_steps=20000,
+    ),
 }
 
 EXACT = 1e-10  # exact identities: matrix-free vs dense float64
@@ -204,14 +275,14 @@ def _random_spd(rng, d, cond_exp):
     return (q * w) @ q.T
 
 
-def _cases(config):
+def _cases(config: Config) -> Iterator[dict]:
     """Yield dicts: name, source, m, n, kronecker, target (base), sigma (dense base), damping."""
     from precond_lab import DenseTarget, SampleTarget
     from precond_lab import reference as ref
 
-    for m, n in config["sizes"]:
-        for seed in config["seeds"]:
-            for cond in config["conds"]:
+    for m, n in config.sizes:
+        for seed in config.seeds:
+            for cond in config.conds:
                 rng = np.random.default_rng([seed, m, n, int(10 * cond)])
                 g = rng.standard_normal((3 * m * n, m, n))
                 if cond:
@@ -227,7 +298,7 @@ def _cases(config):
                     "sigma": ref.target_matrix(g),
                     "damping": 0.0,
                 }
-    for i, (m, n) in enumerate(config["kronecker"]):
+    for i, (m, n) in enumerate(config.kronecker):
         rng = np.random.default_rng([99, i, m, n])
         sigma = np.kron(_random_spd(rng, m, 2.0), _random_spd(rng, n, 1.0))
         yield {
@@ -240,9 +311,9 @@ def _cases(config):
             "sigma": sigma,
             "damping": 0.0,
         }
-    rel = float(config.get("real_damping", 1e-3))
+    rel = float(config.real_damping)
     real = []
-    if config.get("digits"):
+    if config.digits:
         from precond_lab.demo import digits_softmax_problem
 
         p = digits_softmax_problem()
@@ -250,12 +321,12 @@ def _cases(config):
         real.append(("digits softmax EF", "digits", p.gradients, np.full(n_ex, 1.0 / n_ex)))
         ggn = p.ggn.reshape(-1, *p.ggn.shape[-2:])
         real.append(("digits softmax GGN", "digits", ggn, np.full(ggn.shape[0], 1.0 / n_ex)))
-    cap = config.get("capture")
+    cap = config.capture
     if cap:
         from precond_lab.study import capture_targets
 
-        for step, layer, tgt, arr, w in capture_targets(cap):
-            real.append((f"{cap['model']} {layer} step {step} {tgt}", "capture", arr, w))
+        for step, layer, tgt, arr, w in capture_targets(cap.as_dict()):
+            real.append((f"{cap.model} {layer} step {step} {tgt}", "capture", arr, w))
     for label, source, g, w in real:
         m, n = g.shape[1:]
         base = SampleTarget(g, w)
@@ -338,7 +409,8 @@ def _kl_grad_factors(x, left, right):
 # --------------------------------------------------------------------------------------
 
 
-def _check_case(case, config, rng):
+def _check_case(case: dict, config: Config, rng) -> tuple[dict, dict]:
+    """Every check of one case: ``(errors by check id, extra measurements)``."""
     import jax.numpy as jnp
 
     from precond_lab import estimators as est
@@ -390,7 +462,7 @@ def _check_case(case, config, rng):
     opt_ref = np.kron(fa, fb)
     fro = est.frobenius_optimal(x_t)
     err["D3-svd"] = _rel(np.asarray(fro.to_dense()), opt_ref)
-    pk = est.power_iteration(x_t, int(config["power_steps"]))
+    pk = est.power_iteration(x_t, int(config.power_steps))
     err["D3-power"] = _rel(np.asarray(pk.to_dense()), opt_ref)
     err["D3-psd"] = max(
         max(0.0, -np.linalg.eigvalsh(f).min()) / np.abs(np.linalg.eigvalsh(f)).max()
@@ -465,14 +537,15 @@ def _check_case(case, config, rng):
     lam_s = lam / scale
     c_mat = np.linalg.cholesky(np.linalg.inv(kl_l / scale))
     k_mat = np.linalg.cholesky(np.linalg.inv(kl_r))
-    state = _if_state(c_mat, k_mat, lam_s, beta2=0.5, alpha2=0.0)
-    mc, mk = online.if_shampoo_stationarity(state, jnp.asarray(g_eq))
+    state = _if_state(c_mat, k_mat)
+    mc, mk = online.if_shampoo_stationarity(state, jnp.asarray(g_eq), damping=lam_s)
     err["D6-stationary"] = float(
         2 * np.linalg.norm(mc) / np.sqrt(m) + 2 * np.linalg.norm(mk) / np.sqrt(n)
     )
     extra["if_history"] = np.zeros(0)
-    if d <= int(config.get("if_iterate_max_dim", 10**9)):  # O((mn)²(m+n)) per step
-        hist, c_it, k_it = _iterate_if_shampoo(g_eq, lam_s, int(config["if_max_steps"]))
+    max_dim = config.if_iterate_max_dim
+    if max_dim is None or d <= int(max_dim):  # O((mn)²(m+n)) per step
+        hist, c_it, k_it = _iterate_if_shampoo(g_eq, lam_s, int(config.if_max_steps))
         s_if = np.kron(np.linalg.inv(c_it @ c_it.T), np.linalg.inv(k_it @ k_it.T)) * scale
         err["D6-iterate"] = _rel(s_if, np.kron(kl_l, kl_r))
         extra["if_history"] = hist
@@ -520,7 +593,7 @@ def _check_case(case, config, rng):
     for c in (1.001, 0.999):
         worst = min(worst, ref.von_neumann_divergence(x, c * sh2_dense) - vn0)
     err["D9-perturb"] = max(0.0, -worst) / vn_scale
-    if d <= int(config["vn_numeric_max_dim"]):
+    if d <= int(config.vn_numeric_max_dim):
         err["D9-numeric"], err["D9-argmin"] = _vn_numeric(x, m, n, sh2_dense, rng)
     return err, extra
 
@@ -537,36 +610,27 @@ def _equivalent_samples(sigma, m, n):
     return (np.sqrt(w * d) * v).T.reshape(d, m, n)  # mean over d samples
 
 
-def _if_state(c, k, damping, beta2, alpha2):
+def _if_state(c, k):
+    """IF-Shampoo's typed state at ``(C, K)`` with zero momenta (step 0)."""
     import jax.numpy as jnp
 
-    from precond_lab.online import EstimatorState
+    from precond_lab.online import IFShampooState
 
-    hp = tuple(
-        sorted(
-            {
-                "beta2": float(beta2),
-                "alpha2": float(alpha2),
-                "damping": float(damping),
-                "batch_size": 1,
-                "normalize": True,
-            }.items()
-        )
+    c, k = jnp.asarray(c), jnp.asarray(k)
+    return IFShampooState(
+        c=c,
+        k=k,
+        momentum_c=jnp.zeros_like(c),
+        momentum_k=jnp.zeros_like(k),
+        step=jnp.asarray(0, jnp.int32),
     )
-    arrays = {
-        "c": jnp.asarray(c),
-        "k": jnp.asarray(k),
-        "mc": jnp.zeros_like(jnp.asarray(c)),
-        "mk": jnp.zeros_like(jnp.asarray(k)),
-        "step": jnp.asarray(0, jnp.int32),
-    }
-    return EstimatorState("if_shampoo", arrays, hp)
 
 
 def _iterate_if_shampoo(g, damping, max_steps, beta2=0.5, alpha2=0.0, tol=1e-12, every=25):
     """Full-batch IF-Shampoo from ``C = K = I`` until ``‖m_C‖ + ‖m_K‖ ≤ tol``.
 
-    Returns the stationarity history (every ``every`` steps) and the final ``C``, ``K``.
+    Returns:
+        The stationarity history (every ``every`` steps) and the final ``C``, ``K``.
     """
     import jax.numpy as jnp
 
@@ -574,17 +638,20 @@ def _iterate_if_shampoo(g, damping, max_steps, beta2=0.5, alpha2=0.0, tol=1e-12,
 
     m, n = g.shape[1:]
     g = jnp.asarray(g)
-    state = _if_state(np.eye(m), np.eye(n), damping, beta2, alpha2)
+    est = online.if_shampoo(
+        beta2=float(beta2), alpha2=float(alpha2), damping=float(damping), normalize=True
+    )
+    state = _if_state(np.eye(m), np.eye(n))
     hist = []
     for step in range(max_steps + 1):
         if step % every == 0:
-            mc, mk = online.if_shampoo_stationarity(state, g)
+            mc, mk = online.if_shampoo_stationarity(state, g, damping=float(damping))
             r = float(2 * jnp.linalg.norm(mc) / np.sqrt(m) + 2 * jnp.linalg.norm(mk) / np.sqrt(n))
             hist.append(r)
             if r <= tol or not np.isfinite(r):
                 break
-        state = online.if_shampoo_update(state, g)
-    return np.asarray(hist), np.asarray(state["c"]), np.asarray(state["k"])
+        state = est.update(state, g)
+    return np.asarray(hist), np.asarray(state.c), np.asarray(state.k)
 
 
 def _vn_numeric(x, m, n, opt_dense, rng):
@@ -633,12 +700,26 @@ def _vn_numeric(x, m, n, opt_dense, rng):
 # --------------------------------------------------------------------------------------
 
 
-def run(**config) -> xr.Dataset:
+def _preset_name(config: Config) -> str:
+    return next((k for k, v in PRESETS.items() if v == config), "custom")
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
+    """Every check on every case, float64.
+
+    Args:
+        config: a :class:`Config` (e.g. ``PRESETS["quick"]``).
+        **overrides: fields of ``config`` to replace (``dataclasses.replace``).
+
+    Returns:
+        The Dataset: ``error(check, case)`` and the per-case measurements.
+    """
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import time
+    from precond_lab.provenance import make_attrs
 
+    config = dataclasses.replace(config, **overrides)
     rng = np.random.default_rng(2024)
     cases, errors, extras, seconds = [], [], [], []
     for case in _cases(config):
@@ -680,22 +761,24 @@ def run(**config) -> xr.Dataset:
             "damping": ("case", [c["damping"] for c in cases]),
             "if_check": np.arange(hist_len) * 25,
         },
-        attrs={
-            "study": NAME,
-            "title": TITLE,
-            "dtype": "float64",
-            "power_steps": int(config["power_steps"]),
-            "if_max_steps": int(config["if_max_steps"]),
-            "if_beta2": 0.5,
-            "if_alpha2": 0.0,
-            "real_damping_relative": float(config.get("real_damping", 1e-3)),
-            "random_samples_per_dim": 3,
-            "notes": (
+        attrs=make_attrs(
+            TITLE,
+            preset=_preset_name(config),
+            source=", ".join(dict.fromkeys(c["source"] for c in cases)),
+            study=NAME,
+            dtype="float64",
+            power_steps=int(config.power_steps),
+            if_max_steps=int(config.if_max_steps),
+            if_beta2=0.5,
+            if_alpha2=0.0,
+            real_damping_relative=float(config.real_damping),
+            random_samples_per_dim=3,
+            notes=(
                 "error = relative error of each check (NaN = not applicable); real targets "
                 "are checked on X = Σ + λI, λ = real_damping_relative·trΣ/(mn); "
                 "if_history = IF-Shampoo stationarity ‖2m_C‖/√m + ‖2m_K‖/√n every 25 steps"
             ),
-        },
+        ),
     )
     return ds
 
@@ -816,9 +899,7 @@ def _verdict_p3_2(ds, paper, location, statement):
 
 def _figures(ds: xr.Dataset) -> dict:
     """The study's figures by file stem (Figures, built without pyplot)."""
-    from matplotlib.figure import Figure
-
-    from precond_lab.plotting import OKABE_ITO, estimator_style, style
+    from precond_lab.plotting import OKABE_ITO, estimator_style, figure, legend, style
 
     colors = {
         "random": OKABE_ITO["blue"],
@@ -831,8 +912,8 @@ def _figures(ds: xr.Dataset) -> dict:
     with style():
         # 1. errors per check vs tolerance
         checks = [str(c) for c in ds["check"].values]
-        fig = Figure(figsize=(max(7.0, 0.28 * len(checks)), 3.6), layout="constrained")
-        ax = fig.subplots()
+        fig, axes = figure(1, 1, panel=(max(7.0, 0.28 * len(checks)), 3.6))
+        ax = axes[0, 0]
         floor = 1e-18
         for src in dict.fromkeys(ds["source"].values.tolist()):
             sel = ds["error"].where(ds["source"] == src, drop=True)
@@ -865,12 +946,12 @@ def _figures(ds: xr.Dataset) -> dict:
         ax.set_xticks(np.arange(len(checks)), checks, rotation=70, fontsize=7)
         ax.set_ylabel(f"relative error (floored at {floor:.0e})")
         ax.set_title("Identity checks: float64 matrix-free vs dense reference")
-        ax.legend(loc="upper left", ncols=5, fontsize=7)
+        legend(fig, axes, ncols=5)
         figs["identities_errors"] = fig
 
         # 2. P3-2: cos(Σ, L⊗R) vs cos(Σ, L^½⊗R^½)
-        fig = Figure(figsize=(4.2, 3.8), layout="constrained")
-        ax = fig.subplots()
+        fig, axes = figure(1, 1, panel=(4.2, 3.8))
+        ax = axes[0, 0]
         for src in dict.fromkeys(ds["source"].values.tolist()):
             sel = ds["source"] == src
             ax.scatter(
@@ -886,12 +967,12 @@ def _figures(ds: xr.Dataset) -> dict:
         ax.set_xlabel(r"cos($\Sigma$, $L^{1/2}\otimes R^{1/2}$) (Shampoo)")
         ax.set_ylabel(r"cos($\Sigma$, $L\otimes R$) (Shampoo$^2$)")
         ax.set_title("P3-2: the square is the better approximation")
-        ax.legend(fontsize=7)
+        legend(fig, axes)
         figs["identities_p3_2_cosines"] = fig
 
         # 3. D6: IF-Shampoo convergence to the KL fixed point
-        fig = Figure(figsize=(5.0, 3.4), layout="constrained")
-        ax = fig.subplots()
+        fig, axes = figure(1, 1, panel=(5.0, 3.4))
+        ax = axes[0, 0]
         st = estimator_style("kl_optimal")
         for i in range(ds.sizes["case"]):
             h = ds["if_history"].isel(case=i).values
@@ -908,12 +989,11 @@ def _figures(ds: xr.Dataset) -> dict:
         ax.set_xlabel("IF-Shampoo step (full batch, β₂ = 0.5, α₂ = 0)")
         ax.set_ylabel(r"stationarity $2\|m_C\|/\sqrt{m} + 2\|m_K\|/\sqrt{n}$")
         ax.set_title("D6: IF-Shampoo converges to the damped KL fixed point")
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles, strict=True))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+        legend(fig, axes)  # each source once
         figs["identities_if_shampoo"] = fig
     return figs
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
+    """Write the study's figures (PNG and PDF) into ``figdir``; return the paths."""
     return save_figures(_figures(ds), figdir)

@@ -12,7 +12,7 @@ from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, by_claim
 
 @pytest.fixture(scope="module")
 def ds():
-    return study.run(**study.PRESETS["test"])
+    return study.run(study.PRESETS["test"])
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
@@ -77,7 +77,7 @@ def test_exactness_only_claimed_for_exact_kronecker(monkeypatch):
         },
     ]
     monkeypatch.setattr(study, "_cases", lambda config: iter(cases))
-    out = study.run(**{**study.PRESETS["test"], "if_max_steps": 400})
+    out = study.run(study.PRESETS["test"], if_max_steps=400)
     v = by_claim(study.verdicts(out))
     assert v["P3-9"].verdict == FAILS and v["D4"].verdict == FAILS
     assert v["P3-2"].verdict != HOLDS
