@@ -9,9 +9,9 @@ them still approximates ``H_GN``; with *real* labels a bias ``(B − 1) ḡ ḡ�
 from sampled labels, especially with larger batches.
 
 Setup: the MLP on binary MNIST and the CNN on digits (quick) / MNIST (full), the same
-captured runs as :mod:`studies.p3_quality` (shared stores). At each captured step and
-layer the target is the exact per-layer GGN over the ``N`` captured examples (capture
-target ``ggn``), and the statistic is built from
+captured runs as :mod:`studies.p3_quality` (shared stores, :mod:`studies._setups`). At
+each captured step and layer the target is the exact per-layer GGN over the ``N``
+captured examples (capture target ``ggn``), and the statistic is built from
 
 * real labels: the per-example gradients ``g_i`` (``gradients``);
 * sampled labels: the per-example sampled-label gradients ``g_{i,c}``, ``c = 1…k``
@@ -36,27 +36,46 @@ Three ways to form the batch statistic for each batch size ``B`` (``B = 1``: per
 Scores: the cosine of Shampoo² (``L ⊗ R / tr``) of each statistic with ``H_GN``, and the
 cosine of the statistic itself with ``H_GN`` (the full ``mn × mn`` matrices, exactly,
 through Gram matrices); references: Shampoo² and the optimal Kronecker product of the
-exact ``H_GN``.
+exact ``H_GN``. The Shampoo² cosines and the references come from one sweep
+(:func:`precond_lab.evaluate.evaluate`) per step and layer on the target ``H_GN``, the
+statistics' ``L ⊗ R`` given as ``(name, callable)`` estimators; the statistics
+themselves (resampled batches, consecutive groups, the exact expectation) and their own
+cosine are built here, as the sweep forms only consecutive-group batch targets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from precond_lab import estimators as est
-from precond_lab import metrics as met
-from precond_lab.capture.store import as_samples
+from precond_lab import plotting as pl
+from precond_lab import schema
+from precond_lab.evaluate import evaluate
+from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
 from precond_lab.study import FAILS, Verdict, judge
-from studies import p3_quality as q
+from precond_lab.targets import Target
+from studies._setups import (
+    P3_SETUPS,
+    P3_TRAINING,
+    PAPER_P3,
+    Setup,
+    Training,
+    capture_setup,
+    ggn_target,
+    layer_table,
+)
+
+__all__ = ["NAME", "TITLE", "PAPER", "LABELS", "SCHEMES", "Config", "PRESETS", "run", "plot"]
+__all__ += ["verdicts"]
 
 NAME = "p3_batch_labels"
 TITLE = "P3 (Morwani et al.): batch gradients and real vs sampled labels"
-PAPER = q.PAPER
+PAPER = PAPER_P3
 
 LABELS = ("real", "sampled")
 SCHEMES = ("resampled", "groups", "expected")
@@ -66,23 +85,37 @@ UNBIASED_TOL = 0.02  # P3-7: expected sampled statistic's cosine drops ≤ 0.02 
 BATCH_TOL = 0.05  # P3-7: Shampoo² (sampled, resampled) drops ≤ 0.05 from B=1 at any B
 DEGRADE_TOL = 0.05  # P3-8: sampled − real ≥ 0.05 at the largest batch, and growing with B
 
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
+
+    Attributes:
+        setups: the captured training runs (the same as :mod:`studies.p3_quality`'s MLP
+            and CNN, so the stores are shared).
+        training: the captured steps and the optimiser.
+        num_batches: ``M``, the mini-batches of the ``resampled`` statistic.
+        seed: the training runs' seed (and the resampling's).
+        cache_dir: the capture cache (None: :func:`precond_lab.study.cached_capture`'s
+            default).
+    """
+
+    setups: tuple[Setup, ...]
+    training: Training
+    num_batches: int = 128
+    seed: int = 0
+    cache_dir: str | Path | None = None
+
+
 PRESETS = {
-    "test": {
-        "setups": [q.SETUPS["test"]["mlp"], q.SETUPS["test"]["cnn"]],
-        **q.TRAINING["test"],
-        "num_batches": 16,
-    },
-    "quick": {
-        "setups": [q.SETUPS["quick"]["mlp"], q.SETUPS["quick"]["cnn"]],
-        **q.TRAINING["quick"],
-        "num_batches": 128,
-    },
-    "full": {
-        "setups": [q.SETUPS["full"]["mlp"], q.SETUPS["full"]["cnn"]],
-        **q.TRAINING["full"],
-        "num_batches": 1024,
-    },
+    preset: Config(
+        (P3_SETUPS[preset]["mlp"], P3_SETUPS[preset]["cnn"]), P3_TRAINING[preset], num_batches=m
+    )
+    for preset, m in (("test", 16), ("quick", 128), ("full", 1024))
 }
+
+#: The references: the estimators of the exact ``H_GN`` itself.
+_REFERENCES = {"ref_shampoo2_ggn": "shampoo_squared", "ref_optimal_ggn": "frobenius_optimal"}
 
 
 # --------------------------------------------------------------------------------------
@@ -177,82 +210,93 @@ def _statistics(cell: _Cell, bsz, num_batches, rng):
     return out
 
 
-def _shampoo2_cos(ggn_target, factors) -> float:
-    """Cosine of ``L ⊗ R`` with the exact GGN."""
-    dt = ggn_target.dtype
-    kron = Kronecker(np.asarray(factors[0], dt), np.asarray(factors[1], dt))
-    return float(met.cosine_similarity(ggn_target, kron))
+def _fixed(factors):
+    """A sweep estimator that returns ``L ⊗ R`` of given Shampoo factors (target's dtype)."""
+
+    def build(target: Target) -> Kronecker:
+        dt = target.dtype
+        return Kronecker(np.asarray(factors[0], dt), np.asarray(factors[1], dt))
+
+    return build
 
 
-def run(
-    setups,
-    steps=(0, 40, 120),
-    num_batches=128,
-    optimizer="adam",
-    learning_rate=3e-3,
-    batch_size=32,
-    seed=0,
-    cache_dir=None,
-) -> xr.Dataset:
+def _ggn_cosines(ggn_t: Target, factors: dict) -> xr.DataArray:
+    """Cosines with the exact GGN of its references and of ``L ⊗ R`` of each statistic.
+
+    One sweep (:func:`precond_lab.evaluate.evaluate`) on the target ``{"ggn": H_GN}``:
+    the estimators are :data:`_REFERENCES`' (fitted to ``H_GN``) and, as ``(name,
+    callable)`` pairs, the Kronecker products of the statistics' factors.
+
+    Args:
+        ggn_t: the exact GGN of one (step, layer).
+        factors: ``{name: (L, R)}``.
+
+    Returns:
+        The cosines, with dim ``estimator`` (the references' names, then ``factors``').
+    """
+    ests = list(_REFERENCES.values()) + [(k, _fixed(f)) for k, f in factors.items()]
+    sweep = evaluate({"ggn": ggn_t}, ests, ("cosine",), progress=False, raise_errors=True)
+    fixed = {d: 0 for d in ("step", "layer", "target", "batch_size") if d in sweep.dims}
+    return sweep["score"].sel(metric="cosine").isel(fixed)
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
     """Shampoo² from real / sampled-label batch statistics vs the exact GGN.
 
-    Returns a Dataset with dims ``dataset, step, layer, labels, batch_size, scheme``;
-    ``layer`` is a slot index per dataset with names in ``layer_name``.
+    Args:
+        config: the study's configuration (e.g. ``PRESETS["quick"]``).
+        **overrides: :class:`Config` fields to replace (``dataclasses.replace``), e.g.
+            ``cache_dir=...``.
+
+    Returns:
+        A Dataset with dims ``dataset, step, layer, labels, batch_size, scheme``;
+        ``layer`` is a slot index per dataset with names in ``layer_name``.
     """
+    cfg = dataclasses.replace(config, **overrides) if overrides else config
     t_start = time.perf_counter()
-    steps = sorted(int(s) for s in steps)
-    rng = np.random.default_rng(seed)
+    steps = sorted(int(s) for s in cfg.training.steps)
+    training = dataclasses.replace(cfg.training, steps=tuple(steps))
+    num_batches = int(cfg.num_batches)
+    rng = np.random.default_rng(cfg.seed)
     captures = []
     capture_seconds = 0.0
-    for s in setups:
+    for s in cfg.setups:
         t0 = time.perf_counter()
-        tree, cfg = q.capture_setup(s, steps, optimizer, learning_rate, batch_size, seed, cache_dir)
+        captures.append(capture_setup(s, training, cfg.seed, cfg.cache_dir))
         capture_seconds += time.perf_counter() - t0
-        captures.append((s, tree, cfg))
-    sizes = sorted({1} | {int(b) for s in setups for b in s["batch_sizes"]})
-    n_layers = max(len(str(t.attrs["layers"]).split(",")) for _, t, _ in captures)
-    shape = (len(setups), len(steps), n_layers)
+    sizes = sorted({1} | {int(b) for s in cfg.setups for b in s.batch_sizes})
+    names, rows, cols = layer_table([t for t, _ in captures])
+    n_layers = names.shape[1]
+    shape = (len(cfg.setups), len(steps), n_layers)
     full = (*shape, len(LABELS), len(sizes), len(SCHEMES))
     cos_sh2 = np.full(full, np.nan)
     cos_stat = np.full(full, np.nan)
-    ref_sh2 = np.full(shape, np.nan)
-    ref_opt = np.full(shape, np.nan)
+    refs = {k: np.full(shape, np.nan) for k in _REFERENCES}
     mean_frac = np.full((*shape, len(LABELS)), np.nan)
-    names = np.full((len(setups), n_layers), "", dtype=object)
-    rows = np.full((len(setups), n_layers), -1, np.int64)
-    cols = np.full((len(setups), n_layers), -1, np.int64)
-    loss = np.full((len(setups), len(steps)), np.nan)
-    acc = np.full((len(setups), len(steps)), np.nan)
+    loss = np.full((len(cfg.setups), len(steps)), np.nan)
+    acc = np.full((len(cfg.setups), len(steps)), np.nan)
     check = 0.0  # max relative deviation of our groups from the capture's batch target
-    for i_d, (_, tree, _) in enumerate(captures):
+    for i_d, (tree, _) in enumerate(captures):
         layers = str(tree.attrs["layers"]).split(",")
         k = int(tree.attrs["mc_samples"])
-        for i_l, (lay, shp) in enumerate(
-            zip(layers, str(tree.attrs["layer_shapes"]).split(","), strict=True)
-        ):
-            names[i_d, i_l] = lay
-            rows[i_d, i_l], cols[i_d, i_l] = (int(x) for x in shp.split("x"))
         for i_s, step in enumerate(steps):
-            node = tree[f"step_{step:06d}"]
+            node = tree[schema.step_name(step)]
             loss[i_d, i_s] = float(node.attrs.get("loss", np.nan))
             a = float(node.attrs.get("test_accuracy", -1.0))
             acc[i_d, i_s] = np.nan if a == -1.0 else a
             for i_l, lay in enumerate(layers):
                 ln = node[lay]
-                ggn_t, _ = q._ggn_target(ln)
-                bg = np.asarray(ln["ggn"].values)
+                ggn_t, _ = ggn_target(ln)
+                bg = np.asarray(schema.layer_samples(ln, schema.Kind.GGN).values)
                 ggn_x = bg.reshape(-1, *bg.shape[2:])
                 ggn_w = np.full(len(ggn_x), 1.0 / bg.shape[0])
                 y = ggn_x.reshape(len(ggn_x), -1).astype(np.float32)
                 kgg = (y @ y.T).astype(np.float64)
-                ref_sh2[i_d, i_s, i_l] = float(
-                    met.cosine_similarity(ggn_t, est.shampoo_squared(ggn_t))
-                )
-                ref_opt[i_d, i_s, i_l] = float(
-                    met.cosine_similarity(ggn_t, est.frobenius_optimal(ggn_t))
-                )
-                real = np.asarray(ln["gradients"].values)[:, None]  # (N, 1, m, n)
-                sampled = np.asarray(ln["ggn_mc"].values) * np.sqrt(k)  # (N, k, m, n)
+                real = np.asarray(schema.layer_samples(ln, schema.Kind.GRADIENTS).values)
+                real = real[:, None]  # (N, 1, m, n)
+                sampled = np.asarray(schema.layer_samples(ln, schema.Kind.GGN_MC).values)
+                sampled = sampled * np.sqrt(k)  # (N, k, m, n)
+                factors = {}  # Shampoo's (L, R) of each statistic, scored below in one sweep
                 for i_lab, g in enumerate((real, sampled)):
                     cell = _Cell(g, ggn_x, ggn_w, kgg)
                     flat = g.reshape(-1, *g.shape[2:]).astype(np.float64)
@@ -263,35 +307,42 @@ def run(
                         if bsz > g.shape[0]:
                             continue
                         stats = _statistics(cell, bsz, num_batches, rng)
-                        if i_lab == 0 and bsz > 1 and f"batch_size_{bsz}" in ln.children:
-                            cap = as_samples(ln[f"batch_size_{bsz}"]["gradients"]).values
+                        cap = None
+                        if i_lab == 0 and bsz > 1:  # real labels: the capture's batch target
+                            cap = schema.layer_samples(ln, schema.batch_kind(bsz))
+                        if cap is not None:
+                            cap = cap.values
                             c, _ = _groups(cell.n, cell.k, bsz)
                             ours = (c @ cell.f).reshape(len(c), *cell.shape) / np.sqrt(bsz)
                             dev = np.max(np.abs(cap - ours)) / max(np.max(np.abs(cap)), 1e-30)
                             check = max(check, float(dev))
                         for i_sc, sc in enumerate(SCHEMES):
-                            idx = (i_d, i_s, i_l, i_lab, i_b, i_sc)
-                            cos_stat[idx], fac = stats[sc]
-                            cos_sh2[idx] = _shampoo2_cos(ggn_t, fac)
+                            cos_stat[i_d, i_s, i_l, i_lab, i_b, i_sc], fac = stats[sc]
+                            factors[(i_lab, i_b, i_sc)] = fac
+                cos = _ggn_cosines(ggn_t, {f"{i}:{j}:{m}": f for (i, j, m), f in factors.items()})
+                for key, est_name in _REFERENCES.items():
+                    refs[key][i_d, i_s, i_l] = float(cos.sel(estimator=est_name))
+                for i_lab, i_b, i_sc in factors:
+                    value = float(cos.sel(estimator=f"{i_lab}:{i_b}:{i_sc}"))
+                    cos_sh2[i_d, i_s, i_l, i_lab, i_b, i_sc] = value
     dims = ("dataset", "step", "layer", "labels", "batch_size", "scheme")
     ds = xr.Dataset(
         {
             "cos_shampoo2": (dims, cos_sh2),
             "cos_statistic": (dims, cos_stat),
-            "ref_shampoo2_ggn": (dims[:3], ref_sh2),
-            "ref_optimal_ggn": (dims[:3], ref_opt),
+            **{key: (dims[:3], refs[key]) for key in _REFERENCES},
             "mean_gradient_fraction": ((*dims[:3], "labels"), mean_frac),
             "loss": (("dataset", "step"), loss),
             "test_accuracy": (("dataset", "step"), acc),
         },
         coords={
-            "dataset": [s["key"] for s in setups],
+            "dataset": [s.key for s in cfg.setups],
             "step": np.asarray(steps, np.int64),
             "layer": np.arange(n_layers),
             "labels": list(LABELS),
             "batch_size": np.asarray(sizes, np.int64),
             "scheme": list(SCHEMES),
-            "layer_name": (("dataset", "layer"), names.astype(str)),
+            "layer_name": (("dataset", "layer"), names),
             "layer_rows": (("dataset", "layer"), rows),
             "layer_cols": (("dataset", "layer"), cols),
         },
@@ -300,28 +351,32 @@ def run(
     ds["cos_statistic"].attrs["long_name"] = "cosine of the batch statistic itself with H_GN"
     ds["mean_gradient_fraction"].attrs["long_name"] = "‖E[g]‖² / E‖g‖² (bias per unit B − 1)"
     ds.attrs.update(
-        {
-            "study": NAME,
-            "paper": PAPER,
-            "target": "exact per-layer GGN over the N captured examples",
-            "statistic": "(1/M) Σ_j B ḡ_j ḡ_jᵀ; resampled: M batches with replacement, random "
+        make_attrs(
+            TITLE,
+            seed=int(cfg.seed),
+            source="captured training runs: " + ", ".join(s.key for s in cfg.setups),
+            study=NAME,
+            paper=PAPER,
+            target="exact per-layer GGN over the N captured examples",
+            statistic="(1/M) Σ_j B ḡ_j ḡ_jᵀ; resampled: M batches with replacement, random "
             "sampled-label draw per example; groups: consecutive groups (capture batch target); "
             "expected: E[ggᵀ] + (B−1) E[g]E[g]ᵀ",
-            "num_batches": int(num_batches),
-            "batch_target_check_max_rel_dev": float(check),
-            "optimizer": str(optimizer),
-            "learning_rate": float(learning_rate),
-            "batch_size_training": int(batch_size),
-            "seed": int(seed),
-            "capture_configs": " | ".join(
-                f"{s['key']}: {cfg['model']} {cfg['dataset']} layers={t.attrs['layers']} "
-                f"shapes={t.attrs['layer_shapes']} N={cfg['num_samples']} k={cfg['mc_samples']} "
-                f"options={cfg.get('model_options', {})}"
-                for s, t, cfg in captures
+            metric="Frobenius cosine similarity with H_GN, no damping (cos_shampoo2 and the "
+            "references: precond_lab.evaluate sweep; cos_statistic: exact, via Gram matrices)",
+            num_batches=num_batches,
+            batch_target_check_max_rel_dev=float(check),
+            optimizer=str(training.optimizer),
+            learning_rate=float(training.learning_rate),
+            batch_size_training=int(training.batch_size),
+            capture_configs=" | ".join(
+                f"{s.key}: {c['model']} {c['dataset']} layers={t.attrs['layers']} "
+                f"shapes={t.attrs['layer_shapes']} N={c['num_samples']} k={c['mc_samples']} "
+                f"options={c.get('model_options', {})}"
+                for s, (t, c) in zip(cfg.setups, captures, strict=True)
             ),
-            "capture_seconds": round(capture_seconds, 2),
-            "seconds": round(time.perf_counter() - t_start, 2),
-        }
+            capture_seconds=round(capture_seconds, 2),
+            seconds=round(time.perf_counter() - t_start, 2),
+        )
     )
     return ds
 
@@ -345,6 +400,14 @@ def _med(da) -> float:
 
 
 def verdicts(ds: xr.Dataset) -> list[Verdict]:
+    """P3-7 and P3-8 decided from a Dataset of :func:`run`.
+
+    Args:
+        ds: the study's Dataset.
+
+    Returns:
+        One :class:`~precond_lab.study.Verdict` per claim, in claim order.
+    """
     out = []
     sets = [str(d) for d in ds["dataset"].values]
     sh2 = ds["cos_shampoo2"]
@@ -432,7 +495,8 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
 # Figures
 # --------------------------------------------------------------------------------------
 
-_COLORS = {"real": "#D55E00", "sampled": "#0072B2"}
+_COLORS = {"real": pl.OKABE_ITO["vermillion"], "sampled": pl.OKABE_ITO["blue"]}
+_GREY = "#7F7F7F"
 _MARKERS = {"real": "o", "sampled": "s"}
 _LINESTYLES = {"resampled": "-", "groups": ":", "expected": "--"}
 _SCHEME_LABEL = {
@@ -442,19 +506,16 @@ _SCHEME_LABEL = {
 }
 
 
-def _panel_grid(ds, var, title, ylabel, figdir, stem):
-    from matplotlib.figure import Figure
+def _panel_grid(ds, var, title, ylabel, figdir, stem) -> list[Path]:
+    """One panel per (layer, dataset): ``var`` over the batch size, every label × scheme."""
     from matplotlib.lines import Line2D
-
-    from precond_lab.plotting import save, style
 
     sets = [str(d) for d in ds["dataset"].values]
     n_layers = ds.sizes["layer"]
     step = int(ds["step"].values[-1])
     bs = ds["batch_size"].values
-    with style():
-        fig = Figure(figsize=(3.4 * len(sets), 2.5 * n_layers + 0.6), layout="constrained")
-        axes = fig.subplots(n_layers, len(sets), squeeze=False)
+    with pl.style():
+        fig, axes = pl.figure(n_layers, len(sets), panel=(3.4, 2.5 + 0.6 / n_layers))
         for c, d in enumerate(sets):
             for r in range(n_layers):
                 ax = axes[r, c]
@@ -476,7 +537,7 @@ def _panel_grid(ds, var, title, ylabel, figdir, stem):
                         )
                 if var == "cos_shampoo2":
                     ref = ds["ref_shampoo2_ggn"].sel(dataset=d, step=step, layer=r)
-                    ax.axhline(float(ref), color="#7F7F7F", lw=1, ls="-.", gid="ref")
+                    ax.axhline(float(ref), color=_GREY, lw=1, ls="-.", gid="ref")
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(bs, [str(b) for b in bs])
                 ax.minorticks_off()
@@ -495,15 +556,22 @@ def _panel_grid(ds, var, title, ylabel, figdir, stem):
             for sc in SCHEMES
         ]
         if var == "cos_shampoo2":
-            handles.append(
-                Line2D([], [], color="#7F7F7F", ls="-.", label="Shampoo² of the exact H_GN")
-            )
+            handles.append(Line2D([], [], color=_GREY, ls="-.", label="Shampoo² of the exact H_GN"))
         fig.legend(handles=handles, loc="outside lower center", ncols=3)
         fig.suptitle(f"{title} (training step {step})")
-        return save(fig, Path(figdir) / stem)
+        return pl.save(fig, Path(figdir) / stem)
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
+    """Shampoo²'s and the statistic's cosine with ``H_GN`` over the batch size.
+
+    Args:
+        ds: a Dataset from :func:`run`.
+        figdir: the folder to write into.
+
+    Returns:
+        The PNG and PDF paths written.
+    """
     paths = _panel_grid(
         ds,
         "cos_shampoo2",

@@ -23,7 +23,9 @@ At each captured step and layer:
   (``L ⊗ R / tr Σ``), ``shampoo`` (``L^{1/2} ⊗ R^{1/2}``), and for ``H_GN`` ``kfac``
   (expand) from the layer inputs and the exact-GGN backprops (``kfac-ggn``);
 * score: the Frobenius cosine similarity with the target (Morwani et al.'s metric;
-  scale-free, so no scalar normalisation matters), no damping;
+  scale-free, so no scalar normalisation matters), no damping, computed by the sweep
+  (:func:`precond_lab.evaluate.evaluate`, one call per model, step and layer on the
+  targets ``{"ggn": H_GN, "adagrad": H_Ada}``);
 * power iteration (P3-5): the cosine of the iterate after ``k = 0 … K`` Jacobi steps from
   the identity and from ``random_inits`` random PSD (Wishart) starts, and its cosine with
   the optimal Kronecker product (``power_at``: the steps where this runs).
@@ -31,6 +33,7 @@ At each captured step and layer:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -38,15 +41,43 @@ import numpy as np
 import xarray as xr
 
 from precond_lab import estimators as est
-from precond_lab import metrics as met
-from precond_lab.capture.store import as_samples
+from precond_lab import plotting as pl
+from precond_lab import schema
+from precond_lab.evaluate import evaluate
+from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
-from precond_lab.study import FAILS, Verdict, cached_capture, judge
-from precond_lab.targets import SampleTarget
+from precond_lab.study import FAILS, Verdict, judge
+from precond_lab.targets import Target
+from studies._setups import (
+    P3_SETUPS,
+    P3_TRAINING,
+    PAPER_P3,
+    Setup,
+    Training,
+    capture_setup,
+    ggn_target,
+    layer_table,
+    padded_target,
+)
+
+__all__ = [
+    "NAME",
+    "TITLE",
+    "PAPER",
+    "ESTIMATORS",
+    "TARGETS",
+    "Config",
+    "PRESETS",
+    "padded_target",
+    "shampoo",
+    "run",
+    "plot",
+    "verdicts",
+]
 
 NAME = "p3_quality"
 TITLE = "P3 (Morwani et al.): Shampoo² vs the optimal Kronecker product over training"
-PAPER = "P3 Morwani et al. 2025"
+PAPER = PAPER_P3
 
 ESTIMATORS = ("frobenius_optimal", "shampoo_squared", "shampoo", "kfac")
 TARGETS = ("ggn", "adagrad")
@@ -61,195 +92,59 @@ WIDEN_FACTOR = 2.0  # P3-6: transformer gap ≥ 2× the MLP/CNN gap …
 WIDEN_MIN = 0.01  # … and ≥ 0.01 larger in absolute terms
 
 
-#: Every capture of the two P3 studies holds all targets, so that p3_quality and
-#: p3_batch_labels share the stores of equal setups (``cached_capture`` keys on the config).
-CAPTURE_TARGETS = ("gradients", "ggn", "ggn-mc", "kfac-ggn", "batch", "trajectory")
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
 
+    Attributes:
+        setups: the captured training runs (models × datasets).
+        training: the captured steps and the optimiser (shared by every setup).
+        power_steps: power-iteration steps ``K`` of the P3-5 curves.
+        random_inits: random PSD (Wishart) starts besides the identity.
+        power_at: ``"last"`` (the last captured step) or ``"all"`` (every step): where
+            the power-iteration curves run.
+        seed: the training runs' seed (and the random starts').
+        cache_dir: the capture cache (None: :func:`precond_lab.study.cached_capture`'s
+            default).
+    """
 
-def _setup(key, model, dataset, layers=None, num_samples=64, batch_sizes=(4, 16), **kw):
-    """One training run to capture: a model on a dataset (``key`` names it)."""
-    return {
-        "key": key,
-        "model": model,
-        "dataset": dataset,
-        "layers": None if layers is None else list(layers),
-        "num_samples": num_samples,
-        "batch_sizes": [int(b) for b in batch_sizes],
-        "mc_samples": 8,
-        **kw,
-    }
+    setups: tuple[Setup, ...]
+    training: Training
+    power_steps: int = 6
+    random_inits: int = 3
+    power_at: str = "last"
+    seed: int = 0
+    cache_dir: str | Path | None = None
 
-
-# Setups (shared with p3_batch_labels, which imports them: equal setups share captures).
-SETUPS = {
-    "test": {
-        # one 10×8 layer for the MLP and the CNN, one 8×8 for the transformer (few shapes:
-        # JIT compilation dominates at this size)
-        "mlp": _setup(
-            "mlp/digits",
-            "mlp",
-            "digits",
-            layers=["layers/1/w"],
-            num_samples=12,
-            batch_sizes=(3, 6),
-            model_options={"hidden": [8]},
-        ),
-        "cnn": _setup(
-            "cnn/digits",
-            "cnn",
-            "digits",
-            layers=["head/w"],
-            num_samples=12,
-            batch_sizes=(3, 6),
-            model_options={"channels": [8], "kernel": 3, "stride": 2},
-        ),
-        "transformer": _setup(
-            "transformer/stdlib-chars",
-            "transformer",
-            "stdlib-chars",
-            layers=["blocks/0/v/w"],
-            num_samples=6,
-            batch_sizes=(3,),
-            model_options={"width": 8, "heads": 2},
-        ),
-    },
-    "quick": {
-        "mlp": _setup(
-            "mlp/binary-mnist",
-            "mlp",
-            "binary-mnist",
-            num_samples=64,
-            batch_sizes=(4, 16, 32),
-            model_options={"hidden": [16]},
-        ),
-        "cnn": _setup(
-            "cnn/digits",
-            "cnn",
-            "digits",
-            layers=["convs/1/w", "head/w"],
-            num_samples=64,
-            batch_sizes=(4, 16, 32),
-        ),
-        "transformer": _setup(
-            "transformer/stdlib-chars",
-            "transformer",
-            "stdlib-chars",
-            layers=["blocks/0/v/w", "blocks/0/o/w"],
-            num_samples=32,
-            batch_sizes=(4,),
-        ),
-    },
-    "full": {
-        "mlp": _setup(
-            "mlp/binary-mnist",
-            "mlp",
-            "binary-mnist",
-            num_samples=512,
-            batch_sizes=(4, 16, 64, 128, 256),
-        ),
-        "cnn": _setup("cnn/mnist", "cnn", "mnist", num_samples=256, batch_sizes=(4, 16, 64, 128)),
-        "transformer": _setup(
-            "transformer/stdlib-chars",
-            "transformer",
-            "stdlib-chars",
-            layers=["blocks/0/q/w", "blocks/0/v/w", "blocks/0/o/w", "blocks/0/fc/w", "head/w"],
-            num_samples=128,
-            batch_sizes=(4, 16, 64),
-        ),
-    },
-}
-
-#: Training runs shared by both P3 studies, per preset (captured steps, optimiser).
-TRAINING = {
-    "test": {"steps": [0, 3], "learning_rate": 1e-2, "optimizer": "adam", "batch_size": 16},
-    "quick": {"steps": [0, 40, 120], "learning_rate": 3e-3, "optimizer": "adam", "batch_size": 32},
-    "full": {
-        "steps": [0, 100, 250, 500, 1000, 2000],
-        "learning_rate": 1e-3,
-        "optimizer": "adam",
-        "batch_size": 64,
-    },
-}
 
 PRESETS = {
-    "test": {
-        "setups": list(SETUPS["test"].values()),
-        **TRAINING["test"],
-        "power_steps": 3,
-        "random_inits": 2,
-        "power_at": "last",
-    },
-    "quick": {
-        "setups": list(SETUPS["quick"].values()),
-        **TRAINING["quick"],
-        "power_steps": 6,
-        "random_inits": 3,
-        "power_at": "last",
-    },
-    "full": {
-        "setups": list(SETUPS["full"].values()),
-        **TRAINING["full"],
-        "power_steps": 10,
-        "random_inits": 5,
-        "power_at": "all",
-    },
+    "test": Config(
+        tuple(P3_SETUPS["test"].values()),
+        P3_TRAINING["test"],
+        power_steps=3,
+        random_inits=2,
+        power_at="last",
+    ),
+    "quick": Config(
+        tuple(P3_SETUPS["quick"].values()),
+        P3_TRAINING["quick"],
+        power_steps=6,
+        random_inits=3,
+        power_at="last",
+    ),
+    "full": Config(
+        tuple(P3_SETUPS["full"].values()),
+        P3_TRAINING["full"],
+        power_steps=10,
+        random_inits=5,
+        power_at="all",
+    ),
 }
 
 
 # --------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------
-
-
-def capture_setup(setup, steps, optimizer, learning_rate, batch_size, seed, cache_dir):
-    """The cached capture of one setup (all :data:`CAPTURE_TARGETS`) and its config."""
-    cfg = {
-        "model": setup["model"],
-        "dataset": setup["dataset"],
-        "steps": [int(s) for s in steps],
-        "targets": list(CAPTURE_TARGETS),
-        "layers": setup["layers"],
-        "num_samples": int(setup["num_samples"]),
-        "batch_sizes": [int(b) for b in setup.get("batch_sizes", (4, 16))],
-        "mc_samples": int(setup.get("mc_samples", 8)),
-        "optimizer": setup.get("optimizer", optimizer),
-        "learning_rate": float(setup.get("learning_rate", learning_rate)),
-        "batch_size": int(setup.get("batch_size", batch_size)),
-        "seed": int(seed),
-    }
-    if setup.get("model_options"):
-        cfg["model_options"] = dict(setup["model_options"])
-    return cached_capture(cache_dir, **cfg), cfg
-
-
-def padded_target(samples: np.ndarray, weights: np.ndarray) -> SampleTarget:
-    """A :class:`SampleTarget` padded with zero-weight zeros to a power-of-two count.
-
-    The padding changes nothing (weight 0) but lets every target of a layer shape reuse
-    the same compiled kernels (JIT compilation dominates at these small sizes).
-    """
-    n = len(samples)
-    size = max(16, 1 << int(np.ceil(np.log2(max(n, 1)))))
-    if size > n:
-        pad = np.zeros((size - n, *samples.shape[1:]), samples.dtype)
-        samples = np.concatenate([samples, pad])
-        weights = np.concatenate([weights, np.zeros(size - n, weights.dtype)])
-    return SampleTarget(samples, weights=weights, chunk_size=size)
-
-
-def _ggn_target(node) -> tuple[SampleTarget, tuple]:
-    """``H_GN`` from the exact pseudo-gradients, and K-FAC's inputs for it."""
-    b = np.asarray(node["ggn"].values)  # (N, C, m, n)
-    n, c = b.shape[:2]
-    samples = b.reshape(n * c, *b.shape[2:])
-    weights = np.full(n * c, 1.0 / n, samples.dtype)
-    kfac_in = None
-    if "kfac_activations" in node.dataset and "kfac_backprops_ggn" in node.dataset:
-        kfac_in = (
-            np.asarray(node["kfac_activations"].values),
-            np.asarray(node["kfac_backprops_ggn"].values),
-        )
-    return padded_target(samples, weights), kfac_in
 
 
 def _kron_cosine(a1, b1, a2, b2) -> float:
@@ -265,130 +160,172 @@ def _np_sqrt(a) -> np.ndarray:
     return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
 
 
-def shampoo(target) -> Kronecker:
+def shampoo(target: Target) -> Kronecker:
     """``est.shampoo`` (``L^{1/2} ⊗ R^{1/2}``) with the square roots taken in NumPy float64.
 
     Same result; it avoids JIT-compiling an eigendecomposition for every layer shape,
     which dominates the run time at the quick preset's sizes.
+
+    Args:
+        target: the target ``Σ``.
+
+    Returns:
+        ``L^{1/2} ⊗ R^{1/2}`` of Shampoo's factors ``L``, ``R``, in the target's dtype.
     """
     left, right = target.second_moments()
     dt = target.dtype
     return Kronecker(_np_sqrt(left).astype(dt), _np_sqrt(right).astype(dt))
 
 
-def _cos(target, approx) -> float:
-    return float(met.cosine_similarity(target, approx))
+#: The estimators as the sweep takes them (the NumPy Shampoo as a ``(name, callable)``).
+_SWEEP_ESTIMATORS = ("frobenius_optimal", "shampoo_squared", ("shampoo", shampoo), "kfac")
 
 
-def _cell(target, kfac_in, n_power, inits, with_power, seed):
-    """Cosines of every estimator (and optionally the power-iteration curves)."""
-    cos = {e: np.nan for e in ESTIMATORS}
-    opt = est.frobenius_optimal(target)
-    cos["frobenius_optimal"] = _cos(target, opt)
-    cos["shampoo_squared"] = _cos(target, est.shampoo_squared(target))
-    cos["shampoo"] = _cos(target, shampoo(target))
-    if kfac_in is not None:
-        cos["kfac"] = _cos(target, est.kfac(*kfac_in))
-    info = (int(opt.info.iterations), int(bool(opt.info.converged)))
+def _power_curves(target: Target, n_power: int, inits, seed: int):
+    """Power-iteration cosines with the target and with the optimum, from each start.
+
+    ``cos(Σ, A_k ⊗ B_k) = ⟨Σ, A_k ⊗ B_k⟩ / ‖Σ‖_F`` for unit-norm factors: the Rayleigh
+    quotients that power_iteration records (``info.objective``) give the whole curve
+    without extra passes; the iterates themselves (for the cosine with the optimum) only
+    at ``k = 0``, 1 and ``K``.
+
+    Returns:
+        ``(curves, to_opt)``: ``(len(inits), n_power + 1)`` arrays (``to_opt`` NaN at the
+        iterations in between).
+    """
     curves = np.full((len(inits), n_power + 1), np.nan)
     to_opt = np.full((len(inits), n_power + 1), np.nan)
-    if with_power:
-        # cos(Σ, A_k ⊗ B_k) = ⟨Σ, A_k ⊗ B_k⟩ / ‖Σ‖_F for unit-norm factors: the Rayleigh
-        # quotients that power_iteration records (info.objective) give the whole curve
-        # without extra passes; the iterates themselves only at k = 0, 1 and K.
-        norm = float(target.frobenius_norm())
-        m, n = target.shape
-        dt = target.dtype
-        for i, init in enumerate(inits):
-            if init == "identity":
-                start = (np.eye(m, dtype=dt), np.eye(n, dtype=dt))
-            else:  # Wishart X Xᵀ/dim (as init="random"), drawn in NumPy: no recompiles
-                rng = np.random.default_rng([seed, i])
-                xa, xb = rng.standard_normal((m, m)), rng.standard_normal((n, n))
-                start = ((xa @ xa.T / m).astype(dt), (xb @ xb.T / n).astype(dt))
-            first = est.power_iteration(target, 1, init=start)
-            curves[i, 0] = float(first.info.objective[0]) / norm
-            curves[i, 1] = float(first.scale) / norm
-            to_opt[i, 0] = _kron_cosine(*start, opt.left, opt.right)
-            to_opt[i, 1] = _kron_cosine(first.left, first.right, opt.left, opt.right)
-            if n_power > 1:
-                last = est.power_iteration(target, n_power - 1, init=first)
-                curves[i, 1:n_power] = np.asarray(last.info.objective, float) / norm
-                curves[i, n_power] = float(last.scale) / norm
-                to_opt[i, n_power] = _kron_cosine(last.left, last.right, opt.left, opt.right)
-    return cos, info, curves, to_opt
+    opt = est.frobenius_optimal(target)
+    norm = float(target.frobenius_norm())
+    m, n = target.shape
+    dt = target.dtype
+    for i, init in enumerate(inits):
+        if init == "identity":
+            start = (np.eye(m, dtype=dt), np.eye(n, dtype=dt))
+        else:  # Wishart X Xᵀ/dim (as init="random"), drawn in NumPy: no recompiles
+            rng = np.random.default_rng([seed, i])
+            xa, xb = rng.standard_normal((m, m)), rng.standard_normal((n, n))
+            start = ((xa @ xa.T / m).astype(dt), (xb @ xb.T / n).astype(dt))
+        first = est.power_iteration(target, 1, init=start)
+        curves[i, 0] = float(first.info.objective[0]) / norm
+        curves[i, 1] = float(first.scale) / norm
+        to_opt[i, 0] = _kron_cosine(*start, opt.left, opt.right)
+        to_opt[i, 1] = _kron_cosine(first.left, first.right, opt.left, opt.right)
+        if n_power > 1:
+            last = est.power_iteration(target, n_power - 1, init=first)
+            curves[i, 1:n_power] = np.asarray(last.info.objective, float) / norm
+            curves[i, n_power] = float(last.scale) / norm
+            to_opt[i, n_power] = _kron_cosine(last.left, last.right, opt.left, opt.right)
+    return curves, to_opt
 
 
-def run(
-    setups,
-    steps=(0, 40, 120),
-    power_steps=6,
-    random_inits=3,
-    power_at="last",
-    optimizer="adam",
-    learning_rate=3e-3,
-    batch_size=32,
-    seed=0,
-    cache_dir=None,
-) -> xr.Dataset:
+def _cell(targets: dict, kfac_inputs: dict, n_power: int, inits, with_power: bool, seed: int):
+    """Every estimator's cosine with every target of one layer (the sweep), and the curves.
+
+    Args:
+        targets: ``{kind: Target}`` of one (model, step, layer) cell.
+        kfac_inputs: ``{kind: (activations, backprops)}`` for K-FAC (kinds without them:
+            K-FAC is skipped, NaN).
+        n_power: power-iteration steps ``K``.
+        inits: ``"identity"`` and ``"random<i>"`` start names.
+        with_power: whether to run the power-iteration curves here.
+        seed: the random starts' seed.
+
+    Returns:
+        ``(cosine, iterations, converged, curves, to_opt)``: ``cosine`` ``(kind,
+        estimator)`` as a DataArray (:data:`ESTIMATORS` order), the optimum's Lanczos
+        iterations and convergence per kind, and per kind the ``(init, iteration)``
+        power-iteration curves (NaN without ``with_power``).
+    """
+    sweep = evaluate(
+        targets,
+        _SWEEP_ESTIMATORS,
+        ("cosine",),
+        kfac_inputs=kfac_inputs or None,
+        progress=False,
+        raise_errors=True,
+    )
+    sweep = sweep.isel({d: 0 for d in ("step", "layer", "batch_size") if d in sweep.dims})
+    cosine = sweep["score"].sel(metric="cosine", estimator=list(ESTIMATORS))
+    opt = sweep.sel(estimator="frobenius_optimal")
+    curves, to_opt = {}, {}
+    for kind, target in targets.items():
+        if with_power:
+            curves[kind], to_opt[kind] = _power_curves(target, n_power, inits, seed)
+        else:
+            curves[kind] = to_opt[kind] = np.full((len(inits), n_power + 1), np.nan)
+    return cosine, opt["iterations"], opt["converged"], curves, to_opt
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
     """Capture each setup and score every estimator on ``H_GN`` and ``H_Ada``.
 
-    Returns a Dataset with dims ``model, target, layer, step, estimator`` (and ``init``,
-    ``iteration`` for the power iteration); ``layer`` is a slot index per model with the
-    names in the 2-D coordinate ``layer_name`` (empty where a model has fewer layers).
+    Args:
+        config: the study's configuration (e.g. ``PRESETS["quick"]``).
+        **overrides: :class:`Config` fields to replace (``dataclasses.replace``), e.g.
+            ``cache_dir=...``.
+
+    Returns:
+        A Dataset with dims ``model, target, layer, step, estimator`` (and ``init``,
+        ``iteration`` for the power iteration); ``layer`` is a slot index per model with
+        the names in the 2-D coordinate ``layer_name`` (empty where a model has fewer
+        layers).
     """
+    cfg = dataclasses.replace(config, **overrides) if overrides else config
     t_start = time.perf_counter()
-    steps = sorted(int(s) for s in steps)
-    inits = ["identity"] + [f"random{i}" for i in range(int(random_inits))]
-    power_steps_set = set(steps) if power_at == "all" else {steps[-1]}
+    steps = sorted(int(s) for s in cfg.training.steps)
+    training = dataclasses.replace(cfg.training, steps=tuple(steps))
+    inits = ["identity"] + [f"random{i}" for i in range(int(cfg.random_inits))]
+    power_steps_set = set(steps) if cfg.power_at == "all" else {steps[-1]}
+    n_power = int(cfg.power_steps)
     captures = []
     capture_seconds = 0.0
-    for s in setups:
+    for s in cfg.setups:
         t0 = time.perf_counter()
-        tree, cfg = capture_setup(s, steps, optimizer, learning_rate, batch_size, seed, cache_dir)
+        captures.append(capture_setup(s, training, cfg.seed, cfg.cache_dir))
         capture_seconds += time.perf_counter() - t0
-        captures.append((s, tree, cfg))
-    n_layers = max(len(str(t.attrs["layers"]).split(",")) for _, t, _ in captures)
-    shape = (len(setups), len(TARGETS), n_layers, len(steps))
+    names, rows, cols = layer_table([t for t, _ in captures])
+    n_layers = names.shape[1]
+    shape = (len(cfg.setups), len(TARGETS), n_layers, len(steps))
     cosine = np.full((*shape, len(ESTIMATORS)), np.nan)
     opt_iters = np.full(shape, -1, np.int64)
-    opt_conv = np.full(shape, -1, np.int8)
-    pcos = np.full((*shape, len(inits), power_steps + 1), np.nan)
-    popt = np.full_like(pcos, np.nan)
-    names = np.full((len(setups), n_layers), "", dtype=object)
-    rows = np.full((len(setups), n_layers), -1, np.int64)
-    cols = np.full((len(setups), n_layers), -1, np.int64)
-    loss = np.full((len(setups), len(steps)), np.nan)
-    acc = np.full((len(setups), len(steps)), np.nan)
-    num_traj = np.full((len(setups), len(steps)), -1, np.int64)
-    for i_m, (_, tree, _) in enumerate(captures):
+    opt_conv = np.full(shape, -1, np.int64)
+    pcos = np.full((*shape, len(inits), n_power + 1), np.nan)
+    popt = np.full((*shape, len(inits), n_power + 1), np.nan)
+    loss = np.full((len(cfg.setups), len(steps)), np.nan)
+    acc = np.full((len(cfg.setups), len(steps)), np.nan)
+    num_traj = np.full((len(cfg.setups), len(steps)), -1, np.int64)
+    for i_m, (tree, _) in enumerate(captures):
         layers = str(tree.attrs["layers"]).split(",")
-        for i_l, (lay, shp) in enumerate(
-            zip(layers, str(tree.attrs["layer_shapes"]).split(","), strict=True)
-        ):
-            names[i_m, i_l] = lay
-            rows[i_m, i_l], cols[i_m, i_l] = (int(x) for x in shp.split("x"))
         traj: dict[str, list[np.ndarray]] = {lay: [] for lay in layers}
         for i_s, step in enumerate(steps):
-            node = tree[f"step_{step:06d}"]
+            node = tree[schema.step_name(step)]
             loss[i_m, i_s] = float(node.attrs.get("loss", np.nan))
             a = float(node.attrs.get("test_accuracy", -1.0))
             acc[i_m, i_s] = np.nan if a == -1.0 else a
             for i_l, lay in enumerate(layers):
                 ln = node[lay]
-                traj[lay].append(np.asarray(as_samples(ln["trajectory"]["gradients"]).values))
+                traj[lay].append(
+                    np.asarray(schema.layer_samples(ln, schema.Kind.TRAJECTORY).values)
+                )
                 gs = np.concatenate(traj[lay])
                 num_traj[i_m, i_s] = len(gs)
-                ggn, kfac_in = _ggn_target(ln)
+                ggn, kfac_in = ggn_target(ln)
                 ada = padded_target(gs, np.ones(len(gs), gs.dtype))
-                for i_t, (target, kin) in enumerate(((ggn, kfac_in), (ada, None))):
-                    cos, info, curves, to_opt = _cell(
-                        target, kin, power_steps, inits, step in power_steps_set, seed
-                    )
-                    cosine[i_m, i_t, i_l, i_s] = [cos[e] for e in ESTIMATORS]
-                    opt_iters[i_m, i_t, i_l, i_s], opt_conv[i_m, i_t, i_l, i_s] = info
-                    pcos[i_m, i_t, i_l, i_s] = curves
-                    popt[i_m, i_t, i_l, i_s] = to_opt
+                c, iters, conv, curves, to_opt = _cell(
+                    {"ggn": ggn, "adagrad": ada},
+                    {} if kfac_in is None else {"ggn": kfac_in},
+                    n_power,
+                    inits,
+                    step in power_steps_set,
+                    cfg.seed,
+                )
+                for i_t, kind in enumerate(TARGETS):
+                    cell = (i_m, i_t, i_l, i_s)
+                    cosine[cell] = c.sel(target=kind).values
+                    opt_iters[cell] = int(iters.sel(target=kind))
+                    opt_conv[cell] = int(conv.sel(target=kind))
+                    pcos[cell], popt[cell] = curves[kind], to_opt[kind]
     dims = ("model", "target", "layer", "step")
     ds = xr.Dataset(
         {
@@ -402,14 +339,14 @@ def run(
             "adagrad_num_gradients": (("model", "step"), num_traj),
         },
         coords={
-            "model": [s["key"] for s in setups],
+            "model": [s.key for s in cfg.setups],
             "target": list(TARGETS),
             "layer": np.arange(n_layers),
             "step": np.asarray(steps, np.int64),
             "estimator": list(ESTIMATORS),
             "init": inits,
-            "iteration": np.arange(power_steps + 1),
-            "layer_name": (("model", "layer"), names.astype(str)),
+            "iteration": np.arange(n_power + 1),
+            "layer_name": (("model", "layer"), names),
             "layer_rows": (("model", "layer"), rows),
             "layer_cols": (("model", "layer"), cols),
         },
@@ -421,29 +358,31 @@ def run(
     )
     ds["opt_converged"].attrs["description"] = "1 converged, 0 not (frobenius_optimal)"
     ds.attrs.update(
-        {
-            "study": NAME,
-            "paper": PAPER,
-            "targets": "ggn: exact per-layer GGN over the captured examples; "
+        make_attrs(
+            TITLE,
+            seed=int(cfg.seed),
+            source="captured training runs: " + ", ".join(s.key for s in cfg.setups),
+            study=NAME,
+            paper=PAPER,
+            targets="ggn: exact per-layer GGN over the captured examples; "
             "adagrad: sum of the run's mini-batch gradient outer products up to the step",
-            "metric": "Frobenius cosine similarity, no damping",
-            "kfac": "expand variant from layer inputs and exact-GGN backprops (GGN row only)",
-            "random_init": "Wishart X Xᵀ/dim, X standard normal (power_iteration init='random')",
-            "power_at": str(power_at),
-            "optimizer": str(optimizer),
-            "learning_rate": float(learning_rate),
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "num_samples": ",".join(str(s["num_samples"]) for s in setups),
-            "capture_configs": " | ".join(
-                f"{s['key']}: {cfg['model']} {cfg['dataset']} layers={t.attrs['layers']} "
-                f"shapes={t.attrs['layer_shapes']} N={cfg['num_samples']} "
-                f"options={cfg.get('model_options', {})}"
-                for s, t, cfg in captures
+            metric="Frobenius cosine similarity, no damping (precond_lab.evaluate sweep)",
+            kfac="expand variant from layer inputs and exact-GGN backprops (GGN row only)",
+            random_init="Wishart X Xᵀ/dim, X standard normal (power_iteration init='random')",
+            power_at=str(cfg.power_at),
+            optimizer=str(training.optimizer),
+            learning_rate=float(training.learning_rate),
+            batch_size=int(training.batch_size),
+            num_samples=",".join(str(s.num_samples) for s in cfg.setups),
+            capture_configs=" | ".join(
+                f"{s.key}: {c['model']} {c['dataset']} layers={t.attrs['layers']} "
+                f"shapes={t.attrs['layer_shapes']} N={c['num_samples']} "
+                f"options={c.get('model_options', {})}"
+                for s, (t, c) in zip(cfg.setups, captures, strict=True)
             ),
-            "capture_seconds": round(capture_seconds, 2),
-            "seconds": round(time.perf_counter() - t_start, 2),
-        }
+            capture_seconds=round(capture_seconds, 2),
+            seconds=round(time.perf_counter() - t_start, 2),
+        )
     )
     return ds
 
@@ -470,6 +409,14 @@ def _fmt(x: float) -> str:
 
 
 def verdicts(ds: xr.Dataset) -> list[Verdict]:
+    """P3-3 … P3-6 decided from a Dataset of :func:`run`.
+
+    Args:
+        ds: the study's Dataset.
+
+    Returns:
+        One :class:`~precond_lab.study.Verdict` per claim, in claim order.
+    """
     out = []
     gap = _gaps(ds)
     valid = np.isfinite(gap.values)
@@ -622,78 +569,65 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
 # Figures
 # --------------------------------------------------------------------------------------
 
-
-def _style():
-    from precond_lab.plotting import estimator_label, estimator_style, style
-
-    return style, estimator_label, estimator_style
+_TARGET_TITLES = {"ggn": pl.target_label("ggn"), "adagrad": "Adagrad"}
+_GREY = "#7F7F7F"
 
 
-_TARGET_TITLES = {"ggn": "Gauss–Newton", "adagrad": "Adagrad"}
-
-
-def _figure(nrows, ncols, panel=(3.3, 2.6), **kw):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
-
-
-def _integer_ticks(axes):
-    from matplotlib.ticker import MaxNLocator
-
+def _integer_ticks(axes) -> None:
     for ax in axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
-def _legend(fig, axes, ncols=4):
-    seen = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            seen.setdefault(lab, h)
-    if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=ncols)
-
-
-def _layer_title(ds, model, layer):
+def _layer_title(ds: xr.Dataset, model: str, layer: int) -> str:
     name = ds["layer_name"].sel(model=model, layer=layer).item()
     r = int(ds["layer_rows"].sel(model=model, layer=layer))
     c = int(ds["layer_cols"].sel(model=model, layer=layer))
     return f"{name} ({r}×{c})"
 
 
-def plot(ds: xr.Dataset, figdir) -> list[Path]:
-    from precond_lab.plotting import save
+def _estimator_lines(ax, ds: xr.Dataset, steps, **cell) -> None:
+    """One line per estimator over training steps (skipping all-NaN ones, e.g. K-FAC)."""
+    for i, e in enumerate(ESTIMATORS):
+        y = ds["cosine"].sel(estimator=e, **cell).values
+        if np.all(np.isnan(y)):
+            continue
+        ax.plot(steps, y, label=pl.estimator_label(e), gid=e, **pl.estimator_style(e, i))
 
-    style, label, est_style = _style()
+
+def plot(ds: xr.Dataset, figdir) -> list[Path]:
+    """Figure 1 (cosines over training), every layer, the power iteration, the gaps.
+
+    Args:
+        ds: a Dataset from :func:`run`.
+        figdir: the folder to write into.
+
+    Returns:
+        The PNG and PDF paths written.
+    """
     figdir = Path(figdir)
     paths: list[Path] = []
     models = [str(m) for m in ds["model"].values]
     steps = ds["step"].values
-    with style():
+    with pl.style():
         # Figure 1 form: rows GN / Adagrad, columns models, first layer of each model.
-        fig, axes = _figure(len(TARGETS), len(models), sharex=False)
+        fig, axes = pl.figure(len(TARGETS), len(models), sharex=False)
         for r, t in enumerate(TARGETS):
             for c, m in enumerate(models):
                 ax = axes[r, c]
-                for i, e in enumerate(ESTIMATORS):
-                    y = ds["cosine"].sel(model=m, target=t, layer=0, estimator=e).values
-                    if np.all(np.isnan(y)):
-                        continue
-                    ax.plot(steps, y, label=label(e), gid=e, **est_style(e, i))
+                _estimator_lines(ax, ds, steps, model=m, target=t, layer=0)
                 ax.set_title(f"{_TARGET_TITLES[t]} — {m}\n{_layer_title(ds, m, 0)}", fontsize=8)
                 if r == len(TARGETS) - 1:
                     ax.set_xlabel("training step")
                 if c == 0:
-                    ax.set_ylabel("cosine similarity")
+                    ax.set_ylabel(pl.metric_label("cosine"))
         _integer_ticks(axes)
-        _legend(fig, axes)
+        pl.legend(fig, axes, ncols=4)
         fig.suptitle("Cosine similarity with H_GN (top) and H_Ada (bottom) over training")
-        paths += save(fig, figdir / f"{NAME}_fig1")
+        paths += pl.save(fig, figdir / f"{NAME}_fig1")
 
         # Every layer: rows = (target, layer slot), columns = models.
         n_layers = ds.sizes["layer"]
-        fig, axes = _figure(len(TARGETS) * n_layers, len(models), panel=(3.0, 2.1))
+        fig, axes = pl.figure(len(TARGETS) * n_layers, len(models), panel=(3.0, 2.1))
         for t_i, t in enumerate(TARGETS):
             for li in range(n_layers):
                 r = t_i * n_layers + li
@@ -702,11 +636,7 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                     if not ds["layer_name"].sel(model=m, layer=li).item():
                         ax.set_axis_off()
                         continue
-                    for i, e in enumerate(ESTIMATORS):
-                        y = ds["cosine"].sel(model=m, target=t, layer=li, estimator=e).values
-                        if np.all(np.isnan(y)):
-                            continue
-                        ax.plot(steps, y, label=label(e), gid=e, **est_style(e, i))
+                    _estimator_lines(ax, ds, steps, model=m, target=t, layer=li)
                     ax.set_title(
                         f"{_TARGET_TITLES[t]} — {m}\n{_layer_title(ds, m, li)}", fontsize=7
                     )
@@ -715,9 +645,9 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                     if r == len(TARGETS) * n_layers - 1:
                         ax.set_xlabel("training step")
         _integer_ticks(axes)
-        _legend(fig, axes)
+        pl.legend(fig, axes, ncols=4)
         fig.suptitle("Cosine similarity per layer")
-        paths += save(fig, figdir / f"{NAME}_layers")
+        paths += pl.save(fig, figdir / f"{NAME}_layers")
 
         # P3-5: power iteration from I vs random starts (first layer, last power step).
         pc = ds["power_cosine"]
@@ -726,7 +656,7 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         ]
         if step_have:
             s = step_have[-1]
-            fig, axes = _figure(len(TARGETS), len(models))
+            fig, axes = pl.figure(len(TARGETS), len(models))
             it = ds["iteration"].values
             for r, t in enumerate(TARGETS):
                 for c, m in enumerate(models):
@@ -736,7 +666,11 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                         model=m, target=t, layer=0, step=s, estimator="frobenius_optimal"
                     )
                     ax.axhline(
-                        float(opt), color="#0072B2", lw=1, ls="--", label="Optimal Kronecker"
+                        float(opt),
+                        color=pl.estimator_style("frobenius_optimal")["color"],
+                        lw=1,
+                        ls="--",
+                        label=pl.estimator_label("frobenius_optimal"),
                     )
                     for init in ds["init"].values:
                         init = str(init)
@@ -744,7 +678,7 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                         ax.plot(
                             it,
                             cur.sel(init=init).values,
-                            color="#D55E00" if ident else "#7F7F7F",
+                            color=pl.OKABE_ITO["vermillion"] if ident else _GREY,
                             marker="s" if ident else ".",
                             lw=1.6 if ident else 0.9,
                             alpha=1.0 if ident else 0.8,
@@ -758,29 +692,35 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                     if r == len(TARGETS) - 1:
                         ax.set_xlabel("power-iteration step")
                     if c == 0:
-                        ax.set_ylabel("cosine similarity")
+                        ax.set_ylabel(pl.metric_label("cosine"))
             _integer_ticks(axes)
-            _legend(fig, axes, ncols=3)
+            pl.legend(fig, axes, ncols=3)
             fig.suptitle(f"Power iteration for the optimal Kronecker product (training step {s})")
-            paths += save(fig, figdir / f"{NAME}_power_iteration")
+            paths += pl.save(fig, figdir / f"{NAME}_power_iteration")
 
         # P3-6: the gap cos(opt) − cos(Shampoo²) per model (all layers and steps).
         gap = _gaps(ds)
-        fig, axes = _figure(1, len(TARGETS), panel=(3.6, 2.8))
+        fig, axes = pl.figure(1, len(TARGETS), panel=(3.6, 2.8))
         for c, t in enumerate(TARGETS):
             ax = axes[0, c]
             data = [np.asarray(gap.sel(model=m, target=t).values).ravel() for m in models]
             data = [d[np.isfinite(d)] for d in data]
             for i, d in enumerate(data):
                 jitter = np.linspace(-0.15, 0.15, max(len(d), 1))[: len(d)]
-                ax.scatter(i + jitter, d, s=12, color="#009E73", alpha=0.8, zorder=3)
+                ax.scatter(i + jitter, d, s=12, color=pl.OKABE_ITO["bluish_green"], alpha=0.8)
                 if len(d):
                     ax.hlines(np.mean(d), i - 0.3, i + 0.3, color="black", lw=1.5, zorder=4)
-            ax.axhline(GAP_TOL, color="#D55E00", ls=":", lw=1, label=f"P3-3 tolerance {GAP_TOL}")
+            ax.axhline(
+                GAP_TOL,
+                color=pl.OKABE_ITO["vermillion"],
+                ls=":",
+                lw=1,
+                label=f"P3-3 tolerance {GAP_TOL}",
+            )
             ax.set_xticks(range(len(models)), [m.replace("/", "\n") for m in models], fontsize=7)
             ax.set_title(_TARGET_TITLES[t])
             ax.set_ylabel("cos(opt) − cos(Shampoo²)")
-        _legend(fig, axes, ncols=1)
+        pl.legend(fig, axes, ncols=1)
         fig.suptitle("Shampoo²–optimum gap per model (dots: layer × step; bar: mean)")
-        paths += save(fig, figdir / f"{NAME}_gap")
+        paths += pl.save(fig, figdir / f"{NAME}_gap")
     return paths

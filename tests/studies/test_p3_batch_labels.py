@@ -14,7 +14,7 @@ from studies import p3_batch_labels as b
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     cache = tmp_path_factory.mktemp("p3b_cache")
-    return b.run(**b.PRESETS["test"], cache_dir=cache)
+    return b.run(b.PRESETS["test"], cache_dir=cache)
 
 
 def _dense(f, c, w):

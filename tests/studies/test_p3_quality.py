@@ -11,7 +11,7 @@ from studies import p3_quality as q
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     cache = tmp_path_factory.mktemp("p3q_cache")
-    return q.run(**q.PRESETS["test"], cache_dir=cache)
+    return q.run(q.PRESETS["test"], cache_dir=cache)
 
 
 def _kronecker_samples(m=4, n=3, seed=0):
@@ -86,12 +86,13 @@ def test_verdicts_on_the_test_run(ds):
 
 def test_exact_kronecker_target_makes_shampoo2_optimal():
     t = q.padded_target(g := _kronecker_samples(), np.ones(len(g), np.float32))
-    cos, _, curves, to_opt = q._cell(t, None, 2, ["identity", "random0"], True, 0)
+    c, _, _, curves, to_opt = q._cell({"t": t}, {}, 2, ["identity", "random0"], True, 0)
+    cos = {e: float(c.sel(target="t", estimator=e)) for e in q.ESTIMATORS}
     assert cos["frobenius_optimal"] == pytest.approx(1.0, abs=1e-5)
     assert cos["shampoo_squared"] == pytest.approx(1.0, abs=1e-5)
     assert cos["shampoo"] < 0.999  # ∝ Σ^{1/2}, not Σ
-    assert curves[0, 1] == pytest.approx(1.0, abs=1e-5)  # one step from I is exact
-    assert to_opt[0, 1] == pytest.approx(1.0, abs=1e-5)
+    assert curves["t"][0, 1] == pytest.approx(1.0, abs=1e-5)  # one step from I is exact
+    assert to_opt["t"][0, 1] == pytest.approx(1.0, abs=1e-5)
 
 
 def _constructed(ds, opt, sh2, sh, tf_gap=None):
@@ -140,7 +141,8 @@ def test_power_curve_matches_explicit_iterates():
     rng = np.random.default_rng(3)
     g = rng.standard_normal((40, 4, 3)).astype(np.float32)
     t = q.padded_target(g, np.full(40, 1 / 40, np.float32))
-    _, _, curves, to_opt = q._cell(t, None, 3, ["identity", "random0"], True, 0)
+    _, _, _, curves, to_opt = q._cell({"t": t}, {}, 3, ["identity", "random0"], True, 0)
+    curves, to_opt = curves["t"], to_opt["t"]
     from precond_lab import estimators as est
     from precond_lab import metrics as met
 
