@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import NotPositiveDefiniteError
-from .linalg._spectral import eigh_sym
+from .linalg import eigh_sym
 
 __all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
 
@@ -50,7 +50,7 @@ class FitInfo:
     method: str = ""
 
 
-def _check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Array:
+def check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Array:
     """Return ``w + damping`` after checking that ``(w + damping)^p`` is defined."""
     if not np.isfinite(damping) or damping < 0:
         raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
@@ -113,7 +113,7 @@ class Structure:
 
     def logdet(self, damping: float = 0.0) -> jax.Array:
         """``log det(S + damping·I)``; raises if the matrix is singular or indefinite."""
-        w = _check_spectrum(self.eigenvalues(), 0.0, damping, type(self).__name__)
+        w = check_spectrum(self.eigenvalues(), 0.0, damping, type(self).__name__)
         return jnp.sum(jnp.log(w))
 
     def power(self, p: float, damping: float = 0.0) -> Structure:
@@ -243,7 +243,7 @@ class _EigenForm(Structure):
         return self._unrotate(self._rotate(x) * self.values)
 
     def power(self, p: float, damping: float = 0.0):
-        w = _check_spectrum(self.values, p, damping, type(self).__name__)
+        w = check_spectrum(self.values, p, damping, type(self).__name__)
         return self._with_values(w**p)
 
     def function(self, fn):

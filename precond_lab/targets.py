@@ -633,7 +633,7 @@ class _ArraySource:
         self.dtype = np.dtype(self.samples.dtype) if dt.kind == "f" else dt
         self.shape = (int(m), int(n))
         self.num_samples = int(n_samples)
-        self.weights = _check_weights(weights, self.num_samples, self.dtype)
+        self.weights = check_weights(weights, self.num_samples, self.dtype)
 
     def read(self, start, stop):
         if start == 0 and stop == self.num_samples:  # one chunk: no copy
@@ -670,7 +670,7 @@ class _DataArraySource:
         self.num_samples = self.examples * self.inner
         if weights is None and "weight" in da.coords:
             weights = np.asarray(da.coords["weight"].values)
-        w = _check_weights(weights, self.examples, self.dtype)
+        w = check_weights(weights, self.examples, self.dtype)
         self.weights = jnp.repeat(w, self.inner) if self.inner > 1 else w
 
     def read(self, start, stop):
@@ -687,7 +687,7 @@ class _DataArraySource:
         return float(jnp.sum(self.weights))
 
 
-def _check_weights(weights, count, dtype):
+def check_weights(weights, count, dtype):
     if weights is None:
         return jnp.full((count,), 1.0 / count, dtype=dtype)
     w = np.asarray(weights)

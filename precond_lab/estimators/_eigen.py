@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..linalg._spectral import eigh_sym
+from ..linalg import eigh_sym
 from ..structures import Diagonal, EigenKronecker, Kronecker, Structure
 from ._common import target_of
 from ._registry import EstimatorSpec, FitContext, build, on_target, parse_estimator, register

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..linalg._spectral import symmetrize
+from ..linalg import symmetrize
 from ..structures import FitInfo, Kronecker
 from ..targets import Target
 from ._common import default_tol, target_of

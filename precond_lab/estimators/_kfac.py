@@ -23,7 +23,7 @@ import numpy as np
 from .._validation import check_finite, check_float_dtype
 from ..errors import CellSkipped
 from ..structures import Kronecker
-from ..targets import _check_weights
+from ..targets import check_weights
 from ._registry import EstimatorSpec, FitContext, register
 
 __all__ = ["kfac"]
@@ -81,7 +81,7 @@ def kfac(
     if a.shape[0] == 0:
         raise ValueError("kfac needs at least one example (N = 0).")
     dt = jnp.result_type(a.dtype, d.dtype)
-    w = _check_weights(weights, a.shape[0], np.dtype(dt))
+    w = check_weights(weights, a.shape[0], np.dtype(dt))
     if a.ndim == 3 and variant == "reduce":
         a = jnp.mean(a, axis=1)
         d = jnp.sum(d, axis=2)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import FitNeedsDampingError
-from ..linalg._spectral import eigh_sym, symmetrize
+from ..linalg import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
 from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, on_target, register

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..linalg._spectral import psd_power, symmetrize
+from ..linalg import psd_power, symmetrize
 from ..structures import Kronecker
 from ._common import target_of
 from ._registry import EstimatorSpec, on_target, register

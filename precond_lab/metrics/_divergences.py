@@ -16,7 +16,7 @@ import scipy.optimize
 
 from .._validation import FitNeedsDampingError
 from ..errors import NotPositiveDefiniteError
-from ..structures import Structure, _check_spectrum
+from ..structures import Structure, check_spectrum
 from ..targets import Target
 from ._common import prepare, rotated_target_diagonal
 from ._registry import MetricSpec, register_metric
@@ -123,7 +123,7 @@ def kl_scale(
     damping, approx_damping = _resolve(damping, approx_damping)
     t, s = prepare(target, approx, weights, center, chunk_size)
     values, delta = rotated_target_diagonal(t, s)
-    _check_spectrum(values, -1.0, approx_damping, "approximation")
+    check_spectrum(values, -1.0, approx_damping, "approximation")
     return _forward_scale(values, delta, damping, approx_damping)
 
 
@@ -134,7 +134,7 @@ def forward_kl_from_spectra(
 
     Shared by :func:`kl_divergence` and :func:`~precond_lab.metrics.score`.
     """
-    _check_spectrum(values, -1.0, approx_damping, "approximation")
+    check_spectrum(values, -1.0, approx_damping, "approximation")
     trace_term, logdet = _forward_terms(values, delta, damping, approx_damping)
     c = _forward_scale(values, delta, damping, approx_damping) if rescale else 1.0
     logdet_x = float(_target_logdet(mu, dim, damping, floor))
@@ -145,7 +145,7 @@ def von_neumann_from_spectra(
     values, delta, mu, rank, dim, trace, damping, approx_damping, floor=0.0
 ):
     """``D_vN(Σ+λI, S+μI)`` from ``D``, ``δ``, the target's eigenvalues and trace."""
-    yv = _check_spectrum(values, -1.0, approx_damping, "approximation")
+    yv = check_spectrum(values, -1.0, approx_damping, "approximation")
     xv = np.asarray(mu, np.float64) + damping
     x_log_x = float(np.sum(np.where(xv > 0, xv * np.log(np.where(xv > 0, xv, 1.0)), 0.0)))
     comp = floor + damping  # eigenvalue of X on the complement of the eigenvectors
@@ -196,7 +196,7 @@ def kl_divergence(
     dim = t.dim
     if direction == "forward":
         values, delta = rotated_target_diagonal(t, s)
-        _check_spectrum(values, -1.0, approx_damping, "approximation")
+        check_spectrum(values, -1.0, approx_damping, "approximation")
         mu, spec = _target_eigs(t, damping)
         kl = forward_kl_from_spectra(
             values, delta, mu, dim, damping, approx_damping, rescale, spec.floor
@@ -206,7 +206,7 @@ def kl_divergence(
     # reverse: tr(X⁻¹Y) with X⁻¹ = V (μ+λ)⁻¹ Vᵀ + (I − VVᵀ)/(floor+λ)
     mu, spec = _target_eigs(t, damping, vectors=True)
     values = s.eigenvalues()
-    _check_spectrum(values, -1.0, approx_damping, "approximation")
+    check_spectrum(values, -1.0, approx_damping, "approximation")
     vecs = spec.vectors
     quad = np.asarray(jnp.einsum("rij,rij->r", vecs, s.matvec(vecs)), np.float64)
     mu64 = np.asarray(mu, np.float64)
