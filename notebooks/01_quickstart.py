@@ -47,7 +47,7 @@ jax.config.update("jax_enable_x64", True)  # float64 everywhere (float32 is the 
 import numpy as np
 import pandas as pd
 
-from precond_lab import SampleTarget
+from precond_lab import SampleTarget, schema
 from precond_lab import estimators as est
 from precond_lab import metrics as met
 from precond_lab.capture import capture
@@ -70,7 +70,7 @@ tree = capture(
     dtype="float64",
     eval_samples=200,
 )
-step = tree[f"step_{STEP:06d}"]
+step = tree[schema.step_name(STEP)]
 print(
     f"step {STEP}: train loss {step.attrs['train_loss']:.3f}, "
     f"test accuracy {step.attrs['test_accuracy']:.2f}"
@@ -98,7 +98,7 @@ print(f"layer {LAYER}: m={m}, n={n}, mn={m * n}; samples behind Σ: {ggn.num_sam
 # `evaluate` does.
 
 # %%
-kfac_fit = est.kfac(layer["kfac_activations"], layer["kfac_backprops_ggn"], damping=DAMPING)
+kfac_fit = est.kfac(*schema.layer_kfac_inputs(layer, "ggn"), damping=DAMPING)
 
 builders = {
     "frobenius_optimal": lambda: est.frobenius_optimal(target),

@@ -50,7 +50,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np
 import pandas as pd
 
-from precond_lab import Kronecker, SampleTarget
+from precond_lab import Kronecker, SampleTarget, schema
 from precond_lab import estimators as est
 from precond_lab import metrics as met
 from precond_lab.capture import capture
@@ -74,7 +74,7 @@ tree = capture(
     dtype="float64",
     eval_samples=0,
 )
-G = tree[f"step_{STEP:06d}/layers/1/w"]["gradients"].load()
+G = tree[schema.step_name(STEP)]["layers/1/w"]["gradients"].load()
 sigma = SampleTarget(G)
 m, n = sigma.shape
 lam = REL_DAMPING * float(sigma.trace()) / (m * n)

@@ -46,7 +46,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np
 from sklearn.datasets import load_digits
 
-from precond_lab import DenseTarget, SampleTarget
+from precond_lab import DenseTarget, SampleTarget, schema
 from precond_lab import estimators as est
 from precond_lab import metrics as met
 from precond_lab.capture import capture_from_fn
@@ -101,7 +101,7 @@ tree = capture_from_fn(
     layers=["hidden/w", "out/w"],
     num_samples=NUM_SAMPLES,
 )
-node = tree["step_000000/out/w"]
+node = tree[schema.step_name(0)]["out/w"]
 print(node["gradients"].dims, node["gradients"].shape, "|", node["ggn"].dims, node["ggn"].shape)
 
 ggn = SampleTarget(node["ggn"])  # the class axis becomes extra samples
@@ -121,7 +121,7 @@ for name, t in {"GGN": ggn, "empirical Fisher": grads}.items():
 
 # %%
 tmp = Path(tempfile.mkdtemp())
-np.save(tmp / "hidden_grads.npy", np.asarray(tree["step_000000/hidden/w"]["gradients"]))
+np.save(tmp / "hidden_grads.npy", np.asarray(tree[schema.step_name(0)]["hidden/w"]["gradients"]))
 
 G = np.load(tmp / "hidden_grads.npy", mmap_mode="r")
 print("loaded", G.shape, G.dtype)
@@ -178,7 +178,7 @@ for name, s in {"shampoo_squared": est.shampoo_squared(damped), "kl_optimal": kl
 # Gauss–Newton block, so it must agree with the `ggn` pseudo-gradients captured above.
 
 # %%
-idx = tree["step_000000"]["sample"].values  # the captured training examples
+idx = tree[schema.step_name(0)]["sample"].values  # the captured training examples
 xs, ys = x[idx], y[idx]
 w_out = params["out"]["w"]
 m, n = w_out.shape

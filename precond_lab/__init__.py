@@ -10,7 +10,7 @@ Subpackages: :mod:`~precond_lab.estimators`, :mod:`~precond_lab.metrics`,
 :mod:`~precond_lab.reference` (dense float64 references), :mod:`~precond_lab.linalg`.
 """
 
-from . import estimators, metrics, structures, targets
+from . import estimators, metrics, schema, structures, targets
 from ._version import __version__
 from .errors import (
     FitNeedsDampingError,
@@ -38,6 +38,7 @@ __all__ = [
     "as_target",
     "estimators",
     "metrics",
+    "schema",
     "structures",
     "targets",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT",
     "TRAJECTORY_GROUP",
     "STEP_VARIABLES",
+    "VARIABLE_DIMS",
     "WEIGHT",
     "batch_kind",
     "batch_size_of",
@@ -141,6 +142,18 @@ TRAJECTORY_GROUP = "trajectory"  #: a layer's trajectory group
 STEP_VARIABLES = ("loss", "outputs", "labels")  #: per-example variables of a step group
 WEIGHT = "weight"  #: the per-sample weight coordinate of batch and trajectory gradients
 
+#: Allowed dims of each layer-group variable (one tuple per allowed layout).
+VARIABLE_DIMS: dict[str, list[tuple[str, ...]]] = {
+    PARAM: [("row", "col")],
+    Kind.GRADIENTS.value: [("sample", "row", "col")],
+    Kind.GGN.value: [("sample", "class", "row", "col")],
+    Kind.GGN_MC.value: [("sample", "mc", "row", "col")],
+    KFAC_ACTIVATIONS: [("sample", "in"), ("sample", "position", "in")],
+    KFAC_BACKPROPS[Kind.GRADIENTS]: [("sample", "out"), ("sample", "position", "out")],
+    KFAC_BACKPROPS[Kind.GGN]: [("sample", "class", "out"), ("sample", "class", "position", "out")],
+    KFAC_BACKPROPS[Kind.GGN_MC]: [("sample", "mc", "out"), ("sample", "mc", "position", "out")],
+}
+
 _STORE_VARIABLES = {
     CaptureTarget.GRADIENTS: (Kind.GRADIENTS.value,),
     CaptureTarget.GGN: (Kind.GGN.value,),
@@ -247,14 +260,17 @@ def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
     return None
 
 
-def layer_kfac_inputs(node: xr.DataTree, kind) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(activations, backprops)`` of a captured layer for target kind ``kind``, or None."""
+def layer_kfac_inputs(
+    node: xr.DataTree | xr.Dataset, kind
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(activations, backprops)`` of a captured layer (group or its Dataset) for target
+    kind ``kind``, or None where they were not captured."""
     kind = parse_kind(kind)
     try:
         bp = KFAC_BACKPROPS[Kind(kind)]
     except (ValueError, KeyError):
         return None
-    ds = node.dataset
+    ds = node.dataset if isinstance(node, xr.DataTree) else node
     if KFAC_ACTIVATIONS not in ds or bp not in ds:
         return None
     return np.asarray(ds[KFAC_ACTIVATIONS].values), np.asarray(ds[bp].values)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import NotPositiveDefiniteError
+from .errors import NotPositiveDefiniteError, Status
 from .linalg import eigh_sym
 
 __all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
@@ -48,6 +48,11 @@ class FitInfo:
     residuals: np.ndarray
     objective: np.ndarray | None = None
     method: str = ""
+
+    @property
+    def status(self) -> Status:
+        """:attr:`Status.OK` when converged, else :attr:`Status.NOT_CONVERGED`."""
+        return Status.OK if self.converged else Status.NOT_CONVERGED
 
 
 def check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Array:

@@ -19,6 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..schema import (
+    CHECKPOINT,
+    KFAC_ACTIVATIONS,
+    KFAC_BACKPROPS,
+    PARAM,
+    SAMPLE_KINDS,
+    TRAJECTORY_GROUP,
+    VARIABLE_DIMS,
+    WEIGHT,
+    CaptureTarget,
+    Dim,
+    Kind,
+    batch_group,
+)
 from . import store as st
 from .data import Dataset, from_arrays, load_dataset
 from .kfac import KFAC_TARGETS, kfac_layer
@@ -29,7 +43,7 @@ from .train import batch_indices, make_eval, make_optimizer, make_train_step
 
 __all__ = ["TARGETS", "capture", "capture_from_fn"]
 
-TARGETS = ("gradients", "ggn", "ggn-mc", "kfac", "kfac-ggn", "kfac-mc", "batch", "trajectory")
+TARGETS = tuple(t.value for t in CaptureTarget)
 
 
 def _versions() -> dict:
@@ -151,7 +165,7 @@ def capture(
     flat = flat_params(params)
     layers = tuple(layers) if layers else _default_layers(model, params)
     _check_choice("layers", list(layers), list(flat))
-    if any(p == "checkpoint" or p.startswith("checkpoint/") for p in layers):
+    if any(p == CHECKPOINT or p.startswith(CHECKPOINT + "/") for p in layers):
         raise ValueError("a layer path may not start with 'checkpoint' (reserved group name)")
     if set(targets) & set(KFAC_TARGETS):
         for p in layers:
@@ -323,7 +337,7 @@ class _Runner:
             attrs["test_accuracy"] = -1.0 if np.isnan(float(ta)) else float(ta)
         nodes = {
             "/": xr.Dataset(data, coords=coords, attrs=attrs),
-            "checkpoint": _checkpoint(params, opt_state),
+            CHECKPOINT: _checkpoint(params, opt_state),
         }
         flat = flat_params(params)
         for p in self.layers:
@@ -333,29 +347,21 @@ class _Runner:
     def _layer_nodes(self, p, param, r, traj, coords):
         rows = row_axes_for(param.shape, self.row_axes.get(p))
         mat = np.asarray(to_matrix(param, 0, param.shape, rows))
-        dims = {
-            "gradients": ("sample", "row", "col"),
-            "ggn": ("sample", "class", "row", "col"),
-            "ggn_mc": ("sample", "mc", "row", "col"),
-        }
-        data = {"param": (("row", "col"), mat)}
-        for name in ("gradients", "ggn", "ggn_mc"):
-            if name in r and (name != "gradients" or "gradients" in self.targets):
-                data[name] = (dims[name], r[name])
-        pos = ("position",) if "kfac_activations" in r and r["kfac_activations"].ndim == 3 else ()
-        if "kfac_activations" in r:
-            data["kfac_activations"] = (("sample", *pos, "in"), r["kfac_activations"])
-        for sfx, extra in (("", ()), ("_ggn", ("class",)), ("_mc", ("mc",))):
-            if "kfac_backprops" + sfx in r:
-                data["kfac_backprops" + sfx] = (
-                    ("sample", *extra, *pos, "out"),
-                    r["kfac_backprops" + sfx],
-                )
+        data = {PARAM: (VARIABLE_DIMS[PARAM][0], mat)}
+        for kind in SAMPLE_KINDS:
+            name = kind.value
+            if name in r and (kind is not Kind.GRADIENTS or name in self.targets):
+                data[name] = (VARIABLE_DIMS[name][0], r[name])
+        acts = r.get(KFAC_ACTIVATIONS)
+        positional = acts is not None and acts.ndim == 3
+        for name in (KFAC_ACTIVATIONS, *KFAC_BACKPROPS.values()):
+            if name in r:  # the layout with or without a position dim
+                data[name] = (VARIABLE_DIMS[name][int(positional)], r[name])
         c = {**coords}
-        if "ggn" in data or "kfac_backprops_ggn" in data:
-            c["class"] = np.arange(self.ds.output_dim)
-        if "ggn_mc" in data or "kfac_backprops_mc" in data:
-            c["mc"] = np.arange(self.cfg["mc_samples"])
+        if Kind.GGN.value in data or KFAC_BACKPROPS[Kind.GGN] in data:
+            c[Dim.CLASS.value] = np.arange(self.ds.output_dim)
+        if Kind.GGN_MC.value in data or KFAC_BACKPROPS[Kind.GGN_MC] in data:
+            c[Dim.MC.value] = np.arange(self.cfg["mc_samples"])
         attrs = {
             "param_path": p,
             "param_shape": ",".join(map(str, param.shape)),
@@ -368,18 +374,18 @@ class _Runner:
         for b in self.cfg["batch_sizes"]:
             nb = len(g) // b
             means = g[: nb * b].reshape(nb, b, *g.shape[1:]).mean(axis=1)
-            nodes[f"{p}/batch_size_{b}"] = xr.Dataset(
-                {"gradients": (("batch", "row", "col"), means)},
-                coords={"weight": ("batch", np.full(nb, b / nb, means.dtype))},
+            nodes[f"{p}/{batch_group(b)}"] = xr.Dataset(
+                {Kind.GRADIENTS.value: ((Dim.BATCH.value, "row", "col"), means)},
+                coords={WEIGHT: (Dim.BATCH.value, np.full(nb, b / nb, means.dtype))},
                 attrs={"batch_size": b, "note": "batch j = captured examples j*B..(j+1)*B-1"},
             )
         if "trajectory" in self.targets:
             gs = np.stack([np.asarray(gg[p]) for _, gg in traj])
-            nodes[f"{p}/trajectory"] = xr.Dataset(
-                {"gradients": (("train_step", "row", "col"), gs)},
+            nodes[f"{p}/{TRAJECTORY_GROUP}"] = xr.Dataset(
+                {Kind.GRADIENTS.value: ((Dim.TRAIN_STEP.value, "row", "col"), gs)},
                 coords={
-                    "train_step": np.array([s for s, _ in traj], np.int64),
-                    "weight": ("train_step", np.ones(len(traj), gs.dtype)),
+                    Dim.TRAIN_STEP.value: np.array([s for s, _ in traj], np.int64),
+                    WEIGHT: (Dim.TRAIN_STEP.value, np.ones(len(traj), gs.dtype)),
                 },
             )
         return nodes

@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from ..schema import step_name
+
 __all__ = ["add_parser", "run"]
 
 
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"layers: {tree.attrs['layers']} (matrices {tree.attrs['layer_shapes']})")
     for s in steps:
-        a = tree[f"step_{s:06d}"].attrs
+        a = tree[step_name(s)].attrs
         acc = "" if a["accuracy"] < 0 else f", accuracy {a['accuracy']:.3f}"
         test = "" if a["test_accuracy"] < 0 else f", test accuracy {a['test_accuracy']:.3f}"
         print(f"  step {s}: loss {a['loss']:.4f}{acc}{test}")

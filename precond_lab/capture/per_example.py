@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..schema import KFAC_ACTIVATIONS, KFAC_BACKPROPS, Kind
 from . import ggn
 from .kfac import KFAC_TARGETS, kfac_layer
 from .layout import flat_params, matrix_shape, merge_params, row_axes_for, to_matrix
@@ -111,20 +112,20 @@ def make_capture_fn(model: Model, params, req: Request) -> Callable:
             if req.needs("ggn"):
                 d["ggn"] = mat(pulled["ggn"][0][p], 1, p)
             if req.needs("ggn-mc"):
-                d["ggn_mc"] = mat(pulled["mc"][0][p], 1, p)
+                d[Kind.GGN_MC.value] = mat(pulled["mc"][0][p], 1, p)
             if want_kfac:
                 name, is_bias = owners[p]
                 a = acts[name]
-                d["kfac_activations"] = jnp.ones((*a.shape[:-1], 1), a.dtype) if is_bias else a
-                suffix = {
-                    "kfac": ("emp", ""),
-                    "kfac-ggn": ("ggn", "_ggn"),
-                    "kfac-mc": ("mc", "_mc"),
+                d[KFAC_ACTIVATIONS] = jnp.ones((*a.shape[:-1], 1), a.dtype) if is_bias else a
+                backprops = {
+                    "kfac": ("emp", KFAC_BACKPROPS[Kind.GRADIENTS]),
+                    "kfac-ggn": ("ggn", KFAC_BACKPROPS[Kind.GGN]),
+                    "kfac-mc": ("mc", KFAC_BACKPROPS[Kind.GGN_MC]),
                 }
-                for tgt, (kind, sfx) in suffix.items():
+                for tgt, (kind, var) in backprops.items():
                     if tgt in req.targets:
                         delta = pulled[kind][1][name]
-                        d["kfac_backprops" + sfx] = delta[0] if kind == "emp" else delta
+                        d[var] = delta[0] if kind == "emp" else delta
             res[p] = d
         return res
 

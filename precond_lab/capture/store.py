@@ -60,7 +60,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import uuid
 import warnings
@@ -70,6 +69,19 @@ import numpy as np
 import xarray as xr
 
 from ..errors import StoreError
+from ..schema import (
+    CHECKPOINT,
+    TRAJECTORY_GROUP,
+    VARIABLE_DIMS,
+    WEIGHT,
+    CaptureTarget,
+    Dim,
+    as_samples,
+    batch_group,
+    is_step_name,
+    step_name,
+    step_of,
+)
 
 __all__ = [
     "SCHEMA",
@@ -89,7 +101,6 @@ __all__ = [
 SCHEMA = __doc__
 SCHEMA_NAME = "precond_lab.capture"
 SCHEMA_VERSION = "1"
-_STEP_RE = re.compile(r"^step_(\d{6,})$")
 REQUIRED_ROOT_ATTRS = (
     "schema",
     "schema_version",
@@ -110,28 +121,8 @@ REQUIRED_ROOT_ATTRS = (
     "dtype",
     "config_json",
 )
-_TARGET_VARS = {
-    "gradients": ("gradients",),
-    "ggn": ("ggn",),
-    "ggn-mc": ("ggn_mc",),
-    "kfac": ("kfac_activations", "kfac_backprops"),
-    "kfac-ggn": ("kfac_activations", "kfac_backprops_ggn"),
-    "kfac-mc": ("kfac_activations", "kfac_backprops_mc"),
-}
-_DIMS = {
-    "param": [("row", "col")],
-    "gradients": [("sample", "row", "col")],
-    "ggn": [("sample", "class", "row", "col")],
-    "ggn_mc": [("sample", "mc", "row", "col")],
-    "kfac_activations": [("sample", "in"), ("sample", "position", "in")],
-    "kfac_backprops": [("sample", "out"), ("sample", "position", "out")],
-    "kfac_backprops_ggn": [("sample", "class", "out"), ("sample", "class", "position", "out")],
-    "kfac_backprops_mc": [("sample", "mc", "out"), ("sample", "mc", "position", "out")],
-}
-
-
-def step_name(step: int) -> str:
-    return f"step_{int(step):06d}"
+_TARGET_VARS = {t.value: t.store_variables for t in CaptureTarget if t.store_variables}
+_DIMS = VARIABLE_DIMS
 
 
 def _root_attrs(path: Path) -> dict:
@@ -227,9 +218,8 @@ def write_step(path, step: int, tree: xr.DataTree, chunk_bytes: int = 1 << 24) -
 def _step_dirs(path: Path) -> dict[int, Path]:
     steps = {}
     for entry in path.iterdir():
-        m = _STEP_RE.match(entry.name)
-        if m and entry.is_dir():
-            steps[int(m.group(1))] = entry
+        if is_step_name(entry.name) and entry.is_dir():
+            steps[step_of(entry.name)] = entry
     return dict(sorted(steps.items()))
 
 
@@ -251,7 +241,7 @@ def completed_steps(path) -> list[int]:
 def read_checkpoint(path, step: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """``(param paths, parameter leaves, optimizer-state leaves)`` saved with ``step``."""
     ds = xr.open_dataset(
-        Path(path) / step_name(step), group="checkpoint", engine="zarr", consolidated=False
+        Path(path) / step_name(step), group=CHECKPOINT, engine="zarr", consolidated=False
     ).load()
     paths = ds.attrs["param_paths"].split(",") if ds.attrs["param_paths"] else []
     params = [ds[f"p{i:04d}"].values for i in range(len(paths))]
@@ -294,13 +284,6 @@ def open_capture(path, *, load: bool = False, steps=None) -> xr.DataTree:
     return tree.load() if load else tree
 
 
-def as_samples(da: xr.DataArray) -> xr.DataArray:
-    """Rename the leading dim (``batch``, ``train_step``) to ``sample`` for ``SampleTarget``."""
-    if da.dims[0] == "sample":
-        return da
-    return da.rename({da.dims[0]: "sample"})
-
-
 def _fail(where: str, msg: str):
     raise StoreError(f"{where}: {msg}")
 
@@ -336,7 +319,7 @@ def validate_store(path, *, check_values: bool = True) -> list[int]:
         "mc": int(attrs["mc_samples"]),
     }
     for entry in path.iterdir():
-        if entry.name not in ("zarr.json", ".zgroup", ".zattrs") and not _STEP_RE.match(entry.name):
+        if entry.name not in ("zarr.json", ".zgroup", ".zattrs") and not is_step_name(entry.name):
             _fail(str(path), f"unexpected entry {entry.name!r} (not a step group)")
     steps = []
     for s, d in _step_dirs(path).items():
@@ -352,7 +335,7 @@ def validate_store(path, *, check_values: bool = True) -> list[int]:
         for var in ("loss", "outputs", "labels"):
             if var not in tree.dataset:
                 _fail(where, f"missing variable {var!r}")
-        if "checkpoint" not in tree.children:
+        if CHECKPOINT not in tree.children:
             _fail(where, "missing group 'checkpoint'")
         for layer in layers:
             _check_layer(tree, layer, targets, shapes[layer], sizes, where, check_values, attrs)
@@ -382,15 +365,15 @@ def _check_layer(tree, layer, targets, shape, sizes, where, check_values, attrs)
             _check_finite(da, lw)
     children = []
     if "batch" in targets:
-        children += [f"batch_size_{b}" for b in attrs["batch_sizes"].split(",") if b]
+        children += [batch_group(int(b)) for b in attrs["batch_sizes"].split(",") if b]
     if "trajectory" in targets:
-        children.append("trajectory")
+        children.append(TRAJECTORY_GROUP)
     for child in children:
         if child not in node.children:
             _fail(lw, f"missing group {child!r}")
-        lead = "train_step" if child == "trajectory" else "batch"
+        lead = Dim.TRAIN_STEP.value if child == TRAJECTORY_GROUP else Dim.BATCH.value
         da = node[child].dataset.get("gradients")
-        if da is None or da.dims != (lead, "row", "col") or "weight" not in da.coords:
+        if da is None or da.dims != (lead, "row", "col") or WEIGHT not in da.coords:
             _fail(f"{lw}/{child}", f"needs gradients ({lead}, row, col) with a weight coordinate")
         if check_values:
             _check_finite(as_samples(da), f"{lw}/{child}")
