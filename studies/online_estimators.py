@@ -25,8 +25,10 @@ Everything is scored as ``precond_lab.online.run_online`` scores (same metric ca
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,73 +36,140 @@ import numpy as np
 import xarray as xr
 from jax import lax
 
+from precond_lab import schema
+from precond_lab.provenance import make_attrs
 from precond_lab.study import HOLDS, Verdict, judge
 
 NAME = "online_estimators"
 TITLE = "KL-Shampoo online: proximal EMA, QR refresh vs eigh, EMA eigenvalues (P1)"
 PAPER = "P1 Lin et al. 2025"
 
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """The captured training run the gradient streams are drawn from.
+
+    Attributes:
+        model: model name for :func:`precond_lab.capture.capture`.
+        dataset: dataset name.
+        steps: captured training steps.
+        num_samples: captured examples per step.
+        targets: capture targets (CLI spellings).
+        mc_samples: sampled-label draws per example (None: the capture's default).
+        model_options: model keyword arguments as ``(name, value)`` pairs.
+    """
+
+    model: str
+    dataset: str
+    steps: tuple[int, ...]
+    num_samples: int
+    targets: tuple[str, ...]
+    mc_samples: int | None = None
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`precond_lab.study.cached_capture` (its cache key)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "steps": list(self.steps),
+            "num_samples": self.num_samples,
+            "targets": list(self.targets),
+        }
+        if self.model_options:
+            out["model_options"] = {k: _plain(v) for k, v in self.model_options}
+        if self.mc_samples is not None:
+            out["mc_samples"] = self.mc_samples
+        return out
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
+
+    Attributes:
+        capture: the captured run.
+        capture_step: the captured step whose per-example gradients form the stream.
+        layers: the layers scored.
+        stream_steps: length of each stream.
+        batch: per-example gradients per stream step (drawn with replacement).
+        seeds: stream seeds.
+        every: score every ``every``-th step (and the last).
+        frequency: KL-Shampoo's QR refresh period ``T``.
+        beta: the factor EMA weight ``β`` (all variants).
+        timing_sizes: factor sizes of the eigh vs QR refresh timing.
+        timing_repeats: repeats per timing (median).
+        damping_rel: ``λ = damping_rel·tr(Σ)/(mn)`` per layer.
+    """
+
+    capture: Capture
+    capture_step: int
+    layers: tuple[str, ...]
+    stream_steps: int
+    batch: int
+    seeds: int
+    every: int
+    frequency: int
+    beta: float
+    timing_sizes: tuple[int, ...]
+    timing_repeats: int
+    damping_rel: float = 1e-3
+
+
 PRESETS = {
-    "test": {
-        "capture": {
-            "model": "mlp",
-            "dataset": "digits",
-            "steps": [20],
-            "num_samples": 64,
-            "targets": ["gradients", "kfac"],
-        },
-        "capture_step": 20,
-        "layers": ["layers/1/w"],
-        "stream_steps": 40,
-        "batch": 8,
-        "seeds": 1,
-        "every": 10,
-        "frequency": 5,
-        "beta": 0.9,
-        "timing_sizes": [16, 32],
-        "timing_repeats": 2,
-    },
-    "quick": {
-        "capture": {
-            "model": "mlp",
-            "dataset": "digits",
-            "steps": [100],
-            "num_samples": 512,
-            "targets": ["gradients", "ggn-mc", "kfac"],
-            "mc_samples": 4,
-        },
-        "capture_step": 100,
-        "layers": ["layers/1/w", "layers/0/w"],
-        "stream_steps": 300,
-        "batch": 32,
-        "seeds": 2,
-        "every": 15,
-        "frequency": 10,
-        "beta": 0.98,
-        "timing_sizes": [64, 128, 256, 512],
-        "timing_repeats": 5,
-    },
-    "full": {
-        "capture": {
-            "model": "mlp",
-            "dataset": "mnist",
-            "steps": [500],
-            "num_samples": 2048,
-            "model_options": {"hidden": [128]},
-            "targets": ["gradients", "ggn-mc", "kfac"],
-            "mc_samples": 4,
-        },
-        "capture_step": 500,
-        "layers": ["layers/1/w", "layers/0/w"],
-        "stream_steps": 1000,
-        "batch": 64,
-        "seeds": 4,
-        "every": 20,
-        "frequency": 10,
-        "beta": 0.98,
-        "timing_sizes": [256, 512, 1024, 2048, 4096],
-        "timing_repeats": 5,
-    },
+    "test": Config(
+        capture=Capture("mlp", "digits", (20,), 64, ("gradients", "kfac")),
+        capture_step=20,
+        layers=("layers/1/w",),
+        stream_steps=40,
+        batch=8,
+        seeds=1,
+        every=10,
+        frequency=5,
+        beta=0.9,
+        timing_sizes=(16, 32),
+        timing_repeats=2,
+    ),
+    "quick": Config(
+        capture=Capture(
+            "mlp", "digits", (100,), 512, ("gradients", "ggn-mc", "kfac"), mc_samples=4
+        ),
+        capture_step=100,
+        layers=("layers/1/w", "layers/0/w"),
+        stream_steps=300,
+        batch=32,
+        seeds=2,
+        every=15,
+        frequency=10,
+        beta=0.98,
+        timing_sizes=(64, 128, 256, 512),
+        timing_repeats=5,
+    ),
+    "full": Config(
+        capture=Capture(
+            "mlp",
+            "mnist",
+            (500,),
+            2048,
+            ("gradients", "ggn-mc", "kfac"),
+            mc_samples=4,
+            model_options=(("hidden", (128,)),),
+        ),
+        capture_step=500,
+        layers=("layers/1/w", "layers/0/w"),
+        stream_steps=1000,
+        batch=64,
+        seeds=4,
+        every=20,
+        frequency=10,
+        beta=0.98,
+        timing_sizes=(256, 512, 1024, 2048, 4096),
+        timing_repeats=5,
+    ),
 }
 
 VARIANTS = ("shampoo", "kl_shampoo", "kl_shampoo_instant", "kl_shampoo_eigh")
@@ -110,11 +179,11 @@ LABELS = {
     "kl_shampoo_instant": "KL-Shampoo (QR, instantaneous λ)",
     "kl_shampoo_eigh": "KL-Shampoo (eigh every step)",
 }
-COLORS = {  # Okabe–Ito
-    "shampoo": "#E69F00",
-    "kl_shampoo": "#0072B2",
-    "kl_shampoo_instant": "#D55E00",
-    "kl_shampoo_eigh": "#009E73",
+COLORS = {  # Okabe–Ito names (precond_lab.plotting.OKABE_ITO)
+    "shampoo": "orange",
+    "kl_shampoo": "blue",
+    "kl_shampoo_instant": "vermillion",
+    "kl_shampoo_eigh": "bluish_green",
 }
 STYLES = {"shampoo": ":", "kl_shampoo": "-", "kl_shampoo_instant": "--", "kl_shampoo_eigh": "-."}
 
@@ -272,30 +341,32 @@ def _refresh_costs(sizes, repeats: int, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------------- run
-def run(
-    *,
-    capture: dict,
-    capture_step: int,
-    layers: list,
-    stream_steps: int,
-    batch: int,
-    seeds: int,
-    every: int,
-    frequency: int,
-    beta: float,
-    timing_sizes: list,
-    timing_repeats: int,
-    damping_rel: float = 1e-3,
-) -> xr.Dataset:
-    """Score the four variants on stationary streams of real per-example gradients."""
+def _preset_name(cfg: Config) -> str:
+    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
+    """Score the four variants on stationary streams of real per-example gradients.
+
+    Args:
+        config: a :class:`Config` (e.g. ``PRESETS["quick"]``).
+        **overrides: :class:`Config` fields to replace (``dataclasses.replace``), e.g.
+            ``run(PRESETS["test"], seeds=2)``.
+
+    Returns:
+        Dataset with dims ``(layer, seed, step, variant)`` and the timing on ``size``.
+    """
     from precond_lab import SampleTarget
     from precond_lab.estimators import kl_optimal
     from precond_lab.metrics import cosine_similarity, direction_quality, kl_divergence
     from precond_lab.study import cached_capture
 
+    cfg = dataclasses.replace(config, **overrides) if overrides else config
+    layers, stream_steps, batch, seeds = list(cfg.layers), cfg.stream_steps, cfg.batch, cfg.seeds
+    every, frequency, beta, damping_rel = cfg.every, cfg.frequency, cfg.beta, cfg.damping_rel
     t_start = time.perf_counter()
-    cap = cached_capture(**capture)
-    group = f"step_{int(capture_step):06d}"
+    cap = cached_capture(**cfg.capture.kwargs())
+    step_node = cap[schema.step_name(cfg.capture_step)]
     variants = _variants(beta, frequency)
     scored = sorted(set(range(0, stream_steps, every)) | {stream_steps - 1})
     seeds_ = range(seeds)
@@ -309,7 +380,10 @@ def run(
     shapes = []
     seconds = np.zeros((len(layers), len(VARIANTS)))
     for il, layer in enumerate(layers):
-        g_all = jnp.asarray(np.asarray(cap[f"{group}/{layer}"]["gradients"]), jnp.float32)
+        node = step_node[layer]
+        g_all = jnp.asarray(
+            np.asarray(schema.layer_samples(node, schema.Kind.GRADIENTS)), jnp.float32
+        )
         pool, m, n = g_all.shape
         shapes.append(f"{m}x{n}")
         target = SampleTarget(g_all)
@@ -349,7 +423,7 @@ def run(
                     out["direction_cosine"][i] = float(q.cosine)
                     row += 1
                 seconds[il, kv] += time.perf_counter() - t0
-    t_eigh, t_qr = _refresh_costs(timing_sizes, timing_repeats)
+    t_eigh, t_qr = _refresh_costs(cfg.timing_sizes, cfg.timing_repeats)
     dims = ("layer", "seed", "step", "variant")
     ds = xr.Dataset(
         {k: (dims, v) for k, v in out.items()},
@@ -358,7 +432,7 @@ def run(
             "seed": np.arange(seeds),
             "step": scored,
             "variant": list(VARIANTS),
-            "size": list(timing_sizes),
+            "size": list(cfg.timing_sizes),
         },
     )
     ds["kl_optimal_divergence"] = ("layer", kl_opt)
@@ -369,47 +443,47 @@ def run(
     ds["qr_refresh_seconds"] = ("size", t_qr)
     ds["kl_gap"].attrs["long_name"] = "KL(Σ+λI ‖ S+λI) − KL of the batch KL optimum"
     ds["direction_cosine"].attrs["long_name"] = "cos(S^{-1/2}ḡ_t, (Σ+λI)^{-1/2}ḡ_t)"
+    capture = cfg.capture
     ds.attrs.update(
-        {
-            "study": NAME,
-            "model": str(capture.get("model")),
-            "dataset": str(capture.get("dataset")),
-            "capture_step": int(capture_step),
-            "num_samples": int(capture.get("num_samples", 64)),
-            "stream": "i.i.d. mini-batches (with replacement) of per-example gradients "
+        make_attrs(
+            TITLE,
+            preset=_preset_name(cfg),
+            source=f"{capture.model}/{capture.dataset} capture",
+            study=NAME,
+            model=capture.model,
+            dataset=capture.dataset,
+            capture_step=int(cfg.capture_step),
+            num_samples=int(capture.num_samples),
+            stream="i.i.d. mini-batches (with replacement) of per-example gradients "
             "from one captured step, fed as per-example batches",
-            "batch": int(batch),
-            "beta": float(beta),
-            "frequency": int(frequency),
-            "damping_rel": float(damping_rel),
-            "damping_rule": "lambda = damping_rel * tr(Sigma)/(m n) per layer",
-            "timing": "median wall-clock of jitted float32 eigh vs one power step + QR",
-            "timing_device": str(jax.devices()[0].device_kind),
-            "elapsed_s": float(time.perf_counter() - t_start),
-        }
+            stream_seeds="1000 + seed",
+            batch=int(batch),
+            beta=float(beta),
+            frequency=int(frequency),
+            damping_rel=float(damping_rel),
+            damping_rule="lambda = damping_rel * tr(Sigma)/(m n) per layer",
+            timing="median wall-clock of jitted float32 eigh vs one power step + QR",
+            timing_device=str(jax.devices()[0].device_kind),
+            elapsed_s=float(time.perf_counter() - t_start),
+        )
     )
     return ds
 
 
 # --------------------------------------------------------------------------------- plot
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
-    import matplotlib
+    """KL gap and direction cosine over the stream per layer; the refresh cost per size."""
+    from precond_lab.plotting import OKABE_ITO, figure, legend, style
+    from precond_lab.study import save_figures
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
-    rc = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
-    paths = []
-    with matplotlib.rc_context(rc):
+    figures = {}
+    with style():
         nl = ds.sizes["layer"]
-        fig = Figure(figsize=(3.4 * nl, 5.2), constrained_layout=True)
-        axes = fig.subplots(2, nl, squeeze=False)
+        fig, axes = figure(2, nl, panel=(3.4, 2.6))
         for il, layer in enumerate(ds.layer.values):
             rel = ds["kl_gap"].isel(layer=il) / float(ds["kl_optimal_divergence"][il])
             for v in ds.variant.values:
-                kw = dict(color=COLORS[v], ls=STYLES[v], label=LABELS[v], lw=1.4)
+                kw = dict(color=OKABE_ITO[COLORS[v]], ls=STYLES[v], label=LABELS[v], lw=1.4)
                 y = rel.sel(variant=v).mean("seed")
                 axes[0, il].plot(ds.step, np.maximum(y, 1e-4), **kw)
                 c = ds["direction_cosine"].isel(layer=il).sel(variant=v).mean("seed")
@@ -420,30 +494,31 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
             axes[0, il].set_ylabel("KL gap / KL of batch optimum")
             axes[1, il].set_ylabel("direction cosine (p = 1/2)")
             axes[1, il].set_xlabel("stream step")
-        axes[0, 0].legend(fontsize=7, frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_kl_gap")
+        legend(fig, axes, ncols=2)
+        figures[f"{NAME}_kl_gap"] = fig
 
-        fig = Figure(figsize=(4.2, 3.2), constrained_layout=True)
-        ax = fig.subplots()
-        ax.loglog(ds["size"], ds["eigh_seconds"], "o-", color="#D55E00", label="eigh (float32)")
+        fig, axes = figure(1, 1, panel=(4.2, 3.2))
+        ax = axes[0, 0]
         ax.loglog(
-            ds["size"], ds["qr_refresh_seconds"], "s--", color="#0072B2", label="power step + QR"
+            ds["size"],
+            ds["eigh_seconds"],
+            "o-",
+            color=OKABE_ITO["vermillion"],
+            label="eigh (float32)",
+        )
+        ax.loglog(
+            ds["size"],
+            ds["qr_refresh_seconds"],
+            "s--",
+            color=OKABE_ITO["blue"],
+            label="power step + QR",
         )
         ax.set_xlabel("factor size d")
         ax.set_ylabel("seconds per refresh (median)")
-        ax.set_title(f"basis refresh cost on {ds.attrs.get('timing_device', '?')}", fontsize=9)
-        ax.legend(frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_refresh_cost")
-    return paths
-
-
-def _save(fig, stem: Path) -> list[Path]:
-    out = []
-    for ext in ("png", "pdf"):
-        p = stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=150)
-        out.append(p)
-    return out
+        ax.set_title(f"basis refresh cost on {ds.attrs.get('timing_device', '?')}")
+        ax.legend()
+        figures[f"{NAME}_refresh_cost"] = fig
+    return save_figures(figures, figdir)
 
 
 # ----------------------------------------------------------------------------- verdicts
