@@ -36,11 +36,13 @@ Three ways to form the batch statistic for each batch size ``B`` (``B = 1``: per
 Scores: the cosine of Shampoo² (``L ⊗ R / tr``) of each statistic with ``H_GN``, and the
 cosine of the statistic itself with ``H_GN`` (the full ``mn × mn`` matrices, exactly,
 through Gram matrices); references: Shampoo² and the optimal Kronecker product of the
-exact ``H_GN``. The Shampoo² cosines and the references come from one sweep
-(:func:`precond_lab.evaluate.evaluate`) per step and layer on the target ``H_GN``, the
-statistics' ``L ⊗ R`` given as ``(name, callable)`` estimators; the statistics
-themselves (resampled batches, consecutive groups, the exact expectation) and their own
-cosine are built here, as the sweep forms only consecutive-group batch targets.
+exact ``H_GN``, scored by the sweep (:func:`precond_lab.evaluate.evaluate`, one call per
+step and layer on the target ``H_GN``). The statistics themselves (resampled batches,
+consecutive groups, the exact expectation), their Shampoo factors and both cosines are
+built here: the sweep forms only consecutive-group batch targets, and scoring the 18
+fixed ``L ⊗ R`` per cell through it (as ``(name, callable)`` estimators) would run its
+full metric pass (an eigendecomposition of each product, KL and von Neumann terms) where
+only the cosine is needed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab import metrics as met
 from precond_lab import plotting as pl
 from precond_lab import schema
 from precond_lab.evaluate import evaluate
@@ -210,32 +213,27 @@ def _statistics(cell: _Cell, bsz, num_batches, rng):
     return out
 
 
-def _fixed(factors):
-    """A sweep estimator that returns ``L ⊗ R`` of given Shampoo factors (target's dtype)."""
-
-    def build(target: Target) -> Kronecker:
-        dt = target.dtype
-        return Kronecker(np.asarray(factors[0], dt), np.asarray(factors[1], dt))
-
-    return build
+def _shampoo2_cos(ggn_target: Target, factors) -> float:
+    """Cosine of ``L ⊗ R`` with the exact GGN."""
+    dt = ggn_target.dtype
+    kron = Kronecker(np.asarray(factors[0], dt), np.asarray(factors[1], dt))
+    return float(met.cosine_similarity(ggn_target, kron))
 
 
-def _ggn_cosines(ggn_t: Target, factors: dict) -> xr.DataArray:
-    """Cosines with the exact GGN of its references and of ``L ⊗ R`` of each statistic.
+def _references(ggn_t: Target) -> xr.DataArray:
+    """Cosines of Shampoo² and of the optimal Kronecker product of ``H_GN`` with ``H_GN``.
 
-    One sweep (:func:`precond_lab.evaluate.evaluate`) on the target ``{"ggn": H_GN}``:
-    the estimators are :data:`_REFERENCES`' (fitted to ``H_GN``) and, as ``(name,
-    callable)`` pairs, the Kronecker products of the statistics' factors.
+    One sweep (:func:`precond_lab.evaluate.evaluate`) on the target ``{"ggn": H_GN}``.
 
     Args:
         ggn_t: the exact GGN of one (step, layer).
-        factors: ``{name: (L, R)}``.
 
     Returns:
-        The cosines, with dim ``estimator`` (the references' names, then ``factors``').
+        The cosines, with dim ``estimator`` (the values of :data:`_REFERENCES`).
     """
-    ests = list(_REFERENCES.values()) + [(k, _fixed(f)) for k, f in factors.items()]
-    sweep = evaluate({"ggn": ggn_t}, ests, ("cosine",), progress=False, raise_errors=True)
+    sweep = evaluate(
+        {"ggn": ggn_t}, tuple(_REFERENCES.values()), ("cosine",), progress=False, raise_errors=True
+    )
     fixed = {d: 0 for d in ("step", "layer", "target", "batch_size") if d in sweep.dims}
     return sweep["score"].sel(metric="cosine").isel(fixed)
 
@@ -296,7 +294,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
                 real = real[:, None]  # (N, 1, m, n)
                 sampled = np.asarray(schema.layer_samples(ln, schema.Kind.GGN_MC).values)
                 sampled = sampled * np.sqrt(k)  # (N, k, m, n)
-                factors = {}  # Shampoo's (L, R) of each statistic, scored below in one sweep
+                ref = _references(ggn_t)
+                for key, est_name in _REFERENCES.items():
+                    refs[key][i_d, i_s, i_l] = float(ref.sel(estimator=est_name))
                 for i_lab, g in enumerate((real, sampled)):
                     cell = _Cell(g, ggn_x, ggn_w, kgg)
                     flat = g.reshape(-1, *g.shape[2:]).astype(np.float64)
@@ -317,14 +317,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
                             dev = np.max(np.abs(cap - ours)) / max(np.max(np.abs(cap)), 1e-30)
                             check = max(check, float(dev))
                         for i_sc, sc in enumerate(SCHEMES):
-                            cos_stat[i_d, i_s, i_l, i_lab, i_b, i_sc], fac = stats[sc]
-                            factors[(i_lab, i_b, i_sc)] = fac
-                cos = _ggn_cosines(ggn_t, {f"{i}:{j}:{m}": f for (i, j, m), f in factors.items()})
-                for key, est_name in _REFERENCES.items():
-                    refs[key][i_d, i_s, i_l] = float(cos.sel(estimator=est_name))
-                for i_lab, i_b, i_sc in factors:
-                    value = float(cos.sel(estimator=f"{i_lab}:{i_b}:{i_sc}"))
-                    cos_sh2[i_d, i_s, i_l, i_lab, i_b, i_sc] = value
+                            idx = (i_d, i_s, i_l, i_lab, i_b, i_sc)
+                            cos_stat[idx], fac = stats[sc]
+                            cos_sh2[idx] = _shampoo2_cos(ggn_t, fac)
     dims = ("dataset", "step", "layer", "labels", "batch_size", "scheme")
     ds = xr.Dataset(
         {
@@ -361,8 +356,8 @@ def run(config: Config, **overrides) -> xr.Dataset:
             statistic="(1/M) Σ_j B ḡ_j ḡ_jᵀ; resampled: M batches with replacement, random "
             "sampled-label draw per example; groups: consecutive groups (capture batch target); "
             "expected: E[ggᵀ] + (B−1) E[g]E[g]ᵀ",
-            metric="Frobenius cosine similarity with H_GN, no damping (cos_shampoo2 and the "
-            "references: precond_lab.evaluate sweep; cos_statistic: exact, via Gram matrices)",
+            metric="Frobenius cosine similarity with H_GN, no damping (references: "
+            "precond_lab.evaluate sweep; cos_statistic: exact, via Gram matrices)",
             num_batches=num_batches,
             batch_target_check_max_rel_dev=float(check),
             optimizer=str(training.optimizer),
