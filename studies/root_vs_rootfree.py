@@ -22,96 +22,181 @@ Claims (theory.md B.3, background A.9–A.10):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from precond_lab import schema
 from precond_lab.errors import Status
 from precond_lab.linalg import STATUS_CODES
+from precond_lab.provenance import make_attrs
 from precond_lab.study import Verdict, judge
 
 NAME = "root_vs_rootfree"
 TITLE = "Root vs root-free preconditioners: B-scaling, Newton view, bf16 stability, speed (P2)"
 PAPER = "P2 Lin et al. 2024"
 
-_CAPTURE_QUICK = {
-    "model": "mlp",
-    "dataset": "digits",
-    "steps": [100],
-    "num_samples": 512,
-    "targets": ["gradients", "ggn-mc", "kfac"],
-    "mc_samples": 4,
-}
+PREC_METHODS = ("eigh", "eigh@float32", "newton", "newton_schulz", "if_shampoo")
+PREC_DTYPES = ("float32", "bfloat16", "float16")
+PREC_PS = (0.25, 0.5, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """The captured training run (one step of it is measured).
+
+    Attributes:
+        model: model name for :func:`precond_lab.capture.capture`.
+        dataset: dataset name.
+        steps: captured training steps.
+        num_samples: captured examples per step.
+        targets: capture targets (CLI spellings).
+        mc_samples: sampled-label draws per example (None: the capture's default).
+        model_options: model keyword arguments as ``(name, value)`` pairs.
+    """
+
+    model: str
+    dataset: str
+    steps: tuple[int, ...]
+    num_samples: int
+    targets: tuple[str, ...]
+    mc_samples: int | None = None
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`precond_lab.study.cached_capture` (its cache key)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "steps": list(self.steps),
+            "num_samples": self.num_samples,
+            "targets": list(self.targets),
+        }
+        if self.model_options:
+            out["model_options"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options
+            }
+        if self.mc_samples is not None:
+            out["mc_samples"] = self.mc_samples
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """The P2-30 precision harness runs (synthetic spectra; real factors share ``dims``).
+
+    Attributes:
+        conds: condition numbers of the synthetic SPD matrices.
+        dims: their sizes (real Shampoo factors of these sizes are measured too).
+        repeats: random matrices per (cond, dim).
+        dtypes: dtypes measured.
+        ps: powers ``p`` of ``(S + λI)^{-p}``.
+    """
+
+    conds: tuple[float, ...]
+    dims: tuple[int, ...]
+    repeats: int
+    dtypes: tuple[str, ...] = PREC_DTYPES
+    ps: tuple[float, ...] = PREC_PS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of the study.
+
+    Attributes:
+        capture: the captured run.
+        capture_step: the captured step measured.
+        layers: the layers measured (B and s₀ responses on the first only).
+        batch_sizes: mini-batch sizes ``B`` of the P2-27 responses.
+        response_steps: stream length of the B and s₀ responses.
+        direction_batches: mini-batch gradients per layer for P2-28's directions.
+        direction_batch: their batch size.
+        precision: the P2-30 harness runs.
+        timing_sizes: sizes of the P2-31 timings.
+        timing_repeats: repeats per timing (median).
+        kfac_steps: IF-Shampoo steps driven by K-FAC factors (P2-29).
+        damping_rel: ``λ = damping_rel·E‖G‖²/(mn)`` per layer.
+        init_batch: ``B`` of the s₀ response.
+        init_beta2: ``β₂`` of the s₀ response.
+        loss_scales: the loss scales ``c`` of P2-28's scaling check.
+    """
+
+    capture: Capture
+    capture_step: int
+    layers: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    response_steps: int
+    direction_batches: int
+    direction_batch: int
+    precision: Precision
+    timing_sizes: tuple[int, ...]
+    timing_repeats: int
+    kfac_steps: int
+    damping_rel: float = 1e-3
+    init_batch: int = 16
+    init_beta2: float = 0.01
+    loss_scales: tuple[float, ...] = (0.1, 10.0)
+
+
+_TARGETS = ("gradients", "ggn-mc", "kfac")
 PRESETS = {
-    "test": {
-        "capture": {
-            "model": "mlp",
-            "dataset": "digits",
-            "steps": [20],
-            "num_samples": 64,
-            "targets": ["gradients", "ggn-mc", "kfac"],
-            "mc_samples": 2,
-        },
-        "capture_step": 20,
-        "layers": ["layers/1/w"],
-        "batch_sizes": [1, 8],
-        "response_steps": 40,
-        "direction_batches": 4,
-        "direction_batch": 8,
-        "precision": {
-            "conds": [1e2, 1e5],
-            "dims": [10],
-            "repeats": 1,
-            "dtypes": ["float32", "bfloat16"],
-            "ps": [0.25, 1.0],
-        },
-        "timing_sizes": [16, 32],
-        "timing_repeats": 1,
-        "kfac_steps": 100,
-    },
-    "quick": {
-        "capture": _CAPTURE_QUICK,
-        "capture_step": 100,
-        "layers": ["layers/1/w", "layers/0/w"],
-        "batch_sizes": [1, 4, 16, 64],
-        "response_steps": 300,
-        "direction_batches": 16,
-        "direction_batch": 32,
-        "precision": {"conds": [1e1, 1e3, 1e5], "dims": [32], "repeats": 3},
-        "timing_sizes": [128, 256, 512],
-        "timing_repeats": 5,
-        "kfac_steps": 400,
-    },
-    "full": {
-        "capture": {
-            "model": "mlp",
-            "dataset": "mnist",
-            "steps": [500],
-            "num_samples": 2048,
-            "model_options": {"hidden": [128]},
-            "targets": ["gradients", "ggn-mc", "kfac"],
-            "mc_samples": 4,
-        },
-        "capture_step": 500,
-        "layers": ["layers/1/w", "layers/0/w"],
-        "batch_sizes": [1, 4, 16, 64, 256],
-        "response_steps": 1000,
-        "direction_batches": 32,
-        "direction_batch": 64,
-        "precision": {
-            "conds": [1e1, 1e3, 1e5, 1e7],
-            "dims": [32, 64, 128, 256, 1024],
-            "repeats": 3,
-        },
-        "timing_sizes": [512, 1024, 2048, 4096],
-        "timing_repeats": 5,
-        "kfac_steps": 1000,
-    },
+    "test": Config(
+        capture=Capture("mlp", "digits", (20,), 64, _TARGETS, mc_samples=2),
+        capture_step=20,
+        layers=("layers/1/w",),
+        batch_sizes=(1, 8),
+        response_steps=40,
+        direction_batches=4,
+        direction_batch=8,
+        precision=Precision(
+            conds=(1e2, 1e5), dims=(10,), repeats=1, dtypes=("float32", "bfloat16"), ps=(0.25, 1.0)
+        ),
+        timing_sizes=(16, 32),
+        timing_repeats=1,
+        kfac_steps=100,
+    ),
+    "quick": Config(
+        capture=Capture("mlp", "digits", (100,), 512, _TARGETS, mc_samples=4),
+        capture_step=100,
+        layers=("layers/1/w", "layers/0/w"),
+        batch_sizes=(1, 4, 16, 64),
+        response_steps=300,
+        direction_batches=16,
+        direction_batch=32,
+        precision=Precision(conds=(1e1, 1e3, 1e5), dims=(32,), repeats=3),
+        timing_sizes=(128, 256, 512),
+        timing_repeats=5,
+        kfac_steps=400,
+    ),
+    "full": Config(
+        capture=Capture(
+            "mlp",
+            "mnist",
+            (500,),
+            2048,
+            _TARGETS,
+            mc_samples=4,
+            model_options=(("hidden", (128,)),),
+        ),
+        capture_step=500,
+        layers=("layers/1/w", "layers/0/w"),
+        batch_sizes=(1, 4, 16, 64, 256),
+        response_steps=1000,
+        direction_batches=32,
+        direction_batch=64,
+        precision=Precision(conds=(1e1, 1e3, 1e5, 1e7), dims=(32, 64, 128, 256, 1024), repeats=3),
+        timing_sizes=(512, 1024, 2048, 4096),
+        timing_repeats=5,
+        kfac_steps=1000,
+    ),
 }
 
 # Thresholds (restated in each verdict's tolerance).
@@ -126,19 +211,19 @@ P230_ERR = 3.0  # ... or has ≥ 3× the median error
 P230_ERR_OK = 0.1  # a run counts as failed if not converged/finite or error > 0.1
 P231_SPEEDUP = 2.0  # eigh f32 ≥ 2× one bf16 IF-Shampoo update at the largest size
 
-_OKABE = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000"]
+#: Okabe–Ito colour names (precond_lab.plotting.OKABE_ITO), in drawing order.
+_COLOURS = ("blue", "vermillion", "bluish_green", "orange", "reddish_purple", "sky_blue", "black")
 
 
 # ------------------------------------------------------------------------------ helpers
-def _layer_arrays(cap, group, layer):
-    node = cap[f"{group}/{layer}"]
-    g = np.asarray(node["gradients"], np.float32)
-    mc = np.asarray(node["ggn_mc"], np.float32)  # (N, k, m, n), pre-divided by √k
+def _layer_arrays(node):
+    g = np.asarray(schema.layer_samples(node, schema.Kind.GRADIENTS), np.float32)
+    # (N, k, m, n), pre-divided by √k
+    mc = np.asarray(schema.layer_samples(node, schema.Kind.GGN_MC), np.float32)
     k = mc.shape[1]
     sampled = (mc * np.sqrt(k)).reshape(-1, *mc.shape[2:])
-    acts = np.asarray(node["kfac_activations"], np.float32)
-    backs = np.asarray(node["kfac_backprops"], np.float32)
-    return g, sampled, acts, backs
+    acts, backs = schema.layer_kfac_inputs(node, schema.Kind.GRADIENTS)
+    return g, sampled, np.asarray(acts, np.float32), np.asarray(backs, np.float32)
 
 
 def _median_time(fn, *args, repeats):
@@ -403,42 +488,42 @@ def _timing_section(sizes, repeats):
 
 
 # ---------------------------------------------------------------------------------- run
-def run(
-    *,
-    capture: dict,
-    capture_step: int,
-    layers: list,
-    batch_sizes: list,
-    response_steps: int,
-    direction_batches: int,
-    direction_batch: int,
-    precision: dict,
-    timing_sizes: list,
-    timing_repeats: int,
-    kfac_steps: int,
-    damping_rel: float = 1e-3,
-    init_batch: int = 16,
-    init_beta2: float = 0.01,
-    loss_scales: tuple = (0.1, 10.0),
-) -> xr.Dataset:
-    """Measure P2-27..P2-31 on one captured step of real gradients (see the module doc)."""
+def _preset_name(cfg: Config) -> str:
+    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
+
+
+def run(config: Config, **overrides) -> xr.Dataset:
+    """Measure P2-27..P2-31 on one captured step of real gradients (see the module doc).
+
+    Args:
+        config: a :class:`Config` (e.g. ``PRESETS["quick"]``).
+        **overrides: :class:`Config` fields to replace (``dataclasses.replace``), e.g.
+            ``run(PRESETS["test"], kfac_steps=50)``.
+
+    Returns:
+        The measurements of every claim as one Dataset.
+    """
     from precond_lab.study import cached_capture
 
+    cfg = dataclasses.replace(config, **overrides) if overrides else config
+    layers, precision, damping_rel = list(cfg.layers), cfg.precision, cfg.damping_rel
+    response_steps, loss_scales = cfg.response_steps, tuple(cfg.loss_scales)
+    init_batch, init_beta2 = cfg.init_batch, cfg.init_beta2
     t_start = time.perf_counter()
-    cap = cached_capture(**capture)
-    group = f"step_{int(capture_step):06d}"
+    cap = cached_capture(**cfg.capture.kwargs())
+    step_node = cap[schema.step_name(cfg.capture_step)]
     nl = len(layers)
-    bs = list(batch_sizes)
+    bs = list(cfg.batch_sizes)
     level = np.full((nl, 2, 2, 2, len(bs)), np.nan)
     init = None
     dcos = np.zeros((nl, 2, 2, 2))
     scal = np.zeros((nl, len(loss_scales), 2, 2))
     kf = np.zeros((nl, 3))
     lams, shapes, factors, fnames = [], [], [], []
-    dtypes = list(precision.get("dtypes", PREC_DTYPES))
-    ps = list(precision.get("ps", PREC_PS))
+    dtypes = list(precision.dtypes)
+    ps = list(precision.ps)
     for il, layer in enumerate(layers):
-        g, sampled, acts, backs = _layer_arrays(cap, group, layer)
+        g, sampled, acts, backs = _layer_arrays(step_node[layer])
         m, n = g.shape[1:]
         shapes.append(f"{m}x{n}")
         lam = damping_rel * float(np.mean(np.sum(g * g, axis=(1, 2)))) / (m * n)
@@ -446,21 +531,21 @@ def run(
         if il == 0:  # B and s0 responses on the first layer only (cost)
             level[il] = _batch_section((sampled, g), bs, response_steps, lam)
             init = _init_section(g, response_steps, init_batch, init_beta2)
-        dcos[il] = _direction_section(g, lam, direction_batches, direction_batch, seed=il)
+        dcos[il] = _direction_section(g, lam, cfg.direction_batches, cfg.direction_batch, seed=il)
         scal[il] = _scaling_section(g, loss_scales)
-        kf[il] = _kfac_if_shampoo(acts, backs, lam, kfac_steps)
+        kf[il] = _kfac_if_shampoo(acts, backs, lam, cfg.kfac_steps)
         for side, f in (
             ("L", np.einsum("kij,klj->il", g, g) / len(g)),
             ("R", np.einsum("kij,kil->jl", g, g) / len(g)),
         ):
-            if f.shape[0] in precision["dims"]:  # sizes shared with the synthetic run (compiles)
+            if f.shape[0] in precision.dims:  # sizes shared with the synthetic run (compiles)
                 factors.append(f.astype(np.float64))
                 fnames.append(f"{layer}:{side}")
     r_status, r_err = _real_precision(factors, damping_rel, dtypes, ps)
     s_status, s_err = _synthetic_precision(
-        precision["conds"], precision["dims"], precision["repeats"], 1e-6, dtypes, ps
+        precision.conds, precision.dims, precision.repeats, 1e-6, dtypes, ps
     )
-    timing = _timing_section(list(timing_sizes), timing_repeats)
+    timing = _timing_section(list(cfg.timing_sizes), cfg.timing_repeats)
 
     ds = xr.Dataset(
         coords={
@@ -481,7 +566,7 @@ def run(
             "power": ps,
             "factor": fnames,
             "case": np.arange(s_status.shape[-1]),
-            "size": list(timing_sizes),
+            "size": list(cfg.timing_sizes),
         }
     )
     ds["layer_shape"] = ("layer", shapes)
@@ -506,42 +591,37 @@ def run(
         ("eigh_f32_s", "if_update_bf16_s", "if_update_f32_s", "matmul_bf16_s", "matmul_f32_s")
     ):
         ds[k] = ("size", timing[:, j])
+    capture = cfg.capture
     ds.attrs.update(
-        {
-            "study": NAME,
-            "model": str(capture.get("model")),
-            "dataset": str(capture.get("dataset")),
-            "capture_step": int(capture_step),
-            "num_samples": int(capture.get("num_samples", 64)),
-            "damping_rel": float(damping_rel),
-            "damping_rule": "lambda = damping_rel * E||G||^2/(m n) per layer",
-            "response_steps": int(response_steps),
-            "init_batch": int(init_batch),
-            "init_beta2": float(init_beta2),
-            "sampled_labels": "ggn_mc pseudo-gradients times sqrt(mc) (zero-mean per example)",
-            "precision_synthetic": f"conds {list(precision['conds'])}, dims "
-            f"{list(precision['dims'])}, repeats {precision['repeats']}, damping 1e-6",
-            "precision_real": "Shampoo factors L=E[GG^T], R=E[G^TG] scaled to trace 1, "
+        make_attrs(
+            TITLE,
+            preset=_preset_name(cfg),
+            source=f"{capture.model}/{capture.dataset} capture",
+            study=NAME,
+            model=capture.model,
+            dataset=capture.dataset,
+            capture_step=int(cfg.capture_step),
+            num_samples=int(capture.num_samples),
+            damping_rel=float(damping_rel),
+            damping_rule="lambda = damping_rel * E||G||^2/(m n) per layer",
+            response_steps=int(response_steps),
+            init_batch=int(init_batch),
+            init_beta2=float(init_beta2),
+            sampled_labels="ggn_mc pseudo-gradients times sqrt(mc) (zero-mean per example)",
+            precision_synthetic=f"conds {list(precision.conds)}, dims "
+            f"{list(precision.dims)}, repeats {precision.repeats}, damping 1e-6",
+            precision_real="Shampoo factors L=E[GG^T], R=E[G^TG] scaled to trace 1, "
             "damping damping_rel/d",
-            "status_codes": ", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
-            "timing_device": str(jax.devices()[0].device_kind),
-            "timing_backend": jax.default_backend(),
-            "elapsed_s": float(time.perf_counter() - t_start),
-        }
+            status_codes=", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
+            timing_device=str(jax.devices()[0].device_kind),
+            timing_backend=jax.default_backend(),
+            elapsed_s=float(time.perf_counter() - t_start),
+        )
     )
     return ds
 
 
 # --------------------------------------------------------------------------------- plot
-def _save(fig, stem: Path) -> list[Path]:
-    out = []
-    for ext in ("png", "pdf"):
-        p = stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=150)
-        out.append(p)
-    return out
-
-
 def _failure(status, err):
     # code 4 (input not SPD once rounded to the dtype) is no method's failure: not counted
     attempted = np.isin(status, (OK, NOT_CONVERGED, NONFINITE))
@@ -551,19 +631,18 @@ def _failure(status, err):
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
-    import matplotlib
+    """Step scale vs B and s₀; direction cosines; bf16/f16 failure rates; timings."""
+    from precond_lab.plotting import OKABE_ITO, figure, style
+    from precond_lab.study import save_figures
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    def colour(i):
+        return OKABE_ITO[_COLOURS[i % len(_COLOURS)]]
 
-    figdir = Path(figdir)
-    figdir.mkdir(parents=True, exist_ok=True)
-    rc = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
-    paths = []
-    with matplotlib.rc_context(rc):
+    figures = {}
+    with style():
         # P2-27: step scale vs B
-        fig = Figure(figsize=(8.0, 3.2), constrained_layout=True)
-        axes = fig.subplots(1, 3)
+        fig, axes = figure(1, 3, panel=(8.0 / 3, 3.2))
+        axes = axes[0]
         layer0 = ds.layer.values[0]
         for ax, meth in zip(axes[:2], ds.rf_method.values, strict=True):
             for i, (lab, bsc) in enumerate(
@@ -575,33 +654,33 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                     ds.batch_size,
                     y,
                     marker="os^v"[i],
-                    color=_OKABE[i],
+                    color=colour(i),
                     ls="-" if bsc == "with_B" else "--",
                     label=f"{lab} labels, {bsc.replace('_', ' ')}",
                 )
             ax.set_xlabel("batch size B")
             ax.set_ylabel("effective step scale / value at B=1")
             ax.set_title(f"{meth} ({layer0})")
-        axes[0].legend(fontsize=7, frameon=False)
+        axes[0].legend(fontsize=7)
         ax = axes[2]
         for i, s0 in enumerate(ds.s0.values):
             ax.semilogy(
-                ds.init_step, ds["init_step_norm"].sel(s0=s0), color=_OKABE[i], label=f"s₀ = {s0:g}"
+                ds.init_step, ds["init_step_norm"].sel(s0=s0), color=colour(i), label=f"s₀ = {s0:g}"
             )
         ax.set_xlabel("step")
         ax.set_ylabel("‖g/(s+λ)‖ (RF-RMSProp)")
         ax.set_title(f"initialisation (B={ds.attrs.get('init_batch')})")
-        ax.legend(frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_batch_init")
+        ax.legend()
+        figures[f"{NAME}_batch_init"] = fig
 
         # P2-28: direction cosines
-        fig = Figure(figsize=(3.4 * ds.sizes["layer"], 3.0), constrained_layout=True)
-        axes = fig.subplots(1, ds.sizes["layer"], squeeze=False)[0]
+        fig, axes = figure(1, ds.sizes["layer"], panel=(3.4, 3.0))
+        axes = axes[0]
         for ax, layer in zip(axes, ds.layer.values, strict=True):
             x = np.arange(4)
             for i, est in enumerate(ds.estimator.values):
                 c = ds["direction_cosine"].sel(layer=layer, estimator=est).values.ravel()
-                ax.bar(x + (i - 0.5) * 0.38, c, 0.38, color=_OKABE[i], label=est)
+                ax.bar(x + (i - 0.5) * 0.38, c, 0.38, color=colour(i), label=est)
             ax.set_xticks(
                 x,
                 ["S^-½ vs N^-½", "S^-½ vs N^-1", "S^-1 vs N^-½", "S^-1 vs N^-1"],
@@ -611,12 +690,12 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
             ax.set_ylim(0, 1)
             ax.set_ylabel("cosine to exact (Σ+λI)^-p g")
             ax.set_title(f"{layer} ({ds['layer_shape'].sel(layer=layer).item()})")
-        axes[0].legend(fontsize=7, frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_directions")
+        axes[0].legend(fontsize=7)
+        figures[f"{NAME}_directions"] = fig
 
         # P2-30: failure rates in bf16/f16
-        fig = Figure(figsize=(8.0, 3.2), constrained_layout=True)
-        axes = fig.subplots(1, 2)
+        fig, axes = figure(1, 2, panel=(4.0, 3.2))
+        axes = axes[0]
         for ax, src in zip(axes, ("synthetic", "real"), strict=True):
             fr = _failure(ds[f"{src}_status"].values, ds[f"{src}_error"].values)
             labels, vals = [], []
@@ -633,19 +712,19 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                     x + (kd - 1) * 0.27,
                     np.nan_to_num(vals[:, kd], nan=-0.05),
                     0.27,
-                    color=_OKABE[kd],
+                    color=colour(kd),
                     label=dt,
                 )
             ax.set_xticks(x, labels, rotation=60, fontsize=6)
             ax.set_ylim(-0.06, 1.05)
             ax.set_ylabel("failure rate (unsupported: −0.05)")
             ax.set_title(f"{src} SPD matrices")
-        axes[0].legend(fontsize=7, frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_precision")
+        axes[0].legend(fontsize=7)
+        figures[f"{NAME}_precision"] = fig
 
         # P2-31: timings
-        fig = Figure(figsize=(4.2, 3.2), constrained_layout=True)
-        ax = fig.subplots()
+        fig, axes = figure(1, 1, panel=(4.2, 3.2))
+        ax = axes[0, 0]
         for i, (k, lab) in enumerate(
             [
                 ("eigh_f32_s", "eigh float32"),
@@ -654,13 +733,13 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                 ("matmul_bf16_s", "one matmul bfloat16"),
             ]
         ):
-            ax.loglog(ds["size"], ds[k], marker="os^v"[i], color=_OKABE[i], label=lab)
+            ax.loglog(ds["size"], ds[k], marker="os^v"[i], color=colour(i), label=lab)
         ax.set_xlabel("size d (d×d factors / gradient)")
         ax.set_ylabel("seconds (median)")
-        ax.set_title(f"device: {ds.attrs.get('timing_device', '?')}", fontsize=9)
-        ax.legend(fontsize=7, frameon=False)
-        paths += _save(fig, figdir / f"{NAME}_timing")
-    return paths
+        ax.set_title(f"device: {ds.attrs.get('timing_device', '?')}")
+        ax.legend(fontsize=7)
+        figures[f"{NAME}_timing"] = fig
+    return save_figures(figures, figdir)
 
 
 # ----------------------------------------------------------------------------- verdicts

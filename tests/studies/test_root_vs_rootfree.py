@@ -12,7 +12,7 @@ from precond_lab.study import FAILS, HOLDS, PARTIAL, by_claim
 
 @pytest.fixture(scope="module")
 def ds():
-    return study.run(**study.PRESETS["test"])
+    return study.run(study.PRESETS["test"])
 
 
 def test_test_preset_end_to_end(ds, tmp_path):
