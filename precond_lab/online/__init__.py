@@ -26,13 +26,13 @@ from ._kronecker import (
     shampoo,
     soap,
 )
-from ._legacy import EstimatorState, if_shampoo_stationarity, if_shampoo_update
 from ._rootfree import (
     AdamState,
     IFShampooState,
     RFRMSPropState,
     adam,
     if_shampoo,
+    if_shampoo_stationarity,
     rf_rmsprop,
 )
 from ._runner import ESTIMATORS, run_online, state_is_finite, structure_cosine
@@ -51,7 +51,6 @@ __all__ = [
     "ESTIMATORS",
     "AdamState",
     "ApproximationFn",
-    "EstimatorState",
     "IFShampooState",
     "InitFn",
     "KLSOAPState",
@@ -69,7 +68,6 @@ __all__ = [
     "batch_square",
     "if_shampoo",
     "if_shampoo_stationarity",
-    "if_shampoo_update",
     "initialisation_response",
     "kl_shampoo",
     "kl_soap",

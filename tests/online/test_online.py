@@ -264,24 +264,3 @@ def test_run_online_reports_status():
     assert list(st[:2]) == [Status.OK.value] * 2 and set(st[2:]) == {Status.NONFINITE.value}
     assert np.isnan(ds.kl_divergence.sel(estimator="rf_rmsprop").values[2:]).all()
     assert ds.attrs["library"] == "precond_lab" and "created_utc" in ds.attrs
-
-
-def test_legacy_if_shampoo_state_matches_typed():
-    """The dict-keyed EstimatorState (kept for an old caller) runs the typed update."""
-    g = jnp.asarray(_samples(6, seed=17))
-    hp = {"beta2": 0.5, "alpha2": 0.0, "damping": 0.05, "batch_size": 1, "normalize": True}
-    m0 = jnp.zeros((M, M))
-    k0 = jnp.zeros((N_COLS, N_COLS))
-    arrays = {"c": jnp.eye(M), "k": jnp.eye(N_COLS), "mc": m0, "mk": k0}
-    legacy = online.EstimatorState(
-        "if_shampoo", {**arrays, "step": jnp.asarray(0, jnp.int32)}, tuple(sorted(hp.items()))
-    )
-    est = online.if_shampoo(**hp)
-    typed = online.IFShampooState(jnp.eye(M), jnp.eye(N_COLS), m0, k0, jnp.asarray(0, jnp.int32))
-    for _ in range(3):
-        legacy = online.if_shampoo_update(legacy, g)
-        typed = est.update(typed, g)
-    assert np.array_equal(np.asarray(legacy["c"]), np.asarray(typed.c))
-    a = online.if_shampoo_stationarity(legacy, g)
-    b = online.if_shampoo_stationarity(typed, g, damping=0.05)
-    assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b, strict=True))
