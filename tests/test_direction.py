@@ -42,7 +42,7 @@ def test_exact_direction_matches_dense(num, p, damping):
     g = _samples(num)
     grad = np.random.default_rng(1).standard_normal((2, M, N_COLS))
     ref = (_dense_power(_dense_sigma(g), p, damping) @ grad.reshape(2, -1).T).T
-    got = exact_direction(SampleTarget(g), grad, p=p, damping=damping, approx_damping=damping)
+    got = exact_direction(SampleTarget(g), grad, p=p, damping=damping)
     assert np.linalg.norm(np.asarray(got).reshape(2, -1) - ref) <= 1e-10 * np.linalg.norm(ref)
 
 
@@ -57,7 +57,9 @@ def test_direction_quality_matches_dense(p):
     damping = 1e-2
     exact = _dense_power(_dense_sigma(g), p, damping) @ grad.reshape(-1)
     appr = _dense_power(0.7 * np.kron(left, right), p, damping) @ grad.reshape(-1)
-    q = direction_quality(SampleTarget(g), approx, grad, p=p, damping=damping, approx_damping=damping)
+    q = direction_quality(
+        SampleTarget(g), approx, grad, p=p, damping=damping, approx_damping=damping
+    )
     cos = exact @ appr / np.linalg.norm(exact) / np.linalg.norm(appr)
     assert abs(float(q.cosine) - cos) <= 1e-10
     rel = np.linalg.norm(appr - exact) / np.linalg.norm(exact)
@@ -72,9 +74,13 @@ def test_exact_approximation_scores_one():
     samples = (np.eye(M * N_COLS) * np.sqrt(d.reshape(-1) * M * N_COLS)).reshape(-1, M, N_COLS)
     grad = np.random.default_rng(5).standard_normal((M, N_COLS))
     for p in (0.5, 1.0):
-        q = direction_quality(SampleTarget(samples), Diagonal(d), grad, p=p, damping=0.1, approx_damping=0.1)
+        q = direction_quality(
+            SampleTarget(samples), Diagonal(d), grad, p=p, damping=0.1, approx_damping=0.1
+        )
         assert abs(float(q.cosine) - 1) < 1e-12 and float(q.relative_error) < 1e-12
-    wrong = direction_quality(SampleTarget(samples), Diagonal(d[::-1]), grad, p=1.0, damping=0.1, approx_damping=0.1)
+    wrong = direction_quality(
+        SampleTarget(samples), Diagonal(d[::-1]), grad, p=1.0, damping=0.1, approx_damping=0.1
+    )
     assert float(wrong.relative_error) > 1e-3
 
 

@@ -415,4 +415,8 @@ def test_rank_deficient_metrics(rng):
                 atol_scale=np.trace(sigma),
             )
         x, y = sigma + 0.1 * np.eye(6), dense + 0.1 * np.eye(6)
-        assert_close(met.kl_divergence(t, s, damping=0.1, approx_damping=0.1), ref.kl_divergence(x, y), atol_scale=1)
+        assert_close(
+            met.kl_divergence(t, s, damping=0.1, approx_damping=0.1),
+            ref.kl_divergence(x, y),
+            atol_scale=1,
+        )

@@ -81,7 +81,7 @@ def test_kl_forward_reverse_full_rank(case, damping):
         rev_scaled = ref.kl_divergence(c_r * dense_s + damping * np.eye(d), x)
         for name, t in targets:
             msg = f"{name} {type(s).__name__}"
-            kw = dict(damping=damping)
+            kw = dict(damping=damping, approx_damping=damping)
             assert_close(met.kl_divergence(t, s, **kw), fwd, atol_scale=1.0, err_msg=msg)
             assert_close(
                 met.kl_divergence(t, s, direction="reverse", **kw), rev, atol_scale=1.0, err_msg=msg
@@ -115,7 +115,9 @@ def test_kl_rank_deficient_needs_damping(case):
         y = np.asarray(s.to_dense()) + lam * np.eye(d)
         for name, t in targets:
             assert_close(
-                met.kl_divergence(t, s, damping=lam, approx_damping=lam), ref.kl_divergence(x, y), atol_scale=1.0
+                met.kl_divergence(t, s, damping=lam, approx_damping=lam),
+                ref.kl_divergence(x, y),
+                atol_scale=1.0,
             )
             assert_close(
                 met.kl_divergence(t, s, damping=lam, approx_damping=lam, direction="reverse"),
@@ -207,6 +209,8 @@ def test_float32_metrics(rng):
         assert got.dtype == jnp.float32, fn.__name__
         # float32 (eps ≈ 6e-8) with condition numbers O(10): 1e-4 relative
         assert_close(got, want, rtol=1e-4, err_msg=fn.__name__)
-    v = met.von_neumann_divergence(SampleTarget(g[:3].astype(np.float32)), s32, damping=0.1, approx_damping=0.1)
+    v = met.von_neumann_divergence(
+        SampleTarget(g[:3].astype(np.float32)), s32, damping=0.1, approx_damping=0.1
+    )
     assert v.dtype == jnp.float32
     assert met.spectrum(t32).dtype == jnp.float32

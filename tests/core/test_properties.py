@@ -110,7 +110,11 @@ def test_kl_estimators_match_dense(p):
     assert ref.kl_fixed_point_residual(sigma, s.scale * np.asarray(s.left), s.right, lam) < 1e-8
     x = sigma + lam * np.eye(m * n)
     y = np.asarray(s.to_dense()) + lam * np.eye(m * n)
-    assert_close(met.kl_divergence(t, s, damping=lam, approx_damping=lam), ref.kl_divergence(x, y), atol_scale=1.0)
+    assert_close(
+        met.kl_divergence(t, s, damping=lam, approx_damping=lam),
+        ref.kl_divergence(x, y),
+        atol_scale=1.0,
+    )
 
 
 @KL_SETTINGS
