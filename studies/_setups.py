@@ -173,11 +173,57 @@ P3_TRAINING: dict[str, Training] = {
 }
 
 
-def _plain(value):
+def plain(value):
     """Tuples to lists (recursively): the capture config as JSON would read it back."""
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """A captured training run, as the identities, P1 and P2 studies ask for it.
+
+    Attributes:
+        model, dataset: what :func:`precond_lab.capture.capture` trains.
+        steps: the captured training steps.
+        num_samples: captured examples per step.
+        targets: capture targets (CLI spellings, e.g. ``"ggn-mc"``).
+        layers: the captured layers (also what is read back), or None: the model's default.
+        mc_samples: sampled-label draws per example, or None: the capture's default.
+        dtype: the stored dtype, or None: the capture's default.
+        model_options: model keyword arguments as ``(name, value)`` pairs.
+    """
+
+    model: str
+    dataset: str
+    steps: tuple[int, ...] = ()
+    num_samples: int = 128
+    targets: tuple[str, ...] = ("gradients", "ggn")
+    layers: tuple[str, ...] | None = None
+    mc_samples: int | None = None
+    dtype: str | None = None
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~precond_lab.study.cached_capture` (its cache key)
+        and of :func:`~precond_lab.study.capture_targets`: lists, as JSON reads them back;
+        unset (None / empty) options are left out."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "steps": [int(s) for s in self.steps],
+            "num_samples": int(self.num_samples),
+            "targets": list(self.targets),
+        }
+        optional = {
+            "layers": None if self.layers is None else list(self.layers),
+            "mc_samples": self.mc_samples,
+            "dtype": self.dtype,
+            "model_options": {k: plain(v) for k, v in self.model_options} or None,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
 
 
 def capture_setup(
@@ -217,7 +263,7 @@ def capture_setup(
         "seed": int(seed),
     }
     if setup.model_options:
-        cfg["model_options"] = {k: _plain(v) for k, v in setup.model_options}
+        cfg["model_options"] = {k: plain(v) for k, v in setup.model_options}
     return cached_capture(cache_dir, **cfg), cfg
 
 

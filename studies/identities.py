@@ -25,56 +25,15 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from precond_lab.study import save_figures
+from studies._setups import Capture
 
 NAME = "identities"
 TITLE = "Derived identities D1–D9 and the exact claims of P1/P3"
-
-
-@dataclasses.dataclass(frozen=True)
-class Capture:
-    """A captured training run and the layers, steps and targets read from it.
-
-    Attributes:
-        model, dataset: what :func:`precond_lab.capture.capture` trains.
-        layers: the captured layers (they also restrict what is captured).
-        steps: the captured steps.
-        targets: capture targets read (``gradients``, ``ggn``).
-        num_samples: captured examples per step.
-        dtype: the stored dtype.
-        model_options: model keyword arguments as ``(name, value)`` pairs.
-    """
-
-    model: str
-    dataset: str
-    layers: tuple[str, ...]
-    steps: tuple[int, ...] = ()
-    targets: tuple[str, ...] = ("gradients", "ggn")
-    num_samples: int = 128
-    dtype: str = "float64"
-    model_options: tuple[tuple[str, Any], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """:func:`precond_lab.study.capture_targets`' argument (lists, as JSON reads it)."""
-
-        def plain(v):
-            return [plain(x) for x in v] if isinstance(v, tuple) else v
-
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "steps": [int(s) for s in self.steps],
-            "targets": list(self.targets),
-            "num_samples": int(self.num_samples),
-            "dtype": self.dtype,
-            "model_options": {k: plain(v) for k, v in self.model_options},
-            "layers": list(self.layers),
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +74,7 @@ _MLP = Capture(
     steps=(100,),
     num_samples=128,
     model_options=(("hidden", (16,)),),
+    dtype="float64",
 )
 
 PRESETS = {
@@ -325,7 +285,7 @@ def _cases(config: Config) -> Iterator[dict]:
     if cap:
         from precond_lab.study import capture_targets
 
-        for step, layer, tgt, arr, w in capture_targets(cap.as_dict()):
+        for step, layer, tgt, arr, w in capture_targets(cap.kwargs()):
             real.append((f"{cap.model} {layer} step {step} {tgt}", "capture", arr, w))
     for label, source, g, w in real:
         m, n = g.shape[1:]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,52 +38,11 @@ from jax import lax
 from precond_lab import schema
 from precond_lab.provenance import make_attrs
 from precond_lab.study import HOLDS, Verdict, judge
+from studies._setups import Capture
 
 NAME = "online_estimators"
 TITLE = "KL-Shampoo online: proximal EMA, QR refresh vs eigh, EMA eigenvalues (P1)"
 PAPER = "P1 Lin et al. 2025"
-
-
-@dataclasses.dataclass(frozen=True)
-class Capture:
-    """The captured training run the gradient streams are drawn from.
-
-    Attributes:
-        model: model name for :func:`precond_lab.capture.capture`.
-        dataset: dataset name.
-        steps: captured training steps.
-        num_samples: captured examples per step.
-        targets: capture targets (CLI spellings).
-        mc_samples: sampled-label draws per example (None: the capture's default).
-        model_options: model keyword arguments as ``(name, value)`` pairs.
-    """
-
-    model: str
-    dataset: str
-    steps: tuple[int, ...]
-    num_samples: int
-    targets: tuple[str, ...]
-    mc_samples: int | None = None
-    model_options: tuple[tuple[str, Any], ...] = ()
-
-    def kwargs(self) -> dict:
-        """Keyword arguments of :func:`precond_lab.study.cached_capture` (its cache key)."""
-        out: dict[str, Any] = {
-            "model": self.model,
-            "dataset": self.dataset,
-            "steps": list(self.steps),
-            "num_samples": self.num_samples,
-            "targets": list(self.targets),
-        }
-        if self.model_options:
-            out["model_options"] = {k: _plain(v) for k, v in self.model_options}
-        if self.mc_samples is not None:
-            out["mc_samples"] = self.mc_samples
-        return out
-
-
-def _plain(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 @dataclasses.dataclass(frozen=True)

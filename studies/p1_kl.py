@@ -31,12 +31,12 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from precond_lab.study import save_figures
+from studies._setups import Capture
 
 NAME = "p1_kl"
 TITLE = "P1: KL-optimal Kronecker factors vs Shampoo on real layers"
@@ -64,47 +64,6 @@ class Toy:
 
 
 @dataclasses.dataclass(frozen=True)
-class Capture:
-    """A captured training run and the layers, steps and targets read from it.
-
-    Attributes:
-        model, dataset: what :func:`precond_lab.capture.capture` trains.
-        layers: the captured layers (they also restrict what is captured).
-        steps: the captured steps.
-        targets: capture targets read (``gradients``, ``ggn``).
-        num_samples: captured examples per step.
-        dtype: the stored dtype.
-        model_options: model keyword arguments as ``(name, value)`` pairs.
-    """
-
-    model: str
-    dataset: str
-    layers: tuple[str, ...]
-    steps: tuple[int, ...] = ()
-    targets: tuple[str, ...] = ("gradients", "ggn")
-    num_samples: int = 128
-    dtype: str = "float64"
-    model_options: tuple[tuple[str, Any], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """:func:`precond_lab.study.capture_targets`' argument (lists, as JSON reads it)."""
-
-        def plain(v):
-            return [plain(x) for x in v] if isinstance(v, tuple) else v
-
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "targets": list(self.targets),
-            "num_samples": int(self.num_samples),
-            "dtype": self.dtype,
-            "model_options": {k: plain(v) for k, v in self.model_options},
-            "layers": list(self.layers),
-            "steps": [int(s) for s in self.steps],
-        }
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
     """One run of the study.
 
@@ -128,9 +87,15 @@ class Config:
 
 
 _MLP = Capture(
-    "mlp", "digits", layers=("layers/0/w", "layers/1/w"), model_options=(("hidden", (16,)),)
+    "mlp",
+    "digits",
+    layers=("layers/0/w", "layers/1/w"),
+    dtype="float64",
+    model_options=(("hidden", (16,)),),
 )
-_CNN = Capture("cnn", "digits", layers=("convs/1/w",), model_options=(("channels", (4, 4)),))
+_CNN = Capture(
+    "cnn", "digits", layers=("convs/1/w",), dtype="float64", model_options=(("channels", (4, 4)),)
+)
 
 PRESETS = {
     "test": Config(random=((5, 3, 40),), flipflop_dampings=(0.0, 1e-3)),
@@ -222,7 +187,7 @@ def _targets(config: Config) -> Iterator[tuple[str, str, np.ndarray, np.ndarray 
     for cap in config.captures:
         from precond_lab.study import capture_targets
 
-        for step, layer, tgt, arr, w in capture_targets(cap.as_dict()):
+        for step, layer, tgt, arr, w in capture_targets(cap.kwargs()):
             label = f"{cap.model}-{cap.dataset} {layer} s{step} {tgt}"
             yield label, "capture", arr, w
 

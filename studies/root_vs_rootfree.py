@@ -26,7 +26,6 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,7 @@ from precond_lab.errors import Status
 from precond_lab.linalg import STATUS_CODES
 from precond_lab.provenance import make_attrs
 from precond_lab.study import Verdict, judge
+from studies._setups import Capture
 
 NAME = "root_vs_rootfree"
 TITLE = "Root vs root-free preconditioners: B-scaling, Newton view, bf16 stability, speed (P2)"
@@ -46,46 +46,6 @@ PAPER = "P2 Lin et al. 2024"
 PREC_METHODS = ("eigh", "eigh@float32", "newton", "newton_schulz", "if_shampoo")
 PREC_DTYPES = ("float32", "bfloat16", "float16")
 PREC_PS = (0.25, 0.5, 1.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Capture:
-    """The captured training run (one step of it is measured).
-
-    Attributes:
-        model: model name for :func:`precond_lab.capture.capture`.
-        dataset: dataset name.
-        steps: captured training steps.
-        num_samples: captured examples per step.
-        targets: capture targets (CLI spellings).
-        mc_samples: sampled-label draws per example (None: the capture's default).
-        model_options: model keyword arguments as ``(name, value)`` pairs.
-    """
-
-    model: str
-    dataset: str
-    steps: tuple[int, ...]
-    num_samples: int
-    targets: tuple[str, ...]
-    mc_samples: int | None = None
-    model_options: tuple[tuple[str, Any], ...] = ()
-
-    def kwargs(self) -> dict:
-        """Keyword arguments of :func:`precond_lab.study.cached_capture` (its cache key)."""
-        out: dict[str, Any] = {
-            "model": self.model,
-            "dataset": self.dataset,
-            "steps": list(self.steps),
-            "num_samples": self.num_samples,
-            "targets": list(self.targets),
-        }
-        if self.model_options:
-            out["model_options"] = {
-                k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options
-            }
-        if self.mc_samples is not None:
-            out["mc_samples"] = self.mc_samples
-        return out
 
 
 @dataclasses.dataclass(frozen=True)
