@@ -43,10 +43,10 @@ import xarray as xr
 from precond_lab import estimators as est
 from precond_lab import plotting as pl
 from precond_lab import schema
-from precond_lab.evaluate import evaluate
 from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
 from precond_lab.study import FAILS, Verdict, judge
+from precond_lab.sweep import evaluate, kron_cosine
 from precond_lab.targets import Target
 from studies._setups import (
     P3_SETUPS,
@@ -147,14 +147,6 @@ PRESETS = {
 # --------------------------------------------------------------------------------------
 
 
-def _kron_cosine(a1, b1, a2, b2) -> float:
-    """Cosine of ``a1 ⊗ b1`` and ``a2 ⊗ b2`` (product of the factors' cosines)."""
-    a1, b1, a2, b2 = (np.asarray(x, np.float64) for x in (a1, b1, a2, b2))
-    num = np.vdot(a1, a2) * np.vdot(b1, b2)
-    den = np.linalg.norm(a1) * np.linalg.norm(b1) * np.linalg.norm(a2) * np.linalg.norm(b2)
-    return float(num / den)
-
-
 def _np_sqrt(a) -> np.ndarray:
     w, v = np.linalg.eigh(np.asarray(a, np.float64))
     return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
@@ -209,13 +201,13 @@ def _power_curves(target: Target, n_power: int, inits, seed: int):
         first = est.power_iteration(target, 1, init=start)
         curves[i, 0] = float(first.info.objective[0]) / norm
         curves[i, 1] = float(first.scale) / norm
-        to_opt[i, 0] = _kron_cosine(*start, opt.left, opt.right)
-        to_opt[i, 1] = _kron_cosine(first.left, first.right, opt.left, opt.right)
+        to_opt[i, 0] = kron_cosine(*start, opt.left, opt.right)
+        to_opt[i, 1] = kron_cosine(first.left, first.right, opt.left, opt.right)
         if n_power > 1:
             last = est.power_iteration(target, n_power - 1, init=first)
             curves[i, 1:n_power] = np.asarray(last.info.objective, float) / norm
             curves[i, n_power] = float(last.scale) / norm
-            to_opt[i, n_power] = _kron_cosine(last.left, last.right, opt.left, opt.right)
+            to_opt[i, n_power] = kron_cosine(last.left, last.right, opt.left, opt.right)
     return curves, to_opt
 
 
