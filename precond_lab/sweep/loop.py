@@ -162,10 +162,12 @@ def _score(grid, idx, target, fit, opts) -> bool:
             raise ValueError(
                 f"approximation shape {approx.shape} differs from the target's {target.shape}"
             )
-        values = met.score(target, approx)
+        key = _RESCALE[rescale] if want_spectrum else None
+        values = met.score(
+            target, approx, metrics=dict.fromkeys([*metrics, key] if key else metrics)
+        )
         grid.score[idx] = [values[k] for k in metrics]
         if want_spectrum:
-            key = _RESCALE[rescale]
             c = 1.0 if key is None else values[key]
             ev = np.sort(np.asarray(approx.eigenvalues(), np.float64).ravel())[::-1]
             grid.spectra[idx] = c * ev

@@ -98,3 +98,15 @@ def test_registering_twice_fails():
     spec = est.ESTIMATORS["shampoo"]
     with pytest.raises(ValueError, match="already registered"):
         est.register(spec)
+
+
+def test_score_subset_equals_full_score_and_skips_nothing_asked_for():
+    _, _, t = problem()
+    s = est.kl_optimal(t)
+    full = met.score(t, s, damping=0.1)
+    for keys in (("cosine",), ("frobenius_scale", "kl_scale"), ("von_neumann",), ("kl",)):
+        part = met.score(t, s, damping=0.1, metrics=keys)
+        assert list(part) == list(keys)
+        assert all(part[k] == full[k] for k in keys), keys
+    with pytest.raises(ValueError, match="unknown metrics"):
+        met.score(t, s, metrics=("logdet",))
