@@ -98,8 +98,7 @@ def kfac(
 
 
 def _kfac_builder(ctx: FitContext, variant: str = "expand") -> Kronecker:
-    if ctx.kfac_inputs is None:
-        raise CellSkipped(f"no K-FAC activations/backprops for target kind {ctx.kind!r}")
+    # the inputs' presence is checked by build() (needs_kfac_inputs=True)
     if ctx.batch_size != 1:
         raise CellSkipped("K-FAC is built from per-example activations, not batch gradients")
     k = kfac(*ctx.kfac_inputs, variant=variant, damping=ctx.damping)

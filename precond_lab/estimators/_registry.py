@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CellSkipped
+from ..schema import parse_kind
 from ..structures import Structure
 from ..targets import Target
 
@@ -193,17 +194,13 @@ def parse_estimator(item) -> ParsedEstimator:
             kwargs[key.strip()] = _literal(val.strip())
         else:
             args.append(_literal(a))
-    if source is not None:
-        from ..schema import parse_kind
-
-        source = parse_kind(source)
     return ParsedEstimator(
         item.strip().replace(" ", ""),
         ESTIMATORS[name],
         None,
         tuple(args),
         tuple(kwargs.items()),
-        source,
+        None if source is None else parse_kind(source),
     )
 
 

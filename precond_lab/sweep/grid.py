@@ -70,8 +70,7 @@ class Grid:
     def record_error(self, idx, status: Status, message: str) -> None:
         """Mark a cell (or a block of cells) failed or skipped."""
         self.status[idx], self.message[idx] = Status(status).value, message
-        if len(np.shape(self.score[idx])) == 1:
-            self.score[idx] = np.nan
+        self.score[idx] = np.nan
 
     def cell(self, idx) -> dict:
         """The coordinates of cell ``idx``: ``{"step", "layer", "target", "estimator",

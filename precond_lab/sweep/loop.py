@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics as met
 from ..estimators import parse_estimator
+from ..schema import parse_kind
 from .cells import CellCache, DampingRule, status_of
 from .grid import Grid
 from .sources import open_source
@@ -95,8 +96,6 @@ def evaluate(
     _check_in("layers", layer_list, src.layers)
     kinds = [k for s in step_list for la in layer_list for k in src.kinds(s, la)]
     available = list(dict.fromkeys(kinds))
-    from ..schema import parse_kind
-
     target_list = available if targets is None else [parse_kind(t) for t in targets]
     _check_in("targets", target_list, available)
     bs_list = [1] if batch_sizes is None else [int(b) for b in batch_sizes]
@@ -175,6 +174,5 @@ def _score(grid, idx, target, fit, opts) -> bool:
         if raise_errors:
             raise
         grid.record_error(idx, *status_of(e))
-        grid.score[idx] = np.nan
         return False
     return True
