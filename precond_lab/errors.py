@@ -130,21 +130,21 @@ class Status(str, enum.Enum):
 
     @classmethod
     def of(cls, exc: BaseException) -> Status:
-        """The status that an exception stands for."""
-        if isinstance(exc, CellSkipped):
-            return cls.SKIPPED
-        if isinstance(exc, FitNeedsDampingError):
-            return cls.NEEDS_DAMPING
-        if isinstance(exc, NotPositiveDefiniteError):
-            return cls.NOT_SPD
-        if isinstance(exc, NonFiniteError):
-            return cls.NONFINITE
-        if isinstance(exc, UnsupportedDtypeError):
-            return cls.UNSUPPORTED_DTYPE
-        if isinstance(exc, ConvergenceError):
-            return cls.NOT_CONVERGED
+        """The status that an exception stands for (:data:`_EXCEPTION_STATUS`, else FAILED)."""
+        for kind, status in _EXCEPTION_STATUS:
+            if isinstance(exc, kind):
+                return status
         return cls.FAILED
 
 
+#: Exception class → status, most specific first (the first match wins).
+_EXCEPTION_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
+    (CellSkipped, Status.SKIPPED),
+    (FitNeedsDampingError, Status.NEEDS_DAMPING),
+    (NotPositiveDefiniteError, Status.NOT_SPD),
+    (NonFiniteError, Status.NONFINITE),
+    (UnsupportedDtypeError, Status.UNSUPPORTED_DTYPE),
+    (ConvergenceError, Status.NOT_CONVERGED),
+)
 _CODES = {s: i for i, s in enumerate(Status)}
 _BY_CODE = {i: s for s, i in _CODES.items()}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
 
 import numpy as np
 import xarray as xr
@@ -260,9 +259,7 @@ def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
     return None
 
 
-def layer_kfac_inputs(
-    node: xr.DataTree | xr.Dataset, kind
-) -> tuple[np.ndarray, np.ndarray] | None:
+def layer_kfac_inputs(node: xr.DataTree | xr.Dataset, kind) -> tuple[np.ndarray, np.ndarray] | None:
     """``(activations, backprops)`` of a captured layer (group or its Dataset) for target
     kind ``kind``, or None where they were not captured."""
     kind = parse_kind(kind)
@@ -292,8 +289,3 @@ def sample_bag(samples, weights=None, dtype=None) -> tuple[np.ndarray, np.ndarra
     inner = arr.shape[1] if arr.ndim == 4 else 1
     w = np.full(num, 1.0 / num, arr.dtype) if weights is None else np.asarray(weights)
     return arr.reshape(num * inner, *arr.shape[-2:]), np.repeat(w, inner)
-
-
-def kinds_in(names: Iterable[str]) -> list[str]:
-    """Canonical spellings of several kinds (see :func:`parse_kind`)."""
-    return [parse_kind(n) for n in names]

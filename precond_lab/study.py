@@ -24,6 +24,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .provenance import make_attrs
+
 __all__ = [
     "HOLDS",
     "FAILS",
@@ -233,12 +235,6 @@ def study_modules(only: list[str] | None = None) -> list:
     return modules
 
 
-def _provenance() -> dict:
-    from .provenance import make_attrs
-
-    return make_attrs()
-
-
 def run_preset(module, preset: str, **overrides):
     """Run a study module's preset: ``module.run(module.PRESETS[preset], **overrides)``.
 
@@ -283,7 +279,7 @@ def reproduce(
         try:
             cfg = mod.PRESETS[preset]
             ds = mod.run(cfg) if dataclasses.is_dataclass(cfg) else mod.run(**cfg)
-            ds.attrs.update({k: v for k, v in _provenance().items() if k not in ds.attrs})
+            ds.attrs.update({k: v for k, v in make_attrs().items() if k not in ds.attrs})
             ds.attrs["preset"] = preset
             ds.to_netcdf(datadir / f"{mod.NAME}.nc")
             rec["figures"] = [Path(p) for p in mod.plot(ds, figdir)]
@@ -330,7 +326,7 @@ def _cell(text: str) -> str:
 def write_report(records: list[dict], path: Path, preset: str, figdir: Path) -> None:
     """Write the Markdown report: summary table, per-study sections with figures."""
     path = Path(path)
-    prov = _provenance()
+    prov = make_attrs()
     lines = [
         "# precond_lab: claims report",
         "",

@@ -71,6 +71,7 @@ import xarray as xr
 from ..errors import StoreError
 from ..schema import (
     CHECKPOINT,
+    STEP_VARIABLES,
     TRAJECTORY_GROUP,
     VARIABLE_DIMS,
     WEIGHT,
@@ -332,7 +333,7 @@ def validate_store(path, *, check_values: bool = True) -> list[int]:
             _fail(where, f"cannot be opened ({type(e).__name__}: {e})")
         if int(tree.attrs.get("step", -1)) != s:
             _fail(where, f"attribute step = {tree.attrs.get('step')!r} does not match the group")
-        for var in ("loss", "outputs", "labels"):
+        for var in STEP_VARIABLES:
             if var not in tree.dataset:
                 _fail(where, f"missing variable {var!r}")
         if CHECKPOINT not in tree.children:
