@@ -30,28 +30,33 @@ def _unit(path: Path) -> str:
     return rel.parts[0]
 
 
-def _imports(path: Path):
-    """``(lineno, absolute dotted module, imported names)`` of every import in a file."""
+def _imports(path: Path, package: list[str]):
+    """``(lineno, absolute dotted module, imported names)`` of every import in a file.
+
+    ``package`` is the dotted package the file sits in (``["precond_lab", "sweep"]``), to
+    resolve relative imports; ``from . import x`` yields the module ``package.x``.
+    """
     tree = ast.parse(path.read_text(), filename=str(path))
-    pkg_parts = ["precond_lab", *path.relative_to(PKG).with_suffix("").parts[:-1]]
-    if path.name == "__init__.py":
-        pkg_parts = ["precond_lab", *path.relative_to(PKG).parts[:-1]]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name, []
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg_parts[: len(pkg_parts) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
             names = [a.name for a in node.names]
-            if mod == ".".join(base if node.level else [mod]) and node.module is None:
-                for n in names:  # "from . import estimators": each name is a module
-                    yield node.lineno, f"{mod}.{n}", []
+            if not node.level:
+                yield node.lineno, node.module or "", names
+                continue
+            base = ".".join(package[: len(package) - node.level + 1])
+            if node.module is None:
+                for n in names:  # each name is a module
+                    yield node.lineno, f"{base}.{n}", []
             else:
-                yield node.lineno, mod, names
+                yield node.lineno, f"{base}.{node.module}", names
+
+
+def _package_imports(path: Path):
+    rel = path.relative_to(PKG)
+    return _imports(path, ["precond_lab", *rel.parts[:-1]])
 
 
 def _target_unit(mod: str) -> str | None:
@@ -70,7 +75,7 @@ def test_no_module_imports_upward():
     bad = []
     for path in sorted(PKG.rglob("*.py")):
         unit = _unit(path)
-        for line, mod, _ in _imports(path):
+        for line, mod, _ in _package_imports(path):
             target = _target_unit(mod)
             if target is None or target == unit:
                 continue
@@ -89,7 +94,7 @@ def test_no_private_imports_across_subpackages():
     bad = []
     for path in sorted(PKG.rglob("*.py")):
         unit = _unit(path)
-        for line, mod, names in _imports(path):
+        for line, mod, names in _package_imports(path):
             target = _target_unit(mod)
             if target is None or target == unit or target in ("_version", "_validation"):
                 continue
@@ -104,27 +109,11 @@ STUDIES = sorted((ROOT / "studies").glob("*.py"))
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
 def test_studies_import_no_study_and_nothing_private(path):
     bad = []
-    for line, mod, names in _imports_plain(path):
-        if mod.split(".")[0] == "studies" and mod not in ("studies._setups",):
-            bad.append(f"{path.name}:{line} imports the study {mod}")
+    for line, mod, names in _imports(path, ["studies"]):
+        modules = [f"{mod}.{n}" for n in names] if mod == "studies" else [mod]
+        for m in modules:  # "from studies import x": x is a module of the folder
+            if m.split(".")[0] == "studies" and m != "studies._setups":
+                bad.append(f"{path.name}:{line} imports the study {m}")
         if mod.startswith("precond_lab"):
             bad += [f"{path.name}:{line} imports {h}" for h in _private(mod, names)]
     assert not bad, "\n".join(bad)
-
-
-def _imports_plain(path: Path):
-    tree = ast.parse(path.read_text(), filename=str(path))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name, []
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                mod = "studies" + ("." + mod if mod else "")
-            names = [a.name for a in node.names]
-            if mod == "studies":
-                for n in names:
-                    yield node.lineno, f"studies.{n}", []
-            else:
-                yield node.lineno, mod, names
