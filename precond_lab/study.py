@@ -18,6 +18,7 @@ table as "not yet tested" with the reason (:data:`UNTESTED`).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import sys
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "PARTIAL",
     "UNTESTED_VERDICT",
     "Verdict",
+    "TestKind",
     "UNTESTED",
     "judge",
     "by_claim",
@@ -52,6 +54,23 @@ UNTESTED_VERDICT = "not yet tested"
 ERROR = "error"
 
 
+class TestKind(str, enum.Enum):
+    """What kind of test a verdict row is.
+
+    ``PAPER``: the claim tested as the paper states it. ``PROXY``: a smaller or different
+    setting than the paper's (the row's ``setting`` says how it differs). ``DERIVED``: a fact
+    that follows from the definitions, not something a paper claims. ``NOT_TESTABLE``: cannot
+    be tested here (the evidence says why).
+    """
+
+    __test__ = False  # not a pytest class
+
+    PAPER = "paper claim"
+    PROXY = "proxy"
+    DERIVED = "derived"
+    NOT_TESTABLE = "not testable here"
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The answer to one claim on this data.
@@ -65,6 +84,9 @@ class Verdict:
             :data:`UNTESTED_VERDICT` (or ``"error"`` if the study crashed).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
+        kind: what kind of test this row is (:class:`TestKind`); ``None`` only in rows
+            not yet classified (the report flags them).
+        setting: for a proxy, how the setting differs from the paper's.
     """
 
     claim: str
@@ -74,6 +96,8 @@ class Verdict:
     verdict: str
     evidence: str
     tolerance: str = ""
+    kind: TestKind | None = None
+    setting: str = ""
 
 
 def judge(ok: bool, partial: bool = False) -> str:
