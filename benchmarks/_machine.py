@@ -211,7 +211,7 @@ def machine_info() -> dict[str, Any]:
         "device_count": len(devices),
         "device_memory_bytes": None if mem is None else mem.get("bytes_limit"),
         "x64_enabled": bool(jax.config.jax_enable_x64),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
     }
 
