@@ -26,10 +26,17 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from .demo import format_table, run_demo
 
+    if not args.no_progress:
+        print(
+            f"demo: training softmax regression on digits ({args.train_steps} steps), then "
+            "fitting and scoring every estimator (about 1–2 minutes on a laptop CPU)",
+            file=sys.stderr,
+        )
     result = run_demo(
         check_dense=not args.no_dense_check,
         dtype=np.float32 if args.float32 else np.float64,
         steps=args.train_steps,
+        progress=not args.no_progress,
     )
     print(format_table(result))
     if args.out:
@@ -70,20 +77,30 @@ def _frame(rows):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="precond-lab",
         description="Check what Kronecker-factored preconditioners approximate, on real gradients.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"precond-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="score every estimator on real gradients (sklearn digits)")
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    demo = sub.add_parser(
+        "demo", help="score every estimator on real gradients (sklearn digits)", **fmt
+    )
     demo.add_argument("--float32", action="store_true", help="run in float32 instead of float64")
     demo.add_argument(
         "--no-dense-check", action="store_true", help="skip the dense float64 cross-check"
     )
     demo.add_argument("--train-steps", type=int, default=30, help="full-batch GD steps first")
     demo.add_argument("--out", help="also write the table as netCDF")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(func=_run_demo)
-    rep = sub.add_parser("reproduce", help="run the claim studies; write figures/ and REPORT.md")
+    rep = sub.add_parser(
+        "reproduce", help="run the claim studies; write figures/ and REPORT.md", **fmt
+    )
     group = rep.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="laptop-CPU preset (default)")
     group.add_argument("--full", action="store_true", help="the larger, GPU-scale preset")
@@ -91,23 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--figures", default=None, help="figure folder (default: <clone>/figures)")
     rep.add_argument("--report", default=None, help="report path (default: <clone>/REPORT.md)")
     rep.set_defaults(func=_run_reproduce)
-    try:
-        from .capture import cli as capture_cli
-    except ImportError as err:  # the capture extra is not installed
-        cap = sub.add_parser("capture", help="capture gradients (needs the [capture] extra)")
-        cap.set_defaults(func=lambda _args, e=err: _missing_extra(e))
-    else:
-        capture_cli.add_parser(sub)
+    from .capture import cli as capture_cli
+
+    capture_cli.add_parser(sub)
     return parser
-
-
-def _missing_extra(err: Exception) -> int:
-    print(
-        f"precond-lab capture needs the optional dependencies: pip install 'precond-lab[capture]'"
-        f" ({err})",
-        file=sys.stderr,
-    )
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "capture",
         help="train a model and capture per-example gradients, GGN and K-FAC factors",
         description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
@@ -60,14 +61,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="comma-separated parameter paths (default: every layer weight)",
     )
     p.add_argument("--out", required=True, help="output Zarr store (resumed if it exists)")
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-samples", type=int, default=64, help="examples captured per step")
+    p.add_argument("--batch-size", type=int, default=32, help="training mini-batch size")
     p.add_argument("--batch-sizes", type=_ints, default=[8], help="for the batch target")
-    p.add_argument("--mc-samples", type=int, default=8)
+    p.add_argument("--mc-samples", type=int, default=8, help="sampled labels per example (ggn-mc)")
     p.add_argument("--optimizer", default="sgd", help="sgd, momentum or adam")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--lr", type=float, default=0.1, help="training learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, init and labels")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="capture dtype"
+    )
     p.add_argument("--model-options", default="{}", help="JSON, e.g. '{\"hidden\": [64, 64]}'")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
