@@ -1,293 +1,36 @@
-"""Targets: the matrix ``Σ`` being approximated, and the few primitives everything uses.
-
-A target is either
-
-* a bag of per-example matrices ``G`` of shape ``(N, m, n)`` with weights ``w``
-  (default ``1/N``): ``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` with row-major vec
-  (:class:`SampleTarget`, matrix-free, streamed over the sample axis in chunks and
-  optionally sharded over several devices), or
-* a small explicit ``(mn, mn)`` matrix with its ``(m, n)`` (:class:`DenseTarget`),
-  e.g. an exact Hessian block; every matrix-free result has this dense twin.
-
-Both expose the same primitives:
-
-* ``contract_left(B) = E[G B Gᵀ] = R(Σ) vec(B)`` (m×m) and
-  ``contract_right(A) = E[Gᵀ A G] = R(Σ)ᵀ vec(A)`` (n×n), the rearranged operator of
-  Van Loan–Pitsianis;
-* ``second_moments() = (E[G Gᵀ], E[Gᵀ G])`` (Shampoo's ``L`` and ``R``);
-* ``rotated_diagonal(Qa, Qb) = diag(QᵀΣQ)`` for ``Q = Qa ⊗ Qb``;
-* ``trace_product(S) = tr(S Σ) = E[⟨G, S G⟩]`` for any structure ``S``;
-* ``trace``, ``frobenius_norm`` (from the samples' Gram matrix) and ``eigh`` (the
-  non-zero eigenpairs, computed on the smaller of the sample space and the
-  parameter space, so memory never exceeds the data's).
-"""
+"""Targets from per-example matrices ``G: (N, m, n)``, streamed in chunks."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import NonFiniteError, check_finite, check_float_dtype
-from .structures import Structure
+from .._validation import NonFiniteError, check_float_dtype
+from ..structures import Structure
+from ._base import Spectrum, Target, _truncate_rank, check_weights
+from ._kernels import (
+    _k_combine,
+    _k_cov,
+    _k_diag,
+    _k_frob_block,
+    _k_gram,
+    _k_left,
+    _k_left_moment,
+    _k_moments,
+    _k_right,
+    _k_right_moment,
+    _k_rotdiag,
+    _k_stats,
+    _k_trace_product,
+)
 
-__all__ = ["Target", "SampleTarget", "DenseTarget", "DampedTarget", "Spectrum", "as_target"]
+__all__ = ["SampleTarget"]
 
 _CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default
 _MIN_CHUNK = 32  # ... but at least this many samples, so large layers keep large products
-
-
-@dataclasses.dataclass(frozen=True)
-class Spectrum:
-    """Non-zero eigenpairs of a target, in descending order.
-
-    Attributes:
-        values: ``(r,)`` eigenvalues (``r`` = numerical rank of ``Σ`` without damping).
-        vectors: ``(r, m, n)`` orthonormal eigenvectors as matrices, or None.
-        dim: ``mn``, so that ``dim - r`` eigenvalues equal ``floor``.
-        floor: the eigenvalue on the orthogonal complement of ``vectors`` (0, or the
-            damping ``λ`` of a :meth:`Target.damped` target).
-    """
-
-    values: jax.Array
-    vectors: jax.Array | None
-    dim: int
-    floor: float = 0.0
-
-    @property
-    def rank(self) -> int:
-        return int(self.values.shape[0])
-
-
-class Target:
-    """The matrix ``Σ`` (``mn × mn``) that the estimators approximate."""
-
-    shape: tuple[int, int]
-    dtype: np.dtype
-
-    @property
-    def dim(self) -> int:
-        m, n = self.shape
-        return m * n
-
-    def contract_left(self, b: jax.Array) -> jax.Array:
-        """``E[G B Gᵀ]`` for an n×n ``B`` (an m×m result)."""
-        raise NotImplementedError
-
-    def contract_right(self, a: jax.Array) -> jax.Array:
-        """``E[Gᵀ A G]`` for an m×m ``A`` (an n×n result)."""
-        raise NotImplementedError
-
-    def second_moments(self) -> tuple[jax.Array, jax.Array]:
-        """Shampoo's statistics ``(L, R) = (E[G Gᵀ], E[Gᵀ G])``."""
-        return self.left_moment(), self.right_moment()
-
-    def left_moment(self) -> jax.Array:
-        """``L = E[G Gᵀ] = contract_left(I)`` (m×m)."""
-        return self.contract_left(jnp.eye(self.shape[1], dtype=self.dtype))
-
-    def right_moment(self) -> jax.Array:
-        """``R = E[Gᵀ G] = contract_right(I)`` (n×n)."""
-        return self.contract_right(jnp.eye(self.shape[0], dtype=self.dtype))
-
-    def rotated_diagonal(self, qa: jax.Array | None, qb: jax.Array | None) -> jax.Array:
-        """``diag(QᵀΣQ)`` as ``(m, n)`` for ``Q = qa ⊗ qb`` (identity where None)."""
-        raise NotImplementedError
-
-    def trace(self) -> jax.Array:
-        raise NotImplementedError
-
-    def trace_product(self, s: Structure) -> jax.Array:
-        """``tr(S Σ) = ⟨Σ, S⟩_F`` for a symmetric structure ``S``."""
-        raise NotImplementedError
-
-    def frobenius_norm(self) -> jax.Array:
-        raise NotImplementedError
-
-    def eigh(self, vectors: bool = False) -> Spectrum:
-        """Non-zero eigenvalues (and optionally eigenvectors), descending."""
-        raise NotImplementedError
-
-    def to_dense(self) -> jax.Array:
-        """The explicit ``(mn, mn)`` matrix: for references and small sizes only."""
-        raise NotImplementedError
-
-    def damped(self, damping: float) -> Target:
-        """The target ``Σ + λI`` (every estimator and metric accepts it)."""
-        if not np.isfinite(damping) or damping < 0:
-            raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
-        return DampedTarget(self, float(damping)) if damping else self
-
-
-class DampedTarget(Target):
-    """``Σ + λI`` for a base target ``Σ``, through the base's primitives.
-
-    ``E[G B Gᵀ]`` gains ``λ tr(B) I``, ``E[Gᵀ A G]`` gains ``λ tr(A) I``, every diagonal
-    entry in any orthogonal basis gains ``λ``, and the eigenvalues shift by ``λ`` (the
-    complement of the base's eigenvectors has eigenvalue ``λ``).
-    """
-
-    def __init__(self, base: Target, damping: float):
-        if isinstance(base, DampedTarget):
-            base, damping = base.base, base.damping + damping
-        self.base = base
-        self.damping = damping
-        self.shape = base.shape
-        self.dtype = base.dtype
-
-    def contract_left(self, b):
-        m = self.shape[0]
-        return self.base.contract_left(b) + self.damping * jnp.trace(b) * jnp.eye(
-            m, dtype=self.dtype
-        )
-
-    def contract_right(self, a):
-        n = self.shape[1]
-        return self.base.contract_right(a) + self.damping * jnp.trace(a) * jnp.eye(
-            n, dtype=self.dtype
-        )
-
-    def second_moments(self):
-        m, n = self.shape
-        left, right = self.base.second_moments()
-        return (
-            left + self.damping * n * jnp.eye(m, dtype=self.dtype),
-            right + self.damping * m * jnp.eye(n, dtype=self.dtype),
-        )
-
-    def left_moment(self):
-        m, n = self.shape
-        return self.base.left_moment() + self.damping * n * jnp.eye(m, dtype=self.dtype)
-
-    def right_moment(self):
-        m, n = self.shape
-        return self.base.right_moment() + self.damping * m * jnp.eye(n, dtype=self.dtype)
-
-    def rotated_diagonal(self, qa, qb):
-        return self.base.rotated_diagonal(qa, qb) + self.damping
-
-    def trace(self):
-        return self.base.trace() + self.damping * self.dim
-
-    def trace_product(self, s: Structure):
-        return self.base.trace_product(s) + self.damping * s.trace()
-
-    def frobenius_norm(self):
-        lam = self.damping
-        sq = self.base.frobenius_norm() ** 2 + 2 * lam * self.base.trace() + lam**2 * self.dim
-        return jnp.sqrt(sq)
-
-    def eigh(self, vectors: bool = False) -> Spectrum:
-        spec = self.base.eigh(vectors)
-        return Spectrum(
-            spec.values + self.damping, spec.vectors, spec.dim, spec.floor + self.damping
-        )
-
-    def to_dense(self):
-        return self.base.to_dense() + self.damping * jnp.eye(self.dim, dtype=self.dtype)
-
-
-def _truncate_rank(values, vectors, dim, dtype, size):
-    """Drop eigenvalues within round-off of zero and sort descending."""
-    values = np.asarray(values)
-    order = np.argsort(values)[::-1]
-    values = values[order]
-    scale = np.max(np.abs(values)) if values.size else 0.0
-    tol = 10 * max(size, 1) * np.finfo(np.dtype(dtype)).eps * scale
-    keep = np.abs(values) > tol
-    idx = order[keep]
-    vals = jnp.asarray(values[keep], dtype=dtype)
-    vecs = None if vectors is None else vectors[idx]
-    return vals, vecs
-
-
-# --------------------------------------------------------------------------------------
-# Jitted per-chunk kernels. G: (c, m, n) samples, w: (c,) weights (zero for padding).
-# --------------------------------------------------------------------------------------
-
-
-@jax.jit
-def _k_stats(g, w):
-    finite = jnp.all(jnp.isfinite(g), axis=(1, 2))
-    sq = jnp.sum(jnp.where(jnp.isfinite(g), g, 0.0) ** 2, axis=(1, 2))
-    return (
-        finite,
-        jnp.sum(w * sq),
-        jnp.einsum("k,kij->ij", w, jnp.where(finite[:, None, None], g, 0)),
-    )
-
-
-@jax.jit
-def _k_left(g, w, b):
-    gb = jnp.matmul(g, b)  # one (c·m, n) × (n, n) product
-    return jnp.einsum("kil,kml->im", gb * w[:, None, None], g)
-
-
-@jax.jit
-def _k_right(g, w, a):
-    ag = jnp.matmul(a, g)  # (m, m) × (c, m, n)
-    return jnp.einsum("kil,kij->jl", ag * w[:, None, None], g)
-
-
-@jax.jit
-def _k_left_moment(g, w):
-    """``Σ_k w_k G_k G_kᵀ`` as one ``(m, c·n) × (c·n, m)`` product."""
-    c, m, n = g.shape
-    h = jnp.transpose(g, (1, 0, 2))  # (m, c, n)
-    return h.reshape(m, c * n) @ (h * w[None, :, None]).reshape(m, c * n).T
-
-
-@jax.jit
-def _k_right_moment(g, w):
-    """``Σ_k w_k G_kᵀ G_k`` as one ``(n, c·m) × (c·m, n)`` product (no transpose needed)."""
-    c, m, n = g.shape
-    return g.reshape(c * m, n).T @ (g * w[:, None, None]).reshape(c * m, n)
-
-
-@jax.jit
-def _k_moments(g, w):
-    return _k_left_moment(g, w), _k_right_moment(g, w)
-
-
-@jax.jit
-def _k_rotdiag(g, w, qa, qb):
-    p = qa.T @ g @ qb
-    return jnp.einsum("k,kij->ij", w, p * p)
-
-
-@jax.jit
-def _k_diag(g, w):
-    return jnp.einsum("k,kij->ij", w, g * g)
-
-
-@jax.jit
-def _k_trace_product(g, w, s):
-    return jnp.einsum("k,kij,kij->", w, g, s.matvec(g))
-
-
-@jax.jit
-def _k_gram(ga, gb):
-    return ga.reshape(ga.shape[0], -1) @ gb.reshape(gb.shape[0], -1).T
-
-
-@jax.jit
-def _k_frob_block(ga, wa, gb, wb):
-    k = _k_gram(ga, gb)
-    return jnp.einsum("k,kl,l->", wa, k * k, wb)
-
-
-@jax.jit
-def _k_cov(g, w):
-    x = g.reshape(g.shape[0], -1)
-    return x.T @ (x * w[:, None])
-
-
-@jax.jit
-def _k_combine(g, coef):
-    return jnp.einsum("kr,kij->rij", coef, g)
 
 
 class SampleTarget(Target):
@@ -529,75 +272,6 @@ class SampleTarget(Target):
         return self._reduce(_k_cov)
 
 
-class DenseTarget(Target):
-    """An explicit symmetric ``(mn, mn)`` matrix with its factor shape ``(m, n)``.
-
-    Row ``i·n + j`` of the matrix belongs to entry ``(i, j)`` of an ``m×n`` matrix
-    (row-major vec), exactly as for :class:`SampleTarget`.
-    """
-
-    def __init__(self, matrix, shape: tuple[int, int], *, check_symmetric: bool = True):
-        check_float_dtype(getattr(matrix, "dtype", np.float64), "dense target")
-        mat = jnp.asarray(matrix)
-        m, n = (int(s) for s in shape)
-        if mat.ndim != 2 or mat.shape != (m * n, m * n):
-            raise ValueError(
-                f"dense target must have shape (m·n, m·n) = {(m * n, m * n)} for shape={shape}; "
-                f"got {mat.shape}"
-            )
-        check_finite(np.asarray(mat), "dense target", axis0_name="row")
-        if check_symmetric:
-            asym = float(jnp.max(jnp.abs(mat - mat.T)))
-            scale = float(jnp.max(jnp.abs(mat))) or 1.0
-            if asym > 1e3 * float(jnp.finfo(mat.dtype).eps) * scale:
-                raise ValueError(
-                    f"dense target is not symmetric (max |Σ - Σᵀ| = {asym:.3e}, "
-                    f"max |Σ| = {scale:.3e})"
-                )
-        self.matrix = 0.5 * (mat + mat.T)
-        self.shape = (m, n)
-        self.dtype = np.dtype(self.matrix.dtype)
-
-    def _blocks(self):
-        m, n = self.shape
-        return self.matrix.reshape(m, n, m, n)
-
-    def contract_left(self, b):
-        return jnp.einsum("ijkl,jl->ik", self._blocks(), jnp.asarray(b, self.dtype))
-
-    def contract_right(self, a):
-        return jnp.einsum("ijkl,ik->jl", self._blocks(), jnp.asarray(a, self.dtype))
-
-    def rotated_diagonal(self, qa, qb):
-        m, n = self.shape
-        qa = jnp.eye(m, dtype=self.dtype) if qa is None else jnp.asarray(qa, self.dtype)
-        qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
-        rot = jnp.einsum("ijkl,ia,jb,kc,ld->abcd", self._blocks(), qa, qb, qa, qb)
-        return jnp.einsum("abab->ab", rot)
-
-    def trace(self):
-        return jnp.trace(self.matrix)
-
-    def trace_product(self, s: Structure):
-        m, n = self.shape
-        cols = self.matrix.reshape(m * n, m, n)  # row k of Σ = Σ e_k (symmetric)
-        return jnp.trace(s.matvec(cols).reshape(m * n, m * n))
-
-    def frobenius_norm(self):
-        return jnp.linalg.norm(self.matrix)
-
-    def eigh(self, vectors: bool = False) -> Spectrum:
-        m, n = self.shape
-        d = m * n
-        vals, vecs = jnp.linalg.eigh(self.matrix)
-        vecs = vecs.T.reshape(d, m, n) if vectors else None
-        vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
-        return Spectrum(vals, vecs, d)
-
-    def to_dense(self):
-        return self.matrix
-
-
 # --------------------------------------------------------------------------------------
 # Sample sources: where chunks are read from.
 # --------------------------------------------------------------------------------------
@@ -687,19 +361,6 @@ class _DataArraySource:
         return float(jnp.sum(self.weights))
 
 
-def check_weights(weights, count, dtype):
-    if weights is None:
-        return jnp.full((count,), 1.0 / count, dtype=dtype)
-    w = np.asarray(weights)
-    if w.shape != (count,):
-        raise ValueError(f"weights must have shape (N,) = ({count},); got {w.shape}")
-    check_float_dtype(w.dtype if w.dtype.kind == "f" else np.float64, "weights")
-    if w.dtype.kind not in "fiu":
-        raise TypeError(f"weights must be real numbers; got dtype {w.dtype}")
-    check_finite(w.astype(np.float64), "weights")
-    return jnp.asarray(w, dtype=dtype)
-
-
 def _make_source(samples, weights):
     try:
         import xarray as xr
@@ -710,33 +371,3 @@ def _make_source(samples, weights):
     if not hasattr(samples, "shape") or not hasattr(samples, "dtype"):
         samples = np.asarray(samples)
     return _ArraySource(samples, weights)
-
-
-def as_target(
-    samples,
-    weights=None,
-    *,
-    center: bool = False,
-    chunk_size: int | None = None,
-    shape: tuple[int, int] | None = None,
-) -> Target:
-    """Turn user input into a :class:`Target`.
-
-    Args:
-        samples: a :class:`Target` (returned as is), an ``(N, m, n)`` array or
-            DataArray of per-example matrices, or an ``(mn, mn)`` dense matrix when
-            ``shape=(m, n)`` is given.
-        weights: per-sample weights, default ``1/N``.
-        center: subtract the weighted mean (samples only).
-        chunk_size: samples per streamed chunk.
-        shape: ``(m, n)`` for a dense ``(mn, mn)`` target.
-    """
-    if isinstance(samples, Target):
-        if weights is not None or center or shape is not None:
-            raise ValueError("weights/center/shape cannot be changed on an existing Target")
-        return samples
-    if shape is not None:
-        if weights is not None or center:
-            raise ValueError("weights and center apply to samples, not to a dense target")
-        return DenseTarget(samples, shape)
-    return SampleTarget(samples, weights, center=center, chunk_size=chunk_size)

@@ -1,0 +1,191 @@
+"""The :class:`Target` interface, the damped wrapper and their small shared helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._validation import check_finite, check_float_dtype
+from ..structures import Structure
+
+__all__ = ["Target", "DampedTarget", "Spectrum", "check_weights"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """Non-zero eigenpairs of a target, in descending order.
+
+    Attributes:
+        values: ``(r,)`` eigenvalues (``r`` = numerical rank of ``Σ`` without damping).
+        vectors: ``(r, m, n)`` orthonormal eigenvectors as matrices, or None.
+        dim: ``mn``, so that ``dim - r`` eigenvalues equal ``floor``.
+        floor: the eigenvalue on the orthogonal complement of ``vectors`` (0, or the
+            damping ``λ`` of a :meth:`Target.damped` target).
+    """
+
+    values: jax.Array
+    vectors: jax.Array | None
+    dim: int
+    floor: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        return int(self.values.shape[0])
+
+
+class Target:
+    """The matrix ``Σ`` (``mn × mn``) that the estimators approximate."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    @property
+    def dim(self) -> int:
+        m, n = self.shape
+        return m * n
+
+    def contract_left(self, b: jax.Array) -> jax.Array:
+        """``E[G B Gᵀ]`` for an n×n ``B`` (an m×m result)."""
+        raise NotImplementedError
+
+    def contract_right(self, a: jax.Array) -> jax.Array:
+        """``E[Gᵀ A G]`` for an m×m ``A`` (an n×n result)."""
+        raise NotImplementedError
+
+    def second_moments(self) -> tuple[jax.Array, jax.Array]:
+        """Shampoo's statistics ``(L, R) = (E[G Gᵀ], E[Gᵀ G])``."""
+        return self.left_moment(), self.right_moment()
+
+    def left_moment(self) -> jax.Array:
+        """``L = E[G Gᵀ] = contract_left(I)`` (m×m)."""
+        return self.contract_left(jnp.eye(self.shape[1], dtype=self.dtype))
+
+    def right_moment(self) -> jax.Array:
+        """``R = E[Gᵀ G] = contract_right(I)`` (n×n)."""
+        return self.contract_right(jnp.eye(self.shape[0], dtype=self.dtype))
+
+    def rotated_diagonal(self, qa: jax.Array | None, qb: jax.Array | None) -> jax.Array:
+        """``diag(QᵀΣQ)`` as ``(m, n)`` for ``Q = qa ⊗ qb`` (identity where None)."""
+        raise NotImplementedError
+
+    def trace(self) -> jax.Array:
+        raise NotImplementedError
+
+    def trace_product(self, s: Structure) -> jax.Array:
+        """``tr(S Σ) = ⟨Σ, S⟩_F`` for a symmetric structure ``S``."""
+        raise NotImplementedError
+
+    def frobenius_norm(self) -> jax.Array:
+        raise NotImplementedError
+
+    def eigh(self, vectors: bool = False) -> Spectrum:
+        """Non-zero eigenvalues (and optionally eigenvectors), descending."""
+        raise NotImplementedError
+
+    def to_dense(self) -> jax.Array:
+        """The explicit ``(mn, mn)`` matrix: for references and small sizes only."""
+        raise NotImplementedError
+
+    def damped(self, damping: float) -> Target:
+        """The target ``Σ + λI`` (every estimator and metric accepts it)."""
+        if not np.isfinite(damping) or damping < 0:
+            raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+        return DampedTarget(self, float(damping)) if damping else self
+
+
+class DampedTarget(Target):
+    """``Σ + λI`` for a base target ``Σ``, through the base's primitives.
+
+    ``E[G B Gᵀ]`` gains ``λ tr(B) I``, ``E[Gᵀ A G]`` gains ``λ tr(A) I``, every diagonal
+    entry in any orthogonal basis gains ``λ``, and the eigenvalues shift by ``λ`` (the
+    complement of the base's eigenvectors has eigenvalue ``λ``).
+    """
+
+    def __init__(self, base: Target, damping: float):
+        if isinstance(base, DampedTarget):
+            base, damping = base.base, base.damping + damping
+        self.base = base
+        self.damping = damping
+        self.shape = base.shape
+        self.dtype = base.dtype
+
+    def contract_left(self, b):
+        m = self.shape[0]
+        return self.base.contract_left(b) + self.damping * jnp.trace(b) * jnp.eye(
+            m, dtype=self.dtype
+        )
+
+    def contract_right(self, a):
+        n = self.shape[1]
+        return self.base.contract_right(a) + self.damping * jnp.trace(a) * jnp.eye(
+            n, dtype=self.dtype
+        )
+
+    def second_moments(self):
+        m, n = self.shape
+        left, right = self.base.second_moments()
+        return (
+            left + self.damping * n * jnp.eye(m, dtype=self.dtype),
+            right + self.damping * m * jnp.eye(n, dtype=self.dtype),
+        )
+
+    def left_moment(self):
+        m, n = self.shape
+        return self.base.left_moment() + self.damping * n * jnp.eye(m, dtype=self.dtype)
+
+    def right_moment(self):
+        m, n = self.shape
+        return self.base.right_moment() + self.damping * m * jnp.eye(n, dtype=self.dtype)
+
+    def rotated_diagonal(self, qa, qb):
+        return self.base.rotated_diagonal(qa, qb) + self.damping
+
+    def trace(self):
+        return self.base.trace() + self.damping * self.dim
+
+    def trace_product(self, s: Structure):
+        return self.base.trace_product(s) + self.damping * s.trace()
+
+    def frobenius_norm(self):
+        lam = self.damping
+        sq = self.base.frobenius_norm() ** 2 + 2 * lam * self.base.trace() + lam**2 * self.dim
+        return jnp.sqrt(sq)
+
+    def eigh(self, vectors: bool = False) -> Spectrum:
+        spec = self.base.eigh(vectors)
+        return Spectrum(
+            spec.values + self.damping, spec.vectors, spec.dim, spec.floor + self.damping
+        )
+
+    def to_dense(self):
+        return self.base.to_dense() + self.damping * jnp.eye(self.dim, dtype=self.dtype)
+
+
+def _truncate_rank(values, vectors, dim, dtype, size):
+    """Drop eigenvalues within round-off of zero and sort descending."""
+    values = np.asarray(values)
+    order = np.argsort(values)[::-1]
+    values = values[order]
+    scale = np.max(np.abs(values)) if values.size else 0.0
+    tol = 10 * max(size, 1) * np.finfo(np.dtype(dtype)).eps * scale
+    keep = np.abs(values) > tol
+    idx = order[keep]
+    vals = jnp.asarray(values[keep], dtype=dtype)
+    vecs = None if vectors is None else vectors[idx]
+    return vals, vecs
+
+
+def check_weights(weights, count, dtype):
+    if weights is None:
+        return jnp.full((count,), 1.0 / count, dtype=dtype)
+    w = np.asarray(weights)
+    if w.shape != (count,):
+        raise ValueError(f"weights must have shape (N,) = ({count},); got {w.shape}")
+    check_float_dtype(w.dtype if w.dtype.kind == "f" else np.float64, "weights")
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"weights must be real numbers; got dtype {w.dtype}")
+    check_finite(w.astype(np.float64), "weights")
+    return jnp.asarray(w, dtype=dtype)
