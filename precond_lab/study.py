@@ -2,29 +2,34 @@
 
 A *study* is a module in the top-level ``studies/`` folder of a clone that defines
 
-* ``NAME`` (str), ``TITLE`` (str), ``PRESETS = {"quick": {...}, "full": {...}}``;
-* ``run(**config) -> xarray.Dataset`` — the measurements, with provenance attributes;
+* ``NAME`` (str), ``TITLE`` (str), a frozen ``Config`` dataclass and
+  ``PRESETS = {"test": Config(...), "quick": ..., "full": ...}``;
+* ``run(config, **overrides) -> xarray.Dataset`` — the measurements, with provenance
+  attributes;
 * ``plot(ds, figdir) -> list[pathlib.Path]`` — figures written into ``figdir``;
-* ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``.
+* ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``; each
+  claim id is registered in :mod:`precond_lab.claims` (:func:`claim_verdict` fills the
+  paper, location and statement from there) and each row says its :class:`TestKind`.
 
 ``reproduce`` imports each study, runs the chosen preset, saves the Dataset as netCDF,
 draws the figures and writes a Markdown report (studies not run this time, e.g. with
 ``--only``, keep their section, rebuilt from their saved Dataset, since verdicts depend on
-the Dataset alone) with a table (claim, paper, location,
-verdict, key numbers) and the figures embedded. Claims no study can test yet stay in the
-table as "not yet tested" with the reason (:data:`UNTESTED`).
+the Dataset alone) with a table (claim, paper, location, test kind, verdict, key numbers,
+tolerance) linked to ``docs/claims.md`` and the figures embedded. Registered claims that no
+verdict covers stay in the table as "not yet tested" with the reason (:func:`untested`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import importlib
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from . import claims
+from .claims import TestKind
 from .provenance import make_attrs
 
 __all__ = [
@@ -35,6 +40,8 @@ __all__ = [
     "Verdict",
     "TestKind",
     "UNTESTED",
+    "untested",
+    "claim_verdict",
     "judge",
     "by_claim",
     "save_figures",
@@ -54,29 +61,13 @@ UNTESTED_VERDICT = "not yet tested"
 ERROR = "error"
 
 
-class TestKind(str, enum.Enum):
-    """What kind of test a verdict row is.
-
-    ``PAPER``: the claim tested as the paper states it. ``PROXY``: a smaller or different
-    setting than the paper's (the row's ``setting`` says how it differs). ``DERIVED``: a fact
-    that follows from the definitions, not something a paper claims. ``NOT_TESTABLE``: cannot
-    be tested here (the evidence says why).
-    """
-
-    __test__ = False  # not a pytest class
-
-    PAPER = "paper claim"
-    PROXY = "proxy"
-    DERIVED = "derived"
-    NOT_TESTABLE = "not testable here"
-
-
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The answer to one claim on this data.
 
     Attributes:
-        claim: the claim's id in theory.md section B (e.g. ``"P3-1"``, ``"D9"``).
+        claim: the claim's id in the claims registry (:mod:`precond_lab.claims`, e.g.
+            ``"P3-1"``, ``"D9"``).
         paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
         location: where the paper states it (as far as known).
         statement: the claim, in one sentence.
@@ -121,70 +112,97 @@ def save_figures(figures: dict, figdir) -> list[Path]:
     return paths
 
 
-# Claims that need full training runs or hardware this toolkit does not model (theory.md B).
-UNTESTED = [
-    Verdict(
-        "P1-16",
-        "P1 Lin et al. 2025",
-        "Abstract; memory table",
-        "KL-Shampoo needs no Adam grafting and saves Adam's d_a·d_b memory per layer.",
+def claim_verdict(
+    claim_id: str,
+    verdict: str,
+    evidence: str,
+    tolerance: str = "",
+    *,
+    kind: TestKind,
+    setting: str | None = None,
+    statement: str | None = None,
+) -> Verdict:
+    """A :class:`Verdict` whose paper, location and statement come from the claims registry.
+
+    Args:
+        claim_id: a registered claim id (:func:`precond_lab.claims.claim`).
+        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL` or :data:`UNTESTED_VERDICT`.
+        evidence: the key numbers behind the verdict.
+        tolerance: the threshold used to decide.
+        kind: what kind of test this row is.
+        setting: for a proxy, how the setting differs (default: the registry's).
+        statement: what this row tests, if narrower than the registered statement.
+
+    Raises:
+        KeyError: ``claim_id`` is not registered.
+    """
+    c = claims.claim(claim_id)
+    if setting is None:
+        setting = c.setting if kind == TestKind.PROXY else ""
+    return Verdict(
+        claim_id,
+        c.paper_label,
+        c.location,
+        statement or c.statement,
+        verdict,
+        evidence,
+        tolerance,
+        kind,
+        setting,
+    )
+
+
+def _existing_studies() -> set[str]:
+    """Study names present in ``studies/`` (and ``"training"`` if a ``train_*.py`` is)."""
+    folder = repo_root() / "studies"
+    names = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    if any(n.startswith("train_") for n in names):
+        names.add(claims.TRAINING)
+    return names
+
+
+def _untested_row(c: claims.Claim, reason: str) -> Verdict:
+    return Verdict(
+        c.id,
+        c.paper_label,
+        c.location,
+        c.statement,
         UNTESTED_VERDICT,
-        "needs full optimiser training runs (LM pre-training).",
-    ),
-    Verdict(
-        "P1-17",
-        "P1 Lin et al. 2025",
-        "papernotes summary",
-        "Shampoo (p=1/2) without grafting fails in all 150 runs on NanoRWKV7.",
-        UNTESTED_VERDICT,
-        "needs 150-run hyper-parameter searches on a 162M-parameter LM.",
-    ),
-    Verdict(
-        "P1-18",
-        "P1 Lin et al. 2025",
-        "Abstract v7",
-        "KL-Shampoo beats SOAP, Shampoo and KL-SOAP in LM pre-training (4 models).",
-        UNTESTED_VERDICT,
-        "needs LM pre-training at 123M–227M parameters.",
-    ),
-    Verdict(
-        "P2-24",
-        "P2 Lin et al. 2024",
-        "Abstract; Fig. 1",
-        "Root-free methods close the generalisation gap to SGD on CNNs (CIFAR-100).",
-        UNTESTED_VERDICT,
-        "needs 200-run searches of full CNN trainings on CIFAR-100.",
-    ),
-    Verdict(
-        "P2-25",
-        "P2 Lin et al. 2024",
-        "Abstract; Fig. 1",
-        "Root-free methods keep root-based performance on vision transformers.",
-        UNTESTED_VERDICT,
-        "needs full ViT trainings on ImageWoof.",
-    ),
-    Verdict(
-        "P2-26",
-        "P2 Lin et al. 2024",
-        "Fig. 1 (v1)",
-        "Root-free methods also work on a 3-layer LSTM and a GNN.",
-        UNTESTED_VERDICT,
-        "needs full LSTM/GNN trainings (code not released).",
-    ),
-    Verdict(
-        "P2-32",
-        "P2 Lin et al. 2024",
-        "Abstract",
-        "Adaptivity itself, not sign descent from the root, drives adaptive methods.",
-        UNTESTED_VERDICT,
-        "an interpretation of training results; needs training studies.",
-    ),
-]
+        reason,
+        "",
+        c.kind,
+        c.setting,
+    )
+
+
+def untested(covered=(), existing: set[str] | None = None) -> list[Verdict]:
+    """\"not yet tested\" rows for every registered claim not in ``covered``.
+
+    The evidence says why: no study in ``studies/`` tests it yet (with what a test needs), or
+    its study has no verdict for it in this report.
+    """
+    existing = _existing_studies() if existing is None else existing
+    out = []
+    for c in claims.CLAIMS.values():
+        if c.id in covered:
+            continue
+        missing = [s for s in c.studies if s not in existing]
+        if len(missing) == len(c.studies):
+            who = ", ".join(f"`{s}`" for s in c.studies)
+            reason = f"no study tests it yet ({who} to come)" + (f"; {c.needs}" if c.needs else "")
+        else:
+            reason = "its study gave no verdict in this report (not run, or it failed)"
+        out.append(_untested_row(c, reason))
+    return out
 
 
 def repo_root() -> Path:
     """The clone's root (the folder holding ``studies/`` and ``figures/``)."""
     return Path(__file__).resolve().parents[1]
+
+
+#: Claims that no study in ``studies/`` tests yet (training runs, studies still to come).
+UNTESTED = untested()
 
 
 def cached_capture(cache_dir: Path | None = None, **config):
@@ -347,40 +365,94 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _kind_cell(v: Verdict, *, planned: bool = False) -> str:
+    if v.kind is None:
+        return "**error: no test kind**"
+    kind = TestKind(v.kind).value
+    text = f"planned: {kind}" if planned else kind
+    return f"{text} ({v.setting})" if v.setting and v.kind == TestKind.PROXY else text
+
+
+def _claim_cells(v: Verdict, docs: str) -> tuple[str, str, str]:
+    """Claim, paper and location cells, linked to the registry (or flagged if unknown)."""
+    c = claims.CLAIMS.get(v.claim)
+    if c is None:
+        return _cell(v.claim), "**error: not in the claims registry**", _cell(v.location)
+    ref = c.reference
+    key = ref.key if ref else claims.DERIVED_AFTER.get(c.id)
+    paper = (
+        f"[{c.paper_label}]({docs}#{claims.paper_anchor(key)})"
+        if ref
+        else (
+            f"derived (after [{claims.PAPERS[key].label}]({docs}#{claims.paper_anchor(key)}))"
+            if key
+            else claims.DERIVED
+        )
+    )
+    return f"[{v.claim}]({docs}#{claims.anchor(v.claim)})", paper, _cell(c.location)
+
+
 def write_report(records: list[dict], path: Path, preset: str, figdir: Path) -> None:
-    """Write the Markdown report: summary table, per-study sections with figures."""
+    """Write the Markdown report: summary table, per-study sections with figures.
+
+    Every row links its claim and paper to ``docs/claims.md`` (generated from
+    :mod:`precond_lab.claims`) and says its test kind; registered claims without a verdict
+    are listed as "not yet tested"; a verdict without a kind, or with a claim id the registry
+    does not hold, is shown as an error.
+    """
     path = Path(path)
     prov = make_attrs()
+    docs_dir = repo_root() / "docs"
+    docs = _relpath(docs_dir / "claims.md", path.parent)
+    bib = _relpath(docs_dir / "references.bib", path.parent)
     lines = [
         "# precond_lab: claims report",
         "",
         f"Generated by `precond-lab reproduce --{preset}` on {prov['created_utc']} "
         f"(precond_lab {prov['library_version']}, jax {prov['jax_version']}, "
-        f"device {prov['device']}). Claims are numbered as in `theory.md` section B; "
-        "D1–D9 are the derived identities of B.4.",
+        f"device {prov['device']}). Each claim links to its entry in the claims registry "
+        f"[{docs}]({docs}) (statement, paper, location, type); references: "
+        f"[{bib}]({bib}). Test kinds: paper claim (tested as stated), proxy (a smaller or "
+        "different setting, stated), derived (follows from the definitions; not a paper's "
+        "claim), not testable here (reason given).",
         "",
-        "| claim | paper | location | verdict | key numbers | tolerance |",
-        "|---|---|---|---|---|---|",
+        "| claim | paper | location | test kind | verdict | key numbers | tolerance |",
+        "|---|---|---|---|---|---|---|",
     ]
     tested = [v for r in records for v in r["verdicts"]]
+    rest = untested({v.claim for v in tested})
     for r in records:
         if r["error"]:
-            lines.append(f"| {r['name']} | — | — | {ERROR} | {_cell(r['error'])} | — |")
-    for v in sorted(tested + UNTESTED, key=lambda v: _claim_key(v.claim)):
+            lines.append(f"| {r['name']} | — | — | — | {ERROR} | {_cell(r['error'])} | — |")
+    rows = [(v, False) for v in tested] + [(v, True) for v in rest]
+    for v, planned in sorted(rows, key=lambda vp: claims.sort_key(vp[0].claim)):
+        claim, paper, location = _claim_cells(v, docs)
         lines.append(
-            f"| {v.claim} | {_cell(v.paper)} | {_cell(v.location)} | **{v.verdict}** | "
-            f"{_cell(v.evidence)} | {_cell(v.tolerance)} |"
+            f"| {claim} | {paper} | {location} | {_kind_cell(v, planned=planned)} | "
+            f"**{v.verdict}** | {_cell(v.evidence)} | {_cell(v.tolerance)} |"
         )
-    counts = {}
-    for v in tested + UNTESTED:
+    counts: dict[str, int] = {}
+    for v, _ in rows:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
-    lines += ["", "Summary: " + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())), ""]
+    kinds: dict[str, int] = {}
+    for v in tested:
+        k = TestKind(v.kind).value if v.kind is not None else "no kind (error)"
+        kinds[k] = kinds.get(k, 0) + 1
+    lines += [
+        "",
+        "Summary: " + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())),
+        "",
+        "Tested rows by kind: " + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())),
+        "",
+    ]
     for r in records:
         lines += [f"## {r['title']} (`{r['name']}`, {r['seconds']:.0f} s)", ""]
         if r["error"]:
             lines += [f"**The study failed:** `{r['error']}`", ""]
         for v in r["verdicts"]:
-            lines.append(f"- **{v.claim}** ({v.verdict}): {v.statement} — {v.evidence}")
+            lines.append(
+                f"- **{v.claim}** ({v.verdict}; {_kind_cell(v)}): {v.statement} — {v.evidence}"
+            )
         lines.append("")
         for fig in r["figures"]:
             if fig.suffix == ".png":
@@ -393,10 +465,3 @@ def _relpath(p: Path, start: Path) -> str:
     import os
 
     return os.path.relpath(Path(p).resolve(), Path(start).resolve())
-
-
-def _claim_key(claim: str):
-    head, _, num = claim.partition("-")
-    if not num:  # D1..D9
-        return ("Z", int(claim[1:]) if claim[1:].isdigit() else 0)
-    return (head, int(num) if num.isdigit() else 0)

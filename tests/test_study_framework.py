@@ -1,15 +1,24 @@
-"""The study framework: verdict logic and the report's content."""
+"""The study framework: verdict logic, the claims registry and the report's content."""
 
+import os
+import re
 from pathlib import Path
 
+import pytest
+
+from precond_lab import claims
 from precond_lab.study import (
     FAILS,
     HOLDS,
     PARTIAL,
     UNTESTED,
     UNTESTED_VERDICT,
+    TestKind,
     Verdict,
+    claim_verdict,
     judge,
+    repo_root,
+    untested,
     write_report,
 )
 
@@ -21,7 +30,11 @@ def test_judge():
     assert judge(True, partial=True) == HOLDS
 
 
-def test_report_lists_every_claim_with_verdicts_figures_and_failures(tmp_path: Path):
+def _v(claim, verdict, evidence, tol="", kind=TestKind.PAPER, setting=""):
+    return Verdict(claim, "P", "loc", "statement", verdict, evidence, tol, kind, setting)
+
+
+def test_report_lists_every_claim_with_kinds_links_figures_and_failures(tmp_path: Path):
     fig = tmp_path / "figs" / "quality.png"
     fig.parent.mkdir()
     fig.write_bytes(b"png")
@@ -32,8 +45,9 @@ def test_report_lists_every_claim_with_verdicts_figures_and_failures(tmp_path: P
             "seconds": 1.0,
             "figures": [fig, fig.with_suffix(".pdf")],
             "verdicts": [
-                Verdict("P3-1", "P3", "Prop. 1", "identity", HOLDS, "err 1e-15", "1e-10"),
-                Verdict("P1-14", "P1", "Sec. 3", "mis-scaled", FAILS, "KL 6.2 vs 0.02", "x2"),
+                _v("P3-1", HOLDS, "err 1e-15", "1e-10"),
+                _v("P1-14", FAILS, "KL 6.2 vs 0.02", "x2", TestKind.PROXY, "digits layers"),
+                _v("D5", HOLDS, "err 1e-14", kind=TestKind.DERIVED),
             ],
             "error": None,
         },
@@ -49,16 +63,121 @@ def test_report_lists_every_claim_with_verdicts_figures_and_failures(tmp_path: P
     report = tmp_path / "REPORT.md"
     write_report(records, report, "quick", tmp_path / "figs")
     text = report.read_text()
-    assert "| P3-1 | P3 | Prop. 1 | **holds** | err 1e-15 | 1e-10 |" in text
-    assert "**does not hold**" in text and "KL 6.2 vs 0.02" in text
-    for v in UNTESTED:  # untested claims are never dropped
-        assert f"| {v.claim} |" in text
-        assert v.verdict == UNTESTED_VERDICT
+    docs = os.path.relpath(repo_root() / "docs" / "claims.md", tmp_path)
+    p3 = claims.PAPERS["morwani2024shampoo"]
+    assert (
+        f"| [P3-1]({docs}#p3-1) | [{p3.short}]({docs}#ref-{p3.key}) | "
+        f"{claims.claim('P3-1').location} | paper claim | **holds** | err 1e-15 | 1e-10 |"
+    ) in text
+    assert "| proxy (digits layers) | **does not hold** | KL 6.2 vs 0.02 |" in text
+    assert "| derived | **holds** | err 1e-14 |" in text
+    untested_rows = untested({"P3-1", "P1-14", "D5"})
+    assert untested_rows and all(v.verdict == UNTESTED_VERDICT for v in untested_rows)
+    for v in untested_rows:  # every other registered claim is listed, never dropped
+        assert f"| [{v.claim}]({docs}#{claims.anchor(v.claim)}) |" in text
+    assert len(untested_rows) == len(claims.CLAIMS) - 3
     assert "![quality](figs/quality.png)" in text and "quality.pdf" not in text
     assert "**The study failed:** `RuntimeError: boom`" in text
-    assert "| broken | — | — | error |" in text
-    # claims sorted: P1 before P3, derived identities last
-    assert text.index("| P1-14 |") < text.index("| P3-1 |")
+    assert "| broken | — | — | — | error |" in text
+    # claims sorted: P1 before P3, P4 after P3, derived identities last
+    assert text.index("[P1-14](") < text.index("[P3-1](") < text.index("[P4-33](")
+    assert text.index("[P4-39](") < text.index("[D1](")
+    assert "error: no test kind" not in text and "not in the claims registry" not in text
+
+
+def test_every_reference_in_the_report_resolves_inside_the_repo(tmp_path: Path):
+    report = repo_root() / "REPORT.md.test-links"  # next to the repo's docs, as REPORT.md
+    try:
+        write_report([], report, "quick", tmp_path)
+        text = report.read_text()
+    finally:
+        report.unlink(missing_ok=True)
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", text)
+    assert links
+    for target, frag in links:
+        path = (repo_root() / target).resolve()
+        assert path.is_file() and path.is_relative_to(repo_root()), target
+        if frag:
+            assert f'<a id="{frag}"></a>' in path.read_text(), (target, frag)
+
+
+def test_a_row_without_kind_or_with_an_unknown_claim_is_an_error(tmp_path: Path):
+    record = {
+        "name": "toy",
+        "title": "t",
+        "seconds": 0.0,
+        "figures": [],
+        "verdicts": [_v("P3-1", HOLDS, "e", kind=None), _v("P9-99", HOLDS, "e")],
+        "error": None,
+    }
+    report = tmp_path / "REPORT.md"
+    write_report([record], report, "quick", tmp_path)
+    text = report.read_text()
+    assert "**error: no test kind**" in text
+    assert "**error: not in the claims registry**" in text
+
+
+def test_claims_docs_are_generated_from_the_registry():
+    """docs/claims.md and docs/references.bib are what `python -m precond_lab.claims` writes."""
+    for rel, text in claims.docs_files().items():
+        assert (repo_root() / rel).read_text() == text, (
+            f"{rel} is stale: run `python -m precond_lab.claims`"
+        )
+
+
+def test_registry_is_complete_and_consistent():
+    ids = set(claims.CLAIMS)
+    assert {f"D{i}" for i in range(1, 10)} <= ids
+    assert {f"P4-{i}" for i in range(33, 40)} <= ids and "P1-23" not in ids
+    assert {"P1-40", "P1-41", "P2-42", "P3-43", "P1-21-train"} <= ids
+    for c in claims.CLAIMS.values():
+        assert c.paper in claims.PAPERS or c.paper == claims.DERIVED, c.id
+        assert c.statement.endswith(".") and c.location and c.studies and c.source, c.id
+        assert (c.kind == TestKind.PROXY) == bool(c.setting) or c.studies == (claims.TRAINING,)
+        if c.kind == TestKind.DERIVED:
+            assert c.type == claims.StatementType.EXACT, c.id
+    for cid in ("P3-9", "P1-21", "P1-22"):  # derived facts, never a paper's confirmation
+        assert claims.claim(cid).kind == TestKind.DERIVED
+    assert claims.claim("P4-39").studies == ("training",)
+    assert claims.claim("P1-21-train").studies == ("training",)
+    for p in claims.PAPERS.values():
+        assert p.authors and p.title and p.venue and p.year
+    with pytest.raises(KeyError, match="not in the claims registry"):
+        claims.claim("P1-23")
+
+
+_ID = re.compile(r"[\"'](P\d-\d+(?:-train)?|D\d)[\"']")  # check ids (P3-1-left) are not claims
+
+
+@pytest.mark.parametrize(
+    "path", sorted((repo_root() / "studies").glob("[!_]*.py")), ids=lambda p: p.stem
+)
+def test_every_claim_id_a_study_names_is_registered_for_it(path: Path):
+    """Claim ids quoted in a study's source are registered, with that study as a tester."""
+    name = "training" if path.stem.startswith("train_") else path.stem
+    found = set(_ID.findall(path.read_text()))
+    unknown = sorted(found - set(claims.CLAIMS))
+    assert not unknown, f"{path.name}: claim ids not in the registry: {unknown}"
+    claimed = {c.id for c in claims.CLAIMS.values() if name in c.studies}
+    assert claimed, f"{path.name}: no registered claim names the study {name!r}"
+
+
+def test_claim_verdict_fills_the_registry_fields():
+    v = claim_verdict("P1-14", HOLDS, "ev", "tol", kind=TestKind.PROXY)
+    c = claims.claim("P1-14")
+    assert (v.paper, v.location, v.statement) == (c.paper_label, c.location, c.statement)
+    assert v.kind == TestKind.PROXY and v.setting == c.setting
+    assert claim_verdict("D1", HOLDS, "ev", kind=TestKind.DERIVED).setting == ""
+    with pytest.raises(KeyError):
+        claim_verdict("P1-99", HOLDS, "ev", kind=TestKind.PAPER)
+
+
+def test_untested_names_what_a_test_needs():
+    rows = {v.claim: v for v in untested({"D2"}, existing={"identities"})}
+    assert "D2" not in rows and "gave no verdict" in rows["D1"].evidence
+    assert "no study tests it yet" in rows["P1-18"].evidence
+    assert "training" in rows["P1-18"].evidence and rows["P1-18"].kind == TestKind.PROXY
+    assert {v.claim for v in UNTESTED} <= set(claims.CLAIMS)
 
 
 def _fake_study(name, value):
@@ -79,6 +198,7 @@ def _fake_study(name, value):
             judge(float(ds["error"]) < 1e-10),
             f"error {float(ds['error']):.1e}",
             "1e-10",
+            TestKind.DERIVED,
         )
     ]
     return mod
@@ -97,6 +217,6 @@ def test_partial_rerun_keeps_the_other_studies_from_saved_data(tmp_path, monkeyp
     records = study.reproduce("quick", only=["a"], figdir=figs, report=report, log=lambda *a: None)
     text = report.read_text()
     assert [r["name"] for r in records] == ["a", "b"]
-    assert "| D1 | derived | B.4 | **does not hold** | error 2.0e-03 |" in text  # rerun
-    assert "| D2 | derived | B.4 | **does not hold** | error 5.0e-01 |" in text  # from saved data
+    assert "| derived | **does not hold** | error 2.0e-03 |" in text  # D1, rerun
+    assert "| derived | **does not hold** | error 5.0e-01 |" in text  # D2, from saved data
     assert "from saved data: quick preset" in text

@@ -13,7 +13,7 @@ PKG = ROOT / "precond_lab"
 
 #: Layers, bottom first: a module may import its own layer and those below it.
 LAYERS = [
-    {"_version", "errors", "schema", "provenance", "_validation", "reference", "timing"},
+    {"_version", "errors", "schema", "provenance", "_validation", "reference", "timing", "claims"},
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics"},
