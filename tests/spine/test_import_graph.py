@@ -18,6 +18,8 @@ LAYERS = [
     {"structures", "targets"},
     {"estimators", "metrics"},
     {"capture", "online", "sweep"},
+    {"optim"},
+    {"train"},
     {"plotting", "evaluate", "demo"},
     {"study", "cli", "__init__"},
 ]
