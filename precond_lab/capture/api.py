@@ -9,16 +9,20 @@ with the same configuration resumes after the last finished step without recompu
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import math
 import platform
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..errors import StoreError
 from ..schema import (
     CHECKPOINT,
     KFAC_ACTIVATIONS,
@@ -35,6 +39,7 @@ from ..schema import (
 )
 from . import store as st
 from .data import Dataset, from_arrays, load_dataset
+from .integrity import check_step_finite
 from .kfac import KFAC_TARGETS, kfac_layer
 from .layout import flat_params, matrix_shape, row_axes_for, to_matrix
 from .models import Model, make_model
@@ -128,8 +133,13 @@ def capture(
         The run's DataTree: opened lazily from ``out`` (all complete steps), or in memory.
 
     Raises:
-        ValueError: unknown model, dataset, target, layer or optimizer; bad sizes.
-        StoreError: ``out`` holds a foreign store or a different configuration.
+        ValueError: unknown model, dataset, target, layer or optimizer; bad sizes; a
+            non-finite learning rate; labels that do not fit the model's outputs.
+        NonFiniteError: a captured step holds NaN/Inf (inputs, or diverged training); the
+            steps before it stay stored and a rerun resumes.
+        StoreError: ``out`` holds a foreign store or a different configuration, is being
+            written by another process, cannot be written, is damaged, or already holds
+            a later step whose ``trajectory`` a new earlier step would change.
     """
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     if isinstance(model, str):
@@ -144,6 +154,8 @@ def capture(
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
     if dtype == "float64" and not jax.config.read("jax_enable_x64"):
         raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True)")
+    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate):
+        raise ValueError(f"learning_rate must be a finite number; got {learning_rate!r}")
     n_train = len(ds.y_train)
     for name, v, hi in (
         ("num_samples", num_samples, n_train),
@@ -170,6 +182,7 @@ def capture(
     if set(targets) & set(KFAC_TARGETS):
         for p in layers:
             kfac_layer(model, p)
+    _check_labels(model, ds, params)
     row_axes = {p: tuple(a) for p, a in (row_axes or {}).items()}
     shapes = {
         p: matrix_shape(flat[p].shape, row_axes_for(flat[p].shape, row_axes.get(p))) for p in layers
@@ -200,7 +213,7 @@ def capture(
         "dataset_description": ds.description,
         "layer_shapes": ",".join(f"{m}x{n}" for m, n in shapes.values()),
         "config_json": json.dumps(config, sort_keys=True),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         **_versions(),
     }
@@ -208,57 +221,88 @@ def capture(
     opt = make_optimizer(optimizer, learning_rate)
     opt_state = opt.init(params)
     done: list[int] = []
-    if out is not None:
-        st.init_store(out, attrs)
-        done = st.completed_steps(out)
-    missing = [s for s in steps if s not in done]
     result = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
-    if missing:
-        resume = max((d for d in done if d < missing[0]), default=None)
-        if resume is not None:
-            params, opt_state = _restore(out, resume, params, opt_state)
-        runner = _Runner(
-            model,
-            ds,
-            params,
-            opt,
-            layers,
-            targets,
-            row_axes,
-            cap_idx,
-            dict(
+    lock = contextlib.nullcontext()
+    if out is not None:
+        done = _done_steps(out, attrs)
+        if all(s in done for s in steps):  # nothing to write: no lock needed
+            return st.open_capture(out)
+        lock = st.writer_lock(out)
+    with lock:
+        if out is not None:
+            _init_writable(out, attrs)
+            done = st.completed_steps(out)
+        missing = [s for s in steps if s not in done]
+        if "trajectory" in targets:
+            _check_no_insertion(out, missing, done)
+        if missing:
+            resume = max((d for d in done if d < missing[0]), default=None)
+            if resume is not None:
+                params, opt_state = _restore(out, resume, params, opt_state)
+            cfg = dict(
                 seed=seed,
                 mc_samples=mc_samples,
                 batch_sizes=batch_sizes,
                 chunk_size=chunk_size,
                 eval_samples=eval_samples,
                 batch_size=batch_size,
-            ),
-            dtype,
-        )
-        start = 0 if resume is None else resume
-        todo = range(start, missing[-1] + 1)
-        if progress:
-            from tqdm.auto import tqdm
-
-            todo = tqdm(todo, desc="capture", unit="step")
-        traj: list[tuple[int, dict]] = []
-        for s in todo:
-            xb, yb = runner.batch(s)
-            new_params, new_opt, train_loss, g = runner.train_step(params, opt_state, xb, yb)
-            if s != resume:
-                traj.append((s, g))
-            if s in missing:
-                tree = runner.step_tree(s, params, opt_state, float(train_loss), traj)
-                traj = []
-                if out is not None:
-                    st.write_step(out, s, tree)
-                else:
-                    result[st.step_name(s)] = tree
-                if callback is not None:
-                    callback(s, tree)
-            params, opt_state = new_params, new_opt
+            )
+            runner = _Runner(model, ds, params, opt, layers, targets, row_axes, cap_idx, cfg, dtype)
+            runner.run(params, opt_state, resume, missing, out, result, callback, progress)
     return st.open_capture(out) if out is not None else result
+
+
+def _done_steps(out, attrs) -> list[int]:
+    """Completed steps of an existing store with the same configuration (read-only)."""
+    root = Path(out)
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return []
+    st.check_config(root, attrs)
+    return st.completed_steps(root)
+
+
+def _init_writable(out, attrs) -> None:
+    try:
+        st.init_store(out, attrs)
+    except OSError as e:
+        raise StoreError(f"cannot write the store at {out}: {e.strerror or e}") from e
+
+
+def _check_no_insertion(out, missing, done) -> None:
+    for m in missing:
+        later = [d for d in done if d > m]
+        if later:
+            raise StoreError(
+                f"{out}: cannot add step {m}: step {later[0]} is already captured, and its "
+                f"trajectory (the training gradients since the previous captured step) was "
+                f"computed without step {m}, so adding it would mix two step lists. Capture "
+                f"into a new store (or delete the step groups after {m} first)."
+            )
+
+
+def _check_labels(model: Model, ds: Dataset, params) -> None:
+    """Labels must fit the model's outputs (JAX would silently clip a class index)."""
+    if model.apply is None:
+        y = np.asarray(ds.y_train)
+        if ds.loss == "cross_entropy" and y.size and y.min() < 0:
+            raise ValueError(f"class labels must be ≥ 0; got min {y.min()}")
+        return
+    x0 = jnp.asarray(ds.x_train[:1][0])
+    n_out = int(jax.eval_shape(lambda p, x: model.apply(p, x, None), params, x0).shape[-1])
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        y = np.asarray(y)
+        if not y.size:
+            continue
+        if ds.loss == "cross_entropy" and (y.min() < 0 or y.max() >= n_out):
+            raise ValueError(
+                f"{split} labels lie in [{y.min()}, {y.max()}] but the model has {n_out} "
+                f"outputs: class labels must lie in [0, {n_out})"
+            )
+        if ds.loss == "mse" and y.reshape(len(y), -1).shape[1] != n_out:
+            raise ValueError(
+                f"{split} targets have {y.reshape(len(y), -1).shape[1]} columns but the model "
+                f"has {n_out} outputs"
+            )
 
 
 def _restore(out, step, params, opt_state):
@@ -303,6 +347,32 @@ class _Runner:
     def batch(self, step):
         idx = batch_indices(self.cfg["seed"], step, len(self.ds.y_train), self.cfg["batch_size"])
         return self._cast(self.ds.x_train[idx]), self._cast(self.ds.y_train[idx])
+
+    def run(self, params, opt_state, resume, missing, out, result, callback, progress):
+        """Train from ``resume`` (None: the start) and capture ``missing`` steps."""
+        start = 0 if resume is None else resume
+        todo = range(start, missing[-1] + 1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(todo, desc="capture", unit="step")
+        traj: list[tuple[int, dict]] = []
+        for s in todo:
+            xb, yb = self.batch(s)
+            new_params, new_opt, train_loss, g = self.train_step(params, opt_state, xb, yb)
+            if s != resume:
+                traj.append((s, g))
+            if s in missing:
+                tree = self.step_tree(s, params, opt_state, float(train_loss), traj)
+                traj = []
+                if out is not None:
+                    st.write_step(out, s, tree)  # refuses NaN/Inf before the marker
+                else:
+                    check_step_finite(tree, s)
+                    result[st.step_name(s)] = tree
+                if callback is not None:
+                    callback(s, tree)
+            params, opt_state = new_params, new_opt
 
     def step_tree(self, step, params, opt_state, train_loss, traj) -> xr.DataTree:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg["seed"]), 77), step)

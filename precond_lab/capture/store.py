@@ -50,7 +50,10 @@ Each DataArray above with dims ``(sample, …, row, col)`` feeds
 ``precond_lab.targets.SampleTarget`` directly (lazily, chunk by chunk); the batch and
 trajectory arrays use their own leading dim (a DataTree child must align with its
 parent's ``sample``), renamed by :func:`as_samples`. Arrays are chunked
-along ``sample``. A step is written into a sibling temporary directory
+along ``sample``; every chunk of every array is stored (also all-zero ones) and carries a
+crc32c checksum (see :mod:`.integrity`), so corruption and deleted chunks are detected,
+and a step holding NaN/Inf is refused before it is written. One process writes at a time
+(:func:`writer_lock`). A step is written into a sibling temporary directory
 (``.<run>.zarr.step_000050.tmp-*``) and renamed into place, so a crash never leaves a
 step that reads as whole; steps without ``complete = 1`` are treated as absent.
 """
@@ -83,6 +86,7 @@ from ..schema import (
     step_name,
     step_of,
 )
+from .integrity import CHECKSUM_CODECS, check_step_finite, verify_group, writer_lock
 
 __all__ = [
     "SCHEMA",
@@ -90,11 +94,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "StoreError",
     "init_store",
+    "check_config",
     "write_step",
     "completed_steps",
     "read_checkpoint",
     "open_capture",
     "validate_store",
+    "writer_lock",
     "step_name",
     "as_samples",
 ]
@@ -158,6 +164,9 @@ def _check_root(path: Path) -> dict:
 def init_store(path, attrs: dict) -> None:
     """Create the root group, or check that an existing store has the same configuration.
 
+    Removes temporary step directories left by a crashed writer, so the caller must hold
+    the :func:`writer_lock`.
+
     Raises:
         StoreError: ``path`` holds something else, or a store written with a different
             ``config_json`` (model, data, seed, optimizer, targets, …).
@@ -169,44 +178,66 @@ def init_store(path, attrs: dict) -> None:
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         else:
-            old = _check_root(path)
-            if old["config_json"] != attrs["config_json"]:
-                a, b = json.loads(old["config_json"]), json.loads(attrs["config_json"])
-                diff = {
-                    k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-                }
-                raise StoreError(
-                    f"{path} was written with a different configuration; differences "
-                    f"(stored, requested): {diff}. Use another path or delete it."
-                )
+            check_config(path, attrs)
             return
     xr.DataTree(dataset=xr.Dataset(attrs=attrs)).to_zarr(path, mode="w-", consolidated=False)
+
+
+def check_config(path, attrs: dict) -> None:
+    """Check (read-only) that the store at ``path`` was written with ``attrs['config_json']``.
+
+    Raises:
+        StoreError: not a capture store, or a different configuration (the differences named).
+    """
+    old = _check_root(Path(path))
+    if old["config_json"] != attrs["config_json"]:
+        a, b = json.loads(old["config_json"]), json.loads(attrs["config_json"])
+        diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        raise StoreError(
+            f"{path} was written with a different configuration; differences "
+            f"(stored, requested): {diff}. Use another path or delete it."
+        )
 
 
 def _encoding(tree: xr.DataTree, chunk_bytes: int) -> dict:
     enc = {}
     for node in tree.subtree:
-        ds = node.dataset
+        ds = node.to_dataset(inherit=False)  # the variables this node itself writes
         group = {}
-        for name, var in ds.data_vars.items():
-            if var.dims and var.dims[0] == "sample":
+        for name, var in ds.variables.items():
+            group[name] = {"compressors": CHECKSUM_CODECS}
+            if name in ds.data_vars and var.dims and var.dims[0] == "sample":
                 per = max(1, var.dtype.itemsize * math.prod(var.shape[1:]))
                 c = max(1, min(var.shape[0], chunk_bytes // per))
-                group[name] = {"chunks": (c, *var.shape[1:])}
+                group[name]["chunks"] = (c, *var.shape[1:])
         if group:
             enc[node.path] = group
     return enc
 
 
 def write_step(path, step: int, tree: xr.DataTree, chunk_bytes: int = 1 << 24) -> None:
-    """Write one step's tree atomically (temporary sibling directory, then rename)."""
+    """Write one step's tree atomically (temporary sibling directory, then rename).
+
+    Every array is checksummed and every chunk stored. The caller holds the
+    :func:`writer_lock`.
+
+    Raises:
+        NonFiniteError: the tree holds NaN/Inf (nothing is written).
+    """
     import zarr
 
+    check_step_finite(tree, step)
     path = Path(path)
     final = path / step_name(step)
     tmp = path.parent / f".{path.name}.{step_name(step)}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tree.to_zarr(tmp, mode="w-", consolidated=False, encoding=_encoding(tree, chunk_bytes))
+        tree.to_zarr(
+            tmp,
+            mode="w-",
+            consolidated=False,
+            encoding=_encoding(tree, chunk_bytes),
+            write_empty_chunks=True,
+        )
         zarr.open_group(str(tmp), mode="r+").attrs["complete"] = 1  # the marker, last
         if final.exists():
             shutil.rmtree(final)  # an incomplete leftover (complete steps are skipped)
@@ -240,10 +271,21 @@ def completed_steps(path) -> list[int]:
 
 
 def read_checkpoint(path, step: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """``(param paths, parameter leaves, optimizer-state leaves)`` saved with ``step``."""
-    ds = xr.open_dataset(
-        Path(path) / step_name(step), group=CHECKPOINT, engine="zarr", consolidated=False
-    ).load()
+    """``(param paths, parameter leaves, optimizer-state leaves)`` saved with ``step``.
+
+    Every chunk is read and verified first (checksum, presence, finiteness).
+
+    Raises:
+        StoreError: the checkpoint is damaged (naming the array and chunk).
+    """
+    where = f"{path}/{step_name(step)}/{CHECKPOINT}"
+    verify_group(Path(path) / step_name(step) / CHECKPOINT, where, require_checksum=False)
+    try:
+        ds = xr.open_dataset(
+            Path(path) / step_name(step), group=CHECKPOINT, engine="zarr", consolidated=False
+        ).load()
+    except Exception as e:  # noqa: BLE001 - codec/metadata failures of many classes
+        raise StoreError(f"{where}: cannot be read ({type(e).__name__}: {e})") from e
     paths = ds.attrs["param_paths"].split(",") if ds.attrs["param_paths"] else []
     params = [ds[f"p{i:04d}"].values for i in range(len(paths))]
     opt = [ds[f"o{i:04d}"].values for i in range(int(ds.attrs["num_opt_leaves"]))]
@@ -257,7 +299,9 @@ def _open_step(path: Path, name: str) -> xr.DataTree:
 def open_capture(path, *, load: bool = False, steps=None) -> xr.DataTree:
     """Open a capture store lazily (no data read until used), or in memory with ``load``.
 
-    Incomplete steps (no completion marker) are skipped with a warning.
+    Incomplete steps (no completion marker) are skipped with a warning. Every chunk file
+    of the opened steps must exist; checksums are verified by zarr on each read (a
+    mismatch raises there; :func:`validate_store` names the damaged chunk).
 
     Args:
         path: the ``.zarr`` directory.
@@ -281,33 +325,52 @@ def open_capture(path, *, load: bool = False, steps=None) -> xr.DataTree:
         complete = sorted(int(s) for s in steps)
     tree = xr.DataTree(dataset=xr.Dataset(attrs=attrs))
     for s in complete:
-        tree[step_name(s)] = _open_step(path, step_name(s))
-    return tree.load() if load else tree
+        where = f"{path}/{step_name(s)}"
+        verify_group(path / step_name(s), where, read=False, require_checksum=False)
+        try:
+            tree[step_name(s)] = _open_step(path, step_name(s))
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"{where}: cannot be opened ({type(e).__name__}: {e})") from e
+    if not load:
+        return tree
+    try:
+        return tree.load()
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(
+            f"{path}: reading failed ({type(e).__name__}: {e}); validate_store(path) names the "
+            "damaged chunk"
+        ) from e
 
 
 def _fail(where: str, msg: str):
     raise StoreError(f"{where}: {msg}")
 
 
-def _check_finite(da: xr.DataArray, where: str, chunk: int = 256) -> None:
-    n = da.sizes.get("sample", 1)
-    for start in range(0, n, chunk):
-        block = da.isel(sample=slice(start, start + chunk)) if "sample" in da.dims else da
-        vals = np.asarray(block.values)
-        if vals.dtype.kind == "f" and not np.isfinite(vals).all():
-            _fail(where, f"variable {da.name!r} holds NaN or Inf (samples from {start})")
-
-
-def validate_store(path, *, check_values: bool = True) -> list[int]:
+def validate_store(path, *, deep: bool = True, check_values: bool | None = None) -> list[int]:
     """Check a capture store against :data:`SCHEMA`; return its complete steps.
+
+    Every array of every step is checked (gradients, GGN and K-FAC arrays, checkpoint
+    parameters and optimizer state, losses, outputs, labels, sample indices): it must
+    carry a crc32c checksum and all its chunk files must exist. With ``deep`` (default)
+    every chunk is also read, which verifies its checksum, and checked for NaN/Inf;
+    cross-entropy labels must lie in ``[0, output_dim)``.
+
+    Args:
+        path: the ``.zarr`` directory.
+        deep: read and verify every chunk (else only metadata and chunk presence).
+        check_values: the former name of ``deep`` (overrides it when given).
 
     Raises:
         StoreError: naming the first problem: not a capture store, wrong schema version,
             missing root attributes, stray entries, a step without the completion
-            marker, missing groups or variables, wrong dims or sizes, NaN/Inf values.
+            marker, missing groups or variables, wrong dims or sizes, a missing, corrupt
+            or unchecksummed chunk (array and chunk named), NaN/Inf values.
     """
+    if check_values is not None:
+        deep = check_values
     path = Path(path)
     attrs = _check_root(path)
+    max_label = int(attrs["output_dim"]) if attrs["loss"] == "cross_entropy" else None
     layers = [x for x in attrs["layers"].split(",") if x]
     targets = [x for x in attrs["targets"].split(",") if x]
     shape_list = [tuple(int(v) for v in s.split("x")) for s in attrs["layer_shapes"].split(",")]
@@ -327,6 +390,7 @@ def validate_store(path, *, check_values: bool = True) -> list[int]:
         where = f"{path}/{d.name}"
         if not _is_complete(d):
             _fail(where, "incomplete step (no completion marker complete = 1)")
+        verify_group(d, where, read=deep, max_label=max_label)
         try:
             tree = _open_step(path, d.name)
         except Exception as e:  # noqa: BLE001
@@ -339,12 +403,12 @@ def validate_store(path, *, check_values: bool = True) -> list[int]:
         if CHECKPOINT not in tree.children:
             _fail(where, "missing group 'checkpoint'")
         for layer in layers:
-            _check_layer(tree, layer, targets, shapes[layer], sizes, where, check_values, attrs)
+            _check_layer(tree, layer, targets, shapes[layer], sizes, where, attrs)
         steps.append(s)
     return steps
 
 
-def _check_layer(tree, layer, targets, shape, sizes, where, check_values, attrs):
+def _check_layer(tree, layer, targets, shape, sizes, where, attrs):
     lw = f"{where}/{layer}"
     try:
         node = tree[layer]
@@ -362,8 +426,6 @@ def _check_layer(tree, layer, targets, shape, sizes, where, check_values, attrs)
         for dim, size in da.sizes.items():
             if dim in expect and size != expect[dim]:
                 _fail(lw, f"variable {var!r} has {dim} = {size}; expected {expect[dim]}")
-        if check_values:
-            _check_finite(da, lw)
     children = []
     if "batch" in targets:
         children += [batch_group(int(b)) for b in attrs["batch_sizes"].split(",") if b]
@@ -376,5 +438,3 @@ def _check_layer(tree, layer, targets, shape, sizes, where, check_values, attrs)
         da = node[child].dataset.get("gradients")
         if da is None or da.dims != (lead, "row", "col") or WEIGHT not in da.coords:
             _fail(f"{lw}/{child}", f"needs gradients ({lead}, row, col) with a weight coordinate")
-        if check_values:
-            _check_finite(as_samples(da), f"{lw}/{child}")
