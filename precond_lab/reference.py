@@ -40,6 +40,8 @@ __all__ = [
     "kl_fixed_point_residual",
     "kfac_samples",
     "spectrum",
+    "bregman_divergence",
+    "bregman_optimal",
 ]
 
 
@@ -338,3 +340,109 @@ def kfac_samples(activations, backprops, weights=None):
 def spectrum(x) -> np.ndarray:
     """All eigenvalues of a symmetric matrix, descending."""
     return np.sort(np.linalg.eigvalsh(np.asarray(x, np.float64)))[::-1]
+
+
+# --------------------------------------------------------------------------------------
+# The trace-power Bregman family (explicit matrices; scipy minimisation for the optimum).
+# --------------------------------------------------------------------------------------
+
+
+def bregman_divergence(x, y, q: float) -> float:
+    """``B_q(X, Y) = Φ_q(X) − Φ_q(Y) − ⟨∇Φ_q(Y), X − Y⟩`` with ``Φ_q = tr f_q``.
+
+    ``f_q(t) = (t^q − q t + q − 1)/(q(q−1))``, ``f_1 = t log t − t + 1``,
+    ``f_0 = −log t + t − 1``; built from the definition by eigendecompositions.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    wx = scipy.linalg.eigh(x, eigvals_only=True)
+    wx = np.where(wx > 1e-12 * np.max(np.abs(wx)), wx, 0.0)  # round-off zeros are zeros
+    wy, qy = scipy.linalg.eigh(y)
+
+    def f(t):
+        if q == 1:
+            return np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0) - t + 1
+        if q == 0:
+            return -np.log(t) + t - 1
+        return (t**q - q * t + q - 1) / (q * (q - 1))
+
+    def fprime(t):
+        if q == 1:
+            return np.log(t)
+        if q == 0:
+            return 1 - 1 / t
+        return (t ** (q - 1) - 1) / (q - 1)
+
+    grad = (qy * fprime(wy)) @ qy.T
+    return float(np.sum(f(wx)) - np.sum(f(wy)) - np.sum(grad * (x - y)))
+
+
+def _bregman_objective_and_grad(x, y, q: float):
+    """``J_q(Y) = B_q(X, Y) − Φ_q(X)`` up to a constant, and its gradient in ``Y``."""
+    w, u = scipy.linalg.eigh(y)
+    if q == 1:
+        h, dh, first = np.log(w), 1 / w, np.sum(w)
+    elif q == 0:
+        h, dh, first = -1 / w, w**-2.0, np.sum(np.log(w))
+    else:
+        h, dh, first = w ** (q - 1) / (q - 1), w ** (q - 2), np.sum(w**q) / q
+    xu = u.T @ x @ u
+    value = first - np.sum(h * np.diag(xu))
+    diff = w[:, None] - w[None, :]
+    close = np.abs(diff) <= 1e-12 * np.max(np.abs(w))
+    dd = np.where(
+        close,
+        0.5 * (dh[:, None] + dh[None, :]),
+        (h[:, None] - h[None, :]) / np.where(close, 1.0, diff),
+    )
+    grad = (u * w ** (q - 1)) @ u.T - u @ (dd * xu) @ u.T
+    return value, grad
+
+
+def bregman_optimal(sigma, m: int, n: int, q: float = 0.5, damping: float = 0.0):
+    """``argmin_{L, R} B_q(Σ + λI, L ⊗ R)`` by scipy BFGS on the explicit divergence,
+    polished by Newton steps (central-difference Hessian of the analytic gradient).
+
+    ``L = A Aᵀ``, ``R = B Bᵀ`` with lower-triangular ``A, B`` (``A₀₀ = 1`` fixes the free
+    scale). Returns ``(L, R)`` with ``tr R = n``.
+    """
+    x = np.asarray(sigma, np.float64) + damping * np.eye(m * n)
+    il, ir = np.tril_indices(m), np.tril_indices(n)
+    nl = len(il[0])
+
+    def unpack(theta):
+        a = np.zeros((m, m))
+        a[il] = np.concatenate([[1.0], theta[: nl - 1]])
+        b = np.zeros((n, n))
+        b[ir] = theta[nl - 1 :]
+        return a, b
+
+    def fun(theta):
+        a, b = unpack(theta)
+        left, right = a @ a.T, b @ b.T
+        value, gy = _bregman_objective_and_grad(x, np.kron(left, right), q)
+        g4 = gy.reshape(m, n, m, n)
+        gl = np.einsum("ijkl,jl->ik", g4, right)
+        gr = np.einsum("ijkl,ik->jl", g4, left)
+        ga = (gl + gl.T) @ a
+        gb = (gr + gr.T) @ b
+        return value, np.concatenate([ga[il][1:], gb[ir]])
+
+    s = np.sqrt(np.trace(x) / (m * n))
+    theta0 = np.concatenate([np.eye(m)[il][1:], s * np.eye(n)[ir]])
+    res = scipy.optimize.minimize(
+        fun, theta0, jac=True, method="BFGS", options={"gtol": 1e-14, "maxiter": 20000}
+    )
+    theta = res.x
+    for _ in range(8):  # Newton polish with a central-difference Hessian of the gradient
+        grad = fun(theta)[1]
+        h = 1e-6 * max(1.0, np.max(np.abs(theta)))
+        eye = np.eye(theta.size)
+        hess = np.stack([(fun(theta + h * e)[1] - fun(theta - h * e)[1]) / (2 * h) for e in eye])
+        step = np.linalg.lstsq(0.5 * (hess + hess.T), grad, rcond=None)[0]
+        theta = theta - step
+        if np.max(np.abs(step)) <= 1e-15 * max(1.0, np.max(np.abs(theta))):
+            break
+    a, b = unpack(theta)
+    left, right = a @ a.T, b @ b.T
+    c = np.trace(right) / n
+    return left * c, right / c

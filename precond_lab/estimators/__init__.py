@@ -13,9 +13,16 @@ definition; :func:`parse_estimator` reads spec strings such as ``"power_iteratio
 
 # isort: off
 # registration order (= the order of ESTIMATORS in tables and figures)
-from . import _frobenius, _shampoo, _kl, _eigen, _kfac  # noqa: F401
+from . import _frobenius, _shampoo, _kl, _eigen, _kfac, _bregman  # noqa: F401
 
 # isort: on
+from ._bregman import (
+    bregman_objective,
+    bregman_optimal,
+    factor_power,
+    trace_power_statistic,
+    trace_power_update,
+)
 from ._eigen import diagonal, eigencorrected
 from ._frobenius import frobenius_optimal, power_iteration
 from ._kfac import kfac
@@ -36,11 +43,14 @@ __all__ = [
     "EstimatorSpec",
     "FitContext",
     "ParsedEstimator",
+    "bregman_objective",
+    "bregman_optimal",
     "build",
     "parse_estimator",
     "register",
     "diagonal",
     "eigencorrected",
+    "factor_power",
     "frobenius_optimal",
     "kfac",
     "kl_optimal",
@@ -48,4 +58,6 @@ __all__ = [
     "power_iteration",
     "shampoo",
     "shampoo_squared",
+    "trace_power_statistic",
+    "trace_power_update",
 ]

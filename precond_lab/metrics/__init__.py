@@ -13,9 +13,10 @@ explicit ``approx_damping=μ`` (``S + μI``). Estimators' ``damping=λ`` likewis
 
 # isort: off
 # registration order (= the order of METRICS and SCORE_NAMES)
-from . import _frobenius, _divergences, _spectra  # noqa: F401
+from . import _frobenius, _divergences, _spectra, _bregman  # noqa: F401
 
 # isort: on
+from ._bregman import bregman_divergence
 from ._direction import DirectionQuality, direction_quality, exact_direction, loss_scaling_response
 from ._divergences import kl_divergence, kl_scale, logdet_divergence, von_neumann_divergence
 from ._frobenius import (
@@ -37,6 +38,7 @@ __all__ = [
     "exact_direction",
     "loss_scaling_response",
     "SCORE_NAMES",
+    "bregman_divergence",
     "score",
     "cosine_similarity",
     "frobenius_inner",

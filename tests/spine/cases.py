@@ -76,6 +76,10 @@ ESTIMATOR_CASES = {
     "eigencorrected": _eig_case,
     "diagonal": lambda: (est.diagonal(problem()[2]), ref.diagonal(problem()[1])),
     "kfac": _kfac_case,
+    "bregman_optimal": lambda: (
+        est.bregman_optimal(problem()[2], 0.5, tol=1e-14),
+        _kron(ref.bregman_optimal(problem()[1], 4, 3, 0.5)),
+    ),
 }
 
 
@@ -119,5 +123,6 @@ METRIC_CASES = {
         "kl_scale",
         "von_neumann",
         "logdet",
+        "bregman",
     )
 }
