@@ -1,0 +1,490 @@
+"""Train with any optax optimiser and score its own preconditioner against the exact targets.
+
+:func:`train` is a small optax-native loop: one jitted step, the mini-batch schedule of
+:func:`precond_lab.capture.train.batch_indices` (it depends only on ``(seed, step)``, so a
+resumed run sees exactly the batches of an uninterrupted one), a tqdm progress bar, an
+optional atomic ``.npz`` checkpoint, per-step wall times, the optimiser state's size, and
+failure detection: a non-finite loss or a loss above ``divergence_factor`` × the first one
+stops the run with :attr:`~precond_lab.errors.Status.NONFINITE` (the step is recorded).
+
+With ``probe=Probe(steps=...)`` the loop stops at each probe step, captures the per-example
+targets of the chosen layers (gradients, exact GGN, sampled-label GGN) at the current
+parameters on a fixed set of examples, reads the optimiser's **own** preconditioner for
+each layer from its state (:func:`preconditioner_of`) and scores it with the sweep
+(:func:`precond_lab.sweep.evaluate`) next to the batch optima (Shampoo², the KL optimum,
+…) of the same target, scored the same way.
+
+Reading a preconditioner out of an optimiser state is a small protocol:
+:func:`register_preconditioner` maps a state type (a ``NamedTuple`` class) to a function
+returning the :class:`~precond_lab.structures.Structure` that the state approximates
+(the estimate of ``Σ``, not its inverse). A *per-leaf* state (one per parameter, e.g. a
+KL-Shampoo factor state) is found wherever it sits in the optimiser state — its path must
+end with the parameter's path — and the function gets the state; a *tree* state (one
+for all parameters, e.g. optax's ``ScaleByAdamState``) gets the state and the parameter
+path. The online estimators' states and optax's Adam are registered here; an optimiser
+package registers its own states next to their definitions.
+
+Scores use scale-free metrics by default (``cosine``, ``kl_rescaled``): an optimiser's
+statistics estimate the second moment of *mini-batch* gradients, whose scale differs from
+the per-example target's. Before scoring, every approximation (the optimiser's and the
+batch optima alike) is rescaled to the target's trace and damped with the same
+``λ = damping·tr(Σ)/(mn)`` on both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+
+from .capture.data import Dataset, load_dataset
+from .capture.layout import flat_params, path_str
+from .capture.models import Model, make_model
+from .capture.per_example import Request, make_capture_fn, run_chunked
+from .capture.train import batch_indices, batch_loss_fn, make_eval
+from .errors import CellSkipped, Status
+from .online import (
+    AdamState,
+    IFShampooState,
+    KLShampooState,
+    KLSOAPState,
+    RFRMSPropState,
+    ShampooState,
+    SOAPState,
+)
+from .schema import sample_bag
+from .structures import Diagonal, EigenKronecker, Kronecker, Structure
+from .targets import SampleTarget
+
+__all__ = [
+    "PROBE_TARGETS",
+    "Probe",
+    "TrainResult",
+    "preconditioner_of",
+    "register_preconditioner",
+    "state_bytes",
+    "train",
+]
+
+#: Capture targets a :class:`Probe` can score against (names as in :mod:`precond_lab.capture`).
+PROBE_TARGETS = ("gradients", "ggn", "ggn-mc")
+
+_HANDLERS: dict[type, tuple[Callable, bool]] = {}
+
+
+# ------------------------------------------------------------------------ the protocol
+def register_preconditioner(state_type: type, fn: Callable, *, per_leaf: bool = True) -> None:
+    """Declare how to read the preconditioner out of an optimiser state of ``state_type``.
+
+    Args:
+        state_type: the state's class (a ``NamedTuple`` or any pytree node type).
+        fn: ``fn(state) -> Structure`` for a per-leaf state, ``fn(state, path) ->
+            Structure | None`` for a tree state; the structure approximates ``Σ`` of the
+            parameter's matricized ``(m, n)`` gradient (not its inverse).
+        per_leaf: whether one state belongs to one parameter (found where its path ends
+            with the parameter's path) or one state covers the whole parameter tree.
+    """
+    _HANDLERS[state_type] = (fn, per_leaf)
+
+
+def _tree_leaf(tree, path: str):
+    """The leaf of ``tree`` at ``path`` (``None`` if the tree has no such leaf)."""
+    return flat_params(tree).get(path)
+
+
+def _adam_diagonal(state, path: str):
+    nu = _tree_leaf(state.nu, path)
+    if nu is None or np.ndim(nu) == 0:
+        return None
+    return Diagonal(jnp.reshape(nu, (nu.shape[0], -1)))
+
+
+for _cls, _fn in (
+    (ShampooState, lambda s: Kronecker(s.left, s.right)),
+    (
+        KLShampooState,
+        lambda s: EigenKronecker(
+            s.left_basis, s.right_basis, jnp.outer(s.left_values, s.right_values)
+        ),
+    ),
+    (KLSOAPState, lambda s: EigenKronecker(s.left_basis, s.right_basis, s.nu)),
+    (SOAPState, lambda s: EigenKronecker(s.left_basis, s.right_basis, s.nu)),
+    (IFShampooState, lambda s: Kronecker(s.c @ s.c.T, s.k @ s.k.T).power(-1.0)),
+    (RFRMSPropState, lambda s: Diagonal(s.s)),
+    (AdamState, lambda s: Diagonal(s.nu)),
+):
+    register_preconditioner(_cls, _fn)
+register_preconditioner(optax.ScaleByAdamState, _adam_diagonal, per_leaf=False)
+
+
+def preconditioner_of(opt_state, path: str) -> Structure | None:
+    """The structure the optimiser state holds for the parameter at ``path``, or ``None``.
+
+    The first registered state met in ``opt_state`` (in pytree order) that covers
+    ``path`` answers: a per-leaf state whose own path ends with ``path``, or a tree state
+    whose function returns a structure for ``path``.
+    """
+    nodes, _ = jax.tree_util.tree_flatten_with_path(
+        opt_state, is_leaf=lambda x: type(x) in _HANDLERS
+    )
+    for keypath, node in nodes:
+        handler = _HANDLERS.get(type(node))
+        if handler is None:
+            continue
+        fn, per_leaf = handler
+        if per_leaf:
+            own = path_str(keypath)
+            if own == path or own.endswith("/" + path):
+                return fn(node)
+        else:
+            found = fn(node, path)
+            if found is not None:
+                return found
+    return None
+
+
+def state_bytes(opt_state) -> int:
+    """Bytes held by the arrays of an optimiser state."""
+    return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(opt_state)))
+
+
+# ------------------------------------------------------------------------ probe scoring
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Where and how to score the optimiser's preconditioner during training.
+
+    Attributes:
+        steps: training steps (number of updates done) at which to probe.
+        layers: parameter paths (default: every layer the optimiser state covers, among
+            the model's tape-layer weights).
+        targets: any of :data:`PROBE_TARGETS`.
+        num_samples: training examples behind each target (the same at every probe).
+        mc_samples: sampled labels per example for ``ggn-mc``.
+        estimators: batch optima fitted to the same target (names of
+            :data:`precond_lab.estimators.ESTIMATORS`).
+        metrics: metric names of :func:`precond_lab.metrics.score`.
+        damping: ``λ = damping·tr(Σ)/(mn)``, on the target and on every approximation.
+        chunk_size: examples per jitted capture call.
+    """
+
+    steps: tuple[int, ...]
+    layers: tuple[str, ...] | None = None
+    targets: tuple[str, ...] = ("gradients",)
+    num_samples: int = 128
+    mc_samples: int = 4
+    estimators: tuple[str, ...] = ("shampoo_squared", "kl_optimal")
+    metrics: tuple[str, ...] = ("cosine", "kl_rescaled")
+    damping: float = 1e-3
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        bad = [t for t in self.targets if t not in PROBE_TARGETS]
+        if bad or not self.targets:
+            raise ValueError(f"probe targets must be among {', '.join(PROBE_TARGETS)}; got {bad}")
+        if any(int(s) < 0 for s in self.steps):
+            raise ValueError(f"probe steps must be non-negative; got {self.steps}")
+
+
+def _probe_layers(model: Model, params, opt_state, probe: Probe) -> tuple[str, ...]:
+    if probe.layers is not None:
+        missing = [p for p in probe.layers if preconditioner_of(opt_state, p) is None]
+        if missing:
+            raise ValueError(
+                f"the optimiser state holds no registered preconditioner for {missing} "
+                "(register its state type with register_preconditioner)"
+            )
+        return tuple(probe.layers)
+    flat = flat_params(params)
+    names = [f"{n}/w" for n in model.tape_layers] or [p for p, v in flat.items() if v.ndim == 2]
+    return tuple(p for p in names if preconditioner_of(opt_state, p) is not None)
+
+
+def _matched(approx: Structure, target, rel: float) -> Structure:
+    """``c·S + λI`` for the damped target ``Σ + λI``: ``c`` matches ``tr(c·S)`` to ``tr Σ``.
+
+    ``λ = rel·tr(Σ)/(mn)`` is the sweep's relative damping, so ``tr(Σ+λI) = (1+rel)·trΣ``.
+    """
+    m, n = approx.shape
+    own = float(approx.trace())
+    if not own > 0:
+        raise CellSkipped(f"the optimiser's statistic has trace {own:.3g} (nothing accumulated)")
+    trace = float(target.trace()) / (1.0 + rel)
+    lam = rel * trace / (m * n)
+    c = trace / own
+    return approx.function(lambda w: c * w + lam)
+
+
+class _Prober:
+    """The jitted capture of a run's probes and their scoring through the sweep."""
+
+    def __init__(self, model: Model, ds: Dataset, params, opt_state, probe: Probe, seed: int):
+        self.probe = probe
+        self.layers = _probe_layers(model, params, opt_state, probe)
+        if not self.layers:
+            raise ValueError("no probe layer: the optimiser state covers none of the weights")
+        n = min(probe.num_samples, len(ds.y_train))
+        rng = np.random.default_rng([int(seed), 7919])
+        self.idx = rng.choice(len(ds.y_train), n, replace=False)
+        self.x, self.y = ds.x_train[self.idx], ds.y_train[self.idx]
+        req = Request(self.layers, frozenset(probe.targets), probe.mc_samples)
+        self.fn = make_capture_fn(model, params, req)
+        self.seed = int(seed)
+
+    def targets(self, step: int, params) -> dict[str, dict[str, SampleTarget]]:
+        """``{layer: {kind: SampleTarget}}`` at ``params`` (float64)."""
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 104729 + int(step))
+        keys = jax.random.split(key, len(self.idx))
+        res = run_chunked(self.fn, params, self.x, self.y, keys, self.probe.chunk_size)
+        out: dict[str, dict[str, SampleTarget]] = {}
+        for layer in self.layers:
+            out[layer] = {}
+            for kind in self.probe.targets:
+                name = kind.replace("-", "_")
+                bag, w = sample_bag(res[layer][name], dtype="float64")
+                out[layer][name] = SampleTarget(bag, weights=w)
+        return out
+
+    def __call__(self, step: int, params, opt_state) -> xr.DataArray:
+        """The scores of the optimiser's preconditioner and the batch optima at ``step``."""
+        from .sweep import evaluate
+
+        data = self.targets(step, params)
+        rel = float(self.probe.damping)
+        out = []
+        for layer in self.layers:
+            own = preconditioner_of(opt_state, layer)
+            own = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64)), own)
+            ev = evaluate(
+                {layer: data[layer]},
+                [("optimizer", lambda t, s=own: _matched(s, t, rel)), *self.probe.estimators],
+                metrics=self.probe.metrics,
+                damping=rel,
+                damping_mode="relative",
+                progress=False,
+            )
+            out.append(ev["score"].isel(step=0, drop=True))
+        return xr.concat(out, dim="layer").expand_dims(step=[int(step)])
+
+
+# ------------------------------------------------------------------------------ training
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        history: Dataset over ``step`` (updates done before the step's batch):
+            ``train_loss`` (the step's mini-batch loss), ``step_seconds`` (wall time of the
+            jitted update, the first one including compilation), and ``eval_loss`` /
+            ``eval_accuracy`` over ``eval_step`` (NaN accuracy for MSE models).
+        params, opt_state: the final (or last finite) parameters and optimiser state.
+        status: :attr:`Status.OK` or :attr:`Status.NONFINITE` (a non-finite or diverged
+            loss stopped the run).
+        failed_step: the step at which the run stopped (-1 if it finished).
+        state_bytes: bytes of the optimiser state (:func:`state_bytes`).
+        probes: the probe scores ``(step, layer, target, estimator, metric)`` or None.
+    """
+
+    history: xr.Dataset
+    params: Any
+    opt_state: Any
+    status: Status
+    failed_step: int
+    state_bytes: int
+    probes: xr.DataArray | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status is not Status.OK
+
+    def final(self, name: str = "eval_loss") -> float:
+        """The last recorded value of ``name`` (NaN if the run failed before any)."""
+        da = self.history[name].dropna(self.history[name].dims[0])
+        return float(da[-1]) if da.size else float("nan")
+
+
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+    """Jitted ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict) -> None:
+    """Write ``path`` atomically (temporary file in the same folder, then rename)."""
+    arrays = {f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(params))}
+    arrays |= {f"o{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(opt_state))}
+    arrays |= {f"log_{k}": np.asarray(v, np.float64) for k, v in logs.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, step=np.int64(step), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: Path, params, opt_state):
+    with np.load(path) as z:
+        pleaves, ptree = jax.tree_util.tree_flatten(params)
+        oleaves, otree = jax.tree_util.tree_flatten(opt_state)
+        np_, no = sum(k.startswith("p") for k in z), sum(k.startswith("o") for k in z)
+        if np_ != len(pleaves) or no != len(oleaves):
+            raise ValueError(f"{path}: checkpoint does not match this model and optimiser")
+        params = jax.tree_util.tree_unflatten(
+            ptree, [jnp.asarray(z[f"p{i}"], a.dtype) for i, a in enumerate(pleaves)]
+        )
+        opt_state = jax.tree_util.tree_unflatten(
+            otree, [jnp.asarray(z[f"o{i}"], jnp.asarray(a).dtype) for i, a in enumerate(oleaves)]
+        )
+        logs = {k[4:]: list(z[k]) for k in z if k.startswith("log_")}
+        return int(z["step"]), params, opt_state, logs
+
+
+def train(
+    model: str | Model,
+    dataset: str | Dataset,
+    tx: optax.GradientTransformation,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    eval_every: int = 0,
+    eval_samples: int = 1000,
+    probe: Probe | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    divergence_factor: float = 10.0,
+    model_options: dict | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` with the optax transformation ``tx``.
+
+    Args:
+        model: a :class:`~precond_lab.capture.Model` or a name of
+            :func:`~precond_lab.capture.make_model`.
+        dataset: a :class:`~precond_lab.capture.Dataset` or a name of
+            :func:`~precond_lab.capture.load_dataset`.
+        tx: any ``optax.GradientTransformation`` (chains included).
+        steps: number of updates.
+        batch_size: training mini-batch size.
+        seed: parameter initialisation and the mini-batch schedule.
+        eval_every: evaluate on the first ``eval_samples`` test examples every so many
+            steps (0: only at the end) and always after the last step.
+        eval_samples: test examples per evaluation.
+        probe: score the optimiser's own preconditioner at these steps (:class:`Probe`).
+        checkpoint: an ``.npz`` path; written atomically every ``checkpoint_every`` steps
+            and at the end, and resumed from when it exists (same model and optimiser).
+        checkpoint_every: steps between checkpoints.
+        divergence_factor: stop when the mini-batch loss exceeds this × the first loss.
+        model_options: options for a model given by name.
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad sizes, or a probe the optimiser state cannot answer.
+    """
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(model, str):
+        model = make_model(model, ds, **dict(model_options or {}))
+    if steps < 1 or not 1 <= batch_size <= len(ds.y_train):
+        raise ValueError(f"need steps ≥ 1 and 1 ≤ batch_size ≤ {len(ds.y_train)}")
+    params = model.init(jax.random.PRNGKey(seed))
+    opt_state = tx.init(params)
+    step_fn = make_step(batch_loss_fn(model), tx)
+    evaluate = make_eval(model)
+    n_test = min(eval_samples, len(ds.y_test))
+    x_test, y_test = ds.x_test[:n_test], ds.y_test[:n_test]
+    prober = _Prober(model, ds, params, opt_state, probe, seed) if probe is not None else None
+    probe_steps = set() if probe is None else {int(s) for s in probe.steps if s <= steps}
+    logs: dict[str, list] = {"train_loss": [], "step_seconds": [], "eval_step": [], "eval": []}
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        start, params, opt_state, saved = _load_checkpoint(ckpt, params, opt_state)
+        logs = {k: list(saved.get(k, [])) for k in logs}
+        logs["eval_step"] = [int(x) for x in logs["eval_step"]]
+        logs["eval"] = [tuple(r) for r in np.reshape(logs["eval"], (-1, 2))]
+    probes, status, failed, first = [], Status.OK, -1, None
+    if logs["train_loss"]:
+        first = logs["train_loss"][0]
+    todo = range(start, steps + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        todo = tqdm(todo, desc="train", unit="step", initial=start, total=steps + 1)
+    for s in todo:
+        if prober is not None and s in probe_steps:
+            probes.append(prober(s, params, opt_state))
+        if n_test and ((eval_every and s % eval_every == 0) or s == steps):
+            loss, acc = evaluate(params, x_test, y_test)
+            logs["eval_step"].append(s)
+            logs["eval"].append((float(loss), float(acc)))
+        if s == steps:
+            break
+        idx = batch_indices(seed, s, len(ds.y_train), batch_size)
+        t0 = time.perf_counter()
+        new = step_fn(params, opt_state, ds.x_train[idx], ds.y_train[idx])
+        loss = float(new[2])  # waits for the step
+        logs["step_seconds"].append(time.perf_counter() - t0)
+        logs["train_loss"].append(loss)
+        first = loss if first is None else first
+        if not np.isfinite(loss) or loss > divergence_factor * max(first, 1e-12):
+            status, failed = Status.NONFINITE, s
+            break
+        params, opt_state = new[0], new[1]
+        if ckpt is not None and (s + 1) % checkpoint_every == 0:
+            _save_checkpoint(ckpt, s + 1, params, opt_state, _flat_logs(logs))
+    if ckpt is not None and status is Status.OK:
+        _save_checkpoint(ckpt, steps, params, opt_state, _flat_logs(logs))
+    return TrainResult(
+        _history(logs),
+        params,
+        opt_state,
+        status,
+        failed,
+        state_bytes(opt_state),
+        xr.concat(probes, dim="step") if probes else None,
+    )
+
+
+def _flat_logs(logs: dict) -> dict:
+    ev = np.asarray(logs["eval"], np.float64).reshape(-1, 2)
+    return {
+        "train_loss": logs["train_loss"],
+        "step_seconds": logs["step_seconds"],
+        "eval_step": logs["eval_step"],
+        "eval": ev.reshape(-1),
+    }
+
+
+def _history(logs: dict) -> xr.Dataset:
+    ev = np.asarray(logs["eval"], np.float64).reshape(-1, 2)
+    n = len(logs["train_loss"])
+    return xr.Dataset(
+        {
+            "train_loss": ("step", np.asarray(logs["train_loss"], np.float64)),
+            "step_seconds": ("step", np.asarray(logs["step_seconds"], np.float64)),
+            "eval_loss": ("eval_step", ev[:, 0]),
+            "eval_accuracy": ("eval_step", ev[:, 1]),
+        },
+        coords={"step": np.arange(n), "eval_step": np.asarray(logs["eval_step"], np.int64)},
+    )

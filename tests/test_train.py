@@ -1,0 +1,179 @@
+"""The training loop: schedule, resume, failure detection, and the preconditioner probe."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from precond_lab import online
+from precond_lab.capture import load_dataset, make_model
+from precond_lab.errors import Status
+from precond_lab.structures import Diagonal, EigenKronecker
+from precond_lab.train import Probe, preconditioner_of, state_bytes, train
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _teacher():
+    ds = load_dataset("teacher")
+    return ds, make_model("mlp", ds, dtype="float64", hidden=(6,))
+
+
+def test_runs_are_seeded_and_recorded():
+    ds, model = _teacher()
+    a = train(model, ds, optax.adam(1e-2), steps=12, batch_size=16, seed=3, eval_every=5)
+    b = train(model, ds, optax.adam(1e-2), steps=12, batch_size=16, seed=3, eval_every=5)
+    c = train(model, ds, optax.adam(1e-2), steps=12, batch_size=16, seed=4, eval_every=5)
+    assert a.status is Status.OK and a.failed_step == -1 and not a.failed
+    np.testing.assert_array_equal(a.history["train_loss"], b.history["train_loss"])
+    assert not np.allclose(a.history["train_loss"], c.history["train_loss"])
+    assert list(a.history["eval_step"].values) == [0, 5, 10, 12]
+    assert a.history.sizes["step"] == 12 and np.all(a.history["step_seconds"] > 0)
+    assert a.final() < float(a.history["eval_loss"][0])  # it learns
+    assert np.isnan(a.final("eval_accuracy"))  # MSE model: no accuracy
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    ds, model = _teacher()
+    ck = tmp_path / "run.npz"
+    whole = train(model, ds, optax.adam(1e-2), steps=20, batch_size=8, seed=1)
+    part = train(model, ds, optax.adam(1e-2), steps=10, batch_size=8, seed=1, checkpoint=ck)
+    assert ck.exists() and part.history.sizes["step"] == 10
+    rest = train(model, ds, optax.adam(1e-2), steps=20, batch_size=8, seed=1, checkpoint=ck)
+    np.testing.assert_allclose(rest.history["train_loss"], whole.history["train_loss"], rtol=1e-12)
+    for x, y in zip(jax.tree.leaves(rest.params), jax.tree.leaves(whole.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+    with pytest.raises(ValueError, match="does not match"):
+        train(model, ds, optax.sgd(1e-2), steps=20, batch_size=8, seed=1, checkpoint=ck)
+
+
+def test_divergence_and_nan_stop_the_run():
+    ds, model = _teacher()
+    run = train(model, ds, optax.sgd(1e3), steps=50, batch_size=16)
+    assert run.status is Status.NONFINITE and 0 <= run.failed_step < 50 and run.failed
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.params))  # last finite state
+
+
+def test_state_bytes_counts_every_array():
+    ds, model = _teacher()
+    params = model.init(jax.random.PRNGKey(0))
+    n = sum(x.nbytes for x in jax.tree.leaves(params))
+    count = np.asarray(optax.adam(1e-3).init(params)[0].count).nbytes
+    assert state_bytes(optax.adam(1e-3).init(params)) == 2 * n + count
+    assert state_bytes(optax.sgd(1e-3).init(params)) == 0
+
+
+class _LeafStats(NamedTuple):
+    stats: dict
+
+
+def _kl_stats(beta=0.9) -> optax.GradientTransformation:
+    """SGD that also keeps an online KL-Shampoo state per matrix leaf (test optimiser)."""
+    est = online.kl_shampoo(beta=beta, frequency=2)
+
+    def init(params):
+        return _LeafStats(
+            jax.tree.map(lambda p: est.init(jnp.ones_like(p)) if p.ndim == 2 else (), params)
+        )
+
+    def update(grads, state, params=None):
+        new = jax.tree.map(
+            lambda g, s: est.update(s, g) if g.ndim == 2 else s,
+            grads,
+            state.stats,
+            is_leaf=lambda x: isinstance(x, online.KLShampooState),
+        )
+        return jax.tree.map(lambda g: -0.05 * g, grads), _LeafStats(new)
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_preconditioner_of_finds_per_leaf_and_tree_states():
+    ds, model = _teacher()
+    params = model.init(jax.random.PRNGKey(0))
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = optax.chain(optax.clip(1.0), optax.adam(1e-3))
+    _, state = tx.update(grads, tx.init(params), params)
+    s = preconditioner_of(state, "layers/1/w")
+    assert isinstance(s, Diagonal)
+    np.testing.assert_array_equal(s.values, state[1][0].nu["layers"][1]["w"])
+    assert preconditioner_of(state, "layers/1/b").shape == (4, 1)
+    assert preconditioner_of(state, "no/such/w") is None
+    assert preconditioner_of(optax.sgd(1.0).init(params), "layers/1/w") is None
+    kl = _kl_stats()
+    _, st = kl.update(grads, kl.init(params), params)
+    own = preconditioner_of(st, "layers/0/w")
+    assert isinstance(own, EigenKronecker) and own.shape == (6, 16)
+    leaf = st.stats["layers"][0]["w"]
+    np.testing.assert_array_equal(own.values, np.outer(leaf.left_values, leaf.right_values))
+
+
+def _dense_scores(sigma, s_dense, rel):
+    """Reference cosine and KL-rescaled of ``c·S + λI`` against ``Σ + λI`` (dense)."""
+    d = sigma.shape[0]
+    lam = rel * np.trace(sigma) / d
+    x = sigma + lam * np.eye(d)
+    y = np.trace(sigma) / np.trace(s_dense) * s_dense + lam * np.eye(d)
+    cos = np.sum(x * y) / (np.linalg.norm(x) * np.linalg.norm(y))
+    t = np.trace(np.linalg.solve(y, x))
+    kl_r = 0.5 * (d * np.log(t / d) + np.linalg.slogdet(y)[1] - np.linalg.slogdet(x)[1])
+    return cos, kl_r
+
+
+@pytest.mark.parametrize("kind", ["adam", "kl"])
+def test_probe_scores_match_a_dense_reference(kind):
+    ds, model = _teacher()
+    tx = optax.adam(1e-2) if kind == "adam" else _kl_stats()
+    probe = Probe(
+        steps=(4,),
+        layers=("layers/1/w",),
+        targets=("gradients", "ggn"),
+        num_samples=40,
+        estimators=("kl_optimal",),
+        damping=1e-2,
+    )
+    run = train(model, ds, tx, steps=4, batch_size=16, probe=probe)
+    p = run.probes
+    assert p.dims == ("step", "layer", "target", "estimator", "metric")
+    assert list(p["estimator"].values) == ["optimizer", "kl_optimal"]
+    # the probe's targets, recomputed: per-example gradients at the final parameters
+    from precond_lab.train import _Prober
+
+    prober = _Prober(model, ds, run.params, run.opt_state, probe, 0)
+    sigma = np.asarray(prober.targets(4, run.params)["layers/1/w"]["gradients"].to_dense())
+    s = np.asarray(preconditioner_of(run.opt_state, "layers/1/w").to_dense(), np.float64)
+    cos, kl_r = _dense_scores(sigma, s, 1e-2)
+    got = p.sel(step=4, layer="layers/1/w", target="gradients", estimator="optimizer")
+    np.testing.assert_allclose(float(got.sel(metric="cosine")), cos, rtol=1e-9)
+    np.testing.assert_allclose(float(got.sel(metric="kl_rescaled")), kl_r, rtol=1e-8)
+    # the KL optimum wins the KL divergence against the optimiser's own statistic
+    opt = p.sel(step=4, layer="layers/1/w", estimator="kl_optimal", metric="kl_rescaled")
+    own = p.sel(step=4, layer="layers/1/w", estimator="optimizer", metric="kl_rescaled")
+    assert np.all(opt.values <= own.values + 1e-12)
+
+
+def test_probe_rejects_what_it_cannot_score():
+    ds, model = _teacher()
+    with pytest.raises(ValueError, match="probe targets"):
+        Probe(steps=(0,), targets=("kfac",))
+    with pytest.raises(ValueError, match="no registered preconditioner"):
+        train(model, ds, optax.sgd(0.1), steps=2, probe=Probe(steps=(1,), layers=("layers/0/w",)))
+    with pytest.raises(ValueError, match="no probe layer"):
+        train(model, ds, optax.sgd(0.1), steps=2, probe=Probe(steps=(1,)))
+
+
+def test_probe_before_any_statistic_is_skipped_not_failed():
+    ds, model = _teacher()
+    run = train(model, ds, optax.adam(1e-2), steps=2, probe=Probe(steps=(0, 2), num_samples=16))
+    first = run.probes.sel(step=0, estimator="optimizer")
+    assert np.all(np.isnan(first.values))  # Adam's ν is zero before the first update
+    assert np.all(np.isfinite(run.probes.sel(step=2, estimator="optimizer").values))
