@@ -295,7 +295,9 @@ def plot_quality(
     Args:
         ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
         metric: a metric of ``ds`` (default ``"cosine"``).
-        estimators, targets, layers: subsets and order (default: all).
+        estimators: subsets and order (default: all).
+        targets: subsets and order (default: all).
+        layers: subsets and order (default: all).
         batch_size: the batch size, if ``ds`` has that dim with several values.
         title: a figure title.
         panel_size: inches per panel.
@@ -408,7 +410,8 @@ def plot_spectra(
     Args:
         spec: a Dataset from :func:`~precond_lab.evaluate.spectra` (``eigenvalue`` with
             dims (target, estimator, index); ``estimator="target"`` is the target).
-        targets, estimators: subsets (default: all); one panel per target.
+        targets: subsets (default: all); one panel per target.
+        estimators: subsets (default: all); one panel per target.
         k: plot only the top ``k`` eigenvalues.
         logx: log-scale eigenvalue index.
         title: a figure title.
@@ -529,8 +532,10 @@ def plot_batch_size(
     Args:
         ds: a Dataset from :func:`~precond_lab.evaluate.evaluate` with ``batch_sizes=``.
         metric: a metric of ``ds``.
-        estimators, targets: subsets and order (default: all).
-        step, layer: the cell, when ``ds`` has several.
+        estimators: subsets and order (default: all).
+        targets: subsets and order (default: all).
+        step: the cell, when ``ds`` has several.
+        layer: the cell, when ``ds`` has several.
         title: a figure title.
     """
     if "batch_size" not in ds.dims:
@@ -583,8 +588,11 @@ def plot_metric_bars(
     Args:
         ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
         metrics: metrics of ``ds``, one panel each.
-        estimators, targets: subsets and order (default: all).
-        step, layer, batch_size: the cell, when ``ds`` has several.
+        estimators: subsets and order (default: all).
+        targets: subsets and order (default: all).
+        step: the cell, when ``ds`` has several.
+        layer: the cell, when ``ds`` has several.
+        batch_size: the cell, when ``ds`` has several.
         log: log-scale values (default: when the finite values are positive and span
             more than two decades).
         title: a figure title.

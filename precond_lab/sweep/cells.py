@@ -138,7 +138,8 @@ class CellCache:
 
     Args:
         source: a :class:`~precond_lab.sweep.sources.Source`.
-        step, layer: the cell.
+        step: the cell.
+        layer: the cell.
         damping: the :class:`DampingRule`.
         dtype: cast samples to this dtype, or None.
         raise_errors: re-raise the first error instead of recording it.

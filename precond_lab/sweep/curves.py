@@ -33,7 +33,8 @@ def spectra(
         source: as for :func:`evaluate`.
         estimators: as for :func:`evaluate`.
         targets: target kinds (default: all).
-        step, layer: the cell (default: the only one; required when there are several).
+        step: the cell (default: the only one; required when there are several).
+        layer: the cell (default: the only one; required when there are several).
         k: keep the top ``k`` eigenvalues (default: all ``mn``).
         rescale: scale each approximation by its ``"frobenius"``-optimal (default) or
             ``"kl"``-optimal scalar, so that spectra of differently scaled estimators
