@@ -69,7 +69,8 @@ class EstimatorSpec:
             estimator minimises over its family, or None.
         reference: the name of its dense float64 twin in :mod:`precond_lab.reference`.
         summary: one sentence: what it computes.
-        color, marker: its figure style (None: assigned from the palette by order).
+        color: its figure style (None: assigned from the palette by order).
+        marker: its figure style (None: assigned from the palette by order).
         needs_kfac_inputs: built from K-FAC activations/backprops, not from the target.
         example_args: arguments of a representative spec (for the registry's own tests
             and the benchmark), e.g. ``"(3)"`` for power iteration.
@@ -127,7 +128,8 @@ class ParsedEstimator:
         name: the normalised spec (the sweep's ``estimator`` coordinate).
         spec: the registry entry, or None for a user callable.
         fn: the user's ``callable(target) -> Structure``, or None.
-        args, kwargs: arguments from the spec string.
+        args: arguments from the spec string.
+        kwargs: arguments from the spec string.
         source: fit on this target kind instead of the scored one, or None.
     """
 
