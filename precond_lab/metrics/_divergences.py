@@ -14,10 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from .._validation import FitNeedsDampingError
-from ..errors import NotPositiveDefiniteError
 from ..structures import Structure, check_spectrum
-from ..targets import Target
+from ..targets import Target, checked_eigenvalues
 from ._common import prepare, rotated_target_diagonal
 from ._registry import MetricSpec, register_metric
 
@@ -37,23 +35,7 @@ def _check_damping(damping):
 
 def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_rank: bool = True):
     """Eigenpairs of ``Σ``, checked PSD; full rank required when ``damping == 0``."""
-    spec = t.eigh(vectors=vectors)
-    mu = spec.values
-    if mu.size and float(jnp.min(mu)) < 0:
-        tol = 1e3 * float(jnp.finfo(mu.dtype).eps) * float(jnp.max(jnp.abs(mu)))
-        if float(jnp.min(mu)) < -tol:
-            raise NotPositiveDefiniteError(
-                f"the target is not positive semidefinite (eigenvalue {float(jnp.min(mu)):.3e});"
-                " Gaussian divergences are undefined. Are the weights right?"
-            )
-        mu = jnp.maximum(mu, 0.0)
-    if need_full_rank and spec.floor + damping == 0 and spec.rank < spec.dim:
-        raise FitNeedsDampingError(
-            f"the target Σ is singular (rank {spec.rank} < mn = {spec.dim}; e.g. fewer samples "
-            "than dimensions), so N(0, Σ) is degenerate and this divergence is infinite. "
-            "Pass damping > 0."
-        )
-    return mu, spec
+    return checked_eigenvalues(t.eigh(vectors=vectors), damping, need_full_rank)
 
 
 def _target_logdet(mu, dim, damping, floor=0.0):
@@ -117,7 +99,7 @@ def kl_scale(
     """The KL-optimal scalar ``c`` for ``c·S`` (forward direction).
 
     Without damping on the approximation it is the closed form
-    ``c = tr(S⁻¹(Σ+λI))/(mn)`` (theory.md A.5); otherwise a one-dimensional
+    ``c = tr(S⁻¹(Σ+λI))/(mn)``; otherwise a one-dimensional
     minimisation of the exact objective.
     """
     damping, approx_damping = _resolve(damping, approx_damping)
@@ -128,16 +110,19 @@ def kl_scale(
 
 
 def forward_kl_from_spectra(
-    values, delta, mu, dim, damping, approx_damping, rescale=False, floor=0.0
+    values, delta, mu, dim, damping, approx_damping, rescale=False, floor=0.0, logdet_x=None
 ):
-    """Forward KL from the approximation's eigenvalues ``D``, ``δ = diag(QᵀΣQ)`` and ``μ``.
+    """Forward KL from the approximation's eigenvalues ``D``, ``δ = diag(QᵀΣQ)`` and the
+    target's ``log det(Σ+λI)`` (``logdet_x``, e.g. :meth:`Target.logdet`), or its
+    eigenvalues ``μ`` when ``logdet_x`` is None.
 
     Shared by :func:`kl_divergence` and :func:`~precond_lab.metrics.score`.
     """
     check_spectrum(values, -1.0, approx_damping, "approximation")
     trace_term, logdet = _forward_terms(values, delta, damping, approx_damping)
     c = _forward_scale(values, delta, damping, approx_damping) if rescale else 1.0
-    logdet_x = float(_target_logdet(mu, dim, damping, floor))
+    if logdet_x is None:
+        logdet_x = float(_target_logdet(mu, dim, damping, floor))
     return 0.5 * (trace_term(c) - dim + logdet(c) - logdet_x)
 
 
@@ -197,9 +182,9 @@ def kl_divergence(
     if direction == "forward":
         values, delta = rotated_target_diagonal(t, s)
         check_spectrum(values, -1.0, approx_damping, "approximation")
-        mu, spec = _target_eigs(t, damping)
+        logdet_x = t.logdet(damping)  # a Cholesky of the Gram where possible
         kl = forward_kl_from_spectra(
-            values, delta, mu, dim, damping, approx_damping, rescale, spec.floor
+            values, delta, None, dim, damping, approx_damping, rescale, logdet_x=logdet_x
         )
         return jnp.asarray(kl, t.dtype)
 
@@ -253,7 +238,7 @@ def von_neumann_divergence(
     """``D_vN(X, Y) = tr(X log X − X log Y − X + Y)`` with ``X = Σ+λI``, ``Y = S+μI``.
 
     ``L ⊗ R / tr Σ`` (:func:`~precond_lab.estimators.shampoo_squared`) is its exact
-    minimiser over Kronecker products when ``λ = μ = 0`` (theory.md A.3). ``0 log 0 = 0``,
+    minimiser over Kronecker products when ``λ = μ = 0``. ``0 log 0 = 0``,
     so a singular target is fine; ``S + μI`` must be positive definite.
     """
     damping, approx_damping = _resolve(damping, approx_damping)

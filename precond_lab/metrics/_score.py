@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import FitNeedsDampingError
-from ._common import prepare, rotated_target_diagonal
+from ..structures import Diagonal
+from ._common import prepare
 from ._divergences import (
     _forward_scale,
     _resolve,
@@ -22,14 +23,14 @@ SCORE_NAMES = score_names()
 _KL_KEYS = ("kl", "kl_rescaled", "kl_scale")
 
 
-def _kl_terms(values, delta, mu, spec, t, damping, approx_damping) -> dict[str, float]:
-    """``kl``, ``kl_rescaled``, ``kl_scale`` from the spectra (``inf`` where X or Y is
-    singular, and then a NaN scale)."""
+def _kl_terms(values, delta, t, damping, approx_damping) -> dict[str, float]:
+    """``kl``, ``kl_rescaled``, ``kl_scale`` from the spectra and ``log det(Σ+λI)`` (``inf``
+    where X or Y is singular, and then a NaN scale)."""
     try:
-        _target_eigs(t, damping)  # raises if Σ + λI is singular
-        args = (values, delta, mu, t.dim, damping, approx_damping)
-        kl = forward_kl_from_spectra(*args, floor=spec.floor)
-        kl_r = forward_kl_from_spectra(*args, rescale=True, floor=spec.floor)
+        logdet_x = t.logdet(damping)  # raises if Σ + λI is singular; cached Gram, Cholesky
+        args = (values, delta, None, t.dim, damping, approx_damping)
+        kl = forward_kl_from_spectra(*args, logdet_x=logdet_x)
+        kl_r = forward_kl_from_spectra(*args, rescale=True, logdet_x=logdet_x)
         kl_c = _forward_scale(values, delta, damping, approx_damping)
     except FitNeedsDampingError:  # X or Y singular: the divergence is +∞
         kl = kl_r = float("inf")
@@ -59,18 +60,21 @@ def score(
     center=False,
     chunk_size=None,
     metrics=None,
-) -> dict[str, float]:
+):
     """Every forward metric of ``approx`` against ``target``, in one pass over the samples.
 
     With the eigen form ``S = Q diag(D) Qᵀ`` and ``δ = diag(QᵀΣQ)`` (the one pass),
     ``⟨Σ, S⟩ = Σ δ·D``, ``‖S‖ = ‖D‖``, ``tr(Y⁻¹X)`` and ``tr(X log Y)`` are sums over
-    ``(D, δ)``; ``‖Σ‖_F`` and the target's spectrum are cached on the target. Build the
-    target once (``SampleTarget(G)``) to score many approximations cheaply.
+    ``(D, δ)``; ``‖Σ‖_F``, ``log det(Σ+λI)`` and the target's spectrum come from one
+    weighted Gram matrix cached on the target. Build the target once
+    (``SampleTarget(G)``, ``FactoredTarget(δ, a)``) to score many approximations cheaply;
+    ``approx`` may be a list of structures, scored with one pass over the samples for all
+    of them (then a list of dicts is returned).
 
     ``metrics`` (default: all of :data:`SCORE_NAMES`) names the keys wanted; the target's
-    spectrum (an eigendecomposition of its Gram matrix) is computed only when a KL or von
-    Neumann key is asked for, the KL terms only for KL keys. The values do not depend on
-    which others are asked for.
+    spectrum (eigenvalues of its Gram matrix) is computed only when the von Neumann key
+    is asked for, ``log det(Σ+λI)`` (one Cholesky when ``λ > 0``) only for KL keys. The
+    values do not depend on which others are asked for.
 
     Returns:
         A dict with the keys of :data:`SCORE_NAMES` (or those of ``metrics``): ``cosine``,
@@ -80,15 +84,31 @@ def score(
         where ``Σ+λI`` or ``S+μI`` is singular, as the divergence is infinite there, and
         then ``kl_scale`` is NaN) and ``von_neumann`` (``inf`` for a singular ``S+μI``).
         An indefinite approximation raises ``ValueError``. All values agree with the
-        individual metric functions.
+        individual metric functions. A list of such dicts for a list ``approx``.
     """
     wanted = SCORE_NAMES if metrics is None else tuple(metrics)
     unknown = [k for k in wanted if k not in SCORE_NAMES]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; score() computes {', '.join(SCORE_NAMES)}")
     damping, approx_damping = _resolve(damping, approx_damping)
-    t, s = prepare(target, approx, weights, center, chunk_size)
-    values, delta = rotated_target_diagonal(t, s)
+    many = isinstance(approx, (list, tuple))
+    approxes = list(approx) if many else [approx]
+    if not approxes:
+        return []
+    t, _ = prepare(target, approxes[0], weights, center, chunk_size)
+    pairs = [prepare(t, s)[1].eigen() for s in approxes]
+    bases = [
+        (None, None) if isinstance(e, Diagonal) else (e.left_basis, e.right_basis) for e in pairs
+    ]
+    deltas = t.rotated_diagonals(bases)
+    out = [
+        _score_one(t, e.values, delta, wanted, damping, approx_damping)
+        for e, delta in zip(pairs, deltas, strict=True)
+    ]
+    return out if many else out[0]
+
+
+def _score_one(t, values, delta, wanted, damping, approx_damping) -> dict[str, float]:
     d = np.asarray(values, np.float64).ravel()
     dl = np.asarray(delta, np.float64).ravel()
     inner = float(d @ dl)
@@ -102,12 +122,9 @@ def score(
         "relative_frobenius_rescaled": float(np.sqrt(max(1.0 - cosine**2, 0.0))),
         "frobenius_scale": inner / norm_s**2,
     }
-    want_kl = any(k in wanted for k in _KL_KEYS)
-    if want_kl or "von_neumann" in wanted:
+    if any(k in wanted for k in _KL_KEYS):
+        out.update(_kl_terms(values, delta, t, damping, approx_damping))
+    if "von_neumann" in wanted:
         mu, spec = _target_eigs(t, damping, need_full_rank=False)
-        terms = (values, delta, mu, spec, t, damping, approx_damping)
-        if want_kl:
-            out.update(_kl_terms(*terms))
-        if "von_neumann" in wanted:
-            out["von_neumann"] = _von_neumann_term(*terms)
+        out["von_neumann"] = _von_neumann_term(values, delta, mu, spec, t, damping, approx_damping)
     return {k: out[k] for k in wanted}

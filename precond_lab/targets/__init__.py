@@ -29,7 +29,7 @@ All expose the same primitives:
 
 from __future__ import annotations
 
-from ._base import DampedTarget, Spectrum, Target, check_weights
+from ._base import DampedTarget, Spectrum, Target, check_weights, checked_eigenvalues
 from ._dense import DenseTarget
 from ._sample import _CHUNK_BYTES, SampleTarget  # noqa: F401  (_CHUNK_BYTES: the benchmark)
 
@@ -41,6 +41,7 @@ __all__ = [
     "Spectrum",
     "as_target",
     "check_weights",
+    "checked_eigenvalues",
 ]
 
 

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_finite, check_float_dtype
+from .._validation import FitNeedsDampingError, check_finite, check_float_dtype
+from ..errors import NotPositiveDefiniteError
 from ..structures import Structure
 
-__all__ = ["Target", "DampedTarget", "Spectrum", "check_weights"]
+__all__ = ["Target", "DampedTarget", "Spectrum", "bucket", "check_weights", "checked_eigenvalues"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +82,27 @@ class Target:
     def frobenius_norm(self) -> jax.Array:
         raise NotImplementedError
 
+    def rotated_diagonals(self, bases) -> list[jax.Array]:
+        """:meth:`rotated_diagonal` for several ``(qa, qb)`` pairs (one pass where the
+        target streams its samples)."""
+        return [self.rotated_diagonal(qa, qb) for qa, qb in bases]
+
     def eigh(self, vectors: bool = False) -> Spectrum:
         """Non-zero eigenvalues (and optionally eigenvectors), descending."""
         raise NotImplementedError
+
+    def logdet(self, damping: float = 0.0) -> float:
+        """``log det(Σ + λI)`` (``λ ≥ 0``), from the spectrum unless a cheaper route exists.
+
+        Raises:
+            NotPositiveDefiniteError: if ``Σ`` is indefinite (negative weights).
+            FitNeedsDampingError: if ``Σ + λI`` is singular.
+        """
+        mu, spec = checked_eigenvalues(self.eigh(), damping)
+        logdet = float(jnp.sum(jnp.log(mu + damping)))
+        if spec.dim > spec.rank:
+            logdet += (spec.dim - spec.rank) * float(np.log(spec.floor + damping))
+        return logdet
 
     def to_dense(self) -> jax.Array:
         """The explicit ``(mn, mn)`` matrix: for references and small sizes only."""
@@ -154,6 +173,12 @@ class DampedTarget(Target):
         sq = self.base.frobenius_norm() ** 2 + 2 * lam * self.base.trace() + lam**2 * self.dim
         return jnp.sqrt(sq)
 
+    def rotated_diagonals(self, bases):
+        return [d + self.damping for d in self.base.rotated_diagonals(bases)]
+
+    def logdet(self, damping: float = 0.0) -> float:
+        return self.base.logdet(damping + self.damping)
+
     def eigh(self, vectors: bool = False) -> Spectrum:
         spec = self.base.eigh(vectors)
         return Spectrum(
@@ -176,6 +201,40 @@ def _truncate_rank(values, vectors, dim, dtype, size):
     vals = jnp.asarray(values[keep], dtype=dtype)
     vecs = None if vectors is None else vectors[idx]
     return vals, vecs
+
+
+def bucket(count: int) -> int:
+    """``count`` rounded up to ``k·2^e`` with ``8 ≤ k ≤ 16`` (at most 1/8 more; exact up to
+    16): sample counts in one bucket share array shapes, so a new ``N`` does not
+    recompile the kernels."""
+    shift = max(0, (count - 1).bit_length() - 4)
+    return -(-count >> shift) << shift
+
+
+def checked_eigenvalues(spec: Spectrum, damping: float, need_full_rank: bool = True):
+    """``(μ, spec)``: the spectrum's values checked PSD (round-off negatives clipped to 0);
+    full rank required when ``need_full_rank`` and ``floor + damping == 0``.
+
+    Raises:
+        NotPositiveDefiniteError: for an eigenvalue clearly below zero.
+        FitNeedsDampingError: for a singular ``Σ + λI`` when full rank is needed.
+    """
+    mu = spec.values
+    if mu.size and float(jnp.min(mu)) < 0:
+        tol = 1e3 * float(jnp.finfo(mu.dtype).eps) * float(jnp.max(jnp.abs(mu)))
+        if float(jnp.min(mu)) < -tol:
+            raise NotPositiveDefiniteError(
+                f"the target is not positive semidefinite (eigenvalue {float(jnp.min(mu)):.3e});"
+                " Gaussian divergences are undefined. Are the weights right?"
+            )
+        mu = jnp.maximum(mu, 0.0)
+    if need_full_rank and spec.floor + damping == 0 and spec.rank < spec.dim:
+        raise FitNeedsDampingError(
+            f"the target Σ is singular (rank {spec.rank} < mn = {spec.dim}; e.g. fewer samples "
+            "than dimensions), so N(0, Σ) is degenerate and this divergence is infinite. "
+            "Pass damping > 0."
+        )
+    return mu, spec
 
 
 def check_weights(weights, count, dtype):

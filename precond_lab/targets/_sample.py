@@ -10,7 +10,8 @@ import numpy as np
 
 from .._validation import NonFiniteError, check_float_dtype
 from ..structures import Structure
-from ._base import Spectrum, Target, _truncate_rank, check_weights
+from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
+from ._gram import Gram
 from ._kernels import (
     _k_combine,
     _k_cov,
@@ -31,6 +32,7 @@ __all__ = ["SampleTarget"]
 
 _CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default
 _MIN_CHUNK = 32  # ... but at least this many samples, so large layers keep large products
+_GRAM_BYTES = 1 << 31  # keep the Gram matrix in memory up to 2 GiB
 
 
 class SampleTarget(Target):
@@ -76,7 +78,8 @@ class SampleTarget(Target):
             chunk_size = max(_MIN_CHUNK, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        self.chunk_size = int(math.ceil(min(int(chunk_size), self.num_samples) / ndev) * ndev)
+        size = min(int(chunk_size), bucket(self.num_samples))  # a new N reuses compiled kernels
+        self.chunk_size = int(math.ceil(size / ndev) * ndev)
         if self.shard:
             mesh = jax.sharding.Mesh(np.array(self._devices), ("sample",))
             self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("sample"))
@@ -173,6 +176,26 @@ class SampleTarget(Target):
         qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
         return self._reduce(_k_rotdiag, qa, qb)
 
+    def rotated_diagonals(self, bases):
+        """``diag(QᵀΣQ)`` for every ``(qa, qb)`` in ``bases`` from one pass over the samples."""
+        m, n = self.shape
+        eye_m, eye_n = jnp.eye(m, dtype=self.dtype), jnp.eye(n, dtype=self.dtype)
+        args = [
+            None
+            if qa is None and qb is None
+            else (
+                eye_m if qa is None else jnp.asarray(qa, self.dtype),
+                eye_n if qb is None else jnp.asarray(qb, self.dtype),
+            )
+            for qa, qb in bases
+        ]
+        totals = [None] * len(args)
+        for _, g, w in self.chunks():
+            for i, qs in enumerate(args):
+                part = _k_diag(g, w) if qs is None else _k_rotdiag(g, w, *qs)
+                totals[i] = part if totals[i] is None else totals[i] + part
+        return totals
+
     def trace(self):
         if self._trace is None:
             self._first_pass(center=False)
@@ -184,16 +207,25 @@ class SampleTarget(Target):
         return self._reduce(_k_trace_product, s)
 
     def frobenius_norm(self):
-        """``‖Σ‖_F = sqrt(Σ_kl w_k w_l ⟨G_k, G_l⟩²)``, from blocks of the Gram matrix.
-
-        Streams over pairs of chunks (``O(num_chunks²)`` reads), never storing the Gram.
-        Cached: a target is immutable.
-        """
+        """``‖Σ‖_F``: from the cached Gram matrix when it fits in ``_GRAM_BYTES``, else
+        streamed over pairs of chunks (``O(num_chunks²)`` reads, never storing the Gram).
+        Cached: a target is immutable."""
         if "frobenius" not in self._cache:
-            self._cache["frobenius"] = self._frobenius_norm()
+            if self._gram_fits():
+                sq = self.gram().frobenius_sq()
+                self._cache["frobenius"] = jnp.asarray(np.sqrt(max(sq, 0.0)), self.dtype)
+            else:
+                self._cache["frobenius"] = self._frobenius_streamed()
         return self._cache["frobenius"]
 
-    def _frobenius_norm(self):
+    def _gram_fits(self) -> bool:
+        rows = self._regular_chunks() * self.chunk_size
+        return rows * rows * self.dtype.itemsize <= _GRAM_BYTES
+
+    def _regular_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_size)
+
+    def _frobenius_streamed(self):
         total = 0.0
         for i in range(self.num_chunks):
             _, ga, wa = self.chunk(i)
@@ -202,70 +234,68 @@ class SampleTarget(Target):
                 total = total + (1.0 if i == j else 2.0) * _k_frob_block(ga, wa, gb, wb)
         return jnp.sqrt(jnp.maximum(total, 0.0))
 
-    def gram(self) -> tuple[jax.Array, jax.Array]:
-        """The Gram matrix ``K_kl = ⟨G_k, G_l⟩`` over all blocks (padding included) and weights.
+    def gram(self) -> Gram:
+        """The weighted Gram matrix of the samples (padding rows included, weight 0), once.
 
         Streams over block pairs ``i ≤ j`` (two chunks in memory at a time) and fills the
-        symmetric result on the host, so the samples are never held twice.
+        symmetric host array, so the samples are never held twice. Centering is part of
+        the weighting (:class:`~precond_lab.targets._gram.Gram`), not an extra sample.
         """
-        sizes = [self.chunk_size] * (self.num_chunks - (self._extra is not None))
-        if self._extra is not None:
-            sizes.append(1)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        out = np.zeros((offsets[-1], offsets[-1]), dtype=self.dtype)
-        ws = []
-        for i in range(self.num_chunks):
-            _, ga, wa = self.chunk(i)
-            ws.append(wa)
-            for j in range(i, self.num_chunks):
-                _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
-                block = np.asarray(_k_gram(ga, gb))
-                out[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]] = block
-                out[offsets[j] : offsets[j + 1], offsets[i] : offsets[i + 1]] = block.T
-        return jnp.asarray(out), jnp.concatenate(ws)
+        if "gram" not in self._cache:
+            chunks = self._regular_chunks()
+            c = self.chunk_size
+            out = np.empty((chunks * c, chunks * c), dtype=self.dtype)
+            ws = []
+            for i in range(chunks):
+                _, ga, wa = self.chunk(i)
+                ws.append(np.asarray(wa))
+                for j in range(i, chunks):
+                    _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
+                    block = np.asarray(_k_gram(ga, gb))
+                    out[i * c : (i + 1) * c, j * c : (j + 1) * c] = block
+                    out[j * c : (j + 1) * c, i * c : (i + 1) * c] = block.T
+            self._cache["gram"] = Gram(out, np.concatenate(ws), self._extra is not None)
+        return self._cache["gram"]
+
+    def _sample_space(self) -> bool:
+        m, n = self.shape
+        return self._regular_chunks() * self.chunk_size <= m * n
 
     def eigh(self, vectors: bool = False) -> Spectrum:
-        """Non-zero eigenpairs, on the smaller of sample space and parameter space (cached)."""
+        """Non-zero eigenpairs, on the smaller of sample space and parameter space (cached;
+        eigenvalues only unless ``vectors``)."""
         key = ("eigh", True) if ("eigh", True) in self._cache else ("eigh", vectors)
         if key not in self._cache:
             self._cache[key] = self._eigh(vectors)
         return self._cache[key]
 
+    def logdet(self, damping: float = 0.0) -> float:
+        """``log det(Σ + λI)``: one Cholesky of the weighted Gram when ``λ > 0``, the
+        weights are ≥ 0 and there are fewer samples than ``mn``; else from the spectrum."""
+        if damping > 0 and self._sample_space():
+            value = self.gram().logdet(float(damping), self.dim)
+            if value is not None:
+                return value
+        return super().logdet(damping)
+
     def _eigh(self, vectors: bool) -> Spectrum:
         m, n = self.shape
         d = m * n
-        if self.num_chunks * self.chunk_size <= d:
-            return self._eigh_sample_space(vectors)
+        if self._sample_space():
+            mu, coef = self.gram().spectrum(vectors)
+            vecs = None
+            if vectors:
+                coef = jnp.asarray(coef, self.dtype)
+                vecs, c = None, self.chunk_size
+                for i in range(self._regular_chunks()):
+                    _, g, _ = self.chunk(i)
+                    part = _k_combine(g, coef[i * c : (i + 1) * c])
+                    vecs = part if vecs is None else vecs + part
+            return Spectrum(jnp.asarray(mu, self.dtype), vecs, d)
         cov = self._reduce(_k_cov)
         vals, vecs = jnp.linalg.eigh(0.5 * (cov + cov.T))
         vecs = vecs.T.reshape(d, m, n) if vectors else None
         vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
-        return Spectrum(vals, vecs, d)
-
-    def _eigh_sample_space(self, vectors: bool) -> Spectrum:
-        """Eigenpairs of ``Σ = Xᵀ W X`` from the Gram ``K = X Xᵀ`` (any sign of weights).
-
-        ``K = U κ Uᵀ`` gives ``X = U √κ Pᵀ`` with orthonormal ``P``, so
-        ``Σ = P (√κ Uᵀ W U √κ) Pᵀ``: the eigenvalues are those of the small symmetric
-        middle matrix ``M = Z μ Zᵀ``, the eigenvectors ``P Z = Xᵀ U κ^{-1/2} Z``.
-        """
-        m, n = self.shape
-        d = m * n
-        k, w = self.gram()
-        kappa, u = jnp.linalg.eigh(0.5 * (k + k.T))
-        keep = np.asarray(kappa > 10 * k.shape[0] * jnp.finfo(self.dtype).eps * jnp.max(kappa))
-        u, s = u[:, keep], jnp.sqrt(kappa[keep])
-        mid = (s[:, None] * (u.T * w[None, :]) @ u) * s[None, :]
-        mu, z = jnp.linalg.eigh(0.5 * (mid + mid.T))
-        vecs = None
-        if vectors:
-            coef = (u / s[None, :]) @ z  # (blocks' rows, r): padding rows have K = 0
-            vecs, pos = None, 0
-            for _, g, _ in self.chunks():
-                part = _k_combine(g, coef[pos : pos + g.shape[0]])
-                vecs = part if vecs is None else vecs + part
-                pos += g.shape[0]
-        vals, vecs = _truncate_rank(mu, vecs, d, self.dtype, k.shape[0])
         return Spectrum(vals, vecs, d)
 
     def to_dense(self):
