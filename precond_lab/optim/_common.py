@@ -204,11 +204,15 @@ class ScaleDecayState(NamedTuple):
     count: jax.Array
 
 
-def scale_and_decay(learning_rate: Any, weight_decay: float) -> optax.GradientTransformation:
+def scale_and_decay(
+    learning_rate: Any, weight_decay: float, *, skip_first: bool = False
+) -> optax.GradientTransformation:
     """``W ← W − η·U`` followed by decoupled weight decay on the updated weights.
 
     The reference codes of KL-Shampoo and SOAP decay *after* the step,
-    ``W ← (W − ηU) − η·wd·(W − ηU)``; ``learning_rate`` may be an optax schedule.
+    ``W ← (W − ηU) − η·wd·(W − ηU)``; ``learning_rate`` may be an optax schedule. With
+    ``skip_first`` the first call (an initialising call of KL-Shampoo, KL-SOAP or SOAP, which
+    the reference codes skip entirely) does not decay either.
     """
     wd = float(weight_decay)
 
@@ -222,7 +226,8 @@ def scale_and_decay(learning_rate: Any, weight_decay: float) -> optax.GradientTr
         if wd:
             if params is None:
                 raise ValueError("weight decay needs the params: call update(g, state, params)")
-            new = jax.tree.map(lambda u, p: u - lr * wd * (p + u), new, params)
+            decay = lr * wd if not skip_first else jnp.where(state.count == 0, 0.0, lr * wd)
+            new = jax.tree.map(lambda u, p: u - decay * (p + u), new, params)
         return new, ScaleDecayState(optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init, update)

@@ -331,7 +331,7 @@ def scale_by_kl_soap(
 
 
 def _wrap(direction, learning_rate, b1, b2, eps, weight_decay, labels, max_dim, fallback):
-    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay))
+    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay, skip_first=True))
     if fallback is None:
         fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)

@@ -315,7 +315,7 @@ def soap(
     """
     beta = b2 if shampoo_beta is None else shampoo_beta
     direction = scale_by_soap(b1=b1, b2=b2, shampoo_beta=beta, eps=eps, **kwargs)
-    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay))
+    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay, skip_first=True))
     if fallback is None:
         fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)

@@ -1,0 +1,270 @@
+"""Direct NumPy transcriptions (float64) of the optimisers' update rules, written from the
+papers' equations and the reference codes, independent of ``precond_lab.optim``'s mode code."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def eig_desc(s):
+    _, q = np.linalg.eigh(0.5 * (s + s.T))
+    return q[:, ::-1]
+
+
+def clamp(lam, d, on=True, max_clamp=4000):
+    if not on:
+        return lam
+    cap = max(10.0, min(float(d), float(max_clamp)))
+    return np.maximum(lam, 1.0 / cap**2)
+
+
+def trace_power_shampoo(
+    w,
+    grads,
+    *,
+    q=0.0,
+    lr,
+    b1=0.9,
+    beta=0.98,
+    eps=1e-8,
+    wd=0.01,
+    T=10,
+    init=0.1,
+    clamp_on=True,
+    damping=0.0,
+):
+    """KL-Shampoo (q = 0) / trace-power Shampoo on a matrix; returns W after every step."""
+    w = w.copy()
+    m, n = w.shape
+    out = []
+    for k, g in enumerate(grads):
+        if k == 0:  # first call: statistics, eigh bases, λ = init; no update
+            sa, sb = (1 - beta) / n * g @ g.T, (1 - beta) / m * g.T @ g
+            qa, qb = eig_desc(sa), eig_desc(sb)
+            la, lb = np.full(m, init), np.full(n, init)
+            mom = np.zeros_like(g)
+            out.append(w.copy())
+            continue
+        t = k
+        mom = b1 * mom + (1 - b1) * g
+        u = qa @ ((qa.T @ mom @ qb) / (np.sqrt(np.outer(la, lb)) + eps)) @ qb.T
+        pow_b = qb @ np.diag(lb ** (q - 1)) @ qb.T  # Ŝ_b^{q−1}
+        pow_a = qa @ np.diag(la ** (q - 1)) @ qa.T
+        stat_a = g @ pow_b @ g.T / np.sum(lb**q)
+        stat_b = g.T @ pow_a @ g / np.sum(la**q)
+        ta = np.diag(qa.T @ stat_a @ qa) + damping * np.mean(1 / lb)
+        tb = np.diag(qb.T @ stat_b @ qb) + damping * np.mean(1 / la)
+        sa, sb = beta * sa + (1 - beta) * stat_a, beta * sb + (1 - beta) * stat_b
+        la = clamp(beta * la + (1 - beta) * ta, m, clamp_on)
+        lb = clamp(beta * lb + (1 - beta) * tb, n, clamp_on)
+        if t % T == 0:
+            qa, qb = np.linalg.qr(sa @ qa)[0], np.linalg.qr(sb @ qb)[0]
+        w = w - lr * u
+        w = w - lr * wd * w
+        out.append(w.copy())
+    return out
+
+
+def kl_soap(w, grads, *, lr, b1=0.9, b2=0.98, beta=0.98, eps=1e-8, wd=0.01, T=10, init=0.1):
+    """KL-SOAP on a matrix: Adam in the KL eigenbasis, no bias correction."""
+    w = w.copy()
+    m, n = w.shape
+    out = []
+    for k, g in enumerate(grads):
+        if k == 0:
+            sa, sb = (1 - beta) / n * g @ g.T, (1 - beta) / m * g.T @ g
+            qa, qb = eig_desc(sa), eig_desc(sb)
+            la, lb = np.full(m, init), np.full(n, init)
+            mu, nu = np.zeros_like(g), np.zeros_like(g)
+            out.append(w.copy())
+            continue
+        gp = qa.T @ g @ qb
+        mu = b1 * mu + (1 - b1) * gp
+        nu = b2 * nu + (1 - b2) * gp**2
+        u = qa @ (mu / (np.sqrt(nu) + eps)) @ qb.T
+        sb_inv = qb @ np.diag(1 / lb) @ qb.T
+        sa_inv = qa @ np.diag(1 / la) @ qa.T
+        ta = np.diag(qa.T @ g @ sb_inv @ g.T @ qa) / n
+        tb = np.diag(qb.T @ g.T @ sa_inv @ g @ qb) / m
+        sa = beta * sa + (1 - beta) / n * g @ sb_inv @ g.T
+        sb = beta * sb + (1 - beta) / m * g.T @ sa_inv @ g
+        la, lb = clamp(beta * la + (1 - beta) * ta, m), clamp(beta * lb + (1 - beta) * tb, n)
+        if k % T == 0:
+            full = qa @ mu @ qb.T
+            qa, qb = np.linalg.qr(sa @ qa)[0], np.linalg.qr(sb @ qb)[0]
+            mu = qa.T @ full @ qb
+        w = w - lr * u
+        w = w - lr * wd * w
+        out.append(w.copy())
+    return out
+
+
+def soap(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
+    """SOAP on a matrix (Adam in Shampoo's eigenbasis with bias correction)."""
+    w = w.copy()
+    out = []
+    for k, g in enumerate(grads):
+        if k == 0:
+            sa, sb = (1 - beta) * g @ g.T, (1 - beta) * g.T @ g
+            qa, qb = eig_desc(sa), eig_desc(sb)
+            mu, nu = np.zeros_like(g), np.zeros_like(g)
+            out.append(w.copy())
+            continue
+        gp = qa.T @ g @ qb
+        mu = b1 * mu + (1 - b1) * gp
+        nu = b2 * nu + (1 - b2) * gp**2
+        step = lr * np.sqrt(1 - b2**k) / (1 - b1**k)
+        u = qa @ (mu / (np.sqrt(nu) + eps)) @ qb.T
+        w = w - step * u
+        w = w - lr * wd * w
+        sa, sb = beta * sa + (1 - beta) * g @ g.T, beta * sb + (1 - beta) * g.T @ g
+        if k % T == 0:
+            full = qa @ mu @ qb.T
+            qa, qb = np.linalg.qr(sa @ qa)[0], np.linalg.qr(sb @ qb)[0]
+            mu = qa.T @ full @ qb
+        out.append(w.copy())
+    return out
+
+
+def _inv_root(s, p, damping):
+    e, q = np.linalg.eigh(0.5 * (s + s.T))
+    return q @ np.diag((np.maximum(e, 0) + damping) ** (-p)) @ q.T
+
+
+def shampoo(
+    w, grads, *, lr, p=0.5, b1=0.9, b2=0.95, graft=True, eps=1e-8, damping=1e-12, T=10, wd=0.0
+):
+    """Shampoo ``L^{-p} M̂ R^{-p}`` with optional Adam grafting, roots every T steps."""
+    w = w.copy()
+    m, n = w.shape
+    ll, rr = np.zeros((m, m)), np.zeros((n, n))
+    mom, nu = np.zeros((m, n)), np.zeros((m, n))
+    out = []
+    for k, g in enumerate(grads):
+        t = k + 1
+        mom = b1 * mom + (1 - b1) * g
+        ll, rr = b2 * ll + (1 - b2) * g @ g.T, b2 * rr + (1 - b2) * g.T @ g
+        if (t - 1) % T == 0:
+            lr_root, rr_root = _inv_root(ll, p, damping), _inv_root(rr, p, damping)
+        m_hat = mom / (1 - b1**t)
+        d = lr_root @ m_hat @ rr_root
+        if graft:
+            nu = b2 * nu + (1 - b2) * g**2
+            adam = m_hat / (np.sqrt(nu / (1 - b2**t)) + eps)
+            d = d * np.linalg.norm(adam) / np.linalg.norm(d)
+        w = w - lr * d
+        w = w - lr * wd * w
+        out.append(w.copy())
+    return out
+
+
+def if_shampoo(
+    w,
+    grads,
+    *,
+    lr,
+    batch,
+    beta2=0.01,
+    alpha1=0.9,
+    alpha2=0.5,
+    lam=1e-3,
+    kappa=0.0,
+    T=1,
+    init_scale=1.0,
+    normalize=True,
+    c0=None,
+    k0=None,
+    mc0=None,
+    mk0=None,
+):
+    """IF-Shampoo on a ``d_o×d_i`` matrix (preconditioner ``CCᵀ ⊗ KKᵀ``); also returns the state."""
+    w = w.copy()
+    d_o, d_i = w.shape
+    c = init_scale * np.eye(d_o) if c0 is None else c0.copy()
+    kk = init_scale * np.eye(d_i) if k0 is None else k0.copy()
+    mc = np.zeros((d_o, d_o)) if mc0 is None else mc0.copy()
+    mk = np.zeros((d_i, d_i)) if mk0 is None else mk0.copy()
+    mom = np.zeros_like(w)
+    out = []
+    for step, g in enumerate(grads):
+        if step % T == 0:
+            tc = (
+                c.T @ (batch * g @ kk @ kk.T @ g.T) @ c
+                + lam * np.trace(kk.T @ kk) * c.T @ c
+                - d_i * np.eye(d_o)
+            ) / (2 * d_i)
+            tk = (
+                kk.T @ (batch * g.T @ c @ c.T @ g) @ kk
+                + lam * np.trace(c.T @ c) * kk.T @ kk
+                - d_o * np.eye(d_i)
+            ) / (2 * d_o)
+            mc, mk = alpha2 * mc + (1 - alpha2) * tc, alpha2 * mk + (1 - alpha2) * tk
+            sc = beta2 / max(1.0, np.linalg.norm(mc)) if normalize else beta2
+            sk = beta2 / max(1.0, np.linalg.norm(mk)) if normalize else beta2
+            c, kk = c @ (np.eye(d_o) - sc * mc), kk @ (np.eye(d_i) - sk * mk)
+        d = c @ c.T @ g @ kk @ kk.T + kappa * w
+        mom = alpha1 * mom + d
+        w = w - lr * mom
+        out.append(w.copy())
+    return out, (c, kk, mc, mk)
+
+
+def rf_rmsprop(w, grads, *, lr, batch, beta2=0.01, alpha1=0.9, lam=1e-4, kappa=0.0, s0=1.0):
+    """RF-RMSProp: ``s ← (1−β₂)s + β₂·B·g²`` from ``s₀``, step ``g/(s+λ)``."""
+    w = w.copy()
+    s = np.full_like(w, s0)
+    mom = np.zeros_like(w)
+    out = []
+    for g in grads:
+        s = (1 - beta2) * s + beta2 * batch * g * g
+        mom = alpha1 * mom + g / (s + lam) + kappa * w
+        w = w - lr * mom
+        out.append(w.copy())
+    return out
+
+
+def kl_shampoo_3d(w, grads, *, lr, b1=0.9, beta=0.98, eps=1e-8, wd=0.01, T=10, init=0.1):
+    """KL-Shampoo's tensor rule on a 3-D tensor with dense Kronecker products (row-major vec)."""
+    w = w.copy()
+    dims = w.shape
+
+    def unfold(x, j):
+        return np.moveaxis(x, j, 0).reshape(dims[j], -1)
+
+    def kron_others(mats, j):
+        out = np.ones((1, 1))
+        for i, a in enumerate(mats):
+            if i != j:
+                out = np.kron(out, a)
+        return out
+
+    out = []
+    for k, g in enumerate(grads):
+        if k == 0:
+            total = g.size
+            fs = [(1 - beta) * dims[j] / total * unfold(g, j) @ unfold(g, j).T for j in range(3)]
+            qs = [eig_desc(f) for f in fs]
+            ls = [np.full(d, init) for d in dims]
+            mom = np.zeros_like(g)
+            out.append(w.copy())
+            continue
+        mom = b1 * mom + (1 - b1) * g
+        qfull = np.kron(np.kron(qs[0], qs[1]), qs[2])
+        lam = np.kron(np.kron(ls[0], ls[1]), ls[2])
+        u = (qfull @ ((qfull.T @ mom.ravel()) / (np.sqrt(lam) + eps))).reshape(dims)
+        invs = [q @ np.diag(1 / lv) @ q.T for q, lv in zip(qs, ls, strict=True)]
+        new_f, new_l = [], []
+        for j in range(3):
+            d_other = g.size // dims[j]
+            stat = unfold(g, j) @ kron_others(invs, j) @ unfold(g, j).T / d_other
+            new_f.append(beta * fs[j] + (1 - beta) * stat)
+            new_l.append(
+                clamp(beta * ls[j] + (1 - beta) * np.diag(qs[j].T @ stat @ qs[j]), dims[j])
+            )
+        fs, ls = new_f, new_l
+        if k % T == 0:
+            qs = [np.linalg.qr(f @ q)[0] for f, q in zip(fs, qs, strict=True)]
+        w = w - lr * u
+        w = w - lr * wd * w
+        out.append(w.copy())
+    return out
