@@ -17,7 +17,7 @@ LAYERS = [
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics"},
-    {"capture", "online", "sweep"},
+    {"capture", "online", "sweep", "heldout"},
     {"optim"},
     {"train"},
     {"plotting", "evaluate", "demo"},

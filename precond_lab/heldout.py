@@ -1,0 +1,298 @@
+"""Split-sample (held-out) evaluation of second moments and their Kronecker fits.
+
+A target's samples are split into disjoint folds with second moments ``C_s``
+(:func:`split_folds`, :func:`split_target`). With the eigenpairs ``(λ_{s,i}, u_{s,i})``
+of a source fold (from the sample-space Gram matrix: never an ``mn × mn`` matrix), the
+finite-sample questions of Liu et al. (2026, §4–5) are the directional scales
+``uᵀ C' u = E'[⟨G, U⟩²]`` (per-sample products) of other folds along them:
+
+* held-out scale error ``ξ_i = log10(u_{s,i}ᵀ C_{s'} u_{s,i} / λ_{s,i})``
+  (:func:`heldout_scale_error`; positive: the source under-estimates direction ``i``);
+* held-out gain error of a fitted ``S`` (:func:`heldout_gain_error`): with ``h_i`` the
+  mean held-out scale along ``u_{0,i}`` and ``s_i = 1/(u_{0,i}ᵀ S⁻¹ u_{0,i})`` the
+  fit's scale there, ``e_i = p · log10(s_i / h_i)`` for the preconditioner power ``p``
+  (``p = −½``: ``e_i = ½ log10(h_i u_{0,i}ᵀ S⁻¹ u_{0,i})``, the paper's form);
+* recovery error of a few-sample or EMA fit ``Ŝ`` against its own large-sample fit
+  ``S_ref = Σ_j ω_j v_j v_jᵀ`` (:func:`recovery_error`):
+  ``γ_j = p · log10((1/v_jᵀ Ŝ⁻¹ v_j) / ω_j)``;
+* subspace overlap ``O(k) = ‖U_kᵀ V_k‖²_F / k`` of the leading ``k`` eigenvectors of a
+  target and of a Kronecker fit (:func:`subspace_overlap`).
+
+Results are ``xarray.DataArray`` objects with a ``direction`` (eigen-index, descending
+eigenvalue) dimension, or ``k`` for the overlap.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from .structures import Diagonal, Structure
+from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
+
+__all__ = [
+    "directional_scales",
+    "heldout_gain_error",
+    "heldout_scale_error",
+    "inverse_quadratic",
+    "recovery_error",
+    "source_directions",
+    "split_folds",
+    "split_target",
+    "subspace_overlap",
+]
+
+_METHODS = ("random", "batch")
+
+
+def split_folds(
+    num_samples: int,
+    num_folds: int,
+    *,
+    method: str = "random",
+    batch_size: int = 1,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Disjoint index sets covering ``range(num_samples)`` (equal sizes, remainder dropped).
+
+    Args:
+        num_samples: number of samples ``N``.
+        num_folds: number of folds ``K ≥ 2``.
+        method: ``"random"`` (a random permutation of samples, or of whole mini-batches
+            when ``batch_size > 1``) or ``"batch"`` (contiguous runs in capture order, so
+            consecutive mini-batches stay together).
+        batch_size: samples per mini-batch; folds never split a mini-batch.
+        seed: seed of the permutation (``"random"``).
+
+    Returns:
+        ``K`` sorted integer arrays of equal length.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
+    if int(num_folds) != num_folds or num_folds < 2:
+        raise ValueError(f"num_folds must be an integer ≥ 2; got {num_folds!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    num_batches = int(num_samples) // int(batch_size)
+    per_fold = num_batches // int(num_folds)
+    if per_fold < 1:
+        raise ValueError(
+            f"{num_samples} samples in batches of {batch_size} cannot fill {num_folds} folds"
+        )
+    order = np.arange(num_batches)
+    if method == "random":
+        order = np.random.default_rng(seed).permutation(num_batches)
+    folds = []
+    for f in range(int(num_folds)):
+        batches = np.sort(order[f * per_fold : (f + 1) * per_fold])
+        idx = (batches[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
+        folds.append(idx)
+    return folds
+
+
+def split_target(samples, num_folds: int, **kwargs) -> list[SampleTarget]:
+    """:func:`split_folds` of ``(N, m, n)`` samples (array or DataArray) into SampleTargets.
+
+    Each fold is an unweighted target (``1/N_fold``); keyword arguments go to
+    :func:`split_folds`.
+    """
+    num = int(np.shape(samples)[0])
+    return [SampleTarget(samples[idx]) for idx in split_folds(num, num_folds, **kwargs)]
+
+
+def _target(t) -> Target:
+    return t if isinstance(t, Target) else as_target(t)
+
+
+def directional_scales(target, directions) -> np.ndarray:
+    """``u_iᵀ Σ u_i`` for ``(k, m, n)`` directions, as per-sample products ``E[⟨G, U_i⟩²]``."""
+    t = _target(target)
+    u = jnp.asarray(directions, t.dtype)
+    if u.ndim != 3 or tuple(u.shape[1:]) != tuple(t.shape):
+        raise ValueError(
+            f"directions must be (k, m, n) = (k, {t.shape[0]}, {t.shape[1]}); got {u.shape}"
+        )
+    if isinstance(t, DampedTarget):
+        base = directional_scales(t.base, u)
+        return base + t.damping * np.asarray(jnp.sum(u * u, axis=(1, 2)), np.float64)
+    flat = u.reshape(u.shape[0], -1)
+    if isinstance(t, DenseTarget):
+        return np.asarray(jnp.einsum("ki,ij,kj->k", flat, t.to_dense(), flat), np.float64)
+    if not isinstance(t, SampleTarget):
+        raise TypeError(f"directional scales need a SampleTarget or DenseTarget; got {type(t)}")
+    out = jnp.zeros(u.shape[0], t.dtype)
+    for _, g, w in t.chunks():
+        p = g.reshape(g.shape[0], -1) @ flat.T
+        out = out + w @ (p * p)
+    return np.asarray(out, np.float64)
+
+
+def source_directions(source, num_directions: int | None = None):
+    """The leading ``(λ_i, U_i)`` of a fold (descending; from the Gram matrix).
+
+    Returns:
+        ``(values (k,), vectors (k, m, n))``.
+    """
+    spec = _target(source).eigh(vectors=True)
+    k = spec.rank if num_directions is None else min(int(num_directions), spec.rank)
+    return np.asarray(spec.values[:k], np.float64), spec.vectors[:k]
+
+
+def _direction_coords(values, name="source_eigenvalue"):
+    return {"direction": np.arange(len(values)), name: ("direction", np.asarray(values))}
+
+
+def heldout_scale_error(source, heldout, num_directions: int | None = None) -> xr.DataArray:
+    """Held-out scale error ``ξ_i = log10(u_iᵀ C' u_i / λ_i)`` along the source eigenvectors.
+
+    Args:
+        source: the source fold (Target or samples), giving ``(λ_i, u_i)``.
+        heldout: one held-out fold or a list of them (disjoint from the source).
+        num_directions: keep the leading ``k`` directions (default: all non-zero).
+
+    Returns:
+        DataArray ``(fold, direction)`` with coordinate ``source_eigenvalue``.
+    """
+    folds = heldout if isinstance(heldout, (list, tuple)) else [heldout]
+    values, vectors = source_directions(source, num_directions)
+    xi = np.stack([np.log10(directional_scales(h, vectors) / values) for h in folds])
+    return xr.DataArray(
+        xi,
+        dims=("fold", "direction"),
+        coords={"fold": np.arange(len(folds)), **_direction_coords(values)},
+        name="heldout_scale_error",
+        attrs={"long_name": "held-out scale error ξ", "units": "log10"},
+    )
+
+
+def inverse_quadratic(approx: Structure, directions, approx_damping: float = 0.0) -> np.ndarray:
+    """``u_iᵀ (S + μI)⁻¹ u_i`` for ``(k, m, n)`` directions, through ``S``'s eigen form."""
+    e = approx.eigen()
+    d = np.asarray(e.values, np.float64) + approx_damping
+    if np.min(d) <= 0:
+        raise ValueError(
+            f"the approximation is not positive definite (smallest eigenvalue {np.min(d):.3e});"
+            " its inverse gains are undefined — pass approx_damping > 0"
+        )
+    u = jnp.asarray(directions, e.values.dtype)
+    if isinstance(e, Diagonal):
+        rot = u
+    else:
+        rot = jnp.einsum("ai,kab,bj->kij", e.left_basis, u, e.right_basis)
+    return np.asarray(jnp.sum(rot * rot / d, axis=(1, 2)), np.float64)
+
+
+def heldout_gain_error(
+    source,
+    heldout,
+    approx: Structure,
+    *,
+    exponent: float = -0.5,
+    num_directions: int | None = None,
+    approx_damping: float = 0.0,
+) -> xr.DataArray:
+    """Held-out gain error ``e_i = p · log10(s_i / h_i)`` of a fit along source directions.
+
+    ``h_i`` is the mean held-out scale ``u_iᵀ C' u_i`` over the held-out folds and
+    ``s_i = 1/(u_iᵀ (S+μI)⁻¹ u_i)`` the fit's scale along ``u_i`` (exact for an
+    eigenvector of ``S``); ``p`` is the preconditioner's power (``−½``: the gain
+    ``S^{-1/2}``, and then ``e_i = ½ log10(h_i u_iᵀ S⁻¹ u_i)``).
+
+    Returns:
+        DataArray ``(direction,)`` with coordinates ``source_eigenvalue`` and
+        ``heldout_scale`` (``h_i``).
+    """
+    folds = heldout if isinstance(heldout, (list, tuple)) else [heldout]
+    values, vectors = source_directions(source, num_directions)
+    h = np.mean([directional_scales(f, vectors) for f in folds], axis=0)
+    fitted = 1.0 / inverse_quadratic(approx, vectors, approx_damping)
+    e = float(exponent) * np.log10(fitted / h)
+    return xr.DataArray(
+        e,
+        dims=("direction",),
+        coords={**_direction_coords(values), "heldout_scale": ("direction", h)},
+        name="heldout_gain_error",
+        attrs={"long_name": "held-out gain error e", "units": "log10", "exponent": exponent},
+    )
+
+
+def _kron_eigen(reference: Structure):
+    """Eigenpairs of a Kronecker-structured ``S_ref``: ``(ω, left index, right index)``."""
+    e = reference.eigen()
+    if isinstance(e, Diagonal):
+        raise TypeError("recovery error and overlap need a Kronecker-structured reference")
+    values = np.asarray(e.values, np.float64)
+    order = np.argsort(values.ravel())[::-1]
+    rows, cols = np.unravel_index(order, values.shape)
+    return e, values.ravel()[order], rows, cols
+
+
+def recovery_error(
+    approx: Structure,
+    reference: Structure,
+    *,
+    exponent: float = -0.5,
+    num_directions: int | None = None,
+    approx_damping: float = 0.0,
+) -> xr.DataArray:
+    """Recovery error ``γ_j = p · log10((1/v_jᵀ Ŝ⁻¹ v_j) / ω_j)`` of ``Ŝ`` against ``S_ref``.
+
+    ``(ω_j, v_j)`` are the eigenpairs of the (Kronecker) reference fit in descending
+    order, ``v_j = a_j ⊗ b_j``; ``p = −½`` gives the paper's ``½ log10(ω_j v_jᵀ Ŝ⁻¹ v_j)``.
+    ``v_jᵀ Ŝ⁻¹ v_j`` costs no ``mn × mn`` matrix: with ``Ŝ = Q̂ diag(D̂) Q̂ᵀ`` it is
+    ``Σ_kl (Q̂aᵀa_j)_k² (Q̂bᵀb_j)_l² / D̂_kl``.
+
+    Returns:
+        DataArray ``(direction,)`` with coordinate ``reference_eigenvalue``.
+    """
+    e_ref, omega, rows, cols = _kron_eigen(reference)
+    k = len(omega) if num_directions is None else min(int(num_directions), len(omega))
+    e_hat = approx.eigen()
+    d = np.asarray(e_hat.values, np.float64) + approx_damping
+    if np.min(d) <= 0:
+        raise ValueError(
+            f"the fit is not positive definite (smallest eigenvalue {np.min(d):.3e}); pass "
+            "approx_damping > 0"
+        )
+    if isinstance(e_hat, Diagonal):
+        pa = np.asarray(e_ref.left_basis, np.float64) ** 2  # (m, m): [k, i] = a_i[k]²
+        pb = np.asarray(e_ref.right_basis, np.float64) ** 2
+    else:
+        pa = np.asarray(e_hat.left_basis.T @ e_ref.left_basis, np.float64) ** 2
+        pb = np.asarray(e_hat.right_basis.T @ e_ref.right_basis, np.float64) ** 2
+    quad = pa.T @ (1.0 / d) @ pb  # [i, j] = v_ijᵀ Ŝ⁻¹ v_ij
+    q = quad[rows[:k], cols[:k]]
+    gamma = float(exponent) * np.log10(1.0 / (q * omega[:k]))
+    return xr.DataArray(
+        gamma,
+        dims=("direction",),
+        coords={"direction": np.arange(k), "reference_eigenvalue": ("direction", omega[:k])},
+        name="recovery_error",
+        attrs={"long_name": "recovery error γ", "units": "log10", "exponent": exponent},
+    )
+
+
+def subspace_overlap(target, approx: Structure, k_max: int | None = None) -> xr.DataArray:
+    """``O(k) = ‖U_kᵀ V_k‖²_F / k``: leading eigenvectors of a target vs of a Kronecker fit.
+
+    ``U_k`` are the target's leading ``k`` eigenvectors (from its Gram matrix), ``V_k``
+    the fit's (``a ⊗ b`` by descending eigenvalue); ``(U_kᵀV_k)_{ij} = a_jᵀ U_i b_j``.
+
+    Returns:
+        DataArray ``(k,)`` for ``k = 1 … k_max`` (default: the target's rank).
+    """
+    values, vectors = source_directions(target, k_max)
+    k = len(values)
+    e, _, rows, cols = _kron_eigen(approx)
+    rot = jnp.einsum("ai,kab,bj->kij", e.left_basis, jnp.asarray(vectors), e.right_basis)
+    m = np.asarray(rot, np.float64)[:, rows[:k], cols[:k]] ** 2  # (k, k): [i, j] = ⟨u_i, v_j⟩²
+    cum = np.cumsum(np.cumsum(m, axis=0), axis=1)
+    ks = np.arange(1, k + 1)
+    return xr.DataArray(
+        cum[ks - 1, ks - 1] / ks,
+        dims=("k",),
+        coords={"k": ks},
+        name="subspace_overlap",
+        attrs={"long_name": "subspace overlap O(k)"},
+    )
