@@ -31,11 +31,13 @@ from __future__ import annotations
 
 from ._base import DampedTarget, Spectrum, Target, check_weights, checked_eigenvalues
 from ._dense import DenseTarget
+from ._factored import FactoredTarget
 from ._sample import _CHUNK_BYTES, SampleTarget  # noqa: F401  (_CHUNK_BYTES: the benchmark)
 
 __all__ = [
     "Target",
     "SampleTarget",
+    "FactoredTarget",
     "DenseTarget",
     "DampedTarget",
     "Spectrum",
