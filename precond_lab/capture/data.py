@@ -30,6 +30,8 @@ import string
 
 import numpy as np
 
+from ..errors import NonFiniteError
+
 __all__ = ["Dataset", "load_dataset", "DATASETS", "from_arrays"]
 
 DATASETS = ("digits", "mnist", "binary-mnist", "mnist1d", "stdlib-chars", "teacher")
@@ -227,8 +229,20 @@ def load_dataset(name: str) -> Dataset:
     return _LOADERS[name]()
 
 
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if a.dtype.kind != "f" or not a.size or np.isfinite(a).all():
+        return
+    first = int(np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(1))[0])
+    raise NonFiniteError(f"{what} holds NaN or Inf (first at example index {first})")
+
+
 def from_arrays(x, y, *, loss: str, x_test=None, y_test=None, name: str = "user") -> Dataset:
-    """Wrap user arrays as a :class:`Dataset` (labels: int classes for CE, floats for MSE)."""
+    """Wrap user arrays as a :class:`Dataset` (labels: int classes for CE, floats for MSE).
+
+    Raises:
+        ValueError: unknown loss, empty or mismatched arrays, labels of the wrong kind.
+        NonFiniteError: an input or label holds NaN/Inf (the example index named).
+    """
     if loss not in ("cross_entropy", "mse"):
         raise ValueError(f"unknown loss {loss!r}; valid: cross_entropy, mse")
     x, y = np.asarray(x), np.asarray(y)
@@ -243,4 +257,8 @@ def from_arrays(x, y, *, loss: str, x_test=None, y_test=None, name: str = "user"
         out = y.shape[1]
     x_test = x[:0] if x_test is None else np.asarray(x_test)
     y_test = y[:0] if y_test is None else np.asarray(y_test)
+    for what, a in (("x", x), ("y", y), ("x_test", x_test), ("y_test", y_test)):
+        _check_finite(a, what)
+    if loss == "cross_entropy" and y.min() < 0:
+        raise ValueError(f"cross_entropy labels must be class indices ≥ 0; got min {y.min()}")
     return Dataset(name, x, y, x_test, y_test, loss, out, tuple(x.shape[1:]))

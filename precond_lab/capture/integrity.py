@@ -123,10 +123,19 @@ def check_step_finite(tree: xr.DataTree, step: int) -> None:
                 continue
             bad = ~np.isfinite(vals.reshape(vals.shape[0], -1)).all(1) if vals.ndim else [True]
             first = int(np.flatnonzero(bad)[0])
-            group = node.path.strip("/") or "step root"
+            group = node.path.strip("/")
+            layer = next(
+                (a.attrs["param_path"] for a in node.parents if "param_path" in a.attrs), None
+            )
+            if "param_path" in node.attrs:
+                where = f"layer {group!r}"
+            elif layer is not None:
+                where = f"layer {layer!r} (group {group!r})"
+            else:
+                where = f"group {group!r}" if group else "the step's own data"
             lead = f" at {var.dims[0]} index {first}" if var.dims else ""
             raise NonFiniteError(
-                f"step {step}: {group!r} quantity {name!r} holds NaN or Inf{lead}; the step was "
+                f"step {step}, {where}: quantity {name!r} holds NaN or Inf{lead}; the step was "
                 "not stored (earlier steps stay and a rerun resumes). Check the inputs, or lower "
                 "the learning rate if training diverged."
             )
