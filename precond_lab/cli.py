@@ -18,7 +18,21 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+def _check_output(path, what: str) -> None:
+    """Fail before any work if ``path`` cannot be written (missing or read-only folder)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: the folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{what}: the folder {folder} is not writable")
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_output(args.out, "--out")
     import jax
 
     jax.config.update("jax_enable_x64", not args.float32)
@@ -55,10 +69,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from .study import FAILS, reproduce
+    from .study import FAILS, reproduce, study_modules
 
     preset = "full" if args.full else "quick"
     only = [o for part in (args.only or []) for o in part.split(",") if o]
+    study_modules(only or None)  # unknown names fail here, before anything is written
+    for path, what in ((args.figures, "--figures"), (args.report, "--report")):
+        if path is not None:
+            _check_output(path if what == "--report" else f"{path}/x", what)
     records = reproduce(preset=preset, only=only or None, figdir=args.figures, report=args.report)
     errors = [r["name"] for r in records if r["error"]]
     verdicts = [v for r in records for v in r["verdicts"]]
@@ -115,9 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user mistakes print one line (no traceback) and return 2."""
+    from .errors import PrecondLabError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (PrecondLabError, ValueError, OSError) as err:
+        print(f"precond-lab {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"precond-lab capture: store error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"precond-lab capture: cannot write {args.out}: {e}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as e:
         print(f"precond-lab capture: error: {e}", file=sys.stderr)
         return 2
