@@ -1,6 +1,7 @@
-"""Derived identities D1–D9 and the exact claims P3-1, P3-2, P3-9, P1-11, P1-12, P1-15.
+"""Derived identities D1–D9 and the exact claims of P1, P2 and P3.
 
-Every identity of theory.md B.4 (and the exact claims of P1/P3 built on them) is checked in
+Every identity in the claims registry that names this study (the derived identities D1–D9,
+P3-1, P3-2, P3-9, P1-11, P1-12, P1-15, P1-40 and P2-42; see ``docs/claims.md``) is checked in
 float64, matrix-free result against a dense reference built from the explicit ``mn × mn``
 matrix, on
 
@@ -16,7 +17,8 @@ ones need ``X`` positive definite. The Dataset holds one relative error per (che
 a claim holds when the largest of its checks' errors is within the check's tolerance.
 
 This is dense verification, not a sweep over estimators: it calls the estimators, metrics
-and online updates directly and compares each with :mod:`precond_lab.reference`.
+and online updates directly and compares each with :mod:`precond_lab.reference` (and, for
+P1-40, with JAX autodiff of the dense divergences).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab import claims as registry
 from precond_lab.study import save_figures
 from studies._setups import Capture
 
@@ -150,6 +153,21 @@ CHECKS = {
     "P1-15-grad": ("P1-15", EXACT, "exact", "∇ KL and ∇ Frobenius in the basis = 0"),
     "P1-15-perturb": ("P1-15", EXACT, "exact", "KL and Frobenius rise under perturbation"),
     "D8": ("D8", 1e-14, "exact", "vec_r(δaᵀ) = δ⊗a, vec_c(δaᵀ) = a⊗δ"),
+    "P1-40-value": ("P1-40", EXACT, "exact", "B₀(X, S) = tr(XS⁻¹) − log det(XS⁻¹) − d = 2·KL"),
+    "P1-40-fisher": (
+        "P1-40",
+        EXACT,
+        "exact",
+        "autodiff Hessian of B₀ at S = X = 2 × autodiff Gaussian Fisher = tr(X⁻¹EX⁻¹E)",
+    ),
+    "P2-42-root": ("P2-42", ITER, "iterative", "loss × c: root update S^-½g unchanged"),
+    "P2-42-rootfree": ("P2-42", ITER, "iterative", "loss × c: root-free update S⁻¹g scales 1/c"),
+    "P2-42-orthogonal": (
+        "P2-42",
+        EXACT,
+        "exact",
+        "IF-Shampoo from (C·O, K·O'): same CCᵀ, KKᵀ over 5 steps (O, O' orthogonal)",
+    ),
     "D9-metric": ("D9", EXACT, "exact", "matrix-free vN = dense vN at L⊗R/trΣ"),
     "D9-perturb": ("D9", EXACT, "exact", "vN rises under perturbation of L⊗R/trΣ"),
     "D9-numeric": (
@@ -166,62 +184,9 @@ CHECKS = {
     ),
 }
 
-CLAIMS = {  # claim -> (paper, location, statement)
-    "P3-1": (
-        "P3 Morwani et al. 2025",
-        "Abstract; Proposition 1 (per reviewer 4)",
-        "Shampoo² (L⊗R) is one step of power iteration for the optimal Kronecker "
-        "approximation, started from the identity.",
-    ),
-    "P3-2": (
-        "P3 Morwani et al. 2025",
-        "Abstract / introduction",
-        "It is L⊗R, not L^½⊗R^½, that approximates H: cos(H, L⊗R) > cos(H, L^½⊗R^½); for "
-        "exact Kronecker H, L^½⊗R^½ ∝ H^½.",
-    ),
-    "P3-9": (
-        "P3 Morwani et al. 2025",
-        "derived (corollary status unverified)",
-        "For exact Kronecker H, trace-normalised Shampoo² L⊗R/trH recovers H exactly.",
-    ),
-    "P1-11": (
-        "P1 Lin et al. 2025",
-        "Claim 1, Sec. 3",
-        "The one-sided KL optimum of (S_a/d_b)⊗I is S_a = E[GGᵀ] (Shampoo's factor).",
-    ),
-    "P1-12": (
-        "P1 Lin et al. 2025",
-        "Claim 2, Sec. 3",
-        "The two-sided KL optimum satisfies the flip-flop fixed point "
-        "S_a = E[G S_b⁻¹ Gᵀ]/d_b, S_b = E[Gᵀ S_a⁻¹ G]/d_a.",
-    ),
-    "P1-15": (
-        "P1 Lin et al. 2025",
-        "v7 (per reviewer 2)",
-        "In a fixed eigenbasis Q, diag(QᵀΣQ) = E[(QᵀG)²] is the KL- and Frobenius-optimal "
-        "diagonal (SOAP's second moment).",
-    ),
-    **{
-        f"D{i}": ("derived", "theory.md B.4", text)
-        for i, text in enumerate(
-            [
-                "row-major (A⊗B) vec X = vec(A X Bᵀ).",
-                "R(Σ) vec B = vec E[GBGᵀ], R(Σ)ᵀ vec A = vec E[GᵀAG], "
-                "‖Σ−A⊗B‖ = ‖R(Σ)−vec A vec Bᵀ‖.",
-                "One power step from I gives (L, R); power iteration converges to the SVD "
-                "optimum; the optimal factors are PSD.",
-                "Exact-Kronecker Σ: L⊗R/trΣ = Σ and L^½⊗R^½ ∝ Σ^½.",
-                "KL flip-flop fixed point; KL-optimal scalar tr(S⁻¹Σ)/d.",
-                "IF-Shampoo's stationary point (m_C = m_K = 0) is the damped KL fixed point, "
-                "and iterating IF-Shampoo reaches it.",
-                "The eigenbasis diagonal diag(QᵀΣQ) = vec E[(QaᵀGQb)²].",
-                "vec_r(δaᵀ) = δ⊗a and vec_c(δaᵀ) = a⊗δ.",
-                "The von Neumann optimum over Kronecker products is L⊗R/trΣ.",
-            ],
-            start=1,
-        )
-    },
-}
+#: The claims this study tests: those of the registry that name it (precond_lab.claims).
+CLAIMS = tuple(c.id for c in registry.CLAIMS.values() if NAME in c.studies)
+LOSS_SCALES = (0.1, 10.0)  # P2-42: loss scales c
 
 
 # --------------------------------------------------------------------------------------
@@ -555,7 +520,103 @@ def _check_case(case: dict, config: Config, rng) -> tuple[dict, dict]:
     err["D9-perturb"] = max(0.0, -worst) / vn_scale
     if d <= int(config.vn_numeric_max_dim):
         err["D9-numeric"], err["D9-argmin"] = _vn_numeric(x, m, n, sh2_dense, rng)
+
+    # P1-40: the LogDet divergence's Hessian is twice the Gaussian Fisher
+    err["P1-40-value"], err["P1-40-fisher"] = _logdet_hessian(x, rng)
+
+    # P2-42: P2's exact invariances
+    err["P2-42-root"], err["P2-42-rootfree"] = _loss_scaling(x, m, n, rng)
+    err["P2-42-orthogonal"] = _if_orthogonal(g_eq, lam_s, rng)
     return err, extra
+
+
+def _logdet_hessian(x, rng, directions=3):
+    """P1-40 on the dense ``X``: ``(value error, Hessian error)``.
+
+    ``B₀(X, S) = tr(XS⁻¹) − log det(XS⁻¹) − d`` against ``2·KL`` of the dense reference (at a
+    random PD ``S``), and its autodiff Hessian at ``S = X`` in random symmetric directions
+    ``E`` against twice the Gaussian Fisher, itself the autodiff Hessian of the expected
+    negative log-likelihood ``½ log det S + ½ tr(S⁻¹X)`` (its definition), and against the
+    closed form ``tr(X⁻¹EX⁻¹E)``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    d = x.shape[0]
+    xj = jnp.asarray(x)
+
+    def b0(s):
+        a = jnp.linalg.solve(s, xj)  # S⁻¹X: same trace and determinant as XS⁻¹
+        return jnp.trace(a) - jnp.linalg.slogdet(a)[1] - d
+
+    def nll(s):  # E_{x~N(0,X)}[−log N(x; 0, S)] up to a constant
+        return 0.5 * jnp.linalg.slogdet(s)[1] + 0.5 * jnp.trace(jnp.linalg.solve(s, xj))
+
+    def hess(f, e):
+        return jax.jvp(jax.grad(f), (xj,), (e,))[1]
+
+    s_rand = _congruence(x, _sym_perturbations(rng, d, 1)[0], 0.3)
+    value = abs(float(b0(jnp.asarray(s_rand))) - 2 * _dense_kl(x, s_rand))
+    value /= max(2 * abs(_dense_kl(x, s_rand)), 1e-300)
+    xi = np.linalg.inv(x)
+    worst = 0.0
+    for e in _sym_perturbations(rng, d, directions):
+        ej = jnp.asarray(e)
+        h_b0 = float(jnp.sum(hess(b0, ej) * ej))
+        fisher = float(jnp.sum(hess(nll, ej) * ej))
+        closed = float(np.trace(xi @ e @ xi @ e))
+        worst = max(worst, abs(h_b0 - 2 * fisher) / abs(closed), abs(h_b0 - closed) / abs(closed))
+    return value, worst
+
+
+def _loss_scaling(x, m, n, rng):
+    """P2-42, loss rescaling: gradients ``× c`` make every statistic ``× c²`` (damping relative
+    to the trace included), so ``S^-½g`` is unchanged and ``S⁻¹g`` scales by ``1/c``.
+
+    Checked for Shampoo² and the KL-optimal fit (iterative, fit tolerance 1e-12) on
+    ``X`` and ``c²X``. Returns the largest relative deviations ``(root, root-free)``.
+    """
+    from precond_lab import DenseTarget
+    from precond_lab import estimators as est
+
+    g = rng.standard_normal((m, n))
+    worst = {0.5: 0.0, 1.0: 0.0}
+    for fit in (est.shampoo_squared, est.kl_optimal):
+        base = fit(DenseTarget(x, (m, n)))
+        for c in LOSS_SCALES:
+            scaled = fit(DenseTarget(c * c * x, (m, n)))
+            for p in worst:
+                u1 = np.asarray(base.power(-p, 0.0).matvec(g))
+                uc = np.asarray(scaled.power(-p, 0.0).matvec(c * g))
+                worst[p] = max(worst[p], _rel(uc, c ** (1 - 2 * p) * u1))
+    return worst[0.5], worst[1.0]
+
+
+def _if_orthogonal(g, damping, rng, steps=5):
+    """P2-42, IF-Shampoo: started from ``(C·O, K·O')`` instead of ``(C, K)`` (``O, O'``
+    random orthogonal), every step gives the same ``CCᵀ``, ``KKᵀ`` (hence the same update).
+
+    Returns the largest relative difference over ``steps`` full-batch steps with momentum.
+    """
+    import jax.numpy as jnp
+
+    from precond_lab import online
+
+    m, n = g.shape[1:]
+    est = online.if_shampoo(beta2=0.3, alpha2=0.5, damping=float(damping), normalize=True)
+    c0 = np.eye(m) + 0.1 * rng.standard_normal((m, m))
+    k0 = np.eye(n) + 0.1 * rng.standard_normal((n, n))
+    om = np.linalg.qr(rng.standard_normal((m, m)))[0]
+    on = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    a, b = _if_state(c0, k0), _if_state(c0 @ om, k0 @ on)
+    gj = jnp.asarray(g)
+    worst = 0.0
+    for _ in range(steps):
+        a, b = est.update(a, gj), est.update(b, gj)
+        for x, y in ((a.c, b.c), (a.k, b.k)):
+            x, y = np.asarray(x), np.asarray(y)
+            worst = max(worst, _rel(y @ y.T, x @ x.T))
+    return worst
 
 
 def _equivalent_samples(sigma, m, n):
@@ -781,18 +842,21 @@ def _tol_text(ds, claim):
 
 
 def verdicts(ds: xr.Dataset) -> list:
-    from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, Verdict, judge
+    """One verdict per claim of :data:`CLAIMS`, its kind as registered (paper claim or
+    derived)."""
+    from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, claim_verdict, judge
 
     out = []
     sources = sorted(set(ds["source"].values.tolist()))
     scope = f" on {ds.sizes['case']} cases ({', '.join(sources)})"
-    for claim, (paper, location, statement) in CLAIMS.items():
+    for claim in CLAIMS:
+        kind = registry.claim(claim).kind
         if claim == "P3-2":
-            out.append(_verdict_p3_2(ds, paper, location, statement))
+            out.append(_verdict_p3_2(ds, kind))
             continue
         ok, evidence = _evidence_checks(ds, claim)
         if ok is None:
-            out.append(Verdict(claim, paper, location, statement, UNTESTED_VERDICT, evidence))
+            out.append(claim_verdict(claim, UNTESTED_VERDICT, evidence, kind=kind))
             continue
         if claim in ("P3-9", "D4"):
             nonk = ds["kron_gap"].where(ds["kronecker"] == 0, drop=True)
@@ -803,16 +867,12 @@ def verdicts(ds: xr.Dataset) -> list:
                 )
         verdict = judge(bool(ok))
         assert verdict in (HOLDS, FAILS)
-        out.append(
-            Verdict(
-                claim, paper, location, statement, verdict, evidence + scope, _tol_text(ds, claim)
-            )
-        )
+        out.append(claim_verdict(claim, verdict, evidence + scope, _tol_text(ds, claim), kind=kind))
     return out
 
 
-def _verdict_p3_2(ds, paper, location, statement):
-    from precond_lab.study import UNTESTED_VERDICT, Verdict, judge
+def _verdict_p3_2(ds, kind):
+    from precond_lab.study import UNTESTED_VERDICT, claim_verdict, judge
 
     cs2 = ds["cos_shampoo_squared"].values
     cs = ds["cos_shampoo"].values
@@ -828,7 +888,7 @@ def _verdict_p3_2(ds, paper, location, statement):
             ck = ds["cos_shampoo"].values[kron]
             ev_sqrt += f", while cos(Σ, L^½⊗R^½) = {ck.min():.4f}–{ck.max():.4f}"
     if ok_sqrt is None and not wins.size:
-        return Verdict("P3-2", paper, location, statement, UNTESTED_VERDICT, "no cases")
+        return claim_verdict("P3-2", UNTESTED_VERDICT, "no cases", kind=kind)
     real = ds["source"].values != "random"
     real &= ~kron
     parts = [f"cos(Σ,L⊗R) > cos(Σ,L^½⊗R^½) on {int(wins.sum())}/{wins.size} cases"]
@@ -846,14 +906,12 @@ def _verdict_p3_2(ds, paper, location, statement):
     parts.append(ev_sqrt)
     ok = bool(np.all(wins)) and ok_sqrt is not False
     partial = bool(np.mean(wins) >= 0.5) or bool(ok_sqrt)
-    return Verdict(
+    return claim_verdict(
         "P3-2",
-        paper,
-        location,
-        statement,
         judge(ok, partial=partial),
         "; ".join(parts),
         "cosine comparison strict on every case; exact-Kronecker √ relation 1e-10",
+        kind=kind,
     )
 
 

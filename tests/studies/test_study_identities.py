@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import studies.identities as study
-from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, by_claim
+from precond_lab import claims
+from precond_lab.study import FAILS, HOLDS, UNTESTED_VERDICT, TestKind, by_claim
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,45 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert len(figs["identities_if_shampoo"].axes[0].lines) == ds.sizes["case"]
     verdicts = by_claim(study.verdicts(ds))
     assert set(verdicts) == set(study.CLAIMS)
+    assert set(ds["claim"].values) | {"P3-2"} == set(study.CLAIMS)  # P3-2: cosines, D4-sqrt
     for claim, v in verdicts.items():  # identities: they hold, to the stated tolerance
         assert v.verdict == HOLDS, (claim, v.evidence)
         assert v.tolerance and v.paper and v.location
+        assert v.kind == claims.claim(claim).kind and v.kind is not None
+    # derived facts are reported as derived, never as a paper's confirmation
+    for claim in ("P3-9", "P2-42", *(f"D{i}" for i in range(1, 10))):
+        assert verdicts[claim].kind == TestKind.DERIVED, claim
+    for claim in ("P3-1", "P1-11", "P1-12", "P1-40"):
+        assert verdicts[claim].kind == TestKind.PAPER, claim
+
+
+def test_claims_come_from_the_registry():
+    registered = {c.id for c in claims.CLAIMS.values() if "identities" in c.studies}
+    assert set(study.CLAIMS) == registered
+    assert {"P1-40", "P2-42", "P3-9"} <= registered
+
+
+def test_if_shampoo_invariance_needs_an_orthogonal_factor(monkeypatch):
+    """P2-42's check is not vacuous: C → C·A with A not orthogonal changes CCᵀ."""
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((6, 3, 2))
+    assert study._if_orthogonal(g, 1e-3, np.random.default_rng(1)) < 1e-12
+    monkeypatch.setattr(np.linalg, "qr", lambda a: (np.eye(a.shape[0]) + 0.3 * a, None))
+    assert study._if_orthogonal(g, 1e-3, np.random.default_rng(1)) > 1e-3
+
+
+def test_logdet_divergence_is_twice_the_kl_not_once(monkeypatch):
+    """P1-40: B₀ = 2·KL and its Hessian = 2 × Fisher; a reference KL off by 2 is caught."""
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((4, 4))
+    x = a @ a.T + np.eye(4)
+    value, hessian = study._logdet_hessian(x, rng)
+    assert value < 1e-12 and hessian < 1e-12
+    kl = study._dense_kl
+    monkeypatch.setattr(study, "_dense_kl", lambda u, v: 2 * kl(u, v))
+    assert study._logdet_hessian(x, rng)[0] > 0.4
 
 
 def test_an_error_above_tolerance_does_not_hold(ds):
