@@ -20,6 +20,7 @@ the batch fit :func:`bregman_optimal`, the online estimators and the optimisers.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -69,6 +70,8 @@ def factor_power(eigvals, q: float, what: str = "factor") -> tuple[jnp.ndarray, 
     w = jnp.asarray(eigvals)
     if w.ndim != 1:
         raise ValueError(f"eigenvalues must be a vector; got shape {w.shape}")
+    if isinstance(w, jax.core.Tracer):  # under jit: no host-side checks, same arithmetic
+        return _powers(w, q)
     scale = float(jnp.max(jnp.abs(w))) if w.size else 0.0
     tol = 100 * max(w.shape[0], 1) * float(jnp.finfo(w.dtype).eps) * scale
     wmin = float(jnp.min(w))
@@ -85,13 +88,22 @@ def factor_power(eigvals, q: float, what: str = "factor") -> tuple[jnp.ndarray, 
             f"the {what} is singular (smallest eigenvalue {wmin:.3e}); the power q − 1 = "
             f"{q - 1:g} is undefined. Pass damping > 0."
         )
-    positive = w > 0
-    total = jnp.sum(jnp.where(positive, w ** jnp.where(positive, q, 1.0), 0.0))
+    wp, total = _powers(w, q)
     if float(total) <= 0:
         raise FitNeedsDampingError(f"tr(F^q) of the {what} is zero; pass damping > 0.")
+    return wp, total
+
+
+def _powers(w, q: float):
+    """``(w^{q−1}, Σ w^q)`` with ``0^p = 0`` for the zero eigenvalues of a PSD factor."""
+    w = jnp.maximum(w, 0.0)
+    positive = w > 0
+    safe = jnp.where(positive, w, 1.0)
+    total = (
+        jnp.sum(jnp.where(positive, safe**q, 0.0)) if q != 0 else jnp.asarray(w.shape[0], w.dtype)
+    )
     if q == 1:
         return jnp.ones_like(w), total
-    safe = jnp.where(positive, w, 1.0)  # q < 1 has no zero eigenvalues (checked above)
     return jnp.where(positive, safe ** (q - 1), 0.0), total
 
 
@@ -103,6 +115,9 @@ def trace_power_statistic(grads, eigvals, eigvecs, q: float, side: str = "left")
     ``side="right"``: ``mean_b G_bᵀ L^{q−1} G_b / tr L^q`` (n×n) with ``L``'s eigenpairs.
     ``q = 1`` is Shampoo's statistic over ``tr`` of the other factor, ``q = 0`` the KL
     (flip-flop) statistic ``G R⁻¹ Gᵀ / n``, ``q = 2`` the Frobenius power step.
+
+    Jittable: under ``jax.jit`` the host-side checks of the other factor (PSD, not
+    singular when ``q < 1``) are skipped; ``q`` and ``side`` are static.
 
     Args:
         grads: ``(B, m, n)`` gradients, or one ``(m, n)`` gradient.

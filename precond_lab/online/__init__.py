@@ -15,6 +15,7 @@ the hyper-parameters in its closure, e.g. ``est = kl_shampoo(beta=0.98, frequenc
 stream and reports each cell's :class:`~precond_lab.errors.Status`.
 """
 
+from ._bregman import bregman_shampoo, f_shampoo, sq_shampoo, vn_shampoo
 from ._invariance import batch_size_response, initialisation_response
 from ._kronecker import (
     KLShampooState,
@@ -66,6 +67,8 @@ __all__ = [
     "batch_right",
     "batch_size_response",
     "batch_square",
+    "bregman_shampoo",
+    "f_shampoo",
     "if_shampoo",
     "if_shampoo_stationarity",
     "initialisation_response",
@@ -75,6 +78,8 @@ __all__ = [
     "run_online",
     "shampoo",
     "soap",
+    "sq_shampoo",
     "state_is_finite",
     "structure_cosine",
+    "vn_shampoo",
 ]
