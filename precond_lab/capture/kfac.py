@@ -14,6 +14,10 @@ With weight sharing (``position`` axis, ``R`` positions), Eschenhagen et al.'s v
 are ``expand``: ``[Σ_n w_n (1/R) Σ_r a aᵀ] ⊗ [Σ_n w_n Σ_{c,r} δ δᵀ]`` and ``reduce``:
 ``[Σ_n w_n â â ᵀ] ⊗ [Σ_n w_n Σ_c δ̂ δ̂ᵀ]`` with ``â = (1/R) Σ_r a_r``, ``δ̂ = Σ_r δ_r``
 (computed by ``precond_lab.estimators.kfac``, not here).
+
+Models from :func:`~precond_lab.capture.discover.kfac_model` (any JAX apply function, Flax,
+Equinox) name their layers by the weight's path and map each weight and bias to its layer
+(``kfac_owners``); the factors follow the same conventions.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ def kfac_layer(model: Model, path: str) -> tuple[str, bool]:
     Raises:
         ValueError: when ``path`` is not the ``w`` or ``b`` of a tape layer of ``model``.
     """
+    owners = getattr(model, "kfac_owners", None)  # a discovered model (see .discover)
+    if owners is not None:
+        if path in owners:
+            return owners[path]
+        valid = ", ".join(owners)
+        raise ValueError(
+            f"layer {path!r} has no K-FAC factors in model {model.name!r} (not the weight or "
+            f"bias of a dense/conv layer found in its jaxpr); K-FAC layers: {valid}"
+        )
     prefix, _, leaf = path.rpartition("/")
     if leaf in ("w", "b") and prefix in model.tape_layers:
         return prefix, leaf == "b"

@@ -17,17 +17,47 @@ other (3-D, 5-D, …)   rows = axis 0, columns = the other axes flattened in ord
 
 Any parameter can instead name its row axes explicitly (``row_axes={"path": (1, 2)}``):
 rows are those axes flattened in the given order, columns the remaining axes in order.
+
+Framework presets (:data:`LAYOUTS`, :func:`preset_row_axes`) name the output side of every
+``≥ 2``-d weight: ``"flax"`` kernels are ``(in, out)`` and ``(kh, kw, in, out)`` (HWIO), so
+rows = the last axis; ``"torch"`` (PyTorch, Equinox) weights are ``(out, in)`` and
+``(out, in, kh, kw)`` (OIHW), so rows = axis 0. :func:`precond_lab.capture.capture_model`
+picks the preset from the model object, and layers found in the jaxpr
+(:mod:`.discover`) take their rows from the graph. A ``≥ 3``-d parameter matricized by the
+default rule (no preset, no override) raises a :class:`LayoutWarning`: its layout is a
+guess.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 
-__all__ = ["path_str", "flat_params", "merge_params", "row_axes_for", "matrix_shape", "to_matrix"]
+__all__ = [
+    "LAYOUTS",
+    "LayoutWarning",
+    "path_str",
+    "flat_params",
+    "merge_params",
+    "row_axes_for",
+    "col_axes_for",
+    "preset_row_axes",
+    "warn_guessed",
+    "describe",
+    "matrix_shape",
+    "to_matrix",
+]
+
+#: Framework layout presets: ``auto`` (the default rule), ``flax``, ``torch`` (also Equinox).
+LAYOUTS = ("auto", "flax", "torch")
+
+
+class LayoutWarning(UserWarning):
+    """A parameter's matricization was guessed (a ``≥ 3``-d tensor without preset/override)."""
 
 
 def path_str(keypath) -> str:
@@ -69,6 +99,50 @@ def row_axes_for(shape: Sequence[int], override: Sequence[int] | None = None) ->
     if nd == 4:
         return (3,)
     return (0,)
+
+
+def col_axes_for(nd: int, rows: Sequence[int]) -> tuple[int, ...]:
+    """The column axes, in column order, of a ``nd``-d parameter with row axes ``rows``."""
+    return _perm(nd, tuple(rows))[1]
+
+
+def preset_row_axes(shape: Sequence[int], layout: str) -> tuple[int, ...] | None:
+    """Row axes of a parameter under a framework preset (None: the default rule applies).
+
+    Raises:
+        ValueError: unknown ``layout``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    nd = len(shape)
+    if layout == "auto" or nd < 2:
+        return None
+    return (nd - 1,) if layout == "flax" else (0,)
+
+
+def warn_guessed(shapes: Mapping[str, Sequence[int]], overrides: Mapping[str, Any]) -> None:
+    """Warn (:class:`LayoutWarning`) for each ``≥ 3``-d parameter with no explicit rows."""
+    for p, shape in shapes.items():
+        if len(shape) >= 3 and p not in overrides:
+            rows = row_axes_for(shape)
+            warnings.warn(
+                f"parameter {p!r} of shape {tuple(shape)}: layout guessed, rows = axes {rows} "
+                f"({describe(shape, rows)}); pass layout='flax'/'torch' or "
+                f"row_axes={{{p!r}: (...)}} to say which axes are the output side",
+                LayoutWarning,
+                stacklevel=3,
+            )
+
+
+def describe(shape: Sequence[int], rows: Sequence[int]) -> str:
+    """``"rows = axes (3,) [8], cols = axes (2, 0, 1) [3x3x3] → 8x27"``."""
+    r, c = _perm(len(shape), tuple(rows))
+    m, n = matrix_shape(shape, tuple(rows))
+
+    def sizes(axes):
+        return "x".join(str(shape[a]) for a in axes) or "1"
+
+    return f"rows = axes {r} [{sizes(r)}], cols = axes {c} [{sizes(c)}] -> {m}x{n}"
 
 
 def _perm(nd: int, rows: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
