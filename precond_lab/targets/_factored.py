@@ -233,6 +233,12 @@ def _largest_divisor(count: int, limit: int) -> int:
     return 1  # pragma: no cover
 
 
+def _padded(x, count: int, dtype) -> np.ndarray:
+    out = np.zeros((count, *x.shape[1:]), dtype)
+    out[: x.shape[0]] = np.asarray(x)
+    return out
+
+
 def _as_factors(x, name: str) -> np.ndarray:
     x = np.asarray(getattr(x, "values", x)) if not isinstance(x, jax.Array) else x
     check_float_dtype(x.dtype, name)
@@ -286,28 +292,24 @@ class FactoredTarget(Target):
         if examples == 0:
             raise ValueError("factors are empty (N = 0): at least one sample is needed.")
         dtype = np.dtype(jnp.result_type(u.dtype, v.dtype))
-        w = check_weights(weights, examples, dtype)
+        w = (
+            np.full(examples, 1.0 / examples, dtype)
+            if weights is None
+            else np.asarray(check_weights(weights, examples, dtype))
+        )
         self.inner = int(u.shape[1]) if u.ndim == 4 else 1
         if u.ndim == 4:  # (N, K, T, ·): K pseudo-samples per example share its weight
-            inner = self.inner
-            u, v, w = (
-                u.reshape(-1, *u.shape[2:]),
-                v.reshape(-1, *v.shape[2:]),
-                jnp.repeat(w, inner),
-            )
+            u, v = u.reshape(-1, *u.shape[2:]), v.reshape(-1, *v.shape[2:])
+            w = np.repeat(w, self.inner)
         self.num_samples, self.terms, m = (int(s) for s in u.shape)
         n = int(v.shape[-1])
         if m == 0 or n == 0:
             raise ValueError(f"factors give an empty matrix shape {(m, n)}")
         self.shape = (m, n)
         self.dtype = dtype
-        pad = bucket(self.num_samples) - self.num_samples
-        u, v = jnp.asarray(u, dtype), jnp.asarray(v, dtype)
-        if pad:
-            u = jnp.concatenate([u, jnp.zeros((pad, *u.shape[1:]), dtype)])
-            v = jnp.concatenate([v, jnp.zeros((pad, *v.shape[1:]), dtype)])
-            w = jnp.concatenate([w, jnp.zeros((pad,), dtype)])
-        self.u, self.v, self.w = u, v, w
+        # zero-weight padding to a bucketed count, on the host (no per-N compilation)
+        padded = bucket(self.num_samples)
+        self.u, self.v, self.w = (jnp.asarray(_padded(x, padded, dtype)) for x in (u, v, w))
         if validate:
             self._validate()
         self.plan = plan(self.terms, m, n, rank=min(self.padded, m * n), mode=mode)
