@@ -383,6 +383,51 @@ def _refresh_timings(sizes, repeats: int, seed: int = 0) -> list[timing.Timings]
     return out
 
 
+# ------------------------------------------------------------------------------- memory
+#: The estimators whose state is counted for P1-41 (grafted Shampoo: Shampoo's factors plus
+#: the Adam second moment its grafting keeps).
+MEMORY_ESTIMATORS = ("shampoo_grafted", "kl_shampoo", "soap", "kl_soap")
+#: Layer shapes counted besides the study's own: a GPT-2-small attention and MLP weight.
+MEMORY_SHAPES = ((768, 768), (768, 3072))
+
+
+def state_floats(name: str, m: int, n: int) -> tuple[int, int]:
+    """Floats in an online estimator's state for an ``m×n`` layer, and how many of them
+    sit in ``m×n`` arrays (a second moment), counted from ``jax.eval_shape`` (no compute).
+
+    Args:
+        name: one of :data:`MEMORY_ESTIMATORS`.
+        m, n: the layer shape.
+
+    Returns:
+        ``(total floats, floats in m×n leaves)``; integer step counters are not counted.
+    """
+    from precond_lab import online
+
+    factories = {
+        "shampoo_grafted": (online.shampoo(), online.adam()),
+        "kl_shampoo": (online.kl_shampoo(),),
+        "soap": (online.soap(),),
+        "kl_soap": (online.kl_soap(),),
+    }
+    g = jax.ShapeDtypeStruct((m, n), jnp.float32)
+    total = second = 0
+    for est in factories[name]:
+        for leaf in jax.tree_util.tree_leaves(jax.eval_shape(est.init, g)):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                continue
+            size = int(np.prod(leaf.shape))
+            total += size
+            second += size if tuple(leaf.shape) == (m, n) else 0
+    return total, second
+
+
+def _memory_table(shapes) -> tuple[np.ndarray, np.ndarray]:
+    """``(total, second-moment)`` floats, ``(estimator, shape)`` arrays."""
+    tab = np.array([[state_floats(e, m, n) for m, n in shapes] for e in MEMORY_ESTIMATORS])
+    return tab[..., 0], tab[..., 1]
+
+
 # ---------------------------------------------------------------------------------- run
 def _preset_name(cfg: Config) -> str:
     return next((k for k, v in PRESETS.items() if v == cfg), "custom")
@@ -510,6 +555,8 @@ def run(config: Config, **overrides) -> xr.Dataset:
     timings = _refresh_timings(cfg.timing_sizes, cfg.timing_repeats)
     secs = np.array([[t.seconds[op] for op in ("eigh", "qr")] for t in timings])
     ratios = [timing.ratio(t, "eigh", "qr") for t in timings]
+    mem_shapes = [tuple(int(x) for x in sh.split("x")) for sh in shapes] + list(MEMORY_SHAPES)
+    mem_total, mem_second = _memory_table(mem_shapes)
     dims = ("stream", "layer", "seed", "step", "variant")
     ds = xr.Dataset(
         {k: (dims, v) for k, v in out.items()},
@@ -522,8 +569,13 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "size": list(cfg.timing_sizes),
             "op": ["eigh", "qr"],
             "repeat": np.arange(cfg.timing_repeats),
+            "memory_estimator": list(MEMORY_ESTIMATORS),
+            "memory_shape": [f"{m}x{n}" for m, n in mem_shapes],
         },
     )
+    ds["state_floats"] = (("memory_estimator", "memory_shape"), mem_total)
+    ds["second_moment_floats"] = (("memory_estimator", "memory_shape"), mem_second)
+    ds["state_floats"].attrs["long_name"] = "floats in the online state (jax.eval_shape)"
     ds["kl_optimal_divergence"] = (("stream", "layer", "step"), kl_opt)
     ds["source_step"] = (("stream", "step"), source)
     ds["damping"] = (("stream", "layer"), lam_out)
@@ -678,7 +730,7 @@ def _cos(ds: xr.Dataset, variant: str, stream: str) -> xr.DataArray:
 
 
 def verdicts(ds: xr.Dataset) -> list[Verdict]:
-    return [_p1_13(ds), _p1_19(ds), _p1_20(ds)]
+    return [_p1_13(ds), _p1_19(ds), _p1_20(ds), _p1_41(ds)]
 
 
 _SETTING = (
@@ -820,4 +872,40 @@ def _p1_20(ds):
         "cosine is not lower; partial if so on some layer or one metric (on either stream).",
         kind=TestKind.PROXY,
         setting=_SETTING + "; P1 compares training losses",
+    )
+
+
+def _p1_41(ds):
+    tot, sec = ds["state_floats"], ds["second_moment_floats"]
+    ok, parts = True, []
+    for shape in ds["memory_shape"].values:
+        m, n = (int(x) for x in str(shape).split("x"))
+        t = {
+            str(e): int(tot.sel(memory_estimator=e, memory_shape=shape))
+            for e in tot["memory_estimator"].values
+        }
+        s = {
+            str(e): int(sec.sel(memory_estimator=e, memory_shape=shape))
+            for e in sec["memory_estimator"].values
+        }
+        ok &= s["kl_shampoo"] == 0 and s["soap"] == m * n and s["shampoo_grafted"] == m * n
+        parts.append(
+            f"{shape}: KL-Shampoo {t['kl_shampoo']:,} (second moment {s['kl_shampoo']}), "
+            f"SOAP {t['soap']:,} ({s['soap']:,}), grafted Shampoo {t['shampoo_grafted']:,} "
+            f"({s['shampoo_grafted']:,}), KL-SOAP {t['kl_soap']:,} ({s['kl_soap']:,})"
+        )
+    return Verdict(
+        "P1-41",
+        PAPER,
+        "Abstract; memory discussion (per a summary)",
+        "KL-Shampoo keeps no Adam second moment (m·n numbers per layer fewer), while grafted "
+        "Shampoo and SOAP keep one.",
+        judge(ok),
+        "floats per layer state, counted with jax.eval_shape of precond_lab.online's states "
+        "(momentum, kept by all, not counted; grafted Shampoo = Shampoo's factors + Adam's "
+        "second moment; this library's Shampoo state holds no eigenbasis, it takes roots on "
+        "demand): " + "; ".join(parts) + ".",
+        "holds if, at every shape, KL-Shampoo's state has no m×n array and SOAP's and grafted "
+        "Shampoo's states each hold exactly one (m·n floats); a count, no training.",
+        kind=TestKind.PAPER,
     )

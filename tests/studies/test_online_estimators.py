@@ -43,11 +43,14 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert sorted(p.suffix for p in paths) == [".pdf"] * 2 + [".png"] * 2
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     verdicts = by_claim(study.verdicts(ds))
-    assert set(verdicts) == {"P1-13", "P1-19", "P1-20"}
+    assert set(verdicts) == {"P1-13", "P1-19", "P1-20", "P1-41"}
     for v in verdicts.values():
         assert v.verdict in (HOLDS, FAILS, PARTIAL, study.INCONCLUSIVE)
         assert v.tolerance and v.evidence
-        assert v.kind is TestKind.PROXY and v.setting
+    for claim in ("P1-13", "P1-19", "P1-20"):
+        assert verdicts[claim].kind is TestKind.PROXY and verdicts[claim].setting
+    assert verdicts["P1-41"].kind is TestKind.PAPER
+    assert verdicts["P1-41"].verdict == HOLDS
     # the EMA approaches the batch KL optimum on the test stream too
     assert verdicts["P1-13"].verdict in (HOLDS, PARTIAL)
 
@@ -105,6 +108,21 @@ def test_kronecker_member_and_gap_check():
     assert study.checked_gap(opt - 1e-12, opt, "round-off") < 0
     with pytest.raises(ConvergenceError, match="beyond round-off"):
         study.checked_gap(opt - 1e-3, opt, "layer x")
+
+
+@pytest.mark.parametrize("m, n", [(10, 32), (768, 3072)])
+def test_state_floats_count_every_array_of_the_state(m, n):
+    fac, eig = 2 * (m * m + n * n), m + n  # factors + eigenbases, eigenvalues
+    assert study.state_floats("kl_shampoo", m, n) == (fac + eig, 0)
+    assert study.state_floats("soap", m, n) == (fac + m * n, m * n)
+    assert study.state_floats("kl_soap", m, n) == (fac + eig + m * n, m * n)
+    assert study.state_floats("shampoo_grafted", m, n) == (m * m + n * n + m * n, m * n)
+
+
+def test_p1_41_fails_when_kl_shampoo_keeps_a_second_moment(ds):
+    bad = ds.copy(deep=True)
+    bad["second_moment_floats"].loc[{"memory_estimator": "kl_shampoo"}] = 1
+    assert by_claim(study.verdicts(bad))["P1-41"].verdict == FAILS
 
 
 def _gap_over_steps(ds, variant, values):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from precond_lab import plotting
-from precond_lab.study import FAILS, HOLDS, PARTIAL
+from precond_lab.study import FAILS, HOLDS, PARTIAL, TestKind
 from studies import p3_quality as q
 
 
@@ -78,21 +78,31 @@ def test_plot_writes_fig1_panels_and_series(ds, tmp_path, monkeypatch):
 
 def test_verdicts_on_the_test_run(ds):
     out = q.verdicts(ds)
-    assert [v.claim for v in out] == ["P3-3", "P3-4", "P3-5", "P3-6"]
+    assert [v.claim for v in out] == ["P3-3", "P3-4", "P3-5", "P3-6", "P3-43"]
     for v in out:
-        assert v.verdict in (HOLDS, PARTIAL, FAILS)
+        assert v.verdict in (HOLDS, PARTIAL, FAILS, q.REPORTED)
         assert v.paper.startswith("P3") and v.evidence and v.tolerance
+        assert v.kind is TestKind.PROXY and v.setting
+    v = {x.claim: x for x in out}
+    assert v["P3-43"].verdict == q.REPORTED  # a comparison, no verdict forced
+    assert "step 0 reported apart" in v["P3-3"].evidence
+    assert "σ₂/σ₁" in v["P3-5"].evidence and "overlap" in v["P3-5"].evidence
+    assert "weak provenance" in v["P3-6"].setting.lower()
+    ratio = ds["rearranged_sv_ratio"].sel(step=ds["step"][-1]).values
+    assert np.all((ratio >= 0) & (ratio <= 1))
+    assert np.isnan(ds["rearranged_sv_ratio"].sel(step=0)).all()  # only where the curves run
 
 
 def test_exact_kronecker_target_makes_shampoo2_optimal():
     t = q.padded_target(g := _kronecker_samples(), np.ones(len(g), np.float32))
-    c, _, _, curves, to_opt = q._cell({"t": t}, {}, 2, ["identity", "random0"], True, 0)
+    c, _, _, curves, to_opt, spec = q._cell({"t": t}, {}, 2, ["identity", "random0"], True, 0)
     cos = {e: float(c.sel(target="t", estimator=e)) for e in q.ESTIMATORS}
     assert cos["frobenius_optimal"] == pytest.approx(1.0, abs=1e-5)
     assert cos["shampoo_squared"] == pytest.approx(1.0, abs=1e-5)
     assert cos["shampoo"] < 0.999  # ∝ Σ^{1/2}, not Σ
     assert curves["t"][0, 1] == pytest.approx(1.0, abs=1e-5)  # one step from I is exact
     assert to_opt["t"][0, 1] == pytest.approx(1.0, abs=1e-5)
+    assert spec["t"][0] == pytest.approx(0.0, abs=1e-5)  # R(Σ) has rank 1: σ₂/σ₁ = 0
 
 
 def _constructed(ds, opt, sh2, sh, tf_gap=None):
@@ -115,7 +125,7 @@ def _constructed(ds, opt, sh2, sh, tf_gap=None):
 def test_verdicts_hold_when_shampoo2_is_near_the_optimum(ds):
     good = _constructed(ds, opt=0.95, sh2=0.945, sh=0.85, tf_gap=0.04)
     v = {x.claim: x.verdict for x in q.verdicts(good)}
-    assert v == {"P3-3": HOLDS, "P3-4": HOLDS, "P3-5": HOLDS, "P3-6": HOLDS}
+    assert v == {"P3-3": HOLDS, "P3-4": HOLDS, "P3-5": HOLDS, "P3-6": HOLDS, "P3-43": q.REPORTED}
 
 
 def test_verdicts_fail_when_shampoo2_is_far_below_the_optimum(ds):
@@ -130,18 +140,49 @@ def test_verdicts_fail_when_shampoo2_is_far_below_the_optimum(ds):
 def test_p3_3_partial_when_only_some_cells_exceed_the_tolerance(ds):
     mixed = _constructed(ds, opt=0.95, sh2=0.945, sh=0.85)
     # one bad (model, step) cell in the Adagrad row: median stays small
-    mixed["cosine"].loc[
-        {"model": "mlp/digits", "target": "adagrad", "step": 0, "estimator": "shampoo_squared"}
-    ] = 0.7
+    last = int(ds["step"][-1])
+    cell = {"model": "mlp/digits", "target": "adagrad", "estimator": "shampoo_squared"}
+    mixed["cosine"].loc[{**cell, "step": last}] = 0.7
     v = {x.claim: x.verdict for x in q.verdicts(mixed)}
     assert v["P3-3"] == PARTIAL
+
+
+def test_p3_3_leaves_step_0_out_of_the_verdict(ds):
+    good = _constructed(ds, opt=0.95, sh2=0.945, sh=0.85)
+    cell = {"model": "mlp/digits", "target": "adagrad", "estimator": "shampoo_squared"}
+    good["cosine"].loc[{**cell, "step": 0}] = 0.5  # the single-gradient Adagrad target
+    v = {x.claim: x for x in q.verdicts(good)}
+    assert v["P3-3"].verdict == HOLDS
+    assert "(max 0.450)" in v["P3-3"].evidence  # reported apart
+
+
+def test_rearranged_top_singular_values_match_the_dense_svd():
+    import jax
+
+    from precond_lab import estimators as est
+    from precond_lab import reference
+
+    jax.config.update("jax_enable_x64", True)
+    g = np.random.default_rng(5).standard_normal((30, 4, 3))
+    w = np.full(30, 1 / 30)
+    t = q.padded_target(g, w)
+    dense = np.linalg.svd(
+        reference.rearrange(reference.target_matrix(g, w), 4, 3), compute_uv=False
+    )
+    ours = q.rearranged_top_singular_values(t)
+    np.testing.assert_allclose(ours, dense[:2], rtol=1e-10)
+    # the identity's overlap with the top pair, from the dense top singular vectors
+    u, _, vt = np.linalg.svd(reference.rearrange(reference.target_matrix(g, w), 4, 3))
+    ov = q.identity_overlaps(est.frobenius_optimal(t))
+    np.testing.assert_allclose(ov[0], abs(u[:, 0] @ np.eye(4).ravel()) / 2, rtol=1e-8)
+    np.testing.assert_allclose(ov[1], abs(vt[0] @ np.eye(3).ravel()) / np.sqrt(3), rtol=1e-8)
 
 
 def test_power_curve_matches_explicit_iterates():
     rng = np.random.default_rng(3)
     g = rng.standard_normal((40, 4, 3)).astype(np.float32)
     t = q.padded_target(g, np.full(40, 1 / 40, np.float32))
-    _, _, _, curves, to_opt = q._cell({"t": t}, {}, 3, ["identity", "random0"], True, 0)
+    _, _, _, curves, to_opt, _ = q._cell({"t": t}, {}, 3, ["identity", "random0"], True, 0)
     curves, to_opt = curves["t"], to_opt["t"]
     from precond_lab import estimators as est
     from precond_lab import metrics as met
