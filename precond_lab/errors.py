@@ -15,6 +15,9 @@ class                          raised when
                                (singular target or factor): pass ``damping > 0``
 :class:`UnsupportedDtypeError` a dtype the operation cannot run at (never upcast silently)
 :class:`ConvergenceError`      an iteration asked to converge (``strict=True``) did not
+:class:`DegenerateInputError`  an input is zero or empty where a non-trivial one is needed
+                               (all-zero target, weights or approximation; a float32 target
+                               whose squares underflow): the message says what to change
 :class:`StoreError`            a capture store is missing, foreign, corrupt or in use
 :class:`CellSkipped`           (a signal, not an error) a sweep cell cannot be evaluated
 =============================  ==========================================================
@@ -36,6 +39,7 @@ __all__ = [
     "FitNeedsDampingError",
     "UnsupportedDtypeError",
     "ConvergenceError",
+    "DegenerateInputError",
     "StoreError",
     "CellSkipped",
     "Status",
@@ -68,6 +72,10 @@ class UnsupportedDtypeError(PrecondLabError, TypeError):
 
 class ConvergenceError(PrecondLabError, RuntimeError):
     """An iterative method asked to converge (``strict=True``) did not."""
+
+
+class DegenerateInputError(PrecondLabError, ValueError):
+    """An input is zero or empty where a non-trivial one is needed (the message says which)."""
 
 
 class StoreError(PrecondLabError, ValueError):

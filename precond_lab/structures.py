@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import NotPositiveDefiniteError, Status
+from ._validation import check_float_dtype
+from .errors import NonFiniteError, NotPositiveDefiniteError, NotSymmetricError, Status
 from .linalg import eigh_sym
 
 __all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
@@ -78,6 +79,52 @@ def check_spectrum(w: jax.Array, p: float, damping: float, what: str) -> jax.Arr
             f"needs damping > 0."
         )
     return shifted
+
+
+def _validate(parts: dict, *, symmetric=(), orthogonal=()) -> None:
+    """Check a structure's arrays on construction (skipped for traced values under ``jit``).
+
+    Every part must be a real float array (not half precision) without NaN/Inf; the
+    ``symmetric`` parts must be symmetric and the ``orthogonal`` ones orthogonal, within a
+    tolerance relative to their dtype's precision.
+
+    Raises:
+        TypeError: complex, integer or other non-float parts.
+        UnsupportedDtypeError: float16/bfloat16 parts.
+        NonFiniteError: a part holds NaN or Inf (the entry named).
+        NotSymmetricError: a factor that must be symmetric is not.
+        ValueError: a basis that must be orthogonal is not.
+    """
+    if any(isinstance(a, jax.core.Tracer) for a in parts.values()):
+        return
+    for name, a in parts.items():
+        check_float_dtype(a.dtype, name)
+        x = np.asarray(a)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0]) if x.ndim else ()
+            kind = "NaN" if np.isnan(x[idx] if idx else x) else "Inf"
+            raise NonFiniteError(
+                f"{name} contains non-finite values ({kind}) at entry {idx}; "
+                f"{int(bad.sum())} non-finite entries in total."
+            )
+    eps = {n: float(np.finfo(np.dtype(parts[n].dtype)).eps) for n in (*symmetric, *orthogonal)}
+    for name in symmetric:
+        x = np.asarray(parts[name], np.float64)
+        scale, asym = float(np.max(np.abs(x))), float(np.max(np.abs(x - x.T)))
+        if asym > 1e3 * eps[name] * scale:
+            raise NotSymmetricError(
+                f"{name} is not symmetric: max |A - Aᵀ| = {asym:.3e} vs max |A| = {scale:.3e}; "
+                "a Kronecker factor must be symmetric (symmetrize it: (A + Aᵀ)/2)."
+            )
+    for name in orthogonal:
+        q = np.asarray(parts[name], np.float64)
+        loss = float(np.max(np.abs(q.T @ q - np.eye(q.shape[1]))))
+        if loss > 1e2 * np.sqrt(eps[name]):
+            raise ValueError(
+                f"{name} is not orthogonal: max |QᵀQ − I| = {loss:.3e}; an eigenbasis must have "
+                "orthonormal columns."
+            )
 
 
 class Structure:
@@ -148,13 +195,17 @@ class Kronecker(Structure):
         info: the fit's convergence history, or None.
     """
 
-    def __init__(self, left, right, scale=1.0, info: FitInfo | None = None):
+    def __init__(self, left, right, scale=1.0, info: FitInfo | None = None, *, validate=True):
         left = jnp.asarray(left)
         right = jnp.asarray(right)
-        if left.ndim != 2 or left.shape[0] != left.shape[1]:
-            raise ValueError(f"left factor must be square m×m; got shape {left.shape}")
-        if right.ndim != 2 or right.shape[0] != right.shape[1]:
-            raise ValueError(f"right factor must be square n×n; got shape {right.shape}")
+        for name, f in (("left", left), ("right", right)):
+            if f.ndim != 2 or f.shape[0] != f.shape[1] or f.shape[0] == 0:
+                raise ValueError(
+                    f"{name} factor must be square and at least 1×1; got shape {f.shape}"
+                )
+        if validate:
+            parts = {"left factor": left, "right factor": right, "scale": jnp.asarray(scale)}
+            _validate(parts, symmetric=("left factor", "right factor"))
         self.left = left
         self.right = right
         self.scale = jnp.asarray(scale, dtype=left.dtype)
@@ -191,7 +242,8 @@ class Kronecker(Structure):
     def eigen(self) -> EigenKronecker:
         wl, ql = eigh_sym(self.left)
         wr, qr = eigh_sym(self.right)
-        return EigenKronecker(ql, qr, self.scale * jnp.outer(wl, wr), info=self.info)
+        values = self.scale * jnp.outer(wl, wr)
+        return EigenKronecker(ql, qr, values, info=self.info, validate=False)
 
     def trace(self) -> jax.Array:
         return self.scale * jnp.trace(self.left) * jnp.trace(self.right)
@@ -201,7 +253,7 @@ class Kronecker(Structure):
 
     def rescaled(self, factor) -> Kronecker:
         """The same Kronecker product multiplied by the scalar ``factor``."""
-        return Kronecker(self.left, self.right, self.scale * factor, info=self.info)
+        return Kronecker(self.left, self.right, self.scale * factor, self.info, validate=False)
 
     def normalized(self) -> Kronecker:
         """Balanced factors ``‖left‖_F = ‖right‖_F = 1`` with all scale (and sign) in ``scale``.
@@ -268,7 +320,9 @@ class EigenKronecker(_EigenForm):
         values: the ``(m, n)`` eigenvalues, ``values[i, j]`` belonging to ``qa_i ⊗ qb_j``.
     """
 
-    def __init__(self, left_basis, right_basis, values, info: FitInfo | None = None):
+    def __init__(
+        self, left_basis, right_basis, values, info: FitInfo | None = None, *, validate=True
+    ):
         self.left_basis = jnp.asarray(left_basis)
         self.right_basis = jnp.asarray(right_basis)
         self.values = jnp.asarray(values)
@@ -278,6 +332,9 @@ class EigenKronecker(_EigenForm):
                 f"values must have shape (m, n) = {(m, n)} matching the bases; "
                 f"got {self.values.shape}"
             )
+        if validate:
+            parts = {"left_basis": self.left_basis, "right_basis": self.right_basis}
+            _validate({**parts, "eigenvalues (values)": self.values}, orthogonal=tuple(parts))
         self.info = info
 
     def tree_flatten(self):
@@ -301,7 +358,8 @@ class EigenKronecker(_EigenForm):
         return self.left_basis @ x @ self.right_basis.T
 
     def _with_values(self, values):
-        return EigenKronecker(self.left_basis, self.right_basis, values)
+        _validate({"eigenvalues (values)": values})  # e.g. fn = log of a zero eigenvalue
+        return EigenKronecker(self.left_basis, self.right_basis, values, validate=False)
 
     def to_dense(self) -> jax.Array:
         q = jnp.kron(self.left_basis, self.right_basis)
@@ -312,10 +370,12 @@ class EigenKronecker(_EigenForm):
 class Diagonal(_EigenForm):
     """``diag(vec D)`` with ``D`` of shape ``(m, n)`` (row-major, like the gradients)."""
 
-    def __init__(self, values, info: FitInfo | None = None):
+    def __init__(self, values, info: FitInfo | None = None, *, validate=True):
         self.values = jnp.asarray(values)
         if self.values.ndim != 2:
             raise ValueError(f"diagonal values must have shape (m, n); got {self.values.shape}")
+        if validate:
+            _validate({"diagonal values": self.values})
         self.info = info
 
     def tree_flatten(self):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validation import check_number
 from ..errors import Status
 from . import _direct, _iterative
 from ._checks import (
@@ -77,6 +78,36 @@ def _check_exponent(method: str, exponent: float) -> None:
             f"method {method!r} supports exponents {allowed[method]}; got {exponent}. "
             f"Use method='eigh' (any exponent) or 'newton' (−1/r)."
         )
+
+
+#: The keyword options each method accepts (anything else is a TypeError).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "if_shampoo": ("beta", "normalize"),
+    "qr_refresh": ("basis", "steps"),
+}
+
+
+def _check_arguments(method, exponent, damping, tol, max_iter, options) -> None:
+    """Types and ranges of every argument of :func:`matrix_power` (named in the message)."""
+    check_number(exponent, "exponent")
+    check_number(damping, "damping", low=0.0)
+    if tol is not None:
+        check_number(tol, "tol", low=0.0, low_open=True)
+    if max_iter is not None:
+        check_number(max_iter, "max_iter", low=1, integer=True)
+    valid = OPTIONS.get(method, ())
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method {method!r}; its options: "
+            f"{', '.join(valid) or 'none'} (by method: "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in OPTIONS.items())
+            + ")"
+        )
+    if "steps" in options:
+        check_number(options["steps"], "steps", low=1, integer=True)
+    if "beta" in options:
+        check_number(options["beta"], "beta", low=0.0, low_open=True)
 
 
 def _orth_loss(q: jax.Array) -> float:
@@ -196,12 +227,16 @@ def matrix_power(
         ``(result, info)``: the matrix at ``s.dtype`` and a :class:`MatrixFunctionInfo`.
 
     Raises:
-        ValueError: unknown method or an exponent the method cannot compute.
+        ValueError: unknown method, an exponent the method cannot compute, a NaN or
+            out-of-range argument (``damping < 0``, ``tol ≤ 0``, ``max_iter < 1``,
+            ``steps < 1``, ``beta ≤ 0``).
+        TypeError: an unknown keyword option (see :data:`OPTIONS`), or a non-number.
         UnsupportedDtypeError: the method's JAX routine does not run at ``s.dtype``.
         NotSymmetricError, NotPositiveDefiniteError, NonFiniteError: bad input.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    _check_arguments(method, exponent, damping, tol, max_iter, options)
     _check_exponent(method, float(exponent))
     if method == "newton":
         _root_index(float(exponent), method)

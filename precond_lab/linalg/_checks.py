@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_float_dtype
+from .._validation import check_float_dtype, check_number
 from ..errors import (
     ConvergenceError,
     NonFiniteError,
@@ -160,17 +160,18 @@ def check_spd(a, damping: float = 0.0, what: str = "matrix", *, definite: bool =
         definite: require ``a + λI`` positive definite (else only PSD within round-off).
 
     Raises:
-        TypeError: non-float dtype.
-        ValueError: not a square 2-D matrix, or negative damping.
+        TypeError: non-float dtype, or a damping that is not a real number.
+        ValueError: not a square non-empty 2-D matrix, or negative or NaN damping.
         NonFiniteError: NaN or Inf entries.
         NotSymmetricError: ``|a − aᵀ|`` above round-off of ``a``'s dtype.
         NotPositiveDefiniteError: indefinite, or singular when ``definite``.
     """
-    dt = check_float_dtype(a.dtype, what)
+    dt = check_float_dtype(a.dtype, what, allow_half=True)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{what} must be a square 2-D matrix; got shape {tuple(a.shape)}")
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be finite and >= 0; got {damping}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{what} is empty (0×0)")
+    damping = check_number(damping, "damping", low=0.0)
     x = np.asarray(jnp.asarray(a).astype(jnp.float64) if dt.name == "bfloat16" else a, np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
