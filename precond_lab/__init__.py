@@ -20,10 +20,11 @@ from .errors import (
     Status,
 )
 from .structures import Diagonal, EigenKronecker, FitInfo, Kronecker
-from .targets import DenseTarget, SampleTarget, as_target
+from .targets import DenseTarget, FactoredTarget, SampleTarget, as_target
 
 __all__ = [
     "DenseTarget",
+    "FactoredTarget",
     "Diagonal",
     "EigenKronecker",
     "FitInfo",
