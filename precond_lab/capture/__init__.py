@@ -17,14 +17,20 @@ See :mod:`.store` for the schema, :mod:`.layout` for matricization, :mod:`.ggn` 
 conventions, :mod:`.kfac` for K-FAC conventions.
 """
 
-from .api import TARGETS, capture, capture_from_fn
+from .api import TARGETS, capture, capture_from_fn, capture_model
 from .data import DATASETS, Dataset, from_arrays, load_dataset
+from .discover import Layer, discover, kfac_model
+from .frameworks import as_apply
 from .ggn import LOSSES, hessian_sqrt, per_example_loss
+from .layout import LAYOUTS, LayoutWarning
 from .models import MODELS, Model, Tape, make_model
 from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
 
 __all__ = [
     "DATASETS",
+    "LAYOUTS",
+    "Layer",
+    "LayoutWarning",
     "LOSSES",
     "MODELS",
     "SCHEMA",
@@ -35,7 +41,11 @@ __all__ = [
     "StoreError",
     "Tape",
     "capture",
+    "as_apply",
     "capture_from_fn",
+    "capture_model",
+    "discover",
+    "kfac_model",
     "from_arrays",
     "hessian_sqrt",
     "load_dataset",

@@ -39,14 +39,16 @@ from ..schema import (
 )
 from . import store as st
 from .data import Dataset, from_arrays, load_dataset
+from .discover import user_model
+from .frameworks import as_apply
 from .integrity import check_step_finite
 from .kfac import KFAC_TARGETS, kfac_layer
-from .layout import flat_params, matrix_shape, row_axes_for, to_matrix
+from .layout import describe, flat_params, matrix_shape, row_axes_for, to_matrix, warn_guessed
 from .models import Model, make_model
 from .per_example import Request, make_capture_fn, run_chunked
 from .train import batch_indices, make_eval, make_optimizer, make_train_step
 
-__all__ = ["TARGETS", "capture", "capture_from_fn"]
+__all__ = ["TARGETS", "capture", "capture_from_fn", "capture_model"]
 
 TARGETS = tuple(t.value for t in CaptureTarget)
 
@@ -184,6 +186,7 @@ def capture(
             kfac_layer(model, p)
     _check_labels(model, ds, params)
     row_axes = {p: tuple(a) for p, a in (row_axes or {}).items()}
+    warn_guessed({p: flat[p].shape for p in layers}, row_axes)
     shapes = {
         p: matrix_shape(flat[p].shape, row_axes_for(flat[p].shape, row_axes.get(p))) for p in layers
     }
@@ -438,6 +441,7 @@ class _Runner:
             "row_axes": ",".join(map(str, rows)),
             "rows": mat.shape[0],
             "cols": mat.shape[1],
+            "matrix_meaning": describe(param.shape, rows),
         }
         nodes = {p: xr.Dataset(data, coords=c, attrs=attrs)}
         g = r.get("gradients")
@@ -486,9 +490,15 @@ def capture_from_fn(
     name: str = "user",
     x_test=None,
     y_test=None,
+    layout: str = "auto",
     **kwargs,
 ) -> xr.DataTree:
-    """Capture for any JAX model given as functions (no tape: no K-FAC targets).
+    """Capture for any JAX model given as functions.
+
+    With ``apply_fn`` the dense and convolution layers are found in its jaxpr
+    (:mod:`.discover`): their weights are matricized with rows = output side whatever the
+    framework's layout, and the K-FAC targets are available for them (default layers:
+    every discovered weight and bias).
 
     Args:
         params: the parameter pytree (the initialisation when training, ``steps`` > 0).
@@ -501,7 +511,10 @@ def capture_from_fn(
         steps: steps to capture at; ``(0,)`` captures ``params`` as given.
         name: model name stored as provenance.
         x_test, y_test: optional evaluation data.
-        **kwargs: forwarded to :func:`capture` (``targets``, ``layers``, ``out``, …).
+        layout: ``"auto"``, ``"flax"`` or ``"torch"``: the preset for parameters that are
+            not weights of a discovered layer (see :mod:`.layout`).
+        **kwargs: forwarded to :func:`capture` (``targets``, ``layers``, ``row_axes``,
+            ``out``, …).
     """
     if (apply_fn is None) == (loss_fn is None):
         raise ValueError("give exactly one of apply_fn (with loss) or loss_fn")
@@ -510,15 +523,45 @@ def capture_from_fn(
     data_loss = loss or ("cross_entropy" if np.asarray(y).dtype.kind in "iu" else "mse")
     ds = from_arrays(x, y, loss=data_loss, x_test=x_test, y_test=y_test)
     if apply_fn is not None:
-        model = Model(
-            name,
-            lambda key: params,
-            lambda p, xi, tape=None: apply_fn(p, xi[None])[0],
+        want_kfac = bool(set(kwargs.get("targets", ())) & set(KFAC_TARGETS))
+        model, kwargs["row_axes"] = user_model(
+            apply_fn,
+            params,
+            ds.x_train[:1],
             loss,
-            {"user": name},
+            name=name,
+            kfac=want_kfac,
+            layout=layout,
+            row_axes=kwargs.get("row_axes"),
         )
+        if want_kfac and not kwargs.get("layers"):
+            kwargs["layers"] = list(model.kfac_owners)
     else:
         model = Model(name, lambda key: params, None, data_loss, {"user": name}, loss_fn=loss_fn)
     leaf = jax.tree_util.tree_leaves(params)[0]
     kwargs.setdefault("dtype", "float64" if leaf.dtype == jnp.float64 else "float32")
     return capture(model, ds, steps=steps, **kwargs)
+
+
+def capture_model(model, x, y, *, loss: str, params=None, **kwargs) -> xr.DataTree:
+    """Capture for a Flax NNX / Linen or Equinox model (or a plain ``apply_fn``).
+
+    The model's parameters, batched apply and layout preset come from
+    :func:`~precond_lab.capture.frameworks.as_apply`; everything else is
+    :func:`capture_from_fn` (K-FAC layers found in the jaxpr).
+
+    Example::
+
+        tree = capture_model(nnx_mlp, x, y, loss="cross_entropy",
+                             targets=["gradients", "ggn", "kfac-ggn"])
+
+    Args:
+        model: the model object (or a function ``apply_fn(params, x_batch)``).
+        x, y: inputs and labels (see :func:`capture_from_fn`).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        params: Linen variables or a plain function's parameters.
+        **kwargs: forwarded to :func:`capture_from_fn`.
+    """
+    apply_fn, params, layout = as_apply(model, params)
+    kwargs.setdefault("layout", layout)
+    return capture_from_fn(params, x, y, apply_fn=apply_fn, loss=loss, **kwargs)

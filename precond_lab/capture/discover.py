@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Literal
 
-from .layout import col_axes_for, flat_params
+from .layout import col_axes_for, flat_params, preset_row_axes
 from .models import Model
 
-__all__ = ["Layer", "DiscoveredModel", "discover", "kfac_model"]
+__all__ = ["Layer", "DiscoveredModel", "discover", "kfac_model", "user_model"]
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 _AXIS_OPS = ("convert_element_type", "copy", "copy_p")  # keep every axis
@@ -401,7 +401,70 @@ def kfac_model(
         lambda key: params,
         apply,
         loss,
-        {"user": name, "discovered": [lay.name for lay in found]},
-        tuple(lay.name for lay in found),
+        {"user": name},
         layers=found,
     )
+
+
+def user_model(
+    apply_fn: Callable,
+    params,
+    x,
+    loss: str,
+    *,
+    name: str = "user",
+    kfac: bool = False,
+    layout: str = "auto",
+    row_axes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[Model, dict[str, tuple[int, ...]]]:
+    """The capture model for a user's ``apply_fn`` and the row axes of every parameter.
+
+    Weights of discovered layers get their rows from the graph (the output side), their
+    biases all their axes as rows; other ``≥ 2``-d parameters follow the ``layout`` preset;
+    ``row_axes`` overrides either (not for a weight whose K-FAC factors are captured).
+
+    Args:
+        apply_fn: ``(params, x_batch) -> outputs (B, C)``.
+        params: the parameter pytree.
+        x: a batch of inputs.
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        name: model name stored as provenance.
+        kfac: K-FAC targets are requested (discovery must then find a layer).
+        layout: ``"auto"``, ``"flax"`` or ``"torch"`` (see :mod:`.layout`).
+        row_axes: explicit per-parameter overrides.
+
+    Raises:
+        ValueError: no layer found while ``kfac``; an override that contradicts the graph
+            for a K-FAC layer; an unknown ``layout``.
+    """
+    overrides = {p: tuple(a) for p, a in (row_axes or {}).items()}
+    flat = flat_params(params)
+    rows = {}
+    for p, leaf in flat.items():
+        preset = preset_row_axes(leaf.shape, layout)
+        if preset is not None:
+            rows[p] = preset
+    try:
+        model: Model = kfac_model(apply_fn, params, x, loss, name=name)
+    except ValueError:
+        if kfac:
+            raise
+        model = Model(name, lambda key: params, _per_example(apply_fn), loss, {"user": name})
+    for lay in getattr(model, "layers", ()):
+        rows[lay.weight] = lay.row_axes
+        if lay.bias is not None:
+            rows[lay.bias] = tuple(range(len(flat[lay.bias].shape)))
+        want = overrides.get(lay.weight)
+        if kfac and want is not None and want != lay.row_axes:
+            raise ValueError(
+                f"row_axes {want} for {lay.weight!r} contradict its {lay.kind} layer, whose "
+                f"output side is axes {lay.row_axes}; K-FAC factors need those rows"
+            )
+    return model, {**rows, **overrides}
+
+
+def _per_example(apply_fn):
+    def apply(p, xi, tape=None):
+        return apply_fn(p, xi[None])[0]
+
+    return apply

@@ -49,9 +49,10 @@ def kfac_layer(model: Model, path: str) -> tuple[str, bool]:
         return prefix, leaf == "b"
     if not model.tape_layers:
         raise ValueError(
-            f"K-FAC targets need a model whose apply routes its layers through Tape.linear; "
-            f"model {model.name!r} has no tape layers (user apply_fn/loss_fn models support "
-            f"gradients, ggn, ggn-mc, batch and trajectory only)"
+            f"K-FAC targets need a model whose layers are known: a built-in model, "
+            f"capture_from_fn(apply_fn=...) or capture_model(...) (layers found in the "
+            f"jaxpr); model {model.name!r} has none (a loss_fn-only model supports "
+            f"gradients, batch and trajectory only)"
         )
     valid = ", ".join(f"{n}/w, {n}/b" for n in model.tape_layers)
     raise ValueError(

@@ -229,10 +229,12 @@ def test_capture_from_fn_matches_builtin_model():
     np.testing.assert_allclose(a["step_000000/layers/0/w"]["gradients"], g["gradients"], atol=1e-12)
     np.testing.assert_allclose(a["step_000000/layers/0/w"]["ggn"], g["ggn"], atol=1e-12)
     np.testing.assert_allclose(b["step_000000/layers/0/w"]["gradients"], g["gradients"], atol=1e-12)
-    with pytest.raises(ValueError, match="K-FAC targets need a model"):
-        capture_from_fn(
-            params, x, y, apply_fn=apply_fn, loss="cross_entropy", targets=["kfac"], **kw
-        )
+    k = capture_from_fn(  # K-FAC layers found in apply_fn's jaxpr (capture.discover)
+        params, x, y, apply_fn=apply_fn, loss="cross_entropy", targets=["kfac"], **kw
+    )
+    kref = capture(model, ds, targets=["kfac"], **kw, dtype="float64")["step_000000/layers/0/w"]
+    for var in ("kfac_activations", "kfac_backprops"):
+        np.testing.assert_allclose(k["step_000000/layers/0/w"][var], kref[var], atol=1e-12)
     with pytest.raises(ValueError, match="ggn, ggn-mc and K-FAC targets need an apply_fn"):
         capture_from_fn(params, x, y, loss_fn=loss_fn, targets=["ggn"], **kw)
 
