@@ -37,7 +37,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from .online import (
     ShampooState,
     SOAPState,
 )
+from .optim import IFShampooLeaf, KLSOAPLeaf, KronLeaf, RFRMSPropLeaf, ShampooLeaf, SOAPLeaf
 from .schema import sample_bag
 from .structures import Diagonal, EigenKronecker, Kronecker, Structure
 from .targets import SampleTarget
@@ -125,6 +126,30 @@ for _cls, _fn in (
 ):
     register_preconditioner(_cls, _fn)
 register_preconditioner(optax.ScaleByAdamState, _adam_diagonal, per_leaf=False)
+
+
+def _matrix_leaf(fn: Callable) -> Callable:
+    """``fn`` for leaves preconditioned as matrices (two modes); ``None`` for the others."""
+
+    def read(leaf):
+        modes = getattr(leaf, "bases", None) or getattr(leaf, "factors", None) or leaf.ks
+        return fn(leaf) if len(modes) == 2 else None
+
+    return read
+
+
+# precond_lab.optim: the Σ each optimiser's update stands for. Shampoo applies its stored
+# roots P_j = (S_j + δI)^{-p} (refreshed every T steps) as a root-based step, so the Σ it
+# implies is (P_a ⊗ P_b)^{-2}, whatever p; IF-Shampoo applies (CCᵀ ⊗ KKᵀ) = Σ^{-1}.
+for _cls, _fn in (
+    (KronLeaf, lambda s: EigenKronecker(*s.bases, jnp.outer(*s.values))),
+    (KLSOAPLeaf, lambda s: EigenKronecker(*s.bases, s.nu)),
+    (SOAPLeaf, lambda s: EigenKronecker(*s.bases, s.nu)),
+    (ShampooLeaf, lambda s: Kronecker(*s.roots).power(-2.0)),
+    (IFShampooLeaf, lambda s: Kronecker(s.ks[0] @ s.ks[0].T, s.ks[1] @ s.ks[1].T).power(-1.0)),
+):
+    register_preconditioner(_cls, _matrix_leaf(_fn))
+register_preconditioner(RFRMSPropLeaf, lambda s: Diagonal(jnp.reshape(s.s, (s.s.shape[0], -1))))
 
 
 def preconditioner_of(opt_state, path: str) -> Structure | None:
@@ -324,6 +349,45 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
     return step
 
 
+_COMPILED: dict[tuple[int, int], tuple[Model, Any, Callable, Callable]] = {}
+
+
+def _compiled(model: Model, tx: optax.GradientTransformation) -> tuple[Callable, Callable]:
+    """The jitted step and evaluation of ``(model, tx)``, built once per pair of objects.
+
+    Runs that reuse the same model and transformation objects (e.g. a hyper-parameter
+    search through ``optax.inject_hyperparams`` and :func:`train`'s ``hyperparams``) share
+    one compilation. The cache keeps the objects alive, so ids stay unique.
+    """
+    key = (id(model), id(tx))
+    hit = _COMPILED.get(key)
+    if hit is None:
+        if len(_COMPILED) >= 64:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        hit = (model, tx, make_step(batch_loss_fn(model), tx), make_eval(model))
+        _COMPILED[key] = hit
+    return hit[2], hit[3]
+
+
+def _inject(opt_state, hyperparams: Mapping[str, float]):
+    """``opt_state`` with the injected hyper-parameters (``optax.inject_hyperparams``) set."""
+    if not hasattr(opt_state, "hyperparams"):
+        raise ValueError(
+            "hyperparams= needs a transformation built with optax.inject_hyperparams; got a "
+            f"state of type {type(opt_state).__name__}"
+        )
+    unknown = sorted(set(hyperparams) - set(opt_state.hyperparams))
+    if unknown:
+        raise ValueError(
+            f"unknown injected hyper-parameters {unknown}; "
+            f"the transformation has {sorted(opt_state.hyperparams)}"
+        )
+    hp = dict(opt_state.hyperparams)
+    for k, v in hyperparams.items():
+        hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
+    return opt_state._replace(hyperparams=hp)
+
+
 def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict) -> None:
     """Write ``path`` atomically (temporary file in the same folder, then rename)."""
     arrays = {f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(params))}
@@ -372,6 +436,7 @@ def train(
     checkpoint_every: int = 100,
     divergence_factor: float = 10.0,
     model_options: dict | None = None,
+    hyperparams: Mapping[str, float] | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with the optax transformation ``tx``.
@@ -394,6 +459,9 @@ def train(
         checkpoint_every: steps between checkpoints.
         divergence_factor: stop when the mini-batch loss exceeds this × the first loss.
         model_options: options for a model given by name.
+        hyperparams: values of ``tx``'s injected hyper-parameters for this run (``tx``
+            built with ``optax.inject_hyperparams``); runs reusing ``model`` and ``tx``
+            compile once.
         progress: show a tqdm bar.
 
     Returns:
@@ -409,8 +477,9 @@ def train(
         raise ValueError(f"need steps ≥ 1 and 1 ≤ batch_size ≤ {len(ds.y_train)}")
     params = model.init(jax.random.PRNGKey(seed))
     opt_state = tx.init(params)
-    step_fn = make_step(batch_loss_fn(model), tx)
-    evaluate = make_eval(model)
+    if hyperparams:
+        opt_state = _inject(opt_state, hyperparams)
+    step_fn, evaluate = _compiled(model, tx)
     n_test = min(eval_samples, len(ds.y_test))
     x_test, y_test = ds.x_test[:n_test], ds.y_test[:n_test]
     prober = _Prober(model, ds, params, opt_state, probe, seed) if probe is not None else None
