@@ -7,18 +7,24 @@ scores come from the sweep (:func:`precond_lab.evaluate.evaluate`, one layer per
 target, relative damping); Shampoo's product and Adafactor, which the estimator registry
 does not hold, enter it as ``(name, callable)`` pairs.
 
-* P1-14 (the limitation): Shampoo combines the two one-sided KL solutions into
-  ``S = (L/n) ⊗ (R/m) = L⊗R/(mn)``. The gap ``KL(X, L⊗R/(mn)) − KL(X, KL-optimum)`` splits
-  into a *scale* part (removed by the KL-optimal rescaling — what grafting fixes) and a
-  *shape* part (left after rescaling). A toy layer (our own, see ``toy``) mirrors the
-  theory.md A.8 numbers; the real layers are what counts.
-* P1-21: each optimum under both divergences — the KL fit is best in KL, ``L⊗R/trΣ`` best in
-  von Neumann.
-* P1-22: the taxonomy — Frobenius-opt/Frobenius, Shampoo²-trace/vN, KL-opt/KL, eigencorrected
-  diagonal best in both within its basis, and Adafactor's ``diag(row sums)⊗diag(col sums)/
-  total`` the vN-optimal diagonal-Kronecker fit (checked against a numerical minimiser).
-* P1-12 on real data: flip-flop convergence (iterations, residual histories) for several
-  sample counts and dampings, including the failures that need damping.
+* P1-14 (the limitation, a proxy on small real layers): Shampoo combines the two one-sided
+  KL solutions into ``S = (L/n) ⊗ (R/m) = L⊗R/(mn)``. The gap ``KL(X, S) − KL(X, KL-opt)``
+  of each scaled version of ``L⊗R`` — ``/(mn)`` (Shampoo's product), ``/trΣ`` (the
+  trace-normalised Shampoo²) and ``c*`` (the KL-optimal scalar) — splits into a *scale*
+  part (removed by the KL-optimal rescaling: what grafting fixes; zero for ``c*`` by
+  construction) and a *shape* part, the same for all three (left after rescaling). Our toy
+  layer (a two-component mixture) shows the same split.
+* P1-21 (derived): each optimum under both divergences — the KL fit is best in KL,
+  ``L⊗R/trΣ`` best in von Neumann. P1's training comparison (App. G) is the separate claim
+  P1-21-train, left to the training studies.
+* P1-22 (derived): the taxonomy — Frobenius-opt/Frobenius, Shampoo²-trace/vN, KL-opt/KL,
+  eigencorrected diagonal best in both within its basis, and Adafactor's ``diag(row sums)⊗
+  diag(col sums)/total`` the vN-optimal diagonal-Kronecker fit (checked against a numerical
+  minimiser).
+* P1-12 on real data: the damped flip-flop (at the study's damping) converges to a point
+  that satisfies the fixed-point equations. Fits on fewer examples, smaller dampings and
+  undamped fits are recorded as information: an undamped fit with ``N < max(m, n)``
+  rank-one samples needs damping (a tooling fact, not a verdict on P1's Claim 2).
 
 Hand-written beside the sweep: the Adafactor check against scipy's minimiser and the
 flip-flop study (fits on the first ``N`` examples, their residual histories and a
@@ -140,6 +146,18 @@ ESTIMATORS = {  # name -> family
     "eigencorrected(kl_optimal)": "eigen",  # KL-SOAP
     "adafactor": "diagonal-kronecker",
     "diagonal": "diagonal",
+}
+#: Legend labels of the estimators the registry does not label (others: the registry's).
+OWN_LABELS = {
+    "shampoo_product": "Shampoo L⊗R/(mn)",
+    "eigencorrected(kl_optimal)": "Eigen-corrected (KL-SOAP)",
+    "adafactor": "Adafactor",
+}
+#: Divergence -> (metric scored, its optimum among the Kronecker fits).
+OPTIMA = {
+    "kl_rescaled": ("KL (best scale)", "kl_optimal"),
+    "von_neumann": ("von Neumann", "shampoo_squared"),
+    "relative_frobenius_rescaled": ("rel. Frobenius (best scale)", "frobenius_optimal"),
 }
 REL = 1e-9  # optimality comparisons: relative slack for round-off
 FROB_ABS = 1e-7  # relative Frobenius errors resolve to ~sqrt(eps)
@@ -478,95 +496,101 @@ def _s(ds, est, metric):
     return ds["score"].sel(estimator=est, metric=metric).values
 
 
+#: The scaled versions of L⊗R in P1-14: estimator (or None: the KL-optimal scalar) and label.
+VERSIONS = (
+    ("shampoo_product", "L⊗R/(mn)"),
+    ("shampoo_squared", "L⊗R/trΣ"),
+    (None, "c*·L⊗R"),
+)
+
+
 def _kl_parts(ds):
-    mis = _s(ds, "shampoo_product", "kl")
+    """``{version label: (KL, scale part, shape part)}`` and the KL optimum, per target.
+
+    ``scale = KL(version) − KL(c*·L⊗R)`` (zero for ``c*`` itself), ``shape = KL(c*·L⊗R) −
+    KL(KL-opt)`` (the same for every version: all are multiples of ``L⊗R``).
+    """
     resc = _s(ds, "shampoo_product", "kl_rescaled")
     opt = _s(ds, "kl_optimal", "kl")
-    return mis, resc, opt, mis - resc, resc - opt
+    out = {}
+    for est, label in VERSIONS:
+        kl = resc if est is None else _s(ds, est, "kl")
+        out[label] = (kl, kl - resc, resc - opt)
+    return out, opt
 
 
 def verdicts(ds: xr.Dataset) -> list:
-    from precond_lab.study import Verdict
+    """P1-14 (proxy), P1-21 and P1-22 (derived), P1-12 (proxy: real layers)."""
+    from precond_lab.claims import TestKind
+    from precond_lab.study import claim_verdict
 
     return [
-        Verdict(
-            "P1-14",
-            "P1 Lin et al. 2025",
-            "Abstract; Sec. 3 (Claims 1–2)",
-            "Shampoo's one-sided factor estimates do not solve the joint two-sided KL "
-            "problem: L⊗R/(mn) is mis-scaled and, after the KL-optimal rescaling, still "
-            "worse than the KL optimum.",
-            *_verdict_p1_14(ds),
-        ),
-        Verdict(
-            "P1-21",
-            "P1 Lin et al. 2025",
-            "Appendix G, Figs. 7–8",
-            "KL vs von Neumann: the KL-optimal Kronecker fit is best in KL and L⊗R/trΣ is "
-            "best in von Neumann (the training comparison of App. G is not tested here).",
-            *_verdict_p1_21(ds),
-        ),
-        Verdict(
-            "P1-22",
-            "P1 Lin et al. 2025",
-            "taxonomy table (papernotes summary)",
-            "Each estimator is optimal for its divergence: Frobenius-opt/Frobenius, "
-            "Shampoo²-trace/vN, KL-opt/KL, eigencorrected/both in its basis, Adafactor/vN "
-            "among diagonal Kronecker fits.",
-            *_verdict_p1_22(ds),
-        ),
-        Verdict(
+        claim_verdict("P1-14", *_verdict_p1_14(ds), kind=TestKind.PROXY),
+        claim_verdict("P1-21", *_verdict_p1_21(ds), kind=TestKind.DERIVED),
+        claim_verdict("P1-22", *_verdict_p1_22(ds), kind=TestKind.DERIVED),
+        claim_verdict(
             "P1-12",
-            "P1 Lin et al. 2025",
-            "Claim 2, Sec. 3",
-            "The two-sided KL optimum is the flip-flop fixed point; on real layers the "
-            "flip-flop converges (with damping where N is small).",
             *_verdict_p1_12(ds),
+            kind=TestKind.PROXY,
+            setting="damped flip-flop fits on small real layers; Claim 2 itself is checked "
+            "exactly in the identities study",
         ),
     ]
 
 
 def _fmt_range(v):
     v = np.asarray(v, float)
-    return f"{np.nanmin(v):.3g}–{np.nanmax(v):.3g}" if v.size > 1 else f"{float(v[0]):.3g}"
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return "n/a"
+    return f"{np.min(v):.3g}–{np.max(v):.3g}" if v.size > 1 else f"{float(v[0]):.3g}"
 
 
 def _verdict_p1_14(ds):
     from precond_lab.study import judge
 
-    mis, resc, opt, scale, shape = _kl_parts(ds)
+    parts_by_version, opt = _kl_parts(ds)
+    mis, scale, shape = parts_by_version["L⊗R/(mn)"]
+    resc = mis - scale
     frob = _s(ds, "frobenius_optimal", "kl")
-    frob_r = _s(ds, "frobenius_optimal", "kl_rescaled")
     names = ds["target"].values
     src = ds["source"].values
     parts = []
     for i in np.flatnonzero(src == "toy"):
         parts.append(
-            f"toy ({names[i]}, ours, differs from theory.md's): KL(L⊗R/mn) {mis[i]:.4g}, "
-            f"rescaled {resc[i]:.4g}, KL-opt {opt[i]:.4g}, Frobenius-opt {frob[i]:.4g} "
-            f"(rescaled {frob_r[i]:.4g}) [theory.md A.8: 6.25/0.0245/0.0188/0.0264]"
+            f"toy ({names[i]}, our two-component mixture): KL(L⊗R/mn) {mis[i]:.4g}, "
+            f"rescaled {resc[i]:.4g}, KL-opt {opt[i]:.4g}, Frobenius-opt {frob[i]:.4g}"
         )
     real = src != "toy"
     sel = real if np.any(real) else np.ones_like(real)
-    gap = mis - opt
-    share = np.where(gap > 0, scale / np.where(gap > 0, gap, 1), np.nan)
-    shape_rel = shape / np.maximum(np.abs(opt), 1e-300)
     parts.append(
-        f"{int(sel.sum())} {'real' if np.any(real) else ''} targets: "
-        f"KL(L⊗R/mn) {_fmt_range(mis[sel])}, "
-        f"rescaled {_fmt_range(resc[sel])}, KL-opt {_fmt_range(opt[sel])}; scale part of the gap "
-        f"{_fmt_range(100 * share[sel])}%; shape part / KL-opt {_fmt_range(shape_rel[sel])}"
+        f"{int(sel.sum())} {'real ' if np.any(real) else ''}targets: KL-opt {_fmt_range(opt[sel])}"
     )
+    for label, (kl, sc, _) in parts_by_version.items():
+        gap = kl - opt
+        share = np.where(gap > 0, sc / np.where(gap > 0, gap, 1), np.nan)
+        parts.append(
+            f"{label}: KL {_fmt_range(kl[sel])}, scale part of the gap "
+            f"{_fmt_range(100 * share[sel])}%"
+            + (" (0 by construction)" if label.startswith("c*") else "")
+        )
+    shape_rel = shape / np.maximum(np.abs(opt), 1e-300)
+    parts.append(f"shape part (all versions) / KL-opt {_fmt_range(shape_rel[sel])}")
     slack = REL * np.maximum(np.abs(opt[sel]), 1.0)  # KL is in nats: absolute floor 1e-9
     has_shape = shape[sel] > slack
     has_scale = scale[sel] > slack
     ok = bool(np.all(has_shape) and np.all(has_scale))
     partial = bool(np.any(has_shape))
-    parts.append(f"shape gap > 0 on {int(has_shape.sum())}/{has_shape.size}")
+    parts.append(
+        f"shape gap > 0 on {int(has_shape.sum())}/{has_shape.size}; scale gap of L⊗R/(mn) > 0 "
+        f"on {int(has_scale.sum())}/{has_scale.size}"
+    )
     return (
         judge(ok, partial=partial),
         "; ".join(parts),
-        f"gap parts counted when > {REL:g}·max(KL-opt, 1 nat) (round-off)",
+        f"holds if the shape part and Shampoo's (L⊗R/(mn)) scale part are > "
+        f"{REL:g}·max(KL-opt, 1 nat) (round-off) on every target; partial if the shape part is "
+        "on some",
     )
 
 
@@ -668,32 +692,51 @@ def _verdict_p1_22(ds):
 
 
 def _verdict_p1_12(ds):
+    """Judged on the fits the other claims use: all examples, the study's damping.
+
+    Fits on fewer examples, at other dampings and undamped are information only: an undamped
+    fit on ``N < max(m, n)`` rank-one samples needs damping by construction (a tooling fact).
+    """
     from precond_lab.study import judge
 
+    rel = float(ds.attrs.get("damping_relative", np.nan))
     damped = ds["ff_damping_rel"] > 0
     full = ds["ff_n_examples"] == ds["ff_n_examples"].max("fit")
-    conv = ds["ff_converged"].where(damped)
-    stat = ds["ff_stationarity"].where(damped & (ds["ff_needs_damping"] == 0))
+    judged = damped & full & np.isclose(ds["ff_damping_rel"], rel)
+    if not bool(judged.any()):
+        judged = damped & full
+    conv = ds["ff_converged"].where(judged)
+    stat = ds["ff_stationarity"].where(judged & (ds["ff_needs_damping"] == 0))
     n_conv = int(np.nansum(conv.values))
-    n_damped = int(np.sum(~np.isnan(conv.values)))
+    n_fits = int(np.sum(~np.isnan(conv.values)))
     max_stat = float(np.nanmax(stat.values)) if np.any(~np.isnan(stat.values)) else np.nan
-    ok = n_conv == n_damped and n_damped > 0 and max_stat <= 1e-9
-    its = ds["ff_iterations"].where(damped & full)
-    undamped = ds["ff_damping_rel"] == 0
-    nd = ds["ff_needs_damping"].where(undamped)
-    nd_small = []
-    for nval in np.unique(ds["ff_n_examples"].values):
-        v = nd.where(ds["ff_n_examples"] == nval).values
-        v = v[~np.isnan(v)]
-        if v.size:
-            nd_small.append(f"N={int(nval)}: {int(v.sum())}/{v.size}")
+    ok = n_conv == n_fits and n_fits > 0 and max_stat <= 1e-9
+    its = ds["ff_iterations"].where(judged)
+    info = []
+    for dv in np.unique(ds["ff_damping_rel"].values):
+        for nval in np.unique(ds["ff_n_examples"].values):
+            cell = (ds["ff_damping_rel"] == dv) & (ds["ff_n_examples"] == nval)
+            c = ds["ff_converged"].where(cell).values
+            c = c[~np.isnan(c)]
+            if not c.size:
+                continue
+            nd = int(np.nansum(ds["ff_needs_damping"].where(cell).values))
+            info.append(
+                f"λ={dv:g}, N={int(nval)}: converged {int(c.sum())}/{c.size}"
+                + (f", needs damping {nd}" if nd else "")
+            )
     ev = (
-        f"damped fits converged {n_conv}/{n_damped}; fixed-point residual (recomputed sweep) max "
-        f"{max_stat:.1e}; iterations (all examples, damped) "
-        f"{_fmt_range(its.values[~np.isnan(its.values)])}; "
-        f"undamped fits needing damping (FitNeedsDampingError) " + ", ".join(nd_small)
+        f"all examples, λ = {rel:g}·trΣ/(mn): converged {n_conv}/{n_fits}, fixed-point residual "
+        f"(recomputed sweep) max {max_stat:.1e}, sweeps {_fmt_range(its.values)}. Information "
+        "only, not part of the verdict (undamped fits on N < max(m, n) rank-one samples need "
+        "damping by construction; tiny dampings converge slowly): " + "; ".join(info)
     )
-    return judge(bool(ok), partial=n_conv > 0), ev, "converged (fit tol 1e-12) and residual ≤ 1e-9"
+    return (
+        judge(bool(ok), partial=n_conv > 0),
+        ev,
+        "every fit on all examples at the study's damping converges (fit tol 1e-12, 500 sweeps) "
+        "and its recomputed fixed-point residual is ≤ 1e-9",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -701,124 +744,225 @@ def _verdict_p1_12(ds):
 # --------------------------------------------------------------------------------------
 
 
+def _label(est: str) -> str:
+    from precond_lab.plotting import estimator_label
+
+    return OWN_LABELS.get(est) or estimator_label(est)
+
+
+def _short_names(names):
+    """Target names for tick labels: the capture prefix dropped."""
+    return [n.replace("mlp-digits ", "mlp ").replace("cnn-digits ", "cnn ") for n in names]
+
+
 def _figures(ds: xr.Dataset) -> dict:
     """The study's figures by file stem (Figures, built without pyplot)."""
-    from precond_lab.plotting import (
-        OKABE_ITO,
-        estimator_label,
-        estimator_style,
-        figure,
-        legend,
-        metric_label,
-        plot_metric_bars,
-        style,
-    )
+    from precond_lab.plotting import OKABE_ITO, estimator_style, figure, legend, style
 
     figs = {}
-    names = [str(t) for t in ds["target"].values]
+    names = _short_names([str(t) for t in ds["target"].values])
     x = np.arange(len(names))
     with style():
-        # 1. P1-14: KL of Shampoo's product, rescaled, Frobenius-opt, KL-opt; gap split
-        mis, resc, opt, scale, shape = _kl_parts(ds)
-        frob = _s(ds, "frobenius_optimal", "kl")
-        fig, axes = figure(
-            1, 2, panel=(max(7.5, 0.75 * len(names) + 3) / 2, 4.2), width_ratios=[3, 2]
-        )
+        # 1. P1-14: KL of each scaled version of L⊗R vs the KL optimum; gap split
+        versions, opt = _kl_parts(ds)
+        fig, axes = figure(1, 2, panel=(3.5, 3.6), width_ratios=[3, 2])
         ax1, ax2 = axes[0]
+        colours = (OKABE_ITO["orange"], OKABE_ITO["bluish_green"], OKABE_ITO["vermillion"])
         series = [
-            ("Shampoo L⊗R/(mn)", mis, OKABE_ITO["orange"]),
-            ("Shampoo, KL-rescaled", resc, OKABE_ITO["vermillion"]),
-            (
-                estimator_label("frobenius_optimal"),
-                frob,
-                estimator_style("frobenius_optimal")["color"],
-            ),
-            (estimator_label("kl_optimal"), opt, estimator_style("kl_optimal")["color"]),
+            (f"Shampoo {lab}", kl, col)
+            for (lab, (kl, _, _)), col in zip(versions.items(), colours, strict=True)
         ]
+        series.append((_label("kl_optimal"), opt, estimator_style("kl_optimal")["color"]))
         w = 0.8 / len(series)
         for k, (lab, v, col) in enumerate(series):
-            ax1.bar(x + (k - 1.5) * w, v, w, label=lab, color=col, edgecolor="white", linewidth=0.4)
+            off = (k - (len(series) - 1) / 2) * w
+            ax1.bar(x + off, v, w, label=lab, color=col, edgecolor="white", linewidth=0.4)
         ax1.set_yscale("log")
-        ax1.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-        ax1.set_ylabel(metric_label("kl") + r" KL($\Sigma+\lambda I$ ‖ S)")
-        ax1.set_title("P1-14: KL of Shampoo's product vs the KL optimum")
-        gap = np.where(mis - opt > 0, mis - opt, np.nan)
-        ax2.barh(x, scale / gap, color=OKABE_ITO["sky_blue"], label="scale part of the gap")
-        ax2.barh(
-            x, shape / gap, left=scale / gap, color=OKABE_ITO["blue"], label="shape part of the gap"
-        )
-        ax2.set_yticks(x, names, fontsize=7)
+        ax1.set_xticks(x, names, rotation=60, ha="right", fontsize=6)
+        ax1.set_ylabel(r"KL($\Sigma+\lambda I$ ‖ S)")
+        ax1.set_title("P1-14: scaled Shampoo vs the KL optimum", fontsize=8)
+        h = 0.38
+        for k, (lab, hatch) in enumerate((("L⊗R/(mn)", None), ("L⊗R/trΣ", "//"))):
+            kl, sc, sh = versions[lab]
+            gap = np.where(kl - opt > 0, kl - opt, np.nan)
+            y = x + (k - 0.5) * h
+            ax2.barh(
+                y,
+                sc / gap,
+                h,
+                color=OKABE_ITO["sky_blue"],
+                hatch=hatch,
+                edgecolor="white",
+                label=f"scale part, {lab}",
+            )
+            ax2.barh(
+                y,
+                sh / gap,
+                h,
+                left=sc / gap,
+                color=OKABE_ITO["blue"],
+                hatch=hatch,
+                edgecolor="white",
+                label=f"shape part, {lab}",
+            )
+        ax2.set_yticks(x, names, fontsize=6)
         ax2.invert_yaxis()
         ax2.set_xlim(0, 1)
-        ax2.set_xlabel("share of KL gap (Shampoo − KL-opt)")
-        ax2.set_title("scale vs shape")
+        ax2.set_xlabel("share of the KL gap to KL-opt")
+        ax2.set_title("scale vs shape (c*·L⊗R: all shape)", fontsize=8)
         legend(fig, axes, ncols=3)
         figs["p1_14_kl_gap"] = fig
 
-        # 2. P1-21/22: every estimator under KL, vN and Frobenius
-        figs["p1_21_22_divergences"] = plot_metric_bars(
-            ds,
-            metrics=("kl_rescaled", "von_neumann", "relative_frobenius_rescaled"),
-            title="P1-21/22: each estimator under each divergence",
-            panel_size=(max(3.6, 0.45 * len(names) + 1.5), 3.2),
-        )
+        # 2. P1-21/22: each estimator's divergence relative to that divergence's optimum
+        figs["p1_21_22_divergences"] = _divergence_figure(ds)
 
-        # 3. P1-12: flip-flop residual histories and iterations (colours: the style's cycle)
-        fig, axes = figure(1, 2, panel=(4.5, 3.6))
-        ax1, ax2 = axes[0]
-        n_colors = 8
-        for i, name in enumerate(names):
-            n_ex = ds["ff_n_examples"].isel(target=i).values
-            fits = np.flatnonzero(
-                (n_ex == n_ex[int(np.argmax(n_ex))])
-                & (ds["ff_damping_rel"].isel(target=i).values > 0)
-            )
-            if fits.size:
-                h = ds["ff_history"].isel(target=i, fit=fits[-1]).values
-                keep = ~np.isnan(h)
-                ax1.semilogy(
-                    ds["sweep"].values[keep],
-                    np.maximum(h[keep], 1e-17),
-                    color=f"C{i % n_colors}",
-                    linestyle=["-", "--", ":"][i // n_colors % 3],
-                    label=name,
-                )
-        ax1.set_xlabel("flip-flop sweep")
-        ax1.set_ylabel("relative change of the factors")
-        ax1.set_title("P1-12: flip-flop convergence (all examples, damped)")
-        ax1.legend(fontsize=6, ncols=2)
-        markers = ["x", "o", "s", "D"]
-        for k, dv in enumerate(np.unique(ds["ff_damping_rel"].values)):
-            sel = ds["ff_damping_rel"] == dv
-            nn = ds["ff_n_examples"].where(sel).values.ravel()
-            it = ds["ff_iterations"].where(sel).values.ravel()
-            bad = ds["ff_needs_damping"].where(sel).values.ravel() == 1
-            good = ~np.isnan(nn) & ~bad
-            col = f"C{k % n_colors}"
-            ax2.scatter(
-                nn[good],
-                it[good],
-                marker=markers[k % 4],
-                color=col,
-                s=16,
-                label=f"λ = {dv:g}·trΣ/mn",
-            )
-            if np.any(bad):
-                ax2.scatter(
-                    nn[bad],
-                    np.zeros(bad.sum()),
-                    marker="x",
-                    color=col,
-                    s=30,
-                    label=f"λ = {dv:g}·trΣ/mn: needs damping (error)",
-                )
-        ax2.set_xscale("log")
-        ax2.set_xlabel("examples N")
-        ax2.set_ylabel("flip-flop sweeps to tol 1e-12")
-        ax2.set_title("iterations vs N (0 = FitNeedsDampingError)")
-        ax2.legend(fontsize=6)
-        figs["p1_12_flipflop"] = fig
+        # 3. P1-12: flip-flop residual histories and iterations; failed fits shown as missing
+        figs["p1_12_flipflop"] = _flipflop_figure(ds, names)
     return figs
+
+
+def _divergence_figure(ds: xr.Dataset):
+    """One row per divergence: every estimator's value / the divergence's optimum, per target
+    (dots) and their median (bar); a ratio 1 line marks the optimum. Column width (7 in)."""
+    from precond_lab.plotting import estimator_style, figure
+
+    ests = [str(e) for e in ds["estimator"].values]
+    fig, axes = figure(len(OPTIMA), 1, panel=(6.8, 1.55), sharex=True)
+    xs = np.arange(len(ests))
+    jitter = np.linspace(-0.25, 0.25, ds.sizes["target"]) if ds.sizes["target"] > 1 else [0.0]
+    for row, (metric, (label, best)) in enumerate(OPTIMA.items()):
+        ax = axes[row, 0]
+        ref = _s(ds, best, metric)
+        for i, est in enumerate(ests):
+            ratio = _s(ds, est, metric) / ref
+            col = estimator_style(est, i)["color"]
+            finite = np.isfinite(ratio) & (ratio > 0)
+            ax.scatter(
+                xs[i] + np.asarray(jitter)[finite],
+                ratio[finite],
+                s=7,
+                color=col,
+                alpha=0.7,
+                linewidths=0,
+            )
+            if finite.any():
+                ax.hlines(
+                    np.median(ratio[finite]),
+                    xs[i] - 0.35,
+                    xs[i] + 0.35,
+                    color=col,
+                    linewidth=2.0,
+                    label=_label(est) if row == 0 else None,
+                )
+        ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{label}\n/ optimum", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xticks(xs, [_label(e) for e in ests], rotation=25, ha="right", fontsize=6)
+    axes[0, 0].set_title(
+        f"P1-21/22: divergence / its optimum (dots: {ds.sizes['target']} targets, bar: median)",
+        fontsize=8,
+    )
+    return fig
+
+
+def _flipflop_figure(ds: xr.Dataset, names):
+    """Residual histories (left) and sweeps to convergence vs N (right). A fit that needed
+    damping has no sweep count: it is drawn as an open marker on the axis floor, labelled
+    "no fit", never as a value; unconverged fits as a triangle at the sweep limit."""
+    import matplotlib.transforms as mtransforms
+
+    from precond_lab.plotting import figure
+
+    fig, axes = figure(1, 2, panel=(3.45, 3.2))
+    ax1, ax2 = axes[0]
+    n_colors = 8
+    for i, name in enumerate(names):
+        n_ex = ds["ff_n_examples"].isel(target=i).values
+        fits = np.flatnonzero(
+            (n_ex == n_ex[int(np.argmax(n_ex))]) & (ds["ff_damping_rel"].isel(target=i).values > 0)
+        )
+        if fits.size:
+            h = ds["ff_history"].isel(target=i, fit=fits[-1]).values
+            keep = ~np.isnan(h)
+            ax1.semilogy(
+                ds["sweep"].values[keep],
+                np.maximum(h[keep], 1e-17),
+                color=f"C{i % n_colors}",
+                linestyle=["-", "--", ":"][i // n_colors % 3],
+                label=name,
+            )
+    ax1.set_xlabel("flip-flop sweep")
+    ax1.set_ylabel("relative change of the factors")
+    ax1.set_title("P1-12: convergence (all examples, damped)", fontsize=8)
+    ax1.legend(fontsize=5, ncols=2)
+    markers = ["o", "s", "D", "^"]
+    floor = mtransforms.blended_transform_factory(ax2.transData, ax2.transAxes)
+    for k, dv in enumerate(np.unique(ds["ff_damping_rel"].values)):
+        sel = ds["ff_damping_rel"] == dv
+        nn = ds["ff_n_examples"].where(sel).values.ravel()
+        it = ds["ff_iterations"].where(sel).values.ravel()
+        conv = ds["ff_converged"].where(sel).values.ravel() == 1
+        bad = ds["ff_needs_damping"].where(sel).values.ravel() == 1
+        good = ~np.isnan(nn) & ~bad & conv
+        stuck = ~np.isnan(nn) & ~bad & ~conv
+        col = f"C{k % n_colors}"
+        lab = f"λ = {dv:g}·trΣ/mn"
+        ax2.scatter(nn[good], it[good], marker=markers[k % 4], color=col, s=16, label=lab)
+        if np.any(stuck):
+            ax2.scatter(
+                nn[stuck],
+                it[stuck],
+                marker="^",
+                facecolors="none",
+                edgecolors=col,
+                s=30,
+                label=f"{lab}: not converged (limit)",
+            )
+        if np.any(bad):  # missing: no sweep count exists; drawn on the axis floor, open
+            ax2.scatter(
+                nn[bad],
+                np.full(bad.sum(), 0.03),
+                marker="x",
+                color=col,
+                s=30,
+                transform=floor,
+                clip_on=False,
+                label=f"{lab}: no fit (needs damping)",
+            )
+    if bool((ds["ff_needs_damping"] == 1).any()):  # the band where missing fits are marked
+        from matplotlib.patches import Rectangle
+
+        ax2.add_patch(
+            Rectangle(
+                (0, 0),
+                1,
+                0.06,
+                transform=ax2.transAxes,
+                facecolor="none",
+                edgecolor="0.6",
+                hatch="////",
+                linewidth=0.0,
+                zorder=0,
+            )
+        )
+        ax2.text(
+            0.99,
+            0.07,
+            "no fit: needs damping (no value)",
+            transform=ax2.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=5,
+            color="0.3",
+        )
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("examples N")
+    ax2.set_ylabel("flip-flop sweeps to tol 1e-12")
+    ax2.set_title("sweeps vs N (×: no fit, needs damping)", fontsize=8)
+    ax2.legend(fontsize=5)
+    return fig
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:
