@@ -393,14 +393,15 @@ MEMORY_SHAPES = ((768, 768), (768, 3072))
 
 def state_floats(name: str, m: int, n: int) -> tuple[int, int]:
     """Floats in an online estimator's state for an ``m×n`` layer, and how many of them
-    sit in ``m×n`` arrays (a second moment), counted from ``jax.eval_shape`` (no compute).
+    are a second moment (the states' ``nu`` field), counted from ``jax.eval_shape``
+    (no compute).
 
     Args:
         name: one of :data:`MEMORY_ESTIMATORS`.
         m, n: the layer shape.
 
     Returns:
-        ``(total floats, floats in m×n leaves)``; integer step counters are not counted.
+        ``(total floats, second-moment floats)``; integer step counters are not counted.
     """
     from precond_lab import online
 
@@ -413,12 +414,13 @@ def state_floats(name: str, m: int, n: int) -> tuple[int, int]:
     g = jax.ShapeDtypeStruct((m, n), jnp.float32)
     total = second = 0
     for est in factories[name]:
-        for leaf in jax.tree_util.tree_leaves(jax.eval_shape(est.init, g)):
+        state = jax.eval_shape(est.init, g)  # a NamedTuple of shapes
+        for field, leaf in zip(state._fields, state, strict=True):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 continue
             size = int(np.prod(leaf.shape))
             total += size
-            second += size if tuple(leaf.shape) == (m, n) else 0
+            second += size if field == "nu" else 0  # Adam's / SOAP's second moment
     return total, second
 
 
@@ -905,7 +907,7 @@ def _p1_41(ds):
         "(momentum, kept by all, not counted; grafted Shampoo = Shampoo's factors + Adam's "
         "second moment; this library's Shampoo state holds no eigenbasis, it takes roots on "
         "demand): " + "; ".join(parts) + ".",
-        "holds if, at every shape, KL-Shampoo's state has no m×n array and SOAP's and grafted "
-        "Shampoo's states each hold exactly one (m·n floats); a count, no training.",
+        "holds if, at every shape, KL-Shampoo's state has no second moment and SOAP's and "
+        "grafted Shampoo's states each hold one (m·n floats); a count, no training.",
         kind=TestKind.PAPER,
     )

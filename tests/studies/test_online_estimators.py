@@ -110,7 +110,7 @@ def test_kronecker_member_and_gap_check():
         study.checked_gap(opt - 1e-3, opt, "layer x")
 
 
-@pytest.mark.parametrize("m, n", [(10, 32), (768, 3072)])
+@pytest.mark.parametrize("m, n", [(10, 32), (768, 768), (768, 3072)])
 def test_state_floats_count_every_array_of_the_state(m, n):
     fac, eig = 2 * (m * m + n * n), m + n  # factors + eigenbases, eigenvalues
     assert study.state_floats("kl_shampoo", m, n) == (fac + eig, 0)
