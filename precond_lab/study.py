@@ -37,6 +37,8 @@ __all__ = [
     "FAILS",
     "PARTIAL",
     "UNTESTED_VERDICT",
+    "INCONCLUSIVE",
+    "NOT_TESTABLE_HERE",
     "Verdict",
     "TestKind",
     "UNTESTED",
@@ -58,6 +60,10 @@ HOLDS = "holds"
 FAILS = "does not hold"
 PARTIAL = "partially holds"
 UNTESTED_VERDICT = "not yet tested"
+#: A measurement whose spread straddles the threshold (e.g. timings on a loaded machine).
+INCONCLUSIVE = "inconclusive"
+#: The claim cannot be tested on this device (the evidence says why; kind NOT_TESTABLE).
+NOT_TESTABLE_HERE = "not testable here"
 ERROR = "error"
 
 
@@ -71,8 +77,9 @@ class Verdict:
         paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
         location: where the paper states it (as far as known).
         statement: the claim, in one sentence.
-        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL` or
-            :data:`UNTESTED_VERDICT` (or ``"error"`` if the study crashed).
+        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL`, :data:`INCONCLUSIVE`,
+            :data:`NOT_TESTABLE_HERE` or :data:`UNTESTED_VERDICT` (or ``"error"`` if the
+            study crashed).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
         kind: what kind of test this row is (:class:`TestKind`); ``None`` only in rows
