@@ -12,6 +12,7 @@ from .errors import (
     DegenerateInputError,
     FitNeedsDampingError,
     NonFiniteError,
+    NotPositiveDefiniteError,
     UnsupportedDtypeError,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "NonFiniteError",
     "check_float_dtype",
     "check_finite",
+    "check_damped_spectrum",
     "check_number",
     "check_target_scale",
     "first_nonfinite",
@@ -50,8 +52,8 @@ def check_float_dtype(dtype, what: str, *, allow_half: bool = False) -> np.dtype
             return dt
         raise UnsupportedDtypeError(
             f"{what} has dtype {dt.name}, which targets, estimators and metrics do not support "
-            f"(reductions and eigendecompositions need float32 or float64); cast explicitly, "
-            f"e.g. x.astype(np.float32) (there is no silent upcast=True)."
+            f"(reductions and eigendecompositions need float32 or float64); upcast "
+            f"explicitly, e.g. x.astype(np.float32) (nothing is upcast silently)."
         )
     if dt.kind != "f":
         raise TypeError(
@@ -126,7 +128,7 @@ def check_target_scale(trace: float, dtype, nonzero: bool, what: str = "target")
         )
     if trace == 0:
         raise DegenerateInputError(
-            f"{what} is zero (tr Σ = 0: every sample, or every weight, is zero); no "
+            f"{what}: target zero, tr Σ = 0 (every sample, or every weight, is zero); no "
             "estimator or metric is defined for it."
         )
 
@@ -157,3 +159,24 @@ def check_finite(x, what: str, axis0_name: str = "sample", offset: int = 0) -> N
         f"{what} contains non-finite values ({kind}) at {axis0_name} index {first + offset}"
         f" ({count} offending {axis0_name}(s) in this block)."
     )
+
+
+def check_damped_spectrum(spectrum, damping: float) -> None:
+    """Raise unless ``Σ + λI`` is positive definite, given ``Σ``'s :class:`Spectrum`.
+
+    ``Σ`` is indefinite when some sample weights are negative (a difference of second
+    moments); the message gives the smallest eigenvalue and the damping that would fix it.
+
+    Raises:
+        NotPositiveDefiniteError: the smallest eigenvalue of ``Σ + λI`` is ``≤ 0``.
+    """
+    vals = np.asarray(spectrum.values, np.float64)
+    low = float(vals.min()) if vals.size else np.inf
+    if spectrum.rank < spectrum.dim:
+        low = min(low, float(spectrum.floor))
+    if low + damping <= 0:
+        raise NotPositiveDefiniteError(
+            f"Σ + λI is not positive definite: its smallest eigenvalue is {low + damping:.3e} "
+            f"(smallest eigenvalue of Σ {low:.3e}, damping λ = {damping:g}). Negative sample "
+            f"weights make Σ indefinite: use non-negative weights, or damping λ > {-low:.3e}."
+        )

@@ -186,6 +186,9 @@ def _init_factors(init, target: Target, key):
             raise ValueError(
                 f"init factors must be ({m}, {m}) and ({n}, {n}); got {a.shape}, {b.shape}"
             )
+        for name, f in (("init left factor A0", a), ("init right factor B0", b)):
+            if not bool(jnp.all(jnp.isfinite(f))) or float(jnp.linalg.norm(f)) == 0:
+                raise ValueError(f"{name} must be finite and non-zero (it is normalised)")
         return a, b
     raise ValueError(
         f"init must be 'identity', 'random', a Kronecker or a tuple (A0, B0); got {init!r}"

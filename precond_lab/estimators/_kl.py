@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import FitNeedsDampingError
+from .._validation import FitNeedsDampingError, check_damped_spectrum, check_number
 from ..linalg import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
 from ._common import default_tol, target_of
@@ -39,6 +39,30 @@ def _spd_inverse(x, name: str, max_condition: float):
         )
     inv = (q / w[None, :]) @ q.T
     return symmetrize(inv), float(jnp.sum(jnp.log(w)))
+
+
+def _kl_init(init, m: int, n: int, dt):
+    """The starting factors ``(L0, R0)``: the identity, or a Kronecker/tuple (checked)."""
+    if init is None or (isinstance(init, str) and init == "identity"):
+        return jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
+    if isinstance(init, Kronecker):
+        init = (init.left, init.right)
+    if not isinstance(init, tuple) or len(init) != 2 or isinstance(init[0], str):
+        raise ValueError(
+            f"init must be None, 'identity', a Kronecker or a tuple (L0, R0); got {init!r}"
+        )
+    left, right = jnp.asarray(init[0], dt), jnp.asarray(init[1], dt)
+    if left.shape != (m, m) or right.shape != (n, n):
+        hint = " (swapped? L0 is m×m, R0 is n×n)" if left.shape == (n, n) else ""
+        raise ValueError(
+            f"init factors must be ({m}, {m}) and ({n}, {n}); got {left.shape}, {right.shape}{hint}"
+        )
+    wmin = float(jnp.min(eigh_sym(right)[0]))
+    if not np.isfinite(wmin) or wmin <= 0:
+        raise ValueError(
+            f"init right factor R0 must be positive definite; smallest eigenvalue {wmin}"
+        )
+    return left, right
 
 
 def kl_optimal(
@@ -69,7 +93,8 @@ def kl_optimal(
         tol: stop when the relative change of both factors is below ``tol`` (default
             1e-12 in float64, 1e-5 in float32).
         max_iter: maximum number of flip-flop sweeps.
-        init: a Kronecker or ``(L0, R0)`` to start from instead of the identity.
+        init: None or ``"identity"`` (the identity), or a Kronecker or ``(L0, R0)`` (m×m,
+            n×n; ``R0`` positive definite) to start from.
         max_condition: a factor more ill-conditioned than this raises
             :class:`~precond_lab.FitNeedsDampingError` (default ``0.01/eps``).
 
@@ -81,19 +106,21 @@ def kl_optimal(
     Raises:
         FitNeedsDampingError: if a factor becomes singular (e.g. ``λ = 0`` with too few
             samples for the matrix-normal MLE to exist).
+        NotPositiveDefiniteError: ``Σ + λI`` is indefinite (negative weights).
+        ValueError, TypeError: a bad option (its name and valid range in the message).
     """
-    if damping < 0 or not np.isfinite(damping):
-        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+    damping = check_number(damping, "damping", low=0.0)
+    max_iter = check_number(max_iter, "max_iter", low=1, integer=True)
+    if tol is not None:
+        check_number(tol, "tol", low=0.0, low_open=True)
     target = target_of(samples, weights, center, chunk_size)
     m, n = target.shape
     dt = target.dtype
     tol = default_tol(dt) if tol is None else float(tol)
     max_condition = 0.01 / float(jnp.finfo(dt).eps) if max_condition is None else max_condition
-    if init is None:
-        left, right = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
-    else:
-        left, right = (init.left, init.right) if isinstance(init, Kronecker) else init
-        left, right = jnp.asarray(left, dt), jnp.asarray(right, dt)
+    left, right = _kl_init(init, m, n, dt)
+    if weights is not None and np.min(np.asarray(weights)) < 0:
+        check_damped_spectrum(target.eigh(), damping)  # Σ + λI must be positive definite
     eye_m, eye_n = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
     residuals, objective = [], []
     converged = False

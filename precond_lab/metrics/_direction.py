@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import FitNeedsDampingError
+from .._validation import (
+    FitNeedsDampingError,
+    NonFiniteError,
+    check_damped_spectrum,
+    check_float_dtype,
+    check_number,
+)
 from ..structures import Structure
 from ..targets import Spectrum, Target, as_target
 
@@ -68,19 +74,40 @@ def exact_direction(
 
     Raises:
         FitNeedsDampingError: ``λ = 0`` while ``Σ`` is singular and ``p > 0``.
+        NotPositiveDefiniteError: ``Σ + λI`` is indefinite (negative sample weights).
+        NonFiniteError, ValueError: a NaN/Inf gradient, or one of the wrong shape.
     """
     target = as_target(target)
     spec = target.eigh(vectors=True) if spectrum is None else spectrum
     if spec.vectors is None:
         raise ValueError("spectrum has no eigenvectors; compute it with eigh(vectors=True)")
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0; got {damping}")
+    damping = check_number(damping, "damping", low=0.0)
+    check_number(p, "p")
+    if damping > 0 or spec.rank == spec.dim:
+        check_damped_spectrum(spec, damping)  # negative weights can make Σ + λI indefinite
     if damping == 0 and p > 0 and spec.rank < spec.dim:
         raise FitNeedsDampingError(
             f"Σ has rank {spec.rank} < mn = {spec.dim}; (Σ + λI)^(-{p}) g needs damping > 0."
         )
-    g = jnp.asarray(gradient, spec.vectors.dtype)
-    return _apply(spec.values, spec.vectors, g, p, damping)
+    g = _checked_gradient(gradient, target.shape)
+    return _apply(spec.values, spec.vectors, jnp.asarray(g, spec.vectors.dtype), p, damping)
+
+
+def _checked_gradient(gradient, shape) -> np.ndarray:
+    """``gradient`` as an array of shape ``(…, m, n)``, finite (else a named error)."""
+    if isinstance(gradient, jax.core.Tracer):
+        return gradient
+    g = np.asarray(gradient)
+    if g.ndim < 2 or tuple(g.shape[-2:]) != tuple(shape):
+        raise ValueError(
+            f"gradient must have shape (…, m, n) = (…, {shape[0]}, {shape[1]}) like the "
+            f"target; got {g.shape}"
+        )
+    check_float_dtype(g.dtype, "gradient")
+    if not np.isfinite(g).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
+        raise NonFiniteError(f"gradient contains NaN or Inf (first at entry {idx})")
+    return g
 
 
 @jax.jit

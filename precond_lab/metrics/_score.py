@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import FitNeedsDampingError
+from ..errors import DegenerateInputError
 from ..structures import Diagonal
 from ._common import prepare
 from ._divergences import (
@@ -114,6 +115,12 @@ def _score_one(t, values, delta, wanted, damping, approx_damping) -> dict[str, f
     inner = float(d @ dl)
     norm_s = float(np.linalg.norm(d))
     norm_t = float(t.frobenius_norm())
+    if norm_s == 0 or norm_t == 0:
+        what = "approximation" if norm_s == 0 else "target"
+        raise DegenerateInputError(
+            f"the {what} is zero (‖·‖_F = 0): cosine, relative error and divergences are "
+            "undefined for it"
+        )
     cosine = inner / (norm_t * norm_s)
     rel_sq = norm_t**2 - 2 * inner + norm_s**2
     out = {

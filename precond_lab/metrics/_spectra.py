@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._validation import check_number
 from ..structures import Structure
 from ..targets import as_target
 
@@ -19,8 +20,13 @@ def spectrum(x, *, k: int | None = None, weights=None, center=False, chunk_size=
             eigenvalues come from the Gram matrix of its samples (or its explicit
             matrix); the ``mn − r`` eigenvalues of the null space (zero, or ``λ`` for a
             damped target) are appended.
-        k: keep only the ``k`` largest.
+        k: keep only the ``k`` largest (an integer ``≥ 1``).
+
+    Raises:
+        ValueError, TypeError: ``k`` is not an integer ``≥ 1``.
     """
+    if k is not None:
+        k = check_number(k, "k", low=1, integer=True)
     if isinstance(x, Structure):
         vals = jnp.sort(x.eigenvalues().reshape(-1))[::-1]
     else:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._validation import check_number
 from ..linalg import qr_refresh_step
 from ..structures import EigenKronecker, Kronecker
 from ._state import OnlineEstimator, batch_left, batch_right, batch_square
@@ -30,6 +31,16 @@ __all__ = [
     "shampoo",
     "soap",
 ]
+
+
+def _old_weight(value, name: str) -> float:
+    """An EMA weight of the old statistic: in ``[0, 1)`` (1 would never learn)."""
+    return check_number(value, name, low=0.0, high=1.0, high_open=True)
+
+
+def _period(value) -> int:
+    """A refresh period: an integer ``≥ 0`` (0: never refresh)."""
+    return check_number(value, "frequency", low=0, integer=True)
 
 
 def _eigh_desc(s: jax.Array) -> jax.Array:
@@ -64,7 +75,7 @@ def shampoo(*, beta: float = 0.95) -> OnlineEstimator:
         The estimator; its approximation is Shampoo² with trace scaling ``L ⊗ R / tr L``
         (its power −1/2 is Shampoo's step).
     """
-    beta = float(beta)
+    beta = _old_weight(beta, "beta")
 
     @jax.jit
     def update(state: ShampooState, g: jax.Array) -> ShampooState:
@@ -222,8 +233,9 @@ def kl_shampoo(
     Returns:
         The estimator (state :class:`KLShampooState`).
     """
-    beta, frequency, init_factor = float(beta), int(frequency), float(init_factor)
-    core = _kl_core(beta, frequency, float(damping), bool(clamp))
+    beta, frequency = _old_weight(beta, "beta"), _period(frequency)
+    init_factor = float(init_factor)
+    core = _kl_core(beta, frequency, check_number(damping, "damping", low=0.0), bool(clamp))
     update = jax.jit(core)
 
     def init(g0: jax.Array) -> KLShampooState:
@@ -263,8 +275,14 @@ def kl_soap(
     Returns:
         The estimator (state :class:`KLSOAPState`).
     """
-    beta, b2, init_factor = float(beta), float(beta2), float(init_factor)
-    core = _kl_core(beta, int(frequency), float(damping), bool(clamp))
+    beta, b2, init_factor = (
+        _old_weight(beta, "beta"),
+        _old_weight(beta2, "beta2"),
+        float(init_factor),
+    )
+    core = _kl_core(
+        beta, _period(frequency), check_number(damping, "damping", low=0.0), bool(clamp)
+    )
 
     @jax.jit
     def update(state: KLSOAPState, g: jax.Array) -> KLSOAPState:
@@ -329,7 +347,7 @@ def soap(*, beta: float = 0.95, beta2: float = 0.95, frequency: int = 10) -> Onl
     Returns:
         The estimator (state :class:`SOAPState`).
     """
-    b, b2, freq = float(beta), float(beta2), int(frequency)
+    b, b2, freq = _old_weight(beta, "beta"), _old_weight(beta2, "beta2"), _period(frequency)
 
     def init(g0: jax.Array) -> SOAPState:
         g0 = jnp.asarray(g0)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._validation import check_number
 from ..structures import Diagonal, EigenKronecker
 from ._state import OnlineEstimator, batch_factor, batch_left, batch_right, batch_square
 
@@ -105,7 +106,8 @@ def if_shampoo(
     Returns:
         The estimator (state :class:`IFShampooState`; ``internal_damping=True``).
     """
-    a2, b2, lam = float(alpha2), float(beta2), float(damping)
+    a2, lam = float(alpha2), check_number(damping, "damping", low=0.0)
+    b2 = check_number(beta2, "beta2", low=0.0, high=1.0, low_open=True)  # weight of the new term
     bsz, normalize, init_scale = int(batch_size), bool(normalize), float(init_scale)
 
     @jax.jit
@@ -176,7 +178,8 @@ def rf_rmsprop(
     Returns:
         The estimator (state :class:`RFRMSPropState`).
     """
-    b2, bsz, s0, scale = float(beta2), int(batch_size), float(s0), bool(scale_by_batch)
+    b2 = check_number(beta2, "beta2", low=0.0, high=1.0, low_open=True)  # weight of the new term
+    bsz, s0, scale = int(batch_size), float(s0), bool(scale_by_batch)
 
     @jax.jit
     def update(state: RFRMSPropState, g: jax.Array) -> RFRMSPropState:
@@ -221,7 +224,7 @@ def adam(*, beta2: float = 0.999) -> OnlineEstimator:
     Returns:
         The estimator (state :class:`AdamState`).
     """
-    b2 = float(beta2)
+    b2 = check_number(beta2, "beta2", low=0.0, high=1.0, high_open=True)
 
     @jax.jit
     def update(state: AdamState, g: jax.Array) -> AdamState:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from .._validation import check_number
 from ..errors import PrecondLabError, Status
 from ..metrics import direction_quality
 from ..provenance import make_attrs
@@ -115,6 +116,8 @@ def run_online(
     from ..estimators import frobenius_optimal, kl_optimal
     from ..metrics import cosine_similarity, kl_divergence
 
+    every = check_number(every, "every", low=1, integer=True)
+    damping = check_number(damping, "damping", low=0.0)
     x, batched = _normalise_stream(stream)
     steps = x.shape[0]
     m, n = x.shape[-2:]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import FitNeedsDampingError, check_finite, check_float_dtype
-from ..errors import NotPositiveDefiniteError
+from ..errors import DegenerateInputError, NotPositiveDefiniteError
 from ..structures import Structure
 
 __all__ = ["Target", "DampedTarget", "Spectrum", "bucket", "check_weights", "checked_eigenvalues"]
@@ -247,4 +247,6 @@ def check_weights(weights, count, dtype):
     if w.dtype.kind not in "fiu":
         raise TypeError(f"weights must be real numbers; got dtype {w.dtype}")
     check_finite(w.astype(np.float64), "weights")
+    if count and not np.any(w):
+        raise DegenerateInputError("weights are all zero: the target would be zero")
     return jnp.asarray(w, dtype=dtype)

@@ -23,6 +23,8 @@ class DenseTarget(Target):
         check_float_dtype(getattr(matrix, "dtype", np.float64), "dense target")
         mat = jnp.asarray(matrix)
         m, n = (int(s) for s in shape)
+        if m < 1 or n < 1:
+            raise ValueError(f"shape (m, n) must be positive integers; got {tuple(shape)}")
         if mat.ndim != 2 or mat.shape != (m * n, m * n):
             raise ValueError(
                 f"dense target must have shape (m·n, m·n) = {(m * n, m * n)} for shape={shape}; "

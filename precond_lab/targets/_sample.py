@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import NonFiniteError, check_float_dtype
+from .._validation import NonFiniteError, check_float_dtype, check_target_scale
 from ..structures import Structure
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._gram import Gram
@@ -150,6 +150,8 @@ class SampleTarget(Target):
             gbar = (mean / total_w)[None]
             self._extra = (gbar, jnp.asarray([-total_w], self.dtype))
             trace = trace - total_w * jnp.sum(gbar * gbar)
+        nonzero = mean is not None and bool(jnp.any(mean != 0))
+        check_target_scale(float(trace), self.dtype, nonzero and not center, "SampleTarget")
         self._trace = jnp.asarray(trace, self.dtype)
 
     # -- primitives ----------------------------------------------------------------
