@@ -6,6 +6,8 @@ The capture-store faults (corrupted chunks, concurrent writers, kill -9, adding 
 are the table of ``tests/capture/test_integrity.py``.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,56 +83,278 @@ def _online(fn):
 CASES = [
     # --- structures (validated on construction) ---
     ("kronecker NaN factor", lambda: _kron(_nan_left()), NonFiniteError, r"left factor .*NaN"),
-    ("kronecker Inf factor", lambda: _kron(right=np.full((N, N), np.inf)), NonFiniteError, r"right factor .*Inf"),
-    ("kronecker non-symmetric", lambda: _kron(_asym_left()), NotSymmetricError, r"left factor is not symmetric"),
-    ("kronecker complex", lambda: _kron(np.eye(M) * 1j), TypeError, r"left factor must have a real floating dtype"),
-    ("kronecker NaN scale", lambda: Kronecker(np.eye(M), np.eye(N), np.nan), NonFiniteError, r"scale .*NaN"),
-    ("kronecker empty", lambda: Kronecker(np.eye(0), np.eye(N)), ValueError, r"left factor .*at least 1×1"),
-    ("eigen NaN values", lambda: EigenKronecker(np.eye(M), np.eye(N), np.full((M, N), np.nan)), NonFiniteError, r"values .*NaN"),
-    ("eigen non-orthogonal basis", lambda: EigenKronecker(2 * np.eye(M), np.eye(N), np.ones((M, N))), ValueError, r"left_basis is not orthogonal"),
-    ("diagonal Inf", lambda: Diagonal(np.full((M, N), np.inf)), NonFiniteError, r"diagonal values .*Inf"),
-    ("score of NaN Kronecker", lambda: met.score(_g(), Kronecker(_nan_left(), np.eye(N)), damping=1e-3), NonFiniteError, r"left factor .*NaN"),
+    (
+        "kronecker Inf factor",
+        lambda: _kron(right=np.full((N, N), np.inf)),
+        NonFiniteError,
+        r"right factor .*Inf",
+    ),
+    (
+        "kronecker non-symmetric",
+        lambda: _kron(_asym_left()),
+        NotSymmetricError,
+        r"left factor is not symmetric",
+    ),
+    (
+        "kronecker complex",
+        lambda: _kron(np.eye(M) * 1j),
+        TypeError,
+        r"left factor must have a real floating dtype",
+    ),
+    (
+        "kronecker NaN scale",
+        lambda: Kronecker(np.eye(M), np.eye(N), np.nan),
+        NonFiniteError,
+        r"scale .*NaN",
+    ),
+    (
+        "kronecker empty",
+        lambda: Kronecker(np.eye(0), np.eye(N)),
+        ValueError,
+        r"left factor .*at least 1×1",
+    ),
+    (
+        "eigen NaN values",
+        lambda: EigenKronecker(np.eye(M), np.eye(N), np.full((M, N), np.nan)),
+        NonFiniteError,
+        r"values .*NaN",
+    ),
+    (
+        "eigen non-orthogonal basis",
+        lambda: EigenKronecker(2 * np.eye(M), np.eye(N), np.ones((M, N))),
+        ValueError,
+        r"left_basis is not orthogonal",
+    ),
+    (
+        "diagonal Inf",
+        lambda: Diagonal(np.full((M, N), np.inf)),
+        NonFiniteError,
+        r"diagonal values .*Inf",
+    ),
+    (
+        "score of NaN Kronecker",
+        lambda: met.score(_g(), Kronecker(_nan_left(), np.eye(N)), damping=1e-3),
+        NonFiniteError,
+        r"left factor .*NaN",
+    ),
     # --- zero and degenerate inputs ---
-    ("dense target negative shape", lambda: DenseTarget(np.eye(4), (-2, -2)), ValueError, r"shape .*positive.*\(-2, -2\)"),
-    ("all-zero samples: shampoo²", lambda: est.shampoo_squared(np.zeros((K, M, N))), DegenerateInputError, r"SampleTarget: target zero, tr Σ = 0 \(every sample, or every weight"),
-    ("all-zero weights", lambda: SampleTarget(_g(), weights=np.zeros(K)), DegenerateInputError, r"weights are all zero"),
-    ("score of zero approximation", lambda: met.score(_g(), Kronecker(np.zeros((M, M)), np.eye(N)), damping=1e-3), DegenerateInputError, r"approximation is zero"),
-    ("score against zero target", lambda: met.score(np.zeros((K, M, N)), _kron(), damping=1e-3), DegenerateInputError, r"SampleTarget: target zero"),
-    ("empty sample axis", lambda: SampleTarget(np.zeros((0, M, N))), ValueError, r"no samples|empty"),
+    (
+        "dense target negative shape",
+        lambda: DenseTarget(np.eye(4), (-2, -2)),
+        ValueError,
+        r"shape .*positive.*\(-2, -2\)",
+    ),
+    (
+        "all-zero samples: shampoo²",
+        lambda: est.shampoo_squared(np.zeros((K, M, N))),
+        DegenerateInputError,
+        r"SampleTarget: target zero, tr Σ = 0 \(every sample, or every weight",
+    ),
+    (
+        "all-zero weights",
+        lambda: SampleTarget(_g(), weights=np.zeros(K)),
+        DegenerateInputError,
+        r"weights are all zero",
+    ),
+    (
+        "score of zero approximation",
+        lambda: met.score(_g(), Kronecker(np.zeros((M, M)), np.eye(N)), damping=1e-3),
+        DegenerateInputError,
+        r"approximation is zero",
+    ),
+    (
+        "score against zero target",
+        lambda: met.score(np.zeros((K, M, N)), _kron(), damping=1e-3),
+        DegenerateInputError,
+        r"SampleTarget: target zero",
+    ),
+    (
+        "empty sample axis",
+        lambda: SampleTarget(np.zeros((0, M, N))),
+        ValueError,
+        r"no samples|empty",
+    ),
     ("empty row dim", lambda: SampleTarget(np.zeros((K, 0, N))), ValueError, r"m = 0|empty"),
     # --- float32 range, half precision ---
-    ("float32 overflow", lambda: est.shampoo_squared(_g(np.float32, 1e30)), NonFiniteError, r"overflow.*float32.*rescale.*float64"),
-    ("float32 underflow", lambda: est.shampoo_squared(_g(np.float32, 1e-30)), DegenerateInputError, r"underflow.*float32.*rescale.*float64"),
-    ("float16 samples", lambda: SampleTarget(_g(np.float16)), UnsupportedDtypeError, r"dtype float16, .*upcast explicitly, e.g. x.astype\(np.float32\)"),
-    ("bfloat16 samples", lambda: SampleTarget(jnp.asarray(_g(), jnp.bfloat16)), UnsupportedDtypeError, r"dtype bfloat16, .*upcast explicitly"),
+    (
+        "float32 overflow",
+        lambda: est.shampoo_squared(_g(np.float32, 1e30)),
+        NonFiniteError,
+        r"overflow.*float32.*rescale.*float64",
+    ),
+    (
+        "float32 underflow",
+        lambda: est.shampoo_squared(_g(np.float32, 1e-30)),
+        DegenerateInputError,
+        r"underflow.*float32.*rescale.*float64",
+    ),
+    (
+        "float16 samples",
+        lambda: SampleTarget(_g(np.float16)),
+        UnsupportedDtypeError,
+        r"dtype float16, .*upcast explicitly, e.g. x.astype\(np.float32\)",
+    ),
+    (
+        "bfloat16 samples",
+        lambda: SampleTarget(jnp.asarray(_g(), jnp.bfloat16)),
+        UnsupportedDtypeError,
+        r"dtype bfloat16, .*upcast explicitly",
+    ),
     # --- indefinite Σ from negative weights ---
-    ("kl_optimal indefinite Σ+λI", lambda: est.kl_optimal(_g(), weights=_neg_weights(), damping=1e-3), NotPositiveDefiniteError, r"Σ \+ λI is not positive definite: its smallest eigenvalue is -.*Negative sample weights"),
-    ("direction_quality indefinite Σ+λI", lambda: met.direction_quality(SampleTarget(_g(), weights=_neg_weights()), _kron(), _g()[0], damping=1e-3), NotPositiveDefiniteError, r"Σ \+ λI is not positive definite: its smallest eigenvalue is -.*damping λ >"),
+    (
+        "kl_optimal indefinite Σ+λI",
+        lambda: est.kl_optimal(_g(), weights=_neg_weights(), damping=1e-3),
+        NotPositiveDefiniteError,
+        r"Σ \+ λI is not positive definite: its smallest eigenvalue is -.*Negative sample weights",
+    ),
+    (
+        "direction_quality indefinite Σ+λI",
+        lambda: met.direction_quality(
+            SampleTarget(_g(), weights=_neg_weights()), _kron(), _g()[0], damping=1e-3
+        ),
+        NotPositiveDefiniteError,
+        r"Σ \+ λI is not positive definite: its smallest eigenvalue is -.*damping λ >",
+    ),
     # --- options ---
-    ("power_iteration zero init", lambda: est.power_iteration(_g(), 3, init=(np.zeros((M, M)), np.zeros((N, N)))), ValueError, r"init left factor A0 must be finite and non-zero"),
-    ("power_iteration negative steps", lambda: est.power_iteration(_g(), -1), ValueError, r"steps must be a non-negative integer; got -1"),
-    ("kl_optimal swapped init", lambda: est.kl_optimal(_g(), damping=1e-3, init=(np.eye(N), np.eye(M))), ValueError, r"init .*\(3, 3\) and \(4, 4\).*swapped"),
-    ("kl_optimal init='identity'", lambda: est.kl_optimal(_g(), damping=1e-3, init="identity"), None, None),
-    ("kl_optimal init='random'", lambda: est.kl_optimal(_g(), damping=1e-3, init="random"), ValueError, r"init must be None, 'identity', a Kronecker or"),
-    ("kl_optimal max_iter 0", lambda: est.kl_optimal(_g(), damping=1e-3, max_iter=0), ValueError, r"max_iter must lie in \[1, inf\); got 0"),
-    ("kl_optimal string damping", lambda: est.kl_optimal(_g(), damping="1e-3"), TypeError, r"damping must be a real number; got '1e-3'"),
-    ("linalg unknown option", lambda: linalg.matrix_power(_spd(), -0.5, methodd="eigh"), TypeError, r"unknown option\(s\) \['methodd'\] for method 'eigh'; its options: none"),
-    ("linalg option of another method", lambda: linalg.matrix_power(_spd(), -0.5, steps=3), TypeError, r"unknown option.*steps.*eigh"),
-    ("linalg NaN exponent", lambda: linalg.matrix_power(_spd(), np.nan), ValueError, r"exponent must lie in \(-inf, inf\); got nan"),
-    ("linalg max_iter 0", lambda: linalg.matrix_power(_spd(), -0.5, method="newton", max_iter=0), ValueError, r"max_iter must lie in \[1, inf\); got 0"),
-    ("linalg negative qr steps", lambda: linalg.matrix_power(_spd(), -0.5, method="qr_refresh", steps=-2), ValueError, r"steps must lie in \[1, inf\); got -2"),
-    ("linalg string damping", lambda: linalg.matrix_power(_spd(), -0.5, "big"), TypeError, r"damping must be a real number; got 'big'"),
-    ("linalg NaN tol", lambda: linalg.matrix_power(_spd(), -0.5, method="newton", tol=np.nan), ValueError, r"tol must lie in \(0, inf\); got nan"),
-    ("linalg if_shampoo beta 0", lambda: linalg.matrix_power(_spd(), -1.0, method="if_shampoo", beta=0.0), ValueError, r"beta must lie in \(0, inf\); got 0.0"),
-    ("online shampoo beta=1", _online(lambda: onl.shampoo(beta=1.0)), ValueError, r"beta must lie in \[0, 1\); got 1.0"),
-    ("online kl_shampoo beta=1", _online(lambda: onl.kl_shampoo(beta=1.0)), ValueError, r"beta must lie in \[0, 1\); got 1.0"),
-    ("online soap beta2 nan", _online(lambda: onl.soap(beta2=float("nan"))), ValueError, r"beta2 must lie in \[0, 1\); got nan"),
-    ("online soap frequency -1", _online(lambda: onl.soap(frequency=-1)), ValueError, r"frequency must lie in \[0, inf\); got -1"),
-    ("online run every=0", lambda: onl.run_online(_g()[:3], ("shampoo",), every=0), ValueError, r"every must lie in \[1, inf\); got 0"),
-    ("spectrum k=-1", lambda: met.spectrum(_g(), k=-1), ValueError, r"k must lie in \[1, inf\); got -1"),
+    (
+        "power_iteration zero init",
+        lambda: est.power_iteration(_g(), 3, init=(np.zeros((M, M)), np.zeros((N, N)))),
+        ValueError,
+        r"init left factor A0 must be finite and non-zero",
+    ),
+    (
+        "power_iteration negative steps",
+        lambda: est.power_iteration(_g(), -1),
+        ValueError,
+        r"steps must be a non-negative integer; got -1",
+    ),
+    (
+        "kl_optimal swapped init",
+        lambda: est.kl_optimal(_g(), damping=1e-3, init=(np.eye(N), np.eye(M))),
+        ValueError,
+        r"init .*\(3, 3\) and \(4, 4\).*swapped",
+    ),
+    (
+        "kl_optimal init='identity'",
+        lambda: est.kl_optimal(_g(), damping=1e-3, init="identity"),
+        None,
+        None,
+    ),
+    (
+        "kl_optimal init='random'",
+        lambda: est.kl_optimal(_g(), damping=1e-3, init="random"),
+        ValueError,
+        r"init must be None, 'identity', a Kronecker or",
+    ),
+    (
+        "kl_optimal max_iter 0",
+        lambda: est.kl_optimal(_g(), damping=1e-3, max_iter=0),
+        ValueError,
+        r"max_iter must lie in \[1, inf\); got 0",
+    ),
+    (
+        "kl_optimal string damping",
+        lambda: est.kl_optimal(_g(), damping="1e-3"),
+        TypeError,
+        r"damping must be a real number; got '1e-3'",
+    ),
+    (
+        "linalg unknown option",
+        lambda: linalg.matrix_power(_spd(), -0.5, methodd="eigh"),
+        TypeError,
+        r"unknown option\(s\) \['methodd'\] for method 'eigh'; its options: none",
+    ),
+    (
+        "linalg option of another method",
+        lambda: linalg.matrix_power(_spd(), -0.5, steps=3),
+        TypeError,
+        r"unknown option.*steps.*eigh",
+    ),
+    (
+        "linalg NaN exponent",
+        lambda: linalg.matrix_power(_spd(), np.nan),
+        ValueError,
+        r"exponent must lie in \(-inf, inf\); got nan",
+    ),
+    (
+        "linalg max_iter 0",
+        lambda: linalg.matrix_power(_spd(), -0.5, method="newton", max_iter=0),
+        ValueError,
+        r"max_iter must lie in \[1, inf\); got 0",
+    ),
+    (
+        "linalg negative qr steps",
+        lambda: linalg.matrix_power(_spd(), -0.5, method="qr_refresh", steps=-2),
+        ValueError,
+        r"steps must lie in \[1, inf\); got -2",
+    ),
+    (
+        "linalg string damping",
+        lambda: linalg.matrix_power(_spd(), -0.5, "big"),
+        TypeError,
+        r"damping must be a real number; got 'big'",
+    ),
+    (
+        "linalg NaN tol",
+        lambda: linalg.matrix_power(_spd(), -0.5, method="newton", tol=np.nan),
+        ValueError,
+        r"tol must lie in \(0, inf\); got nan",
+    ),
+    (
+        "linalg if_shampoo beta 0",
+        lambda: linalg.matrix_power(_spd(), -1.0, method="if_shampoo", beta=0.0),
+        ValueError,
+        r"beta must lie in \(0, inf\); got 0.0",
+    ),
+    (
+        "online shampoo beta=1",
+        _online(lambda: onl.shampoo(beta=1.0)),
+        ValueError,
+        r"beta must lie in \[0, 1\); got 1.0",
+    ),
+    (
+        "online kl_shampoo beta=1",
+        _online(lambda: onl.kl_shampoo(beta=1.0)),
+        ValueError,
+        r"beta must lie in \[0, 1\); got 1.0",
+    ),
+    (
+        "online soap beta2 nan",
+        _online(lambda: onl.soap(beta2=float("nan"))),
+        ValueError,
+        r"beta2 must lie in \[0, 1\); got nan",
+    ),
+    (
+        "online soap frequency -1",
+        _online(lambda: onl.soap(frequency=-1)),
+        ValueError,
+        r"frequency must lie in \[0, inf\); got -1",
+    ),
+    (
+        "online run every=0",
+        lambda: onl.run_online(_g()[:3], ("shampoo",), every=0),
+        ValueError,
+        r"every must lie in \[1, inf\); got 0",
+    ),
+    (
+        "spectrum k=-1",
+        lambda: met.spectrum(_g(), k=-1),
+        ValueError,
+        r"k must lie in \[1, inf\); got -1",
+    ),
     # --- direction_quality checks its gradient ---
-    ("direction_quality NaN gradient", lambda: met.direction_quality(_g(), _kron(), np.full((M, N), np.nan)), NonFiniteError, r"gradient contains NaN or Inf \(first at entry \(0, 0\)\)"),
-    ("direction_quality wrong gradient shape", lambda: met.direction_quality(_g(), _kron(), np.ones((N, M))), ValueError, r"gradient must have shape \(…, m, n\) = \(…, 3, 4\) like the target; got \(4, 3\)"),
+    (
+        "direction_quality NaN gradient",
+        lambda: met.direction_quality(_g(), _kron(), np.full((M, N), np.nan)),
+        NonFiniteError,
+        r"gradient contains NaN or Inf \(first at entry \(0, 0\)\)",
+    ),
+    (
+        "direction_quality wrong gradient shape",
+        lambda: met.direction_quality(_g(), _kron(), np.ones((N, M))),
+        ValueError,
+        r"gradient must have shape \(…, m, n\) = \(…, 3, 4\) like the target; got \(4, 3\)",
+    ),
 ]
 
 
@@ -141,3 +365,35 @@ def test_bad_input_gives_a_clear_error(name, call, error, message):
         return
     with pytest.raises(error, match=message):
         call()
+
+
+# --- command line: one line on stderr, exit code 2, no traceback, nothing written ---
+CLI_CASES = [
+    (
+        "demo --out into a missing folder",
+        ["demo", "--out", "{tmp}/missing/x.nc"],
+        r"--out: the folder .*missing does not exist",
+    ),
+    (
+        "demo --out into a file",
+        ["demo", "--out", "{tmp}/a_file/x.nc"],
+        r"--out: the folder .*a_file does not exist",
+    ),
+    (
+        "reproduce --only unknown",
+        ["reproduce", "--only", "nosuch", "--figures", "{tmp}/figs"],
+        r"unknown study \['nosuch'\]; available: .*identities",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,argv,message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_user_mistakes_are_one_line(name, argv, message, tmp_path, capsys):
+    from precond_lab.cli import main
+
+    (tmp_path / "a_file").write_text("")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "figs").exists()
