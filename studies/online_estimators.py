@@ -787,6 +787,9 @@ def _p1_13(ds):
     )
 
 
+_SPEED_WORDS = {"above": "all above", "below": "all below", "inconclusive": "straddling"}
+
+
 def _p1_19(ds):
     sizes = ds["size"].values
     med, lo, hi = (ds[k].values for k in ("speedup_median", "speedup_q25", "speedup_q75"))
@@ -821,8 +824,8 @@ def _p1_19(ds):
         "keeps KL-Shampoo's preconditioner as good as eigh every step.",
         verdict,
         f"refresh cost on {ds.attrs.get('timing_device', '?')} (median of {reps} interleaved "
-        f"rounds, per-round ratio quartiles): {cost}; timing at the largest size: {speed} "
-        f"the threshold. Quality (stationary stream): {qual}.",
+        f"rounds, per-round ratio quartiles): {cost}; at the largest size the quartiles are "
+        f"{_SPEED_WORDS[speed]} {P119_SPEEDUP}×. Quality (stationary stream): {qual}.",
         f"holds if the eigh/QR ratio's whole quartile range is ≥ {P119_SPEEDUP}× at the largest "
         f"size and the QR variant's late KL gap/KL_opt is within {P119_REL_GAP} and its "
         f"direction cosine within {P119_COS} of eigh-every-step on every layer; partial if "

@@ -19,7 +19,8 @@ captured examples (capture target ``ggn``), and the statistic is built from
 
 Three ways to form the batch statistic for each batch size ``B`` (``B = 1``: per-example):
 
-* ``resampled`` (the main measurement): ``M`` mini-batches of ``B`` examples drawn with
+* ``resampled`` (the main measurement, mean of ``repeats`` Monte-Carlo repeats): ``M``
+  mini-batches of ``B`` examples drawn with
   replacement from the ``N`` captured ones, each example with its real label or with one
   of its ``k`` sampled labels drawn at random; statistic ``(1/M) Σ_j B ḡ_j ḡ_jᵀ``. ``M``
   is the same for every ``B``, as in training, where Shampoo adds one outer product per
@@ -32,6 +33,17 @@ Three ways to form the batch statistic for each batch size ``B`` (``B = 1``: per
   ``E[B ḡ ḡᵀ] = E[g gᵀ] + (B − 1) E[g] E[g]ᵀ`` over the captured examples (and draws).
   For real labels ``E[g]`` is the full-batch gradient (the bias); for sampled labels it
   is the mean of the sampled-label gradients, zero up to Monte-Carlo noise.
+
+Sampled-label draws are centred to mean zero (``E_y[g | x] = 0`` holds exactly for the
+model's own labels; the captured draws' mean is Monte-Carlo noise that would otherwise add
+a spurious ``(B − 1) ḡḡᵀ``). The ``expected`` scheme is exact *over the captured draws*;
+for sampled labels that limit is itself a ``k``-draw Monte-Carlo estimate of ``H_GN``
+(the ``k, M → ∞`` limit is ``H_GN``, drawn as "Shampoo² of the exact H_GN"). On a
+confident model a few flipped-label draws dominate it (``top_draw_share``), so a random
+subset of ``M`` draws can sit well above it — the earlier quick report's binary-MNIST
+sampled curve 0.15 above "its exact limit" (B = 1–4, step 120: 0.955 vs 0.803) is this,
+not an error. The ``resampled`` statistic is repeated ``repeats`` times (Monte-Carlo
+spread: bands and ± 2 standard errors in P3-8).
 
 Scores: the cosine of Shampoo² (``L ⊗ R / tr``) of each statistic with ``H_GN``, and the
 cosine of the statistic itself with ``H_GN`` (the full ``mn × mn`` matrices, exactly,
@@ -60,7 +72,7 @@ from precond_lab import schema
 from precond_lab.evaluate import evaluate
 from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
-from precond_lab.study import FAILS, Verdict, judge
+from precond_lab.study import FAILS, TestKind, Verdict, judge
 from precond_lab.targets import Target
 from studies._setups import (
     P3_SETUPS,
@@ -98,6 +110,8 @@ class Config:
             and CNN, so the stores are shared).
         training: the captured steps and the optimiser.
         num_batches: ``M``, the mini-batches of the ``resampled`` statistic.
+        repeats: independent Monte-Carlo repeats of the ``resampled`` statistic (its
+            spread: error bars and the P3-8 bounds).
         seed: the training runs' seed (and the resampling's).
         cache_dir: the capture cache (None: :func:`precond_lab.study.cached_capture`'s
             default).
@@ -106,15 +120,45 @@ class Config:
     setups: tuple[Setup, ...]
     training: Training
     num_batches: int = 128
+    repeats: int = 8
     seed: int = 0
     cache_dir: str | Path | None = None
 
 
+#: Binary MNIST (the paper's Figure 3 dataset) with enough captured examples for the
+#: mini-batch regime: batches are drawn with replacement from the ``N`` captured examples,
+#: so ``B`` stays ≤ ``N/2`` (the full-batch mean over ``N`` then overstates the real-label
+#: bias ``(B − 1)‖E g‖²`` by only about ``1/(N f)``, ``f`` = ``mean_gradient_fraction``).
+_MLP_BATCH = {
+    "test": P3_SETUPS["test"]["mlp"],
+    "quick": Setup(
+        "mlp/binary-mnist",
+        "mlp",
+        "binary-mnist",
+        num_samples=256,
+        batch_sizes=(4, 16, 64, 128),
+        model_options=(("hidden", (16,)),),
+    ),
+    "full": Setup(
+        "mlp/binary-mnist",
+        "mlp",
+        "binary-mnist",
+        num_samples=1024,
+        batch_sizes=(4, 16, 64, 128, 256, 512),
+        mc_samples=4,
+    ),
+}
+#: The capture targets this study reads (its binary-MNIST stores are its own).
+_TARGETS = ("gradients", "ggn", "ggn-mc", "batch")
+
 PRESETS = {
     preset: Config(
-        (P3_SETUPS[preset]["mlp"], P3_SETUPS[preset]["cnn"]), P3_TRAINING[preset], num_batches=m
+        (_MLP_BATCH[preset], P3_SETUPS[preset]["cnn"]),
+        P3_TRAINING[preset],
+        num_batches=m,
+        repeats=r,
     )
-    for preset, m in (("test", 16), ("quick", 128), ("full", 1024))
+    for preset, m, r in (("test", 16, 3), ("quick", 128, 8), ("full", 1024, 16))
 }
 
 #: The references: the estimators of the exact ``H_GN`` itself.
@@ -135,11 +179,15 @@ class _Cell:
     once per cell.
     """
 
-    def __init__(self, g, ggn_x, ggn_w, kgg):
+    def __init__(self, g, ggn_x, ggn_w, kgg, center: bool = False):
         self.n, self.k = g.shape[:2]
-        self.f = np.ascontiguousarray(g.reshape(self.n * self.k, -1), np.float32)
+        f = g.reshape(self.n * self.k, -1).astype(np.float64)
+        if center:  # sampled labels: E_y[g | x] = 0 exactly; remove the draws' MC mean
+            f = f - f.mean(axis=0)
+        self.f = np.ascontiguousarray(f, np.float32)
         self.shape = g.shape[2:]
         y = ggn_x.reshape(len(ggn_x), -1).astype(np.float32)
+        self.y = y
         self.kff = (self.f @ self.f.T).astype(np.float64)
         self.kfg = (self.f @ y.T).astype(np.float64)
         self.wg = np.asarray(ggn_w, np.float64)
@@ -160,6 +208,25 @@ class _Cell:
         s = (c.astype(np.float32) @ self.f).reshape(len(c), *self.shape)
         return _factors(s, w)
 
+    def resampled(self, idx: np.ndarray) -> tuple[float, tuple]:
+        """The statistic ``(1/M) Σ_j s_j s_jᵀ``, ``s_j = Σ_b f_{idx[j, b]}/√B``, summed
+        directly (no ``M × S`` batch matrix).
+
+        Args:
+            idx: ``(M, B)`` draw indices (:func:`_draw`).
+
+        Returns:
+            ``(cosine of the statistic with H_GN, its Shampoo factors)``.
+        """
+        m, bsz = idx.shape
+        s = self.f[idx.ravel()].reshape(m, bsz, -1).sum(axis=1) / np.float32(np.sqrt(bsz))
+        w = np.full(m, 1.0 / m)
+        ksg = (s @ self.y.T).astype(np.float64)
+        kss = (s @ s.T).astype(np.float64)
+        inner = float(w @ (ksg * ksg) @ self.wg)
+        cos = inner / np.sqrt(float(w @ (kss * kss) @ w) * self.ggn_norm2)
+        return cos, _factors(s.reshape(m, *self.shape), w)
+
 
 def _factors(s, w):
     """``L = Σ_p w_p s_p s_pᵀ`` and ``R = Σ_p w_p s_pᵀ s_p`` (``w ≥ 0``) as two products."""
@@ -170,12 +237,10 @@ def _factors(s, w):
     return (a @ a.T).astype(np.float64), (b.T @ b).astype(np.float64)
 
 
-def _resampled(n, k, bsz, m, rng):
-    """``M`` batches of ``B`` examples drawn with replacement, each with a random draw."""
-    idx = rng.integers(0, n, size=(m, bsz)) * k + rng.integers(0, k, size=(m, bsz))
-    c = np.zeros((m, n * k))
-    np.add.at(c, (np.repeat(np.arange(m), bsz), idx.ravel()), 1.0 / np.sqrt(bsz))
-    return c, np.full(m, 1.0 / m)
+def _draw(n, k, bsz, m, rng) -> np.ndarray:
+    """``(M, B)`` indices of ``M`` batches of ``B`` examples drawn with replacement, each
+    example with one of its ``k`` label draws at random (index ``example·k + draw``)."""
+    return rng.integers(0, n, size=(m, bsz)) * k + rng.integers(0, k, size=(m, bsz))
 
 
 def _groups(n, k, bsz):
@@ -195,11 +260,11 @@ def _expected(n, k, bsz):
     return c, np.concatenate([np.full(s, 1.0 / s), [bsz - 1.0]])
 
 
-def _statistics(cell: _Cell, bsz, num_batches, rng):
-    """``{scheme: (cosine of the statistic with H_GN, Shampoo²'s (L, R))}``."""
+def _statistics(cell: _Cell, bsz, num_batches, rng, repeats: int = 1):
+    """``{scheme: (cosine of the statistic with H_GN, Shampoo²'s (L, R))}``; with
+    ``repeats > 1`` the ``"resampled"`` entry is a list, one pair per Monte-Carlo repeat."""
     out = {}
     for scheme, (c, w) in (
-        ("resampled", _resampled(cell.n, cell.k, bsz, num_batches, rng)),
         ("groups", _groups(cell.n, cell.k, bsz)),
         ("expected", _expected(cell.n, cell.k, bsz)),
     ):
@@ -210,6 +275,10 @@ def _statistics(cell: _Cell, bsz, num_batches, rng):
         else:
             fac = cell.factors(c, w)
         out[scheme] = (cell.cosine(c, w), fac)
+    reps = [
+        cell.resampled(_draw(cell.n, cell.k, bsz, num_batches, rng)) for _ in range(int(repeats))
+    ]
+    out["resampled"] = reps[0] if repeats == 1 else reps
     return out
 
 
@@ -238,6 +307,10 @@ def _references(ggn_t: Target) -> xr.DataArray:
     return sweep["score"].sel(metric="cosine").isel(fixed)
 
 
+def _preset_name(cfg: Config) -> str:
+    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
+
+
 def run(config: Config, **overrides) -> xr.Dataset:
     """Shampoo² from real / sampled-label batch statistics vs the exact GGN.
 
@@ -260,7 +333,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
     capture_seconds = 0.0
     for s in cfg.setups:
         t0 = time.perf_counter()
-        captures.append(capture_setup(s, training, cfg.seed, cfg.cache_dir))
+        shared = any(s in setups.values() for setups in P3_SETUPS.values())
+        kw = {} if shared else {"targets": _TARGETS}  # p3_quality's setups share its stores
+        captures.append(capture_setup(s, training, cfg.seed, cfg.cache_dir, **kw))
         capture_seconds += time.perf_counter() - t0
     sizes = sorted({1} | {int(b) for s in cfg.setups for b in s.batch_sizes})
     names, rows, cols = layer_table([t for t, _ in captures])
@@ -269,6 +344,10 @@ def run(config: Config, **overrides) -> xr.Dataset:
     full = (*shape, len(LABELS), len(sizes), len(SCHEMES))
     cos_sh2 = np.full(full, np.nan)
     cos_stat = np.full(full, np.nan)
+    reps = int(cfg.repeats)
+    mc_sh2 = np.full((*full[:-1], reps), np.nan)
+    mc_stat = np.full((*full[:-1], reps), np.nan)
+    top_share = np.full((*shape, len(LABELS)), np.nan)
     refs = {k: np.full(shape, np.nan) for k in _REFERENCES}
     mean_frac = np.full((*shape, len(LABELS)), np.nan)
     loss = np.full((len(cfg.setups), len(steps)), np.nan)
@@ -298,15 +377,24 @@ def run(config: Config, **overrides) -> xr.Dataset:
                 for key, est_name in _REFERENCES.items():
                     refs[key][i_d, i_s, i_l] = float(ref.sel(estimator=est_name))
                 for i_lab, g in enumerate((real, sampled)):
-                    cell = _Cell(g, ggn_x, ggn_w, kgg)
+                    cell = _Cell(g, ggn_x, ggn_w, kgg, center=LABELS[i_lab] == "sampled")
                     flat = g.reshape(-1, *g.shape[2:]).astype(np.float64)
+                    norms = np.sum(flat**2, axis=(1, 2))
                     mean_frac[i_d, i_s, i_l, i_lab] = float(
-                        np.sum(flat.mean(axis=0) ** 2) / np.mean(np.sum(flat**2, axis=(1, 2)))
+                        np.sum(flat.mean(axis=0) ** 2) / np.mean(norms)
+                    )
+                    top = max(1, int(np.ceil(0.01 * len(norms))))
+                    top_share[i_d, i_s, i_l, i_lab] = float(
+                        np.sort(norms)[-top:].sum() / norms.sum()
                     )
                     for i_b, bsz in enumerate(sizes):
-                        if bsz > g.shape[0]:
+                        if bsz > g.shape[0] // 2 and bsz > 1:  # B ≤ N/2 (see _MLP_BATCH)
                             continue
-                        stats = _statistics(cell, bsz, num_batches, rng)
+                        stats = _statistics(cell, bsz, num_batches, rng, repeats=reps)
+                        mc = stats["resampled"] if reps > 1 else [stats["resampled"]]
+                        for r, (c_stat, fac) in enumerate(mc):
+                            mc_stat[i_d, i_s, i_l, i_lab, i_b, r] = c_stat
+                            mc_sh2[i_d, i_s, i_l, i_lab, i_b, r] = _shampoo2_cos(ggn_t, fac)
                         cap = None
                         if i_lab == 0 and bsz > 1:  # real labels: the capture's batch target
                             cap = schema.layer_samples(ln, schema.batch_kind(bsz))
@@ -318,6 +406,10 @@ def run(config: Config, **overrides) -> xr.Dataset:
                             check = max(check, float(dev))
                         for i_sc, sc in enumerate(SCHEMES):
                             idx = (i_d, i_s, i_l, i_lab, i_b, i_sc)
+                            if sc == "resampled":  # the Monte-Carlo mean over repeats
+                                cos_stat[idx] = mc_stat[idx[:-1]].mean()
+                                cos_sh2[idx] = mc_sh2[idx[:-1]].mean()
+                                continue
                             cos_stat[idx], fac = stats[sc]
                             cos_sh2[idx] = _shampoo2_cos(ggn_t, fac)
     dims = ("dataset", "step", "layer", "labels", "batch_size", "scheme")
@@ -327,6 +419,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "cos_statistic": (dims, cos_stat),
             **{key: (dims[:3], refs[key]) for key in _REFERENCES},
             "mean_gradient_fraction": ((*dims[:3], "labels"), mean_frac),
+            "top_draw_share": ((*dims[:3], "labels"), top_share),
+            "cos_shampoo2_mc": ((*dims[:-1], "repeat"), mc_sh2),
+            "cos_statistic_mc": ((*dims[:-1], "repeat"), mc_stat),
             "loss": (("dataset", "step"), loss),
             "test_accuracy": (("dataset", "step"), acc),
         },
@@ -337,6 +432,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "labels": list(LABELS),
             "batch_size": np.asarray(sizes, np.int64),
             "scheme": list(SCHEMES),
+            "repeat": np.arange(reps),
             "layer_name": (("dataset", "layer"), names),
             "layer_rows": (("dataset", "layer"), rows),
             "layer_cols": (("dataset", "layer"), cols),
@@ -344,7 +440,15 @@ def run(config: Config, **overrides) -> xr.Dataset:
     )
     ds["cos_shampoo2"].attrs["long_name"] = "cosine of Shampoo² (from the statistic) with H_GN"
     ds["cos_statistic"].attrs["long_name"] = "cosine of the batch statistic itself with H_GN"
-    ds["mean_gradient_fraction"].attrs["long_name"] = "‖E[g]‖² / E‖g‖² (bias per unit B − 1)"
+    ds["mean_gradient_fraction"].attrs["long_name"] = (
+        "‖E[g]‖² / E‖g‖² (bias per unit B − 1), before the sampled draws are centred"
+    )
+    ds["top_draw_share"].attrs["long_name"] = (
+        "share of Σ‖g‖² carried by the largest 1 % of draws (heavy tails: rare label flips)"
+    )
+    ds["cos_shampoo2_mc"].attrs["long_name"] = (
+        "cos(Shampoo² of the resampled statistic, H_GN) per Monte-Carlo repeat"
+    )
     ds.attrs.update(
         make_attrs(
             TITLE,
@@ -359,6 +463,13 @@ def run(config: Config, **overrides) -> xr.Dataset:
             metric="Frobenius cosine similarity with H_GN, no damping (references: "
             "precond_lab.evaluate sweep; cos_statistic: exact, via Gram matrices)",
             num_batches=num_batches,
+            repeats=reps,
+            preset=_preset_name(cfg),
+            sampled_draws="centred to mean zero (E_y[g|x] = 0 exactly), so sampled-label "
+            "batches carry no spurious (B−1) ḡḡᵀ from the draws' Monte-Carlo mean",
+            expected_scheme="exact M → ∞ limit over the captured draws; for sampled labels "
+            "that is still a k-draw Monte-Carlo estimate of H_GN (the k, M → ∞ limit is H_GN "
+            "itself, whose Shampoo² is ref_shampoo2_ggn)",
             batch_target_check_max_rel_dev=float(check),
             optimizer=str(training.optimizer),
             learning_rate=float(training.learning_rate),
@@ -443,47 +554,88 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
             f"holds: for every dataset the exact batch expectation with sampled labels loses ≤ "
             f"{UNBIASED_TOL} cosine with H_GN from B=1 to the largest B in every cell, and "
             f"Shampoo² from M resampled sampled-label batches loses ≤ {BATCH_TOL} (median) at "
-            "every B; partially: one of them for some dataset",
+            "every B; partially: one of them for some dataset. The sampled draws are centred "
+            "(E_y[g|x] = 0 exactly), so the first part is by construction (derived); the "
+            "Monte-Carlo mean they had is in mean_gradient_fraction",
+            kind=TestKind.PROXY,
+            setting="small MLP/CNN layers (binary MNIST, sklearn digits); captured sampled-label "
+            "draws (k per example) in place of fresh labels each step",
         )
     )
     # P3-8 ------------------------------------------------------------------------------
     strong, weak, ev = [], [], []
     for d in sets:
         bm = _bmax(ds, d)
-        r = sh2.sel(dataset=d, scheme="resampled")
-        gap = r.sel(labels="sampled") - r.sel(labels="real")
-        g1, gm = _med(gap.sel(batch_size=1)), _med(gap.sel(batch_size=bm))
-        strong.append(gm >= DEGRADE_TOL and gm > g1)
-        weak.append(gm > 0 and gm > g1)
-        real1 = _med(r.sel(labels="real", batch_size=1))
-        ev.append(
-            f"{d}: cos(Sh², H_GN) real vs sampled at B=1 {real1:.3f} "
-            f"vs {_med(r.sel(labels='sampled', batch_size=1)):.3f}, at B={bm} "
-            f"{_med(r.sel(labels='real', batch_size=bm)):.3f} vs "
-            f"{_med(r.sel(labels='sampled', batch_size=bm)):.3f} (gap {g1:.3f}→{gm:.3f}; "
-            f"worst cell gap {np.nanmax(gap.sel(batch_size=bm).values):.3f}; gap at B={bm} by "
-            "step: "
-            + ", ".join(
-                f"{int(st)}: {_med(gap.sel(batch_size=bm, step=st)):.3f}"
-                for st in ds["step"].values
-            )
-            + ")"
+        g1, se1 = _mc_gap(ds, d, 1)
+        gm, sem = _mc_gap(ds, d, bm)
+        strong.append(gm - 2 * sem >= DEGRADE_TOL and gm > g1)
+        weak.append(gm - 2 * sem > 0 and gm > g1)
+        direction = (
+            "sampled better"
+            if gm - 2 * sem > 0
+            else ("real better (reversed)" if gm + 2 * sem < 0 else "no clear direction")
         )
+        r = sh2.sel(dataset=d, scheme="resampled")
+        steps = [int(st) for st in ds["step"].values]
+        by_step = ", ".join(
+            "{}: {:.3f} ± {:.3f}".format(st, *_mc_gap(ds, d, bm, steps=[st])) for st in steps
+        )
+        later = [st for st in steps if st > 0]
+        gl, sel = _mc_gap(ds, d, bm, steps=later) if later else (np.nan, np.nan)
+        share = ds["top_draw_share"].sel(dataset=d)
+        ev.append(
+            f"{d}: cos(Sh², H_GN) real vs sampled at B=1 "
+            f"{_med(r.sel(labels='real', batch_size=1)):.3f} vs "
+            f"{_med(r.sel(labels='sampled', batch_size=1)):.3f}, at B={bm} "
+            f"{_med(r.sel(labels='real', batch_size=bm)):.3f} vs "
+            f"{_med(r.sel(labels='sampled', batch_size=bm)):.3f}; gap sampled − real "
+            f"{g1:.3f} ± {2 * se1:.3f} → {gm:.3f} ± {2 * sem:.3f} ({direction}); at B={bm} by "
+            f"step {by_step}; steps > 0: {gl:.3f} ± {2 * sel:.3f}; largest 1 % of draws carry "
+            f"{100 * _med(share.sel(labels='sampled')):.0f}% of Σ‖g‖² (sampled) vs "
+            f"{100 * _med(share.sel(labels='real')):.0f}% (real); real-label bias ‖E g‖²/E‖g‖² "
+            f"{_med(ds['mean_gradient_fraction'].sel(dataset=d, labels='real')):.3f} per unit B−1"
+        )
+    reps = ds.sizes.get("repeat", 1)
     out.append(
         Verdict(
             "P3-8",
             PAPER,
-            "Figure 3 (Binary MNIST, CIFAR-10, ImageNet)",
+            "Figure 3 (binary MNIST, CIFAR-5M, ImageNet)",
             "Real labels (empirical Fisher) degrade Shampoo²'s approximation of H_GN compared "
             "with sampled labels, especially with larger batches.",
             judge(all(strong), any(strong) or all(weak)) if sets else FAILS,
-            "; ".join(ev) + " [resampled statistic; medians over steps × layers]",
+            "; ".join(ev) + f" [resampled statistic, M={ds.attrs.get('num_batches')} batches; "
+            f"medians over steps × layers; ± 2 Monte-Carlo standard errors over {reps} "
+            "repeats]",
             f"holds: for every dataset the median gap cos(Sh²_sampled) − cos(Sh²_real) at the "
-            f"largest B is ≥ {DEGRADE_TOL} and larger than at B=1; partially: so for some "
-            "dataset, or a positive growing gap for all",
+            f"largest B, less 2 Monte-Carlo standard errors, is ≥ {DEGRADE_TOL} and the gap is "
+            "larger than at B=1; partially: so for some dataset, or a positive (beyond 2 SE) "
+            "growing gap for all",
+            kind=TestKind.PROXY,
+            setting="a 16-unit MLP on binary MNIST (one of the paper's Fig. 3 datasets) and a "
+            "CNN on sklearn digits (in place of CIFAR-5M / ImageNet); batches drawn with "
+            "replacement from N captured examples (B ≤ N/2)",
         )
     )
     return out
+
+
+def _mc_gap(ds: xr.Dataset, dataset: str, bsz: int, steps=None) -> tuple[float, float]:
+    """Monte-Carlo mean and standard error of the median gap cos(Sh²_sampled) − cos(Sh²_real).
+
+    Per repeat, the median over (step, layer) cells of the gap; then the mean and the
+    standard error over repeats (0 if a single repeat).
+    """
+    mc = ds["cos_shampoo2_mc"].sel(dataset=dataset, batch_size=bsz)
+    if steps is not None:
+        mc = mc.sel(step=list(steps))
+    gap = (mc.sel(labels="sampled") - mc.sel(labels="real")).stack(cell=("step", "layer"))
+    per_rep = np.array([_med(gap.sel(repeat=r)) for r in gap["repeat"].values])
+    per_rep = per_rep[np.isfinite(per_rep)]
+    if not per_rep.size:
+        return float("nan"), float("nan")
+    se = float(np.std(per_rep, ddof=1) / np.sqrt(len(per_rep))) if len(per_rep) > 1 else 0.0
+    return float(np.mean(per_rep)), se
 
 
 # --------------------------------------------------------------------------------------
@@ -497,7 +649,7 @@ _LINESTYLES = {"resampled": "-", "groups": ":", "expected": "--"}
 _SCHEME_LABEL = {
     "resampled": "M random batches",
     "groups": "consecutive groups (capture batch target)",
-    "expected": "exact expectation (M → ∞)",
+    "expected": "M → ∞ over the captured draws (exact)",
 }
 
 
@@ -530,6 +682,32 @@ def _panel_grid(ds, var, title, ylabel, figdir, stem) -> list[Path]:
                             lw=1.6 if sc == "resampled" else 1.0,
                             gid=f"{lab}:{sc}",
                         )
+                    mc = ds[f"{var}_mc"].sel(dataset=d, step=step, layer=r, labels=lab)
+                    ax.fill_between(
+                        bs,
+                        mc.min("repeat").values,
+                        mc.max("repeat").values,
+                        color=_COLORS[lab],
+                        alpha=0.2,
+                        lw=0,
+                        gid=f"{lab}:band",
+                    )
+                missing = [
+                    int(b)
+                    for b in bs
+                    if np.isnan(ds[var].sel(dataset=d, step=step, layer=r, batch_size=b)).all()
+                ]
+                if missing:  # drawn as missing, and said so
+                    ax.text(
+                        0.98,
+                        0.04,
+                        "not measured (B > N/2): B = " + ", ".join(map(str, missing)),
+                        transform=ax.transAxes,
+                        ha="right",
+                        fontsize=6,
+                        color=_GREY,
+                        gid="missing",
+                    )
                 if var == "cos_shampoo2":
                     ref = ds["ref_shampoo2_ggn"].sel(dataset=d, step=step, layer=r)
                     ax.axhline(float(ref), color=_GREY, lw=1, ls="-.", gid="ref")
@@ -551,9 +729,20 @@ def _panel_grid(ds, var, title, ylabel, figdir, stem) -> list[Path]:
             for sc in SCHEMES
         ]
         if var == "cos_shampoo2":
-            handles.append(Line2D([], [], color=_GREY, ls="-.", label="Shampoo² of the exact H_GN"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=3)
-        fig.suptitle(f"{title} (training step {step})")
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=_GREY,
+                    ls="-.",
+                    label="Shampoo² of the exact H_GN (sampled labels' limit as k, M → ∞)",
+                )
+            )
+        fig.legend(handles=handles, loc="outside lower center", ncols=2)
+        fig.suptitle(
+            f"{title} (training step {step}); band: min–max over n = {ds.sizes['repeat']} "
+            "Monte-Carlo repeats of the M random batches"
+        )
         return pl.save(fig, Path(figdir) / stem)
 
 
