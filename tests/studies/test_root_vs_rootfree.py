@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 
 import studies.root_vs_rootfree as study
+from precond_lab import claims
 from precond_lab.errors import Status
-from precond_lab.study import FAILS, HOLDS, PARTIAL, by_claim
+from precond_lab.study import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_TESTABLE_HERE,
+    PARTIAL,
+    TestKind,
+    by_claim,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +28,15 @@ def ds():
 def test_test_preset_end_to_end(ds, tmp_path):
     for v in ds.attrs.values():
         assert isinstance(v, (str, int, float)) and not isinstance(v, bool)
-    assert ds["direction_cosine"].dims == ("layer", "estimator", "approx_power", "exact_power")
+    assert ds["direction_cosine"].dims == (
+        "layer",
+        "estimator",
+        "approx_power",
+        "exact_power",
+        "batch",
+    )
+    assert ds["step_scale"].sizes["seed"] == len(study.PRESETS["test"].stream_seeds)
+    assert ds["time_s"].sizes["timing_round"] >= 5 and np.all(ds["time_s"] > 0)
     assert np.all(np.isfinite(ds["direction_cosine"].values))
     assert np.all(np.isfinite(ds["step_scale"].isel(layer=0).values))
     # eigh has no bfloat16 kernel in JAX on CPU: recorded as unsupported
@@ -31,9 +49,17 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     verdicts = by_claim(study.verdicts(ds))
     assert set(verdicts) == {"P2-27", "P2-28", "P2-29", "P2-30", "P2-31"}
-    for v in verdicts.values():
+    for claim, v in verdicts.items():
         assert v.paper == study.PAPER and v.tolerance and v.evidence
-        assert v.verdict in (HOLDS, FAILS, PARTIAL)
+        assert v.statement == claims.claim(claim).statement
+        assert v.kind is not None
+    for claim in ("P2-27", "P2-28", "P2-29", "P2-30"):
+        assert verdicts[claim].kind == TestKind.PROXY and verdicts[claim].setting
+        assert verdicts[claim].verdict in (HOLDS, FAILS, PARTIAL)
+    # on a CPU, P2-31 is not testable: CPU numbers as context only
+    assert verdicts["P2-31"].verdict == NOT_TESTABLE_HERE
+    assert verdicts["P2-31"].kind == TestKind.NOT_TESTABLE and "CPU" in verdicts["P2-31"].evidence
+    assert "Gauss–Newton" in verdicts["P2-28"].evidence
     # loss scaling with a scale-equivariant damping is exact: root invariant, root-free 1/c
     np.testing.assert_allclose(ds["scaling_ratio"], ds["scaling_predicted"], rtol=1e-2)
     # the P2-30 summary excludes inputs that rounding made indefinite (NOT_SPD)
@@ -86,22 +112,70 @@ def test_p2_27_verdict_logic(ds):
     assert by_claim(study.verdicts(bad))["P2-27"].verdict == FAILS
 
 
-def test_p2_28_and_p2_31_verdict_logic(ds):
+def test_p2_28_verdict_logic(ds):
     good = ds.copy(deep=True)
     c = good["direction_cosine"]
     c.loc[{"approx_power": 1.0, "exact_power": 1.0}] = 0.9
     c.loc[{"approx_power": 0.5, "exact_power": 1.0}] = 0.5
-    c.loc[{"approx_power": 0.5, "exact_power": 0.5}] = 0.9
-    c.loc[{"approx_power": 1.0, "exact_power": 0.5}] = 0.5
-    good["scaling_ratio"][:] = good["scaling_predicted"].values
-    good["eigh_f32_s"][:] = 1.0
-    good["if_update_bf16_s"][:] = 0.1
-    good["if_update_f32_s"][:] = 0.2
-    v = by_claim(study.verdicts(good))
-    assert v["P2-28"].verdict == HOLDS and v["P2-31"].verdict == HOLDS
+    assert by_claim(study.verdicts(good))["P2-28"].verdict == HOLDS
     bad = good.copy(deep=True)
     bad["direction_cosine"].loc[{"approx_power": 1.0, "exact_power": 1.0}] = 0.1
-    bad["scaling_ratio"][:] = 2 * good["scaling_predicted"].values
-    bad["if_update_bf16_s"][:] = 3.0
-    v = by_claim(study.verdicts(bad))
-    assert v["P2-28"].verdict == FAILS and v["P2-31"].verdict == FAILS
+    assert by_claim(study.verdicts(bad))["P2-28"].verdict == FAILS
+    # the loss-scaling response is information, not part of the verdict
+    off = good.copy(deep=True)
+    off["scaling_ratio"][:] = 2 * good["scaling_predicted"].values
+    assert by_claim(study.verdicts(off))["P2-28"].verdict == HOLDS
+
+
+def _timed(ds, eigh, if_bf16, if_f32, backend="gpu"):
+    out = ds.copy(deep=True)
+    out.attrs["timing_backend"] = backend
+    t = out["time_s"]
+    for op, v in (("eigh_f32", eigh), ("if_update_bf16", if_bf16), ("if_update_f32", if_f32)):
+        t.loc[{"timing_op": op}] = np.broadcast_to(v, t.loc[{"timing_op": op}].shape)
+    return out
+
+
+def test_p2_31_timing_verdicts_need_the_spread_to_clear_the_threshold(ds):
+    rounds = ds.sizes["timing_round"]
+    steady = np.ones(rounds)
+    v = by_claim(study.verdicts(_timed(ds, 1.0 * steady, 0.1 * steady, 0.2 * steady)))["P2-31"]
+    assert v.verdict == HOLDS and v.kind == TestKind.PROXY and v.setting
+    v = by_claim(study.verdicts(_timed(ds, 1.0 * steady, 3.0 * steady, 0.2 * steady)))["P2-31"]
+    assert v.verdict == FAILS
+    # a loaded machine: the per-round ratio straddles 2× -> inconclusive, never a flip
+    noisy = np.where(np.arange(rounds) % 2 == 0, 4.0, 1.0)
+    v = by_claim(study.verdicts(_timed(ds, noisy, steady, 2.0 * steady)))["P2-31"]
+    assert v.verdict == INCONCLUSIVE
+    v = by_claim(study.verdicts(_timed(ds, 1.0 * steady, 0.1 * steady, 0.05 * steady)))["P2-31"]
+    assert v.verdict == PARTIAL  # fast, but bf16 slower than f32
+    cpu = by_claim(study.verdicts(_timed(ds, steady, 0.1 * steady, 0.2 * steady, "cpu")))
+    assert cpu["P2-31"].verdict == NOT_TESTABLE_HERE
+
+
+def test_figures_show_spread_and_missing_cells(ds):
+    figs = study._figures(ds)
+    prec = figs["root_vs_rootfree_precision"]
+    for ax in prec.axes:
+        heights = [r.get_height() for r in ax.patches]
+        assert min(heights) >= 0  # no negative "failure rate" stands in for a missing cell
+        missing = [r for r in ax.patches if r.get_y() < 0]
+        assert all(r.get_hatch() and r.get_facecolor()[3] == 0 for r in missing)  # unfilled
+    synthetic = prec.axes[0]
+    fr = study._failure(ds["synthetic_status"].values, ds["synthetic_error"].values)
+    n_missing = sum(
+        int(np.isnan(fr[im, :, lp]).sum())
+        for im in range(fr.shape[0])
+        for lp in range(fr.shape[2])
+        if not np.all(np.isnan(fr[im, :, lp]))
+    )
+    assert len([r for r in synthetic.patches if r.get_y() < 0]) == n_missing > 0
+    directions = figs["root_vs_rootfree_directions"].axes[0]
+    bars = [c for c in directions.containers if isinstance(c, BarContainer)]
+    assert len(bars) == ds.sizes["estimator"] and all(c.errorbar for c in bars)
+    assert f"{ds.sizes['batch']} batches" in directions.get_title()
+    batch = figs["root_vs_rootfree_batch_init"].axes[0]
+    assert len(batch.collections) == 4  # one seed band per (label, scaling) curve
+    assert f"{ds.sizes['seed']} seeds" in batch.get_title()
+    tim = figs["root_vs_rootfree_timing"].axes[0]
+    assert len(tim.containers) == 4 and "interleaved rounds" in tim.get_title()
