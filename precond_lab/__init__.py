@@ -1,6 +1,6 @@
 """precond_lab: check what Kronecker-factored preconditioners approximate, on real gradients.
 
-Conventions (theory.md A.0): per-example matrices ``G`` of shape ``(N, m, n)``
+Conventions (README, "Conventions"): per-example matrices ``G`` of shape ``(N, m, n)``
 (``m`` = output side / rows, ``n`` = input side / columns), weights ``w`` (default
 ``1/N``), target ``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` with row-major vec, and
 ``kron(L, R) @ vec(X) = vec(L X Rᵀ)`` with ``L`` m×m on the left.

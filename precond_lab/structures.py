@@ -1,6 +1,6 @@
 """Structured approximations of an ``mn × mn`` matrix: Kronecker, eigen-corrected, diagonal.
 
-Conventions (the project's, see ``theory.md`` A.0): vec is row-major, so a matrix
+Conventions (the project's, see the README's "Conventions"): vec is row-major, so a matrix
 ``X`` of shape ``(m, n)`` is the vector ``X.reshape(-1)`` and
 
     kron(L, R) @ vec(X) = vec(L X Rᵀ),    L: m×m (rows / output side), R: n×n.

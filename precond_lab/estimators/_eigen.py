@@ -59,7 +59,7 @@ def eigencorrected(
     """The optimal diagonal in a Kronecker eigenbasis ``Q = Qa ⊗ Qb``.
 
     ``D = diag(QᵀΣQ) = E[(Qaᵀ G Qb)²]`` is both the Frobenius- and the KL-optimal
-    diagonal in that basis (theory.md A.7): EKFAC (basis of K-FAC), SOAP (basis of
+    diagonal in that basis (identity D7): EKFAC (basis of K-FAC), SOAP (basis of
     Shampoo) and KL-SOAP (basis of the KL fit).
 
     Args:

@@ -1,4 +1,4 @@
-"""K-FAC from layer inputs and output-side gradients (theory.md A.4).
+"""K-FAC from layer inputs and output-side gradients (Martens & Grosse's Kronecker factors).
 
 For a linear layer ``y = W a`` without weight sharing the per-example gradient is
 ``G = δ aᵀ``, so ``vec(G) vec(G)ᵀ = (δδᵀ) ⊗ (aaᵀ)`` (row-major, output factor on the

@@ -1,4 +1,4 @@
-"""KL-optimal Kronecker factors (Lin et al. 2025, "KL-Shampoo"; theory.md A.5).
+"""KL-optimal Kronecker factors (Lin et al. 2025, "KL-Shampoo").
 
 The objective is ``KL(N(0, Σ+λI) ‖ N(0, L⊗R))``, i.e. up to constants
 ``f(L, R) = n log det L + m log det R + tr((L⊗R)^{-1}(Σ+λI))`` — the matrix-normal
@@ -80,7 +80,7 @@ def kl_optimal(
     """The Kronecker ``L ⊗ R`` minimising ``KL(N(0, Σ+λI) ‖ N(0, L⊗R))``.
 
     Solved by the flip-flop (block-coordinate) iteration from the identity; the first
-    half-step from the identity gives Shampoo's ``L/n`` (theory.md A.5). The scale
+    half-step from the identity gives Shampoo's ``L/n`` (claim P1-11). The scale
     is not identifiable (``cL, R/c``); it is fixed by ``tr R = n``, then reported in
     balanced form with ``scale`` carrying the product's magnitude.
 

@@ -40,7 +40,7 @@ def shampoo_squared(
 
     Exact when ``Σ`` is a Kronecker product (``L ⊗ R = tr(Σ) Σ`` then), equal up to a
     scalar to one power-iteration step from the identity (Morwani et al.), and the
-    exact minimiser of the von Neumann divergence ``D_vN(Σ, A ⊗ B)`` (theory.md A.3).
+    exact minimiser of the von Neumann divergence ``D_vN(Σ, A ⊗ B)`` (identity D9).
 
     Returns:
         ``Kronecker(left=L, right=R, scale=1/tr Σ)``.

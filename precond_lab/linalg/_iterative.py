@@ -18,7 +18,7 @@ Kernels and residuals (each residual is the max-abs entry of a matrix that tends
 * :func:`if_shampoo_inverse` — IF-Shampoo's multiplicative inverse-factor update for one
   factor: ``m = ½(Cᵀ a C − I)``, ``C ← C(I − β m)`` (step divided by ``max(1, ‖m‖_F)``
   when ``normalize``), ``C₀ = I/√c``; at the fixed point ``CCᵀ = a^{-1}``. With
-  ``a = S + λI`` this is exactly theory.md A.9's ``m_C = ½(CᵀSC + λ CᵀC − I)`` for a
+  ``a = S + λI`` this is exactly IF-Shampoo's ``m_C = ½(CᵀSC + λ CᵀC − I)`` (P2) for a
   single factor. With ``β = 1`` and no normalisation it coincides with Newton–Schulz.
 """
 

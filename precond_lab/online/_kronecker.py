@@ -1,4 +1,4 @@
-"""Online Kronecker estimators: Shampoo, KL-Shampoo, SOAP and KL-SOAP (theory.md A.6–A.7).
+"""Online Kronecker estimators: Shampoo, KL-Shampoo, SOAP and KL-SOAP (P1, SOAP).
 
 Each factory returns an :class:`~precond_lab.online.OnlineEstimator` whose state is a
 ``NamedTuple`` (:class:`ShampooState`, :class:`KLShampooState`, :class:`SOAPState`,
@@ -212,7 +212,7 @@ def kl_shampoo(
     damping: float = 0.0,
     clamp: bool = True,
 ) -> OnlineEstimator:
-    """KL-Shampoo (theory.md A.6).
+    """KL-Shampoo (Lin et al. 2025).
 
     ``init`` is the first call (step 1, no eigenvalue update): ``S_a = (1−β)/d_b·G0G0ᵀ``,
     ``S_b = (1−β)/d_a·G0ᵀG0``, bases from ``eigh`` (eigenvalues descending), eigenvalues

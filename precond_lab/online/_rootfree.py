@@ -1,4 +1,4 @@
-"""Online IF-Shampoo, RF-RMSProp (root-free, theory.md A.9) and Adam's diagonal.
+"""Online IF-Shampoo, RF-RMSProp (root-free, Lin et al. 2024) and Adam's diagonal.
 
 Each factory returns an :class:`~precond_lab.online.OnlineEstimator` whose state is a
 ``NamedTuple`` (:class:`IFShampooState`, :class:`RFRMSPropState`, :class:`AdamState`).
@@ -52,7 +52,7 @@ class IFShampooState(NamedTuple):
 def if_shampoo_stationarity(
     state: IFShampooState, g: jax.Array, *, damping: float, batch_size: int = 1
 ) -> tuple[jax.Array, jax.Array]:
-    """The instantaneous ``(m_C, m_K)`` targets of theory.md A.9 (zero at the fixed point).
+    """The instantaneous ``(m_C, m_K)`` targets of IF-Shampoo (zero at the fixed point).
 
     ``m_C = (1/2d_i)[Cᵀ B·E[G KKᵀ Gᵀ] C + λ tr(KᵀK) CᵀC − d_i I]`` and symmetrically.
 
@@ -87,7 +87,7 @@ def if_shampoo(
     normalize: bool = True,
     init_scale: float = 1.0,
 ) -> OnlineEstimator:
-    """IF-Shampoo's multiplicative, inverse-free update (theory.md A.9).
+    """IF-Shampoo's multiplicative, inverse-free update (Lin et al. 2024).
 
     ``init``: ``C = K = init_scale·I``, zero momenta, then one update with ``G0``.
     ``update``: momentum ``m ← α₂m + (1−α₂)·target`` and ``C ← C(I − β₂ m_C)`` (and

@@ -302,6 +302,14 @@ class SampleTarget(Target):
 
     def to_dense(self):
         return self._reduce(_k_cov)
+    def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, one streamed pass
+        x = jnp.asarray(x, self.dtype)
+        total = jnp.zeros(x.shape, self.dtype)
+        for _, g, w in self.chunks():
+            coef = jnp.einsum("kmn,...mn->k...", g, x) * w.reshape(-1, *(1,) * (x.ndim - 2))
+            total = total + jnp.einsum("k...,kmn->...mn", coef, g)
+        return total
+
 
 
 # --------------------------------------------------------------------------------------
@@ -373,6 +381,9 @@ class _DataArraySource:
             raise ValueError(f"DataArray {da.name!r} has no samples (sample dim is empty).")
         self.shape = (int(da.shape[-2]), int(da.shape[-1]))
         self.dtype = np.dtype(jnp.zeros((), da.dtype).dtype)
+        empty = [d for d, size in da.sizes.items() if size == 0]
+        if empty:
+            raise ValueError(f"DataArray {da.name!r} has empty dim(s) {empty}: {dict(da.sizes)}")
         self.num_samples = self.examples * self.inner
         if weights is None and "weight" in da.coords:
             weights = np.asarray(da.coords["weight"].values)

@@ -200,7 +200,7 @@ def test_kfac_exact_for_deep_linear_network_squared_error_one_example():
 
 
 def _expand_reduce(a, d):
-    """K-FAC expand / reduce factors (theory.md A.4) with weights 1/N, in numpy."""
+    """K-FAC expand / reduce factors (K-FAC's two sides) with weights 1/N, in numpy."""
     n, r = a.shape[0], a.shape[1]
     expand = (np.einsum("nrp,nrq->pq", a, a) / (n * r), np.einsum("ncrp,ncrq->pq", d, d) / n)
     ah, dh = a.mean(axis=1), d.sum(axis=2)

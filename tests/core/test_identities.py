@@ -1,4 +1,4 @@
-"""Identities and optimality statements of theory.md (A.2–A.7, B.4)."""
+"""Identities and optimality statements of the estimators (D1–D9 in docs/claims.md)."""
 
 from __future__ import annotations
 
