@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 
 import precond_lab.estimators as est
 import precond_lab.metrics as met
@@ -175,6 +176,20 @@ CASES = [
         r"no samples|empty",
     ),
     ("empty row dim", lambda: SampleTarget(np.zeros((K, 0, N))), ValueError, r"m = 0|empty"),
+    (
+        "DataArray with an empty class dim",
+        lambda: SampleTarget(
+            xr.DataArray(np.ones((K, 0, M, N)), dims=("sample", "class", "row", "col"))
+        ),
+        ValueError,
+        r"has empty dim\(s\) \['class'\]",
+    ),
+    (
+        "DataArray with an empty row dim",
+        lambda: SampleTarget(xr.DataArray(np.ones((K, 0, N)), dims=("sample", "row", "col"))),
+        ValueError,
+        r"has empty dim\(s\) \['row'\]",
+    ),
     # --- float32 range, half precision ---
     (
         "float32 overflow",
