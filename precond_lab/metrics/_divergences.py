@@ -39,10 +39,11 @@ def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_ran
 
 
 def _target_logdet(mu, dim, damping, floor=0.0):
-    """``log det(Σ + λI)``: eigenvalues ``μ + λ`` and ``floor + λ`` on the complement."""
-    logdet = jnp.sum(jnp.log(mu + damping))
+    """``log det(Σ + λI)``: eigenvalues ``μ + λ`` and ``floor + λ`` on the complement (host)."""
+    mu = np.asarray(mu, np.float64)
+    logdet = float(np.sum(np.log(mu + damping)))
     if dim > mu.shape[0]:
-        logdet = logdet + (dim - mu.shape[0]) * jnp.log(floor + damping)
+        logdet += (dim - mu.shape[0]) * float(np.log(floor + damping))
     return logdet
 
 

@@ -224,11 +224,11 @@ def test_a_new_sample_count_in_the_same_bucket_does_not_recompile():
             compiles.append(event)
 
     def run(num):
-        u, v = rng.standard_normal((num, 1, 5)), rng.standard_normal((num, 1, 6))
-        f = FactoredTarget(u, v)
+        u, v = rng.standard_normal((num, 1, 40)), rng.standard_normal((num, 1, 30))
+        f = FactoredTarget(u, v)  # N < mn: the Gram (sample-space) path, rank = N
         s = est.shampoo_squared(f)
-        met.score(f, s, damping=0.1)
-        f.contract_left(np.eye(6))
+        met.score(f, [s, est.diagonal(f)], damping=0.1)  # every key, von Neumann included
+        f.contract_left(np.eye(30))
 
     run(1000)  # warm-up: compiles every kernel for the bucket of 1000 (1024)
     jax.monitoring.register_event_duration_secs_listener(listener)
