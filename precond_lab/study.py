@@ -82,9 +82,9 @@ class Verdict:
             study crashed).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
-        kind: what kind of test this row is (:class:`TestKind`); ``None`` only in rows
-            not yet classified (the report flags them).
-        setting: for a proxy, how the setting differs from the paper's.
+        kind: what kind of test this row is (:class:`TestKind`), required (keyword); a row
+            given ``None`` is shown as an error in the report.
+        setting: for a proxy, how the setting differs from the paper's (keyword).
     """
 
     claim: str
@@ -94,8 +94,8 @@ class Verdict:
     verdict: str
     evidence: str
     tolerance: str = ""
-    kind: TestKind | None = None
-    setting: str = ""
+    kind: TestKind | None = dataclasses.field(kw_only=True)
+    setting: str = dataclasses.field(default="", kw_only=True)
 
 
 def judge(ok: bool, partial: bool = False) -> str:
@@ -154,8 +154,8 @@ def claim_verdict(
         verdict,
         evidence,
         tolerance,
-        kind,
-        setting,
+        kind=kind,
+        setting=setting,
     )
 
 
@@ -177,8 +177,8 @@ def _untested_row(c: claims.Claim, reason: str) -> Verdict:
         UNTESTED_VERDICT,
         reason,
         "",
-        c.kind,
-        c.setting,
+        kind=c.kind,
+        setting=c.setting,
     )
 
 

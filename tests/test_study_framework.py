@@ -31,7 +31,9 @@ def test_judge():
 
 
 def _v(claim, verdict, evidence, tol="", kind=TestKind.PAPER, setting=""):
-    return Verdict(claim, "P", "loc", "statement", verdict, evidence, tol, kind, setting)
+    return Verdict(
+        claim, "P", "loc", "statement", verdict, evidence, tol, kind=kind, setting=setting
+    )
 
 
 def test_report_lists_every_claim_with_kinds_links_figures_and_failures(tmp_path: Path):
@@ -162,6 +164,11 @@ def test_every_claim_id_a_study_names_is_registered_for_it(path: Path):
     assert claimed, f"{path.name}: no registered claim names the study {name!r}"
 
 
+def test_a_verdict_needs_its_kind():
+    with pytest.raises(TypeError, match="kind"):
+        Verdict("D1", "derived", "B.4", "s", HOLDS, "e", "t")  # no kind given
+
+
 def test_claim_verdict_fills_the_registry_fields():
     v = claim_verdict("P1-14", HOLDS, "ev", "tol", kind=TestKind.PROXY)
     c = claims.claim("P1-14")
@@ -198,7 +205,7 @@ def _fake_study(name, value):
             judge(float(ds["error"]) < 1e-10),
             f"error {float(ds['error']):.1e}",
             "1e-10",
-            TestKind.DERIVED,
+            kind=TestKind.DERIVED,
         )
     ]
     return mod
