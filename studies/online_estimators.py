@@ -12,6 +12,8 @@ Claims (P1, Lin et al.; the recipe is the official code's ``KLOpt``):
   ``λ = diag(QᵀSQ)`` in the stale QR basis are worse. P1 ablates this inside LM training
   (a drifting gradient distribution between basis refreshes); the *trajectory* stream
   mirrors that: per-example gradients of several captured training steps, fed in order.
+* **P1-41** — memory: KL-Shampoo's state holds no Adam second moment, SOAP's and grafted
+  Shampoo's hold one (``m·n`` floats); counted from the states' shapes, no training.
 
 **One family, one scoring.** Every online state and the batch reference are scored as
 members of the Kronecker family ``{A ⊗ B}`` with the damping *inside* the factors, by

@@ -1,6 +1,6 @@
 """Morwani et al. (P3): batch gradients and real vs sampled labels as Shampoo² statistics.
 
-Claims (theory.md A.1, B.1): **P3-7** mini-batch gradient outer products ``B ḡ ḡᵀ`` can
+Claims (``docs/claims.md``): **P3-7** mini-batch gradient outer products ``B ḡ ḡᵀ`` can
 replace per-example outer products as Shampoo's statistics: with *sampled* labels
 (``y ∼ p_θ(y|x)``) they are unbiased for the Gauss–Newton matrix ``H_GN`` (the cross
 terms ``g_i g_jᵀ`` vanish in expectation because ``E_y[g | x] = 0``), so Shampoo² from
@@ -8,8 +8,10 @@ them still approximates ``H_GN``; with *real* labels a bias ``(B − 1) ḡ ḡ�
 **P3-8** (Fig. 3) Shampoo² from real-label statistics approximates ``H_GN`` worse than
 from sampled labels, especially with larger batches.
 
-Setup: the MLP on binary MNIST and the CNN on digits (quick) / MNIST (full), the same
-captured runs as :mod:`studies.p3_quality` (shared stores, :mod:`studies._setups`). At
+Setup: the MLP on binary MNIST (the paper's Figure 3 dataset; in the quick and full
+presets with its own capture of more examples, ``N`` = 256 / 1024, so that batches reach
+``B`` = 128 / 512 with ``B ≤ N/2``) and the CNN on digits (quick) / MNIST (full), the same
+captured run as :mod:`studies.p3_quality` (shared store, :mod:`studies._setups`). At
 each captured step and layer the target is the exact per-layer GGN over the ``N``
 captured examples (capture target ``ggn``), and the statistic is built from
 
@@ -106,8 +108,8 @@ class Config:
     """One run of the study.
 
     Attributes:
-        setups: the captured training runs (the same as :mod:`studies.p3_quality`'s MLP
-            and CNN, so the stores are shared).
+        setups: the captured training runs (the CNN's, and the test preset's MLP, are
+            :mod:`studies.p3_quality`'s, so those stores are shared).
         training: the captured steps and the optimiser.
         num_batches: ``M``, the mini-batches of the ``resampled`` statistic.
         repeats: independent Monte-Carlo repeats of the ``resampled`` statistic (its

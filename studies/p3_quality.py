@@ -1,11 +1,16 @@
 """Morwani et al. (P3): how close Shampoo² is to the optimal Kronecker approximation.
 
-Claims (theory.md B.1): **P3-3** Shampoo² (``L ⊗ R``) is close to the Frobenius-optimal
+Claims (``docs/claims.md``): **P3-3** Shampoo² (``L ⊗ R``) is close to the Frobenius-optimal
 Kronecker approximation of both the Gauss–Newton matrix ``H_GN`` and Adagrad's
 ``H_Ada = Σ_s g_s g_sᵀ`` over training (Fig. 1); **P3-4** Shampoo's ``L^{1/2} ⊗ R^{1/2}``
 is clearly worse; **P3-5** starting the power iteration from the identity is a good
 choice (one step from ``I`` = Shampoo² already reaches most of the optimum; random
-starts do worse); **P3-6** the Shampoo²–optimum gap widens for transformers.
+starts do worse), with the reason measured: the spectral gap ``σ₂/σ₁`` of the rearranged
+target ``R(Σ)`` and the identity's overlap with its top singular pair; **P3-6** the
+Shampoo²–optimum gap widens for transformers (weak provenance: one third-party
+sentence); **P3-43** K-FAC vs Shampoo² vs the optimum for ``H_GN``, reported without a
+verdict. P3-3 and P3-6 are decided over training steps ``> 0``: at step 0, ``H_Ada`` is a
+single gradient's outer product (rank 1), reported apart.
 
 Setup (Fig. 1 form: rows Gauss–Newton / Adagrad, columns models). Three captured
 training runs (:func:`precond_lab.study.cached_capture`): an MLP on binary MNIST (the
@@ -854,7 +859,7 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                             alpha=1.0 if ident else 0.8,
                             label="from identity (step 1 = Shampoo²)"
                             if ident
-                            else "from random PSD",
+                            else f"from random PSD (n = {len(ds['init']) - 1} starts)",
                             zorder=3 if ident else 2,
                             gid=init,
                         )

@@ -74,6 +74,8 @@ def test_plot_writes_fig1_panels_and_series(ds, tmp_path, monkeypatch):
     pi = figs["p3_quality_power_iteration"]
     gids = {ln.get_gid() for ln in pi.axes[0].get_lines()}
     assert {"identity", "random0", "random1"} <= gids
+    labels = {ln.get_label() for ln in pi.axes[0].get_lines()}
+    assert "from random PSD (n = 2 starts)" in labels  # how many, in the legend
 
 
 def test_verdicts_on_the_test_run(ds):
