@@ -77,7 +77,7 @@ class Paper:
 
     Attributes:
         key: its BibTeX key (also its anchor in ``docs/claims.md``).
-        label: the short label of the claims (``"P1"``).
+        label: the short label of its claims (``"P1"``), or ``""`` for background work.
         authors: full author list, ``"Last, First"``.
         title: the title of the version cited.
         year: year of that version.
@@ -102,7 +102,7 @@ class Paper:
         """``"P1 Lin et al. 2025"``."""
         last = self.authors[0].split(",")[0]
         etal = " et al." if len(self.authors) > 2 else f" & {self.authors[1].split(',')[0]}"
-        return f"{self.label} {last}{etal if len(self.authors) > 1 else ''} {self.year}"
+        return f"{self.label} {last}{etal if len(self.authors) > 1 else ''} {self.year}".strip()
 
 
 PAPERS: dict[str, Paper] = {
@@ -184,7 +184,7 @@ PAPERS: dict[str, Paper] = {
         ),
         Paper(
             "vanloan1993kronecker",
-            "VLP",
+            "",
             ("Van Loan, Charles F.", "Pitsianis, Nikos"),
             "Approximation with Kronecker Products",
             1993,
@@ -311,7 +311,8 @@ _CLAIM_LIST = [
        "Shampoo's one-sided factor estimates do not solve the joint two-sided KL problem; the "
        "mismatch (of scale and of shape) is why Shampoo needs Adam grafting.",
        _M, _PR, "p1_kl", "paper text, third-party summary",
-       setting=f"{_SMALL} (the paper argues it analytically and by LM training)"),
+       setting="small MLP/CNN layers on sklearn digits (MNIST in the full preset); the paper "
+       "argues it analytically and by LM training"),
     _c("P1-15", _P1, "v7 (per a reviewer)",
        "In a fixed eigenbasis Q, SOAP's Adam second moment E[(QᵀG)²] is the KL-optimal "
        "diagonal.",
@@ -378,7 +379,8 @@ _CLAIM_LIST = [
        "Without the root the update is second-order: S⁻¹g follows the Newton-like direction "
        "(damped Gauss–Newton) where the root update S^-½g does not.",
        _M, _PR, "root_vs_rootfree", "paper text",
-       setting="one layer of a digits MLP, Newton reference = its damped Gauss–Newton"),
+       setting="two layers of a small digits MLP at one training step; Newton reference = "
+       "their exact damped Gauss–Newton"),
     _c("P2-29", _P2, "Abstract v10",
        "Preconditioner invariance lets inverse-free, root-free updates use other curvature "
        "(e.g. K-FAC factors) than the gradient outer product.",
@@ -565,7 +567,7 @@ def claims_markdown() -> str:
     for p in PAPERS.values():
         lines += [
             f'<a id="{paper_anchor(p.key)}"></a>',
-            f"- **{p.label}** ({p.key}): {_reference_text(p)}",
+            f"- **{p.label or p.short}** ({p.key}): {_reference_text(p)}",
             "",
         ]
     return "\n".join(lines)

@@ -391,7 +391,7 @@ def _claim_cells(v: Verdict, docs: str) -> tuple[str, str, str]:
         f"[{c.paper_label}]({docs}#{claims.paper_anchor(key)})"
         if ref
         else (
-            f"derived (after [{claims.PAPERS[key].label}]({docs}#{claims.paper_anchor(key)}))"
+            f"derived (after [{claims.PAPERS[key].short}]({docs}#{claims.paper_anchor(key)}))"
             if key
             else claims.DERIVED
         )
