@@ -496,7 +496,115 @@ def estimator_items(p: Problem, cfg) -> list[Item]:
             bound="memory",
         ),
     ]
+    items += bregman_estimator_items(p)
     return items + registered_without_item(items)
+
+
+def d_bregman_optimal(p: Problem, q: float):
+    """Dense twin: scipy minimisation of B_q(Σ+λI, L⊗R) on the explicit Σ (float64)."""
+    from precond_lab import reference
+
+    left, right = reference.bregman_optimal(
+        d_sigma(p.g_np).astype(np.float64), p.m, p.n, q, damping=p.damping
+    )
+    return left, right, 1.0
+
+
+def bregman_estimator_items(p: Problem) -> list[Item]:
+    """The trace-power Bregman fits at q = 0, ½, 1, 2 (damped like kl_optimal)."""
+    from precond_lab import estimators as est
+
+    cubic = p.m**3 + p.n**3
+    return [
+        Item(
+            f"bregman_optimal(q={q:g})",
+            "estimator",
+            lambda g, q=q: est.bregman_optimal(g.g, q, damping=g.damping),
+            lambda g, r: (
+                _iters(r) * (2 * _pass(g) + 11 * cubic),
+                f"iterations ({_iters(r)})·(2P + 11(m³+n³))",
+            ),
+            (lambda g, q=q: d_bregman_optimal(g, q)) if p.kind == "dense" else None,
+            "bench: reference.bregman_optimal (scipy BFGS + Newton polish on the explicit B_q)",
+            {"q": q, "damping": "1e-2·tr(Σ)/(mn)", "tol": "default"},
+        )
+        for q in (0.0, 0.5, 1.0, 2.0)
+    ]
+
+
+def bregman_metric_items(p: Problem) -> list[Item]:
+    """``bregman_divergence`` and the held-out metrics (source = first half of the samples,
+    held-out = second half; the approximation is the kl_optimal result)."""
+    from precond_lab import heldout
+    from precond_lab import metrics as met
+    from precond_lab.targets import SampleTarget
+
+    half = p.num // 2
+    mn = p.m * p.n
+    rank = min(half, mn)
+    scales = 2.0 * half * mn * rank  # one pass of rank directional scales over N/2 samples
+
+    def split(q: Problem):
+        return SampleTarget(q.g[:half]), SampleTarget(q.g[half:])
+
+    def dense_breg(q: Problem):
+        from precond_lab import reference
+
+        sigma = d_sigma(q.g_np).astype(np.float64)
+        eye = np.eye(sigma.shape[0])
+        return reference.bregman_divergence(sigma + q.damping * eye, _approx_dense(q), 0.5)
+
+    return [
+        Item(
+            "bregman_divergence(q=0.5)",
+            "metric",
+            lambda q: met.bregman_divergence(q.g, q.approx, 0.5, damping=q.damping),
+            lambda q, r: (
+                _pass(q) + _factor_eigs(q) + _eigh_target(q, False)[0],
+                "P + 9(m³+n³) + eigh_sample_space",
+            ),
+            dense_breg if p.kind == "dense" else None,
+            "bench: reference.bregman_divergence (scipy eigh of Σ+λI and S)",
+            {"q": 0.5, "damping": p.damping, "approx": "kl_optimal result (Kronecker)"},
+        ),
+        Item(
+            "heldout_scale_error",
+            "held-out",
+            lambda q: heldout.heldout_scale_error(*split(q)),
+            lambda q, r: (scales, "eigh(source, vectors) + 2·(N/2)·mn·r"),
+            params={"split": "first / second half"},
+        ),
+        Item(
+            "heldout_gain_error",
+            "held-out",
+            lambda q: heldout.heldout_gain_error(*split(q), q.approx),
+            lambda q, r: (
+                scales + 2.0 * rank * (p.m**2 * p.n + p.m * p.n**2),
+                "eigh(source) + 2·(N/2)·mn·r + r·2(m²n + mn²)",
+            ),
+            params={"exponent": -0.5, "approx": "kl_optimal result"},
+        ),
+        Item(
+            "recovery_error",
+            "held-out",
+            lambda q: heldout.recovery_error(est_few(q), q.approx),
+            lambda q, r: (2.0 * (p.m**3 + p.n**3), "factor eigs + m³ + n³"),
+            params={"few": "shampoo_squared of the first 40 samples"},
+        ),
+        Item(
+            "subspace_overlap(k≤64)",
+            "held-out",
+            lambda q: heldout.subspace_overlap(split(q)[0], q.approx, 64),
+            lambda q, r: (2.0 * 64 * (p.m**2 * p.n + p.m * p.n**2), "eigh(source) + 64·2(m²n+mn²)"),
+            params={"k_max": 64},
+        ),
+    ]
+
+
+def est_few(q: Problem):
+    from precond_lab import estimators as est
+
+    return est.shampoo_squared(q.g[:40])
 
 
 def registered_without_item(items: list[Item]) -> list[Item]:
@@ -948,13 +1056,14 @@ def main(argv=None) -> int:
                 }
             )
         items = estimator_items(p, cfg) + metric_items(p, cfg, warm=False)
+        items += bregman_metric_items(p)
         if kind == "dense" or warm_large:
             items += metric_items(p, cfg, warm=True)
         for item in items:
             wanted = only is None or item.name in only or item.name.split("(")[0] in only
             if not wanted and item.name != "kl_optimal":  # the metrics need its result
                 continue
-            if item.group.startswith("metric") and p.approx is None:
+            if item.group.startswith(("metric", "held-out")) and p.approx is None:
                 log(f"  {item.name}: skipped (no kl_optimal result to score)")
                 continue
             doc["items"].append(run_item(item, p, cfg, ref_gflops, log))
