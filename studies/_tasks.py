@@ -411,8 +411,7 @@ def assemble(tasks, methods_of: dict, trials: int, seeds: int, log=None) -> xr.D
 
 def probe_run(task: Task, method: Method, lr: float, probe: Probe) -> xr.DataArray:
     """The preconditioner probe of one run (not cached: it is one run per method)."""
-    model = task.build()
-    tx = method.make(task.batch_size)
+    model, tx = _built(task, method)
     res = train(
         model,
         task.dataset,

@@ -70,6 +70,7 @@ class Config:
         probe_steps: steps at which the probed optimisers' preconditioners are scored
             (empty: no probe).
         probe_samples: examples behind each probe target.
+        probe_targets: the probe's targets (:data:`precond_lab.train.PROBE_TARGETS`).
     """
 
     widths: tuple[int, ...]
@@ -82,6 +83,7 @@ class Config:
     methods: tuple[str, ...] = METHOD_NAMES
     probe_steps: tuple[int, ...] = ()
     probe_samples: int = 64
+    probe_targets: tuple[str, ...] = ("gradients", "ggn-mc")
 
     def tasks(self) -> list[Task]:
         return [
@@ -111,6 +113,7 @@ PRESETS = {
         methods=("adamw", "kl_shampoo", "shampoo_nograft", "vn_shampoo"),
         probe_steps=(0, 6),
         probe_samples=16,
+        probe_targets=("gradients",),
     ),
     "quick": Config(widths=(16,), steps=300, trials=3, seeds=2, probe_steps=(0, 50, 150, 300)),
     "full": Config(
@@ -139,7 +142,7 @@ def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
         probe = Probe(
             steps=config.probe_steps,
             layers=layers,
-            targets=("gradients", "ggn-mc"),
+            targets=config.probe_targets,
             num_samples=config.probe_samples,
             mc_samples=2,
         )

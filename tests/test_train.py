@@ -177,3 +177,21 @@ def test_probe_before_any_statistic_is_skipped_not_failed():
     first = run.probes.sel(step=0, estimator="optimizer")
     assert np.all(np.isnan(first.values))  # Adam's ν is zero before the first update
     assert np.all(np.isfinite(run.probes.sel(step=2, estimator="optimizer").values))
+
+
+def test_injected_hyperparameters_share_one_compilation():
+    from precond_lab import train as tr
+
+    ds, model = _teacher()
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1.0)
+    a = train(model, ds, tx, steps=6, batch_size=8, hyperparams={"learning_rate": 1e-2})
+    n = len(tr._COMPILED)
+    b = train(model, ds, tx, steps=6, batch_size=8, hyperparams={"learning_rate": 3e-2})
+    assert len(tr._COMPILED) == n  # the second run reused the first one's step
+    ref = train(model, ds, optax.adam(1e-2), steps=6, batch_size=8)
+    np.testing.assert_allclose(a.history["train_loss"], ref.history["train_loss"], rtol=1e-12)
+    assert not np.allclose(a.history["train_loss"][1:], b.history["train_loss"][1:])
+    with pytest.raises(ValueError, match="unknown injected"):
+        train(model, ds, tx, steps=1, hyperparams={"momentum": 0.9})
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        train(model, ds, optax.adam(1e-2), steps=1, hyperparams={"learning_rate": 0.1})
