@@ -31,6 +31,7 @@ import numpy as np
 from .._validation import NonFiniteError, check_float_dtype
 from ..structures import Kronecker, Structure
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
+from ._distributed import allgather_counts, global_samples, to_host
 from ._gram import Gram
 from ._kernels import (
     _k_combine,
@@ -266,6 +267,11 @@ class FactoredTarget(Target):
         mode: ``"auto"`` (the cost model's choice per primitive), ``"factored"`` or
             ``"dense"`` (rebuild ``G`` chunk by chunk) everywhere.
         validate: check the factors and weights for NaN/Inf once, at construction.
+        process_local: the factors (and weights) are this process's share of the
+            samples, in a multi-process run (``jax.distributed.initialize`` first): the
+            samples axis is sharded over every device of every process and each result
+            is the global one, on every process. Default weights are ``1/N`` for the
+            global ``N``; a NaN is reported by the process that holds it.
 
     Attributes:
         plan: ``{primitive: "factored" | "dense"}`` chosen by the cost model.
@@ -281,6 +287,7 @@ class FactoredTarget(Target):
         center: bool = False,
         mode: str = "auto",
         validate: bool = True,
+        process_local: bool = False,
     ):
         u, v = _as_factors(left, "left"), _as_factors(right, "right")
         if u.shape[:-1] != v.shape[:-1]:
@@ -292,8 +299,10 @@ class FactoredTarget(Target):
         if examples == 0:
             raise ValueError("factors are empty (N = 0): at least one sample is needed.")
         dtype = np.dtype(jnp.result_type(u.dtype, v.dtype))
+        self._multi = bool(process_local)
+        total_examples = int(allgather_counts(examples).sum()) if self._multi else examples
         w = (
-            np.full(examples, 1.0 / examples, dtype)
+            np.full(examples, 1.0 / total_examples, dtype)
             if weights is None
             else np.asarray(check_weights(weights, examples, dtype))
         )
@@ -307,21 +316,37 @@ class FactoredTarget(Target):
             raise ValueError(f"factors give an empty matrix shape {(m, n)}")
         self.shape = (m, n)
         self.dtype = dtype
-        # zero-weight padding to a bucketed count, on the host (no per-N compilation)
-        padded = bucket(self.num_samples)
-        self.u, self.v, self.w = (jnp.asarray(_padded(x, padded, dtype)) for x in (u, v, w))
         if validate:
-            self._validate()
+            self._validate(u, v)
+        u, v, w = (np.asarray(x, dtype) for x in (u, v, w))
+        if self._multi:  # every process's share, padded alike, sharded over all devices
+            (self.u, self.v, self.w), _ = global_samples((u, v, w), self.num_samples)
+            self.num_samples = int(allgather_counts(self.num_samples).sum())
+            self._host_w = to_host(self.w)
+        else:  # zero-weight padding to a bucketed count, on the host (no per-N compilation)
+            padded = bucket(self.num_samples)
+            self.u, self.v, self.w = (jnp.asarray(_padded(x, padded, dtype)) for x in (u, v, w))
+            self._host_w = _padded(w, padded, dtype)
         self.plan = plan(self.terms, m, n, rank=min(self.padded, m * n), mode=mode)
         self.mode = mode
         self._cache: dict = {}
         self._mean = None
         if center:
-            total = float(jnp.sum(w))
+            total = float(np.sum(self._host_w, dtype=np.float64))
             if total == 0:
                 raise ValueError("center=True needs weights with a non-zero sum.")
-            mean = _scan(_d_mean, self._chunks("dense"), self.u, self.v, self.w)
+            mean = self._scan(_d_mean, self._chunks("dense"), self.u, self.v, self.w)
             self._mean = (mean / total, total)
+
+    def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, G_k = Σ_t u_kt v_ktᵀ
+        x = jnp.asarray(x, self.dtype)
+        coef = jnp.einsum("ktm,...mn,ktn->k...", self.u, x, self.v)
+        coef = coef * self.w.reshape(-1, *(1,) * (x.ndim - 2))
+        out = jnp.einsum("k...,ktm,ktn->...mn", coef, self.u, self.v)
+        if self._mean is not None:  # centered: minus (Σ_k w_k) μ ⟨μ, X⟩
+            mean, total = self._mean
+            out = out - total * jnp.einsum("mn,...mn->...", mean, x)[..., None, None] * mean
+        return out
 
     # -- plumbing ------------------------------------------------------------------
     @property
@@ -329,9 +354,9 @@ class FactoredTarget(Target):
         """Samples including the zero-weight padding (a bucketed count)."""
         return int(self.u.shape[0])
 
-    def _validate(self) -> None:
-        for name, x in (("left", self.u), ("right", self.v)):
-            bad = np.flatnonzero(~np.asarray(jnp.all(jnp.isfinite(x), axis=(1, 2))))
+    def _validate(self, u, v) -> None:
+        for name, x in (("left", u), ("right", v)):
+            bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(x)), axis=(1, 2)))
             if bad.size:
                 raise NonFiniteError(
                     f"{name} factors contain NaN or Inf: first at sample index "
@@ -352,7 +377,19 @@ class FactoredTarget(Target):
         return self.padded // _largest_divisor(self.padded, _CHUNK_BYTES // per)
 
     def _pass(self, primitive: str, kernel, *args):
-        return _scan(kernel, self._chunks(self.plan[primitive]), self.u, self.v, self.w, *args)
+        return self._scan(kernel, self._chunks(self.plan[primitive]), self.u, self.v, self.w, *args)
+
+    def _put(self, x):
+        """Per-sample rows (``(padded, ...)``) laid out like the samples."""
+        if not self._multi:
+            return x
+        return jax.device_put(np.asarray(x), self.w.sharding)
+
+    def _scan(self, kernel, chunks, *arrays):
+        """:func:`_scan`; across processes in one piece, the result brought to the host."""
+        if not self._multi:
+            return _scan(kernel, chunks, *arrays)
+        return jax.tree_util.tree_map(jnp.asarray, to_host(_scan(kernel, 1, *arrays)))
 
     def _form(self, primitive: str) -> str:
         return self.plan[primitive]
@@ -372,7 +409,7 @@ class FactoredTarget(Target):
     def contract_left(self, b):
         b = jnp.asarray(b, self.dtype)
         if self._form("contract") == "factored":
-            out = _scan(_f_contract, self._chunks("factored"), self.u, self.v, self.w, b)
+            out = self._scan(_f_contract, self._chunks("factored"), self.u, self.v, self.w, b)
         else:
             out = self._pass("contract", _d_contract_left, b)
         return self._corrected(out, lambda g, w: _k_left(g, w, b))
@@ -380,7 +417,7 @@ class FactoredTarget(Target):
     def contract_right(self, a):
         a = jnp.asarray(a, self.dtype)
         if self._form("contract") == "factored":
-            out = _scan(_f_contract, self._chunks("factored"), self.v, self.u, self.w, a)
+            out = self._scan(_f_contract, self._chunks("factored"), self.v, self.u, self.w, a)
         else:
             out = self._pass("contract", _d_contract_right, a)
         return self._corrected(out, lambda g, w: _k_right(g, w, a))
@@ -392,13 +429,13 @@ class FactoredTarget(Target):
 
     def left_moment(self):
         if self._form("moments") == "factored":
-            out = _scan(_f_moment, self._chunks("factored"), self.u, self.v, self.w)
+            out = self._scan(_f_moment, self._chunks("factored"), self.u, self.v, self.w)
             return self._corrected(out, _k_left_moment)
         return self.second_moments()[0]
 
     def right_moment(self):
         if self._form("moments") == "factored":
-            out = _scan(_f_moment, self._chunks("factored"), self.v, self.u, self.w)
+            out = self._scan(_f_moment, self._chunks("factored"), self.v, self.u, self.w)
             return self._corrected(out, _k_right_moment)
         return self.second_moments()[1]
 
@@ -443,6 +480,9 @@ class FactoredTarget(Target):
             m, n = self.shape
             size = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * m * n * self.dtype.itemsize))
         kernel = _gram_block if factored else _gram_block_dense
+        if self._multi:  # one block across processes, brought to every host
+            yield 0, 0, to_host(kernel(self.u, self.v, self.u, self.v))
+            return
         blocks = self.padded // size
         for i in range(blocks):
             ua, va = self.u[i * size : (i + 1) * size], self.v[i * size : (i + 1) * size]
@@ -462,7 +502,7 @@ class FactoredTarget(Target):
                 out[i : i + c, j : j + c] = block
                 if i != j:
                     out[j : j + c, i : i + c] = block.T
-            self._cache["gram"] = Gram(out, np.asarray(self.w), self._mean is not None)
+            self._cache["gram"] = Gram(out, self._host_w, self._mean is not None)
         return self._cache["gram"]
 
     def frobenius_norm(self):
@@ -477,7 +517,7 @@ class FactoredTarget(Target):
         return self._cache["frobenius"]
 
     def _frobenius_sq_streamed(self) -> float:
-        w = np.asarray(self.w, np.float64)
+        w = np.asarray(self._host_w, np.float64)
         sq, a = 0.0, np.zeros_like(w)
         for i, j, block in self._gram_blocks():
             c = block.shape[0]
@@ -524,7 +564,7 @@ class FactoredTarget(Target):
         per = coef.shape[1] * (self.terms * max(m, n) if factored else 1) + m * n
         chunk = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * per * self.dtype.itemsize))
         kernel = _f_combine if factored else _d_combine
-        return _scan(kernel, self.padded // chunk, self.u, self.v, coef)
+        return self._scan(kernel, self.padded // chunk, self.u, self.v, self._put(coef))
 
     def logdet(self, damping: float = 0.0) -> float:
         """``log det(Σ + λI)``: one Cholesky of the weighted Gram when ``λ > 0``, the
@@ -536,5 +576,5 @@ class FactoredTarget(Target):
         return super().logdet(damping)
 
     def to_dense(self):
-        cov = _scan(_d_cov, self._chunks("dense"), self.u, self.v, self.w)
+        cov = self._scan(_d_cov, self._chunks("dense"), self.u, self.v, self.w)
         return self._corrected(cov, _k_cov)
