@@ -46,8 +46,11 @@ class Source:
 class DictSource(Source):
     """``{kind: samples}``, ``{layer: {kind: samples}}`` or ``{step: {layer: {kind: samples}}}``.
 
-    ``kfac_inputs`` maps a kind to ``(activations, backprops)`` for every layer, or a
-    ``(layer, kind)`` pair to the inputs of one layer.
+    ``kfac_inputs`` maps a kind to ``(activations, backprops)`` (only when the source has
+    one layer and one step), a ``(layer, kind)`` pair to the inputs of one layer (one
+    step), or a ``(step, layer, kind)`` triple. A key naming a layer, step or kind that
+    the data does not hold, or a kind-only key for several layers, raises ``ValueError``
+    instead of being ignored or reused for the wrong layer.
     """
 
     def __init__(self, data: Mapping, kfac_inputs: Mapping | None):
@@ -74,13 +77,50 @@ class DictSource(Source):
                     f"kfac_inputs[{key!r}] must be an (activations, backprops) pair; "
                     f"got {type(value).__name__}"
                 )
-            if isinstance(key, tuple):
-                self.kfac[(str(key[0]), schema.parse_kind(key[1]))] = value
-            else:
-                self.kfac[schema.parse_kind(key)] = value
+            self.kfac[self._kfac_key(key)] = value
         self.description = "in-memory"
         self.attrs = {}
         self.step_coords = {}
+
+    def _kfac_key(self, key) -> tuple[int, str, str]:
+        """``(step, layer, kind)`` of a ``kfac_inputs`` key, checked against the data."""
+        parts = key if isinstance(key, tuple) else (key,)
+        if not 1 <= len(parts) <= 3:
+            raise ValueError(
+                f"kfac_inputs key {key!r}: use kind, (layer, kind) or (step, layer, kind)"
+            )
+        kind = schema.parse_kind(parts[-1])
+        if len(parts) == 3:
+            step = int(parts[0])
+        elif len(self.steps) == 1:
+            step = self.steps[0]
+        else:
+            raise ValueError(
+                f"kfac_inputs key {key!r} names no step but the source has steps {self.steps}; "
+                f"key the inputs by (step, layer, kind)"
+            )
+        if len(parts) >= 2:
+            layer = str(parts[-2])
+        elif len(self.layers) == 1:
+            layer = self.layers[0]
+        else:
+            raise ValueError(
+                f"kfac_inputs key {key!r} names no layer but the source has layers "
+                f"{self.layers}; key the inputs by (layer, kind)"
+            )
+        if step not in self.data:
+            raise ValueError(f"kfac_inputs key {key!r}: no step {step}; steps: {self.steps}")
+        if layer not in self.data[step]:
+            raise ValueError(
+                f"kfac_inputs key {key!r}: no layer {layer!r} at step {step}; layers: "
+                f"{list(self.data[step])}"
+            )
+        if kind not in self.data[step][layer]:
+            raise ValueError(
+                f"kfac_inputs key {key!r}: layer {layer!r} holds no {kind!r} samples; kinds: "
+                f"{list(self.data[step][layer])}"
+            )
+        return step, layer, kind
 
     def kinds(self, step, layer):
         return list(self.data[step].get(layer, {}))
@@ -89,7 +129,7 @@ class DictSource(Source):
         return self.data[step].get(layer, {}).get(kind)
 
     def kfac_inputs(self, step, layer, kind):
-        return self.kfac.get((layer, kind), self.kfac.get(kind))
+        return self.kfac.get((step, layer, kind))
 
 
 class CaptureSource(Source):

@@ -17,7 +17,7 @@ LAYERS = [
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics"},
-    {"capture", "online", "sweep", "heldout"},
+    {"capture", "online", "sweep", "heldout", "interop"},
     {"optim"},
     {"train"},
     {"plotting", "evaluate", "demo"},

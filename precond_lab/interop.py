@@ -1,0 +1,250 @@
+"""Bring gradients and curvature from other tools: PyTorch, BackPACK, curvlinops, NumPy, xarray.
+
+Everything here returns what :class:`~precond_lab.targets.SampleTarget` and
+:class:`~precond_lab.targets.DenseTarget` take: ``(N, m, n)`` per-example matrices (rows =
+the parameter's output side, row-major vec) or an ``(mn, mn)`` block with its ``(m, n)``.
+PyTorch weights are ``(out, in)`` and conv kernels ``(out, in, kh, kw)``, so a per-example
+gradient ``(N, out, in, kh, kw)`` becomes ``(N, out, in·kh·kw)`` and a bias ``(N, out)``
+becomes ``(N, out, 1)``; the flattening order is PyTorch's own, so a curvlinops block of
+one parameter needs no permutation. Half-precision inputs (common with AMP) raise
+:class:`~precond_lab.errors.UnsupportedDtypeError` instead of giving wrong numbers.
+
+Example (a PyTorch user's saved per-example gradients)::
+
+    from precond_lab import interop, estimators as est, metrics as met
+    g = interop.from_torch("grads.pt")["fc1.weight"]      # (N, out, in)
+    t = interop.sample_target(g)
+    print(met.score(t.damped(1e-3), est.frobenius_optimal(t)))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ._validation import check_float_dtype
+from .errors import UnsupportedDtypeError
+from .schema import Dim
+from .targets import DenseTarget, SampleTarget
+
+__all__ = [
+    "as_matrices",
+    "from_flat",
+    "from_torch",
+    "from_backpack",
+    "from_curvlinops",
+    "from_npy",
+    "from_xarray",
+    "sample_target",
+]
+
+
+def _numpy(x, what: str) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
+            raise UnsupportedDtypeError(
+                f"{what} has dtype {str(x.dtype)[6:]} (half precision, e.g. saved under AMP); "
+                f"targets need float32 or float64: upcast with .float() or .double() first"
+            )
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    check_float_dtype(a.dtype, what)
+    return a
+
+
+def as_matrices(g, what: str = "gradients") -> np.ndarray:
+    """``(N, m, n)`` from per-example gradients in PyTorch layout ``(N, out, *rest)``.
+
+    ``(N, out)`` (a bias) → ``(N, out, 1)``; ``(N, out, in)`` unchanged; ``(N, out, in,
+    kh, …)`` → ``(N, out, in·kh·…)``.
+
+    Raises:
+        ValueError: fewer than two dims (no sample axis and parameter).
+        UnsupportedDtypeError: half precision.
+    """
+    a = _numpy(g, what)
+    if a.ndim < 2:
+        raise ValueError(f"{what} need a sample axis and a parameter axis; got shape {a.shape}")
+    if a.ndim == 2:
+        return a[:, :, None]
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def from_flat(g, shape: Sequence[int], what: str = "gradients") -> np.ndarray:
+    """``(N, mn)`` flattened gradients (row-major) → ``(N, m, n)`` with an explicit ``shape``.
+
+    Raises:
+        ValueError: when ``shape`` does not give ``mn`` columns.
+    """
+    a = _numpy(g, what)
+    m, n = (int(s) for s in shape)
+    if a.ndim != 2 or a.shape[1] != m * n:
+        raise ValueError(
+            f"{what} of shape {a.shape} cannot be (N, m·n) for shape {(m, n)}: need {m * n} columns"
+        )
+    return a.reshape(a.shape[0], m, n)
+
+
+def from_torch(obj, *, key: str | None = None):
+    """Per-example gradients from a torch tensor, a dict of tensors or a ``.pt`` file.
+
+    Args:
+        obj: a tensor ``(N, out, *rest)``, a mapping ``{name: tensor}``, or a path to a
+            ``.pt`` file holding either (loaded with ``weights_only=True``).
+        key: pick one entry of a mapping.
+
+    Returns:
+        ``(N, m, n)`` (see :func:`as_matrices`), or ``{name: (N, m, n)}`` for a mapping
+        without ``key``.
+
+    Raises:
+        KeyError: ``key`` not in the mapping.
+        UnsupportedDtypeError: half precision.
+    """
+    if isinstance(obj, (str, Path)):
+        import torch
+
+        obj = torch.load(str(obj), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping):
+        if key is not None:
+            if key not in obj:
+                raise KeyError(f"{key!r} not in the gradients; keys: {', '.join(map(str, obj))}")
+            return as_matrices(obj[key], f"gradients {key!r}")
+        return {str(k): as_matrices(v, f"gradients {k!r}") for k, v in obj.items()}
+    return as_matrices(obj)
+
+
+def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dict:
+    """``{name: (N, m, n)}`` from BackPACK's ``BatchGrad`` (``param.grad_batch``).
+
+    BackPACK stores the per-example gradients of the *batch* loss: with
+    ``reduction="mean"`` each ``grad_batch[i]`` is ``g_i / N``, so it is multiplied by
+    ``N`` here (pass ``reduction="sum"`` when the loss summed over the batch).
+
+    Args:
+        named_parameters: ``module.named_parameters()`` after ``backward()`` inside
+            ``with backpack(BatchGrad()):``.
+        reduction: the loss's reduction, ``"mean"`` or ``"sum"``.
+
+    Raises:
+        ValueError: a parameter without ``grad_batch``, or an unknown ``reduction``.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
+    out = {}
+    for name, p in named_parameters:
+        gb = getattr(p, "grad_batch", None)
+        if gb is None:
+            raise ValueError(
+                f"parameter {name!r} has no grad_batch: run backward() inside "
+                f"`with backpack(BatchGrad()):` (or skip parameters that need no gradient)"
+            )
+        g = as_matrices(gb, f"grad_batch of {name!r}")
+        out[name] = g * g.shape[0] if reduction == "mean" else g
+    return out
+
+
+def from_curvlinops(block, param_shape: Sequence[int], *, offset: int = 0) -> DenseTarget:
+    """A :class:`DenseTarget` from a curvlinops operator (or its dense block) for one parameter.
+
+    Args:
+        block: an ``(P, P)`` dense block (array or tensor) of one parameter, or a
+            curvlinops linear operator over all parameters (``@`` on vectors, ``.shape``);
+            an operator's block is read column by column (small parameters only).
+        param_shape: the parameter's PyTorch shape ``(out, in, *kernel)`` (or ``(out,)``).
+        offset: the parameter's first index in the operator's flattened parameter vector.
+
+    Raises:
+        ValueError: a block whose size does not match ``param_shape``.
+    """
+    shape = tuple(int(s) for s in param_shape)
+    m, n = shape[0], math.prod(shape[1:])
+    size = m * n
+    if isinstance(block, np.ndarray) or type(block).__module__.startswith(("torch", "jax")):
+        mat = _numpy(block, "curvlinops block")
+    elif hasattr(block, "shape") and hasattr(block, "__matmul__"):
+        cols = []
+        total = int(block.shape[1])
+        for j in range(size):
+            e = np.zeros(total, np.float64)
+            e[offset + j] = 1.0
+            cols.append(np.asarray(block @ e, np.float64)[offset : offset + size])
+        mat = np.stack(cols, axis=1)
+    else:
+        raise ValueError(f"expected a dense block or an operator; got {type(block).__name__}")
+    if mat.shape != (size, size):
+        raise ValueError(f"curvlinops block of shape {mat.shape} does not fit {shape} ({size})")
+    return DenseTarget(mat, (m, n))
+
+
+def from_npy(path, *, shape: Sequence[int] | None = None, mmap: bool = True) -> np.ndarray:
+    """``(N, m, n)`` gradients from a ``.npy`` file (memory-mapped by default).
+
+    Args:
+        path: the file; it holds ``(N, m, n)``, or ``(N, mn)`` with ``shape`` given.
+        shape: ``(m, n)`` for flattened files.
+        mmap: keep the data on disk (``SampleTarget`` streams it in chunks).
+
+    Raises:
+        UnsupportedDtypeError: a float16/bfloat16 file (saved under AMP): upcast first.
+        ValueError: a flattened file without ``shape``.
+    """
+    a = np.load(str(path), mmap_mode="r" if mmap else None)
+    check_float_dtype(a.dtype, f"{path}")
+    if shape is not None:
+        return from_flat(a, shape, str(path))
+    if a.ndim != 3:
+        raise ValueError(f"{path} holds shape {a.shape}; give shape=(m, n) for (N, m·n) data")
+    return a
+
+
+def from_xarray(
+    da: xr.DataArray,
+    *,
+    sample: str = "sample",
+    row: str = "row",
+    col: str = "col",
+    extra: str | None = None,
+) -> xr.DataArray:
+    """A DataArray in the library's dim order, found by name, not by position.
+
+    Args:
+        da: per-example matrices with dims named in any order.
+        sample, row, col: the names ``da`` uses for the sample, output and input dims.
+        extra: a class / Monte-Carlo dim kept right after the sample dim (renamed to
+            ``class``), or None.
+
+    Raises:
+        ValueError: a named dim missing, or dims left over.
+    """
+    names = [sample, *([extra] if extra else []), row, col]
+    missing = [d for d in names if d not in da.dims]
+    if missing:
+        raise ValueError(
+            f"dims {missing} not in the DataArray's dims {tuple(da.dims)}; name them with "
+            f"sample=, row=, col= (and extra= for a class/mc dim)"
+        )
+    left = [d for d in da.dims if d not in names]
+    if left:
+        raise ValueError(f"dims {left} are not sample/row/col/extra: select or stack them first")
+    check_float_dtype(da.dtype, "DataArray")
+    std = [Dim.SAMPLE.value, *([Dim.CLASS.value] if extra else []), Dim.ROW.value, Dim.COL.value]
+    out = da.transpose(*names)
+    return out.rename({a: b for a, b in zip(names, std, strict=True) if a != b})
+
+
+def sample_target(g, *, shape: Sequence[int] | None = None, weights=None, **kwargs):
+    """A :class:`SampleTarget` from any of the inputs above (tensors, flat arrays, …).
+
+    ``(N, m, n)`` arrays and DataArrays in the library's dims go through as they are;
+    torch tensors and ``(N, out, *rest)`` arrays are matricized (:func:`as_matrices`);
+    ``(N, mn)`` arrays need ``shape``.
+    """
+    if isinstance(g, xr.DataArray):
+        return SampleTarget(g, weights=weights, **kwargs)
+    a = from_flat(g, shape) if shape is not None else as_matrices(g)
+    return SampleTarget(a, weights=weights, **kwargs)
