@@ -354,7 +354,10 @@ def _check_case(case: dict, config: Config, rng) -> tuple[dict, dict]:
     a, b, xm = rng.standard_normal((m, m)), rng.standard_normal((n, n)), rng.standard_normal((m, n))
     err["D1"] = max(
         _rel(np.kron(a, b) @ xm.reshape(-1), (a @ xm @ b.T).reshape(-1)),
-        _rel(np.asarray(Kronecker(a, b).matvec(xm)).reshape(-1), np.kron(a, b) @ xm.reshape(-1)),
+        _rel(  # the structure holds symmetric factors (covariances): check it on a + aᵀ, b + bᵀ
+            np.asarray(Kronecker(a + a.T, b + b.T).matvec(xm)).reshape(-1),
+            np.kron(a + a.T, b + b.T) @ xm.reshape(-1),
+        ),
     )
     delta, act = rng.standard_normal(m), rng.standard_normal(n)
     gg = np.outer(delta, act)
