@@ -237,3 +237,32 @@ def test_a_new_sample_count_in_the_same_bucket_does_not_recompile():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
+
+
+def test_scoring_many_approximations_costs_one_gram_and_one_pass(monkeypatch):
+    u, v, w, _ = _factors("T1", seed=4)
+    g = np.einsum("ktm,ktn->kmn", u, v)
+    sample = SampleTarget(g, w, chunk_size=3)
+    reads = []
+    original = SampleTarget.chunk
+    monkeypatch.setattr(SampleTarget, "chunk", lambda self, i: reads.append(i) or original(self, i))
+    approxes = [est.diagonal(sample), est.shampoo_squared(DenseTarget(np.eye(12), (3, 4)))]
+    approxes.append(est.eigencorrected(sample))
+    reads.clear()
+    met.score(sample, approxes, damping=0.1)
+    gram_reads = sample.num_chunks * (sample.num_chunks + 1) // 2  # block pairs i ≤ j
+    assert len(reads) == sample.num_chunks + gram_reads  # one pass for all three + the Gram
+    reads.clear()
+    met.score(sample, approxes, damping=0.1)
+    met.cosine_similarity(sample, approxes[0])
+    assert len(reads) == sample.num_chunks + sample.num_chunks  # the Gram is cached
+    f = FactoredTarget(u, v, w)
+    blocks = []
+    original_blocks = FactoredTarget._gram_blocks
+    monkeypatch.setattr(
+        FactoredTarget, "_gram_blocks", lambda self: blocks.append(1) or original_blocks(self)
+    )
+    met.score(f, approxes, damping=0.1)
+    met.kl_divergence(f, approxes[1], damping=0.1)
+    met.cosine_similarity(f, approxes[2])
+    assert len(blocks) == 1
