@@ -351,17 +351,24 @@ def reproduce(
 
         with xr.open_dataset(saved) as ds:
             ds = ds.load()
-        records.append(
-            {
-                "name": mod.NAME,
-                "title": f"{mod.TITLE} [from saved data: {ds.attrs.get('preset', '?')} preset, "
-                f"{ds.attrs.get('created_utc', ds.attrs.get('date', '?'))}]",
-                "figures": [Path(p) for p in mod.plot(ds, figdir)],
-                "verdicts": list(mod.verdicts(ds)),
-                "error": None,
-                "seconds": 0.0,
-            }
-        )
+        rec = {
+            "name": mod.NAME,
+            "title": f"{mod.TITLE} [from saved data: {ds.attrs.get('preset', '?')} preset, "
+            f"{ds.attrs.get('created_utc', ds.attrs.get('date', '?'))}]",
+            "figures": [],
+            "verdicts": [],
+            "error": None,
+            "seconds": 0.0,
+        }
+        try:  # data saved by an older version of the study may not fit its verdicts any more
+            rec["figures"] = [Path(p) for p in mod.plot(ds, figdir)]
+            rec["verdicts"] = list(mod.verdicts(ds))
+        except Exception as err:
+            rec["error"] = (
+                f"saved data {saved.name} does not fit this version of the study "
+                f"({type(err).__name__}: {err}); rerun it (--only {mod.NAME})"
+            )
+        records.append(rec)
     records.sort(key=lambda r: r["name"])
     write_report(records, report, preset, figdir)
     log(f"wrote {report}")

@@ -227,3 +227,18 @@ def test_partial_rerun_keeps_the_other_studies_from_saved_data(tmp_path, monkeyp
     assert "| derived | **does not hold** | error 2.0e-03 |" in text  # D1, rerun
     assert "| derived | **does not hold** | error 5.0e-01 |" in text  # D2, from saved data
     assert "from saved data: quick preset" in text
+
+
+def test_saved_data_of_an_older_study_version_is_an_error_row_not_a_crash(tmp_path, monkeypatch):
+    import precond_lab.study as study
+
+    mods = {"a": _fake_study("a", 1e-15), "b": _fake_study("b", 0.5)}
+    monkeypatch.setattr(
+        study, "study_modules", lambda only=None: [mods[o] for o in (only or sorted(mods))]
+    )
+    figs, report = tmp_path / "figs", tmp_path / "REPORT.md"
+    study.reproduce("quick", figdir=figs, report=report, log=lambda *a: None)
+    mods["b"].verdicts = lambda ds: [ds["renamed_variable"]]  # b's data no longer fits
+    records = study.reproduce("quick", only=["a"], figdir=figs, report=report, log=lambda *a: None)
+    assert "does not fit this version" in records[1]["error"] and "--only b" in records[1]["error"]
+    assert "| b | — | — | — | error |" in report.read_text()
