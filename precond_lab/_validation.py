@@ -95,7 +95,7 @@ def check_number(
     if not np.isfinite(v) or too_low or too_high:
         left = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
         right = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must lie in {left}, {right}; got {value!r}")
+        raise ValueError(f"{name} must be {kind} in {left}, {right}; got {value!r}")
     return v
 
 
@@ -174,7 +174,8 @@ def check_damped_spectrum(spectrum, damping: float) -> None:
     low = float(vals.min()) if vals.size else np.inf
     if spectrum.rank < spectrum.dim:
         low = min(low, float(spectrum.floor))
-    if low + damping <= 0:
+    tol = 1e3 * float(np.finfo(vals.dtype).eps) * (float(np.abs(vals).max()) if vals.size else 0)
+    if low < -tol and low + damping <= 0:  # (PSD but singular with λ = 0: needs damping)
         raise NotPositiveDefiniteError(
             f"Σ + λI is not positive definite: its smallest eigenvalue is {low + damping:.3e} "
             f"(smallest eigenvalue of Σ {low:.3e}, damping λ = {damping:g}). Negative sample "

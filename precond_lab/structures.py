@@ -205,7 +205,7 @@ class Kronecker(Structure):
                 )
         if validate:
             parts = {"left factor": left, "right factor": right, "scale": jnp.asarray(scale)}
-            _validate(parts, symmetric=("left factor", "right factor"))
+            _validate(parts)  # symmetry is checked on first spectral use (eigen)
         self.left = left
         self.right = right
         self.scale = jnp.asarray(scale, dtype=left.dtype)
@@ -240,6 +240,8 @@ class Kronecker(Structure):
         return self.scale * jnp.kron(self.left, self.right)
 
     def eigen(self) -> EigenKronecker:
+        factors = {"left factor": self.left, "right factor": self.right}
+        _validate(factors, symmetric=tuple(factors))  # a spectrum needs symmetric factors
         wl, ql = eigh_sym(self.left)
         wr, qr = eigh_sym(self.right)
         values = self.scale * jnp.outer(wl, wr)

@@ -65,6 +65,47 @@ def _kl_init(init, m: int, n: int, dt):
     return left, right
 
 
+def _flip_flop(target, left, right, damping, tol, max_iter, max_condition):
+    """The block-coordinate sweeps of :func:`kl_optimal` from ``(left, right)``."""
+    m, n = target.shape
+    dt = target.dtype
+    eye_m, eye_n = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
+    residuals, objective = [], []
+    converged = False
+    iterations = 0
+    right_inv, _ = _spd_inverse(right, "right", max_condition)
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (read after the loop)
+        new_left = (
+            symmetrize(target.contract_left(right_inv) + damping * jnp.trace(right_inv) * eye_m) / n
+        )
+        left_inv, logdet_left = _spd_inverse(new_left, "left", max_condition)
+        new_right = (
+            symmetrize(target.contract_right(left_inv) + damping * jnp.trace(left_inv) * eye_n) / m
+        )
+        new_right_inv, logdet_right = _spd_inverse(new_right, "right", max_condition)
+        gauge = jnp.trace(new_right) / n  # fix the free scale: tr R = n
+        new_right, new_right_inv, new_left = (
+            new_right / gauge,
+            new_right_inv * gauge,
+            new_left * gauge,
+        )
+        logdet_left += m * float(jnp.log(gauge))
+        logdet_right -= n * float(jnp.log(gauge))
+        res = float(
+            jnp.linalg.norm(new_left - left) / jnp.linalg.norm(new_left)
+            + jnp.linalg.norm(new_right - right) / jnp.linalg.norm(new_right)
+        )
+        left, right, right_inv = new_left, new_right, new_right_inv
+        residuals.append(res)
+        objective.append(0.5 * (n * logdet_left + m * logdet_right))
+        if res <= tol:
+            converged = True
+            break
+    if not all(np.isfinite(objective)):
+        raise FitNeedsDampingError("the KL fit diverged (non-finite objective); pass damping > 0.")
+    return left, right, iterations, converged, residuals, objective
+
+
 def kl_optimal(
     samples,
     *,
@@ -106,55 +147,27 @@ def kl_optimal(
     Raises:
         FitNeedsDampingError: if a factor becomes singular (e.g. ``λ = 0`` with too few
             samples for the matrix-normal MLE to exist).
-        NotPositiveDefiniteError: ``Σ + λI`` is indefinite (negative weights).
+        NotPositiveDefiniteError: the fit failed and ``Σ + λI`` is indefinite (negative
+            weights; the smallest eigenvalue and the damping that would fix it are named).
         ValueError, TypeError: a bad option (its name and valid range in the message).
     """
     damping = check_number(damping, "damping", low=0.0)
     max_iter = check_number(max_iter, "max_iter", low=1, integer=True)
     if tol is not None:
-        check_number(tol, "tol", low=0.0, low_open=True)
+        check_number(tol, "tol", low=0.0)
     target = target_of(samples, weights, center, chunk_size)
     m, n = target.shape
     dt = target.dtype
     tol = default_tol(dt) if tol is None else float(tol)
     max_condition = 0.01 / float(jnp.finfo(dt).eps) if max_condition is None else max_condition
     left, right = _kl_init(init, m, n, dt)
-    if weights is not None and np.min(np.asarray(weights)) < 0:
-        check_damped_spectrum(target.eigh(), damping)  # Σ + λI must be positive definite
-    eye_m, eye_n = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
-    residuals, objective = [], []
-    converged = False
-    iterations = 0
-    right_inv, _ = _spd_inverse(right, "right", max_condition)
-    for iterations in range(1, max_iter + 1):  # noqa: B007 (read after the loop)
-        new_left = (
-            symmetrize(target.contract_left(right_inv) + damping * jnp.trace(right_inv) * eye_m) / n
+    try:
+        left, right, iterations, converged, residuals, objective = _flip_flop(
+            target, left, right, damping, tol, max_iter, max_condition
         )
-        left_inv, logdet_left = _spd_inverse(new_left, "left", max_condition)
-        new_right = (
-            symmetrize(target.contract_right(left_inv) + damping * jnp.trace(left_inv) * eye_n) / m
-        )
-        new_right_inv, logdet_right = _spd_inverse(new_right, "right", max_condition)
-        gauge = jnp.trace(new_right) / n  # fix the free scale: tr R = n
-        new_right, new_right_inv, new_left = (
-            new_right / gauge,
-            new_right_inv * gauge,
-            new_left * gauge,
-        )
-        logdet_left += m * float(jnp.log(gauge))
-        logdet_right -= n * float(jnp.log(gauge))
-        res = float(
-            jnp.linalg.norm(new_left - left) / jnp.linalg.norm(new_left)
-            + jnp.linalg.norm(new_right - right) / jnp.linalg.norm(new_right)
-        )
-        left, right, right_inv = new_left, new_right, new_right_inv
-        residuals.append(res)
-        objective.append(0.5 * (n * logdet_left + m * logdet_right))
-        if res <= tol:
-            converged = True
-            break
-    if not all(np.isfinite(objective)):
-        raise FitNeedsDampingError("the KL fit diverged (non-finite objective); pass damping > 0.")
+    except FitNeedsDampingError:
+        check_damped_spectrum(target.eigh(), damping)  # say so if Σ + λI is indefinite
+        raise
     info = FitInfo(
         iterations=iterations,
         converged=converged,

@@ -92,7 +92,7 @@ def _check_arguments(method, exponent, damping, tol, max_iter, options) -> None:
     check_number(exponent, "exponent")
     check_number(damping, "damping", low=0.0)
     if tol is not None:
-        check_number(tol, "tol", low=0.0, low_open=True)
+        check_number(tol, "tol", low=0.0)
     if max_iter is not None:
         check_number(max_iter, "max_iter", low=1, integer=True)
     valid = OPTIONS.get(method, ())
@@ -228,7 +228,7 @@ def matrix_power(
 
     Raises:
         ValueError: unknown method, an exponent the method cannot compute, a NaN or
-            out-of-range argument (``damping < 0``, ``tol ≤ 0``, ``max_iter < 1``,
+            out-of-range argument (``damping < 0``, ``tol < 0``, ``max_iter < 1``,
             ``steps < 1``, ``beta ≤ 0``).
         TypeError: an unknown keyword option (see :data:`OPTIONS`), or a non-number.
         UnsupportedDtypeError: the method's JAX routine does not run at ``s.dtype``.
