@@ -36,7 +36,7 @@ from precond_lab.study import save_figures
 from studies._setups import Capture
 
 NAME = "identities"
-TITLE = "Derived identities D1–D9 and the exact claims of P1/P3"
+TITLE = "Derived identities D1–D9 and the exact claims of P1, P2 and P3"
 
 
 @dataclasses.dataclass(frozen=True)
