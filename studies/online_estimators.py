@@ -705,6 +705,8 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ds["size"].values, [str(int(d)) for d in ds["size"].values])
+        ax.minorticks_off()
         ax.set_xlabel("factor size d")
         ax.set_ylabel("seconds per refresh")
         ax.set_title(f"basis refresh cost on {ds.attrs.get('timing_device', '?')}")
