@@ -115,3 +115,34 @@ def test_contradicting_override_and_missing_params_raise():
         )
     with pytest.raises(ValueError, match="needs params="):
         as_apply(apply_fn)
+
+
+def test_capture_model_flax_linen():
+    linen = pytest.importorskip("flax.linen")
+
+    class MLP(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(3)(jnp.tanh(linen.Dense(4)(x)))
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((12, 5)), rng.integers(0, 3, 12)
+    model = MLP()
+    variables = model.init(jax.random.PRNGKey(0), x[:1])
+    variables = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), variables)
+    assert as_apply(model, variables)[2] == "flax"
+    tree = capture_model(
+        model,
+        x,
+        y,
+        loss="cross_entropy",
+        params=variables,
+        targets=["gradients", "kfac"],
+        num_samples=4,
+        batch_size=4,
+    )
+    node = tree["step_000000/params/Dense_1/kernel"]  # created second: the inner layer
+    assert node["gradients"].shape == (4, 4, 5)
+    _identity(node)
+    with pytest.raises(ValueError, match="needs params="):
+        capture_model(model, x, y, loss="cross_entropy")
