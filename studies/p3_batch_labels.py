@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from scipy import sparse
 
 from precond_lab import metrics as met
 from precond_lab import plotting as pl
@@ -199,15 +200,18 @@ class _Cell:
         self.base = _factors(self.f.reshape(s, *self.shape), np.full(s, 1.0 / s))
 
     def cosine(self, c, w) -> float:
-        """Cosine of ``Σ_p w_p (C f)_p (C f)_pᵀ`` with the GGN (exact, via Gram matrices)."""
-        kss = c @ self.kff @ c.T
+        """Cosine of ``Σ_p w_p (C f)_p (C f)_pᵀ`` with the GGN (exact, via Gram matrices);
+        ``C`` dense or sparse."""
+        c = sparse.csr_array(c)
+        kss = c @ (c @ self.kff).T  # C K_ff Cᵀ (K_ff symmetric)
         ksg = c @ self.kfg
         inner = float(w @ (ksg * ksg) @ self.wg)
         return inner / np.sqrt(float(w @ (kss * kss) @ w) * self.ggn_norm2)
 
     def factors(self, c, w):
-        """Shampoo's ``(L, R)`` of the statistic."""
-        s = (c.astype(np.float32) @ self.f).reshape(len(c), *self.shape)
+        """Shampoo's ``(L, R)`` of the statistic (``C`` dense or sparse)."""
+        c = sparse.csr_array(c, dtype=np.float32)
+        s = (c @ self.f).reshape(c.shape[0], *self.shape)
         return _factors(s, w)
 
     def resampled(self, idx: np.ndarray) -> tuple[float, tuple]:
@@ -221,7 +225,15 @@ class _Cell:
             ``(cosine of the statistic with H_GN, its Shampoo factors)``.
         """
         m, bsz = idx.shape
-        s = self.f[idx.ravel()].reshape(m, bsz, -1).sum(axis=1) / np.float32(np.sqrt(bsz))
+        c = sparse.csr_array(
+            (
+                np.full(idx.size, 1.0 / np.sqrt(bsz), np.float32),
+                idx.ravel(),
+                np.arange(0, idx.size + 1, bsz),
+            ),
+            shape=(m, self.n * self.k),
+        )
+        s = c @ self.f  # repeated draws sum (duplicate entries add up)
         w = np.full(m, 1.0 / m)
         ksg = (s @ self.y.T).astype(np.float64)
         kss = (s @ s.T).astype(np.float64)
@@ -246,19 +258,20 @@ def _draw(n, k, bsz, m, rng) -> np.ndarray:
 
 
 def _groups(n, k, bsz):
-    """Consecutive groups of ``B`` examples, separately for each label draw."""
+    """Consecutive groups of ``B`` examples, separately for each label draw (sparse ``C``)."""
     nb = n // bsz
-    c = np.zeros((nb * k, n * k))
-    for j in range(nb):
-        for d in range(k):
-            c[j * k + d, np.arange(j * bsz, (j + 1) * bsz) * k + d] = 1.0 / np.sqrt(bsz)
+    rows = np.repeat(np.arange(nb * k), bsz)  # row j·k + d: group j, draw d
+    group, draw = np.divmod(np.arange(nb * k), k)
+    cols = ((group[:, None] * bsz + np.arange(bsz)[None, :]) * k + draw[:, None]).ravel()
+    data = np.full(rows.size, 1.0 / np.sqrt(bsz))
+    c = sparse.csr_array((data, (rows, cols)), shape=(nb * k, n * k))
     return c, np.full(nb * k, 1.0 / (nb * k))
 
 
 def _expected(n, k, bsz):
     """``E[g gᵀ] + (B − 1) E[g] E[g]ᵀ``: every draw (weight ``1/S``) and the mean (``B − 1``)."""
     s = n * k
-    c = np.vstack([np.eye(s), np.full((1, s), 1.0 / s)])
+    c = sparse.vstack([sparse.eye_array(s), sparse.csr_array(np.full((1, s), 1.0 / s))])
     return c, np.concatenate([np.full(s, 1.0 / s), [bsz - 1.0]])
 
 
@@ -403,7 +416,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
                         if cap is not None:
                             cap = cap.values
                             c, _ = _groups(cell.n, cell.k, bsz)
-                            ours = (c @ cell.f).reshape(len(c), *cell.shape) / np.sqrt(bsz)
+                            ours = (c @ cell.f).reshape(c.shape[0], *cell.shape) / np.sqrt(bsz)
                             dev = np.max(np.abs(cap - ours)) / max(np.max(np.abs(cap)), 1e-30)
                             check = max(check, float(dev))
                         for i_sc, sc in enumerate(SCHEMES):

@@ -56,7 +56,7 @@ def test_groups_and_resampled_batches():
     f = g.reshape(24, 4)
     c, w = b._groups(8, 3, 4)
     assert c.shape == (2 * 3, 24) and np.allclose(w, 1 / 6)
-    np.testing.assert_allclose(c[1] @ f, g[:4, 1].sum(axis=0).ravel() / 2, rtol=1e-6)
+    np.testing.assert_allclose(c.toarray()[1] @ f, g[:4, 1].sum(axis=0).ravel() / 2, rtol=1e-6)
     idx = b._draw(8, 3, 5, 7, rng)
     assert idx.shape == (7, 5) and idx.min() >= 0 and idx.max() < 24
     # the directly summed statistic equals the dense batch-matrix construction
