@@ -366,18 +366,26 @@ class FactoredTarget(Target):
     def _index(self, i: int):
         return i if self.inner == 1 else (i // self.inner, i % self.inner)
 
-    def _per_sample_bytes(self, form: str) -> int:
+    def _per_sample_bytes(self, form: str, primitive: str = "") -> int:
+        """Bytes of temporaries per sample: a rebuilt ``G`` (dense), the ``T²`` products
+        of the factored rotated diagonal, or the ``T × T`` middles of the others."""
         m, n = self.shape
         t = self.terms
-        size = m * n if form == "dense" else t * t * (m + n) + t * (m + n)
+        if form == "dense":
+            size = m * n
+        elif primitive == "rotated_diagonal":
+            size = t * t * (m + n) + t * (m + n)
+        else:
+            size = t * (m + n) + t * t
         return 3 * size * self.dtype.itemsize
 
-    def _chunks(self, form: str) -> int:
-        per = self._per_sample_bytes(form)
+    def _chunks(self, form: str, primitive: str = "") -> int:
+        per = self._per_sample_bytes(form, primitive)
         return self.padded // _largest_divisor(self.padded, _CHUNK_BYTES // per)
 
     def _pass(self, primitive: str, kernel, *args):
-        return self._scan(kernel, self._chunks(self.plan[primitive]), self.u, self.v, self.w, *args)
+        chunks = self._chunks(self.plan[primitive], primitive)
+        return self._scan(kernel, chunks, self.u, self.v, self.w, *args)
 
     def _put(self, x):
         """Per-sample rows (``(padded, ...)``) laid out like the samples."""
