@@ -5,8 +5,12 @@ Conventions (the project's, see the README's "Conventions"): vec is row-major, s
 
     kron(L, R) @ vec(X) = vec(L X Rᵀ),    L: m×m (rows / output side), R: n×n.
 
-Every structure offers :meth:`~Structure.matvec` on batches of ``(…, m, n)``
-matrices, :meth:`~Structure.to_dense` (for references and small sizes only),
+Every structure is a linear operator of :attr:`~Structure.shape` ``(mn, mn)``: ``S @ v``
+for vectors ``(mn,)`` / ``(mn, k)`` and batches of ``(…, m, n)`` matrices,
+:meth:`~Structure.to_scipy` (a ``scipy.sparse.linalg.LinearOperator``) and
+:meth:`~Structure.to_lineax` (when lineax is installed); the factor sizes ``(m, n)`` are
+:attr:`~Structure.matrix_shape`. It offers :meth:`~Structure.matvec` on batches of
+``(…, m, n)`` matrices, :meth:`~Structure.to_dense` (for references and small sizes only),
 ``trace``, ``logdet``, ``frobenius_norm`` and spectral functions such as damped
 powers ``(S + λI)^p``. Spectral functions of a Kronecker product with damping are
 no longer Kronecker products; they are returned in eigen form
@@ -29,7 +33,7 @@ from ._validation import check_float_dtype
 from .errors import NonFiniteError, NotPositiveDefiniteError, NotSymmetricError, Status
 from .linalg import eigh_sym
 
-__all__ = ["FitInfo", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
+__all__ = ["FitInfo", "OperatorMixin", "Structure", "Kronecker", "EigenKronecker", "Diagonal"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,15 +131,96 @@ def _validate(parts: dict, *, symmetric=(), orthogonal=()) -> None:
             )
 
 
-class Structure:
+class OperatorMixin:
+    """``@``, SciPy and lineax adapters for an ``mn × mn`` operator (structures, targets).
+
+    A subclass provides :attr:`matrix_shape` ``(m, n)``, ``dtype`` and
+    ``_apply_matrices(X)`` for ``X`` of shape ``(…, m, n)``.
+    """
+
+    matrix_shape: tuple[int, int]
+
+    @property
+    def operator_shape(self) -> tuple[int, int]:
+        """``(mn, mn)``: the operator's shape (the factor sizes are :attr:`matrix_shape`)."""
+        m, n = self.matrix_shape
+        return m * n, m * n
+
+    def _apply_matrices(self, x):
+        raise NotImplementedError
+
+    def __matmul__(self, x):
+        """``S @ v`` for ``v`` of shape ``(mn,)``, ``(mn, k)`` or ``(…, m, n)``.
+
+        Raises:
+            ValueError: when ``v`` fits none of these shapes.
+        """
+        m, n = self.matrix_shape
+        xs = tuple(jnp.shape(x))
+        if xs == (m * n,):
+            return self._apply_matrices(jnp.reshape(x, (m, n))).reshape(m * n)
+        if len(xs) == 2 and xs[0] == m * n and xs != (m, n):
+            cols = jnp.reshape(jnp.asarray(x).T, (xs[1], m, n))
+            return self._apply_matrices(cols).reshape(xs[1], m * n).T
+        if len(xs) >= 2 and xs[-2:] == (m, n):
+            return self._apply_matrices(jnp.asarray(x))
+        raise ValueError(
+            f"{type(self).__name__} of shape {(m * n, m * n)} (matrix_shape {(m, n)}) cannot "
+            f"multiply an array of shape {xs}: use (mn,) = ({m * n},), (mn, k) or (…, {m}, {n})"
+        )
+
+    def to_scipy(self):
+        """A ``scipy.sparse.linalg.LinearOperator`` of shape ``(mn, mn)`` (symmetric)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(v):
+            return np.asarray(self @ jnp.asarray(np.ravel(v), self.dtype))
+
+        def mm(v):
+            return np.asarray(self @ jnp.asarray(v, self.dtype))
+
+        return LinearOperator(
+            self.operator_shape, matvec=mv, rmatvec=mv, matmat=mm, dtype=self.dtype
+        )
+
+    def to_lineax(self, *, positive_semidefinite: bool = False):
+        """A symmetric ``lineax.FunctionLinearOperator`` on vectors ``(mn,)`` (needs lineax).
+
+        Args:
+            positive_semidefinite: also tag it PSD (for ``lineax.CG``); true for targets
+                with non-negative weights and fits of them, not checked here.
+
+        Raises:
+            ImportError: when lineax is not installed.
+        """
+        import lineax as lx
+
+        m, n = self.matrix_shape
+        struct = jax.ShapeDtypeStruct((m * n,), self.dtype)
+        tags = (
+            lx.symmetric_tag,
+            *((lx.positive_semidefinite_tag,) if positive_semidefinite else ()),
+        )
+        return lx.FunctionLinearOperator(lambda v: self @ v, struct, tags)
+
+
+class Structure(OperatorMixin):
     """Common interface of the structured approximations."""
 
     info: FitInfo | None
 
     @property
-    def shape(self) -> tuple[int, int]:
-        """``(m, n)``: the approximated matrix is ``mn × mn``."""
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(m, n)``: the approximated matrix is ``mn × mn`` (that is :attr:`shape`)."""
         raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(mn, mn)``, as for any linear operator (``(m, n)`` is :attr:`matrix_shape`)."""
+        return self.operator_shape
+
+    def _apply_matrices(self, x):
+        return self.matvec(x)
 
     @property
     def dtype(self):
@@ -222,11 +307,11 @@ class Kronecker(Structure):
         return obj
 
     def __repr__(self) -> str:
-        m, n = self.shape
+        m, n = self.matrix_shape
         return f"Kronecker(m={m}, n={n}, scale={float(self.scale):.4g}, dtype={self.dtype})"
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def matrix_shape(self) -> tuple[int, int]:
         return self.left.shape[0], self.right.shape[0]
 
     @property
@@ -291,8 +376,8 @@ class _EigenForm(Structure):
         return self.values
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.values.shape
+    def matrix_shape(self) -> tuple[int, int]:
+        return tuple(self.values.shape)
 
     @property
     def dtype(self):
@@ -350,7 +435,7 @@ class EigenKronecker(_EigenForm):
         return obj
 
     def __repr__(self) -> str:
-        m, n = self.shape
+        m, n = self.matrix_shape
         return f"EigenKronecker(m={m}, n={n}, dtype={self.dtype})"
 
     def _rotate(self, x):
@@ -391,7 +476,7 @@ class Diagonal(_EigenForm):
         return obj
 
     def __repr__(self) -> str:
-        m, n = self.shape
+        m, n = self.matrix_shape
         return f"Diagonal(m={m}, n={n}, dtype={self.dtype})"
 
     def _rotate(self, x):

@@ -239,7 +239,7 @@ def _matched(approx: Structure, target, rel: float) -> Structure:
 
     ``λ = rel·tr(Σ)/(mn)`` is the sweep's relative damping, so ``tr(Σ+λI) = (1+rel)·trΣ``.
     """
-    m, n = approx.shape
+    m, n = approx.matrix_shape
     own = float(approx.trace())
     if not own > 0:
         raise CellSkipped(f"the optimiser's statistic has trace {own:.3g} (nothing accumulated)")

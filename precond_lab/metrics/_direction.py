@@ -149,8 +149,10 @@ def direction_quality(
         :class:`DirectionQuality` (arrays with the gradient's leading shape).
     """
     target = as_target(target)
-    if tuple(approx.shape) != tuple(target.shape):
-        raise ValueError(f"approx has shape {approx.shape}; target has {target.shape}")
+    if tuple(approx.matrix_shape) != tuple(target.shape):
+        raise ValueError(
+            f"approx has matrix_shape {approx.matrix_shape}; target has {target.shape}"
+        )
     exact = exact_direction(target, gradient, p=p, damping=damping, spectrum=spectrum)
     lam = 0.0 if approx_damping is None else approx_damping
     approx_dir = approx.power(-p, lam).matvec(jnp.asarray(gradient, approx.dtype))

@@ -41,7 +41,7 @@ def state_is_finite(state) -> bool:
 
 def _eigen_parts(s: Structure):
     e = s.eigen()
-    m, n = e.shape
+    m, n = e.matrix_shape
     qa = getattr(e, "left_basis", None)
     qb = getattr(e, "right_basis", None)
     qa = jnp.eye(m, dtype=e.dtype) if qa is None else qa

@@ -157,9 +157,10 @@ def _score(grid, idx, target, fit, opts) -> bool:
     metrics, want_spectrum, rescale, raise_errors = opts
     approx = fit.approx
     try:
-        if approx.shape != target.shape:
+        if approx.matrix_shape != target.shape:
             raise ValueError(
-                f"approximation shape {approx.shape} differs from the target's {target.shape}"
+                f"approximation matrix_shape {approx.matrix_shape} differs from the target's "
+                f"{target.shape}"
             )
         key = _RESCALE[rescale] if want_spectrum else None
         values = met.score(

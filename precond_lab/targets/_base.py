@@ -10,7 +10,7 @@ import numpy as np
 
 from .._validation import FitNeedsDampingError, check_finite, check_float_dtype
 from ..errors import DegenerateInputError, NotPositiveDefiniteError
-from ..structures import Structure
+from ..structures import OperatorMixin, Structure
 
 __all__ = ["Target", "DampedTarget", "Spectrum", "bucket", "check_weights", "checked_eigenvalues"]
 
@@ -37,11 +37,21 @@ class Spectrum:
         return int(self.values.shape[0])
 
 
-class Target:
-    """The matrix ``Σ`` (``mn × mn``) that the estimators approximate."""
+class Target(OperatorMixin):
+    """The matrix ``Σ`` (``mn × mn``) that the estimators approximate.
+
+    ``shape`` is ``(m, n)`` here (also :attr:`matrix_shape`); as a linear operator a
+    target has :attr:`operator_shape` ``(mn, mn)``, ``Σ @ v`` and ``to_scipy()`` /
+    ``to_lineax()`` (see :class:`~precond_lab.structures.OperatorMixin`).
+    """
 
     shape: tuple[int, int]
     dtype: np.dtype
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(m, n)`` of the per-example matrices (the same as ``shape`` for a target)."""
+        return tuple(self.shape)
 
     @property
     def dim(self) -> int:
@@ -184,6 +194,9 @@ class DampedTarget(Target):
         return Spectrum(
             spec.values + self.damping, spec.vectors, spec.dim, spec.floor + self.damping
         )
+
+    def _apply_matrices(self, x):  # (Σ + λI) X
+        return self.base._apply_matrices(x) + self.damping * x
 
     def to_dense(self):
         return self.base.to_dense() + self.damping * jnp.eye(self.dim, dtype=self.dtype)

@@ -79,5 +79,10 @@ class DenseTarget(Target):
         vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
         return Spectrum(vals, vecs, d)
 
+    def _apply_matrices(self, x):  # Σ vec(X) for X (…, m, n)
+        m, n = self.shape
+        flat = jnp.reshape(x, (-1, m * n))
+        return (flat @ self.matrix.T).reshape(x.shape)
+
     def to_dense(self):
         return self.matrix

@@ -466,8 +466,10 @@ class FactoredTarget(Target):
         return self._cache["trace"]
 
     def trace_product(self, s: Structure):
-        if s.shape != self.shape:
-            raise ValueError(f"structure of shape {s.shape} does not match target {self.shape}")
+        if s.matrix_shape != self.shape:
+            raise ValueError(
+                f"structure of matrix_shape {s.matrix_shape} does not match target {self.shape}"
+            )
         if isinstance(s, Kronecker) and self._form("trace_product") == "factored":
             out = self._pass("trace_product", _f_trace_kron, s)
         elif not isinstance(s, Kronecker) and self._form("rotated_diagonal") == "factored":

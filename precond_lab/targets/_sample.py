@@ -106,7 +106,11 @@ class SampleTarget(Target):
             return -1, self._extra[0], self._extra[1]
         c = self.chunk_size
         start = i * c
-        g, w = self._source.read(start, min(start + c, self.num_samples))
+        stop = min(start + c, self.num_samples)
+        if getattr(self._source, "host", None) is not None:  # host slice + pad: no compile
+            g, w = self._source.read_padded(start, stop, c)
+            return start, self._put(g), self._put(w)
+        g, w = self._source.read(start, stop)
         pad = c - g.shape[0]
         if pad:
             g = jnp.concatenate([g, jnp.zeros((pad, *g.shape[1:]), g.dtype)])
@@ -204,8 +208,10 @@ class SampleTarget(Target):
         return self._trace
 
     def trace_product(self, s: Structure):
-        if s.shape != self.shape:
-            raise ValueError(f"structure of shape {s.shape} does not match target {self.shape}")
+        if s.matrix_shape != self.shape:
+            raise ValueError(
+                f"structure of matrix_shape {s.matrix_shape} does not match target {self.shape}"
+            )
         return self._reduce(_k_trace_product, s)
 
     def frobenius_norm(self):
@@ -300,8 +306,6 @@ class SampleTarget(Target):
         vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
         return Spectrum(vals, vecs, d)
 
-    def to_dense(self):
-        return self._reduce(_k_cov)
     def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, one streamed pass
         x = jnp.asarray(x, self.dtype)
         total = jnp.zeros(x.shape, self.dtype)
@@ -310,6 +314,8 @@ class SampleTarget(Target):
             total = total + jnp.einsum("k...,kmn->...mn", coef, g)
         return total
 
+    def to_dense(self):
+        return self._reduce(_k_cov)
 
 
 # --------------------------------------------------------------------------------------
@@ -343,16 +349,32 @@ class _ArraySource:
             raise ValueError("samples is empty (N = 0): at least one sample is needed.")
         if m == 0 or n == 0:
             raise ValueError(f"samples have an empty matrix shape {(m, n)}")
-        self.samples = jnp.asarray(samples)
+        # NumPy input stays on the host too: chunks are sliced and padded there, so a new
+        # N (or a new chunk start) compiles nothing
+        self.host = samples if isinstance(samples, np.ndarray) else None
+        self.samples = jax.device_put(samples) if self.host is not None else jnp.asarray(samples)
         self.dtype = np.dtype(self.samples.dtype) if dt.kind == "f" else dt
         self.shape = (int(m), int(n))
         self.num_samples = int(n_samples)
         self.weights = check_weights(weights, self.num_samples, self.dtype)
+        self._host_w = None
 
     def read(self, start, stop):
         if start == 0 and stop == self.num_samples:  # one chunk: no copy
             return self.samples, self.weights
         return self.samples[start:stop], self.weights[start:stop]
+
+    def read_padded(self, start, stop, size):
+        """Samples ``[start, stop)`` zero-padded to ``size`` rows, from the host array."""
+        if start == 0 and stop == size == self.num_samples:
+            return self.samples, self.weights
+        if self._host_w is None:
+            self._host_w = np.asarray(self.weights)
+        g = np.zeros((size, *self.shape), self.dtype)
+        g[: stop - start] = self.host[start:stop]
+        w = np.zeros(size, self.dtype)
+        w[: stop - start] = self._host_w[start:stop]
+        return jax.device_put(g), jax.device_put(w)
 
     def sample_index(self, i):
         return i
@@ -379,11 +401,11 @@ class _DataArraySource:
         self.examples = int(da.shape[0])
         if self.examples == 0:
             raise ValueError(f"DataArray {da.name!r} has no samples (sample dim is empty).")
-        self.shape = (int(da.shape[-2]), int(da.shape[-1]))
-        self.dtype = np.dtype(jnp.zeros((), da.dtype).dtype)
         empty = [d for d, size in da.sizes.items() if size == 0]
         if empty:
             raise ValueError(f"DataArray {da.name!r} has empty dim(s) {empty}: {dict(da.sizes)}")
+        self.shape = (int(da.shape[-2]), int(da.shape[-1]))
+        self.dtype = np.dtype(jnp.zeros((), da.dtype).dtype)
         self.num_samples = self.examples * self.inner
         if weights is None and "weight" in da.coords:
             weights = np.asarray(da.coords["weight"].values)

@@ -71,9 +71,9 @@ def test_wrong_rank_and_shapes(rng):
         as_target(np.eye(6)[None], shape=(2, 3))
     with pytest.raises(ValueError, match="not symmetric"):
         DenseTarget(np.triu(np.ones((6, 6))), (2, 3))
-    with pytest.raises(ValueError, match=r"structure of shape \(3, 2\) does not match"):
+    with pytest.raises(ValueError, match=r"structure of matrix_shape \(3, 2\) does not match"):
         SampleTarget(g).trace_product(Diagonal(np.ones((3, 2))))
-    with pytest.raises(ValueError, match=r"approximation has shape \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"approximation has matrix_shape \(3, 2\)"):
         met.cosine_similarity(g, Diagonal(np.ones((3, 2))))
     with pytest.raises(TypeError, match="approx must be a structure"):
         met.kl_divergence(g, np.eye(6))

@@ -130,7 +130,7 @@ def test_kfac_no_sharing(rng):
         for variant in ("expand", "reduce"):
             s = est.kfac(a, d, weights=weights, variant=variant)
             assert_close(s.to_dense(), np.kron(left, right))
-            assert s.shape == (2, 3)  # output side first
+            assert s.matrix_shape == (2, 3)  # output side first
 
 
 @pytest.mark.parametrize("variant", ["expand", "reduce"])

@@ -38,7 +38,7 @@ def test_kronecker_dense_and_matvec_row_major(m, n, rng):
     want = np.stack([(dense @ xi.reshape(-1)).reshape(m, n) for xi in x])
     assert_close(s.matvec(x), want)
     assert_close(s.matvec(x[0]), -1.3 * left @ x[0] @ right.T)
-    assert s.shape == (m, n)
+    assert s.matrix_shape == (m, n) and s.shape == (m * n, m * n)
     assert_close(s.trace(), np.trace(dense))
     assert_close(s.frobenius_norm(), np.linalg.norm(dense))
 

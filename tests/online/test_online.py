@@ -237,7 +237,7 @@ def test_approximation_has_the_gradient_shape(name):
     est = ESTIMATORS[name]()
     state = est.update(est.init(g[0]), g[1])
     s = est.approximation(state)
-    assert tuple(s.shape) == (M, N_COLS)
+    assert tuple(s.matrix_shape) == (M, N_COLS)
     assert s.to_dense().shape == (M * N_COLS, M * N_COLS)
     assert est.power in (0.5, 1.0)
     assert est.internal_damping == (name == "if_shampoo")
