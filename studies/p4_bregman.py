@@ -134,7 +134,7 @@ class Config:
     mc_shape: tuple[int, int] = (8, 12)
     mc_samples: tuple[int, ...] = (16, 64, 256)
     mc_decays: tuple[float, ...] = (0.0, 1.0, 2.0)
-    mc_trials: int = 2000
+    mc_trials: int = 1000
     mix_samples: tuple[int, ...] = (32, 128, 512)
     mix_repeats: int = 10
     mix_reference: int = 4096
@@ -841,7 +841,7 @@ def _v34(ds):
     mis = float(ds["misalignment_min"].min())
     ratio = {q: float(ds["over_under_ratio"].sel(q=q)) for q in QS}
     exact_ok = (
-        ident < 1e-10
+        ident < 1e-8
         and homo < 1e-10
         and mis > -1e-12
         and ratio[2.0] > 1
@@ -865,7 +865,8 @@ def _v34(ds):
         "P4-34",
         verdict,
         ev,
-        "identities < 1e-10; real: F below in >50% of directions, VN median |ratio| < 0.15, "
+        "scalar identities < 1e-8 (round-off of f(x) − f(y) − f'(y)(x − y) near r = 1), "
+        "homogeneity < 1e-10; real: F below in >50% of directions, VN median |ratio| < 0.15, "
         "KL and SQ tails above VN's, F best O(1), KL best O(d/4)",
         kind=TestKind.PAPER,
     )
