@@ -30,6 +30,7 @@ __all__ = [
     "FALLBACK",
     "KRON",
     "StateSize",
+    "conform",
     "default_labels",
     "eigh_desc",
     "leafwise",
@@ -196,6 +197,29 @@ def leafwise(fn: Callable[..., tuple[Any, Any]], updates: Any, leaves: Any) -> t
         return d.reshape(u.shape).astype(u.dtype), new
 
     return map_leaves(one, updates, leaves)
+
+
+def conform(leaves: Any, init: Callable[[Any], Any], updates: Any) -> Any:
+    """The per-leaf states ``leaves`` in the structure ``init(updates).leaves`` would have.
+
+    Containers that rebuild an optimiser state as nested mappings (Flax NNX's ``Optimizer``
+    turns the per-leaf ``NamedTuple``s and tuples into ``State``s, keys sorted) keep the
+    arrays but not the node types; the leaf states' fields are declared in alphabetical
+    order, so the arrays come back in the same order and are re-assembled here.
+
+    Raises:
+        ValueError: the number of arrays does not match (not this optimiser's state).
+    """
+    template = jax.tree.structure(jax.eval_shape(init, updates).leaves)
+    if jax.tree.structure(leaves) == template:
+        return leaves
+    arrays = jax.tree.leaves(leaves)
+    if len(arrays) != template.num_leaves:
+        raise ValueError(
+            f"optimiser state has {len(arrays)} arrays, this optimiser expects "
+            f"{template.num_leaves}: was it built by the same optimiser for these params?"
+        )
+    return template.unflatten(arrays)
 
 
 class ScaleDecayState(NamedTuple):

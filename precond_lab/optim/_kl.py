@@ -37,6 +37,7 @@ import optax
 from jax import lax
 
 from ._common import (
+    conform,
     eigh_desc,
     leafwise,
     mode_dot,
@@ -70,15 +71,15 @@ class KronLeaf(NamedTuple):
     """Per-leaf state of KL-/trace-power Shampoo.
 
     Attributes:
-        mu: momentum ``M`` (the leaf's working shape).
+        bases: ``Q_j``, the factors' eigenbases.
         factors: ``S_j`` (``d_j×d_j``), one per mode.
-        bases: ``Q_j``, their eigenbases.
+        mu: momentum ``M`` (the leaf's working shape).
         values: ``λ_j`` (``d_j``), the EMA eigenvalues (clamped).
     """
 
-    mu: jax.Array
-    factors: tuple[jax.Array, ...]
     bases: tuple[jax.Array, ...]
+    factors: tuple[jax.Array, ...]
+    mu: jax.Array
     values: tuple[jax.Array, ...]
 
 
@@ -86,15 +87,15 @@ class KLSOAPLeaf(NamedTuple):
     """Per-leaf state of KL-SOAP: :class:`KronLeaf`'s fields with ``mu`` in the eigenbasis.
 
     Attributes:
+        bases, factors, values: as in :class:`KronLeaf`.
         mu: Adam's first moment of ``QᵀGQ`` (in the current basis).
         nu: Adam's second moment of ``QᵀGQ``.
-        factors, bases, values: as in :class:`KronLeaf`.
     """
 
+    bases: tuple[jax.Array, ...]
+    factors: tuple[jax.Array, ...]
     mu: jax.Array
     nu: jax.Array
-    factors: tuple[jax.Array, ...]
-    bases: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
 
 
@@ -131,8 +132,10 @@ def _init_leaf(p, *, tensor_mode, init_factor, state_dtype, soap):
     bases = tuple(jnp.eye(d, dtype=dt) for d in shape)
     values = tuple(jnp.full((d,), init_factor, dt) for d in shape)
     if soap:
-        return KLSOAPLeaf(zeros, zeros, factors, bases, values)
-    return KronLeaf(zeros, factors, bases, values)
+        return KLSOAPLeaf(
+            bases=bases, factors=factors, mu=zeros, nu=jnp.zeros_like(zeros), values=values
+        )
+    return KronLeaf(bases=bases, factors=factors, mu=zeros, values=values)
 
 
 def _first(g, leaf, beta):
@@ -227,6 +230,7 @@ def _scale_by_kron(
     def update(updates, state, params=None):
         del params
         t = state.count
+        state = state._replace(leaves=conform(state.leaves, init, updates))
 
         new_u, leaves = lax.cond(
             t == 0,

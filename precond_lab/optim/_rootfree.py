@@ -30,6 +30,7 @@ import optax
 from jax import lax
 
 from ._common import (
+    conform,
     map_leaves,
     mode_dot,
     mode_gram,
@@ -56,14 +57,14 @@ class IFShampooLeaf(NamedTuple):
     """Per-leaf state of IF-Shampoo.
 
     Attributes:
-        mu: parameter momentum ``μ`` (the leaf's working shape).
         ks: inverse-free factors ``K_j`` (2-D: ``(C, K)``).
         ms: their Riemannian momenta ``m_j``.
+        mu: parameter momentum ``μ`` (the leaf's working shape).
     """
 
-    mu: jax.Array
     ks: tuple[jax.Array, ...]
     ms: tuple[jax.Array, ...]
+    mu: jax.Array
 
 
 class RFRMSPropLeaf(NamedTuple):
@@ -153,7 +154,7 @@ def scale_by_if_shampoo(
             dt = resolve_dtype(state_dtype, p)
             ks = tuple(float(init_scale) * jnp.eye(d, dtype=dt) for d in shape)
             ms = tuple(jnp.zeros((d, d), dt) for d in shape)
-            return IFShampooLeaf(jnp.zeros(shape, dt), ks, ms)
+            return IFShampooLeaf(ks=ks, ms=ms, mu=jnp.zeros(shape, dt))
 
         return KronState(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params))
 
@@ -162,6 +163,7 @@ def scale_by_if_shampoo(
             raise ValueError("weight decay needs the params: call update(g, state, params)")
         params = updates if params is None else params
         t = state.count
+        state = state._replace(leaves=conform(state.leaves, init, updates))
 
         def one(u, leaf, p):
             g = u.reshape(leaf.mu.shape).astype(leaf.mu.dtype)
@@ -183,7 +185,7 @@ def scale_by_if_shampoo(
             for j, kj in enumerate(ks):
                 d = mode_dot(d, kj @ kj.T, j)
             mu = _momentum_step(d, leaf.mu, p, a1, wd)
-            return mu.reshape(u.shape).astype(u.dtype), IFShampooLeaf(mu, ks, ms)
+            return mu.reshape(u.shape).astype(u.dtype), IFShampooLeaf(ks=ks, ms=ms, mu=mu)
 
         new_u, leaves = map_leaves(one, updates, state.leaves, params)
         return new_u, KronState(optax.safe_increment(t), leaves)
@@ -224,7 +226,7 @@ def scale_by_rf_rmsprop(
     def init(params):
         def leaf(p):
             dt = resolve_dtype(state_dtype, p)
-            return RFRMSPropLeaf(jnp.zeros(jnp.shape(p), dt), jnp.full(jnp.shape(p), s0, dt))
+            return RFRMSPropLeaf(mu=jnp.zeros(jnp.shape(p), dt), s=jnp.full(jnp.shape(p), s0, dt))
 
         return KronState(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params))
 
@@ -232,12 +234,13 @@ def scale_by_rf_rmsprop(
         if wd and params is None:
             raise ValueError("weight decay needs the params: call update(g, state, params)")
         params = updates if params is None else params
+        state = state._replace(leaves=conform(state.leaves, init, updates))
 
         def one(u, leaf, p):
             g = u.astype(leaf.s.dtype)
             s = (1 - b2) * leaf.s + b2 * bsz * g * g
             mu = _momentum_step(g / (s + lam), leaf.mu, p, a1, wd)
-            return mu.astype(u.dtype), RFRMSPropLeaf(mu, s)
+            return mu.astype(u.dtype), RFRMSPropLeaf(mu=mu, s=s)
 
         new_u, leaves = map_leaves(one, updates, state.leaves, params)
         return new_u, KronState(optax.safe_increment(state.count), leaves)

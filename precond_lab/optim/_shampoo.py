@@ -25,6 +25,7 @@ import optax
 from jax import lax
 
 from ._common import (
+    conform,
     eigh_desc,
     leafwise,
     linalg_dtype,
@@ -54,15 +55,15 @@ class ShampooLeaf(NamedTuple):
     """Per-leaf state of Shampoo.
 
     Attributes:
+        factors: ``S_j``, EMA of ``G_(j)G_(j)ᵀ``.
         mu: momentum ``M``.
         nu: Adam's second moment for grafting (None without grafting).
-        factors: ``S_j``, EMA of ``G_(j)G_(j)ᵀ``.
         roots: ``(S_j + δI)^{-p}``, recomputed every ``frequency`` steps.
     """
 
+    factors: tuple[jax.Array, ...]
     mu: jax.Array
     nu: jax.Array | None
-    factors: tuple[jax.Array, ...]
     roots: tuple[jax.Array, ...]
 
 
@@ -70,22 +71,21 @@ class SOAPLeaf(NamedTuple):
     """Per-leaf state of SOAP.
 
     Attributes:
+        bases: the eigenbases ``Q_j`` of the factors.
+        factors: Shampoo's ``S_j``.
         mu: Adam's first moment in the eigenbasis.
         nu: Adam's second moment in the eigenbasis.
-        factors: Shampoo's ``S_j``.
-        bases: their eigenbases ``Q_j``.
     """
 
+    bases: tuple[jax.Array, ...]
+    factors: tuple[jax.Array, ...]
     mu: jax.Array
     nu: jax.Array
-    factors: tuple[jax.Array, ...]
-    bases: tuple[jax.Array, ...]
 
 
 def _inverse_root(s: jax.Array, p: float, damping: float) -> jax.Array:
-    dt = linalg_dtype(s.dtype)
-    s = s.astype(dt)
-    w, q = jnp.linalg.eigh(0.5 * (s + s.T))
+    x = s.astype(linalg_dtype(s.dtype))
+    w, q = jnp.linalg.eigh(0.5 * (x + x.T))
     w = jnp.maximum(w, 0.0) + damping
     return ((q * w[None, :] ** (-p)) @ q.T).astype(s.dtype)
 
@@ -137,13 +137,15 @@ def scale_by_shampoo(
     def init(params):
         def leaf(x):
             mu, factors, eyes = _leaf_arrays(x, tensor_mode, state_dtype)
-            return ShampooLeaf(mu, jnp.zeros_like(mu) if graft else None, factors, eyes)
+            nu = jnp.zeros_like(mu) if graft else None
+            return ShampooLeaf(factors=factors, mu=mu, nu=nu, roots=eyes)
 
         return KronState(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params))
 
     def update(updates, state, params=None):
         del params
         t = optax.safe_increment(state.count)
+        state = state._replace(leaves=conform(state.leaves, init, updates))
 
         def step(g, leaf):
             mu = b1 * leaf.mu + (1 - b1) * g
@@ -167,7 +169,7 @@ def scale_by_shampoo(
                 d = d * jnp.where(
                     norm > 0, jnp.linalg.norm(adam) / jnp.where(norm > 0, norm, 1), 0.0
                 )
-            return d, ShampooLeaf(mu, nu, factors, roots)
+            return d, ShampooLeaf(factors=factors, mu=mu, nu=nu, roots=roots)
 
         new_u, leaves = leafwise(step, updates, state.leaves)
         return new_u, KronState(t, leaves)
@@ -207,7 +209,7 @@ def scale_by_soap(
     def init(params):
         def leaf(x):
             mu, factors, eyes = _leaf_arrays(x, tensor_mode, state_dtype)
-            return SOAPLeaf(mu, jnp.zeros_like(mu), factors, eyes)
+            return SOAPLeaf(bases=eyes, factors=factors, mu=mu, nu=jnp.zeros_like(mu))
 
         return KronState(jnp.zeros([], jnp.int32), jax.tree.map(leaf, params))
 
@@ -224,7 +226,7 @@ def scale_by_soap(
         corr = 1.0 if not correct_bias else jnp.sqrt(1 - b2**t) / (1 - b1**t)
         u = corr * project_back(mu / (jnp.sqrt(nu) + eps), qs)
         factors = tuple(beta * s + (1 - beta) * mode_gram(g, j) for j, s in enumerate(leaf.factors))
-        leaf = SOAPLeaf(mu, nu, factors, qs)
+        leaf = SOAPLeaf(bases=qs, factors=factors, mu=mu, nu=nu)
         if frequency > 0:
 
             def refresh(leaf):
@@ -237,6 +239,7 @@ def scale_by_soap(
     def update(updates, state, params=None):
         del params
         t = state.count
+        state = state._replace(leaves=conform(state.leaves, init, updates))
         new_u, leaves = lax.cond(
             t == 0,
             lambda: leafwise(first, updates, state.leaves),

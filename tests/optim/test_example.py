@@ -1,0 +1,23 @@
+"""The documented example ``docs/examples/optim_kl_shampoo.py`` runs and KL-Shampoo trains."""
+
+from __future__ import annotations
+
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "optim_kl_shampoo.py"
+
+
+def test_kl_shampoo_example_trains_a_flax_nnx_model(monkeypatch, capsys):
+    pytest.importorskip("flax")
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "100"])
+    ns = runpy.run_path(str(EXAMPLE), run_name="__main__")
+    loss, accuracy, size = ns["results"]["kl_shampoo"]
+    assert loss < 0.7 * math.log(10)  # from ≈ log 10 at the start
+    assert accuracy > 0.5  # 10 classes
+    assert size.floats > ns["results"]["adamw"][2].floats  # Kronecker factors and bases
+    assert "kl_shampoo" in capsys.readouterr().out
