@@ -58,18 +58,18 @@ def optimisers(frequency: int, state_dtype) -> dict[str, optax.GradientTransform
 def _runner(tx, params, grad, steps: int):
     """A jitted ``steps``-step run from a state past the first (initialising) call."""
 
-    def step(carry, _):
-        p, s = carry
-        u, s = tx.update(grad, s, p)
-        return (optax.apply_updates(p, u), s), None
-
     @jax.jit
-    def run(p, s):
+    def run(p, s, g):  # the gradient is an argument: no constant folding at compile time
+        def step(carry, _):
+            p, s = carry
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
         return lax.scan(step, (p, s), None, length=steps)[0]
 
     state = tx.init(params)
     _, state = jax.jit(tx.update)(grad, state, params)  # the first call (initialisation)
-    return (lambda: run(params, state)), state
+    return (lambda: run(params, state, grad)), state
 
 
 def bench_size(n: int, *, frequency: int, repeats: int, dtype, state_dtype) -> dict:
