@@ -253,7 +253,7 @@ def checked_eigenvalues(spec: Spectrum, damping: float, need_full_rank: bool = T
 
 def check_weights(weights, count, dtype):
     if weights is None:
-        return jnp.full((count,), 1.0 / count, dtype=dtype)
+        return jax.device_put(np.full((count,), 1.0 / count, dtype=dtype))  # no compile
     w = np.asarray(weights)
     if w.shape != (count,):
         raise ValueError(f"weights must have shape (N,) = ({count},); got {w.shape}")
@@ -263,4 +263,4 @@ def check_weights(weights, count, dtype):
     check_finite(w.astype(np.float64), "weights")
     if count and not np.any(w):
         raise DegenerateInputError("weights are all zero: the target would be zero")
-    return jnp.asarray(w, dtype=dtype)
+    return jax.device_put(w.astype(dtype))

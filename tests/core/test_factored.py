@@ -216,6 +216,7 @@ def test_bad_factors_are_named():
 
 
 def test_a_new_sample_count_in_the_same_bucket_does_not_recompile():
+    """FactoredTarget and SampleTarget (NumPy samples)."""
     rng = np.random.default_rng(7)
     compiles = []
 
@@ -229,6 +230,10 @@ def test_a_new_sample_count_in_the_same_bucket_does_not_recompile():
         s = est.shampoo_squared(f)
         met.score(f, [s, est.diagonal(f)], damping=0.1)  # every key, von Neumann included
         f.contract_left(np.eye(30))
+        g = np.einsum("ktm,ktn->kmn", u, v)
+        for chunk in (None, 256):  # one chunk, and several (host slices, the last padded)
+            t = SampleTarget(g, chunk_size=chunk)
+            met.score(t, [est.shampoo_squared(t), est.diagonal(t)], damping=0.1)
 
     run(1000)  # warm-up: compiles every kernel for the bucket of 1000 (1024)
     jax.monitoring.register_event_duration_secs_listener(listener)
