@@ -20,6 +20,7 @@ conventions, :mod:`.kfac` for K-FAC conventions.
 from .api import TARGETS, capture, capture_from_fn, capture_model
 from .data import DATASETS, Dataset, from_arrays, load_dataset
 from .discover import Layer, discover, kfac_model
+from .factors import layer_factors, layer_target
 from .frameworks import as_apply
 from .ggn import LOSSES, hessian_sqrt, per_example_loss
 from .layout import LAYOUTS, LayoutWarning
@@ -46,6 +47,8 @@ __all__ = [
     "capture_model",
     "discover",
     "kfac_model",
+    "layer_factors",
+    "layer_target",
     "from_arrays",
     "hessian_sqrt",
     "load_dataset",
