@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Literal
 
-from .layout import col_axes_for, flat_params, preset_row_axes
+from .layout import LayoutWarning, col_axes_for, flat_params, preset_row_axes
 from .models import Model
 
 __all__ = ["Layer", "DiscoveredModel", "discover", "kfac_model", "user_model"]
@@ -446,9 +447,16 @@ def user_model(
             rows[p] = preset
     try:
         model: Model = kfac_model(apply_fn, params, x, loss, name=name)
-    except ValueError:
+    except Exception as e:  # noqa: BLE001  (without K-FAC, discovery only picks layouts)
         if kfac:
             raise
+        if not isinstance(e, ValueError):
+            warnings.warn(
+                f"layer discovery failed ({type(e).__name__}: {e}); parameters follow the "
+                f"{layout!r} layout preset",
+                LayoutWarning,
+                stacklevel=3,
+            )
         model = Model(name, lambda key: params, _per_example(apply_fn), loss, {"user": name})
     for lay in getattr(model, "layers", ()):
         rows[lay.weight] = lay.row_axes
