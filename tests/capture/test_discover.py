@@ -259,3 +259,21 @@ def test_discover_reports_layers_and_rejects_tied_weights():
         discover(lambda p, xb: (xb @ p["w"]) @ p["w"], {"w": jnp.ones((4, 4))}, jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="no dense"):
         kfac_model(lambda p, xb: xb * p["s"], {"s": jnp.ones(4)}, jnp.ones((2, 4)), "mse")
+
+
+def test_multi_axis_weight_with_positions_identity():
+    """An attention-style ``(d, heads, d_head)`` kernel over tokens: rows = (heads, d_head)."""
+    rng = np.random.default_rng(4)
+    params = {"qkv": rng.standard_normal((4, 2, 3)), "out": rng.standard_normal((6, 3))}
+
+    def apply_fn(p, xb):  # xb: (B, T, d)
+        h = jnp.tanh(jnp.einsum("btd,dhk->bthk", xb, p["qkv"]))
+        return jnp.einsum("bthk,hkc->bc", h, p["out"].reshape(2, 3, 3))
+
+    x = rng.standard_normal((5, 7, 4))
+    dm = kfac_model(apply_fn, params, x, "cross_entropy")
+    lay = {la.weight: la for la in dm.layers}
+    assert lay["qkv"].row_axes == (1, 2) and lay["qkv"].matrix_shape == (6, 4)
+    assert lay["qkv"].positions == 7
+    assert "out" not in lay  # used through a reshape: not a plain weight, left out
+    _check_identity(dm, params, x, rng.integers(0, 3, 5))
