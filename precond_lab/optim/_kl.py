@@ -149,14 +149,21 @@ def _statistics(g, leaf, *, q, beta, damping, clamp, max_clamp):
     k = g.ndim
     qs, lams = leaf.bases, leaf.values
     traces = [jnp.sum(lam**q) for lam in lams]  # Tr Ŝ_i^q (q = 0: d_i)
-    p2 = project(g, qs) ** 2
+    parts = []  # G ×_{i≠j} Q_iᵀ; the full projection QᵀGQ is one more product of parts[0]
+    for j in range(k):
+        part = g
+        for i in range(k):
+            if i != j:
+                part = mode_dot(part, qs[i].T, i)
+        parts.append(part)
+    p2 = mode_dot(parts[0], qs[0].T, 0) ** 2
     factors, values = [], []
     for j in range(k):
         others = [i for i in range(k) if i != j]
         denom = math.prod(traces[i] for i in others) if others else 1.0
-        h, w = g, p2
+        h, w = parts[j], p2
         for i in others:
-            h = mode_dot(h, (qs[i] * lams[i][None, :] ** (0.5 * (q - 1))).T, i)
+            h = h * _along(lams[i] ** (0.5 * (q - 1)), i, k)
             w = w * _along(lams[i] ** (q - 1), i, k)
         factors.append(beta * leaf.factors[j] + (1 - beta) * mode_gram(h, j) / denom)
         target = jnp.sum(w, axis=tuple(others)) / denom
