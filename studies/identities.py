@@ -537,8 +537,9 @@ def _logdet_hessian(x, rng, directions=3):
     """P1-40 on the dense ``X``: ``(value error, Hessian error)``.
 
     ``B₀(X, S) = tr(XS⁻¹) − log det(XS⁻¹) − d`` against ``2·KL`` of the dense reference (at a
-    random PD ``S``), and its autodiff Hessian at ``S = X`` in random symmetric directions
-    ``E`` against twice the Gaussian Fisher, itself the autodiff Hessian of the expected
+    random PD ``S``; error relative to ``max(2·KL, d)``, the size of its terms), and its
+    autodiff Hessian at ``S = X`` in random symmetric directions ``E`` against twice the
+    Gaussian Fisher, itself the autodiff Hessian of the expected
     negative log-likelihood ``½ log det S + ½ tr(S⁻¹X)`` (its definition), and against the
     closed form ``tr(X⁻¹EX⁻¹E)``.
     """
@@ -560,7 +561,7 @@ def _logdet_hessian(x, rng, directions=3):
 
     s_rand = _congruence(x, _sym_perturbations(rng, d, 1)[0], 0.3)
     value = abs(float(b0(jnp.asarray(s_rand))) - 2 * _dense_kl(x, s_rand))
-    value /= max(2 * abs(_dense_kl(x, s_rand)), 1e-300)
+    value /= max(2 * abs(_dense_kl(x, s_rand)), d)  # B₀ is a difference of O(d) terms
     xi = np.linalg.inv(x)
     worst = 0.0
     for e in _sym_perturbations(rng, d, directions):
