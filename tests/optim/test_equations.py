@@ -125,3 +125,21 @@ def test_baselines_are_optax():
     w0 = np.ones((4, 6))
     for mine, theirs in [(po.adamw(1e-2), optax.adamw(1e-2)), (po.sgd(1e-2), optax.sgd(1e-2))]:
         assert_close(run(mine, w0, grads), run(theirs, w0, grads))
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 1.0, 2.0])
+def test_factor_statistic_is_the_bregman_estimators_statistic(q):
+    """With ``β = 0`` the factors after one regular step are exactly the trace-power statistic
+    of the estimators package, taken with the other factor's eigen-approximation."""
+    from precond_lab.estimators import trace_power_statistic
+
+    g0, g1 = (jnp.asarray(g) for g in grads_seq((5, 4), 2, seed=20 + int(2 * q)))
+    tx = po.scale_by_trace_power(q, shampoo_beta=0.0, clamp=False, init_factor=0.3)
+    s = tx.init(g0)
+    _, s = tx.update(g0, s)
+    old = s.leaves
+    _, s = tx.update(g1, s)
+    left = trace_power_statistic(g1, old.values[1], old.bases[1], q, side="left")
+    right = trace_power_statistic(g1, old.values[0], old.bases[0], q, side="right")
+    np.testing.assert_allclose(s.leaves.factors[0], left, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(s.leaves.factors[1], right, rtol=1e-12, atol=1e-14)
