@@ -170,6 +170,7 @@ class Method:
         lr: the log-uniform learning-rate search range.
         label: legend label.
         color: an Okabe–Ito colour name.
+        dash: the curves' line style (the trace-power family is dashed).
     """
 
     name: str
@@ -178,6 +179,11 @@ class Method:
     lr: tuple[float, float] = (1e-4, 1e-1)
     label: str = ""
     color: str = "black"
+    dash: str = "-"
+
+    def identity(self) -> list:
+        """What determines a run (the presentation fields are left out of cache keys)."""
+        return [self.name, self.factory, repr(self.kwargs), repr(self.lr)]
 
     def make(self, batch_size: int) -> optax.GradientTransformation:
         """The transformation with the learning rate injected (one compilation per method)."""
@@ -198,21 +204,24 @@ class Method:
 
 
 _M = Method
+# Root-free methods start from s₀ = 1 (RF-RMSProp) or C = K = I (IF-Shampoo), so their first
+# steps are SGD steps: their learning rates live on SGD's scale, not Adam's.
+_RF_LR = (1e-4, 1.0)
 #: Every method of the training studies (a study picks some of them per task).
 METHODS = {
     m.name: m
     for m in (
-        _M("adamw", "adamw", (), (1e-4, 3e-2), "AdamW", "black"),
-        _M("sgd", "sgd", (("momentum", 0.9),), (1e-3, 1.0), "SGD (momentum)", "orange"),
+        _M("adamw", "adamw", (), (1e-4, 1e-1), "AdamW", "black"),
+        _M("sgd", "sgd", (("momentum", 0.9),), (1e-3, 3.0), "SGD (momentum)", "orange"),
         _M("sign_sgd", "sign_sgd", (), (1e-5, 1e-2), "sign descent (momentum)", "yellow"),
-        _M("kl_shampoo", "kl_shampoo", (("max_dim", 64),), (1e-4, 3e-2), "KL-Shampoo", "blue"),
-        _M("kl_soap", "kl_soap", (("max_dim", 64),), (1e-4, 3e-2), "KL-SOAP", "sky_blue"),
-        _M("soap", "soap", (("max_dim", 64),), (1e-4, 3e-2), "SOAP", "vermillion"),
+        _M("kl_shampoo", "kl_shampoo", (("max_dim", 64),), (1e-4, 1e-1), "KL-Shampoo", "blue"),
+        _M("kl_soap", "kl_soap", (("max_dim", 64),), (1e-4, 1e-1), "KL-SOAP", "sky_blue"),
+        _M("soap", "soap", (("max_dim", 64),), (1e-4, 1e-1), "SOAP", "vermillion"),
         _M(
             "shampoo_graft",
             "shampoo",
             (("p", 0.5), ("graft", True), ("max_dim", 64)),
-            (1e-4, 3e-2),
+            (1e-4, 1e-1),
             "Shampoo p=½ (Adam grafting)",
             "reddish_purple",
         ),
@@ -220,22 +229,31 @@ METHODS = {
             "shampoo_nograft",
             "shampoo",
             (("p", 0.5), ("graft", False), ("max_dim", 64)),
-            (1e-4, 3e-2),
+            (1e-4, 1e-1),
             "Shampoo p=½ (no grafting)",
             "bluish_green",
         ),
-        _M("vn_shampoo", "vn_shampoo", (("max_dim", 64),), (1e-4, 3e-2), "VN-Shampoo", "orange"),
-        _M("f_shampoo", "f_shampoo", (("max_dim", 64),), (1e-4, 3e-2), "F-Shampoo", "yellow"),
+        _M(
+            "vn_shampoo",
+            "vn_shampoo",
+            (("max_dim", 64),),
+            (1e-4, 1e-1),
+            "VN-Shampoo",
+            "orange",
+            "--",
+        ),
+        _M("f_shampoo", "f_shampoo", (("max_dim", 64),), (1e-4, 1e-1), "F-Shampoo", "yellow", "--"),
         _M(
             "sq_shampoo",
             "sq_shampoo",
             (("max_dim", 64),),
-            (1e-4, 3e-2),
+            (1e-4, 1e-1),
             "SQ-Shampoo",
             "bluish_green",
+            "--",
         ),
-        _M("rf_rmsprop", "rf_rmsprop", (), (1e-5, 1e-2), "RF-RMSProp", "blue"),
-        _M("if_shampoo", "if_shampoo", (("max_dim", 64),), (1e-5, 1e-2), "IF-Shampoo", "sky_blue"),
+        _M("rf_rmsprop", "rf_rmsprop", (), _RF_LR, "RF-RMSProp", "blue"),
+        _M("if_shampoo", "if_shampoo", (("max_dim", 64),), _RF_LR, "IF-Shampoo", "sky_blue"),
     )
 }
 
@@ -254,7 +272,7 @@ _VERSION = 1  # bump when a run's result would change for the same key
 
 def _key(task: Task, method: Method, lr: float, seed: int) -> str:
     blob = json.dumps(
-        [_VERSION, dataclasses.asdict(task), dataclasses.asdict(method), repr(lr), seed],
+        [_VERSION, dataclasses.asdict(task), method.identity(), repr(lr), seed],
         sort_keys=True,
         default=str,
     )
@@ -479,7 +497,7 @@ def figures(ds: xr.Dataset, prefix: str) -> dict:
             for m in _methods(ds, task):
                 c = ds["curve_loss"].sel(task=task, optimizer=m).values[:, keep]
                 mean, lo, hi = np.nanmean(c, 0), np.nanmin(c, 0), np.nanmax(c, 0)
-                ax.plot(steps[keep], mean, color=_color(m), label=METHODS[m].label)
+                ax.plot(steps[keep], mean, METHODS[m].dash, color=_color(m), label=METHODS[m].label)
                 ax.fill_between(steps[keep], lo, hi, color=_color(m), alpha=0.2, lw=0)
             ax.set(title=task, xlabel="step", ylabel="test loss")
         legend(fig, axes, ncols=4)

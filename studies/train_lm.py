@@ -287,6 +287,13 @@ def verdicts(ds: xr.Dataset) -> list:
             if ref
             else ""
         )
+        extra += "; final test loss " + ", ".join(
+            f"{t}: "
+            + ", ".join(
+                _fmt(ds, t, m) for m in ("shampoo_nograft", "shampoo_graft") if m in methods
+            )
+            for t in tasks
+        )
         out.append(
             claim_verdict(
                 "P1-17",

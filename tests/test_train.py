@@ -106,13 +106,13 @@ def test_preconditioner_of_finds_per_leaf_and_tree_states():
     s = preconditioner_of(state, "layers/1/w")
     assert isinstance(s, Diagonal)
     np.testing.assert_array_equal(s.values, state[1][0].nu["layers"][1]["w"])
-    assert preconditioner_of(state, "layers/1/b").shape == (4, 1)
+    assert preconditioner_of(state, "layers/1/b").matrix_shape == (4, 1)
     assert preconditioner_of(state, "no/such/w") is None
     assert preconditioner_of(optax.sgd(1.0).init(params), "layers/1/w") is None
     kl = _kl_stats()
     _, st = kl.update(grads, kl.init(params), params)
     own = preconditioner_of(st, "layers/0/w")
-    assert isinstance(own, EigenKronecker) and own.shape == (6, 16)
+    assert isinstance(own, EigenKronecker) and own.matrix_shape == (6, 16)
     leaf = st.stats["layers"][0]["w"]
     np.testing.assert_array_equal(own.values, np.outer(leaf.left_values, leaf.right_values))
 
