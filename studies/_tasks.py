@@ -8,8 +8,9 @@ small patch transformer (ViT-style, defined here) on the same images and a one-l
 
 :func:`run_method` is the protocol of every training study: a random search over the
 learning rate with the same number of trials for every method (trials use seed 0), then
-the best trial's learning rate rerun with further seeds. A run that hits a NaN or
-diverges counts as a failure (its final loss is NaN and the search ranks it last). Each
+the best trial's learning rate rerun with further seeds. A run *fails* when it hits a
+NaN or a mini-batch loss above 10× its first (its curve is then NaN) or when it ends
+with a higher test loss than it started with; the search ranks failed runs last. Each
 run is cached on disk (keyed by everything that determines it), so a rerun reuses
 finished runs.
 """
@@ -267,7 +268,7 @@ def cache_dir() -> Path:
     return out
 
 
-_VERSION = 1  # bump when a run's result would change for the same key
+_VERSION = 2  # bump when a run's result would change for the same key
 
 
 def _key(task: Task, method: Method, lr: float, seed: int) -> str:
@@ -325,7 +326,7 @@ def one_run(task: Task, method: Method, lr: float, seed: int) -> dict:
     out = {
         "loss": loss,
         "accuracy": acc,
-        "failed": np.int8(res.failed or not np.isfinite(loss[-1])),
+        "failed": np.int8(res.failed or not np.isfinite(loss[-1]) or loss[-1] > loss[0]),
         "step_seconds": np.float64(np.median(secs) if secs.size else np.nan),
         "state_bytes": np.int64(res.state_bytes),
         "points": points,

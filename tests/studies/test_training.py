@@ -42,13 +42,16 @@ def _check_dataset(ds, tmp_path):
         assert np.all(np.isfinite(ds[var].values[used])), var
     assert np.all(ds["state_bytes"].values[used] > 0)
     assert np.all(ds["step_seconds"].values[used] > 0)
-    # the best learning rate is the trial with the lowest final loss (no trial failed here)
+    # the best learning rate is the trial with the lowest final loss among those not failed
     for t in ds["task"].values:
         for m in ds["optimizer"].values[ds["used"].sel(task=t).values.astype(bool)]:
-            tl = ds["trial_loss"].sel(task=t, optimizer=m).values
+            tl = ds["trial_loss"].sel(task=t, optimizer=m).values.copy()
+            tl[ds["trial_failed"].sel(task=t, optimizer=m).values.astype(bool)] = np.inf
             lr = ds["trial_lr"].sel(task=t, optimizer=m).values
-            assert float(ds["best_lr"].sel(task=t, optimizer=m)) == lr[np.nanargmin(tl)]
-            assert ds["final_loss"].sel(task=t, optimizer=m, seed=0) == tl[np.nanargmin(tl)]
+            best = int(np.argmin(tl))
+            assert float(ds["best_lr"].sel(task=t, optimizer=m)) == lr[best]
+            want = ds["trial_loss"].sel(task=t, optimizer=m).values[best]
+            assert float(ds["final_loss"].sel(task=t, optimizer=m, seed=0)) == want
     ds.to_netcdf(tmp_path / "ds.nc")
     with xr.open_dataset(tmp_path / "ds.nc") as back:
         xr.testing.assert_equal(back.load(), ds)
