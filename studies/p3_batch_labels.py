@@ -598,6 +598,12 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
         later = [st for st in steps if st > 0]
         gl, sel = _mc_gap(ds, d, bm, steps=later) if later else (np.nan, np.nan)
         share = ds["top_draw_share"].sel(dataset=d)
+        cells = ds["cos_shampoo2_mc"].sel(dataset=d, batch_size=bm)
+        cg = cells.sel(labels="sampled") - cells.sel(labels="real")
+        lo = cg.mean("repeat") - 2 * cg.std("repeat", ddof=1) / np.sqrt(cg.sizes["repeat"])
+        hi = cg.mean("repeat") + 2 * cg.std("repeat", ddof=1) / np.sqrt(cg.sizes["repeat"])
+        n_cells = int(np.isfinite(cg.mean("repeat")).sum())
+        n_rev, n_fwd = int((hi < 0).sum()), int((lo > 0).sum())
         ev.append(
             f"{d}: cos(Sh², H_GN) real vs sampled at B=1 "
             f"{_med(r.sel(labels='real', batch_size=1)):.3f} vs "
@@ -605,7 +611,9 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
             f"{_med(r.sel(labels='real', batch_size=bm)):.3f} vs "
             f"{_med(r.sel(labels='sampled', batch_size=bm)):.3f}; gap sampled − real "
             f"{g1:.3f} ± {2 * se1:.3f} → {gm:.3f} ± {2 * sem:.3f} ({direction}); at B={bm} by "
-            f"step {by_step}; steps > 0: {gl:.3f} ± {2 * sel:.3f}; largest 1 % of draws carry "
+            f"step {by_step}; steps > 0: {gl:.3f} ± {2 * sel:.3f}; per (step, layer) cell at "
+            f"B={bm}: sampled better in {n_fwd}, real better in {n_rev} of {n_cells} (beyond "
+            f"2 SE); largest 1 % of draws carry "
             f"{100 * _med(share.sel(labels='sampled')):.0f}% of Σ‖g‖² (sampled) vs "
             f"{100 * _med(share.sel(labels='real')):.0f}% (real); real-label bias ‖E g‖²/E‖g‖² "
             f"{_med(ds['mean_gradient_fraction'].sel(dataset=d, labels='real')):.3f} per unit B−1"
@@ -755,7 +763,7 @@ def _panel_grid(ds, var, title, ylabel, figdir, stem) -> list[Path]:
             )
         fig.legend(handles=handles, loc="outside lower center", ncols=2)
         fig.suptitle(
-            f"{title} (training step {step}); band: min–max over n = {ds.sizes['repeat']} "
+            f"{title} (training step {step})\nband: min–max over n = {ds.sizes['repeat']} "
             "Monte-Carlo repeats of the M random batches"
         )
         return pl.save(fig, Path(figdir) / stem)
