@@ -219,7 +219,7 @@ def _shampoo_product(x_t):
     """``(L/n) ⊗ (R/m) = L⊗R/(mn)``: Shampoo's two one-sided KL solutions combined."""
     from precond_lab.structures import Kronecker
 
-    m, n = x_t.shape
+    m, n = x_t.matrix_shape
     left, right = x_t.second_moments()
     return Kronecker(left, right, 1.0 / (m * n))
 
@@ -290,7 +290,7 @@ def _flipflop(base, g, w, ns, dampings, max_iter=500) -> list[dict]:
     from precond_lab import metrics as met
     from precond_lab.errors import FitNeedsDampingError
 
-    m, n = base.shape
+    m, n = base.matrix_shape
     rows = []
     n_total = int(round(1.0 / w[0])) if w is not None else g.shape[0]
     per_ex = g.shape[0] // n_total  # pseudo-samples per example (GGN classes)
@@ -335,7 +335,7 @@ def _fixed_point_residual(x_t, fit) -> float:
 
     left = np.asarray(fit.left) * float(fit.scale)
     right = np.asarray(fit.right)
-    m, n = x_t.shape
+    m, n = x_t.matrix_shape
     new_l = np.asarray(x_t.contract_left(jnp.asarray(np.linalg.inv(right)))) / n
     new_r = np.asarray(x_t.contract_right(jnp.asarray(np.linalg.inv(left)))) / m
     return float(
@@ -428,7 +428,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
             for k in ff:
                 ff[k][i, j] = r[k]
             hist[i, j, : len(r["history"])] = r["history"]
-    shapes = [b.shape for b in bases]
+    shapes = [b.matrix_shape for b in bases]
     toy = config.toy
     ds = xr.Dataset(
         {
