@@ -3,9 +3,13 @@
 This is the one sweep that studies, notebooks, the demo and the benchmark use.
 
 :func:`evaluate` fits each requested estimator to each target of each captured step and
-layer, scores it with :func:`precond_lab.metrics.score` (one pass per cell), and returns
+layer, scores all of a target's fits with one batched :func:`precond_lab.metrics.score`
+call (one pass over the samples for all of them, one cached Gram matrix), and returns
 an :class:`xarray.Dataset` that is ready for ``.sel``, ``.plot`` and
-``to_netcdf``/``to_zarr``. Layout (``B`` only with ``batch_sizes=``; ``index`` only with
+``to_netcdf``/``to_zarr``. From a capture, a layer whose K-FAC factors ``(δ, a)`` were
+captured for a kind is scored on a :class:`~precond_lab.targets.FactoredTarget` built
+from them when that is smaller than the dense samples (:func:`precond_lab.capture.layer_target`;
+recorded in ``target_form``). Layout (``B`` only with ``batch_sizes=``; ``index`` only with
 the ``"spectrum"`` metric)::
 
     dims: step, layer, target, estimator, [batch_size,] metric, [index]
@@ -20,6 +24,9 @@ the ``"spectrum"`` metric)::
     converged         (same)  int8: 1 / 0, -1 where not applicable
     damping           (step, layer, target)  the λ of the scored target Σ + λI
     num_samples       (step, layer, target)  int: samples behind the target, -1 if dense
+    target_form       (step, layer, target)  str: "factored" (a FactoredTarget from the
+                      capture's K-FAC factors, where cheaper), "samples" (per-example
+                      matrices), "dense", or "" where the target was not built
     eigenvalues       (step, layer, target, estimator, [batch_size,] index)  descending,
                       NaN-padded to the largest layer; scaled by ``spectrum_rescale``
     target_eigenvalues (step, layer, target, index)  eigenvalues of Σ + λI

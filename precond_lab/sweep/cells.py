@@ -19,9 +19,9 @@ from .. import schema
 from ..errors import CellSkipped, Status
 from ..estimators import FitContext, ParsedEstimator, build
 from ..structures import Structure
-from ..targets import Target, as_target
+from ..targets import DenseTarget, FactoredTarget, SampleTarget, Target, as_target
 
-__all__ = ["CellCache", "Fit", "DampingRule", "batched", "status_of"]
+__all__ = ["CellCache", "Fit", "DampingRule", "batched", "form_of", "status_of"]
 
 _STREAM_CHUNK = 256  # examples read at a time when forming mini-batch sums of lazy data
 
@@ -47,7 +47,7 @@ class DampingRule:
         """The ``λ`` for this (undamped) target."""
         if self.mode == "absolute":
             return float(self.value)
-        m, n = target.shape
+        m, n = target.matrix_shape
         return float(self.value) * float(target.trace()) / (m * n)
 
 
@@ -69,6 +69,16 @@ def status_of(exc: BaseException) -> tuple[Status, str]:
     if st is Status.SKIPPED:
         return st, str(exc)
     return st, f"{type(exc).__name__}: {exc}"
+
+
+def form_of(target: Target) -> str:
+    """``"factored"``, ``"samples"`` or ``"dense"``: the form a target holds its data in
+    (the class name, lower case, for any other target)."""
+    forms = {FactoredTarget: "factored", SampleTarget: "samples", DenseTarget: "dense"}
+    for cls, name in forms.items():
+        if isinstance(target, cls):
+            return name
+    return type(target).__name__.lower()
 
 
 def _group_sums(values, batch_size: int, num: int) -> np.ndarray:
@@ -150,19 +160,30 @@ class CellCache:
         self.damping, self.dtype, self.raise_errors = damping, dtype, raise_errors
         self._targets: dict[tuple[str, int], tuple | BaseException] = {}
         self._fits: dict[tuple[str, str, int], Fit] = {}
+        self._forms: dict[tuple[str, int], str] = {}
 
     def target(self, kind: str, batch: int = 1) -> tuple[Target, float, int]:
         """``(Σ + λI, λ, number of samples)`` of a kind (the per-example λ for batches)."""
         key = (kind, batch)
         if key not in self._targets:
             try:
-                raw = self.source.samples(self.step, self.layer, kind)
-                if raw is None:
-                    raise CellSkipped(f"target {kind!r} not captured here")
-                raw = _cast(raw, self.dtype)
-                t = as_target(*_flat(*batched(raw, batch, kind)))
+                t = (
+                    None
+                    if batch != 1
+                    else self.source.target(self.step, self.layer, kind, self.dtype)
+                )
+                if t is not None:
+                    count = _num_samples(t)
+                else:
+                    raw = self.source.samples(self.step, self.layer, kind)
+                    if raw is None:
+                        raise CellSkipped(f"target {kind!r} not captured here")
+                    raw = _cast(raw, self.dtype)
+                    t = as_target(*_flat(*batched(raw, batch, kind)))
+                    count = _num_samples(raw)
+                self._forms[key] = form_of(t)
                 lam = self.damping.for_target(t) if batch == 1 else self.target(kind, 1)[1]
-                self._targets[key] = (t.damped(lam), lam, _num_samples(raw))
+                self._targets[key] = (t.damped(lam), lam, count)
             except Exception as e:  # noqa: BLE001 - recorded per cell
                 if self.raise_errors and not isinstance(e, CellSkipped):
                     raise
@@ -171,6 +192,10 @@ class CellCache:
         if isinstance(value, BaseException):
             raise value
         return value
+
+    def form(self, kind: str, batch: int = 1) -> str:
+        """How the target of ``kind`` is held (:func:`form_of`; "" if not built)."""
+        return self._forms.get((kind, batch), "")
 
     def fit(self, est: ParsedEstimator, kind: str, batch: int = 1) -> Fit:
         """The fit of ``est`` on kind ``est.source or kind`` (cached across scored kinds)."""

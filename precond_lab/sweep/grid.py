@@ -56,6 +56,7 @@ class Grid:
         self.converged = np.full(shape, -1, np.int8)
         self.damping = np.full(shape[:3], np.nan)
         self.num_samples = np.full(shape[:3], -1, np.int64)
+        self.target_form = np.full(shape[:3], "", dtype=object)
         self.spectra: dict[tuple, np.ndarray] = {}
         self.target_spectra: dict[tuple, np.ndarray] = {}
         self.shapes: dict[str, tuple[int, int]] = {}
@@ -115,6 +116,7 @@ class Grid:
             "converged": (dims, self.converged),
             "damping": (dims[:3], self.damping),
             "num_samples": (dims[:3], self.num_samples),
+            "target_form": (dims[:3], self.target_form),
         }
         if spectrum_k is not False:
             size = max([r * c for r, c in self.shapes.values()] or [0])
@@ -152,6 +154,10 @@ class Grid:
         ds["fit_seconds"].attrs["units"] = "s"
         ds["status"].attrs["description"] = "a precond_lab.Status value: " + ", ".join(
             s.value for s in Status
+        )
+        ds["target_form"].attrs["description"] = (
+            "the scored target's form: factored (from K-FAC factors), samples (per-example "
+            "matrices), dense, or '' where the target was not built"
         )
         ds["converged"].attrs["description"] = "1 converged, 0 not, -1 not an iterative fit"
         if failures:

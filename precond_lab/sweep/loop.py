@@ -116,20 +116,24 @@ def evaluate(
                         grid.record_error((i_s, i_l, i_t), *status_of(e))
                         bar.update(len(specs) * len(bs_list))
                         continue
-                    grid.shapes.setdefault(layer, target.shape)
+                    grid.shapes.setdefault(layer, target.matrix_shape)
                     grid.dtypes.add(np.dtype(target.dtype).name)
                     grid.damping[i_s, i_l, i_t], grid.num_samples[i_s, i_l, i_t] = lam, count
+                    grid.target_form[i_s, i_l, i_t] = cell.form(kind)
                     if want_spectrum:
                         grid.target_spectra[(i_s, i_l, i_t)] = _target_eigenvalues(target)
+                    fitted = []
                     for i_e, spec in enumerate(specs):
                         for i_b, batch in enumerate(bs_list):
                             idx = (i_s, i_l, i_t, i_e, i_b)
                             fit = cell.fit(spec, kind, batch)
                             grid.record_fit(idx, fit)
-                            if fit.approx is not None and _score(grid, idx, target, fit, opts):
-                                if on_fit is not None:
-                                    on_fit(grid.cell(idx), target, fit.approx)
+                            if fit.approx is not None:
+                                fitted.append((idx, fit.approx))
                             bar.update(1)
+                    for idx, approx in _score_all(grid, target, fitted, opts):
+                        if on_fit is not None:
+                            on_fit(grid.cell(idx), target, approx)
     finally:
         bar.close()
     attrs = {
@@ -152,28 +156,51 @@ def evaluate(
     )
 
 
-def _score(grid, idx, target, fit, opts) -> bool:
-    """Score one fitted cell into ``grid``; False (and the cell marked failed) on error."""
+def _score_all(grid, target, fitted, opts) -> list[tuple[tuple, object]]:
+    """Score every fitted approximation of one target into ``grid`` with one batched
+    :func:`~precond_lab.metrics.score` call (one pass over the samples for all of them).
+
+    A wrong-shaped approximation is marked failed before the batch; if the batch raises,
+    each approximation is scored on its own, so the one that fails is recorded as its
+    cell's error and the others keep their values. Returns the ``(idx, approx)`` pairs
+    scored.
+    """
     metrics, want_spectrum, rescale, raise_errors = opts
-    approx = fit.approx
-    try:
-        if approx.matrix_shape != target.shape:
-            raise ValueError(
+    key = _RESCALE[rescale] if want_spectrum else None
+    wanted = list(dict.fromkeys([*metrics, key] if key else metrics))
+    ok = []
+    for idx, approx in fitted:
+        if tuple(approx.matrix_shape) != tuple(target.matrix_shape):
+            exc = ValueError(
                 f"approximation matrix_shape {approx.matrix_shape} differs from the target's "
-                f"{target.shape}"
+                f"{target.matrix_shape}"
             )
-        key = _RESCALE[rescale] if want_spectrum else None
-        values = met.score(
-            target, approx, metrics=dict.fromkeys([*metrics, key] if key else metrics)
-        )
-        grid.score[idx] = [values[k] for k in metrics]
-        if want_spectrum:
-            c = 1.0 if key is None else values[key]
-            ev = np.sort(np.asarray(approx.eigenvalues(), np.float64).ravel())[::-1]
-            grid.spectra[idx] = c * ev
-    except Exception as e:  # noqa: BLE001 - recorded per cell
-        if raise_errors:
-            raise
-        grid.record_error(idx, *status_of(e))
-        return False
-    return True
+            if raise_errors:
+                raise exc
+            grid.record_error(idx, *status_of(exc))
+        else:
+            ok.append((idx, approx))
+    if not ok:
+        return []
+    try:
+        results = met.score(target, [a for _, a in ok], metrics=wanted)
+    except Exception:  # noqa: BLE001 - find the failing approximation(s) one by one
+        results = None
+    scored = []
+    for i, (idx, approx) in enumerate(ok):
+        try:
+            values = (
+                results[i] if results is not None else met.score(target, approx, metrics=wanted)
+            )
+            grid.score[idx] = [values[k] for k in metrics]
+            if want_spectrum:
+                c = 1.0 if key is None else values[key]
+                ev = np.sort(np.asarray(approx.eigenvalues(), np.float64).ravel())[::-1]
+                grid.spectra[idx] = c * ev
+        except Exception as e:  # noqa: BLE001 - recorded per cell
+            if raise_errors:
+                raise
+            grid.record_error(idx, *status_of(e))
+            continue
+        scored.append((idx, approx))
+    return scored

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from .. import schema
-from ..targets import Target
+from ..targets import FactoredTarget, Target
 
 __all__ = ["Source", "DictSource", "CaptureSource", "open_source"]
 
@@ -40,6 +40,12 @@ class Source:
 
     def kfac_inputs(self, step: int, layer: str, kind: str):
         """``(activations, backprops)`` of a cell for K-FAC, or None."""
+        return None
+
+    def target(self, step: int, layer: str, kind: str, dtype=None) -> Target | None:
+        """A ready (undamped) target of a cell when the source has a cheaper form than
+        its samples (K-FAC factors), else None: the sweep then builds one from
+        :meth:`samples`."""
         return None
 
 
@@ -173,6 +179,28 @@ class CaptureSource(Source):
     def kfac_inputs(self, step, layer, kind):
         node = self._node(step, layer)
         return None if node is None else schema.layer_kfac_inputs(node, kind)
+
+    def target(self, step, layer, kind, dtype=None):
+        """The target :func:`precond_lab.capture.layer_target` builds where the layer holds
+        K-FAC factors ``(δ, a)`` for ``kind``: a :class:`~precond_lab.targets.FactoredTarget`
+        when they are smaller than the dense samples (factors cast to ``dtype`` if given),
+        else the :class:`~precond_lab.targets.SampleTarget` of the dense samples (None
+        when those need a cast: the sweep then builds it). None without factors."""
+        from ..capture import layer_factors, layer_target
+
+        node = self._node(step, layer)
+        backprops = {k.value: v for k, v in schema.KFAC_BACKPROPS.items()}.get(kind)
+        if node is None or backprops is None:
+            return None
+        if schema.KFAC_ACTIVATIONS not in node.dataset or backprops not in node.dataset:
+            return None
+        t = layer_target(node, kind)
+        if t is None or dtype is None or np.dtype(t.dtype) == np.dtype(dtype):
+            return t
+        if not isinstance(t, FactoredTarget):
+            return None
+        left, right = layer_factors(node, kind)
+        return FactoredTarget(left.astype(dtype), right.astype(dtype), mode=t.mode)
 
 
 def open_source(source, kfac_inputs=None, steps=None) -> Source:
