@@ -9,8 +9,8 @@ them still approximates ``H_GN``; with *real* labels a bias ``(B − 1) ḡ ḡ�
 from sampled labels, especially with larger batches.
 
 Setup: the MLP on binary MNIST (the paper's Figure 3 dataset; in the quick and full
-presets with its own capture of more examples, ``N`` = 256 / 1024, so that batches reach
-``B`` = 128 / 512 with ``B ≤ N/2``) and the CNN on digits (quick) / MNIST (full), the same
+presets with its own capture of more examples, ``N`` = 128 / 1024, so that batches reach
+``B`` = 64 / 512 with ``B ≤ N/2``) and the CNN on digits (quick) / MNIST (full), the same
 captured run as :mod:`studies.p3_quality` (shared store, :mod:`studies._setups`). At
 each captured step and layer the target is the exact per-layer GGN over the ``N``
 captured examples (capture target ``ggn``), and the statistic is built from
@@ -141,8 +141,8 @@ _MLP_BATCH = {
         "mlp/binary-mnist",
         "mlp",
         "binary-mnist",
-        num_samples=256,
-        batch_sizes=(4, 16, 64, 128),
+        num_samples=128,
+        batch_sizes=(4, 16, 32, 64),
         model_options=(("hidden", (16,)),),
     ),
     "full": Setup(
@@ -164,7 +164,7 @@ PRESETS = {
         num_batches=m,
         repeats=r,
     )
-    for preset, m, r in (("test", 16, 3), ("quick", 128, 8), ("full", 1024, 16))
+    for preset, m, r in (("test", 16, 3), ("quick", 128, 5), ("full", 1024, 16))
 }
 
 #: The references: the estimators of the exact ``H_GN`` itself.
