@@ -328,6 +328,9 @@ def test_capture_store_source(tmp_path):
     _close(ds["loss"].values, [1.0, 0.8])
     assert np.isnan(ds["test_loss"].values).all()  # -1 in the store means undefined
     assert ds.attrs["source"] == str(path) and ds.attrs["source_model"] == "toy"
+    # per-example gradients with K-FAC factors are scored on the factors (smaller here)
+    assert (ds["target_form"].sel(target="gradients") == "factored").all()
+    assert (ds["target_form"].sel(target="trajectory") == "samples").all()
     a, d, g, traj = cells[2]
     t = SampleTarget(g)
     _close(
