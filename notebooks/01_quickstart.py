@@ -87,7 +87,7 @@ display(layer)
 # %%
 ggn = SampleTarget(layer["ggn"])
 target = ggn.damped(DAMPING)  # Σ + λI, never formed densely
-m, n = target.shape
+m, n = target.matrix_shape
 print(f"layer {LAYER}: m={m}, n={n}, mn={m * n}; samples behind Σ: {ggn.num_samples}")
 
 # %% [markdown]

@@ -76,7 +76,7 @@ tree = capture(
 )
 G = tree[schema.step_name(STEP)]["layers/1/w"]["gradients"].load()
 sigma = SampleTarget(G)
-m, n = sigma.shape
+m, n = sigma.matrix_shape
 lam = REL_DAMPING * float(sigma.trace()) / (m * n)
 target = sigma.damped(lam)
 L, R = target.second_moments()  # Shampoo's statistics of Σ + λI: E[GGᵀ] + λnI, E[GᵀG] + λmI

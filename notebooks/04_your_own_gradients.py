@@ -156,7 +156,7 @@ print(
     [f"{float(t.trace()):.4g}" for t in (target, weighted, centered)],
 )
 
-lam = 1e-3 * float(target.trace()) / np.prod(target.shape)
+lam = 1e-3 * float(target.trace()) / np.prod(target.matrix_shape)
 damped = target.damped(lam)
 kl_fit = est.kl_optimal(damped)  # same as est.kl_optimal(G, damping=lam)
 kl_fit2 = est.kl_optimal(G, damping=lam)

@@ -109,9 +109,10 @@ def directional_scales(target, directions) -> np.ndarray:
     """``u_iᵀ Σ u_i`` for ``(k, m, n)`` directions, as per-sample products ``E[⟨G, U_i⟩²]``."""
     t = _target(target)
     u = jnp.asarray(directions, t.dtype)
-    if u.ndim != 3 or tuple(u.shape[1:]) != tuple(t.shape):
+    if u.ndim != 3 or tuple(u.shape[1:]) != tuple(t.matrix_shape):
         raise ValueError(
-            f"directions must be (k, m, n) = (k, {t.shape[0]}, {t.shape[1]}); got {u.shape}"
+            f"directions must be (k, m, n) = (k, {t.matrix_shape[0]}, {t.matrix_shape[1]}); "
+            f"got {u.shape}"
         )
     if isinstance(t, DampedTarget):
         base = directional_scales(t.base, u)

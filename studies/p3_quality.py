@@ -201,7 +201,7 @@ def rearranged_top_singular_values(target: Target, steps: int = 40) -> np.ndarra
     Returns:
         ``[σ₁, σ₂]`` (``σ₂ = 0`` if ``R(Σ)`` has rank 1).
     """
-    m, n = target.shape
+    m, n = target.matrix_shape
     dim = min(m * m, n * n)
     v = np.eye(n).reshape(-1) / np.sqrt(n)
     us: list[np.ndarray] = []
@@ -271,7 +271,7 @@ def _power_curves(target: Target, n_power: int, inits, seed: int):
     to_opt = np.full((len(inits), n_power + 1), np.nan)
     opt = est.frobenius_optimal(target)
     norm = float(target.frobenius_norm())
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     for i, init in enumerate(inits):
         if init == "identity":

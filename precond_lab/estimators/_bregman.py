@@ -164,7 +164,7 @@ def trace_power_update(target, eigvals, eigvecs, q: float, side: str = "left"):
     q = _check_q(q)
     side = _check_side(side)
     target = target if isinstance(target, Target) else target_of(target)
-    m, n = target.shape
+    m, n = target.matrix_shape
     k = n if side == "left" else m
     v = jnp.asarray(eigvecs, target.dtype)
     if v.shape != (k, k) or jnp.shape(eigvals) != (k,):
@@ -271,7 +271,7 @@ def bregman_optimal(
     target = target_of(samples, weights, center, chunk_size)
     if damping > 0:
         target = target.damped(damping)
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     if fix is not None:
         return _one_sided(target, q, fix)
@@ -336,7 +336,7 @@ def _one_sided(target: Target, q: float, fix) -> Kronecker:
     if not (isinstance(fix, tuple) and len(fix) == 2):
         raise ValueError(f"fix must be None, ('left', R) or ('right', L); got {fix!r}")
     side, other = _check_side(fix[0]), jnp.asarray(fix[1], target.dtype)
-    m, n = target.shape
+    m, n = target.matrix_shape
     k = n if side == "left" else m
     if other.shape != (k, k):
         raise ValueError(f"fix=({side!r}, F) needs F of shape ({k}, {k}); got {other.shape}")

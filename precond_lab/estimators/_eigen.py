@@ -30,7 +30,7 @@ def _basis_of(basis, target):
         return basis.left_basis, basis.right_basis
     if isinstance(basis, tuple) and len(basis) == 2:
         qa, qb = (jnp.asarray(q, target.dtype) for q in basis)
-        m, n = target.shape
+        m, n = target.matrix_shape
         if qa.shape != (m, m) or qb.shape != (n, n):
             raise ValueError(
                 f"basis matrices must be ({m}, {m}) and ({n}, {n}); got {qa.shape}, {qb.shape}"

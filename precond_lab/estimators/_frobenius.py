@@ -98,7 +98,7 @@ def frobenius_optimal(
         residual per iteration and ``info.objective`` the estimate of ``σ₁``.
     """
     target = target_of(samples, weights, center, chunk_size)
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     tol = default_tol(dt) if tol is None else float(tol)
     dim = min(m * m, n * n)
@@ -169,7 +169,7 @@ def frobenius_optimal(
 
 
 def _init_factors(init, target: Target, key):
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     if isinstance(init, str) and init == "identity":
         return jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)

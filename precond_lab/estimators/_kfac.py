@@ -102,9 +102,9 @@ def _kfac_builder(ctx: FitContext, variant: str = "expand") -> Kronecker:
     if ctx.batch_size != 1:
         raise CellSkipped("K-FAC is built from per-example activations, not batch gradients")
     k = kfac(*ctx.kfac_inputs, variant=variant, damping=ctx.damping)
-    if k.matrix_shape != ctx.target.shape:
+    if k.matrix_shape != ctx.target.matrix_shape:
         raise ValueError(
-            f"K-FAC factors give shape {k.matrix_shape}, the target is {ctx.target.shape}"
+            f"K-FAC factors give shape {k.matrix_shape}, the target is {ctx.target.matrix_shape}"
         )
     return k
 

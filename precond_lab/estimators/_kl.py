@@ -67,7 +67,7 @@ def _kl_init(init, m: int, n: int, dt):
 
 def _flip_flop(target, left, right, damping, tol, max_iter, max_condition):
     """The block-coordinate sweeps of :func:`kl_optimal` from ``(left, right)``."""
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     eye_m, eye_n = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
     residuals, objective = [], []
@@ -156,7 +156,7 @@ def kl_optimal(
     if tol is not None:
         check_number(tol, "tol", low=0.0)
     target = target_of(samples, weights, center, chunk_size)
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     tol = default_tol(dt) if tol is None else float(tol)
     max_condition = 0.01 / float(jnp.finfo(dt).eps) if max_condition is None else max_condition
@@ -201,7 +201,7 @@ def one_sided_kl(
     if damping < 0 or not np.isfinite(damping):
         raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
     target = target_of(samples, weights, center, chunk_size)
-    m, n = target.shape
+    m, n = target.matrix_shape
     dt = target.dtype
     if side == "left":
         stat = target.left_moment()

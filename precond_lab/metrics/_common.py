@@ -18,9 +18,10 @@ def prepare(
             "approx must be a structure (Kronecker, EigenKronecker, Diagonal) from "
             f"precond_lab.estimators; got {type(approx).__name__}"
         )
-    if tuple(approx.matrix_shape) != tuple(t.shape):
+    if tuple(approx.matrix_shape) != tuple(t.matrix_shape):
         raise ValueError(
-            f"approximation has matrix_shape {approx.matrix_shape} but the target has {t.shape}"
+            f"approximation has matrix_shape {approx.matrix_shape} but the target has "
+            f"{t.matrix_shape}"
         )
     return t, approx
 

@@ -89,7 +89,7 @@ def exact_direction(
         raise FitNeedsDampingError(
             f"Σ has rank {spec.rank} < mn = {spec.dim}; (Σ + λI)^(-{p}) g needs damping > 0."
         )
-    g = _checked_gradient(gradient, target.shape)
+    g = _checked_gradient(gradient, target.matrix_shape)
     return _apply(spec.values, spec.vectors, jnp.asarray(g, spec.vectors.dtype), p, damping)
 
 
@@ -149,9 +149,9 @@ def direction_quality(
         :class:`DirectionQuality` (arrays with the gradient's leading shape).
     """
     target = as_target(target)
-    if tuple(approx.matrix_shape) != tuple(target.shape):
+    if tuple(approx.matrix_shape) != tuple(target.matrix_shape):
         raise ValueError(
-            f"approx has matrix_shape {approx.matrix_shape}; target has {target.shape}"
+            f"approx has matrix_shape {approx.matrix_shape}; target has {target.matrix_shape}"
         )
     exact = exact_direction(target, gradient, p=p, damping=damping, spectrum=spectrum)
     lam = 0.0 if approx_damping is None else approx_damping

@@ -158,7 +158,7 @@ def power_iteration_curve(
             damping=float(damping),
             init=init if isinstance(init, str) else "custom",
             variant=variant,
-            shape="x".join(map(str, t.shape)),
+            shape="x".join(map(str, t.matrix_shape)),
             dtype=np.dtype(t.dtype).name,
             optimum_iterations=int(opt.info.iterations),
         ),

@@ -40,23 +40,36 @@ class Spectrum:
 class Target(OperatorMixin):
     """The matrix ``Σ`` (``mn × mn``) that the estimators approximate.
 
-    ``shape`` is ``(m, n)`` here (also :attr:`matrix_shape`); as a linear operator a
-    target has :attr:`operator_shape` ``(mn, mn)``, ``Σ @ v`` and ``to_scipy()`` /
-    ``to_lineax()`` (see :class:`~precond_lab.structures.OperatorMixin`).
+    Like a structure, a target is a linear operator of :attr:`shape` ``(mn, mn)`` (also
+    :attr:`operator_shape`), with ``Σ @ v`` and ``to_scipy()`` / ``to_lineax()`` (see
+    :class:`~precond_lab.structures.OperatorMixin`); the factor sizes ``(m, n)`` of the
+    per-example matrices are :attr:`matrix_shape`.
     """
 
-    shape: tuple[int, int]
+    matrix_shape: tuple[int, int]
     dtype: np.dtype
 
     @property
-    def matrix_shape(self) -> tuple[int, int]:
-        """``(m, n)`` of the per-example matrices (the same as ``shape`` for a target)."""
-        return tuple(self.shape)
+    def shape(self) -> tuple[int, int]:
+        """``(mn, mn)``, as for any linear operator (``(m, n)`` is :attr:`matrix_shape`)."""
+        return self.operator_shape
 
     @property
     def dim(self) -> int:
-        m, n = self.shape
+        m, n = self.matrix_shape
         return m * n
+
+    def matvec(self, x) -> jax.Array:
+        """``Σ @ x`` for ``x`` of shape ``(mn,)``, ``(mn, k)`` or ``(…, m, n)``.
+
+        With :attr:`shape` ``(mn, mn)`` this is SciPy's operator protocol:
+        ``scipy.sparse.linalg.aslinearoperator(target)`` is the ``mn × mn`` operator ``Σ``.
+        """
+        return self @ x
+
+    def rmatvec(self, x) -> jax.Array:
+        """``Σᵀ @ x = Σ @ x`` (``Σ`` is symmetric)."""
+        return self @ x
 
     def contract_left(self, b: jax.Array) -> jax.Array:
         """``E[G B Gᵀ]`` for an n×n ``B`` (an m×m result)."""
@@ -72,11 +85,11 @@ class Target(OperatorMixin):
 
     def left_moment(self) -> jax.Array:
         """``L = E[G Gᵀ] = contract_left(I)`` (m×m)."""
-        return self.contract_left(jnp.eye(self.shape[1], dtype=self.dtype))
+        return self.contract_left(jnp.eye(self.matrix_shape[1], dtype=self.dtype))
 
     def right_moment(self) -> jax.Array:
         """``R = E[Gᵀ G] = contract_right(I)`` (n×n)."""
-        return self.contract_right(jnp.eye(self.shape[0], dtype=self.dtype))
+        return self.contract_right(jnp.eye(self.matrix_shape[0], dtype=self.dtype))
 
     def rotated_diagonal(self, qa: jax.Array | None, qb: jax.Array | None) -> jax.Array:
         """``diag(QᵀΣQ)`` as ``(m, n)`` for ``Q = qa ⊗ qb`` (identity where None)."""
@@ -138,23 +151,23 @@ class DampedTarget(Target):
             base, damping = base.base, base.damping + damping
         self.base = base
         self.damping = damping
-        self.shape = base.shape
+        self.matrix_shape = base.matrix_shape
         self.dtype = base.dtype
 
     def contract_left(self, b):
-        m = self.shape[0]
+        m = self.matrix_shape[0]
         return self.base.contract_left(b) + self.damping * jnp.trace(b) * jnp.eye(
             m, dtype=self.dtype
         )
 
     def contract_right(self, a):
-        n = self.shape[1]
+        n = self.matrix_shape[1]
         return self.base.contract_right(a) + self.damping * jnp.trace(a) * jnp.eye(
             n, dtype=self.dtype
         )
 
     def second_moments(self):
-        m, n = self.shape
+        m, n = self.matrix_shape
         left, right = self.base.second_moments()
         return (
             left + self.damping * n * jnp.eye(m, dtype=self.dtype),
@@ -162,11 +175,11 @@ class DampedTarget(Target):
         )
 
     def left_moment(self):
-        m, n = self.shape
+        m, n = self.matrix_shape
         return self.base.left_moment() + self.damping * n * jnp.eye(m, dtype=self.dtype)
 
     def right_moment(self):
-        m, n = self.shape
+        m, n = self.matrix_shape
         return self.base.right_moment() + self.damping * m * jnp.eye(n, dtype=self.dtype)
 
     def rotated_diagonal(self, qa, qb):

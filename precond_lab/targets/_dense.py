@@ -40,11 +40,11 @@ class DenseTarget(Target):
                     f"max |Σ| = {scale:.3e})"
                 )
         self.matrix = 0.5 * (mat + mat.T)
-        self.shape = (m, n)
+        self.matrix_shape = (m, n)
         self.dtype = np.dtype(self.matrix.dtype)
 
     def _blocks(self):
-        m, n = self.shape
+        m, n = self.matrix_shape
         return self.matrix.reshape(m, n, m, n)
 
     def contract_left(self, b):
@@ -54,7 +54,7 @@ class DenseTarget(Target):
         return jnp.einsum("ijkl,ik->jl", self._blocks(), jnp.asarray(a, self.dtype))
 
     def rotated_diagonal(self, qa, qb):
-        m, n = self.shape
+        m, n = self.matrix_shape
         qa = jnp.eye(m, dtype=self.dtype) if qa is None else jnp.asarray(qa, self.dtype)
         qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
         rot = jnp.einsum("ijkl,ia,jb,kc,ld->abcd", self._blocks(), qa, qb, qa, qb)
@@ -64,7 +64,7 @@ class DenseTarget(Target):
         return jnp.trace(self.matrix)
 
     def trace_product(self, s: Structure):
-        m, n = self.shape
+        m, n = self.matrix_shape
         cols = self.matrix.reshape(m * n, m, n)  # row k of Σ = Σ e_k (symmetric)
         return jnp.trace(s.matvec(cols).reshape(m * n, m * n))
 
@@ -72,7 +72,7 @@ class DenseTarget(Target):
         return jnp.linalg.norm(self.matrix)
 
     def eigh(self, vectors: bool = False) -> Spectrum:
-        m, n = self.shape
+        m, n = self.matrix_shape
         d = m * n
         vals, vecs = jnp.linalg.eigh(self.matrix)
         vecs = vecs.T.reshape(d, m, n) if vectors else None
@@ -80,7 +80,7 @@ class DenseTarget(Target):
         return Spectrum(vals, vecs, d)
 
     def _apply_matrices(self, x):  # Σ vec(X) for X (…, m, n)
-        m, n = self.shape
+        m, n = self.matrix_shape
         flat = jnp.reshape(x, (-1, m * n))
         return (flat @ self.matrix.T).reshape(x.shape)
 

@@ -314,7 +314,7 @@ class FactoredTarget(Target):
         n = int(v.shape[-1])
         if m == 0 or n == 0:
             raise ValueError(f"factors give an empty matrix shape {(m, n)}")
-        self.shape = (m, n)
+        self.matrix_shape = (m, n)
         self.dtype = dtype
         if validate:
             self._validate(u, v)
@@ -369,7 +369,7 @@ class FactoredTarget(Target):
     def _per_sample_bytes(self, form: str, primitive: str = "") -> int:
         """Bytes of temporaries per sample: a rebuilt ``G`` (dense), the ``T²`` products
         of the factored rotated diagonal, or the ``T × T`` middles of the others."""
-        m, n = self.shape
+        m, n = self.matrix_shape
         t = self.terms
         if form == "dense":
             size = m * n
@@ -452,7 +452,7 @@ class FactoredTarget(Target):
         if qa is None and qb is None:
             out = self._pass("rotated_diagonal", _f_diag if factored else _d_diag)
             return self._corrected(out, _k_diag)
-        m, n = self.shape
+        m, n = self.matrix_shape
         qa = jnp.eye(m, dtype=self.dtype) if qa is None else jnp.asarray(qa, self.dtype)
         qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
         out = self._pass("rotated_diagonal", _f_rotdiag if factored else _d_rotdiag, qa, qb)
@@ -466,9 +466,10 @@ class FactoredTarget(Target):
         return self._cache["trace"]
 
     def trace_product(self, s: Structure):
-        if s.matrix_shape != self.shape:
+        if s.matrix_shape != self.matrix_shape:
             raise ValueError(
-                f"structure of matrix_shape {s.matrix_shape} does not match target {self.shape}"
+                f"structure of matrix_shape {s.matrix_shape} does not match the target's "
+                f"{self.matrix_shape}"
             )
         if isinstance(s, Kronecker) and self._form("trace_product") == "factored":
             out = self._pass("trace_product", _f_trace_kron, s)
@@ -487,7 +488,7 @@ class FactoredTarget(Target):
         per = self.terms**2 * self.dtype.itemsize * 2 if factored else 1
         size = _largest_divisor(self.padded, int(np.sqrt(_CHUNK_BYTES / per)))
         if not factored:  # two rebuilt blocks of G in memory
-            m, n = self.shape
+            m, n = self.matrix_shape
             size = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * m * n * self.dtype.itemsize))
         kernel = _gram_block if factored else _gram_block_dense
         if self._multi:  # one block across processes, brought to every host
@@ -553,7 +554,7 @@ class FactoredTarget(Target):
         return self._cache[key]
 
     def _eigh(self, vectors: bool) -> Spectrum:
-        m, n = self.shape
+        m, n = self.matrix_shape
         d = m * n
         if self._sample_space():
             mu, coef = self.gram().spectrum(vectors)
@@ -569,7 +570,7 @@ class FactoredTarget(Target):
 
     def _combine(self, coef):
         """``Σ_k coef_kr G_k`` (``(r, m, n)``), scanned over chunks of samples."""
-        m, n = self.shape
+        m, n = self.matrix_shape
         factored = self._form("eigenvectors") == "factored"
         per = coef.shape[1] * (self.terms * max(m, n) if factored else 1) + m * n
         chunk = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * per * self.dtype.itemsize))

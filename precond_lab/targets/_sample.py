@@ -67,10 +67,10 @@ class SampleTarget(Target):
         validate: bool = True,
     ):
         self._source = _make_source(samples, weights)
-        self.shape = self._source.shape
+        self.matrix_shape = self._source.shape
         self.dtype = self._source.dtype
         self.num_samples = self._source.num_samples
-        m, n = self.shape
+        m, n = self.matrix_shape
         self._devices = jax.local_devices()
         self.shard = len(self._devices) > 1 if shard is None else bool(shard)
         ndev = len(self._devices) if self.shard else 1
@@ -177,14 +177,14 @@ class SampleTarget(Target):
     def rotated_diagonal(self, qa, qb):
         if qa is None and qb is None:
             return self._reduce(_k_diag)
-        m, n = self.shape
+        m, n = self.matrix_shape
         qa = jnp.eye(m, dtype=self.dtype) if qa is None else jnp.asarray(qa, self.dtype)
         qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
         return self._reduce(_k_rotdiag, qa, qb)
 
     def rotated_diagonals(self, bases):
         """``diag(QᵀΣQ)`` for every ``(qa, qb)`` in ``bases`` from one pass over the samples."""
-        m, n = self.shape
+        m, n = self.matrix_shape
         eye_m, eye_n = jnp.eye(m, dtype=self.dtype), jnp.eye(n, dtype=self.dtype)
         args = [
             None
@@ -208,9 +208,10 @@ class SampleTarget(Target):
         return self._trace
 
     def trace_product(self, s: Structure):
-        if s.matrix_shape != self.shape:
+        if s.matrix_shape != self.matrix_shape:
             raise ValueError(
-                f"structure of matrix_shape {s.matrix_shape} does not match target {self.shape}"
+                f"structure of matrix_shape {s.matrix_shape} does not match the target's "
+                f"{self.matrix_shape}"
             )
         return self._reduce(_k_trace_product, s)
 
@@ -266,7 +267,7 @@ class SampleTarget(Target):
         return self._cache["gram"]
 
     def _sample_space(self) -> bool:
-        m, n = self.shape
+        m, n = self.matrix_shape
         return self._regular_chunks() * self.chunk_size <= m * n
 
     def eigh(self, vectors: bool = False) -> Spectrum:
@@ -287,7 +288,7 @@ class SampleTarget(Target):
         return super().logdet(damping)
 
     def _eigh(self, vectors: bool) -> Spectrum:
-        m, n = self.shape
+        m, n = self.matrix_shape
         d = m * n
         if self._sample_space():
             mu, coef = self.gram().spectrum(vectors)

@@ -63,7 +63,7 @@ def pair(request):
 
 def test_every_primitive_matches_dense(pair, rng):
     f, d, sigma = pair
-    m, n = f.shape
+    m, n = f.matrix_shape
     a, b = rng.standard_normal((m, m)), rng.standard_normal((n, n))  # non-symmetric
     qa = np.linalg.qr(rng.standard_normal((m, m)))[0]
     qb = np.linalg.qr(rng.standard_normal((n, n)))[0]

@@ -47,7 +47,7 @@ def test_to_dense(problem):
     assert_close(sigma, _explicit_sigma(g, w, center))
     for name, t in targets:
         assert_close(t.to_dense(), sigma, err_msg=name)
-        assert t.shape == g.shape[1:] and t.dim == g.shape[1] * g.shape[2]
+        assert t.matrix_shape == g.shape[1:] and t.dim == g.shape[1] * g.shape[2]
 
 
 def test_contractions_nonsymmetric(problem, rng):
