@@ -5,9 +5,9 @@ Conventions (README, "Conventions"): per-example matrices ``G`` of shape ``(N, m
 ``1/N``), target ``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` with row-major vec, and
 ``kron(L, R) @ vec(X) = vec(L X Rᵀ)`` with ``L`` m×m on the left.
 
-Subpackages: :mod:`~precond_lab.estimators`, :mod:`~precond_lab.metrics`,
-:mod:`~precond_lab.structures`, :mod:`~precond_lab.targets`,
-:mod:`~precond_lab.reference` (dense float64 references), :mod:`~precond_lab.linalg`.
+Subpackages: ``estimators``, ``metrics``,
+``structures``, ``targets``,
+``reference`` (dense float64 references), ``linalg``.
 """
 
 from . import estimators, metrics, schema, structures, targets

@@ -36,7 +36,7 @@ def check_float_dtype(dtype, what: str, *, allow_half: bool = False) -> np.dtype
     Integer, boolean and complex inputs are rejected rather than silently cast:
     a cast hides whether the caller meant float32 or float64 precision. Half precision
     (float16, bfloat16) is rejected too unless ``allow_half`` (only the matrix functions
-    of :mod:`precond_lab.linalg` run at it): targets, estimators and metrics need
+    of ``precond_lab.linalg`` run at it): targets, estimators and metrics need
     float32 or float64 reductions and JAX's linear algebra does not run at half precision.
 
     Raises:
@@ -148,7 +148,7 @@ def first_nonfinite(x, axis0_name: str = "sample") -> tuple[int, int] | None:
 
 
 def check_finite(x, what: str, axis0_name: str = "sample", offset: int = 0) -> None:
-    """Raise :class:`NonFiniteError` naming the first offending index along axis 0."""
+    """Raise ``NonFiniteError`` naming the first offending index along axis 0."""
     found = first_nonfinite(x, axis0_name)
     if found is None:
         return
@@ -162,7 +162,7 @@ def check_finite(x, what: str, axis0_name: str = "sample", offset: int = 0) -> N
 
 
 def check_damped_spectrum(spectrum, damping: float) -> None:
-    """Raise unless ``Σ + λI`` is positive definite, given ``Σ``'s :class:`Spectrum`.
+    """Raise unless ``Σ + λI`` is positive definite, given ``Σ``'s ``Spectrum``.
 
     ``Σ`` is indefinite when some sample weights are negative (a difference of second
     moments); the message gives the smallest eigenvalue and the damping that would fix it.

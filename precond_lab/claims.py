@@ -1,8 +1,8 @@
 """The claims registry: every claim the studies test, its paper, and how it is tested.
 
-One table, one place. Each :class:`Claim` names the paper it comes from (a key of
-:data:`PAPERS`, or ``"derived"`` for facts that follow from the definitions), where the paper
-says it, what kind of statement it is, the planned :class:`TestKind` and the study that tests
+One table, one place. Each ``Claim`` names the paper it comes from (a key of
+``PAPERS``, or ``"derived"`` for facts that follow from the definitions), where the paper
+says it, what kind of statement it is, the planned ``TestKind`` and the study that tests
 it. The studies take a verdict's paper, location and statement from here
 (``precond_lab.study.claim_verdict``); the report links every row to the generated
 ``docs/claims.md`` and ``docs/references.bib`` (``python -m precond_lab.claims`` rewrites both;
@@ -207,7 +207,7 @@ class Claim:
 
     Attributes:
         id: ``"P1-14"``, ``"D5"``, …
-        paper: a key of :data:`PAPERS`, or :data:`DERIVED`.
+        paper: a key of ``PAPERS``, or ``DERIVED``.
         location: where the paper states it (as far as known).
         statement: the claim in one sentence, in the project's own words.
         type: what kind of statement it is.
@@ -233,7 +233,7 @@ class Claim:
 
     @property
     def reference(self) -> Paper | None:
-        """The :class:`Paper`, or None for a derived fact."""
+        """The ``Paper``, or None for a derived fact."""
         return PAPERS.get(self.paper)
 
     @property
@@ -457,7 +457,7 @@ DERIVED_AFTER = {f"D{i}": key for i, (_, key) in enumerate(_D, start=1) if key}
 
 
 def claim(claim_id: str) -> Claim:
-    """The registered :class:`Claim` ``claim_id``.
+    """The registered ``Claim`` ``claim_id``.
 
     Raises:
         KeyError: the id is not registered (with the known ids).
@@ -609,7 +609,7 @@ def docs_files() -> dict[str, str]:
 
 
 def write_docs(root: Path | str) -> list[Path]:
-    """Write :func:`docs_files` under ``root``; return the paths."""
+    """Write ``docs_files`` under ``root``; return the paths."""
     paths = []
     for rel, text in docs_files().items():
         path = Path(root) / rel

@@ -155,7 +155,7 @@ def _dense_metrics(sigma, approx) -> dict[str, float]:
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table of :func:`run_demo`'s rows."""
+    """A plain-text table of ``run_demo``'s rows."""
     p = result["problem"]
     cols = [
         ("estimator", "{:<24}"),

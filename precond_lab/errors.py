@@ -1,30 +1,30 @@
 """Every error precond_lab raises, and the one status vocabulary.
 
-All errors derive from :class:`PrecondLabError`, and each also derives from the builtin
+All errors derive from ``PrecondLabError``, and each also derives from the builtin
 class a caller would expect (``ValueError``, ``TypeError``, ``RuntimeError``), so
 ``except ValueError`` keeps working. The meaning of each class:
 
 =============================  ==========================================================
 class                          raised when
 =============================  ==========================================================
-:class:`NonFiniteError`        an input holds NaN or Inf (the message names the index)
-:class:`NotPositiveDefiniteError`  a matrix that must be positive (semi)definite is not;
+``NonFiniteError``        an input holds NaN or Inf (the message names the index)
+``NotPositiveDefiniteError``  a matrix that must be positive (semi)definite is not;
                                the message gives its smallest eigenvalue
-:class:`NotSymmetricError`     a matrix that must be symmetric is not
-:class:`FitNeedsDampingError`  a fit or divergence is ill-posed without damping
+``NotSymmetricError``     a matrix that must be symmetric is not
+``FitNeedsDampingError``  a fit or divergence is ill-posed without damping
                                (singular target or factor): pass ``damping > 0``
-:class:`UnsupportedDtypeError` a dtype the operation cannot run at (never upcast silently)
-:class:`ConvergenceError`      an iteration asked to converge (``strict=True``) did not
-:class:`DegenerateInputError`  an input is zero or empty where a non-trivial one is needed
+``UnsupportedDtypeError`` a dtype the operation cannot run at (never upcast silently)
+``ConvergenceError``      an iteration asked to converge (``strict=True``) did not
+``DegenerateInputError``  an input is zero or empty where a non-trivial one is needed
                                (all-zero target, weights or approximation; a float32 target
                                whose squares underflow): the message says what to change
-:class:`StoreError`            a capture store is missing, foreign, corrupt or in use
-:class:`CellSkipped`           (a signal, not an error) a sweep cell cannot be evaluated
+``StoreError``            a capture store is missing, foreign, corrupt or in use
+``CellSkipped``           (a signal, not an error) a sweep cell cannot be evaluated
 =============================  ==========================================================
 
-:class:`Status` is the status of a fit (:class:`~precond_lab.structures.FitInfo`), a
-matrix function (:class:`~precond_lab.linalg.MatrixFunctionInfo`), a sweep cell and an
-online run; :meth:`Status.of` maps an exception to its status.
+``Status`` is the status of a fit (``FitInfo``), a
+matrix function (``MatrixFunctionInfo``), a sweep cell and an
+online run; ``Status.of`` maps an exception to its status.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ class Status(str, enum.Enum):
     """What happened to a fit, a matrix function, a sweep cell or an online run.
 
     A ``str`` Enum: ``Status.OK == "ok"``, and Datasets store the plain strings. Each
-    member has an integer :attr:`code` for integer status arrays (e.g.
-    :func:`~precond_lab.linalg.precision_study`).
+    member has an integer ``code`` for integer status arrays (e.g.
+    ``precision_study``).
     """
 
     OK = "ok"  #: converged, or a direct method with a finite result; a cell that was scored
@@ -111,17 +111,17 @@ class Status(str, enum.Enum):
 
     @property
     def code(self) -> int:
-        """A stable small integer for this status (0 is :attr:`OK`)."""
+        """A stable small integer for this status (0 is ``OK``)."""
         return _CODES[self]
 
     @classmethod
     def from_code(cls, code: int) -> Status:
-        """The status with integer :attr:`code` ``code``."""
+        """The status with integer ``code`` ``code``."""
         return _BY_CODE[int(code)]
 
     @property
     def ok(self) -> bool:
-        """True only for :attr:`OK`."""
+        """True only for ``OK``."""
         return self is Status.OK
 
     @property
@@ -138,7 +138,7 @@ class Status(str, enum.Enum):
 
     @classmethod
     def of(cls, exc: BaseException) -> Status:
-        """The status that an exception stands for (:data:`_EXCEPTION_STATUS`, else FAILED)."""
+        """The status that an exception stands for (``_EXCEPTION_STATUS``, else FAILED)."""
         for kind, status in _EXCEPTION_STATUS:
             if isinstance(exc, kind):
                 return status

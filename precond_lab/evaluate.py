@@ -1,4 +1,4 @@
-"""The evaluation sweep's public face, kept for notebooks and user code: see :mod:`.sweep`.
+"""The evaluation sweep's public face, kept for notebooks and user code: see ``.sweep``.
 
 ``from precond_lab.evaluate import evaluate`` and ``precond_lab.sweep.evaluate`` are the
 same function.

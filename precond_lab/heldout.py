@@ -1,22 +1,22 @@
 """Split-sample (held-out) evaluation of second moments and their Kronecker fits.
 
 A target's samples are split into disjoint folds with second moments ``C_s``
-(:func:`split_folds`, :func:`split_target`). With the eigenpairs ``(λ_{s,i}, u_{s,i})``
+(``split_folds``, ``split_target``). With the eigenpairs ``(λ_{s,i}, u_{s,i})``
 of a source fold (from the sample-space Gram matrix: never an ``mn × mn`` matrix), the
 finite-sample questions of Liu et al. (2026, §4–5) are the directional scales
 ``uᵀ C' u = E'[⟨G, U⟩²]`` (per-sample products) of other folds along them:
 
 * held-out scale error ``ξ_i = log10(u_{s,i}ᵀ C_{s'} u_{s,i} / λ_{s,i})``
-  (:func:`heldout_scale_error`; positive: the source under-estimates direction ``i``);
-* held-out gain error of a fitted ``S`` (:func:`heldout_gain_error`): with ``h_i`` the
+  (``heldout_scale_error``; positive: the source under-estimates direction ``i``);
+* held-out gain error of a fitted ``S`` (``heldout_gain_error``): with ``h_i`` the
   mean held-out scale along ``u_{0,i}`` and ``s_i = 1/(u_{0,i}ᵀ S⁻¹ u_{0,i})`` the
   fit's scale there, ``e_i = p · log10(s_i / h_i)`` for the preconditioner power ``p``
   (``p = −½``: ``e_i = ½ log10(h_i u_{0,i}ᵀ S⁻¹ u_{0,i})``, the paper's form);
 * recovery error of a few-sample or EMA fit ``Ŝ`` against its own large-sample fit
-  ``S_ref = Σ_j ω_j v_j v_jᵀ`` (:func:`recovery_error`):
+  ``S_ref = Σ_j ω_j v_j v_jᵀ`` (``recovery_error``):
   ``γ_j = p · log10((1/v_jᵀ Ŝ⁻¹ v_j) / ω_j)``;
 * subspace overlap ``O(k) = ‖U_kᵀ V_k‖²_F / k`` of the leading ``k`` eigenvectors of a
-  target and of a Kronecker fit (:func:`subspace_overlap`).
+  target and of a Kronecker fit (``subspace_overlap``).
 
 Results are ``xarray.DataArray`` objects with a ``direction`` (eigen-index, descending
 eigenvalue) dimension, or ``k`` for the overlap.
@@ -92,10 +92,10 @@ def split_folds(
 
 
 def split_target(samples, num_folds: int, **kwargs) -> list[SampleTarget]:
-    """:func:`split_folds` of ``(N, m, n)`` samples (array or DataArray) into SampleTargets.
+    """``split_folds`` of ``(N, m, n)`` samples (array or DataArray) into SampleTargets.
 
     Each fold is an unweighted target (``1/N_fold``); keyword arguments go to
-    :func:`split_folds`.
+    ``split_folds``.
     """
     num = int(np.shape(samples)[0])
     return [SampleTarget(samples[idx]) for idx in split_folds(num, num_folds, **kwargs)]

@@ -1,13 +1,13 @@
 """Bring gradients and curvature from other tools: PyTorch, BackPACK, curvlinops, NumPy, xarray.
 
-Everything here returns what :class:`~precond_lab.targets.SampleTarget` and
-:class:`~precond_lab.targets.DenseTarget` take: ``(N, m, n)`` per-example matrices (rows =
+Everything here returns what ``SampleTarget`` and
+``DenseTarget`` take: ``(N, m, n)`` per-example matrices (rows =
 the parameter's output side, row-major vec) or an ``(mn, mn)`` block with its ``(m, n)``.
 PyTorch weights are ``(out, in)`` and conv kernels ``(out, in, kh, kw)``, so a per-example
 gradient ``(N, out, in, kh, kw)`` becomes ``(N, out, in·kh·kw)`` and a bias ``(N, out)``
 becomes ``(N, out, 1)``; the flattening order is PyTorch's own, so a curvlinops block of
 one parameter needs no permutation. Half-precision inputs (common with AMP) raise
-:class:`~precond_lab.errors.UnsupportedDtypeError` instead of giving wrong numbers.
+``UnsupportedDtypeError`` instead of giving wrong numbers.
 
 Example (a PyTorch user's saved per-example gradients)::
 
@@ -98,7 +98,7 @@ def from_torch(obj, *, key: str | None = None):
         key: pick one entry of a mapping.
 
     Returns:
-        ``(N, m, n)`` (see :func:`as_matrices`), or ``{name: (N, m, n)}`` for a mapping
+        ``(N, m, n)`` (see ``as_matrices``), or ``{name: (N, m, n)}`` for a mapping
         without ``key``.
 
     Raises:
@@ -149,7 +149,7 @@ def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dic
 
 
 def from_curvlinops(block, param_shape: Sequence[int], *, offset: int = 0) -> DenseTarget:
-    """A :class:`DenseTarget` from a curvlinops operator (or its dense block) for one parameter.
+    """A ``DenseTarget`` from a curvlinops operator (or its dense block) for one parameter.
 
     Args:
         block: an ``(P, P)`` dense block (array or tensor) of one parameter, or a
@@ -214,7 +214,9 @@ def from_xarray(
 
     Args:
         da: per-example matrices with dims named in any order.
-        sample, row, col: the names ``da`` uses for the sample, output and input dims.
+        sample: the names ``da`` uses for the sample, output and input dims.
+        row: the names ``da`` uses for the sample, output and input dims.
+        col: the names ``da`` uses for the sample, output and input dims.
         extra: a class / Monte-Carlo dim kept right after the sample dim (renamed to
             ``class``), or None.
 
@@ -238,10 +240,10 @@ def from_xarray(
 
 
 def sample_target(g, *, shape: Sequence[int] | None = None, weights=None, **kwargs):
-    """A :class:`SampleTarget` from any of the inputs above (tensors, flat arrays, …).
+    """A ``SampleTarget`` from any of the inputs above (tensors, flat arrays, …).
 
     ``(N, m, n)`` arrays and DataArrays in the library's dims go through as they are;
-    torch tensors and ``(N, out, *rest)`` arrays are matricized (:func:`as_matrices`);
+    torch tensors and ``(N, out, *rest)`` arrays are matricized (``as_matrices``);
     ``(N, mn)`` arrays need ``shape``.
     """
     if isinstance(g, xr.DataArray):

@@ -1,23 +1,23 @@
-"""Publication-ready figures from the Datasets of :mod:`precond_lab.evaluate`.
+"""Publication-ready figures from the Datasets of ``precond_lab.evaluate``.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``
-(no global state, safe under the Agg backend and in threads) inside the :func:`style`
-context, a ``rcParams`` context manager: nothing is changed globally. :func:`save`
+Every function returns a ``matplotlib.figure.Figure`` built without ``pyplot``
+(no global state, safe under the Agg backend and in threads) inside the ``style``
+context, a ``rcParams`` context manager: nothing is changed globally. ``save``
 writes PNG and PDF.
 
-* :func:`plot_quality` — approximation quality over training (Morwani et al. Fig. 1
+* ``plot_quality`` — approximation quality over training (Morwani et al. Fig. 1
   form): one panel per target (× layer), one line per estimator, over ``step``.
-* :func:`plot_power_iteration` — power iteration converging to the optimal Kronecker
-  product (from :func:`~precond_lab.evaluate.power_iteration_curve`).
-* :func:`plot_spectra` — eigenvalues of the target and of its approximations (log).
-* :func:`plot_factors` — heat maps of Kronecker factors (left/right).
-* :func:`plot_batch_size` — quality over mini-batch size (e.g. real vs sampled labels).
-* :func:`plot_metric_bars` — grouped bars of metrics (KL, Frobenius) across estimators.
+* ``plot_power_iteration`` — power iteration converging to the optimal Kronecker
+  product (from ``power_iteration_curve``).
+* ``plot_spectra`` — eigenvalues of the target and of its approximations (log).
+* ``plot_factors`` — heat maps of Kronecker factors (left/right).
+* ``plot_batch_size`` — quality over mini-batch size (e.g. real vs sampled labels).
+* ``plot_metric_bars`` — grouped bars of metrics (KL, Frobenius) across estimators.
 
 Colours follow the Okabe–Ito palette (colour-blind safe); each estimator keeps its
 colour and marker in every figure, and the ``@kind`` fit source of an estimator is
 drawn with its own line style. Lines and bar containers carry the estimator's
-pretty name as label (:func:`estimator_label`) and its raw name as ``gid``.
+pretty name as label (``estimator_label``) and its raw name as ``gid``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ _TARGETS = {
 }
 _SPEC_RE = re.compile(r"^([A-Za-z_]\w*)(?:\((.*)\))?(?:@([\w\-]+))?$")
 
-#: rcParams of :func:`style`.
+#: rcParams of ``style``.
 RC = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -118,7 +118,7 @@ RC = {
 
 @contextlib.contextmanager
 def style(**overrides) -> Iterator[None]:
-    """Temporarily apply the publication style (:data:`RC`, then ``overrides``).
+    """Temporarily apply the publication style (``RC``, then ``overrides``).
 
     Example::
 
@@ -194,7 +194,7 @@ def target_label(kind: str) -> str:
 
 
 def metric_label(metric: str) -> str:
-    """Axis label of a metric (its ``label`` in :data:`precond_lab.metrics.METRICS`)."""
+    """Axis label of a metric (its ``label`` in ``precond_lab.metrics.METRICS``)."""
     spec = METRICS.get(str(metric))
     return spec.label if spec is not None else str(metric)
 
@@ -217,7 +217,7 @@ def figure(
 
     ``panel`` is one panel's (width, height) in inches: the default suits a journal
     column at two panels per row. ``**kw`` goes to ``Figure.subplots`` (``sharex``, …).
-    Call it inside :func:`style` for the package's rcParams.
+    Call it inside ``style`` for the package's rcParams.
     """
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
@@ -293,7 +293,7 @@ def plot_quality(
     Adagrad's ``H_Ada``, over training steps.
 
     Args:
-        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
+        ds: a Dataset from ``evaluate``.
         metric: a metric of ``ds`` (default ``"cosine"``).
         estimators: subsets and order (default: all).
         targets: subsets and order (default: all).
@@ -343,7 +343,7 @@ def plot_power_iteration(
     title: str | None = "Power iteration for the optimal Kronecker product",
     panel_size: tuple[float, float] = (3.4, 2.7),
 ) -> Figure:
-    """Power-iteration convergence from :func:`~precond_lab.evaluate.power_iteration_curve`.
+    """Power-iteration convergence from ``power_iteration_curve``.
 
     Left: cosine similarity of the iterate with the target (solid) and with the
     Frobenius-optimal Kronecker product (dashed); the optimum's own cosine with the
@@ -408,7 +408,7 @@ def plot_spectra(
     """Eigenvalues (descending, log scale) of the target and of its approximations.
 
     Args:
-        spec: a Dataset from :func:`~precond_lab.evaluate.spectra` (``eigenvalue`` with
+        spec: a Dataset from ``spectra`` (``eigenvalue`` with
             dims (target, estimator, index); ``estimator="target"`` is the target).
         targets: subsets (default: all); one panel per target.
         estimators: subsets (default: all); one panel per target.
@@ -477,7 +477,7 @@ def plot_factors(
 
     Args:
         approximations: ``{name: Kronecker}`` or ``{name: (L, R)}``; names may be
-            estimator specs (shown with :func:`estimator_label`).
+            estimator specs (shown with ``estimator_label``).
         normalize: divide each factor by its Frobenius norm (the split of the scale
             between ``L`` and ``R`` is arbitrary).
         cmap: a diverging colour map, centred at 0 (default ``RdBu_r``, colour-blind safe).
@@ -530,7 +530,7 @@ def plot_batch_size(
     Morwani et al.'s real-vs-sampled-labels figure.
 
     Args:
-        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate` with ``batch_sizes=``.
+        ds: a Dataset from ``evaluate`` with ``batch_sizes=``.
         metric: a metric of ``ds``.
         estimators: subsets and order (default: all).
         targets: subsets and order (default: all).
@@ -586,7 +586,7 @@ def plot_metric_bars(
     Non-finite values (a failed fit, an infinite KL) leave a gap marked ``×``.
 
     Args:
-        ds: a Dataset from :func:`~precond_lab.evaluate.evaluate`.
+        ds: a Dataset from ``evaluate``.
         metrics: metrics of ``ds``, one panel each.
         estimators: subsets and order (default: all).
         targets: subsets and order (default: all).

@@ -1,6 +1,6 @@
 """One provenance helper for every Dataset, JSON file and store that precond_lab writes.
 
-:func:`make_attrs` returns attributes that netCDF and Zarr accept (strings, ints and
+``make_attrs`` returns attributes that netCDF and Zarr accept (strings, ints and
 floats only: no dicts, booleans or None), so every producer — the sweep, the studies,
 the precision harness, the capture store, the benchmarks — records the same facts under
 the same names.

@@ -320,7 +320,7 @@ def kl_fixed_point_residual(sigma, left, right, damping: float = 0.0) -> float:
 def kfac_samples(activations, backprops, weights=None):
     """Per-(example, class) gradients ``G = Σ_r δ_r a_rᵀ`` and their weights.
 
-    Shapes as for :func:`kfac`: ``a`` is ``(N, n)`` or ``(N, R, n)``; ``δ`` is ``(N, m)``,
+    Shapes as for ``kfac``: ``a`` is ``(N, n)`` or ``(N, R, n)``; ``δ`` is ``(N, m)``,
     ``(N, C, m)``, ``(N, R, m)`` or ``(N, C, R, m)``.
     """
     a, d = _kfac_arrays(activations, backprops)

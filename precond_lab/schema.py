@@ -4,14 +4,14 @@ Every module that reads or writes a capture store, builds a target from one, or 
 a sweep Dataset takes its names from here, so a grep for a store name (``ggn_mc``,
 ``batch_size_``, ``step_``) finds only this module. It imports neither zarr nor optax.
 
-Target kinds (:class:`Kind`) are the values of a sweep's ``target`` coordinate and the
+Target kinds (``Kind``) are the values of a sweep's ``target`` coordinate and the
 names of the sample variables in a store: ``gradients`` (per-example gradients, the
 empirical Fisher), ``ggn`` (exact Gauss–Newton pseudo-gradients), ``ggn_mc``
 (sampled-label pseudo-gradients, the MC Fisher), ``trajectory`` (Adagrad's
 ``Σ_s g_s g_sᵀ`` over training mini-batch gradients) and ``batch_<B>`` (mini-batch
-gradients of ``B`` captured examples; :func:`batch_kind`). :class:`CaptureTarget` is what
+gradients of ``B`` captured examples; ``batch_kind``). ``CaptureTarget`` is what
 a capture can be asked for (``--targets``); hyphens and underscores are accepted alike by
-:meth:`CaptureTarget.parse` and :func:`parse_kind`.
+``CaptureTarget.parse`` and ``parse_kind``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ SAMPLE_KINDS: tuple[Kind, ...] = (Kind.GRADIENTS, Kind.GGN, Kind.GGN_MC)
 
 
 class CaptureTarget(str, enum.Enum):
-    """What :func:`precond_lab.capture.capture` can be asked to record (``--targets``)."""
+    """What ``precond_lab.capture.capture`` can be asked to record (``--targets``)."""
 
     GRADIENTS = "gradients"
     GGN = "ggn"
@@ -84,7 +84,7 @@ class CaptureTarget(str, enum.Enum):
 
     @classmethod
     def parse(cls, name: str | CaptureTarget) -> CaptureTarget:
-        """``"ggn_mc"`` or ``"ggn-mc"`` → :attr:`GGN_MC`; unknown names raise ``ValueError``."""
+        """``"ggn_mc"`` or ``"ggn-mc"`` → ``GGN_MC``; unknown names raise ``ValueError``."""
         if isinstance(name, cls):
             return name
         key = str(name).strip().replace("_", "-")
@@ -243,7 +243,7 @@ def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
 
     Per-example kinds are ``(sample, [class|mc,] row, col)``; ``trajectory`` and
     ``batch_<B>`` come with their ``weight`` coordinate and the leading dim renamed to
-    ``sample`` (:func:`as_samples`), ready for :class:`~precond_lab.targets.SampleTarget`.
+    ``sample`` (``as_samples``), ready for ``SampleTarget``.
     """
     kind = parse_kind(kind)
     if kind in (k.value for k in SAMPLE_KINDS):

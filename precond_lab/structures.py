@@ -5,16 +5,16 @@ Conventions (the project's, see the README's "Conventions"): vec is row-major, s
 
     kron(L, R) @ vec(X) = vec(L X Rᵀ),    L: m×m (rows / output side), R: n×n.
 
-Every structure is a linear operator of :attr:`~Structure.shape` ``(mn, mn)``: ``S @ v``
+Every structure is a linear operator of ``shape`` ``(mn, mn)``: ``S @ v``
 for vectors ``(mn,)`` / ``(mn, k)`` and batches of ``(…, m, n)`` matrices,
-:meth:`~Structure.to_scipy` (a ``scipy.sparse.linalg.LinearOperator``) and
-:meth:`~Structure.to_lineax` (when lineax is installed); the factor sizes ``(m, n)`` are
-:attr:`~Structure.matrix_shape`. It offers :meth:`~Structure.matvec` on batches of
-``(…, m, n)`` matrices, :meth:`~Structure.to_dense` (for references and small sizes only),
+``to_scipy`` (a ``scipy.sparse.linalg.LinearOperator``) and
+``to_lineax`` (when lineax is installed); the factor sizes ``(m, n)`` are
+``matrix_shape``. It offers ``matvec`` on batches of
+``(…, m, n)`` matrices, ``to_dense`` (for references and small sizes only),
 ``trace``, ``logdet``, ``frobenius_norm`` and spectral functions such as damped
 powers ``(S + λI)^p``. Spectral functions of a Kronecker product with damping are
 no longer Kronecker products; they are returned in eigen form
-(:class:`EigenKronecker`), which is exact and as cheap to apply.
+(``EigenKronecker``), which is exact and as cheap to apply.
 
 Structures are JAX pytrees (their fit information is dropped when flattened), so
 they can be passed into jitted functions.
@@ -56,7 +56,7 @@ class FitInfo:
 
     @property
     def status(self) -> Status:
-        """:attr:`Status.OK` when converged, else :attr:`Status.NOT_CONVERGED`."""
+        """``Status.OK`` when converged, else ``Status.NOT_CONVERGED``."""
         return Status.OK if self.converged else Status.NOT_CONVERGED
 
 
@@ -134,7 +134,7 @@ def _validate(parts: dict, *, symmetric=(), orthogonal=()) -> None:
 class OperatorMixin:
     """``@``, SciPy and lineax adapters for an ``mn × mn`` operator (structures, targets).
 
-    A subclass provides :attr:`matrix_shape` ``(m, n)``, ``dtype`` and
+    A subclass provides ``matrix_shape`` ``(m, n)``, ``dtype`` and
     ``_apply_matrices(X)`` for ``X`` of shape ``(…, m, n)``.
     """
 
@@ -142,7 +142,7 @@ class OperatorMixin:
 
     @property
     def operator_shape(self) -> tuple[int, int]:
-        """``(mn, mn)``: the operator's shape (the factor sizes are :attr:`matrix_shape`)."""
+        """``(mn, mn)``: the operator's shape (the factor sizes are ``matrix_shape``)."""
         m, n = self.matrix_shape
         return m * n, m * n
 
@@ -211,12 +211,12 @@ class Structure(OperatorMixin):
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
-        """``(m, n)``: the approximated matrix is ``mn × mn`` (that is :attr:`shape`)."""
+        """``(m, n)``: the approximated matrix is ``mn × mn`` (that is ``shape``)."""
         raise NotImplementedError
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(mn, mn)``, as for any linear operator (``(m, n)`` is :attr:`matrix_shape`)."""
+        """``(mn, mn)``, as for any linear operator (``(m, n)`` is ``matrix_shape``)."""
         return self.operator_shape
 
     def _apply_matrices(self, x):

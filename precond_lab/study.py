@@ -8,15 +8,15 @@ A *study* is a module in the top-level ``studies/`` folder of a clone that defin
   attributes;
 * ``plot(ds, figdir) -> list[pathlib.Path]`` — figures written into ``figdir``;
 * ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``; each
-  claim id is registered in :mod:`precond_lab.claims` (:func:`claim_verdict` fills the
-  paper, location and statement from there) and each row says its :class:`TestKind`.
+  claim id is registered in ``precond_lab.claims`` (``claim_verdict`` fills the
+  paper, location and statement from there) and each row says its ``TestKind``.
 
 ``reproduce`` imports each study, runs the chosen preset, saves the Dataset as netCDF,
 draws the figures and writes a Markdown report (studies not run this time, e.g. with
 ``--only``, keep their section, rebuilt from their saved Dataset, since verdicts depend on
 the Dataset alone) with a table (claim, paper, location, test kind, verdict, key numbers,
 tolerance) linked to ``docs/claims.md`` and the figures embedded. Registered claims that no
-verdict covers stay in the table as "not yet tested" with the reason (:func:`untested`).
+verdict covers stay in the table as "not yet tested" with the reason (``untested``).
 """
 
 from __future__ import annotations
@@ -72,17 +72,17 @@ class Verdict:
     """The answer to one claim on this data.
 
     Attributes:
-        claim: the claim's id in the claims registry (:mod:`precond_lab.claims`, e.g.
+        claim: the claim's id in the claims registry (``precond_lab.claims``, e.g.
             ``"P3-1"``, ``"D9"``).
         paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
         location: where the paper states it (as far as known).
         statement: the claim, in one sentence.
-        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL`, :data:`INCONCLUSIVE`,
-            :data:`NOT_TESTABLE_HERE` or :data:`UNTESTED_VERDICT` (or ``"error"`` if the
+        verdict: ``HOLDS``, ``FAILS``, ``PARTIAL``, ``INCONCLUSIVE``,
+            ``NOT_TESTABLE_HERE`` or ``UNTESTED_VERDICT`` (or ``"error"`` if the
             study crashed).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
-        kind: what kind of test this row is (:class:`TestKind`), required (keyword); a row
+        kind: what kind of test this row is (``TestKind``), required (keyword); a row
             given ``None`` is shown as an error in the report.
         setting: for a proxy, how the setting differs from the paper's (keyword).
     """
@@ -129,11 +129,11 @@ def claim_verdict(
     setting: str | None = None,
     statement: str | None = None,
 ) -> Verdict:
-    """A :class:`Verdict` whose paper, location and statement come from the claims registry.
+    """A ``Verdict`` whose paper, location and statement come from the claims registry.
 
     Args:
-        claim_id: a registered claim id (:func:`precond_lab.claims.claim`).
-        verdict: :data:`HOLDS`, :data:`FAILS`, :data:`PARTIAL` or :data:`UNTESTED_VERDICT`.
+        claim_id: a registered claim id (``precond_lab.claims.claim``).
+        verdict: ``HOLDS``, ``FAILS``, ``PARTIAL`` or ``UNTESTED_VERDICT``.
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
         kind: what kind of test this row is.
@@ -245,10 +245,10 @@ def cached_capture(cache_dir: Path | None = None, **config):
 def capture_targets(cap: dict):
     """Yield ``(step, layer, kind, samples, weights)`` from a cached capture.
 
-    ``cap`` holds :func:`cached_capture`'s arguments; its ``steps``, ``layers`` and
+    ``cap`` holds ``cached_capture``'s arguments; its ``steps``, ``layers`` and
     ``targets`` (``gradients``, ``ggn``, ``ggn-mc``) are walked in order. ``samples`` is a
     float64 ``(N·K, m, n)`` bag (``K`` classes or MC draws per example, 1 for gradients),
-    each pseudo-sample with its example's weight ``1/N`` (:func:`precond_lab.schema.sample_bag`).
+    each pseudo-sample with its example's weight ``1/N`` (``precond_lab.schema.sample_bag``).
     """
     from . import schema
 
@@ -410,7 +410,7 @@ def write_report(records: list[dict], path: Path, preset: str, figdir: Path) -> 
     """Write the Markdown report: summary table, per-study sections with figures.
 
     Every row links its claim and paper to ``docs/claims.md`` (generated from
-    :mod:`precond_lab.claims`) and says its test kind; registered claims without a verdict
+    ``precond_lab.claims``) and says its test kind; registered claims without a verdict
     are listed as "not yet tested"; a verdict without a kind, or with a claim id the registry
     does not hold, is shown as an error.
     """

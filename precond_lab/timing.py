@@ -1,10 +1,10 @@
 """Interleaved wall-clock timing for verdicts and benchmarks, robust to a shared, noisy machine.
 
 One concept, one place: every timing that feeds a verdict (and the benchmarks' comparisons)
-goes through :func:`interleaved`. The compared operations are warmed up (compilation
+goes through ``interleaved``. The compared operations are warmed up (compilation
 excluded), then timed in rounds — each round runs every operation once, in a rotated order —
-so a burst of load hits all of them alike. :func:`ratio` turns two operations' per-round times
-into a ratio with its spread, and :func:`ratio_verdict` says ``"above"``, ``"below"`` or
+so a burst of load hits all of them alike. ``ratio`` turns two operations' per-round times
+into a ratio with its spread, and ``ratio_verdict`` says ``"above"``, ``"below"`` or
 ``"inconclusive"`` when the spread straddles the threshold.
 
 Example:
@@ -94,13 +94,13 @@ def interleaved(
     """Time several zero-argument callables in interleaved rounds.
 
     Args:
-        ops: ``{name: fn}``; each result is passed through :func:`block` before the clock
+        ops: ``{name: fn}``; each result is passed through ``block`` before the clock
             stops.
         repeats: timed rounds (at least 5: a verdict needs a median and a spread).
         warmup: untimed calls of each operation first (compilation, caches).
 
     Returns:
-        The per-round :class:`Timings`.
+        The per-round ``Timings``.
 
     Raises:
         ValueError: ``repeats`` < 5, ``warmup`` < 0 or no operations.
@@ -134,7 +134,8 @@ class Ratio:
 
     Attributes:
         median: median of the per-round ratios.
-        low, high: their 25 % and 75 % quantiles (the spread a verdict must clear).
+        low: their 25 % and 75 % quantiles (the spread a verdict must clear).
+        high: their 25 % and 75 % quantiles (the spread a verdict must clear).
         values: the per-round ratios.
     """
 

@@ -1,22 +1,22 @@
 """Train with any optax optimiser and score its own preconditioner against the exact targets.
 
-:func:`train` is a small optax-native loop: one jitted step, the mini-batch schedule of
-:func:`precond_lab.capture.train.batch_indices` (it depends only on ``(seed, step)``, so a
+``train`` is a small optax-native loop: one jitted step, the mini-batch schedule of
+``precond_lab.capture.train.batch_indices`` (it depends only on ``(seed, step)``, so a
 resumed run sees exactly the batches of an uninterrupted one), a tqdm progress bar, an
 optional atomic ``.npz`` checkpoint, per-step wall times, the optimiser state's size, and
 failure detection: a non-finite loss or a loss above ``divergence_factor`` × the first one
-stops the run with :attr:`~precond_lab.errors.Status.NONFINITE` (the step is recorded).
+stops the run with ``NONFINITE`` (the step is recorded).
 
 With ``probe=Probe(steps=...)`` the loop stops at each probe step, captures the per-example
 targets of the chosen layers (gradients, exact GGN, sampled-label GGN) at the current
 parameters on a fixed set of examples, reads the optimiser's **own** preconditioner for
-each layer from its state (:func:`preconditioner_of`) and scores it with the sweep
-(:func:`precond_lab.sweep.evaluate`) next to the batch optima (Shampoo², the KL optimum,
+each layer from its state (``preconditioner_of``) and scores it with the sweep
+(``precond_lab.sweep.evaluate``) next to the batch optima (Shampoo², the KL optimum,
 …) of the same target, scored the same way.
 
 Reading a preconditioner out of an optimiser state is a small protocol:
-:func:`register_preconditioner` maps a state type (a ``NamedTuple`` class) to a function
-returning the :class:`~precond_lab.structures.Structure` that the state approximates
+``register_preconditioner`` maps a state type (a ``NamedTuple`` class) to a function
+returning the ``Structure`` that the state approximates
 (the estimate of ``Σ``, not its inverse). A *per-leaf* state (one per parameter, e.g. a
 KL-Shampoo factor state) is found wherever it sits in the optimiser state — its path must
 end with the parameter's path — and the function gets the state; a *tree* state (one
@@ -77,7 +77,7 @@ __all__ = [
     "train",
 ]
 
-#: Capture targets a :class:`Probe` can score against (names as in :mod:`precond_lab.capture`).
+#: Capture targets a ``Probe`` can score against (names as in ``precond_lab.capture``).
 PROBE_TARGETS = ("gradients", "ggn", "ggn-mc")
 
 _HANDLERS: dict[type, tuple[Callable, bool]] = {}
@@ -192,12 +192,12 @@ class Probe:
         steps: training steps (number of updates done) at which to probe.
         layers: parameter paths (default: every layer the optimiser state covers, among
             the model's tape-layer weights).
-        targets: any of :data:`PROBE_TARGETS`.
+        targets: any of ``PROBE_TARGETS``.
         num_samples: training examples behind each target (the same at every probe).
         mc_samples: sampled labels per example for ``ggn-mc``.
         estimators: batch optima fitted to the same target (names of
-            :data:`precond_lab.estimators.ESTIMATORS`).
-        metrics: metric names of :func:`precond_lab.metrics.score`.
+            ``precond_lab.estimators.ESTIMATORS``).
+        metrics: metric names of ``precond_lab.metrics.score``.
         damping: ``λ = damping·tr(Σ)/(mn)``, on the target and on every approximation.
         chunk_size: examples per jitted capture call.
     """
@@ -311,11 +311,12 @@ class TrainResult:
             ``train_loss`` (the step's mini-batch loss), ``step_seconds`` (wall time of the
             jitted update, the first one including compilation), and ``eval_loss`` /
             ``eval_accuracy`` over ``eval_step`` (NaN accuracy for MSE models).
-        params, opt_state: the final (or last finite) parameters and optimiser state.
-        status: :attr:`Status.OK` or :attr:`Status.NONFINITE` (a non-finite or diverged
+        params: the final (or last finite) parameters and optimiser state.
+        opt_state: the final (or last finite) parameters and optimiser state.
+        status: ``Status.OK`` or ``Status.NONFINITE`` (a non-finite or diverged
             loss stopped the run).
         failed_step: the step at which the run stopped (-1 if it finished).
-        state_bytes: bytes of the optimiser state (:func:`state_bytes`).
+        state_bytes: bytes of the optimiser state (``state_bytes``).
         probes: the probe scores ``(step, layer, target, estimator, metric)`` or None.
     """
 
@@ -356,7 +357,7 @@ def _compiled(model: Model, tx: optax.GradientTransformation) -> tuple[Callable,
     """The jitted step and evaluation of ``(model, tx)``, built once per pair of objects.
 
     Runs that reuse the same model and transformation objects (e.g. a hyper-parameter
-    search through ``optax.inject_hyperparams`` and :func:`train`'s ``hyperparams``) share
+    search through ``optax.inject_hyperparams`` and ``train``'s ``hyperparams``) share
     one compilation. The cache keeps the objects alive, so ids stay unique.
     """
     key = (id(model), id(tx))
@@ -442,10 +443,10 @@ def train(
     """Train ``model`` on ``dataset`` with the optax transformation ``tx``.
 
     Args:
-        model: a :class:`~precond_lab.capture.Model` or a name of
-            :func:`~precond_lab.capture.make_model`.
-        dataset: a :class:`~precond_lab.capture.Dataset` or a name of
-            :func:`~precond_lab.capture.load_dataset`.
+        model: a ``Model`` or a name of
+            ``make_model``.
+        dataset: a ``Dataset`` or a name of
+            ``load_dataset``.
         tx: any ``optax.GradientTransformation`` (chains included).
         steps: number of updates.
         batch_size: training mini-batch size.
@@ -453,7 +454,7 @@ def train(
         eval_every: evaluate on the first ``eval_samples`` test examples every so many
             steps (0: only at the end) and always after the last step.
         eval_samples: test examples per evaluation.
-        probe: score the optimiser's own preconditioner at these steps (:class:`Probe`).
+        probe: score the optimiser's own preconditioner at these steps (``Probe``).
         checkpoint: an ``.npz`` path; written atomically every ``checkpoint_every`` steps
             and at the end, and resumed from when it exists (same model and optimiser).
         checkpoint_every: steps between checkpoints.
@@ -465,7 +466,7 @@ def train(
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`TrainResult`.
+        A ``TrainResult``.
 
     Raises:
         ValueError: bad sizes, or a probe the optimiser state cannot answer.

@@ -13,8 +13,8 @@ Example::
                    out="run.zarr")
     g = open_capture("run.zarr")["step_000050/layers/0/w"]["gradients"]  # lazy
 
-See :mod:`.store` for the schema, :mod:`.layout` for matricization, :mod:`.ggn` for loss
-conventions, :mod:`.kfac` for K-FAC conventions.
+See ``.store`` for the schema, ``.layout`` for matricization, ``.ggn`` for loss
+conventions, ``.kfac`` for K-FAC conventions.
 """
 
 from .api import TARGETS, capture, capture_from_fn, capture_model

@@ -3,7 +3,7 @@
 A run trains ``model`` on ``dataset`` with optax and, at each requested step, evaluates
 the requested targets on a fixed set of ``num_samples`` training examples (drawn once from
 ``seed``), for the selected layers. With ``out``, each step is written atomically to a Zarr
-store (see :mod:`.store` for the schema) together with the training state, and a rerun
+store (see ``.store`` for the schema) together with the training state, and a rerun
 with the same configuration resumes after the last finished step without recomputing it.
 """
 
@@ -106,10 +106,10 @@ def capture(
     """Train and capture per-example quantities at ``steps``.
 
     Args:
-        model: a name (``mlp``, ``cnn``, ``transformer``) or a :class:`Model`.
-        dataset: a name (see :func:`load_dataset`) or a :class:`Dataset`.
+        model: a name (``mlp``, ``cnn``, ``transformer``) or a ``Model``.
+        dataset: a name (see ``load_dataset``) or a ``Dataset``.
         steps: training steps to capture at (0 = initialisation).
-        targets: any of :data:`TARGETS`: ``gradients`` (per-example), ``ggn`` (exact GGN
+        targets: any of ``TARGETS``: ``gradients`` (per-example), ``ggn`` (exact GGN
             pseudo-gradients), ``ggn-mc`` (sampled labels), ``kfac``/``kfac-ggn``/
             ``kfac-mc`` (activations and backprops with real/Λ^{1/2}/sampled
             cotangents), ``batch`` (mini-batch gradients at ``batch_sizes``),
@@ -124,8 +124,8 @@ def capture(
         optimizer: ``sgd``, ``momentum`` or ``adam``; ``learning_rate`` its step size.
         seed: initialisation, capture examples, mini-batches and sampled labels.
         dtype: ``float32`` or ``float64`` (needs ``jax_enable_x64``).
-        model_options: keyword options for :func:`make_model` (names only).
-        row_axes: per-layer matricization overrides (see :mod:`.layout`).
+        model_options: keyword options for ``make_model`` (names only).
+        row_axes: per-layer matricization overrides (see ``.layout``).
         chunk_size: examples per jitted call (bounds memory).
         eval_samples: test examples for ``test_loss``/``test_accuracy``.
         callback: ``callback(step, step_tree)`` after each captured step is stored.
@@ -496,24 +496,27 @@ def capture_from_fn(
     """Capture for any JAX model given as functions.
 
     With ``apply_fn`` the dense and convolution layers are found in its jaxpr
-    (:mod:`.discover`): their weights are matricized with rows = output side whatever the
+    (``.discover``): their weights are matricized with rows = output side whatever the
     framework's layout, and the K-FAC targets are available for them (default layers:
     every discovered weight and bias).
 
     Args:
         params: the parameter pytree (the initialisation when training, ``steps`` > 0).
-        x, y: training inputs and labels (int classes for ``cross_entropy``, floats for
+        x: training inputs and labels (int classes for ``cross_entropy``, floats for
+            ``mse``); the captured examples are drawn from them.
+        y: training inputs and labels (int classes for ``cross_entropy``, floats for
             ``mse``); the captured examples are drawn from them.
         apply_fn: ``(params, x_batch) -> outputs (B, C)``; with ``loss`` (``cross_entropy``
-            or ``mse``, see :mod:`.ggn`) enables every non-K-FAC target.
+            or ``mse``, see ``.ggn``) enables every non-K-FAC target.
         loss_fn: alternatively ``(params, (x_batch, y_batch)) -> mean loss``: gradient
             targets only (``gradients``, ``batch``, ``trajectory``).
         steps: steps to capture at; ``(0,)`` captures ``params`` as given.
         name: model name stored as provenance.
-        x_test, y_test: optional evaluation data.
+        x_test: optional evaluation data.
+        y_test: optional evaluation data.
         layout: ``"auto"``, ``"flax"`` or ``"torch"``: the preset for parameters that are
-            not weights of a discovered layer (see :mod:`.layout`).
-        **kwargs: forwarded to :func:`capture` (``targets``, ``layers``, ``row_axes``,
+            not weights of a discovered layer (see ``.layout``).
+        **kwargs: forwarded to ``capture`` (``targets``, ``layers``, ``row_axes``,
             ``out``, …).
     """
     if (apply_fn is None) == (loss_fn is None):
@@ -547,8 +550,8 @@ def capture_model(model, x, y, *, loss: str, params=None, **kwargs) -> xr.DataTr
     """Capture for a Flax NNX / Linen or Equinox model (or a plain ``apply_fn``).
 
     The model's parameters, batched apply and layout preset come from
-    :func:`~precond_lab.capture.frameworks.as_apply`; everything else is
-    :func:`capture_from_fn` (K-FAC layers found in the jaxpr).
+    ``as_apply``; everything else is
+    ``capture_from_fn`` (K-FAC layers found in the jaxpr).
 
     Example::
 
@@ -557,10 +560,11 @@ def capture_model(model, x, y, *, loss: str, params=None, **kwargs) -> xr.DataTr
 
     Args:
         model: the model object (or a function ``apply_fn(params, x_batch)``).
-        x, y: inputs and labels (see :func:`capture_from_fn`).
+        x: inputs and labels (see ``capture_from_fn``).
+        y: inputs and labels (see ``capture_from_fn``).
         loss: ``"cross_entropy"`` or ``"mse"``.
         params: Linen variables or a plain function's parameters.
-        **kwargs: forwarded to :func:`capture_from_fn`.
+        **kwargs: forwarded to ``capture_from_fn``.
     """
     apply_fn, params, layout = as_apply(model, params)
     kwargs.setdefault("layout", layout)

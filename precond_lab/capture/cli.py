@@ -1,4 +1,4 @@
-"""``precond-lab capture``: the command-line front end of :func:`precond_lab.capture.capture`.
+"""``precond-lab capture``: the command-line front end of ``precond_lab.capture.capture``.
 
 Example::
 

@@ -63,12 +63,19 @@ class Dataset:
 
     Attributes:
         name: registry name (stored as provenance).
-        x_train, y_train, x_test, y_test: inputs (float, or int tokens) and labels (int
+        x_train: inputs (float, or int tokens) and labels (int
+            class indices for ``cross_entropy``, float vectors for ``mse``).
+        y_train: inputs (float, or int tokens) and labels (int
+            class indices for ``cross_entropy``, float vectors for ``mse``).
+        x_test: inputs (float, or int tokens) and labels (int
+            class indices for ``cross_entropy``, float vectors for ``mse``).
+        y_test: inputs (float, or int tokens) and labels (int
             class indices for ``cross_entropy``, float vectors for ``mse``).
         loss: ``"cross_entropy"`` or ``"mse"``.
         output_dim: number of classes or regression outputs.
         input_shape: shape of one example (channel-first for images).
-        vocab_size, context: for token datasets, else None.
+        vocab_size: for token datasets, else None.
+        context: for token datasets, else None.
         description: one line, stored as provenance.
     """
 
@@ -237,7 +244,7 @@ def _check_finite(a: np.ndarray, what: str) -> None:
 
 
 def from_arrays(x, y, *, loss: str, x_test=None, y_test=None, name: str = "user") -> Dataset:
-    """Wrap user arrays as a :class:`Dataset` (labels: int classes for CE, floats for MSE).
+    """Wrap user arrays as a ``Dataset`` (labels: int classes for CE, floats for MSE).
 
     Raises:
         ValueError: unknown loss, empty or mismatched arrays, labels of the wrong kind.

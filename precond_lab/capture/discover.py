@@ -1,6 +1,6 @@
 """Layer discovery: K-FAC factors for any JAX apply function, found in its jaxpr.
 
-:func:`discover` traces ``apply_fn(params, x)`` on a one-example batch to a jaxpr and
+``discover`` traces ``apply_fn(params, x)`` on a one-example batch to a jaxpr and
 matches the equations that make a Kronecker-factored layer:
 
 * ``dot_general`` with exactly one operand a parameter leaf (directly, or through
@@ -16,7 +16,7 @@ matches the equations that make a Kronecker-factored layer:
 * a bias: an ``add`` of a parameter leaf (through reshapes/broadcasts) to a matched output
   (through reshapes/transposes/squeezes), with one element per output feature.
 
-:func:`kfac_model` returns a :class:`~precond_lab.capture.models.Model` whose ``apply``
+``kfac_model`` returns a ``Model`` whose ``apply``
 re-evaluates that jaxpr, records each matched layer's activations ``a`` (``(in,)`` or
 ``(position, in)``, columns in the layout's order) and adds a zero perturbation, shaped
 ``(out,)`` or ``(position, out)``, to its output — the ``Tape`` contract, so the capture
@@ -100,7 +100,7 @@ class _Plan:
 
 @dataclasses.dataclass(frozen=True)
 class DiscoveredModel(Model):
-    """A :class:`Model` built by :func:`kfac_model`; ``layers`` lists what was found."""
+    """A ``Model`` built by ``kfac_model``; ``layers`` lists what was found."""
 
     layers: tuple[Layer, ...] = ()
 
@@ -370,7 +370,7 @@ def kfac_model(
     *,
     name: str = "user",
 ) -> DiscoveredModel:
-    """A capture :class:`Model` for ``apply_fn`` with K-FAC factors for its discovered layers.
+    """A capture ``Model`` for ``apply_fn`` with K-FAC factors for its discovered layers.
 
     Args:
         apply_fn: ``(params, x_batch) -> outputs (B, C)``.
@@ -431,7 +431,7 @@ def user_model(
         loss: ``"cross_entropy"`` or ``"mse"``.
         name: model name stored as provenance.
         kfac: K-FAC targets are requested (discovery must then find a layer).
-        layout: ``"auto"``, ``"flax"`` or ``"torch"`` (see :mod:`.layout`).
+        layout: ``"auto"``, ``"flax"`` or ``"torch"`` (see ``.layout``).
         row_axes: explicit per-parameter overrides.
 
     Raises:

@@ -2,12 +2,12 @@
 
 A dense (or weight-sharing) layer's per-example gradient is ``G = Σ_r δ_r a_rᵀ`` with the
 K-FAC inputs ``a`` (``kfac_activations``) and backprops ``δ`` (``kfac_backprops*``), and
-so are its exact and sampled Gauss–Newton pseudo-gradients (see :mod:`.kfac`). A capture
+so are its exact and sampled Gauss–Newton pseudo-gradients (see ``.kfac``). A capture
 with a K-FAC target therefore holds every per-example target of that layer in factored
-form: ``(N, [K,] T, m + n)`` numbers instead of ``(N, [K,] m, n)``. :func:`layer_target`
-returns a :class:`~precond_lab.targets.FactoredTarget` from them when that is smaller
+form: ``(N, [K,] T, m + n)`` numbers instead of ``(N, [K,] m, n)``. ``layer_target``
+returns a ``FactoredTarget`` from them when that is smaller
 (or when the dense array was not captured), and a
-:class:`~precond_lab.targets.SampleTarget` on the dense array otherwise.
+``SampleTarget`` on the dense array otherwise.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def layer_factors(node: xr.DataTree | xr.Dataset, kind) -> tuple[np.ndarray, np.
 def layer_target(
     node: xr.DataTree, kind, *, weights=None, mode: str = "auto", prefer_factors: bool = True
 ) -> Target | None:
-    """The :class:`~precond_lab.targets.Target` of a captured layer for ``kind``.
+    """The ``Target`` of a captured layer for ``kind``.
 
     Args:
         node: a captured layer group (e.g. ``tree["step_000000/layers/0/w"]``).
         kind: ``gradients``, ``ggn``, ``ggn-mc`` (factored when possible), or any other
-            kind :func:`~precond_lab.schema.layer_samples` knows (dense).
+            kind ``layer_samples`` knows (dense).
         weights: per-example weights (default ``1/N``, or the captured ``weight``).
-        mode: passed to :class:`~precond_lab.targets.FactoredTarget`.
+        mode: passed to ``FactoredTarget``.
         prefer_factors: use the factors whenever they are smaller than the dense array
             (always when the dense array is absent); False: the dense array if captured.
 

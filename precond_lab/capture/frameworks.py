@@ -1,9 +1,9 @@
 """Model objects of JAX frameworks as ``(apply_fn, params, layout)`` for capture.
 
-:func:`as_apply` turns a Flax NNX module, a Flax Linen module (with its variables), an
+``as_apply`` turns a Flax NNX module, a Flax Linen module (with its variables), an
 Equinox module or a plain ``apply_fn`` into a batched ``apply_fn(params, x_batch)``, the
 parameter pytree that capture differentiates, and the framework's layout preset
-(:data:`~precond_lab.capture.layout.LAYOUTS`): ``"flax"`` kernels are ``(in, out)`` /
+(``LAYOUTS``): ``"flax"`` kernels are ``(in, out)`` /
 HWIO, ``"torch"`` (Equinox, as PyTorch) weights ``(out, in)`` / OIHW. Neither framework
 is imported unless the object comes from it.
 """

@@ -1,13 +1,13 @@
 """Integrity of a capture store: checksummed chunks, deep verification, one writer at a time.
 
 * Every array the capture writes is encoded with ``zstd`` followed by zarr's ``crc32c``
-  codec (:data:`CHECKSUM_CODECS`), and every chunk is stored (``write_empty_chunks``), so
+  codec (``CHECKSUM_CODECS``), and every chunk is stored (``write_empty_chunks``), so
   a flipped bit, a truncated or garbage chunk, or a deleted chunk file can all be detected.
-  zarr verifies the checksum on every read; :func:`verify_group` reads every chunk of
-  every array of a group and turns any failure into a :class:`~precond_lab.errors.StoreError`
+  zarr verifies the checksum on every read; ``verify_group`` reads every chunk of
+  every array of a group and turns any failure into a ``StoreError``
   naming the array and the chunk.
-* :func:`check_step_finite` refuses a step holding NaN/Inf before it is committed.
-* :func:`writer_lock` is an exclusive lock (``fcntl.flock`` on ``.<run>.zarr.lock`` next to
+* ``check_step_finite`` refuses a step holding NaN/Inf before it is committed.
+* ``writer_lock`` is an exclusive lock (``fcntl.flock`` on ``.<run>.zarr.lock`` next to
   the store, holding the owner's pid): a second writer gets "in use by pid N"; a lock left
   by a killed process is stale (the kernel released it) and is taken over.
 """
@@ -111,7 +111,7 @@ def verify_group(
 
 
 def check_step_finite(tree: xr.DataTree, step: int) -> None:
-    """Raise :class:`NonFiniteError` if any float variable of a step's tree holds NaN/Inf.
+    """Raise ``NonFiniteError`` if any float variable of a step's tree holds NaN/Inf.
 
     The message names the step, the group (layer, ``checkpoint`` or the step root) and the
     quantity, and the first offending index along the leading dim.

@@ -1,4 +1,4 @@
-"""K-FAC factors: which :class:`~precond_lab.capture.models.Tape` layer owns a parameter.
+"""K-FAC factors: which ``Tape`` layer owns a parameter.
 
 For a captured weight ``"<layer>/w"`` (``m × n``) the stored factors are the layer inputs
 ``a`` (``kfac_activations``: ``(sample, in)`` or ``(sample, position, in)``) and the
@@ -15,7 +15,7 @@ are ``expand``: ``[Σ_n w_n (1/R) Σ_r a aᵀ] ⊗ [Σ_n w_n Σ_{c,r} δ δᵀ]`
 ``[Σ_n w_n â â ᵀ] ⊗ [Σ_n w_n Σ_c δ̂ δ̂ᵀ]`` with ``â = (1/R) Σ_r a_r``, ``δ̂ = Σ_r δ_r``
 (computed by ``precond_lab.estimators.kfac``, not here).
 
-Models from :func:`~precond_lab.capture.discover.kfac_model` (any JAX apply function, Flax,
+Models from ``kfac_model`` (any JAX apply function, Flax,
 Equinox) name their layers by the weight's path and map each weight and bias to its layer
 (``kfac_owners``); the factors follow the same conventions.
 """

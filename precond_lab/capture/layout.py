@@ -8,7 +8,7 @@ parameter shape       matrix
 ====================  =====================================================================
 ``()``                ``(1, 1)``
 ``(m,)`` (bias)       ``(m, 1)``
-``(m, n)``            unchanged (``out × in``, as :class:`~precond_lab.capture.models.Tape`)
+``(m, n)``            unchanged (``out × in``, as ``Tape``)
 ``(kh, kw, in, out)`` conv kernel in HWIO layout → ``(out, in·kh·kw)``, column
                       ``c·kh·kw + i·kw + j`` (the order of the built-in CNN)
 other (3-D, 5-D, …)   rows = axis 0, columns = the other axes flattened in order; e.g. an
@@ -18,13 +18,13 @@ other (3-D, 5-D, …)   rows = axis 0, columns = the other axes flattened in ord
 Any parameter can instead name its row axes explicitly (``row_axes={"path": (1, 2)}``):
 rows are those axes flattened in the given order, columns the remaining axes in order.
 
-Framework presets (:data:`LAYOUTS`, :func:`preset_row_axes`) name the output side of every
+Framework presets (``LAYOUTS``, ``preset_row_axes``) name the output side of every
 ``≥ 2``-d weight: ``"flax"`` kernels are ``(in, out)`` and ``(kh, kw, in, out)`` (HWIO), so
 rows = the last axis; ``"torch"`` (PyTorch, Equinox) weights are ``(out, in)`` and
-``(out, in, kh, kw)`` (OIHW), so rows = axis 0. :func:`precond_lab.capture.capture_model`
+``(out, in, kh, kw)`` (OIHW), so rows = axis 0. ``precond_lab.capture.capture_model``
 picks the preset from the model object, and layers found in the jaxpr
-(:mod:`.discover`) take their rows from the graph. A ``≥ 3``-d parameter matricized by the
-default rule (no preset, no override) raises a :class:`LayoutWarning`: its layout is a
+(``.discover``) take their rows from the graph. A ``≥ 3``-d parameter matricized by the
+default rule (no preset, no override) raises a ``LayoutWarning``: its layout is a
 guess.
 """
 
@@ -121,7 +121,7 @@ def preset_row_axes(shape: Sequence[int], layout: str) -> tuple[int, ...] | None
 
 
 def warn_guessed(shapes: Mapping[str, Sequence[int]], overrides: Mapping[str, Any]) -> None:
-    """Warn (:class:`LayoutWarning`) for each ``≥ 3``-d parameter with no explicit rows."""
+    """Warn (``LayoutWarning``) for each ``≥ 3``-d parameter with no explicit rows."""
     for p, shape in shapes.items():
         if len(shape) >= 3 and p not in overrides:
             rows = row_axes_for(shape)

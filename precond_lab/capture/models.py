@@ -1,10 +1,10 @@
 """Plain-JAX models for capture: an MLP, a CNN and a small transformer.
 
-Every model is a :class:`Model`: ``init(key) -> params`` (a pytree of dicts and lists of
+Every model is a ``Model``: ``init(key) -> params`` (a pytree of dicts and lists of
 arrays) and ``apply(params, x, tape) -> outputs`` for **one** example (batches go through
 ``jax.vmap``). Parameters are addressed by pytree path, written ``"layers/0/w"``.
 
-Kronecker-factored layers go through :meth:`Tape.linear`, which computes
+Kronecker-factored layers go through ``Tape.linear``, which computes
 ``s = W a (+ b)`` for an input ``a`` of shape ``(n,)`` or ``(P, n)`` (``P`` positions
 sharing the weight: image patches, tokens), records ``a`` and adds a zero perturbation to
 ``s`` so that its gradient is the output-side backprop ``δ = ∂ℓ/∂s``. The layer named
@@ -91,7 +91,7 @@ class Model:
             Outputs are logits ``(C,)`` for ``cross_entropy`` or predictions for ``mse``.
         loss: ``"cross_entropy"`` or ``"mse"``.
         config: JSON-serialisable settings (stored as a JSON string attribute).
-        tape_layers: names of :meth:`Tape.linear` layers (empty for user models that do
+        tape_layers: names of ``Tape.linear`` layers (empty for user models that do
             not use a tape; K-FAC targets then are unavailable).
         loss_fn: optional user loss ``(params, (x, y)) -> mean loss`` replacing
             ``apply`` + ``loss`` for gradient targets.
@@ -220,10 +220,10 @@ def _transformer(vocab, context, width, heads, blocks, dtype) -> Model:
 
 
 def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
-    """Build a named model sized for ``dataset`` (a :class:`~precond_lab.capture.data.Dataset`).
+    """Build a named model sized for ``dataset`` (a ``Dataset``).
 
     Args:
-        name: one of :data:`MODELS`.
+        name: one of ``MODELS``.
         dataset: provides ``input_shape``, ``output_dim``, ``loss`` (and ``vocab_size``,
             ``context`` for the transformer).
         dtype: parameter dtype (``"float64"`` needs ``jax_enable_x64``).

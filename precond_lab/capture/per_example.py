@@ -2,7 +2,7 @@
 
 For each example one forward pass ``jax.vjp`` is taken with respect to the selected
 parameters *and* the layers' output perturbations (see
-:class:`~precond_lab.capture.models.Tape`); every requested set of output cotangents is
+``Tape``); every requested set of output cotangents is
 pulled back through it with ``jax.vmap``:
 
 * real-label gradient ``∂ℓ/∂f`` → per-example gradients ``G_i`` and K-FAC ``δ``;
@@ -42,7 +42,7 @@ class Request:
         layers: parameter paths.
         targets: subset of ``gradients, ggn, ggn-mc, kfac, kfac-ggn, kfac-mc, batch``.
         mc_samples: ``k`` sampled labels per example.
-        row_axes: per-path matricization overrides (see :mod:`.layout`).
+        row_axes: per-path matricization overrides (see ``.layout``).
     """
 
     layers: tuple[str, ...]

@@ -49,11 +49,11 @@ Schema (``schema = "precond_lab.capture"``, ``schema_version = "1"``)::
 Each DataArray above with dims ``(sample, …, row, col)`` feeds
 ``precond_lab.targets.SampleTarget`` directly (lazily, chunk by chunk); the batch and
 trajectory arrays use their own leading dim (a DataTree child must align with its
-parent's ``sample``), renamed by :func:`as_samples`. Arrays are chunked
+parent's ``sample``), renamed by ``as_samples``. Arrays are chunked
 along ``sample``; every chunk of every array is stored (also all-zero ones) and carries a
-crc32c checksum (see :mod:`.integrity`), so corruption and deleted chunks are detected,
+crc32c checksum (see ``.integrity``), so corruption and deleted chunks are detected,
 and a step holding NaN/Inf is refused before it is written. One process writes at a time
-(:func:`writer_lock`). A step is written into a sibling temporary directory
+(``writer_lock``). A step is written into a sibling temporary directory
 (``.<run>.zarr.step_000050.tmp-*``) and renamed into place, so a crash never leaves a
 step that reads as whole; steps without ``complete = 1`` are treated as absent.
 """
@@ -165,7 +165,7 @@ def init_store(path, attrs: dict) -> None:
     """Create the root group, or check that an existing store has the same configuration.
 
     Removes temporary step directories left by a crashed writer, so the caller must hold
-    the :func:`writer_lock`.
+    the ``writer_lock``.
 
     Raises:
         StoreError: ``path`` holds something else, or a store written with a different
@@ -219,7 +219,7 @@ def write_step(path, step: int, tree: xr.DataTree, chunk_bytes: int = 1 << 24) -
     """Write one step's tree atomically (temporary sibling directory, then rename).
 
     Every array is checksummed and every chunk stored. The caller holds the
-    :func:`writer_lock`.
+    ``writer_lock``.
 
     Raises:
         NonFiniteError: the tree holds NaN/Inf (nothing is written).
@@ -301,7 +301,7 @@ def open_capture(path, *, load: bool = False, steps=None) -> xr.DataTree:
 
     Incomplete steps (no completion marker) are skipped with a warning. Every chunk file
     of the opened steps must exist; checksums are verified by zarr on each read (a
-    mismatch raises there; :func:`validate_store` names the damaged chunk).
+    mismatch raises there; ``validate_store`` names the damaged chunk).
 
     Args:
         path: the ``.zarr`` directory.
@@ -347,7 +347,7 @@ def _fail(where: str, msg: str):
 
 
 def validate_store(path, *, deep: bool = True, check_values: bool | None = None) -> list[int]:
-    """Check a capture store against :data:`SCHEMA`; return its complete steps.
+    """Check a capture store against ``SCHEMA``; return its complete steps.
 
     Every array of every step is checked (gradients, GGN and K-FAC arrays, checkpoint
     parameters and optimizer state, losses, outputs, labels, sample indices): it must

@@ -1,14 +1,14 @@
 """Kronecker (and diagonal) approximations of a gradient second moment / Gauss–Newton matrix.
 
 Every estimator takes the per-example matrices ``G`` (``(N, m, n)``; or a DataArray,
-or a :class:`~precond_lab.targets.Target` such as a dense ``(mn, mn)`` matrix) and the
+or a ``Target`` such as a dense ``(mn, mn)`` matrix) and the
 keyword ``weights=`` (default ``1/N``), and returns a structure from
-:mod:`precond_lab.structures`. Iterative estimators attach their convergence history
-as ``.info`` (:class:`~precond_lab.structures.FitInfo`).
+``precond_lab.structures``. Iterative estimators attach their convergence history
+as ``.info`` (``FitInfo``).
 
-:data:`ESTIMATORS` is the registry: one :class:`EstimatorSpec` per estimator (builder,
+``ESTIMATORS`` is the registry: one ``EstimatorSpec`` per estimator (builder,
 label, dense reference, the divergence it is optimal for), registered next to its
-definition; :func:`parse_estimator` reads spec strings such as ``"power_iteration(3)"``.
+definition; ``parse_estimator`` reads spec strings such as ``"power_iteration(3)"``.
 """
 
 # isort: off

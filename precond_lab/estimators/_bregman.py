@@ -15,7 +15,7 @@ stationary points satisfy
 
 where the expectation is over the damped target (``E[G B Gᵀ]`` gains ``λ tr(B) I``).
 One factor update is the *trace-power statistic* of the other factor; it is shared by
-the batch fit :func:`bregman_optimal`, the online estimators and the optimisers.
+the batch fit ``bregman_optimal``, the online estimators and the optimisers.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def trace_power_update(target, eigvals, eigvecs, q: float, side: str = "left"):
     """The stationarity update of one factor over a whole target.
 
     ``side="left"``: ``E[G R^{q−1} Gᵀ] / tr R^q`` over the target (a
-    :class:`~precond_lab.targets.Target` or ``(N, m, n)`` samples, weighted; a damped
+    ``Target`` or ``(N, m, n)`` samples, weighted; a damped
     target adds ``λ tr(R^{q−1}) I``), with ``R``'s eigenpairs; ``side="right"`` the twin
     ``E[Gᵀ L^{q−1} G] / tr L^q``. This is the exact minimiser of ``B_q(Σ+λI, L ⊗ R)``
     over one factor with the other held fixed.
@@ -236,18 +236,20 @@ def bregman_optimal(
 ) -> Kronecker:
     """The Kronecker ``L ⊗ R`` minimising ``B_q(Σ + λI, L ⊗ R)`` (trace-power family).
 
-    Alternating stationarity updates (:func:`trace_power_update`) from the identity
+    Alternating stationarity updates (``trace_power_update``) from the identity
     (or ``init``); each half-step is an exact block minimisation, so the objective
     decreases. The free scale ``(cL, R/c)`` is fixed by ``tr R = n`` during the
     iteration and the result is returned balanced. Special cases: ``q = 2`` is the
-    Frobenius optimum (:func:`frobenius_optimal`), ``q = 1`` Shampoo² ``L ⊗ R/tr Σ``
-    (reached after one sweep), ``q = 0`` the KL optimum (:func:`kl_optimal`).
+    Frobenius optimum (``frobenius_optimal``), ``q = 1`` Shampoo² ``L ⊗ R/tr Σ``
+    (reached after one sweep), ``q = 0`` the KL optimum (``kl_optimal``).
 
     Args:
         samples: ``(N, m, n)`` per-example matrices, a DataArray, or a Target.
         q: the trace power (any finite real; ``[0, 2]`` is the studied range).
         damping: ``λ ≥ 0`` added to the target.
-        weights, center, chunk_size: as for every estimator.
+        weights: as for every estimator.
+        center: as for every estimator.
+        chunk_size: as for every estimator.
         init: a Kronecker or ``(L0, R0)`` to start from instead of the identity.
         max_iter: maximum number of sweeps (one left and one right update each).
         tol: stop when the relative change of both factors is below ``tol`` (default
@@ -259,7 +261,7 @@ def bregman_optimal(
     Returns:
         ``Kronecker(left, right, scale)``; ``info.residuals`` holds the relative factor
         change per sweep and ``info.objective`` the ``Y``-dependent part of
-        ``B_q(Σ+λI, L⊗R)`` (:func:`bregman_objective`; the divergence up to a constant).
+        ``B_q(Σ+λI, L⊗R)`` (``bregman_objective``; the divergence up to a constant).
 
     Raises:
         FitNeedsDampingError: ``q < 1`` and a factor became singular (too few samples

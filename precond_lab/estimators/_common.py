@@ -10,7 +10,7 @@ __all__ = ["target_of", "default_tol"]
 
 
 def target_of(samples, weights=None, center: bool = False, chunk_size: int | None = None) -> Target:
-    """The :class:`~precond_lab.targets.Target` behind an estimator's input."""
+    """The ``Target`` behind an estimator's input."""
     return as_target(samples, weights, center=center, chunk_size=chunk_size)
 
 

@@ -65,8 +65,8 @@ def eigencorrected(
     Args:
         samples: per-example matrices or a Target.
         basis: where the eigenbasis comes from: ``None``/``"shampoo"`` (the
-            eigenvectors of Shampoo's ``L`` and ``R``), any :class:`Kronecker` (e.g.
-            ``kfac(...)`` or ``kl_optimal(...)``), an :class:`EigenKronecker`, or a tuple
+            eigenvectors of Shampoo's ``L`` and ``R``), any ``Kronecker`` (e.g.
+            ``kfac(...)`` or ``kl_optimal(...)``), an ``EigenKronecker``, or a tuple
             ``(Qa, Qb)`` of orthogonal matrices.
     """
     target = target_of(samples, weights, center, chunk_size)

@@ -48,7 +48,7 @@ def _ritz(alphas, betas, us, vs, rectangular):
 
     Returns ``(u, v, σ, relative residual)``; the residual of the square case is
     ``β_k |p_k|/σ``, the standard Golub–Kahan estimate of ``‖R(Σ)ᵀu − σv‖/σ``.
-    Host-side NumPy, like :func:`_orthogonalize` (the sizes change every step).
+    Host-side NumPy, like ``_orthogonalize`` (the sizes change every step).
     """
     k = len(alphas)
     cols = k + 1 if rectangular else k
@@ -212,7 +212,7 @@ def power_iteration(
     ``B_{k+1} ∝ E[Gᵀ A_{k+1} G]`` (``"gauss-seidel"``), each normalised to unit
     Frobenius norm. From the identity, one Jacobi step gives Shampoo's ``L`` and ``R``:
     Shampoo² is one power-iteration step (Morwani et al.). It converges to
-    :func:`frobenius_optimal` at rate ``σ₂/σ₁``.
+    ``frobenius_optimal`` at rate ``σ₂/σ₁``.
 
     Args:
         samples: per-example matrices or a Target.

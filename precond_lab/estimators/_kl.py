@@ -66,7 +66,7 @@ def _kl_init(init, m: int, n: int, dt):
 
 
 def _flip_flop(target, left, right, damping, tol, max_iter, max_condition):
-    """The block-coordinate sweeps of :func:`kl_optimal` from ``(left, right)``."""
+    """The block-coordinate sweeps of ``kl_optimal`` from ``(left, right)``."""
     m, n = target.matrix_shape
     dt = target.dtype
     eye_m, eye_n = jnp.eye(m, dtype=dt), jnp.eye(n, dtype=dt)
@@ -137,7 +137,7 @@ def kl_optimal(
         init: None or ``"identity"`` (the identity), or a Kronecker or ``(L0, R0)`` (m×m,
             n×n; ``R0`` positive definite) to start from.
         max_condition: a factor more ill-conditioned than this raises
-            :class:`~precond_lab.FitNeedsDampingError` (default ``0.01/eps``).
+            ``FitNeedsDampingError`` (default ``0.01/eps``).
 
     Returns:
         ``Kronecker(left, right, scale)``. ``info.residuals`` holds the relative change
@@ -149,7 +149,8 @@ def kl_optimal(
             samples for the matrix-normal MLE to exist).
         NotPositiveDefiniteError: the fit failed and ``Σ + λI`` is indefinite (negative
             weights; the smallest eigenvalue and the damping that would fix it are named).
-        ValueError, TypeError: a bad option (its name and valid range in the message).
+        ValueError: a bad option (its name and valid range in the message).
+        TypeError: a bad option (its name and valid range in the message).
     """
     damping = check_number(damping, "damping", low=0.0)
     max_iter = check_number(max_iter, "max_iter", low=1, integer=True)

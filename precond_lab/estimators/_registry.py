@@ -1,9 +1,9 @@
-"""The estimator registry: one :class:`EstimatorSpec` per estimator, and the one spec parser.
+"""The estimator registry: one ``EstimatorSpec`` per estimator, and the one spec parser.
 
 Each estimator module registers its estimators next to their definitions with
-:func:`register`. Everything that lists, labels or builds estimators by name — the sweep
-(:func:`precond_lab.sweep.evaluate`), the figures, the demo, the benchmark, the studies —
-reads :data:`ESTIMATORS`, so a new estimator appears everywhere once it is registered.
+``register``. Everything that lists, labels or builds estimators by name — the sweep
+(``precond_lab.sweep.evaluate``), the figures, the demo, the benchmark, the studies —
+reads ``ESTIMATORS``, so a new estimator appears everywhere once it is registered.
 
 A spec string names an estimator with optional arguments and fit source::
 
@@ -65,9 +65,9 @@ class EstimatorSpec:
         builder: ``builder(ctx: FitContext, *args, **kwargs) -> Structure``; the arguments
             come from the spec string.
         label: the name in figures and tables (``"KL-optimal (KL-Shampoo)"``).
-        optimal_for: the metric (a :data:`precond_lab.metrics.METRICS` name) that this
+        optimal_for: the metric (a ``precond_lab.metrics.METRICS`` name) that this
             estimator minimises over its family, or None.
-        reference: the name of its dense float64 twin in :mod:`precond_lab.reference`.
+        reference: the name of its dense float64 twin in ``precond_lab.reference``.
         summary: one sentence: what it computes.
         color: its figure style (None: assigned from the palette by order).
         marker: its figure style (None: assigned from the palette by order).
@@ -89,7 +89,7 @@ class EstimatorSpec:
 
     @property
     def example(self) -> str:
-        """A representative spec string (name plus :attr:`example_args`)."""
+        """A representative spec string (name plus ``example_args``)."""
         return self.name + self.example_args
 
 
@@ -98,7 +98,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {}
 
 
 def register(spec: EstimatorSpec) -> EstimatorSpec:
-    """Add ``spec`` to :data:`ESTIMATORS` (a name may be registered once)."""
+    """Add ``spec`` to ``ESTIMATORS`` (a name may be registered once)."""
     if spec.name in ESTIMATORS:
         raise ValueError(f"estimator {spec.name!r} is already registered")
     if not re.fullmatch(r"[A-Za-z_]\w*", spec.name):
@@ -169,7 +169,7 @@ def _literal(text: str):
 
 
 def parse_estimator(item) -> ParsedEstimator:
-    """Parse ``"name(arg, key=value)@kind"`` against :data:`ESTIMATORS`, or a ``(name, fn)`` pair.
+    """Parse ``"name(arg, key=value)@kind"`` against ``ESTIMATORS``, or a ``(name, fn)`` pair.
 
     Raises:
         ValueError: malformed spec or unknown estimator name (the message lists them).

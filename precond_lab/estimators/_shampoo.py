@@ -16,7 +16,7 @@ def shampoo(
     """Shampoo's implicit approximation ``L^{1/2} ⊗ R^{1/2}``.
 
     ``L = E[G Gᵀ]`` (m×m) and ``R = E[Gᵀ G]`` (n×n). Morwani et al. argue that it is
-    the square of this, :func:`shampoo_squared`, that approximates ``Σ``; for an exact
+    the square of this, ``shampoo_squared``, that approximates ``Σ``; for an exact
     Kronecker ``Σ`` this one is proportional to ``Σ^{1/2}``.
 
     Args:

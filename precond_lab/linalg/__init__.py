@@ -1,12 +1,12 @@
 """Matrix functions of SPD matrices, their precision harness, and the spectral helpers.
 
-* :func:`matrix_power` / :func:`inverse_root` / :func:`apply_matrix_power`: damped
+* ``matrix_power`` / ``inverse_root`` / ``apply_matrix_power``: damped
   powers by eigendecomposition, Cholesky, coupled Newton, Newton–Schulz, IF-Shampoo's
-  inverse-free update or QR eigenbasis refresh, each with a :class:`MatrixFunctionInfo`.
-* :func:`qr_refresh_step`: one power step + QR (KL-Shampoo / SOAP basis refresh).
-* :func:`precision_study`: an ``xarray.Dataset`` of errors against float64 ground truth.
-* :func:`symmetrize`, :func:`eigh_sym`, :func:`psd_function`, :func:`psd_power`,
-  :func:`psd_sqrt`: exact eigendecomposition-based helpers.
+  inverse-free update or QR eigenbasis refresh, each with a ``MatrixFunctionInfo``.
+* ``qr_refresh_step``: one power step + QR (KL-Shampoo / SOAP basis refresh).
+* ``precision_study``: an ``xarray.Dataset`` of errors against float64 ground truth.
+* ``symmetrize``, ``eigh_sym``, ``psd_function``, ``psd_power``,
+  ``psd_sqrt``: exact eigendecomposition-based helpers.
 """
 
 from ._api import METHODS, apply_matrix_power, inverse_root, matrix_power

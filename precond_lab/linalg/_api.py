@@ -1,7 +1,7 @@
 """Public matrix functions: damped powers of SPD matrices by several methods.
 
 ``matrix_power(s, exponent, damping, method=...)`` computes ``(S + λI)^exponent`` and
-returns it with a :class:`MatrixFunctionInfo`. Methods and the exponents they support:
+returns it with a ``MatrixFunctionInfo``. Methods and the exponents they support:
 
 =================  ==========================  ====================================
 method             exponents                   needs
@@ -15,7 +15,7 @@ method             exponents                   needs
 =================  ==========================  ====================================
 
 The work runs at the input's dtype. A method whose JAX routine does not support the
-dtype raises :class:`UnsupportedDtypeError`; ``upcast="float32"`` runs it at float32
+dtype raises ``UnsupportedDtypeError``; ``upcast="float32"`` runs it at float32
 on purpose and says so in ``info.compute_dtype``. Nothing is upcast silently.
 """
 
@@ -88,7 +88,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _check_arguments(method, exponent, damping, tol, max_iter, options) -> None:
-    """Types and ranges of every argument of :func:`matrix_power` (named in the message)."""
+    """Types and ranges of every argument of ``matrix_power`` (named in the message)."""
     check_number(exponent, "exponent")
     check_number(damping, "damping", low=0.0)
     if tol is not None:
@@ -212,25 +212,25 @@ def matrix_power(
         s: symmetric ``d×d`` matrix at float64/float32/bfloat16/float16.
         exponent: the power (e.g. ``-0.5`` for the inverse square root, ``-1`` inverse).
         damping: ``λ ≥ 0`` added to the eigenvalues.
-        method: one of :data:`METHODS` (see the module docstring).
+        method: one of ``METHODS`` (see the module docstring).
         upcast: ``None`` (run at ``s.dtype``, raise if unsupported) or a dtype name such
             as ``"float32"``: run at that dtype and cast the result back to ``s.dtype``.
-        tol: residual tolerance of the iterations (default :func:`default_tol`).
+        tol: residual tolerance of the iterations (default ``default_tol``).
         max_iter: iteration cap (default 100; 500 for ``if_shampoo``).
         check: validate the input (finite, symmetric, ``S + λI`` SPD); costs one float64
             Cholesky on the host.
-        strict: raise :class:`ConvergenceError` instead of returning an unconverged result.
+        strict: raise ``ConvergenceError`` instead of returning an unconverged result.
         **options: ``beta`` and ``normalize`` for ``if_shampoo`` (default 1.0, True);
             ``basis`` (start basis, default I) and ``steps`` (default 1) for ``qr_refresh``.
 
     Returns:
-        ``(result, info)``: the matrix at ``s.dtype`` and a :class:`MatrixFunctionInfo`.
+        ``(result, info)``: the matrix at ``s.dtype`` and a ``MatrixFunctionInfo``.
 
     Raises:
         ValueError: unknown method, an exponent the method cannot compute, a NaN or
             out-of-range argument (``damping < 0``, ``tol < 0``, ``max_iter < 1``,
             ``steps < 1``, ``beta ≤ 0``).
-        TypeError: an unknown keyword option (see :data:`OPTIONS`), or a non-number.
+        TypeError: an unknown keyword option (see ``OPTIONS``), or a non-number.
         UnsupportedDtypeError: the method's JAX routine does not run at ``s.dtype``.
         NotSymmetricError, NotPositiveDefiniteError, NonFiniteError: bad input.
     """
@@ -265,7 +265,7 @@ def matrix_power(
 def inverse_root(
     s, p: float, damping: float = 0.0, **kwargs
 ) -> tuple[jax.Array, MatrixFunctionInfo]:
-    """``(S + λI)^{-p}``: shorthand for :func:`matrix_power` with ``exponent = -p``."""
+    """``(S + λI)^{-p}``: shorthand for ``matrix_power`` with ``exponent = -p``."""
     return matrix_power(s, -p, damping, **kwargs)
 
 

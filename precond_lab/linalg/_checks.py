@@ -47,7 +47,7 @@ DTYPES: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
 _TOL = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
 
 
-#: The :class:`~precond_lab.errors.Status` of each ``MatrixFunctionInfo.stop`` reason.
+#: The ``Status`` of each ``MatrixFunctionInfo.stop`` reason.
 STOP_STATUS: dict[str, Status] = {
     "converged": Status.OK,
     "floor": Status.OK,
@@ -70,7 +70,7 @@ class MatrixFunctionInfo:
         iterations: iterations performed (0 for direct methods).
         converged: whether the residual met ``tol`` (True for direct methods that
             returned a finite result); the same as ``status is Status.OK``.
-        status: the :class:`~precond_lab.errors.Status`: ``OK`` (stop ``"converged"``,
+        status: the ``Status``: ``OK`` (stop ``"converged"``,
             ``"floor"`` or ``"direct"``), ``NOT_CONVERGED`` (``"max_iter"``),
             ``STAGNATED`` (``"stagnated"``) or ``NONFINITE`` (``"nonfinite"``).
         stop: why the method stopped: ``"converged"``, ``"floor"`` (the residual stopped
@@ -139,7 +139,7 @@ def dtype_support(op: str, dtype) -> str:
 
 
 def require_dtype(ops: tuple[str, ...], dtype, method: str) -> None:
-    """Raise :class:`UnsupportedDtypeError` unless every op runs natively at ``dtype``."""
+    """Raise ``UnsupportedDtypeError`` unless every op runs natively at ``dtype``."""
     for op in ops:
         support = dtype_support(op, dtype)
         if support != "native":

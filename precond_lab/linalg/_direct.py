@@ -1,7 +1,7 @@
 """Factorization-based kernels: eigendecomposition, Cholesky and the QR eigenbasis refresh.
 
 All kernels are jitted and run at the dtype of their input; whether JAX supports
-that dtype is decided by the caller (:func:`precond_lab.linalg._checks.require_dtype`).
+that dtype is decided by the caller (``precond_lab.linalg._checks.require_dtype``).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def precision_study(
     refreshed every few optimizer steps, and takes ``qr_steps`` power steps.
 
     Args:
-        methods: method names (see :func:`precond_lab.linalg.matrix_power`).
+        methods: method names (see ``precond_lab.linalg.matrix_power``).
         dtypes: dtype names.
         conds: condition numbers of ``S`` (before damping).
         dims: matrix sizes.
@@ -113,7 +113,7 @@ def precision_study(
         ``rel_error`` (vs the truth of the float64 ``S``), ``rel_error_rounded_input`` (vs
         the float64 truth of ``S`` rounded to the dtype: the algorithm's own error),
         ``vec_rel_error`` (of ``(S+λI)^{-p} v`` for a Gaussian ``v``), ``status``
-        (:attr:`Status.code <precond_lab.errors.Status.code>` integers, listed in the
+        (``Status.code`` integers, listed in the
         ``status_codes`` attribute: ``Status.from_code(c)`` reads one back; ``NOT_SPD`` is
         an input not SPD once rounded to the dtype, ``UNSUPPORTED_EXPONENT`` a power the
         method cannot compute, ``NOT_APPLICABLE`` a cell not run), ``iterations``,

@@ -9,13 +9,13 @@ after ``max_iter`` updates; the iterate with the smallest residual is returned.
 
 Kernels and residuals (each residual is the max-abs entry of a matrix that tends to 0):
 
-* :func:`coupled_newton` — Guo–Higham coupled Newton for ``a^{-1/r}``:
+* ``coupled_newton`` — Guo–Higham coupled Newton for ``a^{-1/r}``:
   ``T = ((r+1)I − M)/r``, ``M ← T^r M``, ``X ← X T`` from ``M₀ = z a``, ``X₀ = z^{1/r} I``
   with ``z = (1+r)/(2c)`` and ``c ≥ λ_max(a)``; residual ``M − I``.
-* :func:`newton_schulz_inverse` — ``X ← X(2I − aX)``, ``X₀ = I/c``; residual ``aX − I``.
-* :func:`newton_schulz_sqrt` — coupled ``Y ← YT``, ``Z ← TZ``, ``T = (3I − ZY)/2`` from
+* ``newton_schulz_inverse`` — ``X ← X(2I − aX)``, ``X₀ = I/c``; residual ``aX − I``.
+* ``newton_schulz_sqrt`` — coupled ``Y ← YT``, ``Z ← TZ``, ``T = (3I − ZY)/2`` from
   ``Y₀ = a/c``, ``Z₀ = I``: ``Z → (a/c)^{-1/2}``, ``Y → (a/c)^{1/2}``; residual ``ZY − I``.
-* :func:`if_shampoo_inverse` — IF-Shampoo's multiplicative inverse-factor update for one
+* ``if_shampoo_inverse`` — IF-Shampoo's multiplicative inverse-factor update for one
   factor: ``m = ½(Cᵀ a C − I)``, ``C ← C(I − β m)`` (step divided by ``max(1, ‖m‖_F)``
   when ``normalize``), ``C₀ = I/√c``; at the fixed point ``CCᵀ = a^{-1}``. With
   ``a = S + λI`` this is exactly IF-Shampoo's ``m_C = ½(CᵀSC + λ CᵀC − I)`` (P2) for a

@@ -2,7 +2,7 @@
 
 These are the exact (eigendecomposition-based) matrix functions. Iterative and
 inverse-free alternatives, and the precision harness that compares them, live in
-the other modules of :mod:`precond_lab.linalg`.
+the other modules of ``precond_lab.linalg``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def psd_power(a: jax.Array, p: float, damping: float = 0.0) -> jax.Array:
 
     Negative eigenvalues within round-off of zero are clipped to zero before the
     damping is added; a genuinely indefinite input or a singular one raised to a
-    negative power without damping raises :class:`ValueError`.
+    negative power without damping raises ``ValueError``.
     """
     w, q = eigh_sym(a)
     scale = jnp.max(jnp.abs(w))

@@ -1,7 +1,7 @@
 """Approximation-quality metrics: exact, matrix-free (never an ``mn × mn`` array).
 
 Each metric takes the target (per-example matrices ``G``, a DataArray or a
-:class:`~precond_lab.targets.Target`) and a structure, plus ``weights=``. To score
+``Target``) and a structure, plus ``weights=``. To score
 many approximations of one target, build the target once
 (``precond_lab.SampleTarget(G)``): its Frobenius norm and spectrum are cached.
 

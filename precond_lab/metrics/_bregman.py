@@ -68,15 +68,15 @@ def bregman_divergence(
     """The trace-power Bregman divergence ``B_q(Σ + λI, S + μI)``.
 
     ``q = 2``: ``½‖X − Y‖²_F``; ``q = 1``: von Neumann
-    (:func:`~precond_lab.metrics.von_neumann_divergence`); ``q = ½``: the square-root
+    (``von_neumann_divergence``); ``q = ½``: the square-root
     divergence of PSGD-Kron; ``q = 0``: LogDet
-    (:func:`~precond_lab.metrics.logdet_divergence`, ``= 2·KL``). The Kronecker
-    minimiser over ``S`` is :func:`~precond_lab.estimators.bregman_optimal` with the
+    (``logdet_divergence``, ``= 2·KL``). The Kronecker
+    minimiser over ``S`` is ``bregman_optimal`` with the
     same ``q`` and ``damping``.
 
     Args:
         target: per-example matrices (``(N, m, n)``), a DataArray, or a Target.
-        approx: a structure from :mod:`precond_lab.estimators`.
+        approx: a structure from ``precond_lab.estimators``.
         q: the trace power (finite real).
         damping: ``λ ≥ 0`` on the target.
         approx_damping: ``μ ≥ 0`` on the approximation (default 0).

@@ -11,7 +11,7 @@ __all__ = ["prepare", "rotated_target_diagonal"]
 def prepare(
     target, approx, weights=None, center=False, chunk_size=None
 ) -> tuple[Target, Structure]:
-    """Validate ``(target, approx)`` and turn the target into a :class:`Target`."""
+    """Validate ``(target, approx)`` and turn the target into a ``Target``."""
     t = as_target(target, weights, center=center, chunk_size=chunk_size)
     if not isinstance(approx, Structure):
         raise TypeError(

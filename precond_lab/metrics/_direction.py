@@ -66,7 +66,7 @@ def exact_direction(
     """``(Σ + λI)^{-p} g`` for ``g`` of shape ``(…, m, n)``, from the eigenpairs of ``Σ``.
 
     Args:
-        target: a :class:`~precond_lab.targets.Target` or ``(N, m, n)`` samples.
+        target: a ``Target`` or ``(N, m, n)`` samples.
         gradient: ``(…, m, n)`` matrices ``g``.
         p: the power (``1/2`` root, ``1`` root-free).
         damping: ``λ ≥ 0``.
@@ -75,7 +75,8 @@ def exact_direction(
     Raises:
         FitNeedsDampingError: ``λ = 0`` while ``Σ`` is singular and ``p > 0``.
         NotPositiveDefiniteError: ``Σ + λI`` is indefinite (negative sample weights).
-        NonFiniteError, ValueError: a NaN/Inf gradient, or one of the wrong shape.
+        NonFiniteError: a NaN/Inf gradient, or one of the wrong shape.
+        ValueError: a NaN/Inf gradient, or one of the wrong shape.
     """
     target = as_target(target)
     spec = target.eigh(vectors=True) if spectrum is None else spectrum
@@ -146,7 +147,7 @@ def direction_quality(
         spectrum: precomputed ``target.eigh(vectors=True)``.
 
     Returns:
-        :class:`DirectionQuality` (arrays with the gradient's leading shape).
+        ``DirectionQuality`` (arrays with the gradient's leading shape).
     """
     target = as_target(target)
     if tuple(approx.matrix_shape) != tuple(target.matrix_shape):

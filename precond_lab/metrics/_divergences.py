@@ -114,10 +114,10 @@ def forward_kl_from_spectra(
     values, delta, mu, dim, damping, approx_damping, rescale=False, floor=0.0, logdet_x=None
 ):
     """Forward KL from the approximation's eigenvalues ``D``, ``δ = diag(QᵀΣQ)`` and the
-    target's ``log det(Σ+λI)`` (``logdet_x``, e.g. :meth:`Target.logdet`), or its
+    target's ``log det(Σ+λI)`` (``logdet_x``, e.g. ``Target.logdet``), or its
     eigenvalues ``μ`` when ``logdet_x`` is None.
 
-    Shared by :func:`kl_divergence` and :func:`~precond_lab.metrics.score`.
+    Shared by ``kl_divergence`` and ``score``.
     """
     check_spectrum(values, -1.0, approx_damping, "approximation")
     trace_term, logdet = _forward_terms(values, delta, damping, approx_damping)
@@ -158,17 +158,17 @@ def kl_divergence(
     """Gaussian KL divergence between ``X = Σ + λI`` and ``Y = S + μI``.
 
     * ``direction="forward"``: ``KL(N(0, X) ‖ N(0, Y))`` — with ``μ = 0`` exactly the
-      objective that :func:`~precond_lab.estimators.kl_optimal` minimises (P1), the
+      objective that ``kl_optimal`` minimises (P1), the
       matrix-normal likelihood;
     * ``direction="reverse"``: ``KL(N(0, Y) ‖ N(0, X))``.
 
     Args:
         target: per-example matrices (``(N, m, n)``), a DataArray, or a Target.
-        approx: a structure from :mod:`precond_lab.estimators`.
+        approx: a structure from ``precond_lab.estimators``.
         damping: ``λ ≥ 0`` on the target. A singular target (``N < mn``) needs ``λ > 0``.
         approx_damping: ``μ ≥ 0`` on the approximation (default 0: ``S`` as given, which
             is the objective ``kl_optimal(damping=λ)`` minimises). See "Damping" in
-            :mod:`precond_lab.metrics`.
+            ``precond_lab.metrics``.
         direction: ``"forward"`` or ``"reverse"``.
         rescale: evaluate at the KL-optimal scalar ``c·S`` instead of ``S``.
 
@@ -238,7 +238,7 @@ def von_neumann_divergence(
 ):
     """``D_vN(X, Y) = tr(X log X − X log Y − X + Y)`` with ``X = Σ+λI``, ``Y = S+μI``.
 
-    ``L ⊗ R / tr Σ`` (:func:`~precond_lab.estimators.shampoo_squared`) is its exact
+    ``L ⊗ R / tr Σ`` (``shampoo_squared``) is its exact
     minimiser over Kronecker products when ``λ = μ = 0``. ``0 log 0 = 0``,
     so a singular target is fine; ``S + μI`` must be positive definite.
     """

@@ -1,9 +1,9 @@
-"""The metric registry: one :class:`MetricSpec` per metric, registered next to its definition.
+"""The metric registry: one ``MetricSpec`` per metric, registered next to its definition.
 
-The sweep, the figures, the demo and the benchmark read :data:`METRICS` for a metric's
+The sweep, the figures, the demo and the benchmark read ``METRICS`` for a metric's
 label, its direction ("lower is better") and its dense reference, so a new metric is
-listed everywhere once registered. :data:`SCORE_NAMES` (the keys of
-:func:`~precond_lab.metrics.score`) are the registered metrics with ``in_score=True``.
+listed everywhere once registered. ``SCORE_NAMES`` (the keys of
+``score``) are the registered metrics with ``in_score=True``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ class MetricSpec:
         symbol: a short math label for axes whose title names the metric.
         lower_is_better: True for errors and divergences, False for similarities,
             None for quantities that are not a quality (the optimal scales).
-        reference: the name of its dense float64 twin in :mod:`precond_lab.reference`.
-        function: the public function of :mod:`precond_lab.metrics` that computes it
+        reference: the name of its dense float64 twin in ``precond_lab.reference``.
+        function: the public function of ``precond_lab.metrics`` that computes it
             alone, and ``function_kwargs`` for it (e.g. ``rescale=True``).
-        in_score: computed by :func:`~precond_lab.metrics.score` (one pass).
+        in_score: computed by ``score`` (one pass).
         reference_kwargs: keyword arguments for the reference (e.g. ``rescale=True``).
     """
 
@@ -46,7 +46,7 @@ METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` to :data:`METRICS` (a name may be registered once)."""
+    """Add ``spec`` to ``METRICS`` (a name may be registered once)."""
     if spec.name in METRICS:
         raise ValueError(f"metric {spec.name!r} is already registered")
     METRICS[spec.name] = spec
@@ -54,5 +54,5 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
 
 
 def score_names() -> tuple[str, ...]:
-    """The registered metrics that :func:`~precond_lab.metrics.score` returns, in order."""
+    """The registered metrics that ``score`` returns, in order."""
     return tuple(name for name, spec in METRICS.items() if spec.in_score)

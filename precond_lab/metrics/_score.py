@@ -19,7 +19,7 @@ from ._registry import score_names
 
 __all__ = ["score", "SCORE_NAMES"]
 
-#: The keys of :func:`score`: the registered metrics with ``in_score=True``.
+#: The keys of ``score``: the registered metrics with ``in_score=True``.
 SCORE_NAMES = score_names()
 _KL_KEYS = ("kl", "kl_rescaled", "kl_scale")
 
@@ -72,13 +72,13 @@ def score(
     ``approx`` may be a list of structures, scored with one pass over the samples for all
     of them (then a list of dicts is returned).
 
-    ``metrics`` (default: all of :data:`SCORE_NAMES`) names the keys wanted; the target's
+    ``metrics`` (default: all of ``SCORE_NAMES``) names the keys wanted; the target's
     spectrum (eigenvalues of its Gram matrix) is computed only when the von Neumann key
     is asked for, ``log det(Σ+λI)`` (one Cholesky when ``λ > 0``) only for KL keys. The
     values do not depend on which others are asked for.
 
     Returns:
-        A dict with the keys of :data:`SCORE_NAMES` (or those of ``metrics``): ``cosine``,
+        A dict with the keys of ``SCORE_NAMES`` (or those of ``metrics``): ``cosine``,
         ``relative_frobenius``
         (``c = 1``), ``relative_frobenius_rescaled`` and ``frobenius_scale`` (``c*``),
         ``kl`` / ``kl_rescaled`` / ``kl_scale`` (forward ``KL(Σ+λI ‖ c·S+μI)``; ``inf``

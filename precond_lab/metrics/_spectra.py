@@ -23,7 +23,8 @@ def spectrum(x, *, k: int | None = None, weights=None, center=False, chunk_size=
         k: keep only the ``k`` largest (an integer ``≥ 1``).
 
     Raises:
-        ValueError, TypeError: ``k`` is not an integer ``≥ 1``.
+        ValueError: ``k`` is not an integer ``≥ 1``.
+        TypeError: ``k`` is not an integer ``≥ 1``.
     """
     if k is not None:
         k = check_number(k, "k", low=1, integer=True)

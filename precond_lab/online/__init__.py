@@ -1,18 +1,18 @@
 """Online (EMA) estimators of Shampoo, KL-Shampoo, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam.
 
-Each estimator is an optax-style :class:`OnlineEstimator` built by a factory that holds
+Each estimator is an optax-style ``OnlineEstimator`` built by a factory that holds
 the hyper-parameters in its closure, e.g. ``est = kl_shampoo(beta=0.98, frequency=10)``:
 
-* ``state = est.init(G0)``: a ``NamedTuple`` state (e.g. :class:`KLShampooState`), a
+* ``state = est.init(G0)``: a ``NamedTuple`` state (e.g. ``KLShampooState``), a
   pytree of arrays;
 * ``state = est.update(state, G)``: one step (jitted; ``G`` is ``(m, n)`` or a
   per-example batch ``(N, m, n)``); works under ``jax.jit`` and ``lax.scan``;
-* ``est.approximation(state)``: the :class:`~precond_lab.structures.Structure`
+* ``est.approximation(state)``: the ``Structure``
   approximating ``Σ`` (so the core metrics apply); ``est.power`` is the power the
   optimizer applies.
 
-:data:`ESTIMATORS` maps names to factories; :func:`run_online` scores estimators on a
-stream and reports each cell's :class:`~precond_lab.errors.Status`.
+``ESTIMATORS`` maps names to factories; ``run_online`` scores estimators on a
+stream and reports each cell's ``Status``.
 """
 
 from ._bregman import bregman_shampoo, f_shampoo, sq_shampoo, vn_shampoo

@@ -1,11 +1,11 @@
 """Online trace-power Shampoo: F-, VN-, SQ- and KL-Shampoo as one EMA estimator.
 
 The factors follow an EMA of the trace-power statistic of the other factor's
-eigen-approximation ``Ŝ = Q diag(λ) Qᵀ`` (:func:`~precond_lab.estimators.trace_power_statistic`,
+eigen-approximation ``Ŝ = Q diag(λ) Qᵀ`` (``trace_power_statistic``,
 the stationarity map of ``min B_q(Σ, L⊗R)``), with KL-Shampoo's recipe otherwise:
 eigenvalues tracked by their own EMA in the current basis, bases refreshed every
 ``frequency`` steps by one power step + QR. ``q = 0`` is exactly
-:func:`~precond_lab.online.kl_shampoo`; ``q = ½`` SQ-, ``q = 1`` VN-, ``q = 2`` F-Shampoo.
+``kl_shampoo``; ``q = ½`` SQ-, ``q = 1`` VN-, ``q = 2`` F-Shampoo.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def bregman_shampoo(
     damping: float = 0.0,
     clamp: bool = True,
 ) -> OnlineEstimator:
-    """Trace-power Shampoo with power ``q`` (state :class:`~precond_lab.online.KLShampooState`).
+    """Trace-power Shampoo with power ``q`` (state ``KLShampooState``).
 
     ``init`` (the first gradient, no eigenvalue update): ``S_a = (1−β) G0G0ᵀ/n``,
     ``S_b = (1−β) G0ᵀG0/m`` (the statistic with identity factors), bases from ``eigh``,
@@ -56,8 +56,16 @@ def bregman_shampoo(
 
     Args:
         q: the trace power (0: KL, ½: SQ, 1: VN, 2: F).
-        beta, frequency, init_factor, damping, clamp: as in
-            :func:`~precond_lab.online.kl_shampoo`.
+        beta: as in
+            ``kl_shampoo``.
+        frequency: as in
+            ``kl_shampoo``.
+        init_factor: as in
+            ``kl_shampoo``.
+        damping: as in
+            ``kl_shampoo``.
+        clamp: as in
+            ``kl_shampoo``.
     """
     q, beta, frequency = float(q), float(beta), int(frequency)
     init_factor, kappa, clamp = float(init_factor), float(damping), bool(clamp)
@@ -108,15 +116,15 @@ def bregman_shampoo(
 
 
 def f_shampoo(**kwargs) -> OnlineEstimator:
-    """F-Shampoo: :func:`bregman_shampoo` at ``q = 2`` (Frobenius)."""
+    """F-Shampoo: ``bregman_shampoo`` at ``q = 2`` (Frobenius)."""
     return bregman_shampoo(2.0, **kwargs)
 
 
 def vn_shampoo(**kwargs) -> OnlineEstimator:
-    """VN-Shampoo: :func:`bregman_shampoo` at ``q = 1`` (von Neumann)."""
+    """VN-Shampoo: ``bregman_shampoo`` at ``q = 1`` (von Neumann)."""
     return bregman_shampoo(1.0, **kwargs)
 
 
 def sq_shampoo(**kwargs) -> OnlineEstimator:
-    """SQ-Shampoo: :func:`bregman_shampoo` at ``q = ½`` (square root; PSGD-Kron's objective)."""
+    """SQ-Shampoo: ``bregman_shampoo`` at ``q = ½`` (square root; PSGD-Kron's objective)."""
     return bregman_shampoo(0.5, **kwargs)

@@ -64,7 +64,9 @@ def initialisation_response(
     Args:
         gradients: ``(T, m, n)`` gradients.
         s0_values: initial values to compare.
-        beta2, damping, batch_size: RF-RMSProp hyper-parameters.
+        beta2: RF-RMSProp hyper-parameters.
+        damping: RF-RMSProp hyper-parameters.
+        batch_size: RF-RMSProp hyper-parameters.
 
     Returns:
         ``{s₀: (T,) step norms}``.

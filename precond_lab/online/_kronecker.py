@@ -1,8 +1,8 @@
 """Online Kronecker estimators: Shampoo, KL-Shampoo, SOAP and KL-SOAP (P1, SOAP).
 
-Each factory returns an :class:`~precond_lab.online.OnlineEstimator` whose state is a
-``NamedTuple`` (:class:`ShampooState`, :class:`KLShampooState`, :class:`SOAPState`,
-:class:`KLSOAPState`). Hyper-parameter convention: ``beta`` is the weight of the *old*
+Each factory returns an ``OnlineEstimator`` whose state is a
+``NamedTuple`` (``ShampooState``, ``KLShampooState``, ``SOAPState``,
+``KLSOAPState``). Hyper-parameter convention: ``beta`` is the weight of the *old*
 statistic (the codes' ``shampoo_beta``), ``beta2`` the weight of the old Adam second
 moment.
 """
@@ -125,11 +125,21 @@ class KLShampooState(NamedTuple):
 
 
 class KLSOAPState(NamedTuple):
-    """KL-SOAP: :class:`KLShampooState`'s fields plus Adam's second moment in the basis.
+    """KL-SOAP: ``KLShampooState``'s fields plus Adam's second moment in the basis.
 
     Attributes:
-        left, right, left_basis, right_basis, left_values, right_values: as in
-            :class:`KLShampooState`.
+        left: as in
+            ``KLShampooState``.
+        right: as in
+            ``KLShampooState``.
+        left_basis: as in
+            ``KLShampooState``.
+        right_basis: as in
+            ``KLShampooState``.
+        left_values: as in
+            ``KLShampooState``.
+        right_values: as in
+            ``KLShampooState``.
         nu: ``v`` (``m×n``), EMA of ``(Q_aᵀGQ_b)²``.
         step: number of updates applied after ``init``.
     """
@@ -169,7 +179,7 @@ def _kl_first(g0, beta, init_factor):
 
 
 def _kl_core(beta: float, frequency: int, damping: float, clamp: bool):
-    """A.6 steps 4–6 for any state with :class:`KLShampooState`'s fields."""
+    """A.6 steps 4–6 for any state with ``KLShampooState``'s fields."""
 
     def core(state, g):
         b, kappa = beta, damping
@@ -231,7 +241,7 @@ def kl_shampoo(
         clamp: clamp ``λ^{-1/2}`` at ``max(10, min(d, 4000))`` as the code does.
 
     Returns:
-        The estimator (state :class:`KLShampooState`).
+        The estimator (state ``KLShampooState``).
     """
     beta, frequency = _old_weight(beta, "beta"), _period(frequency)
     init_factor = float(init_factor)
@@ -270,10 +280,14 @@ def kl_soap(
 
     Args:
         beta2: weight of the old second moment.
-        beta, frequency, init_factor, damping, clamp: as in :func:`kl_shampoo`.
+        beta: as in ``kl_shampoo``.
+        frequency: as in ``kl_shampoo``.
+        init_factor: as in ``kl_shampoo``.
+        damping: as in ``kl_shampoo``.
+        clamp: as in ``kl_shampoo``.
 
     Returns:
-        The estimator (state :class:`KLSOAPState`).
+        The estimator (state ``KLSOAPState``).
     """
     beta, b2, init_factor = (
         _old_weight(beta, "beta"),
@@ -345,7 +359,7 @@ def soap(*, beta: float = 0.95, beta2: float = 0.95, frequency: int = 10) -> Onl
         frequency: refresh period (0: never).
 
     Returns:
-        The estimator (state :class:`SOAPState`).
+        The estimator (state ``SOAPState``).
     """
     b, b2, freq = _old_weight(beta, "beta"), _old_weight(beta2, "beta2"), _period(frequency)
 

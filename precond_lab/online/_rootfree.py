@@ -1,7 +1,7 @@
 """Online IF-Shampoo, RF-RMSProp (root-free, Lin et al. 2024) and Adam's diagonal.
 
-Each factory returns an :class:`~precond_lab.online.OnlineEstimator` whose state is a
-``NamedTuple`` (:class:`IFShampooState`, :class:`RFRMSPropState`, :class:`AdamState`).
+Each factory returns an ``OnlineEstimator`` whose state is a
+``NamedTuple`` (``IFShampooState``, ``RFRMSPropState``, ``AdamState``).
 Hyper-parameters follow P2's notation as in the ``sirfshampoo`` docstring: ``beta2``
 is the preconditioner learning rate (weight of the *new* term), ``alpha2`` the
 Riemannian momentum, ``damping`` is ``λ``, ``batch_size`` is ``B``.
@@ -104,7 +104,7 @@ def if_shampoo(
         init_scale: ``C₀ = K₀ = init_scale·I``.
 
     Returns:
-        The estimator (state :class:`IFShampooState`; ``internal_damping=True``).
+        The estimator (state ``IFShampooState``; ``internal_damping=True``).
     """
     a2, lam = float(alpha2), check_number(damping, "damping", low=0.0)
     b2 = check_number(beta2, "beta2", low=0.0, high=1.0, low_open=True)  # weight of the new term
@@ -176,7 +176,7 @@ def rf_rmsprop(
         scale_by_batch: multiply by ``B`` (False: the ``dummy_scaling`` ablation).
 
     Returns:
-        The estimator (state :class:`RFRMSPropState`).
+        The estimator (state ``RFRMSPropState``).
     """
     b2 = check_number(beta2, "beta2", low=0.0, high=1.0, low_open=True)  # weight of the new term
     bsz, s0, scale = int(batch_size), float(s0), bool(scale_by_batch)
@@ -222,7 +222,7 @@ def adam(*, beta2: float = 0.999) -> OnlineEstimator:
         beta2: weight of the old second moment.
 
     Returns:
-        The estimator (state :class:`AdamState`).
+        The estimator (state ``AdamState``).
     """
     b2 = check_number(beta2, "beta2", low=0.0, high=1.0, high_open=True)
 

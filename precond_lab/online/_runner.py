@@ -88,7 +88,7 @@ def run_online(
     Args:
         stream: ``(T, m, n)`` gradients, or ``(T, N, m, n)`` per-step batches of
             per-example gradients.
-        estimators: names from :data:`ESTIMATORS`.
+        estimators: names from ``ESTIMATORS``.
         hparams: per-estimator keyword arguments of the factory (e.g.
             ``{"kl_shampoo": {"beta": 0.9}}``). For ``(T, N, …)`` streams fed as means,
             ``batch_size=N`` is set for the root-free estimators unless given.
@@ -108,10 +108,10 @@ def run_online(
         family that the optimum ranges over), ``cosine_target`` (``cos(Σ, S)``),
         ``cosine_kl_optimal``, ``cosine_frobenius_optimal``, ``direction_cosine`` and
         ``direction_relative_error`` (``S^{-p}ḡ_t`` vs ``(Σ+λI)^{-p}ḡ_t``), and ``status``
-        (a :class:`~precond_lab.errors.Status` string per step and estimator: ``ok``;
+        (a ``Status`` string per step and estimator: ``ok``;
         ``nonfinite`` when the state holds NaN/Inf, or the status of the error a metric
         raised; the metrics of such a cell stay NaN). Attributes from
-        :func:`~precond_lab.provenance.make_attrs`.
+        ``make_attrs``.
     """
     from ..estimators import frobenius_optimal, kl_optimal
     from ..metrics import cosine_similarity, kl_divergence

@@ -5,10 +5,10 @@ Example:
     >>> tx = po.kl_shampoo(learning_rate=1e-3)
 
 Each factory ``po.<name>(learning_rate=..., **hyper_parameters)`` returns an
-:class:`optax.GradientTransformation`. Kronecker optimisers precondition leaves with ≥ 2 modes
+``optax.GradientTransformation``. Kronecker optimisers precondition leaves with ≥ 2 modes
 (size ≤ ``max_dim``) and give the others a fallback (AdamW; RF-RMSProp for IF-Shampoo),
 selectable with ``labels`` (optax's partition convention). Their states are ``NamedTuple``s
-(:class:`KronState` with one leaf state per parameter); :func:`state_size` reports their size;
+(``KronState`` with one leaf state per parameter); ``state_size`` reports their size;
 ``state_dtype`` chooses the state's dtype (e.g. ``jnp.bfloat16``).
 
 =================  ============================================================
@@ -65,12 +65,12 @@ from ._shampoo import ShampooLeaf, SOAPLeaf, scale_by_shampoo, scale_by_soap, sh
 
 
 def adamw(learning_rate: Any = 1e-3, **kwargs: Any) -> optax.GradientTransformation:
-    """optax's AdamW (the baseline), ``**kwargs`` as :func:`optax.adamw`."""
+    """optax's AdamW (the baseline), ``**kwargs`` as ``optax.adamw``."""
     return optax.adamw(learning_rate, **kwargs)
 
 
 def sgd(learning_rate: Any = 1e-2, **kwargs: Any) -> optax.GradientTransformation:
-    """optax's SGD (the baseline), ``**kwargs`` as :func:`optax.sgd` (e.g. ``momentum``)."""
+    """optax's SGD (the baseline), ``**kwargs`` as ``optax.sgd`` (e.g. ``momentum``)."""
     return optax.sgd(learning_rate, **kwargs)
 
 

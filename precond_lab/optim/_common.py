@@ -5,15 +5,15 @@
   ``tensor_mode="modewise"`` an order-k tensor keeps its k modes and gets one factor per mode
   (KL-Shampoo's tensor rule), with ``tensor_mode="matrix"`` it is reshaped to
   ``(prod(shape[:-1]), shape[-1])`` first. Matrices are the same under both.
-* **Partition.** :func:`default_labels` labels a leaf ``"kron"`` when it has at least two
+* **Partition.** ``default_labels`` labels a leaf ``"kron"`` when it has at least two
   modes of size ≤ ``max_dim`` and ``"fallback"`` otherwise (biases, norm scales, 1-D
-  parameters, embeddings with a huge vocabulary); :func:`with_fallback` combines the two
-  transformations with :func:`optax.partition`, so a user may pass their own labels (a
+  parameters, embeddings with a huge vocabulary); ``with_fallback`` combines the two
+  transformations with ``optax.partition``, so a user may pass their own labels (a
   pytree or a function of the params, optax's convention).
 * **First call.** optax's ``init`` never sees a gradient; optimisers whose factors start from
   the first gradient (KL-Shampoo, KL-SOAP, SOAP) keep a step counter and branch on
-  ``count == 0`` with :func:`jax.lax.cond` (jit-, vmap- and pmap-safe).
-* **Size.** :func:`state_size` counts the floats and bytes of any optimiser state.
+  ``count == 0`` with ``jax.lax.cond`` (jit-, vmap- and pmap-safe).
+* **Size.** ``state_size`` counts the floats and bytes of any optimiser state.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def with_fallback(
         kron: the transformation for leaves labelled ``"kron"``.
         fallback: the transformation for leaves labelled ``"fallback"``.
         labels: a pytree of labels or a function ``params -> labels``; default
-            :func:`default_labels` with ``max_dim``.
+            ``default_labels`` with ``max_dim``.
         max_dim: largest mode the default labels give a Kronecker factor.
 
     Returns:
@@ -185,7 +185,7 @@ def map_leaves(fn: Callable[..., tuple[Any, Any]], updates: Any, *rest: Any) -> 
 
 
 def leafwise(fn: Callable[..., tuple[Any, Any]], updates: Any, leaves: Any) -> tuple[Any, Any]:
-    """:func:`map_leaves` with each update reshaped to its state's working shape and dtype.
+    """``map_leaves`` with each update reshaped to its state's working shape and dtype.
 
     ``fn(g, leaf) -> (direction, new_leaf)`` sees ``g`` shaped and typed as ``leaf.mu``; the
     direction comes back in the update's shape and dtype.
@@ -223,7 +223,7 @@ def conform(leaves: Any, init: Callable[[Any], Any], updates: Any) -> Any:
 
 
 class ScaleDecayState(NamedTuple):
-    """Step counter of :func:`scale_and_decay` (for learning-rate schedules)."""
+    """Step counter of ``scale_and_decay`` (for learning-rate schedules)."""
 
     count: jax.Array
 

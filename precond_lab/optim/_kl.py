@@ -84,10 +84,12 @@ class KronLeaf(NamedTuple):
 
 
 class KLSOAPLeaf(NamedTuple):
-    """Per-leaf state of KL-SOAP: :class:`KronLeaf`'s fields with ``mu`` in the eigenbasis.
+    """Per-leaf state of KL-SOAP: ``KronLeaf``'s fields with ``mu`` in the eigenbasis.
 
     Attributes:
-        bases, factors, values: as in :class:`KronLeaf`.
+        bases: as in ``KronLeaf``.
+        factors: as in ``KronLeaf``.
+        values: as in ``KronLeaf``.
         mu: Adam's first moment of ``QᵀGQ`` (in the current basis).
         nu: Adam's second moment of ``QᵀGQ``.
     """
@@ -282,7 +284,7 @@ def scale_by_trace_power(
             (float64 for float64 states).
 
     Returns:
-        The transformation (state :class:`KronState` of :class:`KronLeaf`).
+        The transformation (state ``KronState`` of ``KronLeaf``).
 
     Raises:
         ValueError: damping with ``q ≠ 0``.
@@ -322,7 +324,7 @@ def scale_by_kl_soap(
 ) -> optax.GradientTransformation:
     """KL-SOAP's direction: Adam (``b1``, ``b2``, ``eps``) in KL-Shampoo's eigenbasis.
 
-    The other arguments are :func:`scale_by_trace_power`'s (``q = 0``).
+    The other arguments are ``scale_by_trace_power``'s (``q = 0``).
     """
     return _scale_by_kron(
         soap=True,
@@ -365,7 +367,7 @@ def trace_power_shampoo(
     """A trace-power Shampoo optimiser (KL-Shampoo's EMA scheme with power ``q``).
 
     ``W ← W − ηU`` then ``W ← W − η·wd·W`` on Kronecker leaves; other leaves (see
-    :func:`~precond_lab.optim.default_labels`) get ``fallback`` (default AdamW with ``b1``,
+    ``default_labels``) get ``fallback`` (default AdamW with ``b1``,
     ``b2``, ``eps``, ``weight_decay``).
 
     Args:
@@ -379,7 +381,7 @@ def trace_power_shampoo(
         labels: per-leaf labels (``"kron"``/``"fallback"``) or a function of the params.
         max_dim: largest mode the default labels precondition.
         fallback: the transformation for ``"fallback"`` leaves.
-        **kwargs: :func:`scale_by_trace_power`'s other arguments (``frequency``,
+        **kwargs: ``scale_by_trace_power``'s other arguments (``frequency``,
             ``init_factor``, ``damping``, ``clamp``, ``max_clamp``, ``tensor_mode``,
             ``state_dtype``).
 
@@ -397,7 +399,7 @@ def kl_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransf
 
     Args:
         learning_rate: ``η``.
-        **kwargs: :func:`trace_power_shampoo`'s keyword arguments.
+        **kwargs: ``trace_power_shampoo``'s keyword arguments.
 
     Returns:
         The optimiser.
@@ -406,17 +408,17 @@ def kl_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransf
 
 
 def sq_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransformation:
-    """SQ-Shampoo: the trace-power optimiser with ``q = ½`` (arguments as :func:`kl_shampoo`)."""
+    """SQ-Shampoo: the trace-power optimiser with ``q = ½`` (arguments as ``kl_shampoo``)."""
     return trace_power_shampoo(0.5, learning_rate, **kwargs)
 
 
 def vn_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransformation:
-    """VN-Shampoo: the trace-power optimiser with ``q = 1`` (arguments as :func:`kl_shampoo`)."""
+    """VN-Shampoo: the trace-power optimiser with ``q = 1`` (arguments as ``kl_shampoo``)."""
     return trace_power_shampoo(1.0, learning_rate, **kwargs)
 
 
 def f_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransformation:
-    """F-Shampoo: the trace-power optimiser with ``q = 2`` (arguments as :func:`kl_shampoo`)."""
+    """F-Shampoo: the trace-power optimiser with ``q = 2`` (arguments as ``kl_shampoo``)."""
     return trace_power_shampoo(2.0, learning_rate, **kwargs)
 
 
@@ -433,12 +435,19 @@ def kl_soap(
     fallback: optax.GradientTransformation | None = None,
     **kwargs: Any,
 ) -> optax.GradientTransformation:
-    """KL-SOAP with the reference code's defaults (as :func:`kl_shampoo`).
+    """KL-SOAP with the reference code's defaults (as ``kl_shampoo``).
 
     Args:
-        learning_rate, b1, b2, shampoo_beta, eps, weight_decay, labels, max_dim, fallback:
-            as in :func:`trace_power_shampoo`; ``b2`` is also Adam's second-moment beta.
-        **kwargs: :func:`scale_by_kl_soap`'s other arguments.
+        learning_rate: as in ``trace_power_shampoo``.
+        b1: as in ``trace_power_shampoo``.
+        b2: as in ``trace_power_shampoo``; also Adam's second-moment beta.
+        shampoo_beta: as in ``trace_power_shampoo``.
+        eps: as in ``trace_power_shampoo``.
+        weight_decay: as in ``trace_power_shampoo``.
+        labels: as in ``trace_power_shampoo``.
+        max_dim: as in ``trace_power_shampoo``.
+        fallback: as in ``trace_power_shampoo``.
+        **kwargs: ``scale_by_kl_soap``'s other arguments.
 
     Returns:
         The optimiser.

@@ -139,8 +139,8 @@ def scale_by_if_shampoo(
         state_dtype: the state's dtype (None: the parameter's); the update is matmul-only.
 
     Returns:
-        The transformation (state :class:`~precond_lab.optim.KronState` of
-        :class:`IFShampooLeaf`).
+        The transformation (state ``KronState`` of
+        ``IFShampooLeaf``).
     """
     bsz = _check_batch(batch_size)
     b2, a1, a2, lam = float(beta2), float(alpha1), float(alpha2), float(damping)
@@ -217,8 +217,8 @@ def scale_by_rf_rmsprop(
         state_dtype: the state's dtype (None: the parameter's).
 
     Returns:
-        The transformation (state :class:`~precond_lab.optim.KronState` of
-        :class:`RFRMSPropLeaf`).
+        The transformation (state ``KronState`` of
+        ``RFRMSPropLeaf``).
     """
     bsz = _check_batch(batch_size) if scale_by_batch else 1.0
     b2, a1, lam, wd, s0 = float(beta2), float(alpha1), float(damping), float(weight_decay), s0
@@ -256,7 +256,7 @@ def rf_rmsprop(
     Args:
         learning_rate: ``β₁`` (float or schedule).
         batch_size: ``B`` (required: the loss is a mini-batch mean).
-        **kwargs: :func:`scale_by_rf_rmsprop`'s other arguments.
+        **kwargs: ``scale_by_rf_rmsprop``'s other arguments.
 
     Returns:
         The optimiser.
@@ -285,12 +285,25 @@ def if_shampoo(
     Args:
         learning_rate: ``β₁`` (float or schedule).
         batch_size: ``B`` (required).
-        beta2, alpha1, alpha2, damping, weight_decay: see :func:`scale_by_if_shampoo`;
+        beta2: see ``scale_by_if_shampoo``;
             the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
             ``weight_decay``.
-        labels, max_dim: leaf partition (see :func:`~precond_lab.optim.with_fallback`).
+        alpha1: see ``scale_by_if_shampoo``;
+            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
+            ``weight_decay``.
+        alpha2: see ``scale_by_if_shampoo``;
+            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
+            ``weight_decay``.
+        damping: see ``scale_by_if_shampoo``;
+            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
+            ``weight_decay``.
+        weight_decay: see ``scale_by_if_shampoo``;
+            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
+            ``weight_decay``.
+        labels: leaf partition (see ``with_fallback``).
+        max_dim: leaf partition (see ``with_fallback``).
         fallback: transformation for the other leaves.
-        **kwargs: :func:`scale_by_if_shampoo`'s ``frequency``, ``normalize``,
+        **kwargs: ``scale_by_if_shampoo``'s ``frequency``, ``normalize``,
             ``init_scale``, ``tensor_mode``, ``state_dtype``.
 
     Returns:

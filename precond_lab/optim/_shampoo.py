@@ -126,8 +126,8 @@ def scale_by_shampoo(
         state_dtype: the state's dtype (None: the parameter's).
 
     Returns:
-        The transformation (state :class:`~precond_lab.optim.KronState` of
-        :class:`ShampooLeaf`).
+        The transformation (state ``KronState`` of
+        ``ShampooLeaf``).
     """
     p, b1, beta, b2g = float(p), float(b1), float(shampoo_beta), float(graft_b2)
     eps, damping, frequency = float(eps), float(damping), int(frequency)
@@ -201,7 +201,7 @@ def scale_by_soap(
         state_dtype: the state's dtype (None: the parameter's).
 
     Returns:
-        The transformation (state :class:`~precond_lab.optim.KronState` of :class:`SOAPLeaf`).
+        The transformation (state ``KronState`` of ``SOAPLeaf``).
     """
     b1, b2, beta, eps = float(b1), float(b2), float(shampoo_beta), float(eps)
     frequency = int(frequency)
@@ -274,9 +274,10 @@ def shampoo(
         graft: Adam grafting.
         eps: Adam's ``ε`` (grafting and fallback).
         weight_decay: decoupled weight decay (after the step).
-        labels, max_dim: leaf partition (see :func:`~precond_lab.optim.with_fallback`).
+        labels: leaf partition (see ``with_fallback``).
+        max_dim: leaf partition (see ``with_fallback``).
         fallback: transformation for non-matrix leaves (default AdamW).
-        **kwargs: :func:`scale_by_shampoo`'s ``damping``, ``frequency``, ``tensor_mode``,
+        **kwargs: ``scale_by_shampoo``'s ``damping``, ``frequency``, ``tensor_mode``,
             ``state_dtype``.
 
     Returns:
@@ -308,9 +309,16 @@ def soap(
     weight_decay=0.01, frequency=10``; ``shampoo_beta`` defaults to ``b2``).
 
     Args:
-        learning_rate, b1, b2, shampoo_beta, eps, weight_decay, labels, max_dim, fallback:
-            as in :func:`~precond_lab.optim.kl_soap`.
-        **kwargs: :func:`scale_by_soap`'s ``frequency``, ``correct_bias``, ``tensor_mode``,
+        learning_rate: as in ``kl_soap``.
+        b1: as in ``kl_soap``.
+        b2: as in ``kl_soap``.
+        shampoo_beta: as in ``kl_soap``.
+        eps: as in ``kl_soap``.
+        weight_decay: as in ``kl_soap``.
+        labels: as in ``kl_soap``.
+        max_dim: as in ``kl_soap``.
+        fallback: as in ``kl_soap``.
+        **kwargs: ``scale_by_soap``'s ``frequency``, ``correct_bias``, ``tensor_mode``,
             ``state_dtype``.
 
     Returns:

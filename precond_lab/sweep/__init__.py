@@ -2,20 +2,20 @@
 
 This is the one sweep that studies, notebooks, the demo and the benchmark use.
 
-:func:`evaluate` fits each requested estimator to each target of each captured step and
-layer, scores all of a target's fits with one batched :func:`precond_lab.metrics.score`
+``evaluate`` fits each requested estimator to each target of each captured step and
+layer, scores all of a target's fits with one batched ``precond_lab.metrics.score``
 call (one pass over the samples for all of them, one cached Gram matrix), and returns
-an :class:`xarray.Dataset` that is ready for ``.sel``, ``.plot`` and
+an ``xarray.Dataset`` that is ready for ``.sel``, ``.plot`` and
 ``to_netcdf``/``to_zarr``. From a capture, a layer whose K-FAC factors ``(δ, a)`` were
-captured for a kind is scored on a :class:`~precond_lab.targets.FactoredTarget` built
-from them when that is smaller than the dense samples (:func:`precond_lab.capture.layer_target`;
+captured for a kind is scored on a ``FactoredTarget`` built
+from them when that is smaller than the dense samples (``precond_lab.capture.layer_target``;
 recorded in ``target_form``). Layout (``B`` only with ``batch_sizes=``; ``index`` only with
 the ``"spectrum"`` metric)::
 
     dims: step, layer, target, estimator, [batch_size,] metric, [index]
     score             (step, layer, target, estimator, [batch_size,] metric)  float64
     status            (step, layer, target, estimator, [batch_size])  str: a
-                      :class:`precond_lab.Status` value ("ok", "not_converged",
+                      ``precond_lab.Status`` value ("ok", "not_converged",
                       "needs_damping", "not_spd", "nonfinite", "skipped", "failed", …)
     message           (same)  str: "" or the details (the error's class and message,
                       the skip reason)
@@ -38,12 +38,12 @@ and, from a capture, ``loss``/``accuracy`` on ``step``. Attributes hold provenan
 strings and numbers only (netCDF rejects dicts and booleans): library and version,
 creation date, source, damping rule, dtype, and the failure summary.
 
-Target kinds. From a capture (:mod:`precond_lab.capture`): ``"gradients"`` (empirical
+Target kinds. From a capture (``precond_lab.capture``): ``"gradients"`` (empirical
 Fisher, real labels), ``"ggn"`` (exact Gauss–Newton), ``"ggn_mc"`` (sampled labels),
 ``"trajectory"`` (Adagrad's ``Σ_s g_s g_sᵀ``) and ``"batch_<B>"`` (the capture's
 mini-batch gradients). In memory: any names, as dict keys.
 
-Estimators are given by name (the registry :data:`precond_lab.estimators.ESTIMATORS`),
+Estimators are given by name (the registry ``precond_lab.estimators.ESTIMATORS``),
 with arguments in parentheses
 (``"power_iteration(3)"``, ``"kfac(reduce)"``, ``"eigencorrected(kl_optimal)"``,
 ``"one_sided_kl(right)"``) and, optionally, ``"@<kind>"`` to fit on another target kind
@@ -56,10 +56,10 @@ Damping. ``damping=λ`` (``damping_mode="absolute"``) or ``λ = damping · tr(Σ
 scores against it; K-FAC, built from activations and backprops, gets ``√λ I`` added to
 each factor.
 
-Layout of the package: :mod:`~precond_lab.sweep.sources` (captures, dicts, arrays),
-:mod:`~precond_lab.sweep.cells` (the per-cell cache of targets and fits),
-:mod:`~precond_lab.sweep.loop` (the loop), :mod:`~precond_lab.sweep.grid` (Dataset
-assembly) and :mod:`~precond_lab.sweep.curves` (spectra, power-iteration curves).
+Layout of the package: ``sources`` (captures, dicts, arrays),
+``cells`` (the per-cell cache of targets and fits),
+``loop`` (the loop), ``grid`` (Dataset
+assembly) and ``curves`` (spectra, power-iteration curves).
 """
 
 from ..errors import CellSkipped

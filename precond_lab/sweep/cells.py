@@ -1,8 +1,8 @@
 """Cells: the targets and fits of one (step, layer), each computed once and cached.
 
-:class:`CellCache` replaces the sweep's former nested closures: it builds a damped
+``CellCache`` replaces the sweep's former nested closures: it builds a damped
 target per ``(kind, batch size)`` and a fit per ``(estimator, fit kind, batch size)``,
-records failures as values (a :class:`Fit` with its :class:`~precond_lab.errors.Status`),
+records failures as values (a ``Fit`` with its ``Status``),
 and re-raises them wherever the same target is needed again.
 """
 
@@ -96,7 +96,7 @@ def _group_sums(values, batch_size: int, num: int) -> np.ndarray:
 def batched(samples, batch_size: int, kind: str):
     """Mini-batch gradient outer products ``B ḡ ḡᵀ`` over consecutive groups of ``B``.
 
-    Returns ``(samples, weights)`` for :class:`SampleTarget`: the group sums
+    Returns ``(samples, weights)`` for ``SampleTarget``: the group sums
     ``Σ_{i∈j} g_i`` with weight ``1/(B · num_batches)`` (an inner ``mc`` axis of
     sampled-label gradients is kept: each draw gives its own batch gradient). A lazy
     DataArray is read in blocks, never whole.
@@ -147,10 +147,10 @@ class CellCache:
     """The damped targets and the fits of one ``(step, layer)`` of a source.
 
     Args:
-        source: a :class:`~precond_lab.sweep.sources.Source`.
+        source: a ``Source``.
         step: the cell.
         layer: the cell.
-        damping: the :class:`DampingRule`.
+        damping: the ``DampingRule``.
         dtype: cast samples to this dtype, or None.
         raise_errors: re-raise the first error instead of recording it.
     """
@@ -194,7 +194,7 @@ class CellCache:
         return value
 
     def form(self, kind: str, batch: int = 1) -> str:
-        """How the target of ``kind`` is held (:func:`form_of`; "" if not built)."""
+        """How the target of ``kind`` is held (``form_of``; "" if not built)."""
         return self._forms.get((kind, batch), "")
 
     def fit(self, est: ParsedEstimator, kind: str, batch: int = 1) -> Fit:

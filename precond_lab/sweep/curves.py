@@ -30,8 +30,8 @@ def spectra(
     """Eigenvalues of each target and of each approximation, for one step and layer.
 
     Args:
-        source: as for :func:`evaluate`.
-        estimators: as for :func:`evaluate`.
+        source: as for ``evaluate``.
+        estimators: as for ``evaluate``.
         targets: target kinds (default: all).
         step: the cell (default: the only one; required when there are several).
         layer: the cell (default: the only one; required when there are several).
@@ -39,7 +39,7 @@ def spectra(
         rescale: scale each approximation by its ``"frobenius"``-optimal (default) or
             ``"kl"``-optimal scalar, so that spectra of differently scaled estimators
             (e.g. Shampoo's ``L^{1/2} ⊗ R^{1/2}``) compare in shape; None: as fitted.
-        **kwargs: passed to :func:`evaluate` (``damping``, ``dtype``, ``progress``, …).
+        **kwargs: passed to ``evaluate`` (``damping``, ``dtype``, ``progress``, …).
 
     Returns:
         A Dataset with ``eigenvalue`` (target, estimator, index), descending, where the
@@ -109,13 +109,13 @@ def power_iteration_curve(
             ``{kind: samples}`` for several targets (adds the dim ``target``).
         max_steps: the last step (the curve has ``max_steps + 1`` points, from 0).
         damping: ``λ``: the iteration and the metrics use ``Σ + λI``.
-        init: as for :func:`precond_lab.estimators.power_iteration`.
+        init: as for ``precond_lab.estimators.power_iteration``.
         variant: ``"jacobi"`` or ``"gauss-seidel"``.
         weights: sample weights (single target only).
 
     Returns:
         A Dataset over ``iteration`` (0 … max_steps) [× ``target``] with ``score``
-        (iteration, metric) for every metric of :data:`~precond_lab.metrics.SCORE_NAMES`,
+        (iteration, metric) for every metric of ``SCORE_NAMES``,
         ``cosine_to_optimum`` (cosine similarity of the iterate and the Frobenius-optimal
         Kronecker product), ``factor_change`` (``‖ΔA‖ + ‖ΔB‖`` of the step; NaN at 0),
         and the optimum's own scores ``optimum_score`` (metric) for reference lines.

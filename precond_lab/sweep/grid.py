@@ -1,7 +1,7 @@
 """The sweep's result grid: arrays filled cell by cell, assembled into one Dataset.
 
-:class:`Grid` knows nothing of estimators or targets: it holds the coordinates and the
-numpy arrays, and :meth:`Grid.dataset` wraps them into xarray at one boundary (dims,
+``Grid`` knows nothing of estimators or targets: it holds the coordinates and the
+numpy arrays, and ``Grid.dataset`` wraps them into xarray at one boundary (dims,
 coords, attrs), as arviz-stats wraps array functions.
 """
 
@@ -23,7 +23,7 @@ CELL_DIMS = (Dim.STEP, Dim.LAYER, Dim.TARGET, Dim.ESTIMATOR, Dim.BATCH_SIZE)
 
 
 class EvaluationWarning(RuntimeWarning):
-    """Issued once per :func:`~precond_lab.sweep.evaluate` call with failed cells."""
+    """Issued once per ``evaluate`` call with failed cells."""
 
 
 def pad(vals: np.ndarray, size: int) -> np.ndarray:
@@ -63,7 +63,7 @@ class Grid:
         self.dtypes: set[str] = set()
 
     def record_fit(self, idx, fit) -> None:
-        """Store a :class:`~precond_lab.sweep.cells.Fit`'s status, time and iterations."""
+        """Store a ``Fit``'s status, time and iterations."""
         self.status[idx], self.message[idx] = Status(fit.status).value, fit.message
         self.fit_seconds[idx] = fit.seconds
         self.iterations[idx], self.converged[idx] = fit.iterations, fit.converged
@@ -85,7 +85,7 @@ class Grid:
         )
 
     def dataset(self, attrs: dict[str, Any], step_coords, specs, *, with_batch, spectrum_k):
-        """The Dataset (see :mod:`precond_lab.sweep`); warns once if cells failed."""
+        """The Dataset (see ``precond_lab.sweep``); warns once if cells failed."""
         dims = [d.value for d in CELL_DIMS]
         steps, layers, targets, names, bss = self.coords
         rows = [self.shapes.get(x, (-1, -1))[0] for x in layers]

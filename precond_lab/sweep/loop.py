@@ -17,7 +17,7 @@ from .sources import open_source
 
 __all__ = ["DEFAULT_ESTIMATORS", "evaluate"]
 
-#: The estimators :func:`evaluate` fits when none are named.
+#: The estimators ``evaluate`` fits when none are named.
 DEFAULT_ESTIMATORS = (
     "frobenius_optimal",
     "shampoo_squared",
@@ -64,7 +64,7 @@ def evaluate(
 ):
     """Fit and score every estimator on every (step, layer, target) cell of ``source``.
 
-    The arguments and the returned Dataset are described in :mod:`precond_lab.sweep`.
+    The arguments and the returned Dataset are described in ``precond_lab.sweep``.
     ``on_fit(cell, target, approx)``, if given, is called once per scored cell with its
     coordinates (``{"step", "layer", "target", "estimator", "batch_size"}``), the damped
     target and the fitted structure: the seam for checks that need the approximations
@@ -158,7 +158,7 @@ def evaluate(
 
 def _score_all(grid, target, fitted, opts) -> list[tuple[tuple, object]]:
     """Score every fitted approximation of one target into ``grid`` with one batched
-    :func:`~precond_lab.metrics.score` call (one pass over the samples for all of them).
+    ``score`` call (one pass over the samples for all of them).
 
     A wrong-shaped approximation is marked failed before the batch; if the batch raises,
     each approximation is scored on its own, so the one that fails is recorded as its

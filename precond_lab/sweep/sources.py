@@ -1,10 +1,10 @@
 """Sources: uniform ``(step, layer, kind) -> samples`` access to captures and in-memory data.
 
 The seam between iterating over data and evaluating it (as curvlinops separates data
-iteration from the operators built on it): the sweep asks a :class:`Source` for the
+iteration from the operators built on it): the sweep asks a ``Source`` for the
 steps, layers and target kinds it holds, the samples of one cell, and their K-FAC
 inputs, and never looks inside a store itself. Store names come from
-:mod:`precond_lab.schema`.
+``precond_lab.schema``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Source:
     def target(self, step: int, layer: str, kind: str, dtype=None) -> Target | None:
         """A ready (undamped) target of a cell when the source has a cheaper form than
         its samples (K-FAC factors), else None: the sweep then builds one from
-        :meth:`samples`."""
+        ``samples``."""
         return None
 
 
@@ -181,10 +181,10 @@ class CaptureSource(Source):
         return None if node is None else schema.layer_kfac_inputs(node, kind)
 
     def target(self, step, layer, kind, dtype=None):
-        """The target :func:`precond_lab.capture.layer_target` builds where the layer holds
-        K-FAC factors ``(δ, a)`` for ``kind``: a :class:`~precond_lab.targets.FactoredTarget`
+        """The target ``precond_lab.capture.layer_target`` builds where the layer holds
+        K-FAC factors ``(δ, a)`` for ``kind``: a ``FactoredTarget``
         when they are smaller than the dense samples (factors cast to ``dtype`` if given),
-        else the :class:`~precond_lab.targets.SampleTarget` of the dense samples (None
+        else the ``SampleTarget`` of the dense samples (None
         when those need a cast: the sweep then builds it). None without factors."""
         from ..capture import layer_factors, layer_target
 
@@ -204,7 +204,7 @@ class CaptureSource(Source):
 
 
 def open_source(source, kfac_inputs=None, steps=None) -> Source:
-    """A :class:`Source` for a store path, a DataTree, a dict, or one array."""
+    """A ``Source`` for a store path, a DataTree, a dict, or one array."""
     if isinstance(source, Source):
         return source
     if isinstance(source, (str, Path, xr.DataTree)) and kfac_inputs is not None:

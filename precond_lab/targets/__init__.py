@@ -4,13 +4,13 @@ A target is one of
 
 * a bag of per-example matrices ``G`` of shape ``(N, m, n)`` with weights ``w``
   (default ``1/N``): ``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` with row-major vec
-  (:class:`SampleTarget`, matrix-free, streamed over the sample axis in chunks and
+  (``SampleTarget``, matrix-free, streamed over the sample axis in chunks and
   optionally sharded over several devices);
 * the same bag given by factors, ``G_k = Σ_t u_kt v_ktᵀ`` with ``(N, T, m)`` left and
-  ``(N, T, n)`` right factors (:class:`FactoredTarget`: dense layers, ``T = 1``, and
+  ``(N, T, n)`` right factors (``FactoredTarget``: dense layers, ``T = 1``, and
   layers that share weights over ``T`` positions), never forming ``G`` where a cost
   model says the factors are cheaper;
-* a small explicit ``(mn, mn)`` matrix with its ``(m, n)`` (:class:`DenseTarget`),
+* a small explicit ``(mn, mn)`` matrix with its ``(m, n)`` (``DenseTarget``),
   e.g. an exact Hessian block; every matrix-free result has this dense twin.
 
 All expose the same primitives:
@@ -55,10 +55,10 @@ def as_target(
     chunk_size: int | None = None,
     shape: tuple[int, int] | None = None,
 ) -> Target:
-    """Turn user input into a :class:`Target`.
+    """Turn user input into a ``Target``.
 
     Args:
-        samples: a :class:`Target` (returned as is), an ``(N, m, n)`` array or
+        samples: a ``Target`` (returned as is), an ``(N, m, n)`` array or
             DataArray of per-example matrices, or an ``(mn, mn)`` dense matrix when
             ``shape=(m, n)`` is given.
         weights: per-sample weights, default ``1/N``.

@@ -1,4 +1,4 @@
-"""The :class:`Target` interface, the damped wrapper and their small shared helpers."""
+"""The ``Target`` interface, the damped wrapper and their small shared helpers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Spectrum:
         vectors: ``(r, m, n)`` orthonormal eigenvectors as matrices, or None.
         dim: ``mn``, so that ``dim - r`` eigenvalues equal ``floor``.
         floor: the eigenvalue on the orthogonal complement of ``vectors`` (0, or the
-            damping ``λ`` of a :meth:`Target.damped` target).
+            damping ``λ`` of a ``Target.damped`` target).
     """
 
     values: jax.Array
@@ -40,10 +40,10 @@ class Spectrum:
 class Target(OperatorMixin):
     """The matrix ``Σ`` (``mn × mn``) that the estimators approximate.
 
-    Like a structure, a target is a linear operator of :attr:`shape` ``(mn, mn)`` (also
-    :attr:`operator_shape`), with ``Σ @ v`` and ``to_scipy()`` / ``to_lineax()`` (see
-    :class:`~precond_lab.structures.OperatorMixin`); the factor sizes ``(m, n)`` of the
-    per-example matrices are :attr:`matrix_shape`.
+    Like a structure, a target is a linear operator of ``shape`` ``(mn, mn)`` (also
+    ``operator_shape``), with ``Σ @ v`` and ``to_scipy()`` / ``to_lineax()`` (see
+    ``OperatorMixin``); the factor sizes ``(m, n)`` of the
+    per-example matrices are ``matrix_shape``.
     """
 
     matrix_shape: tuple[int, int]
@@ -51,7 +51,7 @@ class Target(OperatorMixin):
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(mn, mn)``, as for any linear operator (``(m, n)`` is :attr:`matrix_shape`)."""
+        """``(mn, mn)``, as for any linear operator (``(m, n)`` is ``matrix_shape``)."""
         return self.operator_shape
 
     @property
@@ -62,7 +62,7 @@ class Target(OperatorMixin):
     def matvec(self, x) -> jax.Array:
         """``Σ @ x`` for ``x`` of shape ``(mn,)``, ``(mn, k)`` or ``(…, m, n)``.
 
-        With :attr:`shape` ``(mn, mn)`` this is SciPy's operator protocol:
+        With ``shape`` ``(mn, mn)`` this is SciPy's operator protocol:
         ``scipy.sparse.linalg.aslinearoperator(target)`` is the ``mn × mn`` operator ``Σ``.
         """
         return self @ x
@@ -106,7 +106,7 @@ class Target(OperatorMixin):
         raise NotImplementedError
 
     def rotated_diagonals(self, bases) -> list[jax.Array]:
-        """:meth:`rotated_diagonal` for several ``(qa, qb)`` pairs (one pass where the
+        """``rotated_diagonal`` for several ``(qa, qb)`` pairs (one pass where the
         target streams its samples)."""
         return [self.rotated_diagonal(qa, qb) for qa, qb in bases]
 

@@ -16,7 +16,7 @@ class DenseTarget(Target):
     """An explicit symmetric ``(mn, mn)`` matrix with its factor shape ``(m, n)``.
 
     Row ``i·n + j`` of the matrix belongs to entry ``(i, j)`` of an ``m×n`` matrix
-    (row-major vec), exactly as for :class:`SampleTarget`.
+    (row-major vec), exactly as for ``SampleTarget``.
     """
 
     def __init__(self, matrix, shape: tuple[int, int], *, check_symmetric: bool = True):

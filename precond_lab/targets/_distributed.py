@@ -1,10 +1,10 @@
 """The samples axis over all devices of all processes (JAX's multi-controller runtime).
 
 Each process calls ``jax.distributed.initialize(...)`` and passes *its share* of the
-samples; :func:`global_samples` pads every share to one bucketed length and assembles
+samples; ``global_samples`` pads every share to one bucketed length and assembles
 global arrays sharded along the samples over ``jax.devices()`` (every device of every
 process). Jitted passes over them reduce across processes (XLA inserts the
-all-reduce); :func:`to_host` brings a result back as a host array on every process, so
+all-reduce); ``to_host`` brings a result back as a host array on every process, so
 everything downstream (estimators, metrics, SciPy) stays process-local and identical.
 On CPU the collectives need ``jax.config.update("jax_cpu_collectives_implementation",
 "gloo")`` before ``initialize``.

@@ -13,9 +13,9 @@ builds ``G``:
 * ``⟨G_k, G_l⟩ = Σ_ts (U_k U_lᵀ)_ts (V_k V_lᵀ)_ts`` — the Gram matrix costs
   ``T²(m + n)`` per pair instead of ``mn``.
 
-A cost model (:func:`plan`) compares each factored form with rebuilding ``G`` chunk by
+A cost model (``plan``) compares each factored form with rebuilding ``G`` chunk by
 chunk and running the dense kernel, and picks the cheaper; the choice is recorded in
-:attr:`FactoredTarget.plan`. All passes run as one jitted ``lax.scan`` over chunks of the
+``FactoredTarget.plan``. All passes run as one jitted ``lax.scan`` over chunks of the
 (zero-weight padded, bucketed) sample axis, so a new ``N`` in the same bucket does not
 recompile.
 """
@@ -394,7 +394,7 @@ class FactoredTarget(Target):
         return jax.device_put(np.asarray(x), self.w.sharding)
 
     def _scan(self, kernel, chunks, *arrays):
-        """:func:`_scan`; across processes in one piece, the result brought to the host."""
+        """``_scan``; across processes in one piece, the result brought to the host."""
         if not self._multi:
             return _scan(kernel, chunks, *arrays)
         return jax.tree_util.tree_map(jnp.asarray, to_host(_scan(kernel, 1, *arrays)))

@@ -248,7 +248,7 @@ class SampleTarget(Target):
 
         Streams over block pairs ``i ≤ j`` (two chunks in memory at a time) and fills the
         symmetric host array, so the samples are never held twice. Centering is part of
-        the weighting (:class:`~precond_lab.targets._gram.Gram`), not an extra sample.
+        the weighting (``Gram``), not an extra sample.
         """
         if "gram" not in self._cache:
             chunks = self._regular_chunks()
