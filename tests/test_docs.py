@@ -92,7 +92,7 @@ def test_browser_renders_index_api_and_notebook(site, tmp_path):
     browser = _browser()
     if browser is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI needs Debian's chromium for the docs browser test (.ci/run installs it)")
+            pytest.fail("CI needs Debian's chromium for the docs browser test (.ci/run has it)")
         pytest.skip("no chromium here (apt-get install chromium)")
     index = _dump_dom(browser, site / "index.html")
     assert "precond_lab" in index and 'href="api/index.html"' in index
