@@ -80,9 +80,7 @@ def make_attrs(
             "machine": f"{platform.system()} {platform.machine()}",
             "device": device_description(),
             "x64": int(bool(jax.config.read("jax_enable_x64"))),
-            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="seconds"
-            ),
+            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
     for key, value in (("seed", seed), ("preset", preset), ("source", source)):

@@ -78,8 +78,15 @@ def _browser() -> str | None:
 
 def _dump_dom(browser: str, page: Path) -> str:
     proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-         "--dump-dom", page.as_uri()],
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -102,8 +109,15 @@ def test_browser_renders_index_api_and_notebook(site, tmp_path):
     assert "Quickstart" in nb and _png_images(nb), "notebook page without its figures in the DOM"
     shot = tmp_path / "nb.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,3000",
-         f"--screenshot={shot}", (site / "notebooks" / "01_quickstart.html").as_uri()],
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1200,3000",
+            f"--screenshot={shot}",
+            (site / "notebooks" / "01_quickstart.html").as_uri(),
+        ],
         capture_output=True,
         timeout=120,
         check=True,
