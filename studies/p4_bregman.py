@@ -685,6 +685,8 @@ def _real_figures(ds, qcol) -> dict:
             )
         ax.axhline(0, color="0.7", lw=0.6)
         ax.set(xscale="log", yscale="asinh", xlabel="eigen-index i", title=str(proj))
+        ticks = [-1, -0.3, 0, 0.3, 1, 3]  # the asinh default crowds ±0.1 next to 0
+        ax.set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
     axes[0, 0].set_ylabel("ξ_i = log10(uᵀC'u / λ)")
     fig.suptitle("held-out scale error along the source eigenvectors (band: min–max over folds)")
     legend(fig, axes, ncols=3)

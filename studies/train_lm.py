@@ -263,8 +263,9 @@ def verdicts(ds: xr.Dataset) -> list:
             less = mem["kl_shampoo"] < min(mem["shampoo_graft"], mem["soap"])
             ok_all.append(seed_fail == 0 and res in ("better", "tie") and less)
             rows.append(
-                f"{t}: KL-Shampoo failed {nfail}/{nrun} runs (best lr: {seed_fail}), "
-                f"vs grafted Shampoo {res} ({margin:+.1f} std); state KiB: KL "
+                f"{t}: KL-Shampoo failed {nfail}/{nrun} runs "
+                f"({seed_fail} failed seeds at the best lr), "
+                f"vs grafted Shampoo {res} ({margin:+.1f} std); state KiB: "
                 + ", ".join(f"{m} {b / 1024:.1f}" for m, b in mem.items())
             )
         out.append(
