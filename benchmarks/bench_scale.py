@@ -183,7 +183,7 @@ def _yardstick(flops):
     """Square (s×s)(s×s) and tall (s²×s)(s×s)/s... matmuls with about ``flops`` flops."""
     s = max(8, int(round((flops / 2) ** (1 / 3))))
     a = jnp.ones((s, s), jnp.float32)
-    tall_k = max(8, int(round(np.sqrt(flops / (2 * 64)))))  # (64·k, k) @ (k, k)
+    tall_k = max(8, int(round((flops / (2 * 64)) ** (1 / 3))))  # (64·k, k) @ (k, k): 128k³ flops
     b = jnp.ones((64 * tall_k, tall_k), jnp.float32)
     c = jnp.ones((tall_k, tall_k), jnp.float32)
     f = jax.jit(jnp.matmul)
