@@ -19,7 +19,7 @@ from jax import lax
 from ..estimators import trace_power_statistic
 from ..linalg import qr_refresh_step
 from ..structures import EigenKronecker
-from ._kronecker import KLShampooState, _clamp, _eigh_desc
+from ._kronecker import KLShampooState, _clamp, _kl_first
 from ._state import OnlineEstimator, batch_square
 
 __all__ = ["bregman_shampoo", "f_shampoo", "vn_shampoo", "sq_shampoo"]
@@ -56,16 +56,11 @@ def bregman_shampoo(
 
     Args:
         q: the trace power (0: KL, ½: SQ, 1: VN, 2: F).
-        beta: as in
-            ``kl_shampoo``.
-        frequency: as in
-            ``kl_shampoo``.
-        init_factor: as in
-            ``kl_shampoo``.
-        damping: as in
-            ``kl_shampoo``.
-        clamp: as in
-            ``kl_shampoo``.
+        beta: as in ``kl_shampoo``.
+        frequency: as in ``kl_shampoo``.
+        init_factor: as in ``kl_shampoo``.
+        damping: as in ``kl_shampoo``.
+        clamp: as in ``kl_shampoo``.
     """
     q, beta, frequency = float(q), float(beta), int(frequency)
     init_factor, kappa, clamp = float(init_factor), float(damping), bool(clamp)
@@ -92,20 +87,9 @@ def bregman_shampoo(
         return KLShampooState(sa, sb, qa, qb, la, lb, step)
 
     def init(g0: jax.Array) -> KLShampooState:
-        g0 = jnp.asarray(g0)
-        m, n = g0.shape[-2:]
-        one_m, one_n = jnp.ones(m, g0.dtype), jnp.ones(n, g0.dtype)
-        sa = (1 - beta) * trace_power_statistic(g0, one_n, jnp.eye(n, dtype=g0.dtype), q)
-        sb = (1 - beta) * trace_power_statistic(g0, one_m, jnp.eye(m, dtype=g0.dtype), q, "right")
-        return KLShampooState(
-            left=sa,
-            right=sb,
-            left_basis=_eigh_desc(sa),
-            right_basis=_eigh_desc(sb),
-            left_values=jnp.full((m,), init_factor, g0.dtype),
-            right_values=jnp.full((n,), init_factor, g0.dtype),
-            step=jnp.asarray(0, jnp.int32),
-        )
+        # the statistic with identity factors is G0G0ᵀ/n (and G0ᵀG0/m) for every q:
+        # KL-Shampoo's own first step
+        return KLShampooState(**_kl_first(g0, beta, init_factor))
 
     def approximation(state: KLShampooState) -> EigenKronecker:
         return EigenKronecker(
