@@ -502,10 +502,8 @@ def capture_from_fn(
 
     Args:
         params: the parameter pytree (the initialisation when training, ``steps`` > 0).
-        x: training inputs and labels (int classes for ``cross_entropy``, floats for
-            ``mse``); the captured examples are drawn from them.
-        y: training inputs and labels (int classes for ``cross_entropy``, floats for
-            ``mse``); the captured examples are drawn from them.
+        x: training inputs; the captured examples are drawn from them.
+        y: training labels (int classes for ``cross_entropy``, floats for ``mse``).
         apply_fn: ``(params, x_batch) -> outputs (B, C)``; with ``loss`` (``cross_entropy``
             or ``mse``, see ``.ggn``) enables every non-K-FAC target.
         loss_fn: alternatively ``(params, (x_batch, y_batch)) -> mean loss``: gradient

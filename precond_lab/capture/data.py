@@ -63,14 +63,11 @@ class Dataset:
 
     Attributes:
         name: registry name (stored as provenance).
-        x_train: inputs (float, or int tokens) and labels (int
-            class indices for ``cross_entropy``, float vectors for ``mse``).
-        y_train: inputs (float, or int tokens) and labels (int
-            class indices for ``cross_entropy``, float vectors for ``mse``).
-        x_test: inputs (float, or int tokens) and labels (int
-            class indices for ``cross_entropy``, float vectors for ``mse``).
-        y_test: inputs (float, or int tokens) and labels (int
-            class indices for ``cross_entropy``, float vectors for ``mse``).
+        x_train: training inputs (float, or int tokens).
+        y_train: training labels (int class indices for ``cross_entropy``, float vectors
+            for ``mse``).
+        x_test: test inputs, as ``x_train``.
+        y_test: test labels, as ``y_train``.
         loss: ``"cross_entropy"`` or ``"mse"``.
         output_dim: number of classes or regression outputs.
         input_shape: shape of one example (channel-first for images).

@@ -128,18 +128,12 @@ class KLSOAPState(NamedTuple):
     """KL-SOAP: ``KLShampooState``'s fields plus Adam's second moment in the basis.
 
     Attributes:
-        left: as in
-            ``KLShampooState``.
-        right: as in
-            ``KLShampooState``.
-        left_basis: as in
-            ``KLShampooState``.
-        right_basis: as in
-            ``KLShampooState``.
-        left_values: as in
-            ``KLShampooState``.
-        right_values: as in
-            ``KLShampooState``.
+        left: as in ``KLShampooState``.
+        right: as in ``KLShampooState``.
+        left_basis: as in ``KLShampooState``.
+        right_basis: as in ``KLShampooState``.
+        left_values: as in ``KLShampooState``.
+        right_values: as in ``KLShampooState``.
         nu: ``v`` (``m×n``), EMA of ``(Q_aᵀGQ_b)²``.
         step: number of updates applied after ``init``.
     """

@@ -285,21 +285,11 @@ def if_shampoo(
     Args:
         learning_rate: ``β₁`` (float or schedule).
         batch_size: ``B`` (required).
-        beta2: see ``scale_by_if_shampoo``;
-            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
-            ``weight_decay``.
-        alpha1: see ``scale_by_if_shampoo``;
-            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
-            ``weight_decay``.
-        alpha2: see ``scale_by_if_shampoo``;
-            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
-            ``weight_decay``.
-        damping: see ``scale_by_if_shampoo``;
-            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
-            ``weight_decay``.
-        weight_decay: see ``scale_by_if_shampoo``;
-            the fallback RF-RMSProp shares ``beta2``, ``alpha1``, ``damping``,
-            ``weight_decay``.
+        beta2: see ``scale_by_if_shampoo``; shared with the RF-RMSProp fallback.
+        alpha1: see ``scale_by_if_shampoo``; shared with the RF-RMSProp fallback.
+        alpha2: see ``scale_by_if_shampoo`` (IF-Shampoo only).
+        damping: see ``scale_by_if_shampoo``; shared with the RF-RMSProp fallback.
+        weight_decay: see ``scale_by_if_shampoo``; shared with the RF-RMSProp fallback.
         labels: leaf partition (see ``with_fallback``).
         max_dim: leaf partition (see ``with_fallback``).
         fallback: transformation for the other leaves.
