@@ -257,6 +257,30 @@ def scale_and_decay(
     return optax.GradientTransformation(init, update)
 
 
+def step_with_adamw_fallback(
+    direction: optax.GradientTransformation,
+    learning_rate: Any,
+    *,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    labels: Any,
+    max_dim: int,
+    fallback: optax.GradientTransformation | None,
+    skip_first: bool,
+) -> optax.GradientTransformation:
+    """A Kronecker direction's step (``scale_and_decay``) on the matrix leaves, and
+    ``fallback`` — by default AdamW with the same ``b1, b2, eps, weight_decay`` — on the
+    others (``with_fallback``)."""
+    kron = optax.chain(
+        direction, scale_and_decay(learning_rate, weight_decay, skip_first=skip_first)
+    )
+    if fallback is None:
+        fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)
+
+
 # ----------------------------------------------------------------------------- state size
 class StateSize(NamedTuple):
     """Size of an optimiser state.

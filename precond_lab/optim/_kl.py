@@ -47,8 +47,7 @@ from ._common import (
     project_back,
     qr_basis,
     resolve_dtype,
-    scale_and_decay,
-    with_fallback,
+    step_with_adamw_fallback,
     work_shape,
 )
 
@@ -343,13 +342,6 @@ def scale_by_kl_soap(
     )
 
 
-def _wrap(direction, learning_rate, b1, b2, eps, weight_decay, labels, max_dim, fallback):
-    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay, skip_first=True))
-    if fallback is None:
-        fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)
-
-
 def trace_power_shampoo(
     q: float,
     learning_rate: Any = 1e-4,
@@ -390,7 +382,18 @@ def trace_power_shampoo(
     """
     beta = b2 if shampoo_beta is None else shampoo_beta
     direction = scale_by_trace_power(q, b1=b1, shampoo_beta=beta, eps=eps, **kwargs)
-    return _wrap(direction, learning_rate, b1, b2, eps, weight_decay, labels, max_dim, fallback)
+    return step_with_adamw_fallback(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        labels=labels,
+        max_dim=max_dim,
+        fallback=fallback,
+        skip_first=True,
+    )
 
 
 def kl_shampoo(learning_rate: Any = 1e-4, **kwargs: Any) -> optax.GradientTransformation:
@@ -454,4 +457,15 @@ def kl_soap(
     """
     beta = b2 if shampoo_beta is None else shampoo_beta
     direction = scale_by_kl_soap(b1=b1, b2=b2, shampoo_beta=beta, eps=eps, **kwargs)
-    return _wrap(direction, learning_rate, b1, b2, eps, weight_decay, labels, max_dim, fallback)
+    return step_with_adamw_fallback(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        labels=labels,
+        max_dim=max_dim,
+        fallback=fallback,
+        skip_first=True,
+    )

@@ -35,8 +35,7 @@ from ._common import (
     project_back,
     qr_basis,
     resolve_dtype,
-    scale_and_decay,
-    with_fallback,
+    step_with_adamw_fallback,
     work_shape,
 )
 from ._kl import KronState
@@ -286,10 +285,18 @@ def shampoo(
     direction = scale_by_shampoo(
         p=p, b1=b1, shampoo_beta=b2, graft=graft, graft_b2=b2, eps=eps, **kwargs
     )
-    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay))
-    if fallback is None:
-        fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)
+    return step_with_adamw_fallback(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        labels=labels,
+        max_dim=max_dim,
+        fallback=fallback,
+        skip_first=False,
+    )
 
 
 def soap(
@@ -326,7 +333,15 @@ def soap(
     """
     beta = b2 if shampoo_beta is None else shampoo_beta
     direction = scale_by_soap(b1=b1, b2=b2, shampoo_beta=beta, eps=eps, **kwargs)
-    kron = optax.chain(direction, scale_and_decay(learning_rate, weight_decay, skip_first=True))
-    if fallback is None:
-        fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return with_fallback(kron, fallback, labels=labels, max_dim=max_dim)
+    return step_with_adamw_fallback(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        labels=labels,
+        max_dim=max_dim,
+        fallback=fallback,
+        skip_first=True,
+    )
