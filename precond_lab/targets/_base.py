@@ -114,13 +114,22 @@ class Target(OperatorMixin):
         """Non-zero eigenvalues (and optionally eigenvectors), descending."""
         raise NotImplementedError
 
+    def _sample_space(self) -> bool:
+        """True when the samples' weighted Gram matrix (``gram()``) is the smaller side."""
+        return False
+
     def logdet(self, damping: float = 0.0) -> float:
-        """``log det(Σ + λI)`` (``λ ≥ 0``), from the spectrum unless a cheaper route exists.
+        """``log det(Σ + λI)`` (``λ ≥ 0``): one Cholesky of the weighted Gram when ``λ > 0``,
+        the weights are ≥ 0 and the samples are fewer than ``mn``; else from the spectrum.
 
         Raises:
             NotPositiveDefiniteError: if ``Σ`` is indefinite (negative weights).
             FitNeedsDampingError: if ``Σ + λI`` is singular.
         """
+        if damping > 0 and self._sample_space():
+            value = self.gram().logdet(float(damping), self.dim)
+            if value is not None:
+                return value
         mu, spec = checked_eigenvalues(self.eigh(), damping)
         logdet = float(np.sum(np.log(np.asarray(mu, np.float64) + damping)))
         if spec.dim > spec.rank:

@@ -577,15 +577,6 @@ class FactoredTarget(Target):
         kernel = _f_combine if factored else _d_combine
         return self._scan(kernel, self.padded // chunk, self.u, self.v, self._put(coef))
 
-    def logdet(self, damping: float = 0.0) -> float:
-        """``log det(Σ + λI)``: one Cholesky of the weighted Gram when ``λ > 0``, the
-        weights are ≥ 0 and there are fewer samples than ``mn``; else from the spectrum."""
-        if damping > 0 and self._sample_space():
-            value = self.gram().logdet(float(damping), self.dim)
-            if value is not None:
-                return value
-        return super().logdet(damping)
-
     def to_dense(self):
         cov = self._scan(_d_cov, self._chunks("dense"), self.u, self.v, self.w)
         return self._corrected(cov, _k_cov)

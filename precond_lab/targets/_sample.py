@@ -278,15 +278,6 @@ class SampleTarget(Target):
             self._cache[key] = self._eigh(vectors)
         return self._cache[key]
 
-    def logdet(self, damping: float = 0.0) -> float:
-        """``log det(Σ + λI)``: one Cholesky of the weighted Gram when ``λ > 0``, the
-        weights are ≥ 0 and there are fewer samples than ``mn``; else from the spectrum."""
-        if damping > 0 and self._sample_space():
-            value = self.gram().logdet(float(damping), self.dim)
-            if value is not None:
-                return value
-        return super().logdet(damping)
-
     def _eigh(self, vectors: bool) -> Spectrum:
         m, n = self.matrix_shape
         d = m * n
