@@ -340,6 +340,18 @@ CASES = [
         r"beta must be a real number in \[0, 1\); got 1.0",
     ),
     (
+        "online bregman_shampoo beta=1",
+        _online(lambda: onl.bregman_shampoo(0.5, beta=1.0)),
+        ValueError,
+        r"beta must be a real number in \[0, 1\); got 1.0",
+    ),
+    (
+        "online bregman_shampoo q nan",
+        _online(lambda: onl.bregman_shampoo(float("nan"))),
+        ValueError,
+        r"q must be a real number in \(-inf, inf\); got nan",
+    ),
+    (
         "online soap beta2 nan",
         _online(lambda: onl.soap(beta2=float("nan"))),
         ValueError,

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._validation import check_number
 from ..estimators import trace_power_statistic
 from ..linalg import qr_refresh_step
 from ..structures import EigenKronecker
-from ._kronecker import KLShampooState, _clamp, _kl_first
+from ._kronecker import KLShampooState, _clamp, _kl_first, _old_weight, _period
 from ._state import OnlineEstimator, batch_square
 
 __all__ = ["bregman_shampoo", "f_shampoo", "vn_shampoo", "sq_shampoo"]
@@ -62,8 +63,10 @@ def bregman_shampoo(
         damping: as in ``kl_shampoo``.
         clamp: as in ``kl_shampoo``.
     """
-    q, beta, frequency = float(q), float(beta), int(frequency)
-    init_factor, kappa, clamp = float(init_factor), float(damping), bool(clamp)
+    q = check_number(q, "q")
+    beta, frequency = _old_weight(beta, "beta"), _period(frequency)
+    init_factor, clamp = float(init_factor), bool(clamp)
+    kappa = check_number(damping, "damping", low=0.0)
 
     @jax.jit
     def update(state: KLShampooState, g: jax.Array) -> KLShampooState:
