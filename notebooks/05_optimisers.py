@@ -97,8 +97,12 @@ for name, rs in runs.items():
     ax.plot(mean, label=name)
     if len(rs) > 1:
         ax.fill_between(np.arange(STEPS), curves.min(0), curves.max(0), alpha=0.2)
-ax.set(xlabel="step", ylabel="mini-batch loss", yscale="log",
-       title=f"digits MLP, {len(SEEDS)} seed(s){' (band: min–max)' if len(SEEDS) > 1 else ''}")
+ax.set(
+    xlabel="step",
+    ylabel="mini-batch loss",
+    yscale="log",
+    title=f"digits MLP, {len(SEEDS)} seed(s){' (band: min–max)' if len(SEEDS) > 1 else ''}",
+)
 ax.legend()
 plt.show()
 
