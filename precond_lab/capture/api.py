@@ -37,6 +37,7 @@ from ..schema import (
     Kind,
     batch_group,
 )
+from . import cache
 from . import store as st
 from .data import Dataset, from_arrays, load_dataset
 from .discover import user_model
@@ -45,7 +46,7 @@ from .integrity import check_step_finite
 from .kfac import KFAC_TARGETS, kfac_layer
 from .layout import describe, flat_params, matrix_shape, row_axes_for, to_matrix, warn_guessed
 from .models import Model, make_model
-from .per_example import Request, make_capture_fn, run_chunked
+from .per_example import Request, make_capture_fn, run_chunked, sample_keys
 from .train import batch_indices, make_eval, make_optimizer, make_train_step
 
 __all__ = ["TARGETS", "capture", "capture_from_fn", "capture_model"]
@@ -249,6 +250,7 @@ def capture(
                 chunk_size=chunk_size,
                 eval_samples=eval_samples,
                 batch_size=batch_size,
+                optimizer=(optimizer, float(learning_rate)),
             )
             runner = _Runner(model, ds, params, opt, layers, targets, row_axes, cap_idx, cfg, dtype)
             runner.run(params, opt_state, resume, missing, out, result, callback, progress)
@@ -327,6 +329,12 @@ def _restore(out, step, params, opt_state):
     return params, opt_state
 
 
+def _model_key(model: Model) -> tuple:
+    """What a model's traced code depends on: its functions (by identity) and layers."""
+    layers = getattr(model, "layers", ())
+    return (model.apply, model.loss_fn, model.loss, model.tape_layers, layers)
+
+
 class _Runner:
     """The jitted pieces of one run and the assembly of a step's DataTree."""
 
@@ -339,9 +347,22 @@ class _Runner:
         req = Request(layers, frozenset(targets) - {"trajectory"}, cfg["mc_samples"], row_axes)
         if not req.targets:
             req = Request(layers, frozenset({"gradients"}), cfg["mc_samples"], row_axes)
-        self.capture_fn = make_capture_fn(model, params, req)
-        self.train_step = make_train_step(model, opt, layers, row_axes)
-        self.evaluate = make_eval(model)
+        # the compiled pieces are shared by every run of the same configuration (.cache)
+        self._key = (_model_key(model), cache.param_signature(params))
+        rows = cache.row_axes_key(row_axes, layers)
+        what = (layers, tuple(sorted(req.targets)), int(cfg["mc_samples"]), rows)
+        self.capture_fn = cache.cached(
+            ("capture_fn", *self._key, *what), lambda: make_capture_fn(model, params, req)
+        )
+        self.evaluate = cache.cached(("eval", self._key[0]), lambda: make_eval(model))
+        self._opt = opt
+        self._train_key = ("train_step", *self._key, cfg["optimizer"], layers, rows)
+
+    @property
+    def train_step(self):
+        """The jitted training step, built (or found in the cache) only when first needed."""
+        model, opt, layers, rows = self.model, self._opt, self.layers, self.row_axes
+        return cache.cached(self._train_key, lambda: make_train_step(model, opt, layers, rows))
 
     def _cast(self, a):
         a = np.asarray(a)
@@ -360,13 +381,16 @@ class _Runner:
 
             todo = tqdm(todo, desc="capture", unit="step")
         traj: list[tuple[int, dict]] = []
+        trajectory = "trajectory" in self.targets
         for s in todo:
             xb, yb = self.batch(s)
-            new_params, new_opt, train_loss, g = self.train_step(params, opt_state, xb, yb)
-            if s != resume:
-                traj.append((s, g))
+            if s < missing[-1] or trajectory:  # no training step after the last capture
+                new_params, new_opt, _, g = self.train_step(params, opt_state, xb, yb)
+                if s != resume and trajectory:
+                    traj.append((s, g))
             if s in missing:
-                tree = self.step_tree(s, params, opt_state, float(train_loss), traj)
+                train_loss = float(self.evaluate(params, xb, yb)[0])  # forward only
+                tree = self.step_tree(s, params, opt_state, train_loss, traj)
                 traj = []
                 if out is not None:
                     st.write_step(out, s, tree)  # refuses NaN/Inf before the marker
@@ -375,11 +399,12 @@ class _Runner:
                     result[st.step_name(s)] = tree
                 if callback is not None:
                     callback(s, tree)
-            params, opt_state = new_params, new_opt
+            if s < missing[-1]:
+                params, opt_state = new_params, new_opt
 
     def step_tree(self, step, params, opt_state, train_loss, traj) -> xr.DataTree:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg["seed"]), 77), step)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(self.cap_idx))
+        keys = sample_keys(key, self.cap_idx, self.cfg["chunk_size"])
         res = run_chunked(
             self.capture_fn, params, self.x_cap, self.y_cap, keys, self.cfg["chunk_size"]
         )

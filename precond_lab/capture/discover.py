@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Literal
 
+from .cache import cached, param_signature
 from .layout import LayoutWarning, col_axes_for, flat_params, preset_row_axes
 from .models import Model
 
@@ -379,10 +380,20 @@ def kfac_model(
         loss: ``"cross_entropy"`` or ``"mse"``.
         name: model name stored as provenance.
 
+    The trace is done once per ``apply_fn`` (by identity), parameter structure, input
+    shape, loss and name (see ``.cache``): a later call reuses the same ``apply``, so
+    captures of it share their compiled functions; ``init`` returns this call's ``params``.
+
     Raises:
         ValueError: when no dense or convolution layer with a parameter weight is found.
     """
     x1 = jnp.asarray(x)[:1]
+    key = ("kfac_model", apply_fn, param_signature(params), x1.shape, str(x1.dtype), loss, name)
+    model = cached(key, lambda: _kfac_model(apply_fn, params, x1, loss, name))
+    return dataclasses.replace(model, init=lambda key: params)
+
+
+def _kfac_model(apply_fn, params, x1, loss, name) -> DiscoveredModel:
     closed, nleaves, plans = _plans(apply_fn, params, x1)
     if not plans:
         raise ValueError(
@@ -399,12 +410,16 @@ def kfac_model(
 
     return DiscoveredModel(
         name,
-        lambda key: params,
+        _init_placeholder,  # replaced by each kfac_model call (the cache keeps no params)
         apply,
         loss,
         {"user": name},
         layers=found,
     )
+
+
+def _init_placeholder(key):
+    raise AssertionError("kfac_model sets each model's init to its call's params")
 
 
 def user_model(
@@ -457,7 +472,8 @@ def user_model(
                 LayoutWarning,
                 stacklevel=3,
             )
-        model = Model(name, lambda key: params, _per_example(apply_fn), loss, {"user": name})
+        per_example = cached(("per_example", apply_fn), lambda: _per_example(apply_fn))
+        model = Model(name, lambda key: params, per_example, loss, {"user": name})
     for lay in getattr(model, "layers", ()):
         rows[lay.weight] = lay.row_axes
         if lay.bias is not None:

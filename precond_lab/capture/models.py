@@ -40,6 +40,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .cache import cached
+
 __all__ = ["Model", "Tape", "make_model", "MODELS"]
 
 MODELS = ("mlp", "cnn", "transformer")
@@ -222,6 +224,9 @@ def _transformer(vocab, context, width, heads, blocks, dtype) -> Model:
 def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
     """Build a named model sized for ``dataset`` (a ``Dataset``).
 
+    The same name, options, dtype and dataset sizes give the same ``Model`` object (built
+    once, see ``.cache``), so captures of it share their compiled functions.
+
     Args:
         name: one of ``MODELS``.
         dataset: provides ``input_shape``, ``output_dim``, ``loss`` (and ``vocab_size``,
@@ -234,6 +239,16 @@ def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
     Raises:
         ValueError: unknown model name, unknown option, or a model/dataset mismatch.
     """
+    sizes = (dataset.input_shape, dataset.output_dim, dataset.loss)
+    key = ("model", name, *sizes, dataset.vocab_size, dataset.context, str(dtype))
+    try:
+        key += (json.dumps(kwargs, sort_keys=True),)
+    except TypeError:  # options JSON cannot write: build without caching
+        return _build(name, dataset, dtype, **kwargs)
+    return cached(key, lambda: _build(name, dataset, dtype, **kwargs))
+
+
+def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     dt = jnp.dtype(dtype)

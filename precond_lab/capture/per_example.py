@@ -31,7 +31,7 @@ from .kfac import KFAC_TARGETS, kfac_layer
 from .layout import flat_params, matrix_shape, merge_params, row_axes_for, to_matrix
 from .models import Model, Tape
 
-__all__ = ["Request", "make_capture_fn", "run_chunked"]
+__all__ = ["Request", "chunk_length", "make_capture_fn", "run_chunked", "sample_keys"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,13 +152,34 @@ def _make_loss_fn_capture(model: Model, req: Request, shapes, rows):
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0)))
 
 
-def run_chunked(fn: Callable, params, x, y, keys, chunk: int) -> dict:
-    """Apply ``fn`` over examples in chunks of ``chunk`` (the last padded, then trimmed).
+def chunk_length(n: int, chunk: int) -> int:
+    """Examples per jitted call for ``n`` examples: ``chunk``, or below it the power of two ≥ n.
 
+    Every ``n`` from ``chunk`` up (and every ``n`` in one power-of-two bucket below it)
+    gets the same length, so a new number of examples reuses the compiled function; the
+    padding wastes less than half a chunk's work.
+    """
+    chunk = max(1, int(chunk))
+    return min(chunk, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _host(a):
+    """A NumPy view of ``a`` (typed PRNG key arrays stay JAX arrays)."""
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return a
+    return np.asarray(a)
+
+
+def run_chunked(fn: Callable, params, x, y, keys, chunk: int) -> dict:
+    """Apply ``fn`` over examples in chunks of ``chunk_length(N, chunk)`` (the last padded).
+
+    The last chunk is padded by repeating examples from the start and its padding rows are
+    dropped from the result, so every call has one shape and one compiled executable.
     Returns the same nested dict with NumPy arrays concatenated along the sample axis.
     """
     n = len(x)
-    chunk = max(1, min(int(chunk), n))
+    chunk = chunk_length(n, chunk)
+    x, y, keys = _host(x), _host(y), _host(keys)  # host indexing: no per-N gather kernels
     parts = []
     for start in range(0, n, chunk):
         idx = np.arange(start, start + chunk) % n  # pad by wrapping: one compiled shape
@@ -166,6 +187,24 @@ def run_chunked(fn: Callable, params, x, y, keys, chunk: int) -> dict:
         keep = min(chunk, n - start)
         parts.append(jax.tree_util.tree_map(lambda a, keep=keep: np.asarray(a)[:keep], out))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *parts)
+
+
+@jax.jit
+def _fold_in(key, ids):
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
+def sample_keys(key, ids, chunk: int) -> np.ndarray:
+    """``jax.random.fold_in(key, i)`` for every ``i`` in ``ids``, ``(N, *key.shape)``.
+
+    Computed in padded chunks of ``chunk_length(N, chunk)``, so a new ``N`` compiles
+    nothing.
+    """
+    ids = np.asarray(ids)
+    c = chunk_length(len(ids), chunk)
+    padded = np.resize(ids, -(-len(ids) // c) * c)  # repeats ids to a whole number of chunks
+    out = [np.asarray(_fold_in(key, padded[s : s + c])) for s in range(0, len(padded), c)]
+    return np.concatenate(out)[: len(ids)]
 
 
 def layer_matrix_shapes(params, req: Request) -> dict[str, tuple[int, int]]:

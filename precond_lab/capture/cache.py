@@ -1,0 +1,82 @@
+"""Compiled capture pieces kept across calls: one bounded LRU keyed on their configuration.
+
+Every ``capture()`` builds jitted functions (the per-example capture function, the training
+step, the evaluation) and, for a user's ``apply_fn``, a ``Model`` from its traced jaxpr.
+A new ``jax.jit`` object retraces and recompiles even when an identical one ran a moment
+ago, so these pieces are looked up here by a hashable key describing everything their code
+depends on: the model's functions (by identity), the parameter tree's structure, shapes and
+dtypes (``param_signature``), the layers, targets, Monte-Carlo samples, matricization, and
+the optimizer. A second call with the same configuration reuses them, and because
+``jax.jit`` caches executables per input shape, a call whose chunks have the same shape
+compiles nothing.
+
+Functions are keyed by identity and kept alive by the cache (so an id is never reused by
+another object); a value that cannot be hashed disables caching for that call. The cache
+holds at most ``MAX_ENTRIES`` pieces, least recently used first out; ``clear()`` empties it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+__all__ = ["MAX_ENTRIES", "cached", "clear", "param_signature", "row_axes_key", "size"]
+
+MAX_ENTRIES = 64
+
+T = TypeVar("T")
+_CACHE: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+
+
+def cached(key: Hashable, build: Callable[[], T]) -> T:
+    """The cached value of ``key``, built by ``build()`` (and stored) on a miss.
+
+    Args:
+        key: a hashable description of everything ``build``'s result depends on; an
+            unhashable key (a list, an unhashable callable) builds without caching.
+        build: makes the value; its exceptions propagate and nothing is stored.
+    """
+    try:
+        hit = _CACHE.get(key)
+    except TypeError:  # unhashable: no caching for this configuration
+        return build()
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    value = build()
+    _CACHE[key] = value
+    while len(_CACHE) > MAX_ENTRIES:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def clear() -> None:
+    """Forget every cached piece (the next capture traces and compiles again)."""
+    _CACHE.clear()
+
+
+def size() -> int:
+    """How many pieces are cached."""
+    return len(_CACHE)
+
+
+def param_signature(params) -> tuple:
+    """The tree structure and each leaf's shape and dtype: what traced code depends on."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    return tree, tuple((tuple(np.shape(x)), str(_dtype(x))) for x in leaves)
+
+
+def _dtype(x):
+    return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+def row_axes_key(row_axes: Mapping[str, tuple[int, ...]] | None, paths=None) -> tuple:
+    """``row_axes`` (restricted to ``paths`` when given) as a sorted, hashable tuple."""
+    items = (row_axes or {}).items()
+    return tuple(
+        sorted((p, tuple(int(a) for a in ax)) for p, ax in items if paths is None or p in paths)
+    )
