@@ -79,13 +79,17 @@ layer = step[LAYER].to_dataset().load()
 display(layer)
 
 # %% [markdown]
-# `gradients` is `(sample, row, col)`; `ggn` has one more axis, `class`: the exact
-# GGN pseudo-gradients `b_{i,c} = J_iᵀ Λ_i^{1/2} e_c` whose outer products average to the
-# Gauss–Newton block. `SampleTarget` accepts both DataArrays directly (the `class` axis
-# becomes extra samples, each with its example's weight).
+# A dense layer's per-example matrices are rank one, `G = δ aᵀ`, so the capture stores
+# `gradients` and `ggn` as their factors (`kfac_activations` `a`, `kfac_backprops*` `δ`)
+# where that is smaller (`storage="auto"`, recorded in `storage_<kind>`).
+# `schema.layer_samples` returns either form as the dense array: `gradients` is
+# `(sample, row, col)`; `ggn` has one more axis, `class`: the exact GGN pseudo-gradients
+# `b_{i,c} = J_iᵀ Λ_i^{1/2} e_c` whose outer products average to the Gauss–Newton block.
+# `SampleTarget` accepts both DataArrays directly (the `class` axis becomes extra samples,
+# each with its example's weight); `capture.layer_target` would use the factors instead.
 
 # %%
-ggn = SampleTarget(layer["ggn"])
+ggn = SampleTarget(schema.layer_samples(step[LAYER], "ggn"))
 target = ggn.damped(DAMPING)  # Σ + λI, never formed densely
 m, n = target.matrix_shape
 print(f"layer {LAYER}: m={m}, n={n}, mn={m * n}; samples behind Σ: {ggn.num_samples}")

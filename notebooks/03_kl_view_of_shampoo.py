@@ -74,7 +74,7 @@ tree = capture(
     dtype="float64",
     eval_samples=0,
 )
-G = tree[schema.step_name(STEP)]["layers/1/w"]["gradients"].load()
+G = schema.layer_samples(tree[schema.step_name(STEP)]["layers/1/w"], "gradients").load()
 sigma = SampleTarget(G)
 m, n = sigma.matrix_shape
 lam = REL_DAMPING * float(sigma.trace()) / (m * n)

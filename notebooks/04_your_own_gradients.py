@@ -88,7 +88,9 @@ print(f"training loss after {TRAIN_STEPS} steps: {float(mean_loss(params, x, y))
 # `capture_from_fn` with `steps=(0,)` captures at the parameters as given. Layers are
 # named by their pytree path. `loss="cross_entropy"` enables the Gauss–Newton targets
 # (`ggn`: exact, `ggn-mc`: sampled labels); with a `loss_fn` instead of `apply_fn` only
-# the gradient targets are available.
+# the gradient targets are available. The dense layers found in `apply_fn` store their
+# targets as factors `(δ, a)` where smaller; `schema.layer_samples` returns the
+# `(sample, [class,] row, col)` array either way (`storage="dense"` stores it as such).
 
 # %%
 tree = capture_from_fn(
@@ -102,10 +104,11 @@ tree = capture_from_fn(
     num_samples=NUM_SAMPLES,
 )
 node = tree[schema.step_name(0)]["out/w"]
-print(node["gradients"].dims, node["gradients"].shape, "|", node["ggn"].dims, node["ggn"].shape)
+g, b = schema.layer_samples(node, "gradients"), schema.layer_samples(node, "ggn")
+print(g.dims, g.shape, "|", b.dims, b.shape, "| stored as", node.attrs["storage_ggn"])
 
-ggn = SampleTarget(node["ggn"])  # the class axis becomes extra samples
-grads = SampleTarget(node["gradients"])
+ggn = SampleTarget(b)  # the class axis becomes extra samples
+grads = SampleTarget(g)
 for name, t in {"GGN": ggn, "empirical Fisher": grads}.items():
     c_sq = float(met.cosine_similarity(t, est.shampoo_squared(t)))
     c_opt = float(met.cosine_similarity(t, est.frobenius_optimal(t)))
@@ -121,7 +124,8 @@ for name, t in {"GGN": ggn, "empirical Fisher": grads}.items():
 
 # %%
 tmp = Path(tempfile.mkdtemp())
-np.save(tmp / "hidden_grads.npy", np.asarray(tree[schema.step_name(0)]["hidden/w"]["gradients"]))
+hidden = schema.layer_samples(tree[schema.step_name(0)]["hidden/w"], "gradients")
+np.save(tmp / "hidden_grads.npy", np.asarray(hidden))
 
 G = np.load(tmp / "hidden_grads.npy", mmap_mode="r")
 print("loaded", G.shape, G.dtype)
@@ -214,7 +218,7 @@ assert float(jnp.linalg.norm(H - ggn.to_dense()) / jnp.linalg.norm(H)) < 1e-8
 from precond_lab.evaluate import evaluate
 
 ds = evaluate(
-    {"ggn (samples)": node["ggn"], "hessian (dense)": dense},
+    {"ggn (samples)": b, "hessian (dense)": dense},
     ["frobenius_optimal", "shampoo_squared", "shampoo", "kl_optimal"],
     ["cosine", "kl_rescaled"],
     damping=1e-4,

@@ -21,6 +21,8 @@ import re
 
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 __all__ = [
     "Kind",
@@ -35,6 +37,11 @@ __all__ = [
     "STEP_VARIABLES",
     "VARIABLE_DIMS",
     "WEIGHT",
+    "STORAGE_AUTO",
+    "STORAGE_DENSE",
+    "STORAGE_FACTORED",
+    "STORAGES",
+    "storage_attr",
     "batch_kind",
     "batch_size_of",
     "batch_group",
@@ -46,6 +53,7 @@ __all__ = [
     "as_samples",
     "layer_kinds",
     "layer_samples",
+    "layer_storage",
     "layer_kfac_inputs",
     "sample_bag",
 ]
@@ -140,6 +148,10 @@ CHECKPOINT = "checkpoint"  #: the resume-state group of a step
 TRAJECTORY_GROUP = "trajectory"  #: a layer's trajectory group
 STEP_VARIABLES = ("loss", "outputs", "labels")  #: per-example variables of a step group
 WEIGHT = "weight"  #: the per-sample weight coordinate of batch and trajectory gradients
+STORAGE_AUTO = "auto"  #: factors where smaller than the dense arrays (``capture(storage=)``)
+STORAGE_DENSE = "dense"  #: a per-example kind stored as its ``(sample, …, row, col)`` array
+STORAGE_FACTORED = "factored"  #: … stored as K-FAC activations and backprops only
+STORAGES = (STORAGE_AUTO, STORAGE_DENSE, STORAGE_FACTORED)
 
 #: Allowed dims of each layer-group variable (one tuple per allowed layout).
 VARIABLE_DIMS: dict[str, list[tuple[str, ...]]] = {
@@ -229,9 +241,32 @@ def as_samples(da: xr.DataArray) -> xr.DataArray:
     return da.rename({da.dims[0]: Dim.SAMPLE.value})
 
 
+def storage_attr(kind) -> str:
+    """The layer-group attribute recording how ``kind`` is stored: ``storage_ggn_mc``."""
+    return f"storage_{parse_kind(kind)}"
+
+
+def layer_storage(node: xr.DataTree | xr.Dataset, kind) -> str | None:
+    """``"dense"``, ``"factored"`` or None: how a captured layer holds per-example ``kind``.
+
+    ``"factored"`` needs the layer attribute ``storage_<kind> = "factored"`` and both the
+    activations and the matching backprops; a dense array present counts as dense.
+    """
+    kind = parse_kind(kind)
+    if kind not in (k.value for k in SAMPLE_KINDS):
+        return None
+    ds = node.dataset if isinstance(node, xr.DataTree) else node
+    if kind in ds:
+        return STORAGE_DENSE
+    factored = node.attrs.get(storage_attr(kind)) == STORAGE_FACTORED
+    if factored and KFAC_ACTIVATIONS in ds and KFAC_BACKPROPS[Kind(kind)] in ds:
+        return STORAGE_FACTORED
+    return None
+
+
 def layer_kinds(node: xr.DataTree) -> list[str]:
-    """The target kinds a captured layer group holds, in canonical order."""
-    out = [k.value for k in SAMPLE_KINDS if k.value in node.dataset]
+    """The target kinds a captured layer group holds (dense or factored), in canonical order."""
+    out = [k.value for k in SAMPLE_KINDS if layer_storage(node, k) is not None]
     if TRAJECTORY_GROUP in node.children:
         out.append(Kind.TRAJECTORY.value)
     sizes = sorted(b for c in node.children if (b := batch_group_size(c)) is not None)
@@ -244,10 +279,19 @@ def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
     Per-example kinds are ``(sample, [class|mc,] row, col)``; ``trajectory`` and
     ``batch_<B>`` come with their ``weight`` coordinate and the leading dim renamed to
     ``sample`` (``as_samples``), ready for ``SampleTarget``.
+
+    A kind stored factored (``layer_storage``) comes as a lazily rebuilt array
+    ``G = Σ_t δ_t a_tᵀ`` with the same dims and coordinates: indexing it reads and rebuilds
+    only the selected examples, but loading all of it (``.values``, ``np.asarray``) costs
+    ``N·[K·]m·n`` memory, the dense size the factored store avoids. To score it without
+    rebuilding, use ``precond_lab.capture.layer_target``.
     """
     kind = parse_kind(kind)
     if kind in (k.value for k in SAMPLE_KINDS):
-        return node.dataset[kind] if kind in node.dataset else None
+        form = layer_storage(node, kind)
+        if form == STORAGE_FACTORED:
+            return _rebuilt(node, kind)
+        return node.dataset[kind] if form is not None else None
     if kind == Kind.TRAJECTORY.value:
         child = TRAJECTORY_GROUP
     elif (b := batch_size_of(kind)) is not None:
@@ -257,6 +301,45 @@ def layer_samples(node: xr.DataTree, kind) -> xr.DataArray | None:
     if child in node.children and Kind.GRADIENTS.value in node[child].dataset:
         return as_samples(node[child].dataset[Kind.GRADIENTS.value])
     return None
+
+
+class _Rebuilt(BackendArray):
+    """``(sample, [K,] m, n)`` per-example matrices rebuilt from factors on indexing."""
+
+    def __init__(self, backprops: xr.Variable, activations: xr.Variable, inner: bool):
+        self.d, self.a, self.lead = backprops, activations, 2 if inner else 1
+        self.positional = activations.ndim == 3
+        m, n = backprops.shape[-1], activations.shape[-1]
+        self.shape = (*backprops.shape[: self.lead], m, n)
+        self.dtype = np.result_type(backprops.dtype, activations.dtype)
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._get
+        )
+
+    def _get(self, key: tuple) -> np.ndarray:
+        ints = [isinstance(k, (int, np.integer)) for k in key]
+        sl = tuple(slice(k, k + 1) if i else k for k, i in zip(key, ints, strict=True))
+        d = np.asarray(self.d[sl[: self.lead]].values)
+        a = np.asarray(self.a[sl[0]].values)
+        if not self.positional:
+            d, a = d[..., None, :], a[..., None, :]
+        eq = "sktm,stn->skmn" if self.lead == 2 else "stm,stn->smn"
+        g = np.einsum(eq, d, a).astype(self.dtype, copy=False)
+        g = g[(slice(None),) * self.lead + sl[self.lead :]]
+        return g[tuple(0 if i else slice(None) for i in ints)]
+
+
+def _rebuilt(node, kind: str) -> xr.DataArray:
+    ds = node.dataset
+    bp, acts = ds[KFAC_BACKPROPS[Kind(kind)]], ds[KFAC_ACTIVATIONS]
+    inner = kind != Kind.GRADIENTS.value
+    dims = VARIABLE_DIMS[kind][0]
+    data = indexing.LazilyIndexedArray(_Rebuilt(bp.variable, acts.variable, inner))
+    coords = {k: v for k, v in bp.coords.items() if set(v.dims) <= set(dims)}
+    attrs = {"storage": STORAGE_FACTORED}
+    return xr.DataArray(xr.Variable(dims, data), coords=coords, name=kind, attrs=attrs)
 
 
 def layer_kfac_inputs(node: xr.DataTree | xr.Dataset, kind) -> tuple[np.ndarray, np.ndarray] | None:

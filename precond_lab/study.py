@@ -215,9 +215,9 @@ UNTESTED = untested()
 def cached_capture(cache_dir: Path | None = None, **config):
     """``precond_lab.capture.capture(**config)`` stored once under the cache and reused.
 
-    The store's name is a hash of the configuration, and a capture resumes where it
-    stopped, so studies that need the same run share it. Cache: ``<clone>/.precond_lab_cache``
-    (or ``$PRECOND_LAB_CACHE``).
+    The store's name is a hash of the configuration (and the store schema version), and a
+    capture resumes where it stopped, so studies that need the same run share it. Cache:
+    ``<clone>/.precond_lab_cache`` (or ``$PRECOND_LAB_CACHE``).
 
     Returns:
         The capture opened lazily (``open_capture``).
@@ -226,12 +226,13 @@ def cached_capture(cache_dir: Path | None = None, **config):
     import json
     import os
 
-    from .capture import capture, open_capture
+    from .capture import SCHEMA_VERSION, capture, open_capture
 
     cache = Path(
         cache_dir or os.environ.get("PRECOND_LAB_CACHE", repo_root() / ".precond_lab_cache")
     )
-    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    keyed = {**config, "store_schema_version": SCHEMA_VERSION}  # an older store is not reused
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out = (
         cache
         / "captures"

@@ -29,6 +29,9 @@ from ..schema import (
     KFAC_BACKPROPS,
     PARAM,
     SAMPLE_KINDS,
+    STORAGE_DENSE,
+    STORAGE_FACTORED,
+    STORAGES,
     TRAJECTORY_GROUP,
     VARIABLE_DIMS,
     WEIGHT,
@@ -36,6 +39,7 @@ from ..schema import (
     Dim,
     Kind,
     batch_group,
+    storage_attr,
 )
 from . import cache
 from . import store as st
@@ -47,6 +51,7 @@ from .kfac import KFAC_TARGETS, kfac_layer
 from .layout import describe, flat_params, matrix_shape, row_axes_for, to_matrix, warn_guessed
 from .models import Model, make_model
 from .per_example import Request, make_capture_fn, run_chunked, sample_keys
+from .storage import batch_means, layer_request, plan_storage
 from .train import batch_indices, make_eval, make_optimizer, make_train_step
 
 __all__ = ["TARGETS", "capture", "capture_from_fn", "capture_model"]
@@ -103,6 +108,7 @@ def capture(
     eval_samples: int = 1000,
     callback: Callable[[int, xr.DataTree], None] | None = None,
     progress: bool = False,
+    storage: str = "auto",
 ) -> xr.DataTree:
     """Train and capture per-example quantities at ``steps``.
 
@@ -131,12 +137,18 @@ def capture(
         eval_samples: test examples for ``test_loss``/``test_accuracy``.
         callback: ``callback(step, step_tree)`` after each captured step is stored.
         progress: show a tqdm progress bar over training steps.
+        storage: how ``gradients``, ``ggn`` and ``ggn-mc`` are stored (see ``.storage``):
+            ``"auto"`` as their factors ``(δ, a)`` for every layer whose gradients factor
+            (dense and convolution layers, ``T`` positions) where ``T·(m + n) < m·n``, else
+            dense; ``"factored"`` always as factors; ``"dense"`` always dense. Read either
+            form with ``schema.layer_samples`` or ``layer_target``.
 
     Returns:
         The run's DataTree: opened lazily from ``out`` (all complete steps), or in memory.
 
     Raises:
-        ValueError: unknown model, dataset, target, layer or optimizer; bad sizes; a
+        ValueError: unknown model, dataset, target, layer, optimizer or storage;
+            ``storage="factored"`` for a layer that cannot factor; bad sizes; a
             non-finite learning rate; labels that do not fit the model's outputs.
         NonFiniteError: a captured step holds NaN/Inf (inputs, or diverged training); the
             steps before it stay stored and a rerun resumes.
@@ -150,6 +162,7 @@ def capture(
     elif model_options:
         raise ValueError("model_options only apply to a model given by name")
     targets = _check_choice("targets", list(targets), TARGETS)
+    _check_choice("storage", [storage], STORAGES)
     steps = sorted({int(s) for s in steps})
     if not steps or steps[0] < 0:
         raise ValueError(f"steps must be non-negative integers; got {steps}")
@@ -192,6 +205,9 @@ def capture(
         p: matrix_shape(flat[p].shape, row_axes_for(flat[p].shape, row_axes.get(p))) for p in layers
     }
     cap_idx = np.random.default_rng(seed).choice(n_train, num_samples, replace=False)
+    x0 = np.asarray(ds.x_train[cap_idx[0]])
+    x0 = x0.astype(dtype) if x0.dtype.kind == "f" else x0
+    factored = plan_storage(model, params, x0, layers, targets, storage, row_axes)
     config = {
         "model": model.name,
         "model_config": model.config_json(),
@@ -208,6 +224,7 @@ def capture(
         "layers": ",".join(layers),
         "dtype": dtype,
         "row_axes": json.dumps({p: list(a) for p, a in sorted(row_axes.items())}),
+        "storage": storage,
     }
     attrs = {
         "schema": st.SCHEMA_NAME,
@@ -250,6 +267,7 @@ def capture(
                 chunk_size=chunk_size,
                 eval_samples=eval_samples,
                 batch_size=batch_size,
+                factored=factored,
                 optimizer=(optimizer, float(learning_rate)),
             )
             runner = _Runner(model, ds, params, opt, layers, targets, row_axes, cap_idx, cfg, dtype)
@@ -344,13 +362,14 @@ class _Runner:
         self.dtype = dtype
         self.cap_idx = cap_idx
         self.x_cap, self.y_cap = self._cast(ds.x_train[cap_idx]), self._cast(ds.y_train[cap_idx])
-        req = Request(layers, frozenset(targets) - {"trajectory"}, cfg["mc_samples"], row_axes)
-        if not req.targets:
-            req = Request(layers, frozenset({"gradients"}), cfg["mc_samples"], row_axes)
+        wanted = frozenset(targets) - {"trajectory"} or frozenset({"gradients"})
+        per_layer = {p: layer_request(wanted, True) for p in layers if cfg["factored"][p]}
+        req = Request(layers, wanted, cfg["mc_samples"], row_axes, per_layer)
         # the compiled pieces are shared by every run of the same configuration (.cache)
         self._key = (_model_key(model), cache.param_signature(params))
         rows = cache.row_axes_key(row_axes, layers)
-        what = (layers, tuple(sorted(req.targets)), int(cfg["mc_samples"]), rows)
+        lay = tuple(sorted((p, tuple(sorted(t))) for p, t in per_layer.items()))
+        what = (layers, tuple(sorted(wanted)), int(cfg["mc_samples"]), rows, lay)
         self.capture_fn = cache.cached(
             ("capture_fn", *self._key, *what), lambda: make_capture_fn(model, params, req)
         )
@@ -446,15 +465,25 @@ class _Runner:
         rows = row_axes_for(param.shape, self.row_axes.get(p))
         mat = np.asarray(to_matrix(param, 0, param.shape, rows))
         data = {PARAM: (VARIABLE_DIMS[PARAM][0], mat)}
+        factored = self.cfg["factored"][p]
+        form = STORAGE_FACTORED if factored else STORAGE_DENSE
+        stored = [k for k in SAMPLE_KINDS if CaptureTarget.parse(k.value).value in self.targets]
         for kind in SAMPLE_KINDS:
             name = kind.value
             if name in r and (kind is not Kind.GRADIENTS or name in self.targets):
                 data[name] = (VARIABLE_DIMS[name][0], r[name])
         acts = r.get(KFAC_ACTIVATIONS)
         positional = acts is not None and acts.ndim == 3
-        for name in (KFAC_ACTIVATIONS, *KFAC_BACKPROPS.values()):
-            if name in r:  # the layout with or without a position dim
-                data[name] = (VARIABLE_DIMS[name][int(positional)], r[name])
+        keep = [  # factors kept: K-FAC targets asked for, and the factored kinds
+            k
+            for k, t in zip(SAMPLE_KINDS, KFAC_TARGETS, strict=True)
+            if t in self.targets or (factored and k in stored)
+        ]
+        for kind in keep:  # the layout with or without a position dim
+            name = KFAC_BACKPROPS[kind]
+            data[name] = (VARIABLE_DIMS[name][int(positional)], r[name])
+        if keep:
+            data[KFAC_ACTIVATIONS] = (VARIABLE_DIMS[KFAC_ACTIVATIONS][int(positional)], acts)
         c = {**coords}
         if Kind.GGN.value in data or KFAC_BACKPROPS[Kind.GGN] in data:
             c[Dim.CLASS.value] = np.arange(self.ds.output_dim)
@@ -467,12 +496,17 @@ class _Runner:
             "rows": mat.shape[0],
             "cols": mat.shape[1],
             "matrix_meaning": describe(param.shape, rows),
+            **{storage_attr(k): form for k in stored},
         }
         nodes = {p: xr.Dataset(data, coords=c, attrs=attrs)}
         g = r.get("gradients")
         for b in self.cfg["batch_sizes"]:
-            nb = len(g) // b
-            means = g[: nb * b].reshape(nb, b, *g.shape[1:]).mean(axis=1)
+            if factored:
+                means = batch_means(r[KFAC_BACKPROPS[Kind.GRADIENTS]], acts, b)
+            else:
+                nb = len(g) // b
+                means = g[: nb * b].reshape(nb, b, *g.shape[1:]).mean(axis=1)
+            nb = len(means)
             nodes[f"{p}/{batch_group(b)}"] = xr.Dataset(
                 {Kind.GRADIENTS.value: ((Dim.BATCH.value, "row", "col"), means)},
                 coords={WEIGHT: (Dim.BATCH.value, np.full(nb, b / nb, means.dtype))},
@@ -540,7 +574,8 @@ def capture_from_fn(
         layout: ``"auto"``, ``"flax"`` or ``"torch"``: the preset for parameters that are
             not weights of a discovered layer (see ``.layout``).
         **kwargs: forwarded to ``capture`` (``targets``, ``layers``, ``row_axes``,
-            ``out``, …).
+            ``out``, ``storage``, …); with ``storage="factored"`` the default layers are
+            the discovered layers' weights and biases (as with K-FAC targets).
     """
     if (apply_fn is None) == (loss_fn is None):
         raise ValueError("give exactly one of apply_fn (with loss) or loss_fn")
@@ -550,6 +585,7 @@ def capture_from_fn(
     ds = from_arrays(x, y, loss=data_loss, x_test=x_test, y_test=y_test)
     if apply_fn is not None:
         want_kfac = bool(set(kwargs.get("targets", ())) & set(KFAC_TARGETS))
+        want_kfac |= kwargs.get("storage") == STORAGE_FACTORED  # factors for every layer
         model, kwargs["row_axes"] = user_model(
             apply_fn,
             params,

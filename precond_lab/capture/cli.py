@@ -72,6 +72,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "float64"], help="capture dtype"
     )
     p.add_argument("--model-options", default="{}", help="JSON, e.g. '{\"hidden\": [64, 64]}'")
+    p.add_argument(
+        "--storage",
+        default="auto",
+        choices=["auto", "dense", "factored"],
+        help="per-example gradients/ggn/ggn-mc as factors (δ, a) where smaller (auto), always "
+        "(factored) or as dense arrays (dense)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             model_options=options,
             progress=not args.no_progress,
+            storage=args.storage,
         )
         steps = validate_store(args.out)
     except StoreError as e:

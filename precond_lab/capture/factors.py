@@ -3,11 +3,11 @@
 A dense (or weight-sharing) layer's per-example gradient is ``G = Σ_r δ_r a_rᵀ`` with the
 K-FAC inputs ``a`` (``kfac_activations``) and backprops ``δ`` (``kfac_backprops*``), and
 so are its exact and sampled Gauss–Newton pseudo-gradients (see ``.kfac``). A capture
-with a K-FAC target therefore holds every per-example target of that layer in factored
-form: ``(N, [K,] T, m + n)`` numbers instead of ``(N, [K,] m, n)``. ``layer_target``
-returns a ``FactoredTarget`` from them when that is smaller
-(or when the dense array was not captured), and a
-``SampleTarget`` on the dense array otherwise.
+with a K-FAC target, or one that stores a kind factored (``capture(storage=...)``, see
+``.storage``), holds that target in factored form: ``(N, [K,] T, m + n)`` numbers instead
+of ``(N, [K,] m, n)``. ``layer_target`` returns a ``FactoredTarget`` from them when that
+is smaller or when the kind is stored factored only, and a ``SampleTarget`` on the dense
+array otherwise.
 """
 
 from __future__ import annotations
@@ -62,18 +62,23 @@ def layer_target(
         weights: per-example weights (default ``1/N``, or the captured ``weight``).
         mode: passed to ``FactoredTarget``.
         prefer_factors: use the factors whenever they are smaller than the dense array
-            (always when the dense array is absent); False: the dense array if captured.
+            (always when the kind is stored factored only); False: the dense samples: the
+            stored array, or for a kind stored factored the array ``layer_samples``
+            rebuilds lazily from the factors (``N·[K·]m·n`` memory when read whole).
 
     Returns:
         The target, or None when the capture holds neither form.
     """
-    dense = schema.layer_samples(node, kind)
+    form = schema.layer_storage(node, kind)
     factors = layer_factors(node, kind)
-    if factors is not None and (dense is None or prefer_factors):
+    if factors is not None and prefer_factors:
         left, right = factors
         m, n = left.shape[-1], right.shape[-1]
-        if dense is None or left.shape[-2] * (m + n) < m * n:
+        if form != schema.STORAGE_DENSE or left.shape[-2] * (m + n) < m * n:
             return FactoredTarget(left, right, weights, mode=mode)
+    dense = schema.layer_samples(node, kind)
     if dense is None:
-        return None
+        if factors is None:
+            return None
+        return FactoredTarget(*factors, weights, mode=mode)  # K-FAC factors, no samples kind
     return SampleTarget(dense, weights)

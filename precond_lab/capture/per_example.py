@@ -43,15 +43,24 @@ class Request:
         targets: subset of ``gradients, ggn, ggn-mc, kfac, kfac-ggn, kfac-mc, batch``.
         mc_samples: ``k`` sampled labels per example.
         row_axes: per-path matricization overrides (see ``.layout``).
+        layer_targets: per-path replacements of ``targets`` (e.g. ``{"kfac", "batch"}``
+            for a layer whose gradients are stored as factors only); other layers use
+            ``targets``.
     """
 
     layers: tuple[str, ...]
     targets: frozenset[str]
     mc_samples: int = 1
     row_axes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    layer_targets: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def needs(self, *names: str) -> bool:
-        return bool(self.targets & set(names))
+        """Whether any layer needs any of ``names``."""
+        return any(self.needs_at(p, *names) for p in self.layers)
+
+    def needs_at(self, path: str, *names: str) -> bool:
+        """Whether layer ``path`` needs any of ``names``."""
+        return bool(self.layer_targets.get(path, self.targets) & set(names))
 
 
 def make_capture_fn(model: Model, params, req: Request) -> Callable:
@@ -71,8 +80,7 @@ def make_capture_fn(model: Model, params, req: Request) -> Callable:
         "ggn": req.needs("ggn", "kfac-ggn"),
         "mc": req.needs("ggn-mc", "kfac-mc"),
     }
-    want_kfac = req.needs(*KFAC_TARGETS)
-    owners = {p: kfac_layer(model, p) for p in req.layers} if want_kfac else {}
+    owners = {p: kfac_layer(model, p) for p in req.layers if req.needs_at(p, *KFAC_TARGETS)}
     tape_names = sorted({name for name, _ in owners.values()})
     k = int(req.mc_samples)
 
@@ -107,13 +115,13 @@ def make_capture_fn(model: Model, params, req: Request) -> Callable:
         res = {"loss": ggn.per_example_loss(model.loss, f, y), "outputs": f}
         for p in req.layers:
             d = {}
-            if req.needs("gradients", "batch"):
+            if req.needs_at(p, "gradients", "batch"):
                 d["gradients"] = mat(pulled["emp"][0][p], 1, p)[0]
-            if req.needs("ggn"):
+            if req.needs_at(p, "ggn"):
                 d["ggn"] = mat(pulled["ggn"][0][p], 1, p)
-            if req.needs("ggn-mc"):
+            if req.needs_at(p, "ggn-mc"):
                 d[Kind.GGN_MC.value] = mat(pulled["mc"][0][p], 1, p)
-            if want_kfac:
+            if p in owners:
                 name, is_bias = owners[p]
                 a = acts[name]
                 d[KFAC_ACTIVATIONS] = jnp.ones((*a.shape[:-1], 1), a.dtype) if is_bias else a
@@ -123,7 +131,7 @@ def make_capture_fn(model: Model, params, req: Request) -> Callable:
                     "kfac-mc": ("mc", KFAC_BACKPROPS[Kind.GGN_MC]),
                 }
                 for tgt, (kind, var) in backprops.items():
-                    if tgt in req.targets:
+                    if req.needs_at(p, tgt):
                         delta = pulled[kind][1][name]
                         d[var] = delta[0] if kind == "emp" else delta
             res[p] = d

@@ -1,6 +1,6 @@
 """The capture store: an ``xarray.DataTree`` in Zarr, written atomically one step at a time.
 
-Schema (``schema = "precond_lab.capture"``, ``schema_version = "1"``)::
+Schema (``schema = "precond_lab.capture"``, ``schema_version = "2"``)::
 
     <run>.zarr/                         root group, attributes only (strings/ints/floats):
                                         schema, schema_version, model, model_config (JSON),
@@ -9,7 +9,8 @@ Schema (``schema = "precond_lab.capture"``, ``schema_version = "1"``)::
                                         num_samples, mc_samples, batch_sizes ("8,32"),
                                         targets ("gradients,ggn,..."), layers ("a/w,b/w"),
                                         layer_shapes ("32x64,10x32": m x n per layer),
-                                        dtype, config_json, created_utc, device,
+                                        dtype, storage (auto | dense | factored),
+                                        config_json, created_utc, device,
                                         python_version, jax_version, jaxlib_version,
                                         numpy_version, xarray_version, zarr_version,
                                         optax_version, precond_lab_version
@@ -24,7 +25,12 @@ Schema (``schema = "precond_lab.capture"``, ``schema_version = "1"``)::
         checkpoint/                     p0000… (parameter leaves, attr param_paths),
                                         o0000… (optimizer-state leaves): resume state
         <layer path, e.g. layers/0/w>/  one (nested) group per captured parameter;
-                                        attrs: param_path, param_shape, row_axes, rows, cols
+                                        attrs: param_path, param_shape, row_axes, rows,
+                                        cols, and storage_<kind> = "dense" | "factored"
+                                        for each captured per-example kind (gradients,
+                                        ggn, ggn_mc): factored kinds have no dense array,
+                                        only kfac_activations and their kfac_backprops*
+                                        (G = Σ_t δ_t a_tᵀ; see ``.storage``)
           param               (row, col)             the matricized parameter
           gradients           (sample, row, col)     per-example gradients G_i = ∇ℓ_i
           ggn                 (sample, class, row, col)
@@ -46,7 +52,11 @@ Schema (``schema = "precond_lab.capture"``, ``schema_version = "1"``)::
                               (this one included; coordinate train_step), weight = 1,
                               so SampleTarget(as_samples(da)) = Σ_s g_s g_sᵀ (Adagrad)
 
-Each DataArray above with dims ``(sample, …, row, col)`` feeds
+Version 2 added factored storage (``storage``, ``storage_<kind>``); version-1 stores
+(every per-example kind dense) still open and validate, but cannot be extended. Read a
+per-example kind in either form with ``precond_lab.schema.layer_samples`` (a lazily
+rebuilt dense array for a factored kind) or ``precond_lab.capture.layer_target`` (the
+factored target itself). Each DataArray above with dims ``(sample, …, row, col)`` feeds
 ``precond_lab.targets.SampleTarget`` directly (lazily, chunk by chunk); the batch and
 trajectory arrays use their own leading dim (a DataTree child must align with its
 parent's ``sample``), renamed by ``as_samples``. Arrays are chunked
@@ -74,17 +84,24 @@ import xarray as xr
 from ..errors import StoreError
 from ..schema import (
     CHECKPOINT,
+    KFAC_ACTIVATIONS,
+    KFAC_BACKPROPS,
+    SAMPLE_KINDS,
     STEP_VARIABLES,
+    STORAGE_DENSE,
+    STORAGE_FACTORED,
     TRAJECTORY_GROUP,
     VARIABLE_DIMS,
     WEIGHT,
     CaptureTarget,
     Dim,
+    Kind,
     as_samples,
     batch_group,
     is_step_name,
     step_name,
     step_of,
+    storage_attr,
 )
 from .integrity import CHECKSUM_CODECS, check_step_finite, verify_group, writer_lock
 
@@ -107,7 +124,9 @@ __all__ = [
 
 SCHEMA = __doc__
 SCHEMA_NAME = "precond_lab.capture"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions ``open_capture`` and ``validate_store`` read (1: every per-example kind dense).
+READABLE_VERSIONS = ("1", "2")
 REQUIRED_ROOT_ATTRS = (
     "schema",
     "schema_version",
@@ -130,6 +149,7 @@ REQUIRED_ROOT_ATTRS = (
 )
 _TARGET_VARS = {t.value: t.store_variables for t in CaptureTarget if t.store_variables}
 _DIMS = VARIABLE_DIMS
+_KIND_NAMES = tuple(k.value for k in SAMPLE_KINDS)
 
 
 def _root_attrs(path: Path) -> dict:
@@ -141,7 +161,7 @@ def _root_attrs(path: Path) -> dict:
         raise StoreError(f"{path} is not a readable Zarr group ({type(e).__name__}: {e})") from e
 
 
-def _check_root(path: Path) -> dict:
+def _check_root(path: Path, *, write: bool = False) -> dict:
     if not path.exists():
         raise StoreError(f"no capture store at {path}")
     attrs = _root_attrs(path)
@@ -150,10 +170,17 @@ def _check_root(path: Path) -> dict:
             f"{path} is not a precond_lab capture store (root attribute schema = "
             f"{attrs.get('schema')!r}, expected {SCHEMA_NAME!r})"
         )
-    if str(attrs.get("schema_version")) != SCHEMA_VERSION:
+    version = str(attrs.get("schema_version"))
+    if version not in READABLE_VERSIONS:
         raise StoreError(
             f"{path} has schema_version {attrs.get('schema_version')!r}; this version of "
-            f"precond_lab reads {SCHEMA_VERSION!r}"
+            f"precond_lab reads {', '.join(map(repr, READABLE_VERSIONS))}"
+        )
+    if write and version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema_version {version!r} (written before factored storage): it "
+            f"opens and validates, but this version of precond_lab writes only "
+            f"{SCHEMA_VERSION!r} stores. Capture into a new store."
         )
     missing = [a for a in REQUIRED_ROOT_ATTRS if a not in attrs]
     if missing:
@@ -189,7 +216,7 @@ def check_config(path, attrs: dict) -> None:
     Raises:
         StoreError: not a capture store, or a different configuration (the differences named).
     """
-    old = _check_root(Path(path))
+    old = _check_root(Path(path), write=True)
     if old["config_json"] != attrs["config_json"]:
         a, b = json.loads(old["config_json"]), json.loads(attrs["config_json"])
         diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -363,7 +390,8 @@ def validate_store(path, *, deep: bool = True, check_values: bool | None = None)
     Raises:
         StoreError: naming the first problem: not a capture store, wrong schema version,
             missing root attributes, stray entries, a step without the completion
-            marker, missing groups or variables, wrong dims or sizes, a missing, corrupt
+            marker, missing groups or variables (a factored kind without its factors),
+            wrong dims or sizes (factors that do not match the layer), a missing, corrupt
             or unchecksummed chunk (array and chunk named), NaN/Inf values.
     """
     if check_values is not None:
@@ -408,14 +436,47 @@ def validate_store(path, *, deep: bool = True, check_values: bool | None = None)
     return steps
 
 
+def _check_factors(ds, kind, shape, lw):
+    """The factors of a factored kind: ``out = m``, ``in = n``, the same positions."""
+    acts, bp = ds[KFAC_ACTIVATIONS], ds[KFAC_BACKPROPS[Kind(kind)]]
+    for da, dim, size in ((bp, Dim.OUT.value, shape[0]), (acts, Dim.IN.value, shape[1])):
+        if da.sizes[dim] != size:
+            _fail(
+                lw,
+                f"{kind} is stored factored but {da.name!r} has {dim} = "
+                f"{da.sizes[dim]}; expected {size} (the layer is {shape[0]}x{shape[1]})",
+            )
+    pos = Dim.POSITION.value
+    if acts.sizes.get(pos) != bp.sizes.get(pos):
+        _fail(
+            lw,
+            f"{kind} is stored factored but {KFAC_ACTIVATIONS!r} has {pos} = "
+            f"{acts.sizes.get(pos)} and {bp.name!r} has {bp.sizes.get(pos)}",
+        )
+
+
 def _check_layer(tree, layer, targets, shape, sizes, where, attrs):
     lw = f"{where}/{layer}"
+    version = str(attrs["schema_version"])
     try:
         node = tree[layer]
     except KeyError:
         _fail(lw, "missing layer group")
     ds = node.dataset
-    want = ["param"] + [v for t in targets for v in _TARGET_VARS.get(t, ())]
+    want, factored = ["param"], []
+    for t in targets:
+        for v in _TARGET_VARS.get(t, ()):
+            if v not in _KIND_NAMES:
+                want.append(v)
+                continue
+            form = node.attrs.get(storage_attr(v), STORAGE_DENSE if version == "1" else None)
+            if form == STORAGE_DENSE:
+                want.append(v)
+            elif form == STORAGE_FACTORED:
+                want += [KFAC_ACTIVATIONS, KFAC_BACKPROPS[Kind(v)]]
+                factored.append(v)
+            else:
+                _fail(lw, f"attribute {storage_attr(v)} = {form!r}; expected 'dense' or 'factored'")
     expect = {"row": shape[0], "col": shape[1], **sizes}
     for var in dict.fromkeys(want):
         if var not in ds:
@@ -426,6 +487,8 @@ def _check_layer(tree, layer, targets, shape, sizes, where, attrs):
         for dim, size in da.sizes.items():
             if dim in expect and size != expect[dim]:
                 _fail(lw, f"variable {var!r} has {dim} = {size}; expected {expect[dim]}")
+    for kind in factored:
+        _check_factors(ds, kind, shape, lw)
     children = []
     if "batch" in targets:
         children += [batch_group(int(b)) for b in attrs["batch_sizes"].split(",") if b]

@@ -32,6 +32,7 @@ def test_capture_model_flax_nnx_kernel_is_out_by_in():
         y,
         loss="cross_entropy",
         targets=["gradients", "kfac"],
+        storage="dense",
         num_samples=6,
         batch_size=4,
     )
@@ -64,7 +65,14 @@ def test_capture_model_equinox_cnn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LayoutWarning)  # discovered: nothing is guessed
         tree = capture_model(
-            model, x, y, loss="mse", targets=["gradients", "kfac"], num_samples=4, batch_size=4
+            model,
+            x,
+            y,
+            loss="mse",
+            targets=["gradients", "kfac"],
+            storage="dense",
+            num_samples=4,
+            batch_size=4,
         )
     node = tree["step_000000/layers/0/weight"]
     assert node["gradients"].shape == (4, 3, 18)  # OIHW → out × (in·kh·kw)
@@ -138,6 +146,7 @@ def test_capture_model_flax_linen():
         loss="cross_entropy",
         params=variables,
         targets=["gradients", "kfac"],
+        storage="dense",
         num_samples=4,
         batch_size=4,
     )

@@ -41,6 +41,7 @@ CFG = dict(
     learning_rate=0.01,
     dtype="float64",
     eval_samples=16,
+    storage="dense",  # the dense schema; factored storage: test_factored_storage.py
 )
 
 

@@ -34,6 +34,7 @@ CFG = dict(
     learning_rate=0.01,
     dtype="float64",
     chunk_size=5,
+    storage="dense",  # the dense schema; factored storage: test_factored_storage.py
 )
 
 
@@ -219,7 +220,7 @@ def test_capture_from_fn_matches_builtin_model():
         return jnp.mean(jax.nn.logsumexp(f, axis=-1) - jnp.take_along_axis(f, yb[:, None], 1)[:, 0])
 
     x, y = ds.x_train.astype(np.float64), ds.y_train
-    kw = dict(layers=["layers/0/w"], num_samples=6)
+    kw = dict(layers=["layers/0/w"], num_samples=6, storage="dense")
     ref = capture(model, ds, targets=["gradients", "ggn"], **kw, dtype="float64")
     a = capture_from_fn(
         params, x, y, apply_fn=apply_fn, loss="cross_entropy", targets=["gradients", "ggn"], **kw

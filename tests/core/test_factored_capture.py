@@ -26,6 +26,7 @@ def tree():
         dtype="float64",
         model_options={"hidden": (5,)},
         eval_samples=0,
+        storage="dense",  # the dense arrays beside the K-FAC factors, to compare with
     )
 
 
