@@ -150,11 +150,10 @@ class CaptureSource(Source):
         layers = str(self.attrs.get("layers", ""))
         self.layers = [x for x in layers.split(",") if x]
         if not self.layers and names:  # no root attribute: every group holding samples
-            kinds = [k.value for k in schema.SAMPLE_KINDS]
             self.layers = [
                 n.relative_to(tree[names[0]])
                 for n in tree[names[0]].subtree
-                if any(k in n.dataset for k in kinds)
+                if any(schema.layer_storage(n, k) for k in schema.SAMPLE_KINDS)
             ]
         self.description = description
         self.step_coords = {}

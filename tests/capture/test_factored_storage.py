@@ -109,7 +109,7 @@ def test_layer_target_scores_agree_with_the_dense_capture(model):
             assert isinstance(tf, FactoredTarget) and isinstance(td, SampleTarget)
             lam = 1e-3 * float(td.trace()) / td.shape[0]
             tf, td = tf.damped(lam), td.damped(lam)
-            for fit in (est.shampoo, est.kl_optimal):  # the same approximation, both targets
+            for fit in (est.shampoo, est.diagonal):  # the same approximation, both targets
                 approx = fit(td)
                 sf, sd = met.score(tf, approx), met.score(td, approx)
                 for name in ("cosine", "kl", "frobenius_scale"):  # well-conditioned
@@ -246,3 +246,19 @@ def test_bad_storage_options_raise():
     auto = capture("mlp", "digits", storage="auto", row_axes={"layers/0/w": (1,)}, **BASE)
     assert schema.layer_storage(_node(auto, "layers/0/w"), "gradients") == "dense"
     assert schema.layer_storage(_node(auto, "layers/1/w"), "gradients") == "factored"
+
+
+def test_evaluate_on_a_factored_capture_matches_the_dense_one():
+    from precond_lab.evaluate import evaluate
+
+    kw = dict(layers=["layers/0/w"], progress=False)
+    kinds = ["gradients", "ggn_mc", "batch_3"]
+    fact = evaluate(_capture("mlp", "factored"), ["shampoo", "kfac"], ["cosine", "kl"], kinds, **kw)
+    dense = evaluate(_capture("mlp", "dense"), ["shampoo"], ["cosine", "kl"], kinds, **kw)
+    forms = fact["target_form"].sel(layer="layers/0/w").squeeze().values.tolist()
+    assert forms == ["factored", "factored", "samples"]  # batch means are dense
+    got = fact["score"].sel(estimator="shampoo").values
+    want = dense["score"].sel(estimator="shampoo").values
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # the factors are K-FAC's inputs too, so K-FAC is fitted without a K-FAC target
+    assert (fact["status"].sel(estimator="kfac", target=["gradients", "ggn_mc"]) == "ok").all()
