@@ -4,14 +4,20 @@ Train a model (plain JAX, optax) on an offline dataset and, at chosen steps, rec
 selected layers the per-example gradients ``G_i`` (``m × n``), exact and sampled-label
 GGN pseudo-gradients, K-FAC activations and backprops, mini-batch and trajectory
 gradients, into an ``xarray.DataTree`` stored in Zarr (atomic per step, resumable).
-Every ``(sample, [class|mc,] row, col)`` array feeds ``precond_lab.targets.SampleTarget``.
+A dense or convolution layer's per-example targets are stored as their factors ``(δ, a)``
+where that is smaller (``storage``, see ``.storage``). Every ``(sample, [class|mc,] row,
+col)`` array ``schema.layer_samples`` returns (stored, or rebuilt lazily from factors)
+feeds ``precond_lab.targets.SampleTarget``; ``layer_target`` uses the factors directly.
 
 Example::
 
-    from precond_lab.capture import capture, open_capture
+    from precond_lab import schema
+    from precond_lab.capture import capture, layer_target, open_capture
     tree = capture("mlp", "digits", steps=[0, 50], targets=["gradients", "ggn"],
                    out="run.zarr")
-    g = open_capture("run.zarr")["step_000050/layers/0/w"]["gradients"]  # lazy
+    node = open_capture("run.zarr")["step_000050/layers/0/w"]
+    g = schema.layer_samples(node, "gradients")  # lazy (sample, row, col)
+    ggn = layer_target(node, "ggn")  # a FactoredTarget: G is never formed
 
 See ``.store`` for the schema, ``.layout`` for matricization, ``.ggn`` for loss
 conventions, ``.kfac`` for K-FAC conventions.
