@@ -262,3 +262,24 @@ def test_evaluate_on_a_factored_capture_matches_the_dense_one():
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     # the factors are K-FAC's inputs too, so K-FAC is fitted without a K-FAC target
     assert (fact["status"].sel(estimator="kfac", target=["gradients", "ggn_mc"]) == "ok").all()
+
+
+def test_cli_storage_option(tmp_path, capsys):
+    import argparse
+
+    from precond_lab.capture.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="precond-lab")
+    add_parser(parser.add_subparsers())
+    out = tmp_path / "cli.zarr"
+    argv = ["capture", "--num-samples", "4", "--model-options", '{"hidden": [4]}']
+    argv += ["--targets", "gradients", "--no-progress", "--out", str(out)]
+    args = parser.parse_args([*argv, "--storage", "dense"])
+    assert parser.parse_args(argv).storage == "auto"
+    assert args.func(args) == 0
+    assert open_capture(out).attrs["storage"] == "dense"
+    node = _node(open_capture(out), "layers/0/w")
+    assert schema.layer_storage(node, "gradients") == "dense"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--storage", "sparse"])
+    assert "invalid choice: 'sparse'" in capsys.readouterr().err
