@@ -283,3 +283,33 @@ def test_cli_storage_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*argv, "--storage", "sparse"])
     assert "invalid choice: 'sparse'" in capsys.readouterr().err
+
+
+def test_capture_from_fn_stores_discovered_layers_factored():
+    import jax
+    import jax.numpy as jnp
+
+    from precond_lab.capture import capture_from_fn
+
+    rng = np.random.default_rng(0)
+    params = {
+        "hidden": {"w": jnp.asarray(rng.standard_normal((5, 7))), "b": jnp.zeros(7)},
+        "out": {"w": jnp.asarray(rng.standard_normal((7, 3)))},
+    }
+
+    def apply_fn(p, xb):
+        return jax.nn.tanh(xb @ p["hidden"]["w"] + p["hidden"]["b"]) @ p["out"]["w"]
+
+    x, y = rng.standard_normal((12, 5)), rng.integers(0, 3, 12)
+    kw = dict(apply_fn=apply_fn, loss="cross_entropy", targets=["gradients", "ggn"])
+    kw.update(num_samples=6, batch_size=4, eval_samples=0)
+    fact = capture_from_fn(params, x, y, storage="factored", **kw)
+    dense = capture_from_fn(params, x, y, storage="dense", **kw)
+    assert fact.attrs["layers"] == "hidden/w,hidden/b,out/w"  # the discovered layers
+    for layer in ("hidden/w", "out/w"):
+        nf, nd = _node(fact, layer), _node(dense, layer)
+        for kind in ("gradients", "ggn"):
+            assert schema.layer_storage(nf, kind) == "factored"
+            assert schema.layer_storage(nd, kind) == "dense"
+            got, want = schema.layer_samples(nf, kind), schema.layer_samples(nd, kind)
+            assert _rel(got.values, want.values) <= 1e-12, (layer, kind)
