@@ -88,7 +88,7 @@ def apply_fn(params, xb):
 def precond_lab_factors(weights, x, y, *, chunk: int, fisher: str) -> list:
     """``[(B, A), …]`` per layer (JAX arrays) from ``capture_model`` and ``estimators.kfac``."""
     target, kind = TARGET[fisher]
-    params = [jax.numpy.asarray(w) for w in weights]
+    params = [jax.device_put(w) for w in weights]
     tree = capture_model(
         apply_fn,
         x,

@@ -310,7 +310,7 @@ def _check_labels(model: Model, ds: Dataset, params) -> None:
         if ds.loss == "cross_entropy" and y.size and y.min() < 0:
             raise ValueError(f"class labels must be ≥ 0; got min {y.min()}")
         return
-    x0 = jnp.asarray(ds.x_train[:1][0])
+    x0 = np.asarray(ds.x_train[:1][0])  # abstract only: no transfer, no conversion kernel
     n_out = int(jax.eval_shape(lambda p, x: model.apply(p, x, None), params, x0).shape[-1])
     for split, y in (("train", ds.y_train), ("test", ds.y_test)):
         y = np.asarray(y)
@@ -373,6 +373,7 @@ class _Runner:
         self.capture_fn = cache.cached(
             ("capture_fn", *self._key, *what), lambda: make_capture_fn(model, params, req)
         )
+        self._sampled = req.needs("ggn-mc", "kfac-mc")
         self.evaluate = cache.cached(("eval", self._key[0]), lambda: make_eval(model))
         self._opt = opt
         self._train_key = ("train_step", *self._key, cfg["optimizer"], layers, rows)
@@ -422,8 +423,12 @@ class _Runner:
                 params, opt_state = new_params, new_opt
 
     def step_tree(self, step, params, opt_state, train_loss, traj) -> xr.DataTree:
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg["seed"]), 77), step)
-        keys = sample_keys(key, self.cap_idx, self.cfg["chunk_size"])
+        if self._sampled:  # the sampled labels' keys (unused otherwise: zeros, nothing to compile)
+            seed = jax.random.PRNGKey(self.cfg["seed"])
+            key = jax.random.fold_in(jax.random.fold_in(seed, 77), step)
+            keys = sample_keys(key, self.cap_idx, self.cfg["chunk_size"])
+        else:
+            keys = np.zeros((len(self.cap_idx), 2), np.uint32)
         res = run_chunked(
             self.capture_fn, params, self.x_cap, self.y_cap, keys, self.cfg["chunk_size"]
         )

@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import Literal
 
 from .cache import cached, param_signature
@@ -387,7 +388,7 @@ def kfac_model(
     Raises:
         ValueError: when no dense or convolution layer with a parameter weight is found.
     """
-    x1 = jnp.asarray(x)[:1]
+    x1 = jnp.asarray(np.asarray(x)[:1])  # sliced on the host: no slicing kernel
     key = ("kfac_model", apply_fn, param_signature(params), x1.shape, str(x1.dtype), loss, name)
     model = cached(key, lambda: _kfac_model(apply_fn, params, x1, loss, name))
     return dataclasses.replace(model, init=lambda key: params)

@@ -17,6 +17,9 @@ vectors (Gauss–Newton pseudo-gradients) is summed in the left factor.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,7 +85,15 @@ def kfac(
         raise ValueError("kfac needs at least one example (N = 0).")
     dt = jnp.result_type(a.dtype, d.dtype)
     w = check_weights(weights, a.shape[0], np.dtype(dt))
-    if a.ndim == 3 and variant == "reduce":
+    root = np.sqrt(np.asarray(damping, dt))
+    return Kronecker(*_factors(w, a, d, root, reduce=variant == "reduce"))
+
+
+@functools.partial(jax.jit, static_argnames="reduce")
+def _factors(w, a, d, root, *, reduce: bool):
+    """The two damped factors in one compiled call (one executable per shape)."""
+    dt = jnp.result_type(a.dtype, d.dtype)
+    if a.ndim == 3 and reduce:
         a = jnp.mean(a, axis=1)
         d = jnp.sum(d, axis=2)
     if a.ndim == 3:  # expand
@@ -91,10 +102,9 @@ def kfac(
     else:
         left = jnp.einsum("n,nci,ncj->ij", w, d, d)
         right = jnp.einsum("n,ni,nj->ij", w, a, a)
-    root = jnp.sqrt(jnp.asarray(damping, dt))
     left = left + root * jnp.eye(left.shape[0], dtype=dt)
     right = right / jnp.sum(w) + root * jnp.eye(right.shape[0], dtype=dt)
-    return Kronecker(left, right)
+    return left, right
 
 
 def _kfac_builder(ctx: FitContext, variant: str = "expand") -> Kronecker:
