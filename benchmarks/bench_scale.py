@@ -180,16 +180,22 @@ def section_naive(sizes, repeats, rng):
 
 
 def _yardstick(flops):
-    """Square (s×s)(s×s) and tall (s²×s)(s×s)/s... matmuls with about ``flops`` flops."""
+    """Square ``(s×s)(s×s)`` and tall ``(64k×k)(k×k)`` float32 matmuls with about ``flops``
+    flops, each by XLA (jitted) and by NumPy's BLAS: the best of them is the yardstick."""
     s = max(8, int(round((flops / 2) ** (1 / 3))))
-    a = jnp.ones((s, s), jnp.float32)
     tall_k = max(8, int(round((flops / (2 * 64)) ** (1 / 3))))  # (64·k, k) @ (k, k): 128k³ flops
-    b = jnp.ones((64 * tall_k, tall_k), jnp.float32)
-    c = jnp.ones((tall_k, tall_k), jnp.float32)
+    a = np.random.default_rng(1).standard_normal((s, s)).astype(np.float32)
+    a2 = np.random.default_rng(4).standard_normal((s, s)).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal((64 * tall_k, tall_k)).astype(np.float32)
+    c = np.random.default_rng(3).standard_normal((tall_k, tall_k)).astype(np.float32)
+    ja, jb, jc = jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)
     f = jax.jit(jnp.matmul)
+    square, tall = 2.0 * s**3, 2.0 * 64 * tall_k**3
     return {
-        "square": (lambda: f(a, a), 2.0 * s**3),
-        "tall": (lambda: f(b, c), 2.0 * 64 * tall_k**3),
+        "square_xla": (lambda: f(ja, jnp.asarray(a2)), square),
+        "tall_xla": (lambda: f(jb, jc), tall),
+        "square_blas": (lambda: a @ a2, square),  # not a @ a.T: that would be a syrk
+        "tall_blas": (lambda: b @ c, tall),
     }
 
 

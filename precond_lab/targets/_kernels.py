@@ -8,13 +8,16 @@ import jax.numpy as jnp
 
 @jax.jit
 def _k_stats(g, w):
-    finite = jnp.all(jnp.isfinite(g), axis=(1, 2))
-    sq = jnp.sum(jnp.where(jnp.isfinite(g), g, 0.0) ** 2, axis=(1, 2))
-    return (
-        finite,
-        jnp.sum(w * sq),
-        jnp.einsum("k,kij->ij", w, jnp.where(finite[:, None, None], g, 0)),
-    )
+    """``(‖G_k‖² per sample, Σ_k w_k ‖G_k‖², Σ_k w_k G_k)``; NaN/Inf propagate into the
+    norm of their sample."""
+    sq = jnp.sum(g * g, axis=(1, 2))
+    return sq, jnp.sum(w * sq), jnp.einsum("k,kij->ij", w, g)
+
+
+@jax.jit
+def _k_norms(g, w):
+    sq = jnp.sum(g * g, axis=(1, 2))
+    return sq, jnp.sum(w * sq)
 
 
 @jax.jit

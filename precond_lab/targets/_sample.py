@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import NonFiniteError, check_float_dtype, check_target_scale
-from ..structures import Structure
+from .._validation import NonFiniteError, check_float_dtype, check_target_scale, first_nonfinite
+from ..structures import Diagonal, EigenKronecker, Kronecker, Structure
+from . import _host
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._gram import Gram
 from ._kernels import (
@@ -21,6 +22,7 @@ from ._kernels import (
     _k_left,
     _k_left_moment,
     _k_moments,
+    _k_norms,
     _k_right,
     _k_right_moment,
     _k_rotdiag,
@@ -28,15 +30,41 @@ from ._kernels import (
     _k_trace_product,
 )
 
-__all__ = ["SampleTarget"]
+__all__ = ["SampleTarget", "EXECUTORS"]
 
-_CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default
+_CHUNK_BYTES = 1 << 27  # 128 MiB of samples per chunk by default (JAX executor)
+_HOST_CHUNK_BYTES = 1 << 25  # 32 MiB views on the NumPy executor: temporaries stay small
 _MIN_CHUNK = 32  # ... but at least this many samples, so large layers keep large products
 _GRAM_BYTES = 1 << 31  # keep the Gram matrix in memory up to 2 GiB
+
+#: ``executor=`` choices: ``auto`` (NumPy/BLAS for host samples on JAX's CPU backend,
+#: unsharded; JAX otherwise), ``numpy`` or ``jax``.
+EXECUTORS = ("auto", "numpy", "jax")
+
+_JAX_KERNELS = {
+    "left_moment": _k_left_moment,
+    "right_moment": _k_right_moment,
+    "moments": _k_moments,
+    "contract_left": _k_left,
+    "contract_right": _k_right,
+    "rotdiag": _k_rotdiag,
+    "diag": _k_diag,
+    "cov": _k_cov,
+}
+
+
+def _add(a, b):
+    return a + b
 
 
 class SampleTarget(Target):
     """``Σ = Σ_k w_k vec(G_k) vec(G_k)ᵀ`` from per-example matrices, matrix-free.
+
+    Two executors run the same primitives: on JAX's CPU backend, samples held in host
+    memory are computed by NumPy/SciPy's BLAS on zero-copy chunk views (``numpy``; XLA's
+    CPU matmuls run the long contractions of these passes 1.3–1.7× slower); device arrays,
+    accelerators and sharded targets run jitted JAX kernels (``jax``). ``executor``
+    records the choice.
 
     Args:
         samples: ``(N, m, n)`` array (NumPy, JAX, or an ``xarray.DataArray`` with dims
@@ -50,10 +78,15 @@ class SampleTarget(Target):
         center: subtract the weighted mean: ``Σ_k w_k (g_k − ḡ)(g_k − ḡ)ᵀ`` with
             ``ḡ = Σ w_k g_k / Σ w_k``, implemented as one extra sample ``ḡ`` of weight
             ``−Σ w_k``.
-        chunk_size: samples per streamed chunk (default: ~128 MiB of samples).
+        chunk_size: samples per streamed chunk (default: ~128 MiB of samples on the JAX
+            executor, ~32 MiB on the NumPy one).
         shard: shard each chunk over all local JAX devices along the sample axis
-            (default: when more than one device is present).
-        validate: check every sample for NaN/Inf once, at construction.
+            (default: when more than one device is present; implies ``executor="jax"``).
+        validate: check every sample for NaN/Inf and ``tr Σ`` for overflow, underflow
+            and an all-zero target. The check is folded into the first pass over the
+            samples (a dot product per sample; NaN/Inf propagate into it), so invalid
+            samples raise at the first primitive used, naming the first bad sample.
+        executor: one of ``EXECUTORS``.
     """
 
     def __init__(
@@ -65,6 +98,7 @@ class SampleTarget(Target):
         chunk_size: int | None = None,
         shard: bool | None = None,
         validate: bool = True,
+        executor: str = "auto",
     ):
         self._source = _make_source(samples, weights)
         self.matrix_shape = self._source.shape
@@ -73,21 +107,40 @@ class SampleTarget(Target):
         m, n = self.matrix_shape
         self._devices = jax.local_devices()
         self.shard = len(self._devices) > 1 if shard is None else bool(shard)
+        self.executor = self._choose_executor(executor)
+        host = self.executor == "numpy"
         ndev = len(self._devices) if self.shard else 1
         if chunk_size is None:
-            chunk_size = max(_MIN_CHUNK, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
+            per = _HOST_CHUNK_BYTES if host else _CHUNK_BYTES
+            chunk_size = max(_MIN_CHUNK, per // (m * n * self.dtype.itemsize))
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        size = min(int(chunk_size), bucket(self.num_samples))  # a new N reuses compiled kernels
-        self.chunk_size = int(math.ceil(size / ndev) * ndev)
+        if host:  # views of any length: nothing compiles, nothing is padded
+            self.chunk_size = min(int(chunk_size), self.num_samples)
+        else:
+            size = min(int(chunk_size), bucket(self.num_samples))  # a new N: no recompile
+            self.chunk_size = int(math.ceil(size / ndev) * ndev)
         if self.shard:
             mesh = jax.sharding.Mesh(np.array(self._devices), ("sample",))
             self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("sample"))
-        self._extra: tuple[jax.Array, jax.Array] | None = None
+        self._extra: tuple | None = None
         self._trace = None
+        self._checked = not validate  # the NaN/Inf and scale checks are done
         self._cache: dict = {}
-        if validate or center:
+        if center:
             self._first_pass(center)
+
+    def _choose_executor(self, executor: str) -> str:
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}; got {executor!r}")
+        if executor == "jax":
+            return "jax"
+        cpu = all(d.platform == "cpu" for d in self._devices)
+        if executor == "numpy":
+            if self.shard:
+                raise ValueError("executor='numpy' cannot shard; use executor='jax'")
+            return "numpy"
+        return "numpy" if cpu and not self.shard else "jax"
 
     # -- streaming ---------------------------------------------------------------
     def _put(self, x):
@@ -96,17 +149,21 @@ class SampleTarget(Target):
     @property
     def num_chunks(self) -> int:
         """Number of blocks streamed per pass (the centering sample is its own block)."""
-        regular = -(-self.num_samples // self.chunk_size)
-        return regular + (1 if self._extra is not None else 0)
+        return self._regular_chunks() + (1 if self._extra is not None else 0)
+
+    def _regular_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_size)
 
     def chunk(self, i: int) -> tuple[int, jax.Array, jax.Array]:
-        """Block ``i`` as ``(start, G, w)``, padded to ``chunk_size`` with zero weights."""
-        regular = -(-self.num_samples // self.chunk_size)
-        if i == regular and self._extra is not None:
+        """Block ``i`` as ``(start, G, w)``: on the JAX executor padded to ``chunk_size``
+        with zero weights, on the NumPy executor a host view (the last one shorter)."""
+        if i == self._regular_chunks() and self._extra is not None:
             return -1, self._extra[0], self._extra[1]
         c = self.chunk_size
         start = i * c
         stop = min(start + c, self.num_samples)
+        if self.executor == "numpy":
+            return (start, *self._source.read_host(start, stop, self.dtype))
         if getattr(self._source, "host", None) is not None:  # host slice + pad: no compile
             g, w = self._source.read_padded(start, stop, c)
             return start, self._put(g), self._put(w)
@@ -122,85 +179,133 @@ class SampleTarget(Target):
         for i in range(self.num_chunks):
             yield self.chunk(i)
 
-    def _reduce(self, kernel, *args):
+    def _pass(self):
+        """The blocks of one pass; the first complete pass also runs the sample checks."""
+        checking = not self._checked
+        total = 0.0
+        norms = _host.h_norms if self.executor == "numpy" else _k_norms
+        for start, g, w in self.chunks():
+            if checking:
+                sq, tr = norms(g, w)
+                self._check_norms(start, sq)
+                total += float(tr)
+            yield start, g, w
+        if checking:
+            self._finish_check(total)
+
+    def _check_norms(self, start: int, sq) -> None:
+        """Raise for the first sample of a block whose ``‖G_k‖²`` is not finite."""
+        sq = np.asarray(sq)[: max(0, self.num_samples - start)]
+        bad = np.flatnonzero(~np.isfinite(sq))
+        if not bad.size:
+            return
+        first = start + int(bad[0])
+        where = self._source.sample_index(first)
+        g, _ = self._source.read_host(first, first + 1, self.dtype)
+        if first_nonfinite(g) is not None:
+            raise NonFiniteError(
+                f"samples contain NaN or Inf: first at sample index {where} ({bad.size} "
+                f"offending sample(s) in the block starting at "
+                f"{self._source.sample_index(start)})."
+            )
+        raise NonFiniteError(
+            f"SampleTarget: ‖G‖² of sample {where} overflows {self.dtype.name} although the "
+            "sample is finite: rescale the samples (e.g. divide by their largest magnitude; "
+            "the fits are scale-equivariant) or use float64."
+        )
+
+    def _finish_check(self, trace: float, center: bool = False) -> None:
+        """``tr Σ`` is known: check its scale (overflow, underflow, zero) and keep it."""
+        if np.isfinite(trace) and abs(trace) > float(np.finfo(self.dtype).max):
+            trace = float("inf")  # accumulated in float64, but Σ lives at self.dtype
+        nonzero = not center and trace == 0 and self._any_nonzero()
+        check_target_scale(float(trace), self.dtype, nonzero, "SampleTarget")
+        self._trace = jnp.asarray(trace, self.dtype)
+        self._checked = True
+
+    def _any_nonzero(self) -> bool:
+        for start, g, w in self.chunks():
+            if start >= 0 and bool(np.any(np.asarray(g) != 0) and np.any(np.asarray(w) != 0)):
+                return True
+        return False
+
+    def _kernel(self, name: str):
+        return getattr(_host, "h_" + name) if self.executor == "numpy" else _JAX_KERNELS[name]
+
+    def _arg(self, x):
+        """A small operand (a factor, a basis) in the executor's array type."""
+        if self.executor == "numpy":
+            return np.asarray(x, self.dtype)
+        return jnp.asarray(x, self.dtype)
+
+    def _out(self, x):
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), x)
+
+    def _reduce(self, name, *args):
+        kernel = self._kernel(name)
+        args = tuple(self._arg(a) for a in args)
         total = None
-        for _, g, w in self.chunks():
+        for _, g, w in self._pass():
             part = kernel(g, w, *args)
-            total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
-        return total
+            total = part if total is None else jax.tree_util.tree_map(_add, total, part)
+        return self._out(total)
 
     def _first_pass(self, center: bool) -> None:
-        trace = 0.0
-        mean = None
+        """One pass for ``tr Σ`` (and the weighted mean, to center), with the checks."""
+        stats = _host.h_stats if self.executor == "numpy" else _k_stats
+        trace, mean = 0.0, None
         for start, g, w in self.chunks():
-            finite, tr, s = _k_stats(g, w)
-            finite = np.asarray(finite)
-            if not finite.all():
-                bad = np.flatnonzero(~finite)
-                bad = bad[bad < self.num_samples - start]
-                if bad.size:
-                    raise NonFiniteError(
-                        f"samples contain NaN or Inf: first at sample index "
-                        f"{self._source.sample_index(start + int(bad[0]))} "
-                        f"({bad.size} offending sample(s) in the chunk starting at "
-                        f"{self._source.sample_index(start)})."
-                    )
-            trace = trace + tr
+            sq, tr, s = stats(g, w)
+            self._check_norms(start, sq)
+            trace += float(tr)
             mean = s if mean is None else mean + s
         if center:
             total_w = self._source.weight_sum()
             if total_w == 0:
                 raise ValueError("center=True needs weights with a non-zero sum.")
             gbar = (mean / total_w)[None]
-            self._extra = (gbar, jnp.asarray([-total_w], self.dtype))
-            trace = trace - total_w * jnp.sum(gbar * gbar)
-        nonzero = mean is not None and bool(jnp.any(mean != 0))
-        check_target_scale(float(trace), self.dtype, nonzero and not center, "SampleTarget")
-        self._trace = jnp.asarray(trace, self.dtype)
+            self._extra = (gbar, self._arg(np.asarray([-total_w])))
+            trace = trace - total_w * float(np.sum(np.asarray(gbar, np.float64) ** 2))
+        self._finish_check(trace, center)
 
     # -- primitives ----------------------------------------------------------------
     def contract_left(self, b):
-        return self._reduce(_k_left, jnp.asarray(b, self.dtype))
+        return self._reduce("contract_left", b)
 
     def contract_right(self, a):
-        return self._reduce(_k_right, jnp.asarray(a, self.dtype))
+        return self._reduce("contract_right", a)
 
     def second_moments(self):
-        return self._reduce(_k_moments)
+        return self._reduce("moments")
 
     def left_moment(self):
-        return self._reduce(_k_left_moment)
+        return self._reduce("left_moment")
 
     def right_moment(self):
-        return self._reduce(_k_right_moment)
+        return self._reduce("right_moment")
+
+    def _basis_args(self, qa, qb):
+        if qa is None and qb is None:
+            return None
+        m, n = self.matrix_shape
+        return (
+            np.eye(m, dtype=self.dtype) if qa is None else self._arg(qa),
+            np.eye(n, dtype=self.dtype) if qb is None else self._arg(qb),
+        )
 
     def rotated_diagonal(self, qa, qb):
-        if qa is None and qb is None:
-            return self._reduce(_k_diag)
-        m, n = self.matrix_shape
-        qa = jnp.eye(m, dtype=self.dtype) if qa is None else jnp.asarray(qa, self.dtype)
-        qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
-        return self._reduce(_k_rotdiag, qa, qb)
+        return self.rotated_diagonals([(qa, qb)])[0]
 
     def rotated_diagonals(self, bases):
         """``diag(QᵀΣQ)`` for every ``(qa, qb)`` in ``bases`` from one pass over the samples."""
-        m, n = self.matrix_shape
-        eye_m, eye_n = jnp.eye(m, dtype=self.dtype), jnp.eye(n, dtype=self.dtype)
-        args = [
-            None
-            if qa is None and qb is None
-            else (
-                eye_m if qa is None else jnp.asarray(qa, self.dtype),
-                eye_n if qb is None else jnp.asarray(qb, self.dtype),
-            )
-            for qa, qb in bases
-        ]
+        args = [self._basis_args(qa, qb) for qa, qb in bases]
+        diag, rotdiag = self._kernel("diag"), self._kernel("rotdiag")
         totals = [None] * len(args)
-        for _, g, w in self.chunks():
+        for _, g, w in self._pass():
             for i, qs in enumerate(args):
-                part = _k_diag(g, w) if qs is None else _k_rotdiag(g, w, *qs)
+                part = diag(g, w) if qs is None else rotdiag(g, w, *qs)
                 totals[i] = part if totals[i] is None else totals[i] + part
-        return totals
+        return [self._out(t) for t in totals]
 
     def trace(self):
         if self._trace is None:
@@ -208,12 +313,25 @@ class SampleTarget(Target):
         return self._trace
 
     def trace_product(self, s: Structure):
+        """``⟨Σ, S⟩``: for a Kronecker ``S = c·A ⊗ B`` it is ``c·⟨contract_right(A), B⟩``,
+        for an eigen form ``⟨rotated_diagonal(Q), D⟩``; any other structure is applied
+        to every sample."""
         if s.matrix_shape != self.matrix_shape:
             raise ValueError(
                 f"structure of matrix_shape {s.matrix_shape} does not match the target's "
                 f"{self.matrix_shape}"
             )
-        return self._reduce(_k_trace_product, s)
+        if isinstance(s, Kronecker):
+            return s.scale * jnp.vdot(self.contract_right(s.left), s.right)
+        if isinstance(s, EigenKronecker):
+            return jnp.vdot(self.rotated_diagonal(s.left_basis, s.right_basis), s.values)
+        if isinstance(s, Diagonal):
+            return jnp.vdot(self.rotated_diagonal(None, None), s.values)
+        total = None
+        for _, g, w in self._pass():
+            part = _k_trace_product(jnp.asarray(g), jnp.asarray(w), s)
+            total = part if total is None else total + part
+        return total
 
     def frobenius_norm(self):
         """``‖Σ‖_F``: from the cached Gram matrix when it fits in ``_GRAM_BYTES``, else
@@ -227,48 +345,84 @@ class SampleTarget(Target):
                 self._cache["frobenius"] = self._frobenius_streamed()
         return self._cache["frobenius"]
 
-    def _gram_fits(self) -> bool:
-        rows = self._regular_chunks() * self.chunk_size
-        return rows * rows * self.dtype.itemsize <= _GRAM_BYTES
+    def _gram_rows(self) -> int:
+        """Rows of the Gram matrix: the samples (NumPy) or the padded chunks (JAX)."""
+        if self.executor == "numpy":
+            return self.num_samples
+        return self._regular_chunks() * self.chunk_size
 
-    def _regular_chunks(self) -> int:
-        return -(-self.num_samples // self.chunk_size)
+    def _gram_fits(self) -> bool:
+        return self._gram_rows() ** 2 * self.dtype.itemsize <= _GRAM_BYTES
 
     def _frobenius_streamed(self):
+        self.trace()  # the checks, before any block product
+        host = self.executor == "numpy"
         total = 0.0
         for i in range(self.num_chunks):
             _, ga, wa = self.chunk(i)
             for j in range(i, self.num_chunks):
                 _, gb, wb = (i, ga, wa) if j == i else self.chunk(j)
-                total = total + (1.0 if i == j else 2.0) * _k_frob_block(ga, wa, gb, wb)
-        return jnp.sqrt(jnp.maximum(total, 0.0))
+                if host:
+                    k = _host.h_gram(ga, gb)
+                    block = float(wa @ (k * k) @ wb)
+                else:
+                    block = float(_k_frob_block(ga, wa, gb, wb))
+                total += (1.0 if i == j else 2.0) * block
+        return jnp.sqrt(jnp.maximum(jnp.asarray(total, self.dtype), 0.0))
 
     def gram(self) -> Gram:
-        """The weighted Gram matrix of the samples (padding rows included, weight 0), once.
+        """The weighted Gram matrix of the samples, once (cached).
 
-        Streams over block pairs ``i ≤ j`` (two chunks in memory at a time) and fills the
-        symmetric host array, so the samples are never held twice. Centering is part of
-        the weighting (``Gram``), not an extra sample.
+        NumPy executor: one ``X Xᵀ`` (``syrk``) of the in-memory samples, or block pairs
+        of a lazy source. JAX executor: block pairs ``i ≤ j`` (two chunks in memory at a
+        time; padding rows have weight 0) filling the symmetric host array. Its diagonal
+        holds every ``‖G_k‖²``, so it also runs the sample checks when no pass has yet.
+        Centering is part of the weighting (``Gram``), not an extra sample.
         """
         if "gram" not in self._cache:
-            chunks = self._regular_chunks()
-            c = self.chunk_size
-            out = np.empty((chunks * c, chunks * c), dtype=self.dtype)
-            ws = []
-            for i in range(chunks):
-                _, ga, wa = self.chunk(i)
-                ws.append(np.asarray(wa))
-                for j in range(i, chunks):
-                    _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
-                    block = np.asarray(_k_gram(ga, gb))
-                    out[i * c : (i + 1) * c, j * c : (j + 1) * c] = block
-                    out[j * c : (j + 1) * c, i * c : (i + 1) * c] = block.T
-            self._cache["gram"] = Gram(out, np.concatenate(ws), self._extra is not None)
+            k, w = self._host_gram() if self.executor == "numpy" else self._device_gram()
+            if not self._checked:
+                real = self.num_samples
+                diag = np.diagonal(k)[:real]
+                self._check_norms(0, diag)
+                self._finish_check(float(np.dot(w[:real], diag)))
+            self._cache["gram"] = Gram(k, w, self._extra is not None)
         return self._cache["gram"]
+
+    def _host_gram(self):
+        w = np.asarray(self._source.host_weights(self.dtype))
+        if self._source.in_memory:
+            x = self._source.read_host(0, self.num_samples, self.dtype)[0]
+            return _host.h_gram(x, x), w
+        c, num = self.chunk_size, self.num_samples
+        out = np.empty((num, num), dtype=self.dtype)
+        for i in range(self._regular_chunks()):
+            _, ga, _ = self.chunk(i)
+            for j in range(i, self._regular_chunks()):
+                gb = ga if j == i else self.chunk(j)[1]
+                block = _host.h_gram(ga, gb)
+                out[i * c : i * c + len(ga), j * c : j * c + len(gb)] = block
+                out[j * c : j * c + len(gb), i * c : i * c + len(ga)] = block.T
+        return out, w
+
+    def _device_gram(self):
+        chunks = self._regular_chunks()
+        c = self.chunk_size
+        out = np.empty((chunks * c, chunks * c), dtype=self.dtype)
+        ws = []
+        for i in range(chunks):
+            _, ga, wa = self.chunk(i)
+            ws.append(np.asarray(wa))
+            for j in range(i, chunks):
+                _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
+                block = np.asarray(_k_gram(ga, gb))
+                out[i * c : (i + 1) * c, j * c : (j + 1) * c] = block
+                out[j * c : (j + 1) * c, i * c : (i + 1) * c] = block.T
+        return out, np.concatenate(ws)
 
     def _sample_space(self) -> bool:
         m, n = self.matrix_shape
-        return self._regular_chunks() * self.chunk_size <= m * n
+        return self._gram_rows() <= m * n
 
     def eigh(self, vectors: bool = False) -> Spectrum:
         """Non-zero eigenpairs, on the smaller of sample space and parameter space (cached;
@@ -285,29 +439,41 @@ class SampleTarget(Target):
             mu, coef = self.gram().spectrum(vectors)
             vecs = None
             if vectors:
-                coef = jnp.asarray(coef, self.dtype)
-                vecs, c = None, self.chunk_size
-                for i in range(self._regular_chunks()):
-                    _, g, _ = self.chunk(i)
-                    part = _k_combine(g, coef[i * c : (i + 1) * c])
+                combine = self._kernel_combine()
+                coef = self._arg(coef)
+                for start, g, _ in self.chunks():
+                    if start < 0:
+                        continue
+                    part = combine(g, coef[start : start + g.shape[0]])
                     vecs = part if vecs is None else vecs + part
+                vecs = self._out(vecs)
             return Spectrum(jnp.asarray(mu, self.dtype), vecs, d)
-        cov = self._reduce(_k_cov)
+        cov = self._reduce("cov")
         vals, vecs = jnp.linalg.eigh(0.5 * (cov + cov.T))
         vecs = vecs.T.reshape(d, m, n) if vectors else None
         vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
         return Spectrum(vals, vecs, d)
 
+    def _kernel_combine(self):
+        return _host.h_combine if self.executor == "numpy" else _k_combine
+
     def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, one streamed pass
+        if self.executor == "numpy":
+            x = np.asarray(x, self.dtype)
+            total = None
+            for _, g, w in self._pass():
+                part = _host.h_apply(g, w, x)
+                total = part if total is None else total + part
+            return self._out(total)
         x = jnp.asarray(x, self.dtype)
         total = jnp.zeros(x.shape, self.dtype)
-        for _, g, w in self.chunks():
+        for _, g, w in self._pass():
             coef = jnp.einsum("kmn,...mn->k...", g, x) * w.reshape(-1, *(1,) * (x.ndim - 2))
             total = total + jnp.einsum("k...,kmn->...mn", coef, g)
         return total
 
     def to_dense(self):
-        return self._reduce(_k_cov)
+        return self._reduce("cov")
 
 
 # --------------------------------------------------------------------------------------
@@ -343,13 +509,34 @@ class _ArraySource:
             raise ValueError(f"samples have an empty matrix shape {(m, n)}")
         # NumPy input stays on the host too: chunks are sliced and padded there, so a new
         # N (or a new chunk start) compiles nothing
+        # (the device copy of host samples is made only when the JAX executor asks)
         self.host = samples if isinstance(samples, np.ndarray) else None
-        self.samples = jax.device_put(samples) if self.host is not None else jnp.asarray(samples)
-        self.dtype = np.dtype(self.samples.dtype) if dt.kind == "f" else dt
+        self._device = None if self.host is not None else jnp.asarray(samples)
+        self.dtype = np.dtype(jax.dtypes.canonicalize_dtype(dt))
         self.shape = (int(m), int(n))
         self.num_samples = int(n_samples)
         self.weights = check_weights(weights, self.num_samples, self.dtype)
         self._host_w = None
+
+    @property
+    def samples(self) -> jax.Array:
+        """The samples as a JAX array (for host input: one device copy, made on first use)."""
+        if self._device is None:
+            self._device = jax.device_put(self.host.astype(self.dtype, copy=False))
+        return self._device
+
+    def read_host(self, start, stop, dtype):
+        """Samples ``[start, stop)`` and their weights as host arrays (views when possible)."""
+        if self.host is None:  # a JAX array: its host copy (zero-copy on the CPU backend)
+            self.host = np.asarray(self.samples)
+        if self.host.dtype != dtype:
+            self.host = self.host.astype(dtype)
+        return self.host[start:stop], self.host_weights(dtype)[start:stop]
+
+    def host_weights(self, dtype):
+        if self._host_w is None or self._host_w.dtype != dtype:
+            self._host_w = np.asarray(self.weights, dtype)
+        return self._host_w
 
     def read(self, start, stop):
         if start == 0 and stop == self.num_samples:  # one chunk: no copy
@@ -403,13 +590,25 @@ class _DataArraySource:
             weights = np.asarray(da.coords["weight"].values)
         w = check_weights(weights, self.examples, self.dtype)
         self.weights = jnp.repeat(w, self.inner) if self.inner > 1 else w
+        self._host_w = None
 
-    def read(self, start, stop):
+    def read_host(self, start, stop, dtype):
+        """Samples ``[start, stop)`` (of the flattened ``N·K`` bag) and their weights, read
+        from the DataArray into host memory."""
         e0, e1 = start // self.inner, -(-stop // self.inner)
-        block = np.asarray(self.da.isel(sample=slice(e0, e1)).values)
+        block = np.asarray(self.da.isel(sample=slice(e0, e1)).values, dtype)
         block = block.reshape(-1, *self.shape)
         off = start - e0 * self.inner
-        return jnp.asarray(block[off : off + stop - start]), self.weights[start:stop]
+        return block[off : off + stop - start], self.host_weights(dtype)[start:stop]
+
+    def host_weights(self, dtype):
+        if self._host_w is None or self._host_w.dtype != dtype:
+            self._host_w = np.asarray(self.weights, dtype)
+        return self._host_w
+
+    def read(self, start, stop):
+        g, _ = self.read_host(start, stop, self.dtype)
+        return jnp.asarray(g), self.weights[start:stop]
 
     def sample_index(self, i):
         return i // self.inner if self.inner == 1 else (i // self.inner, i % self.inner)

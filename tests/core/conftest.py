@@ -58,11 +58,16 @@ def assert_close(actual, desired, rtol=RTOL, atol_scale=None, err_msg=""):
 
 
 def sample_targets(g, weights=None, center=False, chunk_sizes=(1, 3)):
-    """The same Σ as SampleTargets with several chunk sizes and as a DenseTarget."""
+    """The same Σ as SampleTargets with several chunk sizes on both executors (NumPy/BLAS
+    and jitted JAX kernels) and as a DenseTarget."""
     m, n = g.shape[1:]
     out = [
-        (f"samples[chunk={c}]", SampleTarget(g, weights, center=center, chunk_size=c))
+        (
+            f"samples[chunk={c}, {ex}]",
+            SampleTarget(g, weights, center=center, chunk_size=c, executor=ex),
+        )
         for c in chunk_sizes
+        for ex in ("numpy", "jax")
     ]
     sigma = reference.target_matrix(g, weights, center=center)
     out.append(("dense", DenseTarget(sigma, (m, n))))

@@ -26,19 +26,59 @@ def test_nonfinite_sample_index(bad, index, chunk, rng):
     g = random_samples(rng, 10, 2, 3)
     g[index, 1, 2] = bad
     with pytest.raises(NonFiniteError, match=rf"sample index {index}\b"):
-        SampleTarget(g, chunk_size=chunk)
+        SampleTarget(g, chunk_size=chunk).trace()
     with pytest.raises(NonFiniteError, match=rf"sample index {index}\b"):
         est.shampoo_squared(g)
     with pytest.raises(NonFiniteError, match=rf"sample index {index}\b"):
         met.cosine_similarity(g, Kronecker(np.eye(2), np.eye(3)))
 
 
+_FIRST_USES = {
+    "second_moments": lambda t: t.second_moments(),
+    "frobenius_norm (the Gram)": lambda t: t.frobenius_norm(),
+    "rotated_diagonal": lambda t: t.rotated_diagonal(None, None),
+    "contract_left": lambda t: t.contract_left(np.eye(3)),
+    "trace": lambda t: t.trace(),
+    "eigh (parameter space)": lambda t: t.eigh(),
+}
+
+
+@pytest.mark.parametrize("executor", ["numpy", "jax"])
+@pytest.mark.parametrize("use", list(_FIRST_USES))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_check_folded_into_first_pass(executor, use, bad, rng):
+    """The NaN/Inf check runs inside whichever pass comes first, and names the sample;
+    the target is built without a pass of its own."""
+    g = random_samples(rng, 10, 2, 3)
+    g[7, 0, 1] = bad
+    t = SampleTarget(g, chunk_size=4, executor=executor)
+    assert t._trace is None  # construction made no pass over the samples
+    with pytest.raises(NonFiniteError, match=r"sample index 7\b"):
+        _FIRST_USES[use](t)
+
+
+@pytest.mark.parametrize("executor", ["numpy", "jax"])
+def test_overflow_of_a_finite_sample_is_named(executor, rng):
+    g = random_samples(rng, 6, 2, 3).astype(np.float32)
+    g[4] *= 1e30  # finite, but ‖G‖² overflows float32
+    with pytest.raises(NonFiniteError, match=r"sample 4 overflows float32.*rescale"):
+        SampleTarget(g, executor=executor).second_moments()
+
+
+def test_valid_samples_pass_the_folded_check(rng):
+    g = random_samples(rng, 10, 2, 3)
+    t = SampleTarget(g, chunk_size=3)
+    t.second_moments()
+    assert t._checked and float(t._trace) > 0
+
+
 def test_nonfinite_in_dataarray_names_example_and_class(rng):
     g = rng.standard_normal((4, 3, 2, 2))  # (sample, class, row, col)
     g[2, 1, 0, 0] = np.nan
     da = xr.DataArray(g, dims=("sample", "class", "row", "col"))
-    with pytest.raises(NonFiniteError, match=r"\(2, 1\)"):
-        SampleTarget(da)
+    for executor in ("numpy", "jax"):
+        with pytest.raises(NonFiniteError, match=r"\(2, 1\)"):
+            SampleTarget(da, executor=executor).second_moments()
 
 
 def test_nonfinite_weights_and_dense(rng):
