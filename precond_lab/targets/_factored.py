@@ -178,6 +178,13 @@ def _d_diag(u, v, w):
     return _k_diag(_build(u, v), w)
 
 
+def _d_rotdiags(u, v, w, qas, qbs):
+    """``_d_rotdiag`` for a stack of bases, rebuilding ``G`` once (bases in sequence:
+    one rotated copy of the chunk at a time)."""
+    g = _build(u, v)
+    return jax.lax.map(lambda q: _k_rotdiag(g, w, *q), (qas, qbs))
+
+
 def _d_trace_product(u, v, w, s):
     return _k_trace_product(_build(u, v), w, s)
 
@@ -457,6 +464,22 @@ class FactoredTarget(Target):
         qb = jnp.eye(n, dtype=self.dtype) if qb is None else jnp.asarray(qb, self.dtype)
         out = self._pass("rotated_diagonal", _f_rotdiag if factored else _d_rotdiag, qa, qb)
         return self._corrected(out, lambda g, w: _k_rotdiag(g, w, qa, qb))
+
+    def rotated_diagonals(self, bases):
+        """``rotated_diagonal`` for several bases; where the plan rebuilds ``G``, one pass
+        rebuilds each chunk once for all of them."""
+        bases = list(bases)
+        if self._form("rotated_diagonal") == "factored" or len(bases) < 2:
+            return super().rotated_diagonals(bases)
+        m, n = self.matrix_shape
+        eye_m, eye_n = jnp.eye(m, dtype=self.dtype), jnp.eye(n, dtype=self.dtype)
+        qas = jnp.stack([eye_m if qa is None else jnp.asarray(qa, self.dtype) for qa, _ in bases])
+        qbs = jnp.stack([eye_n if qb is None else jnp.asarray(qb, self.dtype) for _, qb in bases])
+        out = self._pass("rotated_diagonal", _d_rotdiags, qas, qbs)
+        out = self._corrected(
+            out, lambda g, w: jax.lax.map(lambda q: _k_rotdiag(g, w, *q), (qas, qbs))
+        )
+        return [out[i] for i in range(len(bases))]
 
     def trace(self):
         if "trace" not in self._cache:
