@@ -6,6 +6,12 @@ parameter pytree that capture differentiates, and the framework's layout preset
 (``LAYOUTS``): ``"flax"`` kernels are ``(in, out)`` /
 HWIO, ``"torch"`` (Equinox, as PyTorch) weights ``(out, in)`` / OIHW. Neither framework
 is imported unless the object comes from it.
+
+The same module structure gives the same ``apply_fn`` object (see ``.cache``), so
+captures of a model whose parameters changed (training, another seed) reuse their
+compiled functions: an Equinox module's static part and an NNX module's graph decide it
+(an NNX module with non-parameter state, e.g. batch statistics, gets a new function
+each time, since that state is part of it).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+
+from .cache import cached
 
 __all__ = ["as_apply", "framework_of"]
 
@@ -61,7 +69,9 @@ def as_apply(model: Any, params: Any = None) -> tuple[Callable, Any, str]:
         def apply_nnx(p, xb):
             return nnx.merge(graphdef, p, rest)(xb)
 
-        return apply_nnx, state, "flax"
+        if jax.tree_util.tree_leaves(rest):  # state outside the graph: a new function
+            return apply_nnx, state, "flax"
+        return cached(("nnx_apply", graphdef), lambda: apply_nnx), state, "flax"
     if kind == "equinox":
         import equinox as eqx
 
@@ -70,7 +80,8 @@ def as_apply(model: Any, params: Any = None) -> tuple[Callable, Any, str]:
         def apply_eqx(p, xb):
             return jax.vmap(eqx.combine(p, static))(xb)
 
-        return apply_eqx, arrays, "torch"
+        leaves, tree = jax.tree_util.tree_flatten(static)  # unhashable leaves: no caching
+        return cached(("eqx_apply", tree, tuple(leaves)), lambda: apply_eqx), arrays, "torch"
     if params is None:
         what = "a Flax Linen module" if kind == "flax.linen" else "a plain apply function"
         raise ValueError(f"{what} needs params= (its variables / parameter pytree)")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from precond_lab.capture import api, cache, capture, capture_from_fn, load_dataset
+from precond_lab.capture import api, cache, capture, capture_from_fn, capture_model, load_dataset
 from precond_lab.capture.per_example import chunk_length, sample_keys
 
 _COMPILES = [0]
@@ -117,3 +117,29 @@ def test_no_training_step_is_built_without_training(monkeypatch):
     # step 0 of a run that trains on is the same as a run that stops there
     _assert_identical(only0["step_000000"], trained["step_000000"])
     assert only0["step_000000"].attrs == trained["step_000000"].attrs
+
+
+@pytest.mark.parametrize("framework", ["flax.nnx", "equinox"])
+def test_framework_models_of_one_structure_share_compiled_functions(framework):
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
+
+    def make(seed):
+        if framework == "flax.nnx":
+            nnx = pytest.importorskip("flax.nnx")
+            r = nnx.Rngs(seed)
+            m = nnx.Sequential(nnx.Linear(5, 4, rngs=r), jnp.tanh, nnx.Linear(4, 3, rngs=r))
+        else:
+            eqx = pytest.importorskip("equinox")
+            m = eqx.nn.MLP(5, 3, 4, 1, activation=jnp.tanh, key=jax.random.PRNGKey(seed))
+        return jax.tree_util.tree_map(
+            lambda v: jnp.asarray(v, jnp.float64) if isinstance(v, jax.Array) else v, m
+        )
+
+    kw = dict(loss="cross_entropy", targets=["gradients", "kfac"], num_samples=12, chunk_size=8)
+    capture_model(make(0), x, y, **kw)
+    other = make(1)  # another instance, other weights: the same compiled functions
+    second, compiles = _compiles(lambda: capture_model(other, x, y, **kw))
+    assert compiles == 0
+    cache.clear()
+    _assert_identical(second, capture_model(make(1), x, y, **kw))
