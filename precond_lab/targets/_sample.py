@@ -12,6 +12,7 @@ from .._validation import NonFiniteError, check_float_dtype, check_target_scale,
 from ..structures import Diagonal, EigenKronecker, Kronecker, Structure
 from . import _host
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
+from ._distributed import allgather_counts, global_samples, to_host
 from ._gram import Gram
 from ._kernels import (
     _k_combine,
@@ -87,6 +88,13 @@ class SampleTarget(Target):
             samples (a dot product per sample; NaN/Inf propagate into it), so invalid
             samples raise at the first primitive used, naming the first bad sample.
         executor: one of ``EXECUTORS``.
+        process_local: ``samples`` (an array) and ``weights`` are this process's share
+            of the samples in a multi-process run (``jax.distributed.initialize``
+            first): the samples axis is sharded over every device of every process (one
+            block per pass), each pass reduces across processes, and every result is
+            the global one, on every process. Default weights are ``1/N`` for the
+            global ``N``; a NaN is reported by the process that holds it, with its
+            global index.
     """
 
     def __init__(
@@ -99,8 +107,14 @@ class SampleTarget(Target):
         shard: bool | None = None,
         validate: bool = True,
         executor: str = "auto",
+        process_local: bool = False,
     ):
-        self._source = _make_source(samples, weights)
+        self._multi = bool(process_local)
+        if self._multi:
+            self._source = _ProcessShareSource(samples, weights, validate)
+            shard, executor = False, "jax"  # the global arrays are sharded already
+        else:
+            self._source = _make_source(samples, weights)
         self.matrix_shape = self._source.shape
         self.dtype = self._source.dtype
         self.num_samples = self._source.num_samples
@@ -115,7 +129,9 @@ class SampleTarget(Target):
             chunk_size = max(_MIN_CHUNK, per // (m * n * self.dtype.itemsize))
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
-        if host:  # views of any length: nothing compiles, nothing is padded
+        if self._multi:  # one block: the global arrays
+            self.chunk_size = self._source.rows
+        elif host:  # views of any length: nothing compiles, nothing is padded
             self.chunk_size = min(int(chunk_size), self.num_samples)
         else:
             size = min(int(chunk_size), bucket(self.num_samples))  # a new N: no recompile
@@ -152,7 +168,18 @@ class SampleTarget(Target):
         return self._regular_chunks() + (1 if self._extra is not None else 0)
 
     def _regular_chunks(self) -> int:
-        return -(-self.num_samples // self.chunk_size)
+        return 1 if self._multi else -(-self.num_samples // self.chunk_size)
+
+    def _host(self, x):
+        """A result on the global block as a host array (gathered across processes)."""
+        return to_host(x) if self._multi else np.asarray(x)
+
+    def _part(self, start: int, part):
+        """One block's contribution, ready to add: on the host in a multi-process run
+        (the global block gathered, the centering block local), as is otherwise."""
+        if not self._multi:
+            return part
+        return to_host(part) if start >= 0 else jax.tree_util.tree_map(np.asarray, part)
 
     def chunk(self, i: int) -> tuple[int, jax.Array, jax.Array]:
         """Block ``i`` as ``(start, G, w)``: on the JAX executor padded to ``chunk_size``
@@ -164,6 +191,8 @@ class SampleTarget(Target):
         stop = min(start + c, self.num_samples)
         if self.executor == "numpy":
             return (start, *self._source.read_host(start, stop, self.dtype))
+        if self._multi:
+            return 0, self._source.g, self._source.w
         if getattr(self._source, "host", None) is not None:  # host slice + pad: no compile
             g, w = self._source.read_padded(start, stop, c)
             return start, self._put(g), self._put(w)
@@ -187,14 +216,22 @@ class SampleTarget(Target):
         for start, g, w in self.chunks():
             if checking:
                 sq, tr = norms(g, w)
-                self._check_norms(start, sq)
-                total += float(tr)
+                self._check_norms(start, self._host(sq))
+                total += float(self._host(tr))
             yield start, g, w
         if checking:
             self._finish_check(total)
 
     def _check_norms(self, start: int, sq) -> None:
         """Raise for the first sample of a block whose ``‖G_k‖²`` is not finite."""
+        if self._multi:  # each process checked its own share at construction
+            sq = np.asarray(sq)[np.asarray(self._source.real_rows)]
+            if np.all(np.isfinite(sq)):
+                return
+            raise NonFiniteError(  # pragma: no cover - finite samples with an overflow
+                f"SampleTarget: ‖G‖² overflows {self.dtype.name} although the samples are "
+                "finite: rescale the samples or use float64."
+            )
         sq = np.asarray(sq)[: max(0, self.num_samples - start)]
         bad = np.flatnonzero(~np.isfinite(sq))
         if not bad.size:
@@ -224,6 +261,8 @@ class SampleTarget(Target):
         self._checked = True
 
     def _any_nonzero(self) -> bool:
+        if self._multi:
+            return bool(self._host(jnp.any(self._source.g != 0)))
         for start, g, w in self.chunks():
             if start >= 0 and bool(np.any(np.asarray(g) != 0) and np.any(np.asarray(w) != 0)):
                 return True
@@ -245,8 +284,8 @@ class SampleTarget(Target):
         kernel = self._kernel(name)
         args = tuple(self._arg(a) for a in args)
         total = None
-        for _, g, w in self._pass():
-            part = kernel(g, w, *args)
+        for start, g, w in self._pass():
+            part = self._part(start, kernel(g, w, *args))
             total = part if total is None else jax.tree_util.tree_map(_add, total, part)
         return self._out(total)
 
@@ -256,8 +295,9 @@ class SampleTarget(Target):
         trace, mean = 0.0, None
         for start, g, w in self.chunks():
             sq, tr, s = stats(g, w)
-            self._check_norms(start, sq)
-            trace += float(tr)
+            self._check_norms(start, self._host(sq))
+            trace += float(self._host(tr))
+            s = self._part(start, s)
             mean = s if mean is None else mean + s
         if center:
             total_w = self._source.weight_sum()
@@ -301,9 +341,9 @@ class SampleTarget(Target):
         args = [self._basis_args(qa, qb) for qa, qb in bases]
         diag, rotdiag = self._kernel("diag"), self._kernel("rotdiag")
         totals = [None] * len(args)
-        for _, g, w in self._pass():
+        for start, g, w in self._pass():
             for i, qs in enumerate(args):
-                part = diag(g, w) if qs is None else rotdiag(g, w, *qs)
+                part = self._part(start, diag(g, w) if qs is None else rotdiag(g, w, *qs))
                 totals[i] = part if totals[i] is None else totals[i] + part
         return [self._out(t) for t in totals]
 
@@ -328,10 +368,10 @@ class SampleTarget(Target):
         if isinstance(s, Diagonal):
             return jnp.vdot(self.rotated_diagonal(None, None), s.values)
         total = None
-        for _, g, w in self._pass():
-            part = _k_trace_product(jnp.asarray(g), jnp.asarray(w), s)
+        for start, g, w in self._pass():
+            part = self._part(start, _k_trace_product(jnp.asarray(g), jnp.asarray(w), s))
             total = part if total is None else total + part
-        return total
+        return self._out(total)
 
     def frobenius_norm(self):
         """``‖Σ‖_F``: from the cached Gram matrix when it fits in ``_GRAM_BYTES``, else
@@ -412,10 +452,10 @@ class SampleTarget(Target):
         ws = []
         for i in range(chunks):
             _, ga, wa = self.chunk(i)
-            ws.append(np.asarray(wa))
+            ws.append(self._host(wa))
             for j in range(i, chunks):
                 _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
-                block = np.asarray(_k_gram(ga, gb))
+                block = self._host(_k_gram(ga, gb))
                 out[i * c : (i + 1) * c, j * c : (j + 1) * c] = block
                 out[j * c : (j + 1) * c, i * c : (i + 1) * c] = block.T
         return out, np.concatenate(ws)
@@ -444,7 +484,7 @@ class SampleTarget(Target):
                 for start, g, _ in self.chunks():
                     if start < 0:
                         continue
-                    part = combine(g, coef[start : start + g.shape[0]])
+                    part = self._part(start, combine(g, coef[start : start + g.shape[0]]))
                     vecs = part if vecs is None else vecs + part
                 vecs = self._out(vecs)
             return Spectrum(jnp.asarray(mu, self.dtype), vecs, d)
@@ -466,11 +506,12 @@ class SampleTarget(Target):
                 total = part if total is None else total + part
             return self._out(total)
         x = jnp.asarray(x, self.dtype)
-        total = jnp.zeros(x.shape, self.dtype)
-        for _, g, w in self._pass():
+        total = None
+        for start, g, w in self._pass():
             coef = jnp.einsum("kmn,...mn->k...", g, x) * w.reshape(-1, *(1,) * (x.ndim - 2))
-            total = total + jnp.einsum("k...,kmn->...mn", coef, g)
-        return total
+            part = self._part(start, jnp.einsum("k...,kmn->...mn", coef, g))
+            total = part if total is None else total + part
+        return self._out(total)
 
     def to_dense(self):
         return self._reduce("cov")
@@ -615,6 +656,53 @@ class _DataArraySource:
 
     def weight_sum(self):
         return float(jnp.sum(self.weights))
+
+
+class _ProcessShareSource:
+    """This process's share of the samples in a multi-process run, as global arrays.
+
+    Every share is padded to one length (zero weight) and the global ``(rows, m, n)``
+    array is sharded over all devices of all processes (``global_samples``).
+    """
+
+    in_memory = True
+    host = None
+
+    def __init__(self, samples, weights, validate: bool):
+        samples = np.asarray(samples)
+        examples = int(samples.shape[0]) if samples.ndim else 0
+        counts = allgather_counts(examples)
+        pid = jax.process_index()
+        if weights is None:  # 1/N for the global N
+            weights = np.full(examples, 1.0 / max(int(counts.sum()), 1))
+        local = _ArraySource(samples, weights)
+        inner = local.num_samples // max(examples, 1)
+        offset = int(counts[:pid].sum()) * inner
+        if validate:  # every process learns of a bad sample anywhere, and all raise alike
+            found = first_nonfinite(local.read_host(0, local.num_samples, local.dtype)[0])
+            firsts = allgather_counts(-1 if found is None else found[0] + offset)
+            if np.any(firsts >= 0):
+                where = int(firsts[firsts >= 0].min())
+                holder = int(np.flatnonzero(firsts == where)[0])
+                raise NonFiniteError(
+                    f"samples contain NaN or Inf: first at sample index {where} (global "
+                    f"index; in process {holder}'s share)."
+                )
+        self.shape, self.dtype = local.shape, local.dtype
+        g, w = local.read_host(0, local.num_samples, local.dtype)
+        (self.g, self.w), starts = global_samples((g, w), local.num_samples)
+        self.rows = int(self.g.shape[0])
+        self.real_rows = np.concatenate(
+            [np.arange(s, s + int(c) * inner) for s, c in zip(starts, counts, strict=True)]
+        )
+        self.num_samples = int(counts.sum()) * inner
+        self._total_w = float(to_host(jnp.sum(self.w)))
+
+    def sample_index(self, i):
+        return i
+
+    def weight_sum(self):
+        return self._total_w
 
 
 def _make_source(samples, weights):

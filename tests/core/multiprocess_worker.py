@@ -1,8 +1,8 @@
 """One process of the two-process test (``test_multiprocess.py``): its share of the samples.
 
 Usage: ``python multiprocess_worker.py PROCESS_ID PORT OUT.npz``. Both processes compute
-every primitive of the same FactoredTarget from their own half of the samples; process 0
-writes the results.
+every primitive of the same FactoredTarget, and of the SampleTarget of the same dense
+samples, from their own half of the samples; process 0 writes the results.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main():
     )
     import numpy as np
 
-    from precond_lab.targets import FactoredTarget
+    from precond_lab.targets import FactoredTarget, SampleTarget
 
     u, v, w, a, b, qa, qb = problem()
     part = slice(0, SPLIT) if pid == 0 else slice(SPLIT, None)
@@ -75,8 +75,24 @@ def main():
         t = FactoredTarget(u[part], v[part], w[part], center=center, process_local=True)
         for key, val in primitives(t, a, b, qa, qb).items():
             results[f"{key}-c{int(center)}"] = np.asarray(val)
+        g = np.einsum("ktm,ktn->kmn", u[part], v[part])  # the same samples, dense
+        t = SampleTarget(g, w[part], center=center, process_local=True)
+        for key, val in primitives(t, a, b, qa, qb).items():
+            results[f"sample-{key}-c{int(center)}"] = np.asarray(val)
     t = FactoredTarget(u[part, :1], v[part, :1], process_local=True)  # default weights 1/N
     results["default-weights-left"] = np.asarray(t.left_moment())
+    g1 = np.einsum("ktm,ktn->kmn", u[part, :1], v[part, :1])
+    results["sample-default-weights-left"] = np.asarray(
+        SampleTarget(g1, process_local=True).left_moment()
+    )
+    bad = np.einsum("ktm,ktn->kmn", u[part], v[part])
+    if pid == 1:
+        bad[2, 0, 0] = np.nan  # global sample SPLIT + 2, held by process 1
+    try:
+        SampleTarget(bad, process_local=True)
+        results["nan-message"] = np.asarray("no error")
+    except Exception as exc:  # noqa: BLE001 - the message is the result
+        results["nan-message"] = np.asarray(f"{type(exc).__name__}: {exc}")
     results["devices"] = np.asarray(jax.device_count())
     if pid == 0:
         np.savez(out, **results)

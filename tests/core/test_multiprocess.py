@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from precond_lab.targets import FactoredTarget
+from precond_lab.targets import FactoredTarget, SampleTarget
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,7 +64,26 @@ def test_every_primitive_matches_single_process(two_process_results, center):
         assert_close(got[f"{key}-c{int(center)}"], val, err_msg=key)
 
 
+@pytest.mark.parametrize("center", [False, True])
+def test_dense_samples_match_single_process(two_process_results, center):
+    got = two_process_results
+    u, v, w, a, b, qa, qb = worker.problem()
+    g = np.einsum("ktm,ktn->kmn", u, v)
+    want = worker.primitives(SampleTarget(g, w, center=center), a, b, qa, qb)
+    for key, val in want.items():
+        assert_close(got[f"sample-{key}-c{int(center)}"], val, err_msg=key)
+
+
+def test_nan_in_one_share_is_reported_by_every_process(two_process_results):
+    msg = str(two_process_results["nan-message"])
+    assert msg.startswith("NonFiniteError"), msg
+    assert f"sample index {worker.SPLIT + 2} (global index; in process 1's share)" in msg
+
+
 def test_default_weights_are_one_over_the_global_count(two_process_results):
     u, v, *_ = worker.problem()
     want = FactoredTarget(u[:, :1], v[:, :1]).left_moment()
     assert_close(two_process_results["default-weights-left"], want)
+    g1 = np.einsum("ktm,ktn->kmn", u[:, :1], v[:, :1])
+    assert_close(two_process_results["sample-default-weights-left"], want)
+    assert_close(SampleTarget(g1).left_moment(), want)
