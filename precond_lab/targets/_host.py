@@ -45,6 +45,23 @@ def _uniform(w) -> float | None:
 _BLOCK_BYTES = 1 << 23  # sub-blocks of 8 MiB: a few large BLAS calls per chunk
 
 
+def _block(x) -> int:
+    """Samples per sub-block: about ``_BLOCK_BYTES`` of them, at least one."""
+    return max(1, _BLOCK_BYTES // (x.shape[1] * x.shape[2] * x.itemsize))
+
+
+def _by_blocks(fn, g, w, *args):
+    """``Σ fn(g_b, w_b, *args)`` over sub-blocks: temporaries stay sub-block sized."""
+    step = _block(g)
+    if g.shape[0] <= step:
+        return fn(g, w, *args)
+    total = None
+    for s in range(0, g.shape[0], step):
+        part = fn(g[s : s + step], w[s : s + step], *args)
+        total = part if total is None else total + part
+    return total
+
+
 def _left_sum(x, y, w) -> np.ndarray:
     """``Σ_k w_k X_k Y_kᵀ`` (m × m), by sub-blocks of ``B`` samples.
 
@@ -54,7 +71,7 @@ def _left_sum(x, y, w) -> np.ndarray:
     the pass near the matmul rate on a loaded machine, where one call per sample is not.
     """
     c, m, n = x.shape
-    block = max(1, _BLOCK_BYTES // (m * n * x.itemsize))
+    block = _block(x)
     common = _uniform(w)
     acc = np.zeros((m, m), x.dtype)
     for s in range(0, c, block):
@@ -99,38 +116,50 @@ def h_left_moment(g, w):
 
 
 def h_right_moment(g, w):
-    return _right_sum(g, g, w)
+    if _uniform(w) is not None:  # one syrk over the whole chunk, no temporary
+        return _right_sum(g, g, w)
+    return _by_blocks(lambda gb, wb: _right_sum(gb, gb, wb), g, w)
 
 
 def h_moments(g, w):
     return h_left_moment(g, w), h_right_moment(g, w)
 
 
-def h_contract_left(g, w, b):
-    """``Σ_k w_k G_k B G_kᵀ``: one tall product ``G B``, then the per-sample sums."""
+def _contract_left(g, w, b):
     c, m, n = g.shape
     gb = (g.reshape(-1, n) @ b).reshape(c, m, n)
     return _left_sum(gb, g, w)
 
 
+def h_contract_left(g, w, b):
+    """``Σ_k w_k G_k B G_kᵀ``: per sub-block one tall product ``G B``, then the sums."""
+    return _by_blocks(_contract_left, g, w, b)
+
+
 def h_contract_right(g, w, a):
-    """``Σ_k w_k G_kᵀ A G_k``: ``A G_k`` for every sample, then one ``(c·m, n)ᵀ`` product."""
-    return _right_sum(g, np.matmul(a, g), w)
+    """``Σ_k w_k G_kᵀ A G_k``: per sub-block ``A G_k``, then one ``(B·m, n)ᵀ`` product."""
+    return _by_blocks(lambda gb, wb: _right_sum(gb, np.matmul(a, gb), wb), g, w)
 
 
-def h_rotdiag(g, w, qa, qb):
-    """``Σ_k w_k (Q_aᵀ G_k Q_b)²`` (elementwise square)."""
+def _rotdiag(g, w, qa, qb):
     c, m, n = g.shape
-    p = (g.reshape(-1, n) @ qb).reshape(c, m, n)
-    p = np.matmul(qa.T, p)
+    p = np.matmul(qa.T, (g.reshape(-1, n) @ qb).reshape(c, m, n))
     np.square(p, out=p)
     return (w @ p.reshape(c, -1)).reshape(m, n)
 
 
-def h_diag(g, w):
+def h_rotdiag(g, w, qa, qb):
+    """``Σ_k w_k (Q_aᵀ G_k Q_b)²`` (elementwise square), by sub-blocks."""
+    return _by_blocks(_rotdiag, g, w, qa, qb)
+
+
+def _diag(g, w):
     c, m, n = g.shape
-    x = g.reshape(c, -1)
-    return (w @ np.square(x)).reshape(m, n)
+    return (w @ np.square(g.reshape(c, -1))).reshape(m, n)
+
+
+def h_diag(g, w):
+    return _by_blocks(_diag, g, w)
 
 
 def h_gram(ga, gb):
