@@ -21,6 +21,9 @@ Example::
 
 See ``.store`` for the schema, ``.layout`` for matricization, ``.ggn`` for loss
 conventions, ``.kfac`` for K-FAC conventions.
+A second capture of the same configuration (model functions, parameter shapes, layers,
+targets, optimizer) reuses the first one's compiled functions, whatever its number of
+examples (``.cache``).
 """
 
 from .api import TARGETS, capture, capture_from_fn, capture_model
