@@ -161,6 +161,31 @@ def peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_extra_bytes(fn) -> int | None:
+    """Resident memory ``fn()`` adds at its peak, above what the process held before it
+    (Linux: the peak is reset through ``/proc/self/clear_refs``; None elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM (the peak) to the current VmRSS
+    except OSError:
+        return None
+    base = _status_bytes("VmRSS")
+    fn()
+    peak = _status_bytes("VmHWM")
+    return None if base is None or peak is None else max(0, peak - base)
+
+
 def _loadavg() -> list[float] | None:
     """System load averages: on a shared machine, > cpu_count means contended timings."""
     try:

@@ -14,6 +14,8 @@ Sections (``--sections``, all by default):
 * ``headline`` — a GGN target, ``N`` examples × ``C`` classes, factored ``m × n``: every
   registered estimator, then cosine + forward KL (``damping``) of each through one
   batched :func:`~precond_lab.metrics.score` (one Gram, one Cholesky); wall seconds.
+* ``memory`` — peak resident memory each dense pass adds above the samples, in chunks,
+  on both executors, and the Gram phase's in ``N × N`` buffers.
 * ``compiles`` — XLA compilations for a new ``N`` in the same bucket after warm-up.
 
 Every timing goes through :func:`precond_lab.timing.interleaved` (warm-up excluded,
@@ -41,7 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import scipy.linalg  # noqa: E402
-from _machine import compile_count, machine_info, peak_rss_bytes, result_path  # noqa: E402
+from _machine import (  # noqa: E402
+    compile_count,
+    machine_info,
+    peak_extra_bytes,
+    peak_rss_bytes,
+    result_path,
+)
 
 from precond_lab import estimators as est  # noqa: E402
 from precond_lab import metrics as met  # noqa: E402
@@ -309,6 +317,74 @@ def section_headline(m, n, num, classes, rng):
     }
 
 
+def section_memory(m, n, num, rng):
+    """Peak resident memory each pass adds above the data, in chunks (goal ≤ 1.5), and the
+    Gram phase (Gram, ‖Σ‖, Cholesky log-det, spectrum) in N×N buffers (goal ≤ 2)."""
+    g = rng.standard_normal((num, m, n)).astype(np.float32)
+    b = np.eye(n, dtype=np.float32)
+    qa = np.linalg.qr(rng.standard_normal((m, m)))[0].astype(np.float32)
+    qb = np.linalg.qr(rng.standard_normal((n, n)))[0].astype(np.float32)
+    out = []
+    for executor in ("numpy", "jax"):
+        t = SampleTarget(g, executor=executor)
+        t.trace()  # the checks' pass, and (JAX) the device copy, before measuring
+        chunk_bytes = t.chunk_size * m * n * 4
+        passes = {
+            "contract_left": lambda t=t: jax.block_until_ready(t.contract_left(b)),
+            "second_moments": lambda t=t: jax.block_until_ready(t.second_moments()),
+            "rotated_diagonal": lambda t=t: jax.block_until_ready(t.rotated_diagonal(qa, qb)),
+        }
+        for name, fn in passes.items():
+            fn()  # warm: compiled, allocator pools filled
+            extra = peak_extra_bytes(fn)
+            row = {
+                "executor": executor,
+                "m": m,
+                "n": n,
+                "N": num,
+                "pass": name,
+                "data_bytes": g.nbytes,
+                "chunk_bytes": chunk_bytes,
+                "extra_bytes": extra,
+                "extra_chunks": None if extra is None else extra / chunk_bytes,
+                "goal": 1.5,
+            }
+            out.append(row)
+            print(
+                f"memory {executor:5s} {name:16s} +{(extra or 0) / 2**20:.0f} MiB "
+                f"= {row['extra_chunks'] or 0:.2f} chunks",
+                flush=True,
+            )
+    t = SampleTarget(g)
+    t.trace()
+    nn = float(num) * num * 4
+
+    def gram_phase(t=t):
+        t._cache.clear()
+        t.frobenius_norm()
+        t.logdet(DAMPING)
+        t.eigh()
+
+    extra = peak_extra_bytes(gram_phase)
+    out.append(
+        {
+            "executor": t.executor,
+            "m": m,
+            "n": n,
+            "N": num,
+            "pass": "gram phase",
+            "extra_bytes": extra,
+            "extra_nxn": None if extra is None else extra / nn,
+            "goal": 2.0,
+        }
+    )
+    print(
+        f"memory gram phase +{(extra or 0) / 2**20:.0f} MiB = {(extra or 0) / nn:.2f} N×N buffers",
+        flush=True,
+    )
+    return out
+
+
 def section_compiles(m, n, num, rng):
     def run(count):
         u = rng.standard_normal((count, 1, m)).astype(np.float32)
@@ -336,7 +412,8 @@ def _size(text, parts):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", default="naive,passes,headline,compiles")
+    p.add_argument("--sections", default="naive,passes,memory,headline,compiles")
+    p.add_argument("--memory", default="512x512x2048", help="MxNxN for the memory section")
     p.add_argument("--naive-sizes", default="128x128x1024,256x256x1024")
     p.add_argument("--passes", default="512x512x1024", help="MxNxN for the pass section")
     p.add_argument("--terms", default="1,4,16,64")
@@ -347,7 +424,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.naive_sizes, args.passes, args.terms = "32x32x128", "48x48x128", "1,4"
-        args.headline = "64x64x64x10"
+        args.headline, args.memory = "64x64x64x10", "64x64x256"
     rng = np.random.default_rng(0)
     sections = set(args.sections.split(","))
     result = {"machine": machine_info(), "damping": DAMPING, "quick": args.quick}
@@ -360,6 +437,8 @@ def main(argv=None):
         result["passes"] = section_passes(m, n, num, terms, args.repeats, rng)
     if "headline" in sections:
         result["headline"] = section_headline(*_size(args.headline, 4), rng)
+    if "memory" in sections:
+        result["memory"] = section_memory(*_size(args.memory, 3), rng)
     if "compiles" in sections:
         result["compiles"] = section_compiles(64, 48, 1000, rng)
     result["peak_rss_bytes"] = peak_rss_bytes()

@@ -28,7 +28,12 @@ __all__ = ["Gram"]
 
 
 def _eigh(a: np.ndarray, vectors: bool):
-    """Symmetric eigendecomposition (ascending), eigenvalues only unless ``vectors``."""
+    """Symmetric eigendecomposition (ascending), eigenvalues only unless ``vectors``.
+
+    ``a`` is symmetric, so its transpose (a Fortran-ordered view) is the same matrix and
+    LAPACK overwrites it in place instead of copying a C-ordered array first.
+    """
+    a = a.T
     if vectors:
         return scipy.linalg.eigh(a, overwrite_a=True, check_finite=False, driver="evd")
     return scipy.linalg.eigh(a, eigvals_only=True, overwrite_a=True, check_finite=False), None
@@ -131,7 +136,9 @@ class Gram:
         a /= damping
         a[np.diag_indices_from(a)] += 1.0
         try:
-            chol = scipy.linalg.cholesky(a, lower=True, overwrite_a=True, check_finite=False)
+            chol = scipy.linalg.cholesky(  # a.T: the same symmetric matrix, factored in place
+                a.T, lower=True, overwrite_a=True, check_finite=False
+            )
         except np.linalg.LinAlgError:  # pragma: no cover - I + M/λ is SPD for w ≥ 0
             return None
         return dim * float(np.log(damping)) + 2.0 * float(

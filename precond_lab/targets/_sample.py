@@ -590,6 +590,9 @@ class _ArraySource:
             return self.samples, self.weights
         if self._host_w is None:
             self._host_w = np.asarray(self.weights)
+        if stop - start == size:  # a full chunk: one copy, straight from the view
+            g = self.host[start:stop].astype(self.dtype, copy=False)
+            return jax.device_put(g), jax.device_put(self._host_w[start:stop])
         g = np.zeros((size, *self.shape), self.dtype)
         g[: stop - start] = self.host[start:stop]
         w = np.zeros(size, self.dtype)
