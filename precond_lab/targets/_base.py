@@ -126,15 +126,21 @@ class Target(OperatorMixin):
             NotPositiveDefiniteError: if ``Σ`` is indefinite (negative weights).
             FitNeedsDampingError: if ``Σ + λI`` is singular.
         """
+        cache = getattr(self, "_cache", None)  # a target is immutable: one value per λ
+        key = ("logdet", float(damping))
+        if cache is not None and key in cache:
+            return cache[key]
+        value = None
         if damping > 0 and self._sample_space():
             value = self.gram().logdet(float(damping), self.dim)
-            if value is not None:
-                return value
-        mu, spec = checked_eigenvalues(self.eigh(), damping)
-        logdet = float(np.sum(np.log(np.asarray(mu, np.float64) + damping)))
-        if spec.dim > spec.rank:
-            logdet += (spec.dim - spec.rank) * float(np.log(spec.floor + damping))
-        return logdet
+        if value is None:
+            mu, spec = checked_eigenvalues(self.eigh(), damping)
+            value = float(np.sum(np.log(np.asarray(mu, np.float64) + damping)))
+            if spec.dim > spec.rank:
+                value += (spec.dim - spec.rank) * float(np.log(spec.floor + damping))
+        if cache is not None:
+            cache[key] = value
+        return value
 
     def to_dense(self) -> jax.Array:
         """The explicit ``(mn, mn)`` matrix: for references and small sizes only."""

@@ -263,6 +263,17 @@ def test_scoring_many_approximations_costs_one_gram_and_one_pass(monkeypatch, ex
     met.score(sample, approxes, damping=0.1)
     met.cosine_similarity(sample, approxes[0])
     assert len(reads) == sample.num_chunks + sample.num_chunks  # the Gram is cached
+    from precond_lab.targets._gram import Gram
+
+    cholesky = []
+    original_logdet = Gram.logdet
+    monkeypatch.setattr(
+        Gram, "logdet", lambda self, *a: cholesky.append(1) or original_logdet(self, *a)
+    )
+    fresh = SampleTarget(g, w, chunk_size=3, executor=executor)
+    met.score(fresh, approxes, damping=0.1)
+    met.kl_divergence(fresh, approxes[0], damping=0.1)
+    assert len(cholesky) == 1  # log det(Σ + λI): one Cholesky per target and λ
     f = FactoredTarget(u, v, w)
     blocks = []
     original_blocks = FactoredTarget._gram_blocks
