@@ -176,10 +176,13 @@ class SampleTarget(Target):
 
     def _part(self, start: int, part):
         """One block's contribution, ready to add: on the host in a multi-process run
-        (the global block gathered, the centering block local), as is otherwise."""
-        if not self._multi:
-            return part
-        return to_host(part) if start >= 0 else jax.tree_util.tree_map(np.asarray, part)
+        (the global block gathered, the centering block local), computed (JAX) or as
+        is (NumPy) otherwise."""
+        if self._multi:
+            return to_host(part) if start >= 0 else jax.tree_util.tree_map(np.asarray, part)
+        if self.executor == "jax":  # finish this chunk before the next is read: JAX
+            return jax.block_until_ready(part)  # dispatch would hold every chunk at once
+        return part
 
     def chunk(self, i: int) -> tuple[int, jax.Array, jax.Array]:
         """Block ``i`` as ``(start, G, w)``: on the JAX executor padded to ``chunk_size``
