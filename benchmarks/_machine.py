@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import re
@@ -250,6 +251,17 @@ def result_path(directory: str, prefix: str) -> str:
     host = _slug(socket.gethostname())
     kind = _slug(jax.devices()[0].device_kind).lower()
     return os.path.join(directory, f"{prefix}-{host}-{kind}.json")
+
+
+def write_result(doc: dict, out: str | None, prefix: str) -> str:
+    """Write a benchmark's JSON to ``out`` (default ``results/<prefix>-<host>-<device>``
+    next to the benchmarks), creating its directory; returns the path."""
+    path = out or result_path(os.path.join(os.path.dirname(__file__), "results"), prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(doc, fh, indent=1, default=str)
+    print("wrote", path)
+    return path
 
 
 # --------------------------------------------------------------------------------------

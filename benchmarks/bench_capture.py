@@ -38,17 +38,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import compile_count, machine_info, result_path  # noqa: E402
+from _machine import compile_count, machine_info, write_result  # noqa: E402
 
 from precond_lab.capture import cache, capture_model, load_dataset  # noqa: E402
 from precond_lab.estimators import kfac  # noqa: E402
@@ -262,10 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         "goal": "warm end to end ratio precond_lab/curvlinops ≤ 1 ('below')",
         "sizes": results,
     }
-    out = cfg.out or result_path(os.path.join(os.path.dirname(__file__), "results"), "capture")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(doc, indent=1))
-    print("wrote", out)
+    write_result(doc, cfg.out, "capture")
     return doc
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,7 @@ import optax
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import device_memory, machine_info, result_path  # noqa: E402
+from _machine import device_memory, machine_info, write_result  # noqa: E402
 
 import precond_lab.optim as po  # noqa: E402
 from precond_lab.timing import interleaved, ratio, ratio_verdict  # noqa: E402
@@ -150,10 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": results,
         "skipped": skipped,
     }
-    out = cfg.out or result_path(os.path.join(os.path.dirname(__file__), "results"), "optim")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(doc, indent=1))
-    print("wrote", out)
+    write_result(doc, cfg.out, "optim")
     return doc
 
 
