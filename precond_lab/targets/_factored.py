@@ -33,6 +33,7 @@ from ..structures import Kronecker, Structure
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._distributed import allgather_counts, global_samples, to_host
 from ._gram import Gram
+from ._host import h_gram
 from ._kernels import (
     _k_combine,
     _k_cov,
@@ -230,6 +231,11 @@ def _scan(kernel, chunks, u, v, w, *args):
 
 _gram_block = jax.jit(_f_gram)
 _gram_block_dense = jax.jit(_d_gram)
+
+
+def _host_blas() -> bool:
+    """True on JAX's CPU backend, where NumPy's BLAS beats XLA's long contractions."""
+    return all(d.platform == "cpu" for d in jax.local_devices())
 
 
 def _largest_divisor(count: int, limit: int) -> int:
@@ -513,6 +519,11 @@ class FactoredTarget(Target):
         if not factored:  # two rebuilt blocks of G in memory
             m, n = self.matrix_shape
             size = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * m * n * self.dtype.itemsize))
+        if not factored and not self._multi and _host_blas():
+            m, n = self.matrix_shape  # blocks of one chunk of G: fewer, larger products
+            big = _largest_divisor(self.padded, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
+            yield from self._host_dense_gram_blocks(big)
+            return
         kernel = _gram_block if factored else _gram_block_dense
         if self._multi:  # one block across processes, brought to every host
             yield 0, 0, to_host(kernel(self.u, self.v, self.u, self.v))
@@ -523,6 +534,20 @@ class FactoredTarget(Target):
             for j in range(i, blocks):
                 ub, vb = self.u[j * size : (j + 1) * size], self.v[j * size : (j + 1) * size]
                 yield i * size, j * size, np.asarray(kernel(ua, va, ub, vb))
+
+    def _host_dense_gram_blocks(self, size: int):
+        """The dense-form Gram blocks on JAX's CPU backend: each block of ``G`` rebuilt by
+        one batched BLAS product ``(c, m, T)(c, T, n)`` and multiplied by NumPy's BLAS
+        (``syrk`` on the diagonal), which runs this long contraction far faster than XLA."""
+        u, v = np.asarray(self.u), np.asarray(self.v)
+
+        def build(i):
+            return np.matmul(u[i : i + size].transpose(0, 2, 1), v[i : i + size])
+
+        for i in range(0, self.padded, size):
+            ga = build(i)
+            for j in range(i, self.padded, size):
+                yield i, j, h_gram(ga, ga if j == i else build(j))
 
     def _gram_fits(self) -> bool:
         return self.padded**2 * self.dtype.itemsize <= _GRAM_BYTES
