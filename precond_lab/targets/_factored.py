@@ -33,7 +33,7 @@ from ..structures import Kronecker, Structure
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._distributed import allgather_counts, global_samples, to_host
 from ._gram import Gram
-from ._host import h_gram
+from ._host import h_gram, host_blas
 from ._kernels import (
     _k_combine,
     _k_cov,
@@ -234,11 +234,6 @@ def _scan(kernel, chunks, u, v, w, *args):
 
 _gram_block = jax.jit(_f_gram)
 _gram_block_dense = jax.jit(_d_gram)
-
-
-def _host_blas() -> bool:
-    """True on JAX's CPU backend, where NumPy's BLAS beats XLA's long contractions."""
-    return all(d.platform == "cpu" for d in jax.local_devices())
 
 
 def _largest_divisor(count: int, limit: int) -> int:
@@ -522,7 +517,7 @@ class FactoredTarget(Target):
         if not factored:  # two rebuilt blocks of G in memory
             m, n = self.matrix_shape
             size = _largest_divisor(self.padded, _CHUNK_BYTES // (2 * m * n * self.dtype.itemsize))
-        if not factored and not self._multi and _host_blas():
+        if not factored and not self._multi and host_blas():
             m, n = self.matrix_shape  # blocks of one chunk of G: fewer, larger products
             big = _largest_divisor(self.padded, _CHUNK_BYTES // (m * n * self.dtype.itemsize))
             yield from self._host_dense_gram_blocks(big)

@@ -18,9 +18,11 @@ Every kernel returns a host array; ``SampleTarget`` converts at its boundary.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 __all__ = [
+    "host_blas",
     "h_norms",
     "h_stats",
     "h_combine",
@@ -28,6 +30,7 @@ __all__ = [
     "h_contract_right",
     "h_cov",
     "h_diag",
+    "h_frob_block",
     "h_gram",
     "h_left_moment",
     "h_moments",
@@ -35,6 +38,11 @@ __all__ = [
     "h_rotdiag",
     "h_apply",
 ]
+
+
+def host_blas() -> bool:
+    """True on JAX's CPU backend, where these kernels beat XLA's long contractions."""
+    return all(d.platform == "cpu" for d in jax.local_devices())
 
 
 def _uniform(w) -> float | None:
@@ -167,6 +175,12 @@ def h_gram(ga, gb):
     xa = ga.reshape(ga.shape[0], -1)
     xb = xa if gb is ga else gb.reshape(gb.shape[0], -1)
     return xa @ xb.T
+
+
+def h_frob_block(ga, wa, gb, wb):
+    """``Σ_kl wa_k wb_l ⟨G_k, G_l⟩²`` over two blocks: their share of ``‖Σ‖_F²``."""
+    k = h_gram(ga, gb)
+    return wa @ (k * k) @ wb
 
 
 def h_cov(g, w):

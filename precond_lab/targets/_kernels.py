@@ -88,3 +88,10 @@ def _k_cov(g, w):
 @jax.jit
 def _k_combine(g, coef):
     return jnp.einsum("kr,kij->rij", coef, g)
+
+
+@jax.jit
+def _k_apply(g, w, x):
+    """``Σ_k w_k G_k ⟨G_k, X⟩`` for a batch ``X`` of shape ``(…, m, n)``."""
+    coef = jnp.einsum("kmn,...mn->k...", g, x) * w.reshape(-1, *(1,) * (x.ndim - 2))
+    return jnp.einsum("k...,kmn->...mn", coef, g)

@@ -15,6 +15,7 @@ from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._distributed import allgather_counts, global_samples, to_host
 from ._gram import Gram
 from ._kernels import (
+    _k_apply,
     _k_combine,
     _k_cov,
     _k_diag,
@@ -42,7 +43,10 @@ _GRAM_BYTES = 1 << 31  # keep the Gram matrix in memory up to 2 GiB
 #: unsharded; JAX otherwise), ``numpy`` or ``jax``.
 EXECUTORS = ("auto", "numpy", "jax")
 
+# the JAX kernels by name; the NumPy twin of each is ``_host.h_<name>``
 _JAX_KERNELS = {
+    "norms": _k_norms,
+    "stats": _k_stats,
     "left_moment": _k_left_moment,
     "right_moment": _k_right_moment,
     "moments": _k_moments,
@@ -51,6 +55,10 @@ _JAX_KERNELS = {
     "rotdiag": _k_rotdiag,
     "diag": _k_diag,
     "cov": _k_cov,
+    "gram": _k_gram,
+    "frob_block": _k_frob_block,
+    "combine": _k_combine,
+    "apply": _k_apply,
 }
 
 
@@ -151,12 +159,11 @@ class SampleTarget(Target):
             raise ValueError(f"executor must be one of {EXECUTORS}; got {executor!r}")
         if executor == "jax":
             return "jax"
-        cpu = all(d.platform == "cpu" for d in self._devices)
         if executor == "numpy":
             if self.shard:
                 raise ValueError("executor='numpy' cannot shard; use executor='jax'")
             return "numpy"
-        return "numpy" if cpu and not self.shard else "jax"
+        return "numpy" if _host.host_blas() and not self.shard else "jax"
 
     # -- streaming ---------------------------------------------------------------
     def _put(self, x):
@@ -215,7 +222,7 @@ class SampleTarget(Target):
         """The blocks of one pass; the first complete pass also runs the sample checks."""
         checking = not self._checked
         total = 0.0
-        norms = _host.h_norms if self.executor == "numpy" else _k_norms
+        norms = self._kernel("norms")
         for start, g, w in self.chunks():
             if checking:
                 sq, tr = norms(g, w)
@@ -294,7 +301,7 @@ class SampleTarget(Target):
 
     def _first_pass(self, center: bool) -> None:
         """One pass for ``tr Σ`` (and the weighted mean, to center), with the checks."""
-        stats = _host.h_stats if self.executor == "numpy" else _k_stats
+        stats = self._kernel("stats")
         trace, mean = 0.0, None
         for start, g, w in self.chunks():
             sq, tr, s = stats(g, w)
@@ -399,31 +406,30 @@ class SampleTarget(Target):
 
     def _frobenius_streamed(self):
         self.trace()  # the checks, before any block product
-        host = self.executor == "numpy"
+        frob_block = self._kernel("frob_block")
         total = 0.0
         for i in range(self.num_chunks):
             _, ga, wa = self.chunk(i)
             for j in range(i, self.num_chunks):
                 _, gb, wb = (i, ga, wa) if j == i else self.chunk(j)
-                if host:
-                    k = _host.h_gram(ga, gb)
-                    block = float(wa @ (k * k) @ wb)
-                else:
-                    block = float(_k_frob_block(ga, wa, gb, wb))
-                total += (1.0 if i == j else 2.0) * block
+                total += (1.0 if i == j else 2.0) * float(frob_block(ga, wa, gb, wb))
         return jnp.sqrt(jnp.maximum(jnp.asarray(total, self.dtype), 0.0))
 
     def gram(self) -> Gram:
         """The weighted Gram matrix of the samples, once (cached).
 
-        NumPy executor: one ``X Xᵀ`` (``syrk``) of the in-memory samples, or block pairs
-        of a lazy source. JAX executor: block pairs ``i ≤ j`` (two chunks in memory at a
-        time; padding rows have weight 0) filling the symmetric host array. Its diagonal
+        In-memory samples on the NumPy executor: one ``X Xᵀ`` (``syrk``). Otherwise block
+        pairs ``i ≤ j`` (two chunks in memory at a time; on the JAX executor, padding
+        rows have weight 0) fill the symmetric host array. Its diagonal
         holds every ``‖G_k‖²``, so it also runs the sample checks when no pass has yet.
         Centering is part of the weighting (``Gram``), not an extra sample.
         """
         if "gram" not in self._cache:
-            k, w = self._host_gram() if self.executor == "numpy" else self._device_gram()
+            if self.executor == "numpy" and self._source.in_memory:
+                x, w = self._source.read_host(0, self.num_samples, self.dtype)
+                k = _host.h_gram(x, x)
+            else:
+                k, w = self._block_gram()
             if not self._checked:
                 real = self.num_samples
                 diag = np.diagonal(k)[:real]
@@ -432,36 +438,21 @@ class SampleTarget(Target):
             self._cache["gram"] = Gram(k, w, self._extra is not None)
         return self._cache["gram"]
 
-    def _host_gram(self):
-        w = np.asarray(self._source.host_weights(self.dtype))
-        if self._source.in_memory:
-            x = self._source.read_host(0, self.num_samples, self.dtype)[0]
-            return _host.h_gram(x, x), w
-        c, num = self.chunk_size, self.num_samples
-        out = np.empty((num, num), dtype=self.dtype)
+    def _block_gram(self):
+        """The Gram matrix and weights from block pairs ``i ≤ j`` of the regular chunks."""
+        rows = self._gram_rows()
+        out = np.empty((rows, rows), dtype=self.dtype)
+        ws = np.zeros(rows, dtype=self.dtype)
+        gram = self._kernel("gram")
         for i in range(self._regular_chunks()):
-            _, ga, _ = self.chunk(i)
+            si, ga, wa = self.chunk(i)
+            ws[si : si + len(wa)] = self._host(wa)
             for j in range(i, self._regular_chunks()):
-                gb = ga if j == i else self.chunk(j)[1]
-                block = _host.h_gram(ga, gb)
-                out[i * c : i * c + len(ga), j * c : j * c + len(gb)] = block
-                out[j * c : j * c + len(gb), i * c : i * c + len(ga)] = block.T
-        return out, w
-
-    def _device_gram(self):
-        chunks = self._regular_chunks()
-        c = self.chunk_size
-        out = np.empty((chunks * c, chunks * c), dtype=self.dtype)
-        ws = []
-        for i in range(chunks):
-            _, ga, wa = self.chunk(i)
-            ws.append(self._host(wa))
-            for j in range(i, chunks):
-                _, gb, _ = (None, ga, None) if j == i else self.chunk(j)
-                block = self._host(_k_gram(ga, gb))
-                out[i * c : (i + 1) * c, j * c : (j + 1) * c] = block
-                out[j * c : (j + 1) * c, i * c : (i + 1) * c] = block.T
-        return out, np.concatenate(ws)
+                sj, gb, _ = (si, ga, wa) if j == i else self.chunk(j)
+                block = self._host(gram(ga, gb))
+                out[si : si + len(ga), sj : sj + len(gb)] = block
+                out[sj : sj + len(gb), si : si + len(ga)] = block.T
+        return out, ws
 
     def _sample_space(self) -> bool:
         m, n = self.matrix_shape
@@ -482,7 +473,7 @@ class SampleTarget(Target):
             mu, coef = self.gram().spectrum(vectors)
             vecs = None
             if vectors:
-                combine = self._kernel_combine()
+                combine = self._kernel("combine")
                 coef = self._arg(coef)
                 for start, g, _ in self.chunks():
                     if start < 0:
@@ -497,24 +488,8 @@ class SampleTarget(Target):
         vals, vecs = _truncate_rank(vals, vecs, d, self.dtype, d)
         return Spectrum(vals, vecs, d)
 
-    def _kernel_combine(self):
-        return _host.h_combine if self.executor == "numpy" else _k_combine
-
     def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, one streamed pass
-        if self.executor == "numpy":
-            x = np.asarray(x, self.dtype)
-            total = None
-            for _, g, w in self._pass():
-                part = _host.h_apply(g, w, x)
-                total = part if total is None else total + part
-            return self._out(total)
-        x = jnp.asarray(x, self.dtype)
-        total = None
-        for start, g, w in self._pass():
-            coef = jnp.einsum("kmn,...mn->k...", g, x) * w.reshape(-1, *(1,) * (x.ndim - 2))
-            part = self._part(start, jnp.einsum("k...,kmn->...mn", coef, g))
-            total = part if total is None else total + part
-        return self._out(total)
+        return self._reduce("apply", x)
 
     def to_dense(self):
         return self._reduce("cov")
@@ -525,7 +500,19 @@ class SampleTarget(Target):
 # --------------------------------------------------------------------------------------
 
 
-class _ArraySource:
+class _Source:
+    """What both sample sources share: their weights as a host array (cached)."""
+
+    weights: jax.Array
+    _host_w: np.ndarray | None = None
+
+    def host_weights(self, dtype):
+        if self._host_w is None or self._host_w.dtype != dtype:
+            self._host_w = np.asarray(self.weights, dtype)
+        return self._host_w
+
+
+class _ArraySource(_Source):
     """In-memory NumPy or JAX samples."""
 
     in_memory = True
@@ -560,7 +547,6 @@ class _ArraySource:
         self.shape = (int(m), int(n))
         self.num_samples = int(n_samples)
         self.weights = check_weights(weights, self.num_samples, self.dtype)
-        self._host_w = None
 
     @property
     def samples(self) -> jax.Array:
@@ -577,11 +563,6 @@ class _ArraySource:
             self.host = self.host.astype(dtype)
         return self.host[start:stop], self.host_weights(dtype)[start:stop]
 
-    def host_weights(self, dtype):
-        if self._host_w is None or self._host_w.dtype != dtype:
-            self._host_w = np.asarray(self.weights, dtype)
-        return self._host_w
-
     def read(self, start, stop):
         if start == 0 and stop == self.num_samples:  # one chunk: no copy
             return self.samples, self.weights
@@ -591,15 +572,14 @@ class _ArraySource:
         """Samples ``[start, stop)`` zero-padded to ``size`` rows, from the host array."""
         if start == 0 and stop == size == self.num_samples:
             return self.samples, self.weights
-        if self._host_w is None:
-            self._host_w = np.asarray(self.weights)
+        host_w = self.host_weights(self.dtype)
         if stop - start == size:  # a full chunk: one copy, straight from the view
             g = self.host[start:stop].astype(self.dtype, copy=False)
-            return jax.device_put(g), jax.device_put(self._host_w[start:stop])
+            return jax.device_put(g), jax.device_put(host_w[start:stop])
         g = np.zeros((size, *self.shape), self.dtype)
         g[: stop - start] = self.host[start:stop]
         w = np.zeros(size, self.dtype)
-        w[: stop - start] = self._host_w[start:stop]
+        w[: stop - start] = host_w[start:stop]
         return jax.device_put(g), jax.device_put(w)
 
     def sample_index(self, i):
@@ -609,7 +589,7 @@ class _ArraySource:
         return float(jnp.sum(self.weights))
 
 
-class _DataArraySource:
+class _DataArraySource(_Source):
     """An ``xarray.DataArray`` (possibly lazy / Zarr-backed), read one chunk at a time."""
 
     in_memory = False
@@ -637,7 +617,6 @@ class _DataArraySource:
             weights = np.asarray(da.coords["weight"].values)
         w = check_weights(weights, self.examples, self.dtype)
         self.weights = jnp.repeat(w, self.inner) if self.inner > 1 else w
-        self._host_w = None
 
     def read_host(self, start, stop, dtype):
         """Samples ``[start, stop)`` (of the flattened ``N·K`` bag) and their weights, read
@@ -647,11 +626,6 @@ class _DataArraySource:
         block = block.reshape(-1, *self.shape)
         off = start - e0 * self.inner
         return block[off : off + stop - start], self.host_weights(dtype)[start:stop]
-
-    def host_weights(self, dtype):
-        if self._host_w is None or self._host_w.dtype != dtype:
-            self._host_w = np.asarray(self.weights, dtype)
-        return self._host_w
 
     def read(self, start, stop):
         g, _ = self.read_host(start, stop, self.dtype)
