@@ -71,27 +71,20 @@ def _by_blocks(fn, g, w, *args):
 
 
 def _left_sum(x, y, w) -> np.ndarray:
-    """``Σ_k w_k X_k Y_kᵀ`` (m × m), by sub-blocks of ``B`` samples.
+    """``Σ_k w_k X_k Y_kᵀ`` (m × m) over one sub-block (``_by_blocks`` splits a chunk).
 
-    Each sub-block is copied once into the row-stacked layout ``[X_1 … X_B]`` (m × B·n,
-    the weights folded into the copy of ``Y``), and contributes one ``(m, B·n)(B·n, m)``
-    product (a ``syrk`` when ``X = Y`` with equal weights). Few large BLAS calls keep
-    the pass near the matmul rate on a loaded machine, where one call per sample is not.
+    The block is copied once into the row-stacked layout ``[X_1 … X_B]`` (m × B·n, the
+    weights folded into the copy of ``Y``) for one ``(m, B·n)(B·n, m)`` product (a
+    ``syrk`` when ``X = Y`` with equal weights). Few large BLAS calls keep the pass near
+    the matmul rate on a loaded machine, where one call per sample is not.
     """
-    c, m, n = x.shape
-    block = _block(x)
+    m = x.shape[1]
+    h = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(m, -1)
     common = _uniform(w)
-    acc = np.zeros((m, m), x.dtype)
-    for s in range(0, c, block):
-        xb, wb = x[s : s + block], w[s : s + block]
-        h = np.ascontiguousarray(xb.transpose(1, 0, 2)).reshape(m, -1)
-        if y is x and common is not None:
-            acc += h @ h.T  # NumPy's matmul runs syrk for A @ A.T
-            continue
-        hy = y[s : s + block] if y is not x else xb
-        weighted = hy.transpose(1, 0, 2) * (common if common is not None else wb[None, :, None])
-        acc += h @ weighted.reshape(m, -1).T
-    return acc * common if (y is x and common is not None) else acc
+    if y is x and common is not None:
+        return common * (h @ h.T)  # NumPy's matmul runs syrk for A @ A.T
+    weights = common if common is not None else w[None, :, None]
+    return h @ (y.transpose(1, 0, 2) * weights).reshape(m, -1).T
 
 
 def _right_sum(x, y, w) -> np.ndarray:
@@ -120,7 +113,7 @@ def h_stats(g, w):
 
 
 def h_left_moment(g, w):
-    return _left_sum(g, g, w)
+    return _by_blocks(lambda gb, wb: _left_sum(gb, gb, wb), g, w)
 
 
 def h_right_moment(g, w):
