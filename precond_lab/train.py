@@ -21,8 +21,9 @@ returning the ``Structure`` that the state approximates
 KL-Shampoo factor state) is found wherever it sits in the optimiser state — its path must
 end with the parameter's path — and the function gets the state; a *tree* state (one
 for all parameters, e.g. optax's ``ScaleByAdamState``) gets the state and the parameter
-path. The online estimators' states and optax's Adam are registered here; an optimiser
-package registers its own states next to their definitions.
+path. Every method of ``precond_lab.methods`` (its optimiser's ``KronState`` and its online
+estimator's ``OnlineState``) is read through the method's own ``approximation``; optax's
+Adam is registered here; a user registers their own optimiser's state type.
 
 Scores use scale-free metrics by default (``cosine``, ``kl_rescaled``): an optimiser's
 statistics estimate the second moment of *mini-batch* gradients, whose scale differs from
@@ -53,18 +54,9 @@ from .capture.models import Model, make_model
 from .capture.per_example import Request, make_capture_fn, run_chunked
 from .capture.train import batch_indices, batch_loss_fn, make_eval
 from .errors import CellSkipped, Status
-from .online import (
-    AdamState,
-    IFShampooState,
-    KLShampooState,
-    KLSOAPState,
-    RFRMSPropState,
-    ShampooState,
-    SOAPState,
-)
-from .optim import IFShampooLeaf, KLSOAPLeaf, KronLeaf, RFRMSPropLeaf, ShampooLeaf, SOAPLeaf
+from .methods import METHODS, KronState, OnlineState, approximation_of
 from .schema import sample_bag
-from .structures import Diagonal, EigenKronecker, Kronecker, Structure
+from .structures import Diagonal, Structure
 from .targets import SampleTarget
 
 __all__ = [
@@ -110,46 +102,25 @@ def _adam_diagonal(state, path: str):
     return Diagonal(jnp.reshape(nu, (nu.shape[0], -1)))
 
 
-for _cls, _fn in (
-    (ShampooState, lambda s: Kronecker(s.left, s.right)),
-    (
-        KLShampooState,
-        lambda s: EigenKronecker(
-            s.left_basis, s.right_basis, jnp.outer(s.left_values, s.right_values)
-        ),
-    ),
-    (KLSOAPState, lambda s: EigenKronecker(s.left_basis, s.right_basis, s.nu)),
-    (SOAPState, lambda s: EigenKronecker(s.left_basis, s.right_basis, s.nu)),
-    (IFShampooState, lambda s: Kronecker(s.c @ s.c.T, s.k @ s.k.T).power(-1.0)),
-    (RFRMSPropState, lambda s: Diagonal(s.s)),
-    (AdamState, lambda s: Diagonal(s.nu)),
-):
-    register_preconditioner(_cls, _fn)
+def _method_leaves(state: KronState, path: str):
+    """The registered methods' leaf state at ``path`` of a ``KronState`` (or None)."""
+    leaf_types = tuple(spec.leaf_type for spec in METHODS.values())
+    nodes, _ = jax.tree_util.tree_flatten_with_path(
+        state.leaves, is_leaf=lambda x: isinstance(x, leaf_types)
+    )
+    for keypath, node in nodes:
+        if isinstance(node, leaf_types) and path_str(keypath) == path:
+            return approximation_of(node)
+    return None
+
+
+# precond_lab.methods: every optimiser and online estimator of the package reads its state
+# through its method's own ``approximation`` (the spec's), never a table kept here.
+register_preconditioner(KronState, _method_leaves, per_leaf=False)
+register_preconditioner(OnlineState, lambda s: approximation_of(s.leaf))
+# optax's own Adam state holds no β₂: read as diag(v), without the bias correction (the
+# scale-free probe metrics do not see it); precond_lab.optim.adamw's state gives v̂.
 register_preconditioner(optax.ScaleByAdamState, _adam_diagonal, per_leaf=False)
-
-
-def _matrix_leaf(fn: Callable) -> Callable:
-    """``fn`` for leaves preconditioned as matrices (two modes); ``None`` for the others."""
-
-    def read(leaf):
-        modes = getattr(leaf, "bases", None) or getattr(leaf, "factors", None) or leaf.ks
-        return fn(leaf) if len(modes) == 2 else None
-
-    return read
-
-
-# precond_lab.optim: the Σ each optimiser's update stands for. Shampoo applies its stored
-# roots P_j = (S_j + δI)^{-p} (refreshed every T steps) as a root-based step, so the Σ it
-# implies is (P_a ⊗ P_b)^{-2}, whatever p; IF-Shampoo applies (CCᵀ ⊗ KKᵀ) = Σ^{-1}.
-for _cls, _fn in (
-    (KronLeaf, lambda s: EigenKronecker(*s.bases, jnp.outer(*s.values))),
-    (KLSOAPLeaf, lambda s: EigenKronecker(*s.bases, s.nu)),
-    (SOAPLeaf, lambda s: EigenKronecker(*s.bases, s.nu)),
-    (ShampooLeaf, lambda s: Kronecker(*s.roots).power(-2.0)),
-    (IFShampooLeaf, lambda s: Kronecker(s.ks[0] @ s.ks[0].T, s.ks[1] @ s.ks[1].T).power(-1.0)),
-):
-    register_preconditioner(_cls, _matrix_leaf(_fn))
-register_preconditioner(RFRMSPropLeaf, lambda s: Diagonal(jnp.reshape(s.s, (s.s.shape[0], -1))))
 
 
 def preconditioner_of(opt_state, path: str) -> Structure | None:

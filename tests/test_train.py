@@ -78,7 +78,7 @@ class _LeafStats(NamedTuple):
 
 def _kl_stats(beta=0.9) -> optax.GradientTransformation:
     """SGD that also keeps an online KL-Shampoo state per matrix leaf (test optimiser)."""
-    est = online.kl_shampoo(beta=beta, frequency=2)
+    est = online.kl_shampoo(shampoo_beta=beta, frequency=2)
 
     def init(params):
         return _LeafStats(
@@ -90,7 +90,7 @@ def _kl_stats(beta=0.9) -> optax.GradientTransformation:
             lambda g, s: est.update(s, g) if g.ndim == 2 else s,
             grads,
             state.stats,
-            is_leaf=lambda x: isinstance(x, online.KLShampooState),
+            is_leaf=lambda x: isinstance(x, online.OnlineState),
         )
         return jax.tree.map(lambda g: -0.05 * g, grads), _LeafStats(new)
 

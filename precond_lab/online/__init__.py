@@ -1,42 +1,25 @@
-"""Online (EMA) estimators of Shampoo, KL-Shampoo, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam.
+"""Online (EMA) estimators: each registered method's rule fed a gradient stream.
 
-Each estimator is an optax-style ``OnlineEstimator`` built by a factory that holds
-the hyper-parameters in its closure, e.g. ``est = kl_shampoo(beta=0.98, frequency=10)``:
+``ESTIMATORS`` has one factory per method of ``precond_lab.methods`` (Shampoo, KL-Shampoo,
+the trace-power family, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam), e.g.
+``est = online.kl_shampoo(shampoo_beta=0.98, frequency=10)``; its hyper-parameters and
+defaults are the method's, the ones its optimiser in ``precond_lab.optim`` uses:
 
-* ``state = est.init(G0)``: a ``NamedTuple`` state (e.g. ``KLShampooState``), a
-  pytree of arrays;
+* ``state = est.init(G0)``: an ``OnlineState`` (the step counter and the method's leaf
+  state, the same type its optimiser keeps per parameter; two-mode names such as
+  ``state.left_basis`` read through);
 * ``state = est.update(state, G)``: one step (jitted; ``G`` is ``(m, n)`` or a
   per-example batch ``(N, m, n)``); works under ``jax.jit`` and ``lax.scan``;
-* ``est.approximation(state)``: the ``Structure``
-  approximating ``Σ`` (so the core metrics apply); ``est.power`` is the power the
-  optimizer applies.
+* ``est.approximation(state)``: the ``Structure`` approximating ``Σ`` (the method's own
+  reader, so the core metrics apply); ``est.power`` is the power the optimiser applies.
 
-``ESTIMATORS`` maps names to factories; ``run_online`` scores estimators on a
-stream and reports each cell's ``Status``.
+``run_online`` scores estimators on a stream and reports each cell's ``Status``.
 """
 
-from ._bregman import bregman_shampoo, f_shampoo, sq_shampoo, vn_shampoo
+from ..methods import OnlineState, if_shampoo_stationarity
+from ._estimators import ESTIMATORS, bregman_shampoo, estimator
 from ._invariance import batch_size_response, initialisation_response
-from ._kronecker import (
-    KLShampooState,
-    KLSOAPState,
-    ShampooState,
-    SOAPState,
-    kl_shampoo,
-    kl_soap,
-    shampoo,
-    soap,
-)
-from ._rootfree import (
-    AdamState,
-    IFShampooState,
-    RFRMSPropState,
-    adam,
-    if_shampoo,
-    if_shampoo_stationarity,
-    rf_rmsprop,
-)
-from ._runner import ESTIMATORS, run_online, state_is_finite, structure_cosine
+from ._runner import run_online, state_is_finite, structure_cosine
 from ._state import (
     ApproximationFn,
     InitFn,
@@ -48,18 +31,23 @@ from ._state import (
     batch_square,
 )
 
+adam = ESTIMATORS["adam"]
+f_shampoo = ESTIMATORS["f_shampoo"]
+if_shampoo = ESTIMATORS["if_shampoo"]
+kl_shampoo = ESTIMATORS["kl_shampoo"]
+kl_soap = ESTIMATORS["kl_soap"]
+rf_rmsprop = ESTIMATORS["rf_rmsprop"]
+shampoo = ESTIMATORS["shampoo"]
+soap = ESTIMATORS["soap"]
+sq_shampoo = ESTIMATORS["sq_shampoo"]
+vn_shampoo = ESTIMATORS["vn_shampoo"]
+
 __all__ = [
     "ESTIMATORS",
-    "AdamState",
     "ApproximationFn",
-    "IFShampooState",
     "InitFn",
-    "KLSOAPState",
-    "KLShampooState",
     "OnlineEstimator",
-    "RFRMSPropState",
-    "SOAPState",
-    "ShampooState",
+    "OnlineState",
     "UpdateFn",
     "adam",
     "batch_factor",
@@ -68,6 +56,7 @@ __all__ = [
     "batch_size_response",
     "batch_square",
     "bregman_shampoo",
+    "estimator",
     "f_shampoo",
     "if_shampoo",
     "if_shampoo_stationarity",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ._rootfree import rf_rmsprop
+from ._estimators import ESTIMATORS
 
 __all__ = ["batch_size_response", "initialisation_response"]
 
@@ -37,7 +37,9 @@ def batch_size_response(
     for bsz in batch_sizes:
         idx = rng.integers(0, x.shape[0], size=(steps, int(bsz)))
         means = x[idx].mean(axis=1)
-        est = rf_rmsprop(beta2=beta2, batch_size=int(bsz), s0=0.0, scale_by_batch=scale_by_batch)
+        est = ESTIMATORS["rf_rmsprop"](
+            beta2=beta2, batch_size=int(bsz), s0=0.0, scale_by_batch=scale_by_batch
+        )
         state = est.init(means[0])
         levels = []
         for t in range(1, steps):
@@ -74,7 +76,7 @@ def initialisation_response(
     x = jnp.asarray(gradients)
     out = {}
     for s0 in s0_values:
-        est = rf_rmsprop(beta2=beta2, batch_size=batch_size, s0=float(s0))
+        est = ESTIMATORS["rf_rmsprop"](beta2=beta2, batch_size=batch_size, s0=float(s0))
         state = est.init(x[0])
         norms = [float(jnp.linalg.norm(x[0] / (state.s + damping)))]
         for t in range(1, x.shape[0]):

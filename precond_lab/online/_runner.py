@@ -1,8 +1,8 @@
-"""Estimator registry and a runner scoring online estimators on a gradient stream."""
+"""A runner scoring online estimators on a gradient stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -11,26 +11,14 @@ import xarray as xr
 
 from .._validation import check_number
 from ..errors import PrecondLabError, Status
+from ..methods import METHODS
 from ..metrics import direction_quality
 from ..provenance import make_attrs
 from ..structures import Structure
 from ..targets import Target, as_target
-from . import _kronecker as kr
-from . import _rootfree as rf
-from ._state import OnlineEstimator
+from ._estimators import ESTIMATORS
 
-__all__ = ["ESTIMATORS", "run_online", "state_is_finite", "structure_cosine"]
-
-#: name -> factory ``(**hparams) -> OnlineEstimator``.
-ESTIMATORS: dict[str, Callable[..., OnlineEstimator]] = {
-    "shampoo": kr.shampoo,
-    "kl_shampoo": kr.kl_shampoo,
-    "soap": kr.soap,
-    "kl_soap": kr.kl_soap,
-    "if_shampoo": rf.if_shampoo,
-    "rf_rmsprop": rf.rf_rmsprop,
-    "adam": rf.adam,
-}
+__all__ = ["run_online", "state_is_finite", "structure_cosine"]
 
 
 def state_is_finite(state) -> bool:
@@ -134,7 +122,7 @@ def run_online(
     for name in estimators:
         if name not in ESTIMATORS:
             raise ValueError(f"unknown estimator {name!r}; choose from {tuple(ESTIMATORS)}")
-        if batched and not per_example and name in ("if_shampoo", "rf_rmsprop"):
+        if batched and not per_example and METHODS[name].needs_batch_size:
             hparams.setdefault(name, {})
             hparams[name] = {"batch_size": int(x.shape[1]), **hparams[name]}
     scored = sorted(set(range(0, steps, every)) | {steps - 1})

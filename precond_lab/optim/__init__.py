@@ -1,15 +1,19 @@
-"""The papers' optimisers as optax ``GradientTransformation``s (chainable, jit/vmap/pmap-safe).
+"""The papers' optimisers as optax ``GradientTransformation``s.
 
 Example:
     >>> import precond_lab.optim as po
     >>> tx = po.kl_shampoo(learning_rate=1e-3)
 
 Each factory ``po.<name>(learning_rate=..., **hyper_parameters)`` returns an
-``optax.GradientTransformation``. Kronecker optimisers precondition leaves with ≥ 2 modes
-(size ≤ ``max_dim``) and give the others a fallback (AdamW; RF-RMSProp for IF-Shampoo),
-selectable with ``labels`` (optax's partition convention). Their states are ``NamedTuple``s
-(``KronState`` with one leaf state per parameter); ``state_size`` reports their size;
-``state_dtype`` chooses the state's dtype (e.g. ``jnp.bfloat16``).
+``optax.GradientTransformation`` built on a method of ``precond_lab.methods`` (the one
+implementation its online estimator and ``train.preconditioner_of`` also use). Kronecker
+optimisers precondition leaves with ≥ 2 modes (size ≤ ``max_dim``) and give the others a
+fallback (AdamW; RF-RMSProp for IF-Shampoo), selectable with ``labels`` (optax's
+partition convention). Every factory works under ``optax.inject_hyperparams``,
+``optax.chain``, ``optax.MultiSteps``, ``jit``, ``vmap`` (hyper-parameters included) and
+donation; states are ``NamedTuple``s; ``update`` names the leaf whose state does not fit
+the gradient; hyper-parameters are checked against their ranges; a step with a non-finite
+gradient, update or state is skipped and counted (``SkipState.skipped``).
 
 =================  ============================================================
 ``kl_shampoo``     KL-Shampoo (the KL-Methods reference defaults)
@@ -20,59 +24,55 @@ selectable with ``labels`` (optax's partition convention). Their states are ``Na
 ``soap``           SOAP (Adam in Shampoo's eigenbasis, bias correction)
 ``if_shampoo``     IF-Shampoo (root- and inverse-free; ``batch_size`` required)
 ``rf_rmsprop``     RF-RMSProp (root-free RMSProp; ``batch_size`` required)
-``adamw``, ``sgd`` optax's baselines
+``adamw``, ``sgd`` the baselines (``adamw`` equals ``optax.adamw``)
 =================  ============================================================
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import optax
-
-from ._common import (
-    FALLBACK,
-    KRON,
-    StateSize,
-    default_labels,
-    scale_and_decay,
-    state_size,
-    with_fallback,
-    work_shape,
-)
-from ._kl import (
+from ..methods import (
+    AdamLeaf,
+    IFShampooLeaf,
     KLSOAPLeaf,
     KronLeaf,
     KronState,
+    RFRMSPropLeaf,
+    ShampooLeaf,
+    SOAPLeaf,
+    scale_by_adam,
+    scale_by_if_shampoo,
+    scale_by_kl_soap,
+    scale_by_rf_rmsprop,
+    scale_by_shampoo,
+    scale_by_soap,
+    scale_by_trace_power,
+    work_shape,
+)
+from ._common import (
+    FALLBACK,
+    KRON,
+    SkipState,
+    StateSize,
+    default_labels,
+    scale_and_decay,
+    skip_nonfinite,
+    state_size,
+    with_fallback,
+)
+from ._factories import (
+    adamw,
     f_shampoo,
+    if_shampoo,
     kl_shampoo,
     kl_soap,
-    scale_by_kl_soap,
-    scale_by_trace_power,
+    rf_rmsprop,
+    sgd,
+    shampoo,
+    soap,
     sq_shampoo,
     trace_power_shampoo,
     vn_shampoo,
 )
-from ._rootfree import (
-    IFShampooLeaf,
-    RFRMSPropLeaf,
-    if_shampoo,
-    rf_rmsprop,
-    scale_by_if_shampoo,
-    scale_by_rf_rmsprop,
-)
-from ._shampoo import ShampooLeaf, SOAPLeaf, scale_by_shampoo, scale_by_soap, shampoo, soap
-
-
-def adamw(learning_rate: Any = 1e-3, **kwargs: Any) -> optax.GradientTransformation:
-    """optax's AdamW (the baseline), ``**kwargs`` as ``optax.adamw``."""
-    return optax.adamw(learning_rate, **kwargs)
-
-
-def sgd(learning_rate: Any = 1e-2, **kwargs: Any) -> optax.GradientTransformation:
-    """optax's SGD (the baseline), ``**kwargs`` as ``optax.sgd`` (e.g. ``momentum``)."""
-    return optax.sgd(learning_rate, **kwargs)
-
 
 #: name → factory ``(learning_rate=..., **hyper_parameters) -> GradientTransformation``.
 OPTIMIZERS = {
@@ -93,6 +93,7 @@ __all__ = [
     "FALLBACK",
     "KRON",
     "OPTIMIZERS",
+    "AdamLeaf",
     "IFShampooLeaf",
     "KLSOAPLeaf",
     "KronLeaf",
@@ -100,6 +101,7 @@ __all__ = [
     "RFRMSPropLeaf",
     "SOAPLeaf",
     "ShampooLeaf",
+    "SkipState",
     "StateSize",
     "adamw",
     "default_labels",
@@ -109,6 +111,7 @@ __all__ = [
     "kl_soap",
     "rf_rmsprop",
     "scale_and_decay",
+    "scale_by_adam",
     "scale_by_if_shampoo",
     "scale_by_kl_soap",
     "scale_by_rf_rmsprop",
@@ -117,6 +120,7 @@ __all__ = [
     "scale_by_trace_power",
     "sgd",
     "shampoo",
+    "skip_nonfinite",
     "soap",
     "sq_shampoo",
     "state_size",
