@@ -189,7 +189,7 @@ class Method:
     def make(self, batch_size: int) -> optax.GradientTransformation:
         """The transformation with the learning rate injected (one compilation per method)."""
         kw = dict(self.kwargs)
-        if self.factory in ("if_shampoo", "rf_rmsprop"):
+        if self.factory in po.NEEDS_BATCH_SIZE:
             kw.setdefault("batch_size", batch_size)
 
         def factory(learning_rate):

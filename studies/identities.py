@@ -639,16 +639,13 @@ def _if_state(c, k):
     """IF-Shampoo's typed state at ``(C, K)`` with zero momenta (step 0)."""
     import jax.numpy as jnp
 
-    from precond_lab.online import IFShampooState
+    from precond_lab.methods import IFShampooLeaf
+    from precond_lab.online import OnlineState
 
     c, k = jnp.asarray(c), jnp.asarray(k)
-    return IFShampooState(
-        c=c,
-        k=k,
-        momentum_c=jnp.zeros_like(c),
-        momentum_k=jnp.zeros_like(k),
-        step=jnp.asarray(0, jnp.int32),
-    )
+    mu = jnp.zeros((c.shape[0], k.shape[0]), c.dtype)
+    leaf = IFShampooLeaf(ks=(c, k), ms=(jnp.zeros_like(c), jnp.zeros_like(k)), mu=mu)
+    return OnlineState(jnp.asarray(0, jnp.int32), leaf)
 
 
 def _iterate_if_shampoo(g, damping, max_steps, beta2=0.5, alpha2=0.0, tol=1e-12, every=25):

@@ -29,10 +29,11 @@ negative gaps arose before. How each state carries its damping:
 ``kl_shampoo``         the library's KL-Shampoo with ``damping=λ`` (the code's damping
                        branch: ``λ·mean(1/λ_other)`` added to each eigenvalue target, as in
                        the damped two-sided fixed point); QR refresh, EMA eigenvalues
-``kl_shampoo_instant`` same factors and QR basis, ``λ_a = diag(Q_aᵀS_aQ_a) +
-                       λ·mean(1/λ_b)`` recomputed each step (the ablation)
-``kl_shampoo_eigh``    same factor EMA, basis and eigenvalues from ``eigh(S)`` every step
-                       (plus the same damping term)
+``kl_shampoo_instant`` the library's KL-Shampoo with ``eigenvalues="instant"``: same
+                       factors and QR basis, ``λ_a = diag(Q_aᵀS_aQ_a) + λ·mean(1/λ_b)``
+                       recomputed each step (the ablation)
+``kl_shampoo_eigh``    ``eigenvalues="eigh"``: same factor EMA, basis and eigenvalues from
+                       ``eigh(S)`` every step (plus the same damping term)
 
 The KL variants share the factor update (the other factor's inverse from its eigen
 approximation); only the eigen-approximation they read differs. The streams and
@@ -49,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from jax import lax
 
 from precond_lab import schema, timing
 from precond_lab.errors import ConvergenceError
@@ -190,133 +190,16 @@ P120_MARGIN = 0.05  # EMA's late KL gap < instantaneous's by ≥ 5 % of KL_opt
 
 
 # ----------------------------------------------------------------------------- variants
-def _clamp(lam, dim):
-    cap = max(10.0, min(float(dim), 4000.0))  # the code's bound on λ^{-1/2}
-    return jnp.maximum(lam, 1.0 / cap**2)
-
-
-def _kl_factor_step(state, g, beta):
-    """The factor EMA: both factors with the other's inverse from its eigen-approximation."""
-    from precond_lab.online import batch_left, batch_right
-
-    m, n = g.shape[-2:]
-    qa, qb = state.left_basis, state.right_basis
-    la, lb = state.left_values, state.right_values
-    sb_inv = (qb / lb[None, :]) @ qb.T
-    sa_inv = (qa / la[None, :]) @ qa.T
-    sa = beta * state.left + (1 - beta) / n * batch_left(g, sb_inv)
-    sb = beta * state.right + (1 - beta) / m * batch_right(g, sa_inv)
-    return sa, sb
-
-
-def _damping_terms(state, damping):
-    """``(λ·mean(1/λ_b), λ·mean(1/λ_a))`` from the old eigenvalues (simultaneous)."""
-    return damping * jnp.mean(1.0 / state.right_values), damping * jnp.mean(1.0 / state.left_values)
-
-
-def _instant_values(state, da, db):
-    """``λ = diag(QᵀSQ) + damping`` in the state's basis, clamped as the code clamps."""
-    m, n = state.left.shape[0], state.right.shape[0]
-    la = jnp.sum(state.left_basis * (state.left @ state.left_basis), axis=0) + da
-    lb = jnp.sum(state.right_basis * (state.right @ state.right_basis), axis=0) + db
-    return state._replace(left_values=_clamp(la, m), right_values=_clamp(lb, n))
-
-
-def kl_shampoo_instant(beta: float, frequency: int, damping: float = 0.0):
-    """KL-Shampoo with the eigenvalue EMA replaced by ``λ = diag(QᵀSQ)`` in the QR basis.
-
-    Args:
-        beta: weight of the old factor.
-        frequency: QR refresh period.
-        damping: ``λ``; ``λ·mean(1/λ_other)`` is added to each eigenvalue (as the library's
-            ``kl_shampoo(damping=λ)`` adds it to its eigenvalue targets).
-
-    Returns:
-        An :class:`~precond_lab.online.OnlineEstimator` on
-        :class:`~precond_lab.online.KLShampooState`.
-    """
-    from precond_lab.linalg import qr_refresh_step
-    from precond_lab.online import OnlineEstimator, kl_shampoo
-
-    base = kl_shampoo(beta=beta, frequency=frequency, damping=damping)
-    beta, frequency, damping = float(beta), int(frequency), float(damping)
-
-    def init(g0):
-        state = base.init(g0)
-        return _instant_values(state, *_damping_terms(state, damping))
-
-    @jax.jit
-    def update(state, g):
-        sa, sb = _kl_factor_step(state, g, beta)
-        qa, qb = state.left_basis, state.right_basis
-        step = state.step + 1
-        if frequency > 0:
-            refresh = step % frequency == 0
-            qa = lax.cond(refresh, lambda: qr_refresh_step(sa, qa)[0], lambda: qa)
-            qb = lax.cond(refresh, lambda: qr_refresh_step(sb, qb)[0], lambda: qb)
-        new = state._replace(left=sa, right=sb, left_basis=qa, right_basis=qb, step=step)
-        return _instant_values(new, *_damping_terms(state, damping))
-
-    return OnlineEstimator(init, update, base.approximation, base.power)
-
-
-def _eigh_desc(s):
-    w, q = jnp.linalg.eigh(0.5 * (s + s.T))
-    return w[::-1], q[:, ::-1]
-
-
-def _eigh_refresh(new, old, damping):
-    m, n = new.left.shape[0], new.right.shape[0]
-    da, db = _damping_terms(old, damping)
-    wa, qa = _eigh_desc(new.left)
-    wb, qb = _eigh_desc(new.right)
-    return new._replace(
-        left_basis=qa,
-        right_basis=qb,
-        left_values=_clamp(wa + da, m),
-        right_values=_clamp(wb + db, n),
-    )
-
-
-def kl_shampoo_eigh(beta: float, frequency: int, damping: float = 0.0):
-    """KL-Shampoo's factor EMA, with basis and eigenvalues from ``eigh`` every step.
-
-    Args:
-        beta: weight of the old factor.
-        frequency: passed to the first step (as the other variants'); unused afterwards.
-        damping: ``λ``, added as in :func:`kl_shampoo_instant`.
-
-    Returns:
-        An :class:`~precond_lab.online.OnlineEstimator` on
-        :class:`~precond_lab.online.KLShampooState`.
-    """
-    from precond_lab.online import OnlineEstimator
-
-    instant = kl_shampoo_instant(beta, frequency, damping)
-    beta, damping = float(beta), float(damping)
-
-    def init(g0):
-        state = instant.init(g0)
-        return _eigh_refresh(state, state, damping)
-
-    @jax.jit
-    def update(state, g):
-        sa, sb = _kl_factor_step(state, g, beta)
-        new = state._replace(left=sa, right=sb, step=state.step + 1)
-        return _eigh_refresh(new, state, damping)
-
-    return OnlineEstimator(init, update, instant.approximation, instant.power)
-
-
 def _variants(beta: float, frequency: int, damping: float) -> dict:
     """name -> :class:`~precond_lab.online.OnlineEstimator` (KL variants damped by λ)."""
     from precond_lab import online
 
+    kl = dict(shampoo_beta=beta, frequency=frequency, damping=damping)
     return {
-        "shampoo": online.shampoo(beta=beta),
-        "kl_shampoo": online.kl_shampoo(beta=beta, frequency=frequency, damping=damping),
-        "kl_shampoo_instant": kl_shampoo_instant(beta, frequency, damping),
-        "kl_shampoo_eigh": kl_shampoo_eigh(beta, frequency, damping),
+        "shampoo": online.shampoo(shampoo_beta=beta),
+        "kl_shampoo": online.kl_shampoo(**kl),
+        "kl_shampoo_instant": online.kl_shampoo(**kl, eigenvalues="instant"),
+        "kl_shampoo_eigh": online.kl_shampoo(**kl, eigenvalues="eigh"),
     }
 
 
@@ -407,8 +290,8 @@ def state_floats(name: str, m: int, n: int) -> tuple[int, int]:
     """
     from precond_lab import online
 
-    factories = {
-        "shampoo_grafted": (online.shampoo(), online.adam()),
+    factories = {  # grafted Shampoo's state holds its grafting Adam's v
+        "shampoo_grafted": (online.shampoo(graft=True),),
         "kl_shampoo": (online.kl_shampoo(),),
         "soap": (online.soap(),),
         "kl_soap": (online.kl_soap(),),
@@ -416,13 +299,14 @@ def state_floats(name: str, m: int, n: int) -> tuple[int, int]:
     g = jax.ShapeDtypeStruct((m, n), jnp.float32)
     total = second = 0
     for est in factories[name]:
-        state = jax.eval_shape(est.init, g)  # a NamedTuple of shapes
-        for field, leaf in zip(state._fields, state, strict=True):
-            if not jnp.issubdtype(leaf.dtype, jnp.floating):
-                continue
-            size = int(np.prod(leaf.shape))
-            total += size
-            second += size if field == "nu" else 0  # Adam's / SOAP's second moment
+        state = jax.eval_shape(est.init, g).leaf  # the method's leaf state, as shapes
+        for field, value in zip(state._fields, state, strict=True):
+            for leaf in jax.tree.leaves(value):
+                if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                    continue
+                size = int(np.prod(leaf.shape))
+                total += size
+                second += size if field == "nu" else 0  # Adam's / SOAP's second moment
     return total, second
 
 

@@ -408,7 +408,9 @@ def _minibatch_gradients(tree, step: int, layer: str, batch: int) -> np.ndarray:
 @functools.cache
 def _ema_runner(q: float, beta: float, frequency: int, damping: float):
     """The online trace-power Shampoo and one jitted scan over a stream (compiled once)."""
-    o = online.bregman_shampoo(q, beta=beta, frequency=frequency, clamp=False, damping=damping)
+    o = online.bregman_shampoo(
+        q, shampoo_beta=beta, frequency=frequency, clamp=False, damping=damping
+    )
     scan = jax.jit(lambda s, xs: jax.lax.scan(lambda c, x: (o.update(c, x), None), s, xs)[0])
     return o, scan
 

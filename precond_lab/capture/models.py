@@ -42,9 +42,10 @@ import jax.numpy as jnp
 
 from .cache import cached
 
-__all__ = ["Model", "Tape", "make_model", "MODELS"]
+__all__ = ["MODELS", "MODEL_SPECS", "Model", "ModelSpec", "Tape", "make_model", "register_model"]
 
-MODELS = ("mlp", "cnn", "transformer")
+#: the zoo's model names (kept in step with ``MODEL_SPECS`` by ``register_model``).
+MODELS: tuple[str, ...] = ()
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
@@ -248,56 +249,104 @@ def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
     return cached(key, lambda: _build(name, dataset, dtype, **kwargs))
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model of the zoo: how to build it for a dataset, and its options.
+
+    Attributes:
+        name: registry key (``make_model``'s ``name``).
+        build: ``build(dataset, dtype, **options) -> Model`` (options complete).
+        options: the options and their defaults.
+        tokens: whether it needs a token dataset (``True``) or real-valued inputs.
+        check: ``check(options)`` raising ``ValueError`` on a bad option value.
+    """
+
+    name: str
+    build: Callable[..., Model]
+    options: dict[str, Any]
+    tokens: bool = False
+    check: Callable[[dict[str, Any]], None] = lambda options: None
+
+
+#: name → ModelSpec, in registration order.
+MODEL_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the zoo (``MODEL_SPECS``; ``MODELS`` lists the names).
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    global MODELS
+    if spec.name in MODEL_SPECS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    MODEL_SPECS[spec.name] = spec
+    MODELS = tuple(MODEL_SPECS)
+    return spec
+
+
+def _check_mlp(opts: dict[str, Any]) -> None:
+    if opts["activation"] not in _ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {opts['activation']!r}; valid: {', '.join(_ACTIVATIONS)}"
+        )
+
+
+register_model(
+    ModelSpec(
+        "mlp",
+        lambda ds, dt, hidden, activation: _mlp(
+            math.prod(ds.input_shape), ds.output_dim, tuple(int(h) for h in hidden), activation, dt
+        ),
+        {"hidden": (32,), "activation": "tanh"},
+        check=_check_mlp,
+    )
+)
+register_model(
+    ModelSpec(
+        "cnn",
+        lambda ds, dt, channels, kernel, stride: _cnn(
+            ds.input_shape,
+            ds.output_dim,
+            tuple(int(c) for c in channels),
+            int(kernel),
+            int(stride),
+            dt,
+        ),
+        {"channels": (8, 8), "kernel": 3, "stride": 1},
+    )
+)
+register_model(
+    ModelSpec(
+        "transformer",
+        lambda ds, dt, width, heads, blocks: _transformer(
+            ds.vocab_size, ds.context, int(width), int(heads), int(blocks), dt
+        ),
+        {"width": 32, "heads": 4, "blocks": 1},
+        tokens=True,
+    )
+)
+
+
 def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    dt = jnp.dtype(dtype)
-    if name == "transformer":
-        if dataset.vocab_size is None:
-            raise ValueError(
-                f"the transformer needs a token dataset (e.g. 'stdlib-chars'); "
-                f"{dataset.name!r} is not one"
-            )
-        allowed = {"width": 32, "heads": 4, "blocks": 1}
-    elif dataset.vocab_size is not None:
+    spec = MODEL_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_SPECS)}")
+    if spec.tokens and dataset.vocab_size is None:
+        raise ValueError(
+            f"the {name} needs a token dataset (e.g. 'stdlib-chars'); {dataset.name!r} is not one"
+        )
+    if not spec.tokens and dataset.vocab_size is not None:
         raise ValueError(
             f"model {name!r} needs real-valued inputs; {dataset.name!r} is a token dataset"
         )
-    elif name == "mlp":
-        allowed = {"hidden": (32,), "activation": "tanh"}
-    else:
-        allowed = {"channels": (8, 8), "kernel": 3, "stride": 1}
-    unknown = set(kwargs) - set(allowed)
+    unknown = set(kwargs) - set(spec.options)
     if unknown:
         raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(allowed)}"
+            f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(spec.options)}"
         )
-    opts = allowed | kwargs
-    if name == "mlp":
-        if opts["activation"] not in _ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {opts['activation']!r}; valid: {', '.join(_ACTIVATIONS)}"
-            )
-        hidden = tuple(int(h) for h in opts["hidden"])
-        in_dim = math.prod(dataset.input_shape)
-        model = _mlp(in_dim, dataset.output_dim, hidden, opts["activation"], dt)
-    elif name == "cnn":
-        chans = tuple(int(c) for c in opts["channels"])
-        model = _cnn(
-            dataset.input_shape,
-            dataset.output_dim,
-            chans,
-            int(opts["kernel"]),
-            int(opts["stride"]),
-            dt,
-        )
-    else:
-        model = _transformer(
-            dataset.vocab_size,
-            dataset.context,
-            int(opts["width"]),
-            int(opts["heads"]),
-            int(opts["blocks"]),
-            dt,
-        )
+    opts = spec.options | kwargs
+    spec.check(opts)
+    model = spec.build(dataset, jnp.dtype(dtype), **opts)
     return dataclasses.replace(model, loss=dataset.loss)

@@ -38,7 +38,8 @@ from ._core import (
     register,
     transformation,
 )
-from ._ops import TENSOR_MODES, work_shape
+from ._hp import hp, static_int
+from ._ops import TENSOR_MODES, resolve_dtype, work_shape
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
 from .rootfree import (
     AdamLeaf,
@@ -94,10 +95,12 @@ __all__ = [
     "adam_rule",
     "approximation_of",
     "conform",
+    "hp",
     "if_shampoo_rule",
     "if_shampoo_stationarity",
     "kl_soap_rule",
     "register",
+    "resolve_dtype",
     "rf_rmsprop_rule",
     "scale_by_adam",
     "scale_by_if_shampoo",
@@ -108,6 +111,7 @@ __all__ = [
     "scale_by_trace_power",
     "shampoo_rule",
     "soap_rule",
+    "static_int",
     "trace_power_rule",
     "transformation",
     "work_shape",

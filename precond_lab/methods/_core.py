@@ -235,7 +235,7 @@ def transformation(rule: Rule) -> optax.GradientTransformation:
 
     def init(params):
         def leaf(p):
-            if jnp.size(p) == 0:
+            if jnp.size(p) == 0 and rule.tensor_mode != "leaf":
                 raise ValueError(
                     f"a parameter of shape {jnp.shape(p)} has no entries: label it "
                     "'fallback' (the default labels do) or drop it from the tree"

@@ -19,8 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..methods import METHODS, OnlineState
-from ..methods._ops import resolve_dtype
+from ..methods import METHODS, OnlineState, resolve_dtype
 from ..structures import Structure
 from ._state import OnlineEstimator
 

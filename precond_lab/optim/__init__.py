@@ -31,6 +31,7 @@ gradient, update or state is skipped and counted (``SkipState.skipped``).
 from __future__ import annotations
 
 from ..methods import (
+    METHODS,
     AdamLeaf,
     IFShampooLeaf,
     KLSOAPLeaf,
@@ -89,8 +90,12 @@ OPTIMIZERS = {
     "sgd": sgd,
 }
 
+#: optimisers whose factory requires ``batch_size`` (from the methods' specs).
+NEEDS_BATCH_SIZE = frozenset(s.optimizer for s in METHODS.values() if s.needs_batch_size)
+
 __all__ = [
     "FALLBACK",
+    "NEEDS_BATCH_SIZE",
     "KRON",
     "OPTIMIZERS",
     "AdamLeaf",

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..methods._hp import hp, static_int
+from ..methods import hp, static_int
 
 __all__ = [
     "FALLBACK",

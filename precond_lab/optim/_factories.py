@@ -14,6 +14,7 @@ from typing import Any
 import optax
 
 from ..methods import (
+    hp,
     scale_by_adam,
     scale_by_if_shampoo,
     scale_by_kl_soap,
@@ -22,7 +23,6 @@ from ..methods import (
     scale_by_soap,
     scale_by_trace_power,
 )
-from ..methods._hp import hp
 from ._common import scale_and_decay, skip_nonfinite, with_fallback
 
 __all__ = [
@@ -117,6 +117,7 @@ def trace_power_shampoo(
     Returns:
         The optimiser (state ``SkipState`` around an ``optax.partition`` state).
     """
+    b2 = hp(b2, "b2", low=0.0, high=1.0, high_open=True)  # before shampoo_beta = b2
     direction = scale_by_trace_power(
         q,
         b1=b1,
@@ -228,6 +229,7 @@ def kl_soap(
     Returns:
         The optimiser.
     """
+    b2 = hp(b2, "b2", low=0.0, high=1.0, high_open=True)  # before shampoo_beta = b2
     direction = scale_by_kl_soap(
         b1=b1,
         b2=b2,
@@ -344,6 +346,7 @@ def soap(
     Returns:
         The optimiser.
     """
+    b2 = hp(b2, "b2", low=0.0, high=1.0, high_open=True)  # before shampoo_beta = b2
     direction = scale_by_soap(
         b1=b1,
         b2=b2,

@@ -240,7 +240,7 @@ def test_hyper_parameters_are_in_the_closure():
     slow, fast = online.shampoo(shampoo_beta=0.99), online.shampoo(shampoo_beta=0.1)
     s0 = slow.init(g[0])
     assert not np.allclose(slow.update(s0, g[1]).left, fast.update(s0, g[1]).left)
-    assert online.shampoo(shampoo_beta=0.99) is slow  # factories are cached: one compile per setting
+    assert online.shampoo(shampoo_beta=0.99) is slow  # cached: one compile per setting
 
 
 def test_run_online_reports_status():

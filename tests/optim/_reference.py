@@ -268,3 +268,16 @@ def kl_shampoo_3d(w, grads, *, lr, b1=0.9, beta=0.98, eps=1e-8, wd=0.01, T=10, i
         w = w - lr * wd * w
         out.append(w.copy())
     return out
+
+
+def adamw(w, grads, *, lr, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, wd=1e-4):
+    """AdamW as optax composes it: Adam's bias-corrected step, ``+ wd·W``, ``× −η``."""
+    w = np.array(w, dtype=np.float64)
+    m, v, out = np.zeros_like(w), np.zeros_like(w), []
+    for t, g in enumerate(grads, start=1):
+        m = (1 - b1) * g + b1 * m
+        v = (1 - b2) * g * g + b2 * v
+        u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
+        w = w - lr * (u + wd * w)
+        out.append(w.copy())
+    return out

@@ -140,7 +140,7 @@ def test_if_shampoo_is_invariant_to_c_times_orthogonal():
 
 # ----------------------------------------------------------------- transformations
 def _small(name):
-    kw = {"batch_size": 4} if name in ("if_shampoo", "rf_rmsprop") else {}
+    kw = {"batch_size": 4} if name in po.NEEDS_BATCH_SIZE else {}
     return po.OPTIMIZERS[name](learning_rate=1e-2, **kw)
 
 
@@ -215,7 +215,7 @@ def test_tensor_modes_and_state_dtype():
     leaf = kron_state(tx.init(PARAMS)).leaves["t"]
     assert [f.shape for f in leaf.factors] == [(6, 6), (4, 4)]
     for name in PATHS:
-        kw = {"batch_size": 4} if name in ("if_shampoo", "rf_rmsprop") else {}
+        kw = {"batch_size": 4} if name in po.NEEDS_BATCH_SIZE else {}
         tx = po.OPTIMIZERS[name](1e-2, state_dtype=jnp.bfloat16, **kw)
         p32 = jax.tree.map(lambda x: x.astype(jnp.float32), PARAMS)
         s = tx.init(p32)

@@ -16,7 +16,7 @@ LAYERS = [
     {"_version", "errors", "schema", "provenance", "_validation", "reference", "timing", "claims"},
     {"linalg"},
     {"structures", "targets"},
-    {"estimators", "metrics"},
+    {"estimators", "metrics", "methods"},
     {"capture", "online", "sweep", "heldout", "interop"},
     {"optim"},
     {"train"},

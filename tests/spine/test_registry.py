@@ -110,3 +110,29 @@ def test_score_subset_equals_full_score_and_skips_nothing_asked_for():
         assert all(part[k] == full[k] for k in keys), keys
     with pytest.raises(ValueError, match="unknown metrics"):
         met.score(t, s, metrics=("logdet",))
+
+
+# ------------------------------------------------------------------------ the model zoo
+ZOO_DATASETS = {"mlp": "digits", "cnn": "digits", "transformer": "stdlib-chars"}
+
+
+def test_every_zoo_model_has_a_case_and_builds():
+    import jax.numpy as jnp
+
+    from precond_lab.capture.data import load_dataset
+    from precond_lab.capture.models import MODEL_SPECS, make_model, register_model
+
+    assert set(ZOO_DATASETS) == set(MODEL_SPECS)  # a new model needs its case here
+    for name, spec in MODEL_SPECS.items():
+        ds = load_dataset(ZOO_DATASETS[name])
+        model = make_model(name, ds)
+        params = model.init(jax.random.PRNGKey(0))
+        x = jnp.asarray(ds.x_train[0])
+        out = model.apply(params, x)
+        assert out.shape[-1] == ds.output_dim, name
+        with pytest.raises(ValueError, match="unknown option"):
+            make_model(name, ds, no_such_option=1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(MODEL_SPECS["mlp"])
+    with pytest.raises(ValueError, match="token dataset"):
+        make_model("transformer", load_dataset("digits"))

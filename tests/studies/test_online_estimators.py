@@ -112,11 +112,13 @@ def test_kronecker_member_and_gap_check():
 
 @pytest.mark.parametrize("m, n", [(10, 32), (768, 768), (768, 3072)])
 def test_state_floats_count_every_array_of_the_state(m, n):
-    fac, eig = 2 * (m * m + n * n), m + n  # factors + eigenbases, eigenvalues
-    assert study.state_floats("kl_shampoo", m, n) == (fac + eig, 0)
-    assert study.state_floats("soap", m, n) == (fac + m * n, m * n)
-    assert study.state_floats("kl_soap", m, n) == (fac + eig + m * n, m * n)
-    assert study.state_floats("shampoo_grafted", m, n) == (m * m + n * n + m * n, m * n)
+    # the optimisers' own states: factors + eigenbases (or roots), eigenvalues, momentum
+    # (m·n), Adam's v (m·n) where kept, SOAP's scalar bias correction
+    fac, eig, mn = 2 * (m * m + n * n), m + n, m * n
+    assert study.state_floats("kl_shampoo", m, n) == (fac + eig + mn, 0)
+    assert study.state_floats("soap", m, n) == (fac + 2 * mn + 1, mn)
+    assert study.state_floats("kl_soap", m, n) == (fac + eig + 2 * mn, mn)
+    assert study.state_floats("shampoo_grafted", m, n) == (fac + 2 * mn, mn)
 
 
 def test_p1_41_fails_when_kl_shampoo_keeps_a_second_moment(ds):
