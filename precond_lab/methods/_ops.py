@@ -24,6 +24,7 @@ import jax.numpy as jnp
 __all__ = [
     "TENSOR_MODES",
     "cast_like",
+    "eigh",
     "eigh_desc",
     "linalg_dtype",
     "map_leaves",
@@ -33,6 +34,7 @@ __all__ = [
     "project",
     "project_back",
     "qr_basis",
+    "qr_q",
     "resolve_dtype",
     "work_shape",
 ]
@@ -96,6 +98,37 @@ def other_size(shape: Sequence[int], mode: int) -> int:
     return math.prod(d for i, d in enumerate(shape) if i != mode)
 
 
+def _looped_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose ``vmap`` on the CPU backend loops over the batch (``lax.map``).
+
+    jaxlib's CPU LAPACK kernels split a batched ``eigh``/``qr`` into chunks on XLA:CPU's
+    own thread pool and block until they finish; when as many batched decompositions run
+    at once as the pool has threads (a ``vmap`` over learning rates of an optimiser with
+    two or more factors larger than ~30×30), every thread waits and the process hangs at
+    0 % CPU. Unbatched calls run inline. Elsewhere the batched kernels are kept.
+    """
+    f = jax.custom_batching.custom_vmap(fn)
+
+    @f.def_vmap
+    def rule(axis_size, in_batched, *args):
+        args = [
+            a if b else jnp.broadcast_to(a, (axis_size, *jnp.shape(a)))
+            for a, b in zip(args, in_batched, strict=True)
+        ]
+        if jax.default_backend() == "cpu":
+            out = jax.lax.map(lambda xs: f(*xs), tuple(args))
+        else:
+            out = jax.vmap(fn)(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return f
+
+
+#: ``jnp.linalg.eigh`` and the ``Q`` of ``jnp.linalg.qr``, safe under ``vmap`` on CPU.
+eigh = _looped_on_cpu(lambda x: jnp.linalg.eigh(x))
+qr_q = _looped_on_cpu(lambda x: jnp.linalg.qr(x)[0])
+
+
 def linalg_dtype(dtype: Any) -> Any:
     """``eigh``/``qr`` run in float64 for float64 states and in float32 otherwise."""
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
@@ -104,15 +137,14 @@ def linalg_dtype(dtype: Any) -> Any:
 def eigh_desc(s: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(values, vectors)`` of a symmetric matrix, eigenvalues descending (as the codes)."""
     s32 = s.astype(linalg_dtype(s.dtype))
-    w, q = jnp.linalg.eigh(0.5 * (s32 + s32.T))
+    w, q = eigh(0.5 * (s32 + s32.T))
     return w[::-1].astype(s.dtype), q[:, ::-1].astype(s.dtype)
 
 
 def qr_basis(s: jax.Array, q: jax.Array) -> jax.Array:
     """One power step plus QR, ``QR(S Q).Q`` (the basis refresh of KL-Shampoo and SOAP)."""
     dt = linalg_dtype(s.dtype)
-    q_new, _ = jnp.linalg.qr(s.astype(dt) @ q.astype(dt))
-    return q_new.astype(q.dtype)
+    return qr_q(s.astype(dt) @ q.astype(dt)).astype(q.dtype)
 
 
 def resolve_dtype(state_dtype: Any, like: Any) -> Any:

@@ -321,7 +321,21 @@ def kl_soap_rule(
 ) -> Rule:
     """KL-SOAP: Adam (``b1``, ``b2``, ``eps``) in KL-Shampoo's eigenbasis.
 
-    The other arguments are ``trace_power_rule``'s (``q = 0``, ``eigenvalues="ema"``).
+    The factors, eigenvalues and bases are ``trace_power_rule``'s at ``q = 0``,
+    ``eigenvalues="ema"``.
+
+    Args:
+        b1: Adam's ``β₁`` in ``[0, 1)``.
+        b2: Adam's ``β₂`` in ``[0, 1)`` (no bias correction, as the reference code).
+        shampoo_beta: weight of the old factors and eigenvalues ``β`` in ``[0, 1)``.
+        eps: Adam's ``ε ≥ 0``.
+        frequency: QR refresh period ``T`` (0: never).
+        init_factor: initial eigenvalues (``> 0``).
+        damping: ``κ ≥ 0`` added to the eigenvalue targets.
+        clamp: clamp ``λ^{-1/2}`` at ``max(10, min(d, max_clamp))``.
+        max_clamp: see ``clamp`` (``> 0``).
+        tensor_mode: ``"modewise"`` or ``"matrix"`` for order ≥ 3.
+        state_dtype: dtype of the state (None: the parameter's).
 
     Returns:
         The rule (leaf state ``KLSOAPLeaf``).

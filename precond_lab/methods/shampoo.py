@@ -32,6 +32,7 @@ from ._core import MethodSpec, Rule, register, two_mode_aliases
 from ._hp import hp
 from ._ops import (
     cast_like,
+    eigh,
     eigh_desc,
     linalg_dtype,
     mode_dot,
@@ -83,7 +84,7 @@ two_mode_aliases(ShampooLeaf, SOAPLeaf)
 
 def _inverse_root(s: jax.Array, p: Any, damping: Any) -> jax.Array:
     x = s.astype(linalg_dtype(s.dtype))
-    w, q = jnp.linalg.eigh(0.5 * (x + x.T))
+    w, q = eigh(0.5 * (x + x.T))
     w = jnp.maximum(w, 0.0) + damping
     return ((q * w[None, :] ** (-p)) @ q.T).astype(s.dtype)
 
