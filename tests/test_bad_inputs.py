@@ -26,7 +26,7 @@ from precond_lab.errors import (
     UnsupportedDtypeError,
 )
 from precond_lab.structures import Diagonal, EigenKronecker, Kronecker
-from precond_lab.targets import DenseTarget, SampleTarget
+from precond_lab.targets import DenseTarget, FactoredTarget, SampleTarget
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,6 +69,13 @@ def _neg_weights():
     w = np.full(K, 1.0 / K)
     w[:12] = -1.0
     return w
+
+
+def _factors(dtype=np.float64, scale=1.0, terms=1):
+    rng = np.random.default_rng(2)
+    u = rng.standard_normal((K, terms, M)) * scale
+    v = rng.standard_normal((K, terms, N)) * scale
+    return u.astype(dtype), v.astype(dtype)
 
 
 def _online(fn):
@@ -208,6 +215,44 @@ CASES = [
         lambda: est.shampoo_squared(_g(np.float32, 1e-30)),
         DegenerateInputError,
         r"underflow.*float32.*rescale.*float64",
+    ),
+    # --- FactoredTarget: the same checks as SampleTarget (issue 23, item 2) ---
+    (
+        "factored: dead layer (all-zero factors), cosine",
+        lambda: met.cosine_similarity(FactoredTarget(*_factors(scale=0.0)), _kron()),
+        DegenerateInputError,
+        r"FactoredTarget: target zero, tr Σ = 0 \(every sample, or every weight",
+    ),
+    (
+        "factored: all-zero weights",
+        lambda: FactoredTarget(*_factors(), weights=np.zeros(K)),
+        DegenerateInputError,
+        r"weights are all zero|target zero",
+    ),
+    (
+        "factored: float32 factors ×1e20 overflow",
+        lambda: FactoredTarget(*_factors(np.float32, 1e20)),
+        NonFiniteError,
+        r"FactoredTarget: ‖G‖² of sample 0 overflows float32 although its factors are "
+        r"finite.*rescale.*float64",
+    ),
+    (
+        "factored: float32 factors ×1e-12 underflow",
+        lambda: FactoredTarget(*_factors(np.float32, 1e-12, terms=2)),
+        DegenerateInputError,
+        r"FactoredTarget: tr Σ = Σ w‖G‖² underflows to 0 in float32.*rescale.*float64",
+    ),
+    (
+        "factored: NaN in the right factor",
+        lambda: FactoredTarget(_factors()[0], np.where(np.arange(N) == 1, np.nan, _factors()[1])),
+        NonFiniteError,
+        r"right factors contain NaN or Inf: first at sample index 0",
+    ),
+    (
+        "factored: centered, every sample equal",
+        lambda: FactoredTarget(np.ones((K, 1, M)), np.ones((K, 1, N)), center=True),
+        DegenerateInputError,
+        r"FactoredTarget: target zero",
     ),
     (
         "float16 samples",
