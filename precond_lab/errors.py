@@ -19,6 +19,9 @@ class                          raised when
                                (all-zero target, weights or approximation; a float32 target
                                whose squares underflow): the message says what to change
 ``StoreError``            a capture store is missing, foreign, corrupt or in use
+``CheckpointError``       a training checkpoint is unreadable, or was written by another
+                               run (model, parameters, optimiser, seed, data): the message
+                               names what differs
 ``CellSkipped``           (a signal, not an error) a sweep cell cannot be evaluated
 =============================  ==========================================================
 
@@ -41,6 +44,7 @@ __all__ = [
     "ConvergenceError",
     "DegenerateInputError",
     "StoreError",
+    "CheckpointError",
     "CellSkipped",
     "Status",
 ]
@@ -80,6 +84,10 @@ class DegenerateInputError(PrecondLabError, ValueError):
 
 class StoreError(PrecondLabError, ValueError):
     """A capture store is missing, foreign, malformed, corrupt, in use or inconsistent."""
+
+
+class CheckpointError(PrecondLabError, ValueError):
+    """A training checkpoint is unreadable or belongs to another run (the message says what)."""
 
 
 class CellSkipped(PrecondLabError):  # noqa: N818 (a signal, not an error)

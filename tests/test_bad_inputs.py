@@ -78,6 +78,15 @@ def _factors(dtype=np.float64, scale=1.0, terms=1):
     return u.astype(dtype), v.astype(dtype)
 
 
+def _train(**kwargs):
+    import optax
+
+    from precond_lab.train import train
+
+    kwargs = {"steps": 2, "batch_size": 4} | kwargs
+    return train("mlp", "teacher", optax.sgd(1e-2), model_options={"hidden": (3,)}, **kwargs)
+
+
 def _online(fn):
     def run():
         estimator = fn()
@@ -421,6 +430,44 @@ CASES = [
         r"k must be an integer in \[1, inf\); got -1",
     ),
     # --- direction_quality checks its gradient ---
+    # --- train: options (issue 23, items 3 and 6) ---
+    (
+        "train checkpoint_every=0",
+        lambda: _train(checkpoint_every=0),
+        ValueError,
+        r"checkpoint_every must be an integer ≥ 1; got 0",
+    ),
+    ("train steps=0", lambda: _train(steps=0), ValueError, r"steps must be an integer ≥ 1; got 0"),
+    (
+        "train steps=2.5",
+        lambda: _train(steps=2.5),
+        ValueError,
+        r"steps must be an integer ≥ 1; got 2\.5",
+    ),
+    (
+        "train batch_size above the training set",
+        lambda: _train(batch_size=10**9),
+        ValueError,
+        r"batch_size must be at most the \d+ training examples",
+    ),
+    (
+        "train eval_every=-1",
+        lambda: _train(eval_every=-1),
+        ValueError,
+        r"eval_every must be an integer ≥ 0",
+    ),
+    (
+        "train divergence_factor nan",
+        lambda: _train(divergence_factor=float("nan")),
+        ValueError,
+        r"divergence_factor must be a number > 1",
+    ),
+    (
+        "train checkpoint into a missing folder",
+        lambda: _train(checkpoint="/nonexistent-dir/x.npz"),
+        ValueError,
+        r"checkpoint: the folder /nonexistent-dir does not exist",
+    ),
     (
         "direction_quality NaN gradient",
         lambda: met.direction_quality(_g(), _kron(), np.full((M, N), np.nan)),
