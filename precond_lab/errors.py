@@ -19,6 +19,8 @@ class                          raised when
                                (all-zero target, weights or approximation; a float32 target
                                whose squares underflow): the message says what to change
 ``StoreError``            a capture store is missing, foreign, corrupt or in use
+``FileFormatError``       an input file (``.pt``, ``.npy``, ``.npz``) is empty, truncated or
+                               not in the expected format: the message names the file
 ``CheckpointError``       a training checkpoint is unreadable, or was written by another
                                run (model, parameters, optimiser, seed, data): the message
                                names what differs
@@ -44,6 +46,7 @@ __all__ = [
     "ConvergenceError",
     "DegenerateInputError",
     "StoreError",
+    "FileFormatError",
     "CheckpointError",
     "CellSkipped",
     "Status",
@@ -84,6 +87,10 @@ class DegenerateInputError(PrecondLabError, ValueError):
 
 class StoreError(PrecondLabError, ValueError):
     """A capture store is missing, foreign, malformed, corrupt, in use or inconsistent."""
+
+
+class FileFormatError(PrecondLabError, ValueError):
+    """An input file is empty, truncated or not in the expected format (the message names it)."""
 
 
 class CheckpointError(PrecondLabError, ValueError):
