@@ -31,6 +31,8 @@ def _check_output(path, what: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.train_steps < 0:
+        raise ValueError(f"--train-steps must be ≥ 0; got {args.train_steps}")
     if args.out:
         _check_output(args.out, "--out")
     import jax
@@ -72,7 +74,10 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from .study import FAILS, reproduce, study_modules
 
     preset = "full" if args.full else "quick"
-    only = [o for part in (args.only or []) for o in part.split(",") if o]
+    only = [o.strip() for part in (args.only or []) for o in part.split(",") if o.strip()]
+    if args.only is not None and not only:
+        names = ", ".join(sorted(m.NAME for m in study_modules(None)))
+        raise ValueError(f"--only names no study; available: {names}")
     study_modules(only or None)  # unknown names fail here, before anything is written
     for path, what in ((args.figures, "--figures"), (args.report, "--report")):
         if path is not None:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ._validation import check_number
 from .structures import Diagonal, Structure
 from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
 
@@ -135,6 +136,8 @@ def source_directions(source, num_directions: int | None = None):
     Returns:
         ``(values (k,), vectors (k, m, n))``.
     """
+    if num_directions is not None:
+        check_number(num_directions, "num_directions", low=1, integer=True)
     spec = _target(source).eigh(vectors=True)
     k = spec.rank if num_directions is None else min(int(num_directions), spec.rank)
     return np.asarray(spec.values[:k], np.float64), spec.vectors[:k]
@@ -283,6 +286,8 @@ def subspace_overlap(target, approx: Structure, k_max: int | None = None) -> xr.
     Returns:
         DataArray ``(k,)`` for ``k = 1 … k_max`` (default: the target's rank).
     """
+    if k_max is not None:
+        check_number(k_max, "k_max", low=1, integer=True)
     values, vectors = source_directions(target, k_max)
     k = len(values)
     e, _, rows, cols = _kron_eigen(approx)

@@ -87,6 +87,19 @@ def _train(**kwargs):
     return train("mlp", "teacher", optax.sgd(1e-2), model_options={"hidden": (3,)}, **kwargs)
 
 
+def _heldout():
+    import precond_lab.heldout as heldout
+
+    return heldout
+
+
+def _capture(**kwargs):
+    from precond_lab.capture import capture
+
+    kwargs = {"model": "mlp", "num_samples": 4, "batch_size": 4} | kwargs
+    return capture(kwargs.pop("model"), "digits", **kwargs)
+
+
 def _online(fn):
     def run():
         estimator = fn()
@@ -468,6 +481,85 @@ CASES = [
         ValueError,
         r"checkpoint: the folder /nonexistent-dir does not exist",
     ),
+    # --- options: counts, iterations, sizes (issue 23, item 6) ---
+    (
+        "heldout num_directions=0",
+        lambda: _heldout().heldout_scale_error(_g(), _g(), num_directions=0),
+        ValueError,
+        r"num_directions must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "heldout num_directions=-1",
+        lambda: _heldout().source_directions(_g(), -1),
+        ValueError,
+        r"num_directions must be an integer in \[1, inf\); got -1",
+    ),
+    (
+        "heldout num_directions=2.5",
+        lambda: _heldout().source_directions(_g(), 2.5),
+        TypeError,
+        r"num_directions must be an integer; got 2\.5",
+    ),
+    (
+        "subspace_overlap k_max=0",
+        lambda: _heldout().subspace_overlap(_g(), _kron(), k_max=0),
+        ValueError,
+        r"k_max must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "bregman_optimal max_iter=0",
+        lambda: est.bregman_optimal(_g(), 0.5, max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "bregman_optimal tol nan",
+        lambda: est.bregman_optimal(_g(), 0.5, tol=float("nan")),
+        ValueError,
+        r"tol must be a real number in \[0, inf\); got nan",
+    ),
+    (
+        "frobenius_optimal max_iter=0",
+        lambda: est.frobenius_optimal(_g(), max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "frobenius_optimal krylov_dim=0",
+        lambda: est.frobenius_optimal(_g(), krylov_dim=0),
+        ValueError,
+        r"krylov_dim must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "frobenius_optimal tol -1",
+        lambda: est.frobenius_optimal(_g(), tol=-1.0),
+        ValueError,
+        r"tol must be a real number in \[0, inf\); got -1\.0",
+    ),
+    (
+        "kl_optimal max_iter=0",
+        lambda: est.kl_optimal(_g(), max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "capture layers=[]",
+        lambda: _capture(layers=[]),
+        ValueError,
+        r"layers is empty: name at least one layer, or omit it",
+    ),
+    (
+        "capture mlp hidden=[0]",
+        lambda: _capture(model_options={"hidden": [0]}),
+        ValueError,
+        r"model 'mlp': hidden must be positive integer\(s\); got \[0\]",
+    ),
+    (
+        "capture cnn kernel=0",
+        lambda: _capture(model="cnn", model_options={"kernel": 0}),
+        ValueError,
+        r"model 'cnn': kernel must be positive integer\(s\); got 0",
+    ),
     (
         "direction_quality NaN gradient",
         lambda: met.direction_quality(_g(), _kron(), np.full((M, N), np.nan)),
@@ -503,6 +595,31 @@ CLI_CASES = [
         "demo --out into a file",
         ["demo", "--out", "{tmp}/a_file/x.nc"],
         r"--out: the folder .*a_file does not exist",
+    ),
+    (
+        "reproduce --only ''",
+        ["reproduce", "--only", "", "--figures", "{tmp}/figs"],
+        r"--only names no study; available: .*identities",
+    ),
+    (
+        "reproduce --only ,",
+        ["reproduce", "--only", " , ", "--figures", "{tmp}/figs"],
+        r"--only names no study",
+    ),
+    (
+        "capture --layers ,",
+        ["capture", "--layers", ",", "--out", "{tmp}/figs/x.zarr", "--no-progress"],
+        r"--layers names no layer",
+    ),
+    (
+        "capture --model-options hidden 0",
+        ["capture", "--model-options", '{{"hidden": [0]}}', "--out", "{tmp}/figs/x.zarr"],
+        r"hidden must be positive integer",
+    ),
+    (
+        "demo --train-steps -3",
+        ["demo", "--train-steps", "-3"],
+        r"--train-steps must be ≥ 0; got -3",
     ),
     (
         "reproduce --only unknown",

@@ -193,6 +193,8 @@ def capture(
 
     params = model.init(jax.random.PRNGKey(seed))
     flat = flat_params(params)
+    if layers is not None and not list(layers):
+        raise ValueError("layers is empty: name at least one layer, or omit it for the default")
     layers = tuple(layers) if layers else _default_layers(model, params)
     _check_choice("layers", list(layers), list(flat))
     if any(p == CHECKPOINT or p.startswith(CHECKPOINT + "/") for p in layers):

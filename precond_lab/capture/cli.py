@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     from .store import StoreError, validate_store
 
     try:
+        if args.layers is not None and not args.layers:
+            raise ValueError("--layers names no layer (omit it for every layer weight)")
         options = json.loads(args.model_options)
         if not isinstance(options, dict):
             raise ValueError("--model-options must be a JSON object")

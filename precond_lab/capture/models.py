@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -248,6 +249,14 @@ def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
     return cached(key, lambda: _build(name, dataset, dtype, **kwargs))
 
 
+def _check_sizes(model: str, key: str, value) -> None:
+    """Sizes of a built-in model (widths, channels, kernel, …): positive integers."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values)
+    if not ok:
+        raise ValueError(f"model {model!r}: {key} must be positive integer(s); got {value!r}")
+
+
 def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
@@ -273,6 +282,9 @@ def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
             f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(allowed)}"
         )
     opts = allowed | kwargs
+    for key in ("hidden", "channels", "kernel", "stride", "width", "heads", "blocks"):
+        if key in opts:
+            _check_sizes(name, key, opts[key])
     if name == "mlp":
         if opts["activation"] not in _ACTIVATIONS:
             raise ValueError(

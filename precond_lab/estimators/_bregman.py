@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import FitNeedsDampingError
+from .._validation import FitNeedsDampingError, check_number
 from ..errors import NotPositiveDefiniteError
 from ..linalg import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
@@ -270,6 +270,9 @@ def bregman_optimal(
     q = _check_q(q)
     if damping < 0 or not np.isfinite(damping):
         raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
+    max_iter = check_number(max_iter, "max_iter", low=1, integer=True)
+    if tol is not None:
+        check_number(tol, "tol", low=0.0)
     target = target_of(samples, weights, center, chunk_size)
     if damping > 0:
         target = target.damped(damping)
