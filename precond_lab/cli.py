@@ -65,7 +65,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             damping_empirical_fisher=result["damping"]["empirical_fisher"],
             damping_ggn=result["damping"]["ggn"],
         )
-        ds.to_netcdf(args.out)
+        from ._atomic import atomic_write
+
+        atomic_write(args.out, ds.to_netcdf)
         print(f"\nwrote {args.out}")
     return 0
 

@@ -34,6 +34,7 @@ import xarray as xr
 from cycler import cycler
 from matplotlib.figure import Figure
 
+from ._atomic import atomic_write
 from .estimators import ESTIMATORS
 from .metrics import METRICS
 from .schema import Kind, batch_size_of
@@ -655,7 +656,8 @@ def plot_metric_bars(
 
 
 def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwargs) -> list[Path]:
-    """Write ``fig`` as ``<path_stem>.png`` and ``<path_stem>.pdf`` (creating folders).
+    """Write ``fig`` as ``<path_stem>.png`` and ``<path_stem>.pdf`` (creating folders),
+    each atomically (a temporary file in the same folder, then a rename).
 
     Args:
         fig: the figure.
@@ -672,6 +674,6 @@ def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwar
     with style():
         for fmt in formats:
             path = stem.parent / f"{stem.name}.{fmt}"
-            fig.savefig(path, format=fmt, **kwargs)
+            atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, **kwargs))
             out.append(path)
     return out
