@@ -101,17 +101,29 @@ def _frame(rows):
     return pd.DataFrame(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, capture: bool = True) -> argparse.ArgumentParser:
+    """The parser of every subcommand.
+
+    Args:
+        capture: build the ``capture`` subcommand's options (their help lists the models,
+            datasets and targets, which imports JAX); False gives it only its help line,
+            for a command line that is not ``capture`` (``--version``, ``--help``,
+            ``demo``, ``reproduce``), which then starts without importing JAX.
+
+    Returns:
+        The ``argparse`` parser.
+    """
+    from ._help import CAPTURE_HELP, HelpFormatter
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="precond-lab",
         description="Check what Kronecker-factored preconditioners approximate, on real gradients.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"precond-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    fmt = {"formatter_class": HelpFormatter}
     demo = sub.add_parser(
         "demo", help="score every estimator on real gradients (sklearn digits)", **fmt
     )
@@ -133,18 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--figures", default=None, help="figure folder (default: <clone>/figures)")
     rep.add_argument("--report", default=None, help="report path (default: <clone>/REPORT.md)")
     rep.set_defaults(func=_run_reproduce)
-    from .capture import cli as capture_cli
+    if capture:
+        from .capture import cli as capture_cli
 
-    capture_cli.add_parser(sub)
+        capture_cli.add_parser(sub)
+    else:
+        sub.add_parser("capture", help=CAPTURE_HELP, add_help=False)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of ``argv`` (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user mistakes print one line (no traceback) and return 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(capture=_command(argv) == "capture")
+    args = parser.parse_args(argv)
     from .errors import PrecondLabError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (PrecondLabError, ValueError, OSError) as err:
