@@ -364,8 +364,8 @@ register(
         "Trace-power Bregman optimum",
         reference="bregman_optimal",
         summary="Kronecker minimiser of the trace-power Bregman divergence B_q(Σ, L⊗R).",
-        color="#56B4E9",
-        marker="P",
+        color="#882255",  # not eigencorrected's #56B4E9 / "P": the two were drawn alike
+        marker="*",
         example_args="(0.5)",
     )
 )
