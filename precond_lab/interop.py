@@ -96,6 +96,8 @@ def as_matrices(g, what: str = "gradients") -> np.ndarray:
     a = _numpy(g, what)
     if a.ndim < 2:
         raise ValueError(f"{what} need a sample axis and a parameter axis; got shape {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{what} are empty (shape {a.shape}): at least one sample is needed")
     if a.ndim == 2:
         return a[:, :, None]
     return a.reshape(a.shape[0], a.shape[1], -1)

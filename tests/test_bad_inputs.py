@@ -93,6 +93,12 @@ def _heldout():
     return heldout
 
 
+def _interop():
+    from precond_lab import interop
+
+    return interop
+
+
 def _capture(**kwargs):
     from precond_lab.capture import capture
 
@@ -505,6 +511,38 @@ CASES = [
         lambda: _heldout().subspace_overlap(_g(), _kron(), k_max=0),
         ValueError,
         r"k_max must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "heldout_gain_error approx_damping nan",
+        lambda: _heldout().heldout_gain_error(_g(), _g(), _kron(), approx_damping=float("nan")),
+        ValueError,
+        r"approx_damping must be a real number in \[0, inf\); got nan",
+    ),
+    (
+        "heldout_scale_error no held-out fold",
+        lambda: _heldout().heldout_scale_error(_g(), []),
+        ValueError,
+        r"heldout is an empty list",
+    ),
+    (
+        "inverse_quadratic NaN direction",
+        lambda: _heldout().inverse_quadratic(_kron(), np.full((2, M, N), np.nan)),
+        NonFiniteError,
+        r"directions contains non-finite values \(NaN\) at direction index 0",
+    ),
+    (
+        "directional_scales Inf direction",
+        lambda: _heldout().directional_scales(
+            _g(), np.where(np.arange(2)[:, None, None] == 1, np.inf, np.ones((2, M, N)))
+        ),
+        NonFiniteError,
+        r"directions contains non-finite values \(Inf\) at direction index 1",
+    ),
+    (
+        "interop as_matrices no samples",
+        lambda: _interop().sample_target(np.ones((0, M, N))),
+        ValueError,
+        r"gradients are empty \(shape \(0, 3, 4\)\): at least one sample is needed",
     ),
     (
         "bregman_optimal max_iter=0",
