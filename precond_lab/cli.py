@@ -45,7 +45,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if not args.no_progress:
         print(
             f"demo: training softmax regression on digits ({args.train_steps} steps), then "
-            "fitting and scoring every estimator (about 1–2 minutes on a laptop CPU)",
+            "fitting and scoring every estimator (about a minute on a laptop CPU)",
             file=sys.stderr,
         )
     result = run_demo(
