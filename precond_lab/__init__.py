@@ -10,7 +10,8 @@ Subpackages: ``estimators``, ``metrics``,
 ``reference`` (dense float64 references), ``linalg``.
 """
 
-from . import estimators, metrics, schema, structures, targets
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .errors import (
     FitNeedsDampingError,
@@ -19,8 +20,45 @@ from .errors import (
     PrecondLabError,
     Status,
 )
-from .structures import Diagonal, EigenKronecker, FitInfo, Kronecker
-from .targets import DenseTarget, FactoredTarget, SampleTarget, as_target
+
+# The subpackages and the classes below import JAX; they load on first use (PEP 562), so
+# ``import precond_lab`` and ``precond-lab --version`` / ``--help`` stay fast.
+_LAZY = {
+    "estimators": None,
+    "metrics": None,
+    "schema": None,
+    "structures": None,
+    "targets": None,
+    "Diagonal": "structures",
+    "EigenKronecker": "structures",
+    "FitInfo": "structures",
+    "Kronecker": "structures",
+    "DenseTarget": "targets",
+    "FactoredTarget": "targets",
+    "SampleTarget": "targets",
+    "as_target": "targets",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import estimators, metrics, schema, structures, targets
+    from .structures import Diagonal, EigenKronecker, FitInfo, Kronecker
+    from .targets import DenseTarget, FactoredTarget, SampleTarget, as_target
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'precond_lab' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = module if _LAZY[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DenseTarget",

@@ -31,6 +31,8 @@ def _check_output(path, what: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.train_steps < 0:
+        raise ValueError(f"--train-steps must be ≥ 0; got {args.train_steps}")
     if args.out:
         _check_output(args.out, "--out")
     import jax
@@ -43,7 +45,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if not args.no_progress:
         print(
             f"demo: training softmax regression on digits ({args.train_steps} steps), then "
-            "fitting and scoring every estimator (about 1–2 minutes on a laptop CPU)",
+            "fitting and scoring every estimator (about a minute on a laptop CPU)",
             file=sys.stderr,
         )
     result = run_demo(
@@ -63,7 +65,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             damping_empirical_fisher=result["damping"]["empirical_fisher"],
             damping_ggn=result["damping"]["ggn"],
         )
-        ds.to_netcdf(args.out)
+        from ._atomic import atomic_write
+
+        atomic_write(args.out, ds.to_netcdf)
         print(f"\nwrote {args.out}")
     return 0
 
@@ -72,7 +76,10 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from .study import FAILS, reproduce, study_modules
 
     preset = "full" if args.full else "quick"
-    only = [o for part in (args.only or []) for o in part.split(",") if o]
+    only = [o.strip() for part in (args.only or []) for o in part.split(",") if o.strip()]
+    if args.only is not None and not only:
+        names = ", ".join(sorted(m.NAME for m in study_modules(None)))
+        raise ValueError(f"--only names no study; available: {names}")
     study_modules(only or None)  # unknown names fail here, before anything is written
     for path, what in ((args.figures, "--figures"), (args.report, "--report")):
         if path is not None:
@@ -94,17 +101,29 @@ def _frame(rows):
     return pd.DataFrame(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, capture: bool = True) -> argparse.ArgumentParser:
+    """The parser of every subcommand.
+
+    Args:
+        capture: build the ``capture`` subcommand's options (their help lists the models,
+            datasets and targets, which imports JAX); False gives it only its help line,
+            for a command line that is not ``capture`` (``--version``, ``--help``,
+            ``demo``, ``reproduce``), which then starts without importing JAX.
+
+    Returns:
+        The ``argparse`` parser.
+    """
+    from ._help import CAPTURE_HELP, HelpFormatter
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="precond-lab",
         description="Check what Kronecker-factored preconditioners approximate, on real gradients.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"precond-lab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    fmt = {"formatter_class": HelpFormatter}
     demo = sub.add_parser(
         "demo", help="score every estimator on real gradients (sklearn digits)", **fmt
     )
@@ -126,18 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--figures", default=None, help="figure folder (default: <clone>/figures)")
     rep.add_argument("--report", default=None, help="report path (default: <clone>/REPORT.md)")
     rep.set_defaults(func=_run_reproduce)
-    from .capture import cli as capture_cli
+    if capture:
+        from .capture import cli as capture_cli
 
-    capture_cli.add_parser(sub)
+        capture_cli.add_parser(sub)
+    else:
+        sub.add_parser("capture", help=CAPTURE_HELP, add_help=False)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of ``argv`` (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user mistakes print one line (no traceback) and return 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(capture=_command(argv) == "capture")
+    args = parser.parse_args(argv)
     from .errors import PrecondLabError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (PrecondLabError, ValueError, OSError) as err:

@@ -19,6 +19,13 @@ class                          raised when
                                (all-zero target, weights or approximation; a float32 target
                                whose squares underflow): the message says what to change
 ``StoreError``            a capture store is missing, foreign, corrupt or in use
+``UnsupportedModelError`` a model capture cannot differentiate as given (e.g. a Flax
+                               module in training mode): the message says what to call
+``FileFormatError``       an input file (``.pt``, ``.npy``, ``.npz``) is empty, truncated or
+                               not in the expected format: the message names the file
+``CheckpointError``       a training checkpoint is unreadable, or was written by another
+                               run (model, parameters, optimiser, seed, data): the message
+                               names what differs
 ``CellSkipped``           (a signal, not an error) a sweep cell cannot be evaluated
 =============================  ==========================================================
 
@@ -41,6 +48,9 @@ __all__ = [
     "ConvergenceError",
     "DegenerateInputError",
     "StoreError",
+    "UnsupportedModelError",
+    "FileFormatError",
+    "CheckpointError",
     "CellSkipped",
     "Status",
 ]
@@ -80,6 +90,18 @@ class DegenerateInputError(PrecondLabError, ValueError):
 
 class StoreError(PrecondLabError, ValueError):
     """A capture store is missing, foreign, malformed, corrupt, in use or inconsistent."""
+
+
+class UnsupportedModelError(PrecondLabError, ValueError):
+    """A model capture cannot use as given; the message says what to change."""
+
+
+class FileFormatError(PrecondLabError, ValueError):
+    """An input file is empty, truncated or not in the expected format (the message names it)."""
+
+
+class CheckpointError(PrecondLabError, ValueError):
+    """A training checkpoint is unreadable or belongs to another run (the message says what)."""
 
 
 class CellSkipped(PrecondLabError):  # noqa: N818 (a signal, not an error)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ._validation import check_finite, check_number
 from .structures import Diagonal, Structure
 from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
 
@@ -106,8 +107,13 @@ def _target(t) -> Target:
 
 
 def directional_scales(target, directions) -> np.ndarray:
-    """``u_iᵀ Σ u_i`` for ``(k, m, n)`` directions, as per-sample products ``E[⟨G, U_i⟩²]``."""
+    """``u_iᵀ Σ u_i`` for ``(k, m, n)`` directions, as per-sample products ``E[⟨G, U_i⟩²]``.
+
+    Raises:
+        NonFiniteError: a direction holds NaN/Inf (the message names the first).
+    """
     t = _target(target)
+    check_finite(directions, "directions", "direction")
     u = jnp.asarray(directions, t.dtype)
     if u.ndim != 3 or tuple(u.shape[1:]) != tuple(t.matrix_shape):
         raise ValueError(
@@ -135,6 +141,8 @@ def source_directions(source, num_directions: int | None = None):
     Returns:
         ``(values (k,), vectors (k, m, n))``.
     """
+    if num_directions is not None:
+        check_number(num_directions, "num_directions", low=1, integer=True)
     spec = _target(source).eigh(vectors=True)
     k = spec.rank if num_directions is None else min(int(num_directions), spec.rank)
     return np.asarray(spec.values[:k], np.float64), spec.vectors[:k]
@@ -156,6 +164,8 @@ def heldout_scale_error(source, heldout, num_directions: int | None = None) -> x
         DataArray ``(fold, direction)`` with coordinate ``source_eigenvalue``.
     """
     folds = heldout if isinstance(heldout, (list, tuple)) else [heldout]
+    if not folds:
+        raise ValueError("heldout is an empty list: give at least one held-out fold")
     values, vectors = source_directions(source, num_directions)
     xi = np.stack([np.log10(directional_scales(h, vectors) / values) for h in folds])
     return xr.DataArray(
@@ -168,7 +178,15 @@ def heldout_scale_error(source, heldout, num_directions: int | None = None) -> x
 
 
 def inverse_quadratic(approx: Structure, directions, approx_damping: float = 0.0) -> np.ndarray:
-    """``u_iᵀ (S + μI)⁻¹ u_i`` for ``(k, m, n)`` directions, through ``S``'s eigen form."""
+    """``u_iᵀ (S + μI)⁻¹ u_i`` for ``(k, m, n)`` directions, through ``S``'s eigen form.
+
+    Raises:
+        ValueError: ``approx_damping`` is not a finite number ≥ 0, or ``S + μI`` is not
+            positive definite.
+        NonFiniteError: a direction holds NaN/Inf.
+    """
+    approx_damping = check_number(approx_damping, "approx_damping", low=0.0)
+    check_finite(directions, "directions", "direction")
     e = approx.eigen()
     d = np.asarray(e.values, np.float64) + approx_damping
     if np.min(d) <= 0:
@@ -204,7 +222,11 @@ def heldout_gain_error(
         DataArray ``(direction,)`` with coordinates ``source_eigenvalue`` and
         ``heldout_scale`` (``h_i``).
     """
+    approx_damping = check_number(approx_damping, "approx_damping", low=0.0)
+    exponent = check_number(exponent, "exponent")
     folds = heldout if isinstance(heldout, (list, tuple)) else [heldout]
+    if not folds:
+        raise ValueError("heldout is an empty list: give at least one held-out fold")
     values, vectors = source_directions(source, num_directions)
     h = np.mean([directional_scales(f, vectors) for f in folds], axis=0)
     fitted = 1.0 / inverse_quadratic(approx, vectors, approx_damping)
@@ -283,6 +305,8 @@ def subspace_overlap(target, approx: Structure, k_max: int | None = None) -> xr.
     Returns:
         DataArray ``(k,)`` for ``k = 1 … k_max`` (default: the target's rank).
     """
+    if k_max is not None:
+        check_number(k_max, "k_max", low=1, integer=True)
     values, vectors = source_directions(target, k_max)
     k = len(values)
     e, _, rows, cols = _kron_eigen(approx)

@@ -15,6 +15,13 @@ Example (a PyTorch user's saved per-example gradients)::
     g = interop.from_torch("grads.pt")["fc1.weight"]      # (N, out, in)
     t = interop.sample_target(g)
     print(met.score(t.damped(1e-3), est.frobenius_optimal(t)))
+
+    from precond_lab.evaluate import evaluate
+    evaluate(interop.from_torch("grads.pt"))  # one layer per parameter, kind "gradients"
+
+``from_torch`` and ``from_backpack`` return a ``ParameterGradients`` (a dict
+``{parameter name: (N, m, n)}``) that the evaluation sweep reads as
+``{layer: {"gradients": samples}}``.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ import numpy as np
 import xarray as xr
 
 from ._validation import check_float_dtype
-from .errors import UnsupportedDtypeError
+from .errors import FileFormatError, UnsupportedDtypeError
 from .schema import Dim
 from .targets import DenseTarget, SampleTarget
 
 __all__ = [
+    "ParameterGradients",
     "as_matrices",
     "from_flat",
     "from_torch",
@@ -41,6 +49,25 @@ __all__ = [
     "from_xarray",
     "sample_target",
 ]
+
+
+class ParameterGradients(dict):
+    """``{parameter name: (N, m, n) per-example gradients}`` (from ``from_torch``,
+    ``from_backpack``): a plain dict that the sweep reads as one layer per parameter,
+    ``{name: {"gradients": samples}}`` (a flat dict is otherwise ``{kind: samples}``)."""
+
+    def as_layers(self) -> dict:
+        """``{name: {"gradients": samples}}``, the nested form of ``evaluate``."""
+        return {name: {"gradients": g} for name, g in self.items()}
+
+
+def _unreadable(path, err: BaseException, what: str) -> FileFormatError:
+    size = Path(path).stat().st_size if Path(path).exists() else None
+    empty = " (the file is empty)" if size == 0 else ""
+    return FileFormatError(
+        f"{path}: cannot be read as {what}{empty}: {type(err).__name__}: {err}. The file is "
+        "truncated, empty or of another format: save it again."
+    )
 
 
 def _numpy(x, what: str) -> np.ndarray:
@@ -69,6 +96,8 @@ def as_matrices(g, what: str = "gradients") -> np.ndarray:
     a = _numpy(g, what)
     if a.ndim < 2:
         raise ValueError(f"{what} need a sample axis and a parameter axis; got shape {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{what} are empty (shape {a.shape}): at least one sample is needed")
     if a.ndim == 2:
         return a[:, :, None]
     return a.reshape(a.shape[0], a.shape[1], -1)
@@ -103,18 +132,35 @@ def from_torch(obj, *, key: str | None = None):
 
     Raises:
         KeyError: ``key`` not in the mapping.
+        FileFormatError: the file does not exist, is empty, truncated or not a torch file.
         UnsupportedDtypeError: half precision.
     """
     if isinstance(obj, (str, Path)):
+        import pickle
+        import zipfile
+
         import torch
 
-        obj = torch.load(str(obj), map_location="cpu", weights_only=True)
+        if not Path(obj).is_file():
+            raise FileFormatError(f"{obj}: no such file")
+        try:
+            obj_path, obj = obj, torch.load(str(obj), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+                zipfile.BadZipFile) as err:  # fmt: skip
+            raise _unreadable(obj, err, "a torch file (torch.save)") from err
+        if not (isinstance(obj, Mapping) or type(obj).__module__.startswith("torch")):
+            raise FileFormatError(
+                f"{obj_path}: holds a {type(obj).__name__}, not a tensor or a dict "
+                "{name: tensor} of per-example gradients"
+            )
     if isinstance(obj, Mapping):
         if key is not None:
             if key not in obj:
                 raise KeyError(f"{key!r} not in the gradients; keys: {', '.join(map(str, obj))}")
             return as_matrices(obj[key], f"gradients {key!r}")
-        return {str(k): as_matrices(v, f"gradients {k!r}") for k, v in obj.items()}
+        return ParameterGradients(
+            {str(k): as_matrices(v, f"gradients {k!r}") for k, v in obj.items()}
+        )
     return as_matrices(obj)
 
 
@@ -135,7 +181,7 @@ def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dic
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
-    out = {}
+    out = ParameterGradients()
     for name, p in named_parameters:
         gb = getattr(p, "grad_batch", None)
         if gb is None:
@@ -148,32 +194,83 @@ def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dic
     return out
 
 
+#: Bytes of one block of unit columns (and of its product) in ``from_curvlinops``.
+_OPERATOR_BLOCK_BYTES = 1 << 27
+
+
+def _operator_block(op, offset: int, size: int) -> np.ndarray:
+    """Rows and columns ``offset:offset+size`` of a linear operator, by block products
+    ``op @ E`` with many unit columns at once (a torch tensor for a curvlinops operator,
+    a NumPy array for anything else with ``@``)."""
+    total = int(op.shape[1])
+    torch_op = type(op).__module__.startswith("curvlinops") or hasattr(op, "_matmat")
+    if torch_op:
+        import torch
+
+        dtype = getattr(op, "dtype", torch.float64)
+        device = getattr(op, "device", "cpu")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+    else:
+        itemsize = 8
+    width = max(1, min(size, _OPERATOR_BLOCK_BYTES // (2 * total * itemsize)))
+    out = np.empty((size, size), np.float64)
+    for j in range(0, size, width):
+        k = min(width, size - j)
+        if torch_op:
+            e = torch.zeros((total, k), dtype=dtype, device=device)
+            e[offset + j + torch.arange(k), torch.arange(k)] = 1
+            with torch.no_grad():
+                y = op @ e
+            y = y.detach().cpu().double().numpy()
+        else:
+            e = np.zeros((total, k), np.float64)
+            e[offset + j + np.arange(k), np.arange(k)] = 1.0
+            y = np.asarray(op @ e, np.float64)
+        if y.shape != (int(op.shape[0]), k):
+            raise ValueError(
+                f"the operator maps a ({total}, {k}) block to shape {y.shape}; expected "
+                f"({int(op.shape[0])}, {k})"
+            )
+        out[:, j : j + k] = y[offset : offset + size]
+    return out
+
+
 def from_curvlinops(block, param_shape: Sequence[int], *, offset: int = 0) -> DenseTarget:
     """A ``DenseTarget`` from a curvlinops operator (or its dense block) for one parameter.
 
     Args:
-        block: an ``(P, P)`` dense block (array or tensor) of one parameter, or a
-            curvlinops linear operator over all parameters (``@`` on vectors, ``.shape``);
-            an operator's block is read column by column (small parameters only).
+        block: an ``(P, P)`` dense block (array or tensor) of one parameter, or a linear
+            operator over all parameters (``.shape`` and ``@``): a curvlinops operator
+            (``GGNLinearOperator``, ``HessianLinearOperator``, …, multiplied by torch
+            tensors) or any operator taking NumPy matrices (a SciPy ``LinearOperator``).
+            The block is read with ``op @ E`` for blocks of many unit columns at once.
         param_shape: the parameter's PyTorch shape ``(out, in, *kernel)`` (or ``(out,)``).
-        offset: the parameter's first index in the operator's flattened parameter vector.
+        offset: the parameter's first index in the operator's flattened parameter vector
+            (the sum of ``numel()`` of the parameters before it); ignored for a block.
 
     Raises:
-        ValueError: a block whose size does not match ``param_shape``.
+        ValueError: a block whose size does not match ``param_shape``, a non-square
+            operator, or ``offset`` outside ``[0, P_total − P]``.
     """
     shape = tuple(int(s) for s in param_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"param_shape must be a non-empty shape of positive sizes; got {shape}")
     m, n = shape[0], math.prod(shape[1:])
     size = m * n
     if isinstance(block, np.ndarray) or type(block).__module__.startswith(("torch", "jax")):
         mat = _numpy(block, "curvlinops block")
     elif hasattr(block, "shape") and hasattr(block, "__matmul__"):
-        cols = []
-        total = int(block.shape[1])
-        for j in range(size):
-            e = np.zeros(total, np.float64)
-            e[offset + j] = 1.0
-            cols.append(np.asarray(block @ e, np.float64)[offset : offset + size])
-        mat = np.stack(cols, axis=1)
+        rows, cols = (int(s) for s in block.shape)
+        if rows != cols:
+            raise ValueError(f"the operator must be square; got shape {(rows, cols)}")
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+            raise ValueError(f"offset must be an integer; got {offset!r}")
+        if not 0 <= offset <= cols - size:
+            raise ValueError(
+                f"offset {offset} is outside [0, {cols - size}]: the parameter of shape "
+                f"{shape} ({size} entries) must lie within the operator's {cols} parameters"
+            )
+        mat = _operator_block(block, int(offset), size)
     else:
         raise ValueError(f"expected a dense block or an operator; got {type(block).__name__}")
     if mat.shape != (size, size):
@@ -181,19 +278,43 @@ def from_curvlinops(block, param_shape: Sequence[int], *, offset: int = 0) -> De
     return DenseTarget(mat, (m, n))
 
 
-def from_npy(path, *, shape: Sequence[int] | None = None, mmap: bool = True) -> np.ndarray:
-    """``(N, m, n)`` gradients from a ``.npy`` file (memory-mapped by default).
+def from_npy(
+    path, *, shape: Sequence[int] | None = None, mmap: bool = True, key: str | None = None
+) -> np.ndarray:
+    """``(N, m, n)`` gradients from a ``.npy`` file (memory-mapped by default) or ``.npz``.
 
     Args:
         path: the file; it holds ``(N, m, n)``, or ``(N, mn)`` with ``shape`` given.
         shape: ``(m, n)`` for flattened files.
-        mmap: keep the data on disk (``SampleTarget`` streams it in chunks).
+        mmap: keep the data on disk (``SampleTarget`` streams it in chunks); ``.npy`` only.
+        key: the array of an ``.npz`` holding several (one array needs no key).
 
     Raises:
+        FileFormatError: the file is missing, empty, truncated or not a NumPy file, or an
+            ``.npz`` holds several arrays and ``key`` names none of them.
         UnsupportedDtypeError: a float16/bfloat16 file (saved under AMP): upcast first.
         ValueError: a flattened file without ``shape``.
     """
-    a = np.load(str(path), mmap_mode="r" if mmap else None)
+    import zipfile
+
+    if not Path(path).is_file():
+        raise FileFormatError(f"{path}: no such file")
+    try:
+        a = np.load(str(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+        if isinstance(a, np.lib.npyio.NpzFile):
+            with a:
+                names = list(a.files)
+                if key is None and len(names) != 1:
+                    raise FileFormatError(
+                        f"{path}: holds {len(names)} arrays {names}; pick one with key="
+                    )
+                if key is not None and key not in names:
+                    raise FileFormatError(f"{path}: no array {key!r}; it holds {names}")
+                a = a[names[0] if key is None else key]
+    except FileFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _unreadable(path, err, "a NumPy .npy/.npz file") from err
     check_float_dtype(a.dtype, f"{path}")
     if shape is not None:
         return from_flat(a, shape, str(path))

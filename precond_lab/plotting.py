@@ -34,6 +34,7 @@ import xarray as xr
 from cycler import cycler
 from matplotlib.figure import Figure
 
+from ._atomic import atomic_write
 from .estimators import ESTIMATORS
 from .metrics import METRICS
 from .schema import Kind, batch_size_of
@@ -73,6 +74,16 @@ _CYCLE = [
     OKABE_ITO[c]
     for c in ("blue", "vermillion", "bluish_green", "orange", "reddish_purple", "sky_blue")
 ] + [_GREY, OKABE_ITO["black"]]
+
+#: Colours and markers for estimators without a registered colour (user-supplied or
+#: registered without one): Paul Tol's muted palette, none of them a built-in's colour.
+_EXTRA_COLORS = ["#882255", "#44AA99", "#332288", "#DDCC77", "#AA4499", "#117733", "#999933"]
+_EXTRA_MARKERS = ["h", "*", "p", "<", ">", "8", "H"]
+#: Variants of a built-in estimator drawn apart: ``{(name, first argument): (colour,
+#: marker)}`` (the default variant keeps the registered style).
+_VARIANTS = {
+    ("kfac", "reduce"): ("#005A40", "d"),  # a darker green than kfac(expand)'s #009E73
+}
 
 _SOURCES = {  # fit source: (suffix, line style)
     Kind.GRADIENTS.value: ("real labels", "--"),
@@ -164,20 +175,31 @@ def estimator_label(spec: str) -> str:
 def estimator_style(spec: str, index: int = 0) -> dict:
     """``color``, ``marker`` and ``linestyle`` of an estimator (stable across figures).
 
-    Unknown estimators take the ``index``-th colour of the cycle.
+    Built-in estimators keep their registered colour and marker (variants such as
+    ``kfac(reduce)`` a shade of it); an estimator without a registered colour (a
+    user-supplied one) takes the ``index``-th of colours that no registered estimator
+    uses, so it is never drawn like a built-in.
     """
     base, args, source = _parse(spec)
-    if base in ESTIMATORS:
+    first = args.split(",")[0].strip().strip("'\"") if args else ""
+    if base in ESTIMATORS and ESTIMATORS[base].color:
         reg = ESTIMATORS[base]
-        i = list(ESTIMATORS).index(base)
-        color = reg.color or _CYCLE[i % len(_CYCLE)]
-        marker = reg.marker or "o"
+        color, marker = reg.color, reg.marker or "o"
+        if (base, first) in _VARIANTS:
+            color, marker = _VARIANTS[base, first]
         if base == "power_iteration" and args:
             shades = ["#000000", "#444444", "#777777", "#999999"]
             with contextlib.suppress(ValueError):
-                color = shades[min(int(args.split(",")[0]) // 2, len(shades) - 1)]
+                color = shades[min(int(first) // 2, len(shades) - 1)]
     else:
-        color, marker = _CYCLE[index % len(_CYCLE)], "o"
+        if base in ESTIMATORS:  # registered without a colour: by its order among those
+            index = [n for n, e in ESTIMATORS.items() if not e.color].index(base)
+        taken = {e.color for e in ESTIMATORS.values() if e.color}
+        free = [c for c in _EXTRA_COLORS if c not in taken] or _EXTRA_COLORS
+        color = free[index % len(free)]
+        marker = _EXTRA_MARKERS[index % len(_EXTRA_MARKERS)]
+        if base in ESTIMATORS and ESTIMATORS[base].marker:
+            marker = ESTIMATORS[base].marker
     linestyle = _SOURCES.get(source, (None, "-"))[1] if source else "-"
     return {"color": color, "marker": marker, "linestyle": linestyle}
 
@@ -254,12 +276,15 @@ def _fix(da: xr.DataArray, keep: Sequence[str], **fixed) -> xr.DataArray:
     return da
 
 
-def legend(fig: Figure, axes: np.ndarray, ncols: int | None = None) -> None:
-    """One figure legend below the panels, with each label once (from every axis)."""
+def legend(fig: Figure, axes: np.ndarray, ncols: int | None = None, extra=()) -> None:
+    """One figure legend below the panels, with each label once (from every axis), then
+    the ``(handle, label)`` pairs of ``extra``."""
     seen: dict[str, object] = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
+    for h, lab in extra:
+        seen.setdefault(lab, h)
     if seen:
         n = ncols or min(len(seen), 4)
         fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=n)
@@ -583,7 +608,10 @@ def plot_metric_bars(
 ) -> Figure:
     """Grouped bars: one panel per metric, groups = targets, one bar per estimator.
 
-    Non-finite values (a failed fit, an infinite KL) leave a gap marked ``×``.
+    Non-finite values (a failed fit, an infinite KL) leave a gap marked ``×``. A cell
+    whose fit did not succeed (``ds["status"]`` not ``ok``, e.g. ``not_converged``) but
+    has a finite score is drawn hatched and pale, labelled with its status above the bar
+    (``n.c.`` for not converged), and the legend explains the hatching.
 
     Args:
         ds: a Dataset from ``evaluate``.
@@ -601,6 +629,7 @@ def plot_metric_bars(
         ests = _values(ds, "estimator", estimators)
         tgts = _values(ds, "target", targets)
         fig, axes = figure(1, len(metrics), panel_size)
+        failed_drawn = False
         x = np.arange(len(tgts))
         width = 0.8 / max(len(ests), 1)
         for c, metric in enumerate(metrics):
@@ -613,6 +642,7 @@ def plot_metric_bars(
                 batch_size=batch_size,
             ).transpose("target", "estimator")
             vals = np.asarray(da.values, float)
+            status = _cell_status(ds, tgts, ests, step=step, layer=layer, batch_size=batch_size)
             finite = vals[np.isfinite(vals)]
             use_log = log
             if use_log is None:
@@ -632,8 +662,22 @@ def plot_metric_bars(
                     linewidth=0.5,
                     gid=name,
                 )
-                for b, v in zip(bars, vals[:, i], strict=True):
-                    if not np.isfinite(v):
+                for b, v, s in zip(bars, vals[:, i], status[:, i], strict=True):
+                    if np.isfinite(v) and s != "ok":  # a number, but not a successful fit
+                        b.set_hatch("////")
+                        b.set_facecolor(mpl.colors.to_rgba(st["color"], 0.3))
+                        b.set_edgecolor(st["color"])
+                        failed_drawn = True
+                        ax.annotate(
+                            _STATUS_SHORT.get(s, s),
+                            (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center",
+                            va="bottom",
+                            color=st["color"],
+                            fontsize=6,
+                            gid=f"status:{name}",
+                        )
+                    elif not np.isfinite(v):
                         ax.annotate(
                             "×",
                             (b.get_x() + b.get_width() / 2, 0),
@@ -649,13 +693,35 @@ def plot_metric_bars(
             ax.set_title(metric_label(metric))
             ax.set_ylabel(metric_symbol(metric))
             ax.grid(False, axis="x")
-        legend(fig, axes)
+        extra = []
+        if failed_drawn:  # one legend entry for the hatching
+            from matplotlib.patches import Patch
+
+            hatch = Patch(facecolor="white", edgecolor="#555555", hatch="////")
+            extra.append((hatch, _FAILED_LABEL))
+        legend(fig, axes, extra=extra)
         _suptitle(fig, title)
     return fig
 
 
+#: Short labels of a failed fit's status above its hatched bar.
+_STATUS_SHORT = {"not_converged": "n.c.", "stagnated": "stag.", "needs_damping": "damp."}
+_FAILED_LABEL = "hatched: the fit did not succeed (status above the bar)"
+
+
+def _cell_status(ds: xr.Dataset, tgts, ests, **fixed) -> np.ndarray:
+    """``(target, estimator)`` fit statuses of the plotted cell (all ``"ok"`` without a
+    ``status`` variable)."""
+    if "status" not in ds:
+        return np.full((len(tgts), len(ests)), "ok", dtype=object)
+    da = _fix(ds["status"].sel(target=tgts, estimator=ests), ["target", "estimator"], **fixed)
+    out = np.asarray(da.transpose("target", "estimator").values, dtype=object)
+    return np.where(out == "skipped", "ok", out)  # a skipped cell has no score anyway
+
+
 def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwargs) -> list[Path]:
-    """Write ``fig`` as ``<path_stem>.png`` and ``<path_stem>.pdf`` (creating folders).
+    """Write ``fig`` as ``<path_stem>.png`` and ``<path_stem>.pdf`` (creating folders),
+    each atomically (a temporary file in the same folder, then a rename).
 
     Args:
         fig: the figure.
@@ -672,6 +738,6 @@ def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwar
     with style():
         for fmt in formats:
             path = stem.parent / f"{stem.name}.{fmt}"
-            fig.savefig(path, format=fmt, **kwargs)
+            atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, **kwargs))
             out.append(path)
     return out

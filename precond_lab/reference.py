@@ -358,19 +358,24 @@ def bregman_divergence(x, y, q: float) -> float:
     wx = np.where(wx > 1e-12 * np.max(np.abs(wx)), wx, 0.0)  # round-off zeros are zeros
     wy, qy = scipy.linalg.eigh(y)
 
+    # Through expm1, since (t^q − q t + q − 1)/(q(q−1)) and (t^{q−1} − 1)/(q−1) cancel
+    # catastrophically near q = 0 and q = 1 (kept separate from precond_lab._trace_power).
+    def ratio(p, lt):  # (t^p − 1)/p, log t at p = 0
+        return lt if p == 0 else np.expm1(p * lt) / p
+
     def f(t):
-        if q == 1:
-            return np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0) - t + 1
-        if q == 0:
-            return -np.log(t) + t - 1
-        return (t**q - q * t + q - 1) / (q * (q - 1))
+        t = np.maximum(t, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            lt = np.log(t)
+            if q >= 0.5:  # (t·(t^{q−1} − 1)/(q−1) − (t − 1))/q
+                return (
+                    np.where(t > 0, t * ratio(q - 1, np.where(t > 0, lt, 0.0)), 0.0) - t + 1
+                ) / q
+            return (ratio(q, lt) - t + 1) / (q - 1)  # ((t^q − 1)/q − (t − 1))/(q − 1)
 
     def fprime(t):
-        if q == 1:
-            return np.log(t)
-        if q == 0:
-            return 1 - 1 / t
-        return (t ** (q - 1) - 1) / (q - 1)
+        with np.errstate(divide="ignore", over="ignore"):
+            return ratio(q - 1, np.log(t))
 
     grad = (qy * fprime(wy)) @ qy.T
     return float(np.sum(f(wx)) - np.sum(f(wy)) - np.sum(grad * (x - y)))

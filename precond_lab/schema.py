@@ -25,6 +25,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 __all__ = [
+    "CaptureTree",
     "Kind",
     "CaptureTarget",
     "Dim",
@@ -340,6 +341,35 @@ def _rebuilt(node, kind: str) -> xr.DataArray:
     coords = {k: v for k, v in bp.coords.items() if set(v.dims) <= set(dims)}
     attrs = {"storage": STORAGE_FACTORED}
     return xr.DataArray(xr.Variable(dims, data), coords=coords, name=kind, attrs=attrs)
+
+
+class CaptureTree(xr.DataTree):
+    """The DataTree of a capture (``open_capture``, ``capture``): an ``xr.DataTree`` whose
+    layer groups also answer ``node["gradients"]`` (and ``"ggn"``, ``"ggn_mc"``) for a kind
+    stored as factors, with the lazily rebuilt array of ``layer_samples``, instead of a
+    bare ``KeyError``."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            if isinstance(key, str) and "/" not in key:
+                kind = parse_kind(key)
+                if kind in (k.value for k in SAMPLE_KINDS) and (
+                    layer_storage(self, kind) == STORAGE_FACTORED
+                ):
+                    return layer_samples(self, kind)
+            raise
+
+    @classmethod
+    def of(cls, tree: xr.DataTree) -> CaptureTree:
+        """``tree`` (every node, lazily: no data is read) as a ``CaptureTree``."""
+        if isinstance(tree, cls) and all(isinstance(n, cls) for n in tree.subtree):
+            return tree
+        nodes = {path: node.to_dataset(inherit=False) for path, node in tree.subtree_with_keys}
+        return cls.from_dict(nodes, name=tree.name)
 
 
 def layer_kfac_inputs(node: xr.DataTree | xr.Dataset, kind) -> tuple[np.ndarray, np.ndarray] | None:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from . import claims
+from ._atomic import atomic_write, atomic_write_text
 from .claims import TestKind
 from .provenance import make_attrs
 
@@ -298,6 +300,48 @@ def run_preset(module, preset: str, **overrides):
     return module.run(module.PRESETS[preset], **overrides)
 
 
+def _run_study(mod, preset: str, figdir: Path, datadir: Path, log) -> dict:
+    """Run one study's preset; save its Dataset (atomically), figures and verdicts."""
+    log(f"[{mod.NAME}] {mod.TITLE} ({preset})")
+    t0 = time.perf_counter()
+    rec = {"name": mod.NAME, "title": mod.TITLE, "figures": [], "verdicts": [], "error": None}
+    try:
+        cfg = mod.PRESETS[preset]
+        ds = mod.run(cfg) if dataclasses.is_dataclass(cfg) else mod.run(**cfg)
+        ds.attrs.update({k: v for k, v in make_attrs().items() if k not in ds.attrs})
+        ds.attrs["preset"] = preset
+        atomic_write(datadir / f"{mod.NAME}.nc", ds.to_netcdf)
+        rec["figures"] = [Path(p) for p in mod.plot(ds, figdir)]
+        rec["verdicts"] = list(mod.verdicts(ds))
+    except Exception as err:  # one study's failure is reported, not fatal
+        rec["error"] = f"{type(err).__name__}: {err}"
+        log(traceback.format_exc())
+    rec["seconds"] = time.perf_counter() - t0
+    for v in rec["verdicts"]:
+        log(f"  {v.claim:<6} {v.verdict:<16} {v.evidence}")
+    if rec["error"]:
+        log(f"  ERROR {rec['error']}")
+    return rec
+
+
+def _open_saved(saved: Path, log):
+    """A study's saved Dataset, loaded; None (logged, the file renamed ``*.damaged``) when
+    it cannot be read (truncated, empty, not netCDF)."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(saved) as ds:
+            return ds.load()
+    except Exception as err:  # noqa: BLE001  (any reader error means the file is unusable)
+        aside = saved.with_suffix(".nc.damaged")
+        os.replace(saved, aside)
+        log(
+            f"saved data {saved} cannot be read ({type(err).__name__}: {err}); moved to "
+            f"{aside.name}"
+        )
+        return None
+
+
 def reproduce(
     preset: str = "quick",
     only: list[str] | None = None,
@@ -306,6 +350,12 @@ def reproduce(
     log=print,
 ) -> list[dict]:
     """Run the studies, save data and figures, and write the report.
+
+    Every file (``figures/*.png|pdf``, ``figures/data/<study>.nc``, the report) is written
+    through a temporary file and a rename, so an interrupted run leaves the previous
+    version in place. A study not selected keeps its section from its saved Dataset; a
+    saved Dataset that cannot be read is named, moved aside (``*.nc.damaged``) and rebuilt
+    by running that study.
 
     Returns:
         One record per study: ``{"name", "title", "seconds", "figures", "verdicts",
@@ -323,35 +373,21 @@ def reproduce(
             raise ValueError(
                 f"study {mod.NAME} has no preset {preset!r}; available: {', '.join(mod.PRESETS)}"
             )
-        log(f"[{mod.NAME}] {mod.TITLE} ({preset})")
-        t0 = time.perf_counter()
-        rec = {"name": mod.NAME, "title": mod.TITLE, "figures": [], "verdicts": [], "error": None}
-        try:
-            cfg = mod.PRESETS[preset]
-            ds = mod.run(cfg) if dataclasses.is_dataclass(cfg) else mod.run(**cfg)
-            ds.attrs.update({k: v for k, v in make_attrs().items() if k not in ds.attrs})
-            ds.attrs["preset"] = preset
-            ds.to_netcdf(datadir / f"{mod.NAME}.nc")
-            rec["figures"] = [Path(p) for p in mod.plot(ds, figdir)]
-            rec["verdicts"] = list(mod.verdicts(ds))
-        except Exception as err:  # one study's failure is reported, not fatal
-            rec["error"] = f"{type(err).__name__}: {err}"
-            log(traceback.format_exc())
-        rec["seconds"] = time.perf_counter() - t0
-        for v in rec["verdicts"]:
-            log(f"  {v.claim:<6} {v.verdict:<16} {v.evidence}")
-        if rec["error"]:
-            log(f"  ERROR {rec['error']}")
-        records.append(rec)
+        records.append(_run_study(mod, preset, figdir, datadir, log))
     ran = {r["name"] for r in records}
     for mod in study_modules():  # keep the other studies' sections, from their saved data
         saved = datadir / f"{mod.NAME}.nc"
         if mod.NAME in ran or not saved.exists():
             continue
-        import xarray as xr
-
-        with xr.open_dataset(saved) as ds:
-            ds = ds.load()
+        ds = _open_saved(saved, log)
+        if ds is None:  # damaged: named, set aside and rebuilt by running the study
+            if preset not in mod.PRESETS:
+                raise ValueError(
+                    f"study {mod.NAME} has no preset {preset!r} to rebuild {saved} with"
+                )
+            log(f"[{mod.NAME}] rebuilding its damaged saved data {saved}")
+            records.append(_run_study(mod, preset, figdir, datadir, log))
+            continue
         rec = {
             "name": mod.NAME,
             "title": f"{mod.TITLE} [from saved data: {ds.attrs.get('preset', '?')} preset, "
@@ -473,7 +509,7 @@ def write_report(records: list[dict], path: Path, preset: str, figdir: Path) -> 
             if fig.suffix == ".png":
                 rel = _relpath(fig, path.parent)
                 lines += [f"![{fig.stem}]({rel})", ""]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _relpath(p: Path, start: Path) -> str:

@@ -282,8 +282,9 @@ class TrainResult:
             ``train_loss`` (the step's mini-batch loss), ``step_seconds`` (wall time of the
             jitted update, the first one including compilation), and ``eval_loss`` /
             ``eval_accuracy`` over ``eval_step`` (NaN accuracy for MSE models).
-        params: the final (or last finite) parameters and optimiser state.
-        opt_state: the final (or last finite) parameters and optimiser state.
+        params: the final parameters or, when the run failed, the last finite ones (those
+            before the update that produced a non-finite loss or parameter).
+        opt_state: the optimiser state that goes with ``params``.
         status: ``Status.OK`` or ``Status.NONFINITE`` (a non-finite or diverged
             loss stopped the run).
         failed_step: the step at which the run stopped (-1 if it finished).
@@ -360,11 +361,65 @@ def _inject(opt_state, hyperparams: Mapping[str, float]):
     return opt_state._replace(hyperparams=hp)
 
 
-def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict) -> None:
+def _checkpoint_fingerprint(
+    model: Model, ds: Dataset, params, opt_state, *, seed: int, batch_size: int, steps: int
+) -> dict:
+    """What identifies a run for resuming: model, data, parameter and optimiser layout."""
+
+    def leaves(tree):
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return [
+            [jax.tree_util.keystr(k), list(np.shape(x)), str(np.asarray(x).dtype)] for k, x in flat
+        ]
+
+    return {
+        "model": model.name,
+        "model_config": model.config_json(),
+        "dataset": [ds.name, int(len(ds.y_train)), list(ds.input_shape), int(ds.output_dim)],
+        "params": leaves(params),
+        "optimiser_state": [str(jax.tree_util.tree_structure(opt_state)), leaves(opt_state)],
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "steps": int(steps),
+    }
+
+
+#: Fingerprint entries that must agree for a checkpoint to be resumed (``steps`` may grow).
+_FINGERPRINT_NAMES = {
+    "model": "model",
+    "model_config": "model configuration",
+    "dataset": "dataset (name, training size, input shape, outputs)",
+    "params": "parameter shapes/dtypes",
+    "optimiser_state": "optimiser state structure",
+    "seed": "seed",
+    "batch_size": "batch_size",
+}
+
+
+def _brief(value, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _first_difference(saved, current) -> str:
+    """A short description of where two JSON-like values first differ."""
+    if isinstance(saved, list) and isinstance(current, list):
+        if len(saved) != len(current):
+            return f"{len(saved)} entries in the checkpoint, {len(current)} in this run"
+        for a, b in zip(saved, current, strict=True):
+            if a != b:
+                return _first_difference(a, b)
+    return f"checkpoint {_brief(saved)}, this run {_brief(current)}"
+
+
+def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict, fingerprint) -> None:
     """Write ``path`` atomically (temporary file in the same folder, then rename)."""
+    import json
+
     arrays = {f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(params))}
     arrays |= {f"o{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays |= {f"log_{k}": np.asarray(v, np.float64) for k, v in logs.items()}
+    arrays["fingerprint"] = np.asarray(json.dumps(fingerprint, sort_keys=True))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     os.close(fd)
     try:
@@ -376,21 +431,88 @@ def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict) -> No
             os.remove(tmp)
 
 
-def _load_checkpoint(path: Path, params, opt_state):
-    with np.load(path) as z:
-        pleaves, ptree = jax.tree_util.tree_flatten(params)
-        oleaves, otree = jax.tree_util.tree_flatten(opt_state)
-        np_, no = sum(k.startswith("p") for k in z), sum(k.startswith("o") for k in z)
-        if np_ != len(pleaves) or no != len(oleaves):
-            raise ValueError(f"{path}: checkpoint does not match this model and optimiser")
-        params = jax.tree_util.tree_unflatten(
-            ptree, [jnp.asarray(z[f"p{i}"], a.dtype) for i, a in enumerate(pleaves)]
-        )
-        opt_state = jax.tree_util.tree_unflatten(
-            otree, [jnp.asarray(z[f"o{i}"], jnp.asarray(a).dtype) for i, a in enumerate(oleaves)]
-        )
-        logs = {k[4:]: list(z[k]) for k in z if k.startswith("log_")}
-        return int(z["step"]), params, opt_state, logs
+def _load_checkpoint(path: Path, params, opt_state, fingerprint: dict):
+    """Resume from ``path``; refuse (``CheckpointError``) one written by another run.
+
+    Raises:
+        CheckpointError: the file is unreadable (truncated, not an ``.npz``), has no
+            fingerprint, or its fingerprint differs from this run's (the message names
+            what differs), or it is further along than ``steps``.
+    """
+    import json
+    import zipfile
+
+    from .errors import CheckpointError
+
+    fresh = "resume with the run's settings, or pass another checkpoint path (or delete it)"
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); delete it or "
+            "pass another checkpoint path to start afresh."
+        ) from err
+    with z:
+        try:
+            if "fingerprint" not in z:
+                raise CheckpointError(
+                    f"{path}: checkpoint has no fingerprint (written by an older precond_lab "
+                    "or another program), so it cannot be matched to this run; delete it or "
+                    "pass another checkpoint path."
+                )
+            saved = json.loads(str(z["fingerprint"]))
+            diffs = [
+                f"{label}: {_first_difference(saved.get(key), fingerprint[key])}"
+                for key, label in _FINGERPRINT_NAMES.items()
+                if saved.get(key) != fingerprint[key]
+            ]
+            if diffs:
+                raise CheckpointError(
+                    f"{path}: checkpoint does not match this run — " + "; ".join(diffs) + f". "
+                    f"To continue it, {fresh}."
+                )
+            step = int(z["step"])
+            if step > fingerprint["steps"]:
+                raise CheckpointError(
+                    f"{path}: checkpoint does not match this run — it is at step {step}, "
+                    f"beyond this run's steps={fingerprint['steps']}; pass steps ≥ {step}, or "
+                    "another checkpoint path."
+                )
+            pleaves, ptree = jax.tree_util.tree_flatten(params)
+            oleaves, otree = jax.tree_util.tree_flatten(opt_state)
+            params = jax.tree_util.tree_unflatten(
+                ptree, [jnp.asarray(z[f"p{i}"], a.dtype) for i, a in enumerate(pleaves)]
+            )
+            opt_state = jax.tree_util.tree_unflatten(
+                otree,
+                [jnp.asarray(z[f"o{i}"], jnp.asarray(a).dtype) for i, a in enumerate(oleaves)],
+            )
+            logs = {k[4:]: list(z[k]) for k in z if k.startswith("log_")}
+        except (KeyError, OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{path}: checkpoint is damaged ({type(err).__name__}: {err}); delete it or "
+                "pass another checkpoint path to start afresh."
+            ) from err
+        return step, params, opt_state, logs
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is finite (one fused reduction)."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
+    return int(value)
 
 
 def train(
@@ -427,8 +549,11 @@ def train(
         eval_samples: test examples per evaluation.
         probe: score the optimiser's own preconditioner at these steps (``Probe``).
         checkpoint: an ``.npz`` path; written atomically every ``checkpoint_every`` steps
-            and at the end, and resumed from when it exists (same model and optimiser).
-        checkpoint_every: steps between checkpoints.
+            and at the end, and resumed from when it exists. It records a fingerprint of
+            the run (model and its configuration, dataset, parameter shapes and dtypes,
+            optimiser state structure, seed, batch size, steps); a checkpoint of another
+            run is refused, naming what differs. ``steps`` may grow (continue a run).
+        checkpoint_every: steps between checkpoints (an integer ≥ 1).
         divergence_factor: stop when the mini-batch loss exceeds this × the first loss.
         model_options: options for a model given by name.
         hyperparams: values of ``tx``'s injected hyper-parameters for this run (``tx``
@@ -440,13 +565,27 @@ def train(
         A ``TrainResult``.
 
     Raises:
-        ValueError: bad sizes, or a probe the optimiser state cannot answer.
+        ValueError: bad sizes or options, or a probe the optimiser state cannot answer.
+        CheckpointError: ``checkpoint`` is unreadable or was written by another run.
     """
+    steps = _check_int("steps", steps, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    eval_every = _check_int("eval_every", eval_every, 0)
+    eval_samples = _check_int("eval_samples", eval_samples, 0)
+    checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+    if not (isinstance(divergence_factor, (int, float)) and divergence_factor > 1):
+        raise ValueError(
+            f"divergence_factor must be a number > 1 (or inf to never stop on growth); got "
+            f"{divergence_factor!r}"
+        )
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     if isinstance(model, str):
         model = make_model(model, ds, **dict(model_options or {}))
-    if steps < 1 or not 1 <= batch_size <= len(ds.y_train):
-        raise ValueError(f"need steps ≥ 1 and 1 ≤ batch_size ≤ {len(ds.y_train)}")
+    if batch_size > len(ds.y_train):
+        raise ValueError(
+            f"batch_size must be at most the {len(ds.y_train)} training examples; got {batch_size}"
+        )
     params = model.init(jax.random.PRNGKey(seed))
     opt_state = tx.init(params)
     if hyperparams:
@@ -459,8 +598,15 @@ def train(
     logs: dict[str, list] = {"train_loss": [], "step_seconds": [], "eval_step": [], "eval": []}
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = None
+    if ckpt is not None:
+        if not ckpt.parent.is_dir():
+            raise ValueError(f"checkpoint: the folder {ckpt.parent} does not exist")
+        fingerprint = _checkpoint_fingerprint(
+            model, ds, params, opt_state, seed=seed, batch_size=batch_size, steps=steps
+        )
     if ckpt is not None and ckpt.exists():
-        start, params, opt_state, saved = _load_checkpoint(ckpt, params, opt_state)
+        start, params, opt_state, saved = _load_checkpoint(ckpt, params, opt_state, fingerprint)
         logs = {k: list(saved.get(k, [])) for k in logs}
         logs["eval_step"] = [int(x) for x in logs["eval_step"]]
         logs["eval"] = [tuple(r) for r in np.reshape(logs["eval"], (-1, 2))]
@@ -491,11 +637,14 @@ def train(
         if not np.isfinite(loss) or loss > divergence_factor * max(first, 1e-12):
             status, failed = Status.NONFINITE, s
             break
+        if not bool(_all_finite(new[0])):  # a finite loss, but the update made NaN/Inf
+            status, failed = Status.NONFINITE, s
+            break
         params, opt_state = new[0], new[1]
         if ckpt is not None and (s + 1) % checkpoint_every == 0:
-            _save_checkpoint(ckpt, s + 1, params, opt_state, _flat_logs(logs))
+            _save_checkpoint(ckpt, s + 1, params, opt_state, _flat_logs(logs), fingerprint)
     if ckpt is not None and status is Status.OK:
-        _save_checkpoint(ckpt, steps, params, opt_state, _flat_logs(logs))
+        _save_checkpoint(ckpt, steps, params, opt_state, _flat_logs(logs), fingerprint)
     return TrainResult(
         _history(logs),
         params,

@@ -26,7 +26,7 @@ from precond_lab.errors import (
     UnsupportedDtypeError,
 )
 from precond_lab.structures import Diagonal, EigenKronecker, Kronecker
-from precond_lab.targets import DenseTarget, SampleTarget
+from precond_lab.targets import DenseTarget, FactoredTarget, SampleTarget
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,6 +69,41 @@ def _neg_weights():
     w = np.full(K, 1.0 / K)
     w[:12] = -1.0
     return w
+
+
+def _factors(dtype=np.float64, scale=1.0, terms=1):
+    rng = np.random.default_rng(2)
+    u = rng.standard_normal((K, terms, M)) * scale
+    v = rng.standard_normal((K, terms, N)) * scale
+    return u.astype(dtype), v.astype(dtype)
+
+
+def _train(**kwargs):
+    import optax
+
+    from precond_lab.train import train
+
+    kwargs = {"steps": 2, "batch_size": 4} | kwargs
+    return train("mlp", "teacher", optax.sgd(1e-2), model_options={"hidden": (3,)}, **kwargs)
+
+
+def _heldout():
+    import precond_lab.heldout as heldout
+
+    return heldout
+
+
+def _interop():
+    from precond_lab import interop
+
+    return interop
+
+
+def _capture(**kwargs):
+    from precond_lab.capture import capture
+
+    kwargs = {"model": "mlp", "num_samples": 4, "batch_size": 4} | kwargs
+    return capture(kwargs.pop("model"), "digits", **kwargs)
 
 
 def _online(fn):
@@ -208,6 +243,44 @@ CASES = [
         lambda: est.shampoo_squared(_g(np.float32, 1e-30)),
         DegenerateInputError,
         r"underflow.*float32.*rescale.*float64",
+    ),
+    # --- FactoredTarget: the same checks as SampleTarget (issue 23, item 2) ---
+    (
+        "factored: dead layer (all-zero factors), cosine",
+        lambda: met.cosine_similarity(FactoredTarget(*_factors(scale=0.0)), _kron()),
+        DegenerateInputError,
+        r"FactoredTarget: target zero, tr Σ = 0 \(every sample, or every weight",
+    ),
+    (
+        "factored: all-zero weights",
+        lambda: FactoredTarget(*_factors(), weights=np.zeros(K)),
+        DegenerateInputError,
+        r"weights are all zero|target zero",
+    ),
+    (
+        "factored: float32 factors ×1e20 overflow",
+        lambda: FactoredTarget(*_factors(np.float32, 1e20)),
+        NonFiniteError,
+        r"FactoredTarget: ‖G‖² of sample 0 overflows float32 although its factors are "
+        r"finite.*rescale.*float64",
+    ),
+    (
+        "factored: float32 factors ×1e-12 underflow",
+        lambda: FactoredTarget(*_factors(np.float32, 1e-12, terms=2)),
+        DegenerateInputError,
+        r"FactoredTarget: tr Σ = Σ w‖G‖² underflows to 0 in float32.*rescale.*float64",
+    ),
+    (
+        "factored: NaN in the right factor",
+        lambda: FactoredTarget(_factors()[0], np.where(np.arange(N) == 1, np.nan, _factors()[1])),
+        NonFiniteError,
+        r"right factors contain NaN or Inf: first at sample index 0",
+    ),
+    (
+        "factored: centered, every sample equal",
+        lambda: FactoredTarget(np.ones((K, 1, M)), np.ones((K, 1, N)), center=True),
+        DegenerateInputError,
+        r"FactoredTarget: target zero",
     ),
     (
         "float16 samples",
@@ -376,6 +449,155 @@ CASES = [
         r"k must be an integer in \[1, inf\); got -1",
     ),
     # --- direction_quality checks its gradient ---
+    # --- train: options (issue 23, items 3 and 6) ---
+    (
+        "train checkpoint_every=0",
+        lambda: _train(checkpoint_every=0),
+        ValueError,
+        r"checkpoint_every must be an integer ≥ 1; got 0",
+    ),
+    ("train steps=0", lambda: _train(steps=0), ValueError, r"steps must be an integer ≥ 1; got 0"),
+    (
+        "train steps=2.5",
+        lambda: _train(steps=2.5),
+        ValueError,
+        r"steps must be an integer ≥ 1; got 2\.5",
+    ),
+    (
+        "train batch_size above the training set",
+        lambda: _train(batch_size=10**9),
+        ValueError,
+        r"batch_size must be at most the \d+ training examples",
+    ),
+    (
+        "train eval_every=-1",
+        lambda: _train(eval_every=-1),
+        ValueError,
+        r"eval_every must be an integer ≥ 0",
+    ),
+    (
+        "train divergence_factor nan",
+        lambda: _train(divergence_factor=float("nan")),
+        ValueError,
+        r"divergence_factor must be a number > 1",
+    ),
+    (
+        "train checkpoint into a missing folder",
+        lambda: _train(checkpoint="/nonexistent-dir/x.npz"),
+        ValueError,
+        r"checkpoint: the folder /nonexistent-dir does not exist",
+    ),
+    # --- options: counts, iterations, sizes (issue 23, item 6) ---
+    (
+        "heldout num_directions=0",
+        lambda: _heldout().heldout_scale_error(_g(), _g(), num_directions=0),
+        ValueError,
+        r"num_directions must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "heldout num_directions=-1",
+        lambda: _heldout().source_directions(_g(), -1),
+        ValueError,
+        r"num_directions must be an integer in \[1, inf\); got -1",
+    ),
+    (
+        "heldout num_directions=2.5",
+        lambda: _heldout().source_directions(_g(), 2.5),
+        TypeError,
+        r"num_directions must be an integer; got 2\.5",
+    ),
+    (
+        "subspace_overlap k_max=0",
+        lambda: _heldout().subspace_overlap(_g(), _kron(), k_max=0),
+        ValueError,
+        r"k_max must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "heldout_gain_error approx_damping nan",
+        lambda: _heldout().heldout_gain_error(_g(), _g(), _kron(), approx_damping=float("nan")),
+        ValueError,
+        r"approx_damping must be a real number in \[0, inf\); got nan",
+    ),
+    (
+        "heldout_scale_error no held-out fold",
+        lambda: _heldout().heldout_scale_error(_g(), []),
+        ValueError,
+        r"heldout is an empty list",
+    ),
+    (
+        "inverse_quadratic NaN direction",
+        lambda: _heldout().inverse_quadratic(_kron(), np.full((2, M, N), np.nan)),
+        NonFiniteError,
+        r"directions contains non-finite values \(NaN\) at direction index 0",
+    ),
+    (
+        "directional_scales Inf direction",
+        lambda: _heldout().directional_scales(
+            _g(), np.where(np.arange(2)[:, None, None] == 1, np.inf, np.ones((2, M, N)))
+        ),
+        NonFiniteError,
+        r"directions contains non-finite values \(Inf\) at direction index 1",
+    ),
+    (
+        "interop as_matrices no samples",
+        lambda: _interop().sample_target(np.ones((0, M, N))),
+        ValueError,
+        r"gradients are empty \(shape \(0, 3, 4\)\): at least one sample is needed",
+    ),
+    (
+        "bregman_optimal max_iter=0",
+        lambda: est.bregman_optimal(_g(), 0.5, max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "bregman_optimal tol nan",
+        lambda: est.bregman_optimal(_g(), 0.5, tol=float("nan")),
+        ValueError,
+        r"tol must be a real number in \[0, inf\); got nan",
+    ),
+    (
+        "frobenius_optimal max_iter=0",
+        lambda: est.frobenius_optimal(_g(), max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "frobenius_optimal krylov_dim=0",
+        lambda: est.frobenius_optimal(_g(), krylov_dim=0),
+        ValueError,
+        r"krylov_dim must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "frobenius_optimal tol -1",
+        lambda: est.frobenius_optimal(_g(), tol=-1.0),
+        ValueError,
+        r"tol must be a real number in \[0, inf\); got -1\.0",
+    ),
+    (
+        "kl_optimal max_iter=0",
+        lambda: est.kl_optimal(_g(), max_iter=0),
+        ValueError,
+        r"max_iter must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "capture layers=[]",
+        lambda: _capture(layers=[]),
+        ValueError,
+        r"layers is empty: name at least one layer, or omit it",
+    ),
+    (
+        "capture mlp hidden=[0]",
+        lambda: _capture(model_options={"hidden": [0]}),
+        ValueError,
+        r"model 'mlp': hidden must be positive integer\(s\); got \[0\]",
+    ),
+    (
+        "capture cnn kernel=0",
+        lambda: _capture(model="cnn", model_options={"kernel": 0}),
+        ValueError,
+        r"model 'cnn': kernel must be positive integer\(s\); got 0",
+    ),
     (
         "direction_quality NaN gradient",
         lambda: met.direction_quality(_g(), _kron(), np.full((M, N), np.nan)),
@@ -411,6 +633,31 @@ CLI_CASES = [
         "demo --out into a file",
         ["demo", "--out", "{tmp}/a_file/x.nc"],
         r"--out: the folder .*a_file does not exist",
+    ),
+    (
+        "reproduce --only ''",
+        ["reproduce", "--only", "", "--figures", "{tmp}/figs"],
+        r"--only names no study; available: .*identities",
+    ),
+    (
+        "reproduce --only ,",
+        ["reproduce", "--only", " , ", "--figures", "{tmp}/figs"],
+        r"--only names no study",
+    ),
+    (
+        "capture --layers ,",
+        ["capture", "--layers", ",", "--out", "{tmp}/figs/x.zarr", "--no-progress"],
+        r"--layers names no layer",
+    ),
+    (
+        "capture --model-options hidden 0",
+        ["capture", "--model-options", '{{"hidden": [0]}}', "--out", "{tmp}/figs/x.zarr"],
+        r"hidden must be positive integer",
+    ),
+    (
+        "demo --train-steps -3",
+        ["demo", "--train-steps", "-3"],
+        r"--train-steps must be ≥ 0; got -3",
     ),
     (
         "reproduce --only unknown",

@@ -126,3 +126,43 @@ def test_browser_renders_index_api_and_notebook(site, tmp_path):
 
     pixels = mpimg.imread(shot)
     assert pixels.shape[0] >= 3000 and pixels[..., :3].std() > 0.05, "blank screenshot"
+
+
+def test_notebook_pages_hide_the_build_machine_paths():
+    """Executed notebook cells printed paths of the machine that built the site."""
+    sys.path.insert(0, str(ROOT / "docs" / "_hooks"))
+    try:
+        import notebooks as hook
+    finally:
+        sys.path.pop(0)
+    import sysconfig
+    import tempfile
+
+    site_packages = sysconfig.get_paths()["purelib"]
+    html = (
+        f"<pre>{ROOT}/precond_lab/capture/layout.py:12: LayoutWarning: …\n"
+        f"{site_packages}/jax/_src/x.py:3: UserWarning\n"
+        f"saved to {tempfile.gettempdir()}/tmpab12/hidden_grads.npy</pre>"
+    )
+    out = hook.scrub_paths(html)
+    assert str(ROOT) not in out and site_packages not in out
+    assert "<repo>/precond_lab/capture/layout.py:12" in out
+    assert "<site-packages>/jax/_src/x.py" in out and "<tmp>/tmpab12/hidden_grads.npy" in out
+    assert hook.scrub_paths(f"{ROOT}x/y") == f"{ROOT}x/y"  # only whole path components
+
+
+def test_search_works_from_file_urls(site):
+    """mkdocs' search fetches search_index.json, which a browser refuses from file://; the
+    offline plugin ships the index as a script and runs the search worker in an iframe."""
+    assert (site / "search" / "search_index.js").read_text().startswith("var __index = {")
+    assert "iframe-worker" in (site / "index.html").read_text()
+
+
+def test_no_build_path_in_notebook_pages(site):
+    """A tqdm warning printed during execution showed the builder's site-packages path."""
+    import sysconfig
+
+    for page in sorted((site / "notebooks").glob("*.html")):
+        html = page.read_text()
+        assert str(ROOT) not in html, page.name
+        assert sysconfig.get_paths()["purelib"] not in html, page.name

@@ -3,6 +3,8 @@
 Dense float64 references: every operator product is checked against ``to_dense() @ vec``.
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import xarray as xr
 
 from precond_lab import estimators as est
 from precond_lab import interop
-from precond_lab.errors import UnsupportedDtypeError
+from precond_lab.errors import FileFormatError, UnsupportedDtypeError
 from precond_lab.evaluate import evaluate
 from precond_lab.structures import Diagonal, Kronecker
 from precond_lab.targets import DenseTarget, FactoredTarget, SampleTarget
@@ -226,3 +228,98 @@ def test_evaluate_dict_source_kfac_inputs_per_layer():
     tree = xr.DataTree(dataset=xr.Dataset(attrs={"layers": ""}))
     with pytest.raises(ValueError, match="kfac_inputs= is for dict sources"):
         evaluate(tree, estimators=["kfac"], kfac_inputs={"gradients": (a, d)}, progress=False)
+
+
+# ------------------------------------------------------------------ issue 23, item 4
+
+
+def test_evaluate_reads_from_torch_results_as_layers_of_gradients(tmp_path):
+    """``evaluate(interop.from_torch("grads.pt"))`` took the parameter names for kinds."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    grads = {
+        "fc1.weight": rng.standard_normal((16, 3, 4)),
+        "fc2.bias": rng.standard_normal((16, 2)),
+    }
+    torch.save({k: torch.tensor(v) for k, v in grads.items()}, tmp_path / "grads.pt")
+    loaded = interop.from_torch(tmp_path / "grads.pt")
+    assert isinstance(loaded, dict) and loaded["fc1.weight"].shape == (16, 3, 4)
+    ds = evaluate(loaded, estimators=["shampoo_squared"], metrics=["cosine"])
+    assert list(ds.coords["layer"].values) == ["fc1.weight", "fc2.bias"]
+    assert list(ds.coords["target"].values) == ["gradients"]
+    with pytest.raises(ValueError, match=r"look like parameter names.*\{layer: \{'gradients'"):
+        evaluate(dict(loaded), estimators=["shampoo_squared"], metrics=["cosine"])
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("empty.pt", b""),
+        ("garbage.pt", b"not a torch file at all" * 10),
+        ("empty.npy", b""),
+        ("garbage.npy", b"\x93NUMPY garbage"),
+        ("garbage.npz", b"PK\x03\x04 garbage"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path, name, content):
+    pytest.importorskip("torch")
+    path = tmp_path / name
+    path.write_bytes(content)
+    reader = interop.from_torch if name.endswith(".pt") else interop.from_npy
+    with pytest.raises(FileFormatError, match=rf"{re.escape(str(path))}: cannot be read"):
+        reader(path)
+
+
+def test_truncated_pt_npy_npz_files_are_named(tmp_path):
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(0).standard_normal((8, 3, 4))
+    torch.save({"w": torch.tensor(g)}, tmp_path / "g.pt")
+    np.save(tmp_path / "g.npy", g)
+    np.savez(tmp_path / "g.npz", g=g)
+    np.savez(tmp_path / "two.npz", a=g, b=g)
+    np.testing.assert_array_equal(interop.from_npy(tmp_path / "g.npz"), g)
+    np.testing.assert_array_equal(interop.from_npy(tmp_path / "two.npz", key="b"), g)
+    with pytest.raises(FileFormatError, match=r"two\.npz: holds 2 arrays \['a', 'b'\]; pick one"):
+        interop.from_npy(tmp_path / "two.npz")
+    for name, reader in (
+        ("g.pt", interop.from_torch),
+        ("g.npy", interop.from_npy),
+        ("g.npz", interop.from_npy),
+    ):
+        path = tmp_path / name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(FileFormatError, match=rf"{re.escape(name)}: cannot be read"):
+            reader(path)
+    with pytest.raises(FileFormatError, match=r"missing\.pt: no such file"):
+        interop.from_torch(tmp_path / "missing.pt")
+
+
+def test_from_curvlinops_on_a_real_ggn_operator_by_block_products():
+    """A real curvlinops ``GGNLinearOperator`` raised "Input must be tensor" (its test used a
+    fake taking NumPy vectors); it is now read with one ``op @ E`` per block of columns."""
+    torch = pytest.importorskip("torch")
+    curvlinops = pytest.importorskip("curvlinops")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)
+    ).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    params = list(model.parameters())
+    op = curvlinops.GGNLinearOperator(model, torch.nn.MSELoss(), params, [(x, y)])
+    dense = np.stack([op.to_scipy() @ e for e in np.eye(op.shape[1])], axis=1)  # reference
+    calls = []
+    matmat = op._matmat
+    op._matmat = lambda m: calls.append(m[0].shape[-1]) or matmat(m)
+    offset = 0
+    for p in params:
+        size = p.numel()
+        t = interop.from_curvlinops(op, tuple(p.shape), offset=offset)
+        want = dense[offset : offset + size, offset : offset + size]
+        np.testing.assert_allclose(np.asarray(t.to_dense()), want, atol=1e-12)
+        offset += size
+    assert calls == [p.numel() for p in params]  # one product per parameter, all columns
+    with pytest.raises(ValueError, match=r"offset 20 is outside \[0, 17\]"):
+        interop.from_curvlinops(op, (2, 3), offset=20)
+    with pytest.raises(ValueError, match=r"offset -1 is outside"):
+        interop.from_curvlinops(op, (3, 4), offset=-1)

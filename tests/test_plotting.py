@@ -186,3 +186,39 @@ def test_labels():
     assert pl.estimator_label("custom") == "custom"
     assert pl.target_label("batch_32") == "Batch gradients (B = 32)"
     assert pl.metric_label("kl") == "KL divergence"
+
+
+def test_bars_draw_a_fit_that_did_not_converge_as_a_failure(sweep):
+    """A not-converged fit with a finite score was drawn as a normal bar (issue 23)."""
+    ds = sweep.sel(step=[10]).copy(deep=True)
+    ds["status"].loc[{"target": "gradients", "estimator": "kl_optimal"}] = "not_converged"
+    fig = pl.plot_metric_bars(ds, ["kl_rescaled"])
+    ax = _panels(fig)[0]
+    bars = {c.get_label(): list(c) for c in ax.containers}
+    bad = bars[pl.estimator_label("kl_optimal")][0]  # target "gradients" comes first
+    good = bars[pl.estimator_label("kl_optimal")][1]
+    assert bad.get_hatch() == "////" and good.get_hatch() is None
+    assert bad.get_facecolor()[3] < 0.5 and good.get_facecolor()[3] == 1.0
+    assert np.isfinite(bad.get_height())  # the number is still shown, marked as a failure
+    assert "n.c." in [t.get_text() for t in ax.texts]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("did not succeed" in lab for lab in labels)
+    # all fits ok: nothing hatched, no extra legend entry
+    fig = pl.plot_metric_bars(sweep, ["kl_rescaled"], step=10)
+    assert all(b.get_hatch() is None for c in _panels(fig)[0].containers for b in c)
+    assert not any("did not succeed" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_estimator_styles_are_distinct():
+    """A user estimator took Shampoo²'s colour; kfac(expand)/kfac(reduce) shared one, as
+    did eigencorrected and bregman_optimal (colour and marker)."""
+    builtin = [f"{n}{e.example_args or ''}" for n, e in est.ESTIMATORS.items()]
+    styles = {n: pl.estimator_style(n) for n in builtin if n.split("(")[0] != "power_iteration"}
+    styles["kfac(reduce)"] = pl.estimator_style("kfac(reduce)")
+    assert pl.estimator_style("kfac(expand)") == pl.estimator_style("kfac")  # the default
+    pairs = {(s["color"], s["marker"]) for s in styles.values()}
+    assert len(pairs) == len(styles), styles
+    assert styles["kfac(reduce)"]["color"] != pl.estimator_style("kfac(expand)")["color"]
+    taken = {s["color"] for s in styles.values()}
+    users = [pl.estimator_style(f"user_{i}", i)["color"] for i in range(4)]
+    assert not set(users) & taken and len(set(users)) == 4

@@ -242,3 +242,56 @@ def test_saved_data_of_an_older_study_version_is_an_error_row_not_a_crash(tmp_pa
     records = study.reproduce("quick", only=["a"], figdir=figs, report=report, log=lambda *a: None)
     assert "does not fit this version" in records[1]["error"] and "--only b" in records[1]["error"]
     assert "| b | — | — | — | error |" in report.read_text()
+
+
+def test_a_damaged_saved_dataset_is_named_and_rebuilt(tmp_path, monkeypatch):
+    """Issue 23: a truncated figures/data/b.nc made every ``reproduce --only a`` fail."""
+    import xarray as xr
+
+    import precond_lab.study as study
+
+    mods = {"a": _fake_study("a", 1e-15), "b": _fake_study("b", 0.5)}
+    monkeypatch.setattr(
+        study, "study_modules", lambda only=None: [mods[o] for o in (only or sorted(mods))]
+    )
+    figs, report = tmp_path / "figs", tmp_path / "REPORT.md"
+    study.reproduce("quick", figdir=figs, report=report, log=lambda *a: None)
+    saved = figs / "data" / "b.nc"
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 3])
+    logged = []
+    records = study.reproduce("quick", only=["a"], figdir=figs, report=report, log=logged.append)
+    assert [r["name"] for r in records] == ["a", "b"] and not any(r["error"] for r in records)
+    assert any(f"saved data {saved} cannot be read" in str(m) for m in logged), logged
+    assert (figs / "data" / "b.nc.damaged").exists()
+    with xr.open_dataset(saved) as ds:  # rebuilt by running b
+        assert float(ds["error"]) == 0.5
+    assert "| derived | **does not hold** | error 5.0e-01 |" in report.read_text()
+
+
+def test_reproduce_writes_every_file_through_a_rename(tmp_path, monkeypatch):
+    """Figures, the study's Dataset and the report are never written in place."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    import precond_lab.study as study
+    from precond_lab import plotting
+
+    mod = _fake_study("a", 1e-15)
+    mod.plot = lambda ds, figdir: plotting.save(plt.figure(), Path(figdir) / "a_fig")
+    monkeypatch.setattr(study, "study_modules", lambda only=None: [mod])
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append(Path(dst).name)
+        assert Path(src).parent == Path(dst).parent and Path(src).name.startswith(".")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    figs, report = tmp_path / "figs", tmp_path / "REPORT.md"
+    study.reproduce("quick", figdir=figs, report=report, log=lambda *a: None)
+    assert sorted(renamed) == ["REPORT.md", "a.nc", "a_fig.pdf", "a_fig.png"]
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary left
+    plt.close("all")

@@ -12,7 +12,7 @@ import pytest
 
 from precond_lab import online
 from precond_lab.capture import load_dataset, make_model
-from precond_lab.errors import Status
+from precond_lab.errors import CheckpointError, Status
 from precond_lab.structures import Diagonal, EigenKronecker
 from precond_lab.train import Probe, preconditioner_of, state_bytes, train
 
@@ -56,11 +56,71 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
         train(model, ds, optax.sgd(1e-2), steps=20, batch_size=8, seed=1, checkpoint=ck)
 
 
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
+    """Issue 23: another width, seed, optimiser or a shorter run resumed and reported ok."""
+    ds, model = _teacher()
+    ck = tmp_path / "run.npz"
+    train(model, ds, optax.adam(1e-2), steps=10, batch_size=8, seed=1, checkpoint=ck)
+    before = ck.read_bytes()
+    wider = make_model("mlp", ds, dtype="float64", hidden=(8,))
+    cases = [
+        (dict(model=wider), r"model configuration: .*parameter shapes/dtypes: "),
+        (dict(seed=2), r"seed: checkpoint 1, this run 2"),
+        (dict(tx=optax.sgd(1e-2)), r"optimiser state structure"),
+        (dict(batch_size=16), r"batch_size: checkpoint 8, this run 16"),
+        (dict(steps=5), r"at step 10, beyond this run's steps=5"),
+    ]
+    for change, message in cases:
+        kwargs = dict(model=model, tx=optax.adam(1e-2), steps=20, batch_size=8, seed=1) | change
+        m, tx = kwargs.pop("model"), kwargs.pop("tx")
+        with pytest.raises(CheckpointError, match=r"run\.npz: checkpoint does not match"):
+            train(m, ds, tx, checkpoint=ck, **kwargs)
+        with pytest.raises(CheckpointError, match=message):
+            train(m, ds, tx, checkpoint=ck, **kwargs)
+    assert ck.read_bytes() == before  # a refused checkpoint is left as it was
+    # a truncated or foreign file is named, not a raw zipfile traceback
+    ck.write_bytes(before[: len(before) // 2])
+    with pytest.raises(CheckpointError, match=r"run\.npz: (not a readable|checkpoint is damaged)"):
+        train(model, ds, optax.adam(1e-2), steps=20, batch_size=8, seed=1, checkpoint=ck)
+    np.savez(ck, step=np.int64(3), p0=np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"run\.npz: checkpoint has no fingerprint"):
+        train(model, ds, optax.adam(1e-2), steps=20, batch_size=8, seed=1, checkpoint=ck)
+
+
 def test_divergence_and_nan_stop_the_run():
     ds, model = _teacher()
     run = train(model, ds, optax.sgd(1e3), steps=50, batch_size=16)
     assert run.status is Status.NONFINITE and 0 <= run.failed_step < 50 and run.failed
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.params))  # last finite state
+
+
+def _nan_at(count: int) -> optax.GradientTransformation:
+    """SGD whose update at step ``count`` is NaN (the loss before it is finite)."""
+
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(grads, state, params=None):
+        scale = jnp.where(state == count, jnp.nan, -1e-2)
+        return jax.tree.map(lambda g: scale * g, grads), state + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_a_run_whose_update_is_nan_keeps_the_last_finite_parameters(tmp_path):
+    """Issue 23: the update at step 3 made the parameters NaN with a finite loss; the run
+    went on and returned the NaN parameters as its 'last finite' ones."""
+    ds, model = _teacher()
+    ck = tmp_path / "run.npz"
+    run = train(model, ds, _nan_at(3), steps=10, batch_size=8, checkpoint=ck, checkpoint_every=1)
+    assert run.status is Status.NONFINITE and run.failed_step == 3
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.params))
+    three = train(model, ds, _nan_at(99), steps=3, batch_size=8)
+    for x, y in zip(jax.tree.leaves(run.params), jax.tree.leaves(three.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert int(run.opt_state) == 3  # the state that goes with those parameters
+    with np.load(ck) as z:  # the last checkpoint is the last finite step
+        assert int(z["step"]) == 3
 
 
 def test_state_bytes_counts_every_array():

@@ -3,10 +3,19 @@
 The notebooks live next to the package, not under ``docs/``; this hook adds each
 ``notebooks/NN_*.py`` to the site's files as ``notebooks/NN_*.py``, so mkdocs-jupyter
 executes and renders it (with its figures) like a page of the docs.
+
+Executed cells can print paths of the machine that built the site (a warning names its
+source file, a temporary folder its location): ``on_post_page`` rewrites them in notebook
+pages as ``<repo>/…``, ``<site-packages>/…``, ``<tmp>/…`` and ``~/…``.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import site
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -27,3 +36,32 @@ def on_files(files, config):
             )
         )
     return files
+
+
+def _build_paths() -> list[tuple[str, str]]:
+    """``(path prefix, placeholder)`` pairs, longest prefix first."""
+    pairs = [(str(ROOT), "<repo>")]
+    for key in ("purelib", "platlib"):
+        pairs.append((sysconfig.get_paths()[key], "<site-packages>"))
+    pairs += [(p, "<site-packages>") for p in site.getsitepackages()]
+    pairs.append((os.path.realpath(tempfile.gettempdir()), "<tmp>"))
+    pairs.append((tempfile.gettempdir(), "<tmp>"))
+    pairs.append((str(Path.home()), "~"))
+    seen = {}
+    for prefix, name in pairs:
+        if prefix and prefix not in ("/", ".") and prefix not in seen:
+            seen[prefix] = name
+    return sorted(seen.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub_paths(html: str) -> str:
+    """``html`` with the build machine's paths replaced by placeholders."""
+    for prefix, name in _build_paths():
+        html = re.sub(re.escape(prefix) + r"(?=[/\\\s\"'<:]|$)", name, html)
+    return html
+
+
+def on_post_page(output, page, config):
+    if page.file.src_uri.startswith("notebooks/"):
+        return scrub_paths(output)
+    return output

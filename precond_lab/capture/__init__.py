@@ -32,6 +32,7 @@ from .discover import Layer, discover, kfac_model
 from .factors import layer_factors, layer_target
 from .frameworks import as_apply
 from .ggn import LOSSES, hessian_sqrt, per_example_loss
+from .kfac import KFACSkippedWarning
 from .layout import LAYOUTS, LayoutWarning
 from .models import MODELS, Model, Tape, make_model
 from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
@@ -39,6 +40,7 @@ from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_st
 __all__ = [
     "DATASETS",
     "LAYOUTS",
+    "KFACSkippedWarning",
     "Layer",
     "LayoutWarning",
     "LOSSES",

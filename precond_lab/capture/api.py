@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import platform
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..schema import (
     VARIABLE_DIMS,
     WEIGHT,
     CaptureTarget,
+    CaptureTree,
     Dim,
     Kind,
     batch_group,
@@ -47,7 +49,7 @@ from .data import Dataset, from_arrays, load_dataset
 from .discover import user_model
 from .frameworks import as_apply
 from .integrity import check_step_finite
-from .kfac import KFAC_TARGETS, kfac_layer
+from .kfac import KFAC_DENSE_TWIN, KFAC_TARGETS, KFACSkippedWarning, kfac_layer
 from .layout import describe, flat_params, matrix_shape, row_axes_for, to_matrix, warn_guessed
 from .models import Model, make_model
 from .per_example import Request, make_capture_fn, run_chunked, sample_keys
@@ -191,13 +193,27 @@ def capture(
 
     params = model.init(jax.random.PRNGKey(seed))
     flat = flat_params(params)
+    if layers is not None and not list(layers):
+        raise ValueError("layers is empty: name at least one layer, or omit it for the default")
     layers = tuple(layers) if layers else _default_layers(model, params)
     _check_choice("layers", list(layers), list(flat))
     if any(p == CHECKPOINT or p.startswith(CHECKPOINT + "/") for p in layers):
         raise ValueError("a layer path may not start with 'checkpoint' (reserved group name)")
+    skipped = {p: why for p, why in getattr(model, "kfac_skipped", ()) if p in layers}
     if set(targets) & set(KFAC_TARGETS):
         for p in layers:
-            kfac_layer(model, p)
+            if p not in skipped:
+                kfac_layer(model, p)
+        twins = ", ".join(sorted({KFAC_DENSE_TWIN[t] for t in targets if t in KFAC_DENSE_TWIN}))
+        for p, why in skipped.items():
+            warnings.warn(
+                f"layer {p!r}: no K-FAC targets, {why}; its per-example {twins} "
+                "are captured instead (recorded in the store attribute 'kfac_skipped')",
+                KFACSkippedWarning,
+                stacklevel=2,
+            )
+    else:
+        skipped = {}
     _check_labels(model, ds, params)
     row_axes = {p: tuple(a) for p, a in (row_axes or {}).items()}
     warn_guessed({p: flat[p].shape for p in layers}, row_axes)
@@ -238,6 +254,8 @@ def capture(
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         **_versions(),
     }
+    if skipped:
+        attrs["kfac_skipped"] = json.dumps(skipped, sort_keys=True)
 
     opt = make_optimizer(optimizer, learning_rate)
     opt_state = opt.init(params)
@@ -269,10 +287,11 @@ def capture(
                 batch_size=batch_size,
                 factored=factored,
                 optimizer=(optimizer, float(learning_rate)),
+                kfac_skipped=frozenset(skipped),
             )
             runner = _Runner(model, ds, params, opt, layers, targets, row_axes, cap_idx, cfg, dtype)
             runner.run(params, opt_state, resume, missing, out, result, callback, progress)
-    return st.open_capture(out) if out is not None else result
+    return st.open_capture(out) if out is not None else CaptureTree.of(result)
 
 
 def _done_steps(out, attrs) -> list[int]:
@@ -364,6 +383,9 @@ class _Runner:
         self.x_cap, self.y_cap = self._cast(ds.x_train[cap_idx]), self._cast(ds.y_train[cap_idx])
         wanted = frozenset(targets) - {"trajectory"} or frozenset({"gradients"})
         per_layer = {p: layer_request(wanted, True) for p in layers if cfg["factored"][p]}
+        for p in cfg.get("kfac_skipped", ()):  # a tied weight: the dense twins of K-FAC
+            twins = {KFAC_DENSE_TWIN[t] for t in wanted if t in KFAC_DENSE_TWIN}
+            per_layer[p] = (layer_request(wanted, False) - set(KFAC_TARGETS)) | twins
         req = Request(layers, wanted, cfg["mc_samples"], row_axes, per_layer)
         # the compiled pieces are shared by every run of the same configuration (.cache)
         self._key = (_model_key(model), cache.param_signature(params))
@@ -475,14 +497,16 @@ class _Runner:
         stored = [k for k in SAMPLE_KINDS if CaptureTarget.parse(k.value).value in self.targets]
         for kind in SAMPLE_KINDS:
             name = kind.value
-            if name in r and (kind is not Kind.GRADIENTS or name in self.targets):
+            tied = p in self.cfg.get("kfac_skipped", ())  # its gradients stand for K-FAC's
+            if name in r and (kind is not Kind.GRADIENTS or name in self.targets or tied):
                 data[name] = (VARIABLE_DIMS[name][0], r[name])
         acts = r.get(KFAC_ACTIVATIONS)
         positional = acts is not None and acts.ndim == 3
         keep = [  # factors kept: K-FAC targets asked for, and the factored kinds
             k
             for k, t in zip(SAMPLE_KINDS, KFAC_TARGETS, strict=True)
-            if t in self.targets or (factored and k in stored)
+            if (t in self.targets and p not in self.cfg.get("kfac_skipped", ()))
+            or (factored and k in stored)
         ]
         for kind in keep:  # the layout with or without a position dim
             name = KFAC_BACKPROPS[kind]
@@ -602,7 +626,8 @@ def capture_from_fn(
             row_axes=kwargs.get("row_axes"),
         )
         if want_kfac and not kwargs.get("layers"):
-            kwargs["layers"] = list(model.kfac_owners)
+            skipped = [p for p, _ in getattr(model, "kfac_skipped", ())]
+            kwargs["layers"] = list(model.kfac_owners) + skipped
     else:
         model = Model(name, lambda key: params, None, data_loss, {"user": name}, loss_fn=loss_fn)
     leaf = jax.tree_util.tree_leaves(params)[0]

@@ -15,9 +15,22 @@ import argparse
 import json
 import sys
 
+from .._help import CAPTURE_HELP, HelpFormatter
 from ..schema import step_name
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "HELP"]
+
+#: One line for ``precond-lab --help`` (in ``_help``: the top-level help imports nothing).
+HELP = CAPTURE_HELP
+DESCRIPTION = (
+    "Train a built-in model on a dataset and, at the chosen steps, capture per-example "
+    "gradients, Gauss-Newton pseudo-gradients and K-FAC factors of its layers into a Zarr "
+    "store (resumed if it exists)."
+)
+EPILOG = (
+    "example: precond-lab capture --model mlp --dataset digits --steps 0,50,200 "
+    "--targets gradients,ggn,ggn-mc,kfac --layers layers/0/w --out run.zarr"
+)
 
 
 def _ints(text: str) -> list[int]:
@@ -41,9 +54,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "capture",
-        help="train a model and capture per-example gradients, GGN and K-FAC factors",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
@@ -58,7 +72,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--layers",
         type=_names,
         default=None,
-        help="comma-separated parameter paths (default: every layer weight)",
+        help="comma-separated parameter paths (default: every layer's weight)",
     )
     p.add_argument("--out", required=True, help="output Zarr store (resumed if it exists)")
     p.add_argument("--num-samples", type=int, default=64, help="examples captured per step")
@@ -90,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from .store import StoreError, validate_store
 
     try:
+        if args.layers is not None and not args.layers:
+            raise ValueError("--layers names no layer (omit it for every layer weight)")
         options = json.loads(args.model_options)
         if not isinstance(options, dict):
             raise ValueError("--model-options must be a JSON object")

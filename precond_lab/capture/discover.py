@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
+from ..errors import UnsupportedModelError
 from .cache import cached, param_signature
 from .layout import LayoutWarning, col_axes_for, flat_params, preset_row_axes
 from .models import Model
@@ -102,9 +103,16 @@ class _Plan:
 
 @dataclasses.dataclass(frozen=True)
 class DiscoveredModel(Model):
-    """A ``Model`` built by ``kfac_model``; ``layers`` lists what was found."""
+    """A ``Model`` built by ``kfac_model``; ``layers`` lists what was found.
+
+    ``kfac_skipped`` lists ``(parameter path, reason)`` of weights that have no K-FAC
+    factors although they feed dense/conv operations (a weight used more than once);
+    ``skipped_row_axes`` their output side (rows) as found in the graph.
+    """
 
     layers: tuple[Layer, ...] = ()
+    kfac_skipped: tuple[tuple[str, str], ...] = ()
+    skipped_row_axes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def kfac_owners(self) -> dict[str, tuple[str, bool]]:
@@ -265,7 +273,7 @@ def _analyse(closed, leaf_paths, sizes, shapes, plans, used):
         plans[id(eqn)] = dataclasses.replace(plan, layer=dataclasses.replace(plan.layer, bias=bias))
 
 
-def _plans(apply_fn, params, x1) -> dict[int, _Plan]:
+def _plans(apply_fn, params, x1) -> tuple[Any, int, dict[int, _Plan], dict[str, tuple]]:
     closed, nleaves = _trace(apply_fn, params, x1)
     flat = flat_params(params)
     paths = list(flat)
@@ -275,13 +283,12 @@ def _plans(apply_fn, params, x1) -> dict[int, _Plan]:
     plans: dict[int, _Plan] = {}
     used: dict[str, int] = {}
     _analyse(closed, leaf_paths, sizes, shapes, plans, used)
-    tied = sorted(p for p, c in used.items() if c > 1)
-    if tied:
-        raise ValueError(
-            f"parameter(s) {tied} are used by more than one dense/conv operation (tied or "
-            f"shared weights); K-FAC capture needs one use per weight"
-        )
-    return closed, nleaves, plans
+    tied = {p: c for p, c in sorted(used.items()) if c > 1}
+    # a weight used by several dense/conv operations (tied or shared) has no single pair of
+    # K-FAC factors: it stays a plain parameter (gradients and GGN are captured for it)
+    rows = {v.layer.weight: v.layer.row_axes for v in plans.values() if v.layer.weight in tied}
+    plans = {k: v for k, v in plans.items() if v.layer.weight not in tied}
+    return closed, nleaves, plans, {p: (c, rows[p]) for p, c in tied.items()}
 
 
 def discover(apply_fn: Callable, params, x) -> tuple[Layer, ...]:
@@ -295,7 +302,7 @@ def discover(apply_fn: Callable, params, x) -> tuple[Layer, ...]:
     Returns:
         The layers in the order their equations appear.
     """
-    _, _, plans = _plans(apply_fn, params, jnp.asarray(x)[:1])
+    _, _, plans, _ = _plans(apply_fn, params, jnp.asarray(x)[:1])
     return tuple(p.layer for p in plans.values())
 
 
@@ -395,11 +402,13 @@ def kfac_model(
 
 
 def _kfac_model(apply_fn, params, x1, loss, name) -> DiscoveredModel:
-    closed, nleaves, plans = _plans(apply_fn, params, x1)
+    closed, nleaves, plans, tied = _plans(apply_fn, params, x1)
+    skipped = tuple((p, _tied_reason(c)) for p, (c, _) in tied.items())
     if not plans:
+        also = f" ({', '.join(f'{p}: {why}' for p, why in skipped)})" if skipped else ""
         raise ValueError(
-            f"no dense (dot_general) or convolution layer with a parameter weight was found "
-            f"in model {name!r}; K-FAC targets need at least one"
+            f"no dense (dot_general) or convolution layer with a parameter weight used once "
+            f"was found in model {name!r}{also}; K-FAC targets need at least one"
         )
     found = tuple(p.layer for p in plans.values())
 
@@ -416,6 +425,15 @@ def _kfac_model(apply_fn, params, x1, loss, name) -> DiscoveredModel:
         loss,
         {"user": name},
         layers=found,
+        kfac_skipped=skipped,
+        skipped_row_axes=tuple((p, rows) for p, (_, rows) in tied.items()),
+    )
+
+
+def _tied_reason(count: int) -> str:
+    return (
+        f"used by {count} dense/conv operations (tied or shared weights): no K-FAC factors, "
+        "gradients and GGN only"
     )
 
 
@@ -464,7 +482,7 @@ def user_model(
     try:
         model: Model = kfac_model(apply_fn, params, x, loss, name=name)
     except Exception as e:  # noqa: BLE001  (without K-FAC, discovery only picks layouts)
-        if kfac:
+        if kfac or isinstance(e, UnsupportedModelError):
             raise
         if not isinstance(e, ValueError):
             warnings.warn(
@@ -475,6 +493,7 @@ def user_model(
             )
         per_example = cached(("per_example", apply_fn), lambda: _per_example(apply_fn))
         model = Model(name, lambda key: params, per_example, loss, {"user": name})
+    rows.update(dict(getattr(model, "skipped_row_axes", ())))
     for lay in getattr(model, "layers", ()):
         rows[lay.weight] = lay.row_axes
         if lay.bias is not None:

@@ -24,9 +24,18 @@ from __future__ import annotations
 
 from .models import Model
 
-__all__ = ["KFAC_TARGETS", "kfac_layer"]
+__all__ = ["KFAC_TARGETS", "KFAC_DENSE_TWIN", "KFACSkippedWarning", "kfac_layer"]
 
 KFAC_TARGETS = ("kfac", "kfac-ggn", "kfac-mc")
+
+#: The per-example target a K-FAC target's factors stand for (captured instead for a
+#: weight without K-FAC factors, e.g. one used twice).
+KFAC_DENSE_TWIN = {"kfac": "gradients", "kfac-ggn": "ggn", "kfac-mc": "ggn-mc"}
+
+
+class KFACSkippedWarning(UserWarning):
+    """A layer gets no K-FAC targets (a weight used more than once): its per-example
+    gradients / GGN are captured instead, and the store records it (``kfac_skipped``)."""
 
 
 def kfac_layer(model: Model, path: str) -> tuple[str, bool]:

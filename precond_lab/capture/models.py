@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -329,6 +330,14 @@ register_model(
 )
 
 
+def _check_sizes(model: str, key: str, value) -> None:
+    """Sizes of a built-in model (widths, channels, kernel, …): positive integers."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values)
+    if not ok:
+        raise ValueError(f"model {model!r}: {key} must be positive integer(s); got {value!r}")
+
+
 def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
     spec = MODEL_SPECS.get(name)
     if spec is None:
@@ -347,6 +356,9 @@ def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
             f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(spec.options)}"
         )
     opts = spec.options | kwargs
+    for key in ("hidden", "channels", "kernel", "stride", "width", "heads", "blocks"):
+        if key in opts:
+            _check_sizes(name, key, opts[key])
     spec.check(opts)
     model = spec.build(dataset, jnp.dtype(dtype), **opts)
     return dataclasses.replace(model, loss=dataset.loss)

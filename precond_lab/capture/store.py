@@ -94,6 +94,7 @@ from ..schema import (
     VARIABLE_DIMS,
     WEIGHT,
     CaptureTarget,
+    CaptureTree,
     Dim,
     Kind,
     as_samples,
@@ -358,10 +359,11 @@ def open_capture(path, *, load: bool = False, steps=None) -> xr.DataTree:
             tree[step_name(s)] = _open_step(path, step_name(s))
         except Exception as e:  # noqa: BLE001
             raise StoreError(f"{where}: cannot be opened ({type(e).__name__}: {e})") from e
+    tree = CaptureTree.of(tree)  # node["gradients"] also for a kind stored as factors
     if not load:
         return tree
     try:
-        return tree.load()
+        return CaptureTree.of(tree.load())
     except Exception as e:  # noqa: BLE001
         raise StoreError(
             f"{path}: reading failed ({type(e).__name__}: {e}); validate_store(path) names the "

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validation import check_number
 from ..linalg import symmetrize
 from ..structures import FitInfo, Kronecker
 from ..targets import Target
@@ -97,6 +98,10 @@ def frobenius_optimal(
         (for PSD ``Σ``) and ``σ₁ = ⟨Σ, A⊗B⟩``. ``info.residuals`` holds the relative
         residual per iteration and ``info.objective`` the estimate of ``σ₁``.
     """
+    max_iter = check_number(max_iter, "max_iter", low=1, integer=True)
+    krylov_dim = check_number(krylov_dim, "krylov_dim", low=1, integer=True)
+    if tol is not None:
+        check_number(tol, "tol", low=0.0)
     target = target_of(samples, weights, center, chunk_size)
     m, n = target.matrix_shape
     dt = target.dtype

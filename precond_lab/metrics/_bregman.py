@@ -4,6 +4,7 @@ With ``X = Σ + λI``, ``Y = S + μI`` and ``q ∉ {0, 1}``,
 
     B_q(X, Y) = tr X^q/(q(q−1)) + tr Y^q/q − tr(Y^{q−1} X)/(q−1),
 
+evaluated without cancellation near ``q = 0`` and ``q = 1`` (``precond_lab._trace_power``),
 where ``tr X^q`` comes from the target's non-zero spectrum (the Gram matrix of the
 samples, cached on the target) plus the damping floor on its complement, ``tr Y^q`` from
 the eigenvalues ``D`` of the approximation's Kronecker eigen form ``S = Q diag(D) Qᵀ``,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from .._trace_power import bregman_from_eigen, generator
 from .._validation import FitNeedsDampingError
 from ..structures import Structure, check_spectrum
 from ._common import prepare, rotated_target_diagonal
@@ -35,23 +37,24 @@ def bregman_from_spectra(q, values, delta, mu, rank, dim, damping, approx_dampin
     """``B_q(Σ+λI, S+μI)`` from ``D``, ``δ = diag(QᵀΣQ)`` and the target's eigenvalues ``μ``.
 
     ``rank`` eigenvalues are given; the other ``dim − rank`` equal ``floor`` (before ``λ``).
+    Accurate for every ``q`` including within round-off of 0 and 1, where it tends to the
+    LogDet and von Neumann divergences (``precond_lab._trace_power``).
     """
-    if q == 1:
-        raise ValueError("q = 1 is the von Neumann divergence: use von_neumann_from_spectra")
     yv = np.asarray(check_spectrum(values, q - 1, approx_damping, "approximation"), np.float64)
     yv = yv.ravel()
-    xv = np.asarray(mu, np.float64) + damping
+    xv = np.maximum(np.asarray(mu, np.float64), 0.0) + damping
     comp = floor + damping
     if q < 0 and (float(np.min(xv, initial=np.inf)) <= 0 or (rank < dim and comp <= 0)):
         raise FitNeedsDampingError(
             f"Σ + λI is singular and B_q with q = {q:g} < 0 is infinite; pass damping > 0."
         )
-    tr_xq = float(np.sum(np.where(xv > 0, xv ** np.where(xv > 0, q, 1.0), 0.0)))
-    if rank < dim and comp > 0:
-        tr_xq += (dim - rank) * comp**q
-    tr_yq = float(np.sum(yv**q))
-    cross = float(np.sum(yv ** (q - 1) * (np.asarray(delta, np.float64).ravel() + damping)))
-    return tr_xq / (q * (q - 1)) + tr_yq / q - cross / (q - 1)
+    # Σ f_q(x) + Σ_j [e_q(log y_j) − (δ_j + λ) f_q′(y_j)] (precond_lab._trace_power): the
+    # literal tr X^q/(q(q−1)) + tr Y^q/q − tr(Y^{q−1}X)/(q−1) cancels near q = 0 and 1.
+    total = float(np.sum(generator(xv, q)))
+    if rank < dim:
+        total += (dim - rank) * float(generator(comp, q))
+    delta = np.asarray(delta, np.float64).ravel() + damping
+    return total + bregman_from_eigen(q, np.empty(0), yv, delta)
 
 
 def bregman_divergence(

@@ -104,7 +104,15 @@ def evaluate(
 
     opts = (metrics, want_spectrum, spectrum_rescale, raise_errors)
     grid = Grid(step_list, layer_list, target_list, names, bs_list, metrics)
-    bar = tqdm(total=int(np.prod(grid.shape)), desc="evaluate", unit="cell", disable=not progress)
+    # the bar meters all the work: per cell one unit for the fit, one for its scores and one
+    # for on_fit (a caller's check), so it does not sit at 100 % while cells are scored
+    per_cell = 2 + (on_fit is not None)
+    bar = tqdm(
+        total=int(np.prod(grid.shape)) * per_cell,
+        desc="evaluate",
+        unit="step",
+        disable=not progress,
+    )
     try:
         for i_s, step in enumerate(step_list):
             for i_l, layer in enumerate(layer_list):
@@ -114,7 +122,7 @@ def evaluate(
                         target, lam, count = cell.target(kind, 1)
                     except Exception as e:  # noqa: BLE001 - recorded per cell
                         grid.record_error((i_s, i_l, i_t), *status_of(e))
-                        bar.update(len(specs) * len(bs_list))
+                        bar.update(len(specs) * len(bs_list) * per_cell)
                         continue
                     grid.shapes.setdefault(layer, target.matrix_shape)
                     grid.dtypes.add(np.dtype(target.dtype).name)
@@ -131,9 +139,17 @@ def evaluate(
                             if fit.approx is not None:
                                 fitted.append((idx, fit.approx))
                             bar.update(1)
-                    for idx, approx in _score_all(grid, target, fitted, opts):
+                    bar.set_postfix_str(f"scoring {kind}", refresh=True)
+                    scored = _score_all(grid, target, fitted, opts)
+                    cells = len(specs) * len(bs_list)
+                    bar.update(cells if on_fit is None else 2 * cells - len(scored))
+                    if on_fit is not None:
+                        bar.set_postfix_str(f"checking {kind}", refresh=True)
+                    for idx, approx in scored:
                         if on_fit is not None:
                             on_fit(grid.cell(idx), target, approx)
+                            bar.update(1)
+                    bar.set_postfix_str("")
     finally:
         bar.close()
     attrs = {

@@ -49,6 +49,19 @@ class Source:
         return None
 
 
+def _check_flat_kinds(data: Mapping) -> None:
+    """Refuse a flat ``{parameter name: samples}`` dict, which would read names as kinds."""
+    known = {k.value for k in schema.Kind}
+    names = [str(k) for k in data if schema.parse_kind(k) not in known and "." in str(k)]
+    if names:
+        raise ValueError(
+            f"the source dict's keys {names[:3]} look like parameter names, but a flat dict "
+            "is {kind: samples} (one layer). Pass {layer: {'gradients': samples}}, e.g. "
+            "{name: {'gradients': g} for name, g in grads.items()} (interop.from_torch and "
+            "from_backpack results are read that way)."
+        )
+
+
 class DictSource(Source):
     """``{kind: samples}``, ``{layer: {kind: samples}}`` or ``{step: {layer: {kind: samples}}}``.
 
@@ -62,11 +75,14 @@ class DictSource(Source):
     def __init__(self, data: Mapping, kfac_inputs: Mapping | None):
         if not data:
             raise ValueError("the source dict is empty")
+        if callable(getattr(data, "as_layers", None)):  # interop.ParameterGradients
+            data = data.as_layers()
         first = next(iter(data.values()))
         if isinstance(first, Mapping):
             inner = next(iter(first.values()))
             nested = data if isinstance(inner, Mapping) else {0: data}
         else:
+            _check_flat_kinds(data)
             nested = {0: {"layer": data}}
         self.data = {
             int(s): {

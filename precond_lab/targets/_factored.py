@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import NonFiniteError, check_float_dtype
+from .._validation import NonFiniteError, check_float_dtype, check_target_scale
 from ..structures import Kronecker, Structure
 from ._base import Spectrum, Target, _truncate_rank, bucket, check_weights
 from ._distributed import allgather_counts, global_samples, to_host
@@ -277,7 +277,11 @@ class FactoredTarget(Target):
             term applied as a correction; in the Gram matrix, part of the weighting).
         mode: ``"auto"`` (the cost model's choice per primitive), ``"factored"`` or
             ``"dense"`` (rebuild ``G`` chunk by chunk) everywhere.
-        validate: check the factors and weights for NaN/Inf once, at construction.
+        validate: check the factors and weights once, at construction, as
+            ``SampleTarget`` does: NaN/Inf (naming the first bad sample), a sample whose
+            ``‖G_k‖²`` overflows the dtype although its factors are finite, and ``tr Σ``
+            for overflow, underflow and an all-zero target (a dead layer) — with the same
+            error classes and messages. One ``T²(m + n)`` product per sample.
         process_local: the factors (and weights) are this process's share of the
             samples, in a multi-process run (``jax.distributed.initialize`` first): the
             samples axis is sharded over every device of every process and each result
@@ -348,6 +352,8 @@ class FactoredTarget(Target):
                 raise ValueError("center=True needs weights with a non-zero sum.")
             mean = self._scan(_d_mean, self._chunks("dense"), self.u, self.v, self.w)
             self._mean = (mean / total, total)
+        if validate:
+            self._check_scale(u, v, w)
 
     def _apply_matrices(self, x):  # Σ vec(X) = Σ_k w_k G_k ⟨G_k, X⟩, G_k = Σ_t u_kt v_ktᵀ
         x = jnp.asarray(x, self.dtype)
@@ -373,6 +379,30 @@ class FactoredTarget(Target):
                     f"{name} factors contain NaN or Inf: first at sample index "
                     f"{self._index(int(bad[0]))} ({bad.size} offending sample(s))."
                 )
+
+    def _check_scale(self, u, v, w) -> None:
+        """``‖G_k‖²`` finite for every sample and ``tr Σ`` neither overflowing, underflowing
+        nor zero (``check_target_scale``, as ``SampleTarget``'s first pass)."""
+        u, v = np.asarray(u, self.dtype), np.asarray(v, self.dtype)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            if self.terms == 1:
+                sq = np.sum(u[:, 0] * u[:, 0], axis=1) * np.sum(v[:, 0] * v[:, 0], axis=1)
+            else:
+                sq = np.einsum("kts,kts->k", u @ u.transpose(0, 2, 1), v @ v.transpose(0, 2, 1))
+        bad = np.flatnonzero(~np.isfinite(sq))
+        if bad.size:
+            raise NonFiniteError(
+                f"FactoredTarget: ‖G‖² of sample {self._index(int(bad[0]))} overflows "
+                f"{self.dtype.name} although its factors are finite ({bad.size} such "
+                "sample(s)): rescale the factors (e.g. divide each by its largest magnitude; "
+                "the fits are scale-equivariant) or use float64."
+            )
+        trace = float(self.trace())  # at the target's dtype, cached: what every metric uses
+        nonzero = False
+        if self._mean is None and trace == 0:
+            live = np.any(u != 0, axis=(1, 2)) & np.any(v != 0, axis=(1, 2)) & (w != 0)
+            nonzero = bool(np.any(live))
+        check_target_scale(trace, self.dtype, nonzero, "FactoredTarget")
 
     def _index(self, i: int):
         return i if self.inner == 1 else (i // self.inner, i % self.inner)

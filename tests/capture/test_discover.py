@@ -255,8 +255,16 @@ def test_discover_reports_layers_and_rejects_tied_weights():
         ("dense", "w", "b", (3, 4))
     ]
     assert "rows = output axes (1,)" in layers[0].meaning
-    with pytest.raises(ValueError, match="more than one dense/conv"):
-        discover(lambda p, xb: (xb @ p["w"]) @ p["w"], {"w": jnp.ones((4, 4))}, jnp.ones((2, 4)))
+    # a weight used twice has no K-FAC factors: not a layer, recorded as skipped
+    tied = {"w": jnp.ones((4, 4)), "v": jnp.ones((4, 2))}
+    tied_fn = lambda p, xb: jnp.tanh(jnp.tanh(xb @ p["w"]) @ p["w"]) @ p["v"]  # noqa: E731
+    assert [lay.weight for lay in discover(tied_fn, tied, jnp.ones((2, 4)))] == ["v"]
+    dm = kfac_model(tied_fn, tied, jnp.ones((2, 4)), "mse")
+    assert [p for p, _ in dm.kfac_skipped] == ["w"] and dict(dm.skipped_row_axes) == {"w": (1,)}
+    with pytest.raises(ValueError, match=r"no dense .* used once .*w: used by 2"):
+        kfac_model(
+            lambda p, xb: (xb @ p["w"]) @ p["w"], {"w": jnp.ones((4, 4))}, jnp.ones((2, 4)), "mse"
+        )
     with pytest.raises(ValueError, match="no dense"):
         kfac_model(lambda p, xb: xb * p["s"], {"s": jnp.ones(4)}, jnp.ones((2, 4)), "mse")
 

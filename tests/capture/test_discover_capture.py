@@ -155,3 +155,121 @@ def test_capture_model_flax_linen():
     _identity(node)
     with pytest.raises(ValueError, match="needs params="):
         capture_model(model, x, y, loss="cross_entropy")
+
+
+# ------------------------------------------------------------------ issue 23, item 5
+
+
+def test_flax_linen_batch_stats_are_neither_captured_nor_trained():
+    """The variables' batch_stats were captured as layers and moved by training steps."""
+    linen = pytest.importorskip("flax.linen")
+
+    class BNNet(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            h = linen.BatchNorm(use_running_average=True)(linen.Dense(4)(x))
+            return linen.Dense(3)(jnp.tanh(h))
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    model = BNNet()
+    variables = model.init(jax.random.PRNGKey(0), x[:1])
+    variables = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64) + 0.5, variables)
+    _, diff, _ = as_apply(model, variables)
+    assert set(diff) == {"params"}  # batch_stats held fixed, outside the differentiated tree
+    tree = capture_model(
+        model, x, y, loss="cross_entropy", params=variables, steps=[0, 3], num_samples=4,
+        batch_size=4, storage="dense",
+    )  # fmt: skip
+    layers = tree.attrs["layers"].split(",")
+    assert layers and all(p.startswith("params/") for p in layers), layers
+    assert "params/Dense_0/kernel" in layers
+    assert not any("batch_stats" in p for p in layers)
+    # the captured function is the model with its running statistics, and training moved
+    # only the parameters
+    apply_fn, params, _ = as_apply(model, variables)
+    np.testing.assert_allclose(apply_fn(params, x[:2]), model.apply(variables, x[:2]), rtol=1e-12)
+    w0 = tree["step_000000/params/Dense_0/kernel"]["param"].values
+    w3 = tree["step_000003/params/Dense_0/kernel"]["param"].values
+    assert not np.allclose(w0, w3)
+
+
+def test_flax_nnx_batchnorm_in_training_mode_says_call_eval():
+    nnx = pytest.importorskip("flax.nnx")
+    from precond_lab.errors import UnsupportedModelError
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(5, 4, rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.l2 = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.bn(self.l1(x))))
+
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    net = Net(nnx.Rngs(0))
+    net = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), net)
+    for targets in (["gradients"], ["gradients", "kfac"]):
+        with pytest.raises(UnsupportedModelError, match=r"call `model\.eval\(\)`"):
+            capture_model(net, x, y, loss="cross_entropy", targets=targets, num_samples=4,
+                          batch_size=4)  # fmt: skip
+    net.eval()
+    tree = capture_model(
+        net, x, y, loss="cross_entropy", targets=["gradients"], num_samples=4, batch_size=4
+    )
+    assert "step_000000" in tree.children
+
+
+def test_a_weight_used_twice_gets_gradients_and_ggn_not_kfac():
+    """``tanh(W tanh(W x))`` with K-FAC targets refused the whole capture."""
+    from precond_lab.capture import KFACSkippedWarning
+
+    rng = np.random.default_rng(6)
+    params = {"W": rng.standard_normal((4, 4)) / 2, "V": rng.standard_normal((4, 3))}
+
+    def apply(p, xb):
+        return jnp.tanh(jnp.tanh(xb @ p["W"]) @ p["W"]) @ p["V"]
+
+    x, y = rng.standard_normal((12, 4)), rng.integers(0, 3, 12)
+    with pytest.warns(KFACSkippedWarning, match=r"layer 'W': no K-FAC targets, used by 2"):
+        tree = capture_from_fn(
+            params, x, y, apply_fn=apply, loss="cross_entropy",
+            targets=["kfac", "kfac-ggn"], num_samples=5, batch_size=4, storage="dense",
+        )  # fmt: skip
+    assert "used by 2 dense/conv operations" in tree.attrs["kfac_skipped"]
+    w, v = tree["step_000000/W"], tree["step_000000/V"]
+    assert {"gradients", "ggn"} <= set(w.dataset.data_vars)
+    assert KFAC_ACTIVATIONS not in w.dataset and KFAC_ACTIVATIONS in v.dataset
+    # the per-example gradient of the tied weight is the total over both uses, rows = out
+    idx = tree["step_000000"]["sample"].values
+
+    def loss_i(p, xi, yi):
+        return -jax.nn.log_softmax(apply(p, xi[None])[0])[yi]
+
+    want = np.stack([jax.grad(loss_i)(params, x[i], y[i])["W"].T for i in idx])
+    np.testing.assert_allclose(w["gradients"].values, want, rtol=1e-10, atol=1e-12)
+
+
+def test_node_gradients_of_a_factored_layer_is_rebuilt_lazily(tmp_path):
+    """``node["gradients"]`` raised a bare KeyError for a dense kernel stored as factors."""
+    from precond_lab import schema
+
+    rng = np.random.default_rng(7)
+    params = {"W": rng.standard_normal((6, 5)), "V": rng.standard_normal((5, 3))}
+    x, y = rng.standard_normal((12, 6)), rng.integers(0, 3, 12)
+    for out in (None, tmp_path / "s.zarr"):
+        tree = capture_from_fn(
+            params, x, y, apply_fn=lambda p, xb: jnp.tanh(xb @ p["W"]) @ p["V"],
+            loss="cross_entropy", targets=["gradients"], storage="factored", num_samples=5,
+            batch_size=4, out=out,
+        )  # fmt: skip
+        node = tree["step_000000/W"]
+        assert "gradients" not in node.dataset  # stored as factors
+        g = node["gradients"]
+        assert g.shape == (5, 5, 6) and g.attrs["storage"] == "factored"
+        np.testing.assert_array_equal(g.values, schema.layer_samples(node, "gradients").values)
+        _identity(node)
+        with pytest.raises(KeyError):
+            node["ggn"]  # not captured at all: still a KeyError

@@ -246,3 +246,62 @@ def test_divergence_on_a_rank_deficient_target():
     with pytest.raises(FitNeedsDampingError):
         met.bregman_divergence(g, singular, 0.5)
     assert np.isfinite(float(met.bregman_divergence(g, singular, 2.0)))
+
+
+# --------------------------------------------------- near q = 0 and q = 1 (issue 23, item 1)
+
+_NEAR = (1e-16, 1e-14, 1e-12, 1e-10, 1e-8, 1e-6)
+DENSE_QS = sorted(
+    {float(q) for q in np.linspace(-0.75, 2.75, 36)}
+    | {sum([0.1] * 10), 1e-16}
+    | {c + s * d for c in (0.0, 1.0) for s in (-1, 1) for d in _NEAR} - {0.0, 1.0}
+)
+
+
+def _mp_bregman(x, y, qs):
+    """``B_q(X, Y)`` from the literal closed form at 60 digits (mpmath eigendecompositions)."""
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 60
+    wx, _ = mp.eigsy(mp.matrix(x.tolist()))
+    wy, vy = mp.eigsy(mp.matrix(y.tolist()))
+    xm = mp.matrix(x.tolist())
+    diag = [(vy[:, j].T * xm * vy[:, j])[0] for j in range(y.shape[0])]
+    out = []
+    for q in qs:
+        qm = mp.mpf(q)
+        tr_xq = sum(w**qm for w in wx)
+        tr_yq = sum(w**qm for w in wy)
+        cross = sum(d * w ** (qm - 1) for d, w in zip(diag, wy, strict=True))
+        out.append(float(tr_xq / (qm * (qm - 1)) + tr_yq / qm - cross / (qm - 1)))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.2])
+def test_bregman_divergence_is_accurate_over_the_whole_q_range(data, damping):
+    """At q = sum([0.1]*10) the literal closed form returned 0.0 (the value is ~2) and at
+    q = 1e-16 a negative number: every q, within 1e-16 of 0 and 1 too, matches a 60-digit
+    evaluation, and so does the dense float64 reference."""
+    g, sigma = data
+    s = est.shampoo_squared(g[::2])
+    mu = 0.05
+    x = sigma + damping * np.eye(12)
+    y = np.asarray(s.to_dense()) + mu * np.eye(12)
+    want = _mp_bregman(x, y, DENSE_QS)
+    assert np.all(want > 0)
+    t = SampleTarget(g)
+    got = [
+        float(met.bregman_divergence(t, s, q, damping=damping, approx_damping=mu)) for q in DENSE_QS
+    ]
+    dense = [ref.bregman_divergence(x, y, q) for q in DENSE_QS]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dense, want, rtol=1e-9, atol=1e-12)
+    # and the limits: continuous into the exact q = 1 (von Neumann) and q = 0 (LogDet)
+    vn = float(met.bregman_divergence(t, s, 1.0, damping=damping, approx_damping=mu))
+    ld = float(met.bregman_divergence(t, s, 0.0, damping=damping, approx_damping=mu))
+    near_one = float(
+        met.bregman_divergence(t, s, sum([0.1] * 10), damping=damping, approx_damping=mu)
+    )
+    near_zero = float(met.bregman_divergence(t, s, 1e-16, damping=damping, approx_damping=mu))
+    assert near_one == pytest.approx(vn, rel=1e-12)
+    assert near_zero == pytest.approx(ld, rel=1e-12)

@@ -1,0 +1,32 @@
+"""The ``--help`` formatter of the command line (standard library only: imported on
+``precond-lab --help`` and ``--version``, which must not import JAX)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["CAPTURE_HELP", "HelpFormatter"]
+
+#: The capture subcommand's line in ``precond-lab --help``.
+CAPTURE_HELP = "train a model and capture per-example gradients, GGN and K-FAC factors"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: …)`` once, only for a real default (not None/False, not when the
+    help already says its default), with lists as ``a,b`` the way they are typed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or action.required
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        if isinstance(default, list | tuple):
+            shown = ",".join(str(v) for v in default).replace("%", "%%")
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
