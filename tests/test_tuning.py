@@ -207,6 +207,20 @@ def test_failures_counted_over_the_grid():
     assert int(ds["seed_failures"].item()) == 0
 
 
+def test_lapack_detection():
+    from precond_lab.tuning import lapack_primitives
+
+    def scan_eigh(a):
+        return jax.lax.scan(lambda c, _: (jnp.linalg.eigh(c)[1], None), a, None, length=2)[0]
+
+    assert lapack_primitives(scan_eigh, jnp.eye(3)) == {"eigh"}
+    assert lapack_primitives(lambda a: jnp.linalg.qr(a)[0], jnp.eye(3)) == {"qr"}
+    assert lapack_primitives(lambda a: a @ a, jnp.eye(3)) == set()
+    looped = jax.custom_batching.custom_vmap(lambda a: jnp.linalg.eigh(a)[1])
+    looped.def_vmap(lambda n, b, a: (jax.lax.map(looped, a), True))
+    assert lapack_primitives(looped, jnp.eye(3)) == set()  # its rule decides how it batches
+
+
 def test_protocol_validation():
     with pytest.raises(ValueError, match="3 distinct"):
         Protocol(lr_bounds=(1e-3, 1e-1), seeds=(1, 2))
@@ -257,3 +271,26 @@ def test_lapack_runs_are_not_vmapped_on_cpu_and_do_not_hang():
     out = proc.stdout.strip().splitlines()[-1]
     if os.cpu_count() and os.cpu_count() > 1:
         assert out.startswith("jit (no vmap: batched LAPACK")
+
+
+def test_adapters_on_a_precond_lab_model():
+    import precond_lab.optim as po
+    from precond_lab import train as train_module
+    from precond_lab.capture.data import load_dataset
+    from precond_lab.capture.models import make_model
+    from precond_lab.tuning import model_method, train_method
+
+    ds = load_dataset("digits")
+    model = make_model("mlp", ds, hidden=(8,))
+    kw = dict(steps=3, warmup_steps=1, eval_samples=64)
+    m = train_method("kl", model, ds, po.kl_shampoo, **kw)
+    assert m.compile_mode == "inject_hyperparams" and not m.traceable
+    before = len(train_module._COMPILED)
+    a, b, a2 = m.run(1e-3, 0), m.run(4e-3, 0), m.run(1e-3, 0)
+    assert len(train_module._COMPILED) - before == 1  # one compilation for every rate
+    assert np.isfinite([a, b]).all() and a == a2 and a != b
+    t = model_method("kl", model, ds, po.kl_shampoo, **kw)
+    run = jax.jit(t.run)
+    assert t.traceable and t.compile_mode == "traced"
+    assert np.isfinite(float(run(1e-3, 0))) and float(run(1e-3, 0)) != float(run(1e-3, 1))
+    assert np.isnan(float(run(1e3, 0)))  # divergence is a failure
