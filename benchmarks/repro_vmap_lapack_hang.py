@@ -53,7 +53,7 @@ def one(a):
 f = jax.jit(lambda xs: [one(x) for x in xs])
 xs = [jax.random.normal(jax.random.PRNGKey(i), (B, n, n)) for i in range(k)]
 xs = [x + jnp.swapaxes(x, -1, -2) for x in xs]
-for _ in range(5):
+for _ in range(20):
     jax.block_until_ready(f(xs))
 print("done")
 """

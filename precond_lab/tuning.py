@@ -194,14 +194,18 @@ def lr_grid(low: float, high: float, *, points_per_octave: int = 1) -> np.ndarra
 
 
 def extend_grid(grid: np.ndarray, side: str, *, points_per_octave: int = 1) -> np.ndarray:
-    """``grid`` with one more point ``2^(±1/p)`` beyond its ``"low"`` or ``"high"`` end."""
+    """``grid`` with one more grid point ``2^(k/p)`` beyond its ``"low"`` or ``"high"`` end.
+
+    The new point is computed as ``lr_grid`` computes its points (same value, same cache key).
+    """
     g = np.sort(np.asarray(grid, np.float64))
-    step = 2.0 ** (1.0 / int(points_per_octave))
-    if side == "low":
-        return np.concatenate([[g[0] / step], g])
-    if side == "high":
-        return np.concatenate([g, [g[-1] * step]])
-    raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    p = int(points_per_octave)
+    if side not in ("low", "high"):
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    end = g[0] if side == "low" else g[-1]
+    k = round(math.log2(end) * p) + (-1 if side == "low" else 1)
+    new = np.exp2(np.array([k]) / p)
+    return np.concatenate([new, g]) if side == "low" else np.concatenate([g, new])
 
 
 def make_schedule(

@@ -72,6 +72,10 @@ def test_grid_and_schedule():
     assert np.allclose(np.log2(g2), [-4, -3.5, -3, -2.5, -2])
     assert np.allclose(np.log2(extend_grid(g2, "high", points_per_octave=2))[-1], -1.5)
     assert np.allclose(np.log2(extend_grid(g2, "low", points_per_octave=2))[0], -4.5)
+    # an extension point is bit-identical to the same point of a wider grid (same cache key)
+    g3 = lr_grid(2**-4, 2**-2, points_per_octave=3)
+    wide = lr_grid(2**-4, 2**-1.5, points_per_octave=3)
+    assert extend_grid(g3, "high", points_per_octave=3)[-1] == wide[-1]
     s = make_schedule(1.0, total_steps=10, warmup_steps=2, decay="cosine")
     assert float(s(0)) == 0.0 and float(s(2)) == pytest.approx(1.0)
     assert float(s(10)) == pytest.approx(0.0, abs=1e-6)
