@@ -225,6 +225,17 @@ def test_lapack_detection():
     assert lapack_primitives(looped, jnp.eye(3)) == set()  # its rule decides how it batches
 
 
+def test_pilot_bounds():
+    from precond_lab.tuning import pilot_bounds
+
+    low, high = pilot_bounds(
+        [Method("a", _bowl(-6)), Method("b", _bowl(-3))], low=2**-12, high=1.0, seed=0
+    )
+    # coarse grid 2^-12, 2^-10, …, 2^0: bests 2^-6 and 2^-4 (2^-3 is off the coarse grid;
+    # 2^-2 and 2^-4 tie, the first wins), widened by 2 octaves
+    assert (np.log2(low), np.log2(high)) == (-8.0, -2.0)
+
+
 def test_protocol_validation():
     with pytest.raises(ValueError, match="3 distinct"):
         Protocol(lr_bounds=(1e-3, 1e-1), seeds=(1, 2))
