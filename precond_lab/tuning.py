@@ -605,6 +605,13 @@ class Study:
             i = best[m.name]
             selected[m.name] = float(grid[i]) if i >= 0 else float("nan")
             interior[m.name] = 0 < i < len(grid) - 1
+        edge = sorted(n for n, inside in interior.items() if not inside)
+        if edge:
+            warnings.warn(
+                f"tuning {self.task}: no interior optimum for {edge} after {len(log)} grid "
+                f"extension(s) (max_extensions={p.max_extensions}); reported as interior = 0",
+                stacklevel=3,
+            )
         return grid, selected, interior, log
 
     def run(self) -> xr.Dataset:

@@ -153,7 +153,10 @@ def test_grid_extension_on_the_edge():
     # the shared grid: b ran the extension points too
     assert int(ds["ran"].sel({"method": "b"}).isel(seed=0).sum()) == ds.sizes["lr"]
     # with a bound too small the edge optimum is reported as such
-    ds1 = Study("edge1", m, Protocol(lr_bounds=(2**-8, 2**-4), max_extensions=1)).run()
+    with pytest.warns(UserWarning, match=r"no interior optimum for \['a'\]"):
+        ds1 = Study(
+            "edge1", m, Protocol(lr_bounds=(2**-8, 2**-4), max_extensions=1), progress=False
+        ).run()
     assert ds1.attrs["n_extensions"] == 1
     assert ds1["interior"].sel({"method": "a"}).item() == 0
     assert float(ds1["selected_lr"].sel({"method": "a"})) == 2**-3
