@@ -1,0 +1,975 @@
+"""A tuning protocol for comparing optimisers fairly: one shared learning-rate grid, paired seeds.
+
+The protocol, for one *task* (a model, data, step budget and schedule) and several methods:
+
+1. **One grid for all methods.** Learning rates on a log2 grid (``lr_grid``: ``2^(k/p)``,
+   ``p`` points per octave) from given bounds or a short pilot (``pilot_bounds``). Every
+   method runs every grid point on the *selection seed*.
+2. **Interior optimum.** A method's selected rate is its best finite final loss on the grid.
+   If that is an end of the grid, the shared grid is extended by one point on that side (all
+   methods run the new point) and selection repeats, at most ``max_extensions`` times; each
+   extension is recorded, and an optimum still on an edge afterwards is reported
+   (``interior = 0``).
+3. **Fresh, paired seeds.** Each method then runs ``≥ 3`` seeds other than the selection seed
+   at its selected rate. The run function gets the seed, and uses it for the initialisation
+   and the batch order, so seed ``s`` is the same draw for every method (paired).
+4. **Decisions on paired differences.** ``d_s = loss(method, s) − loss(baseline, s)``; the
+   95 % t-interval of their mean (``paired_interval``) is turned into a ``Decision`` against
+   a practical threshold ``δ`` stated with the result (``decide``): ``better`` when the whole
+   interval lies below ``−δ`` (so it also excludes 0), ``worse`` when it lies above ``+δ``,
+   ``tie`` when it lies within ``[−δ, δ]``, else ``unresolved``. Lower losses are better.
+5. **Failures.** A non-finite final loss (NaN, Inf; the adapters also turn a divergence into
+   NaN) is a failure; failures are counted over the whole grid per method.
+
+Runs are functions ``run(lr, seed) -> final loss`` (``Method``), so any model works. A
+*traceable* run (pure JAX) is jitted once per method with the learning rate and seed as
+inputs, and vectorised with ``jax.vmap`` over the learning rates of a seed or the seeds of a
+rate, except where that is unsafe: on a multi-threaded CPU, a run whose jaxpr contains LAPACK
+decompositions (``eigh``, ``qr``, …) runs its configurations one after another, because a
+batched LAPACK custom call can deadlock XLA:CPU's thread pool
+(``benchmarks/repro_vmap_lapack_hang.py``). ``model_method`` builds such a run for
+``precond_lab``'s models; ``train_method`` wraps ``precond_lab.train.train`` (a Python loop,
+one compilation per method through ``optax.inject_hyperparams``, or one per run where the
+factory does not support it — recorded and warned).
+
+Every finished run is stored at once as one small JSON file named by a hash of its
+configuration (``task``, method name and ``config``, learning rate, seed), written atomically
+(temporary file, then ``os.replace``), so a killed study continues where it stopped and no
+run is repeated. ``Study.run`` returns an ``xarray.Dataset`` over ``(method, lr, seed)`` with
+provenance attributes; ``compare`` gives the decisions against a baseline.
+
+Example:
+    >>> import numpy as np
+    >>> from precond_lab.tuning import Method, Protocol, Study, compare
+    >>> def quad(scale):
+    ...     return lambda lr, seed: float((np.log2(lr) + scale) ** 2 + 0.01 * seed)
+    >>> ds = Study("toy", [Method("a", quad(3)), Method("b", quad(3))],
+    ...            Protocol(lr_bounds=(2**-5, 2**-1)), progress=False).run()
+    >>> str(compare(ds, "a")["decision"].sel({"method": "b"}).item())
+    'tie'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from scipy import stats
+
+from .provenance import make_attrs
+
+__all__ = [
+    "LAPACK_PRIMITIVES",
+    "Decision",
+    "Interval",
+    "Method",
+    "Protocol",
+    "Study",
+    "compare",
+    "decide",
+    "extend_grid",
+    "lapack_primitives",
+    "lr_grid",
+    "make_schedule",
+    "model_method",
+    "paired_interval",
+    "pilot_bounds",
+    "train_method",
+]
+
+
+# ------------------------------------------------------------------------------ decisions
+class Decision(str, enum.Enum):
+    """The verdict on a method against a baseline (a ``str`` Enum: ``Decision.TIE == "tie"``)."""
+
+    BETTER = "better"  #: the whole interval of (method − baseline) loss lies below −threshold
+    WORSE = "worse"  #: the whole interval lies above +threshold
+    TIE = "tie"  #: the whole interval lies within ±threshold
+    UNRESOLVED = "unresolved"  #: none of these (more seeds would be needed)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A t-interval of the mean of paired differences.
+
+    Attributes:
+        mean: the mean difference.
+        low: lower end of the interval.
+        high: upper end of the interval.
+        n: number of pairs.
+        level: confidence level.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+
+
+def paired_interval(differences: Sequence[float], level: float = 0.95) -> Interval:
+    """The ``level`` t-interval (``scipy.stats.t``, ``n − 1`` degrees of freedom) of the mean.
+
+    Args:
+        differences: paired differences ``d_s`` (finite).
+        level: confidence level in (0, 1).
+
+    Returns:
+        ``mean ± t_{(1+level)/2, n−1} · sd/√n`` (zero width when all differences are equal).
+
+    Raises:
+        ValueError: fewer than two differences, a non-finite one, or a bad ``level``.
+    """
+    d = np.asarray(differences, np.float64).ravel()
+    if d.size < 2:
+        raise ValueError(f"a t-interval needs at least 2 paired differences, got {d.size}")
+    if not np.isfinite(d).all():
+        raise ValueError("paired differences must be finite (a failed run has no difference)")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    mean = float(d.mean())
+    sem = float(d.std(ddof=1) / math.sqrt(d.size))
+    half = float(stats.t.ppf(0.5 + level / 2.0, d.size - 1)) * sem
+    return Interval(mean, mean - half, mean + half, int(d.size), float(level))
+
+
+def decide(interval: Interval, threshold: float) -> Decision:
+    """The decision for an interval of (method − baseline) losses and a practical threshold.
+
+    Args:
+        interval: from ``paired_interval`` (lower losses are better).
+        threshold: ``δ ≥ 0``, the smallest difference that matters (e.g. 0.01 nats).
+
+    Returns:
+        ``BETTER`` if ``high < −δ`` (and ``high < 0``), ``WORSE`` if ``low > δ`` (and
+        ``low > 0``), ``TIE`` if ``−δ ≤ low`` and ``high ≤ δ``, else ``UNRESOLVED``.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be ≥ 0, got {threshold}")
+    if interval.high < -threshold and interval.high < 0:
+        return Decision.BETTER
+    if interval.low > threshold and interval.low > 0:
+        return Decision.WORSE
+    if -threshold <= interval.low and interval.high <= threshold:
+        return Decision.TIE
+    return Decision.UNRESOLVED
+
+
+# ---------------------------------------------------------------------------------- grids
+def lr_grid(low: float, high: float, *, points_per_octave: int = 1) -> np.ndarray:
+    """Learning rates ``2^(k/p)`` with ``low ≤ 2^(k/p) ≤ high`` (``p = points_per_octave``).
+
+    Raises:
+        ValueError: ``0 < low ≤ high`` violated, or no grid point in the range.
+    """
+    if not 0 < low <= high:
+        raise ValueError(f"need 0 < low ≤ high, got {low}, {high}")
+    p = int(points_per_octave)
+    if p < 1:
+        raise ValueError(f"points_per_octave must be ≥ 1, got {points_per_octave}")
+    k0 = math.ceil(math.log2(low) * p - 1e-9)
+    k1 = math.floor(math.log2(high) * p + 1e-9)
+    if k1 < k0:
+        raise ValueError(f"no point 2^(k/{p}) lies in [{low}, {high}]")
+    return np.exp2(np.arange(k0, k1 + 1) / p)
+
+
+def extend_grid(grid: np.ndarray, side: str, *, points_per_octave: int = 1) -> np.ndarray:
+    """``grid`` with one more grid point ``2^(k/p)`` beyond its ``"low"`` or ``"high"`` end.
+
+    The new point is computed as ``lr_grid`` computes its points (same value, same cache key).
+    """
+    g = np.sort(np.asarray(grid, np.float64))
+    p = int(points_per_octave)
+    if side not in ("low", "high"):
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    end = g[0] if side == "low" else g[-1]
+    k = round(math.log2(end) * p) + (-1 if side == "low" else 1)
+    new = np.exp2(np.array([k]) / p)
+    return np.concatenate([new, g]) if side == "low" else np.concatenate([g, new])
+
+
+def make_schedule(
+    peak: Any,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay: str = "cosine",
+    end_factor: float = 0.0,
+) -> optax.Schedule:
+    """Linear warmup from 0 to ``peak``, then cosine or linear decay to ``end_factor·peak``.
+
+    ``peak`` may be a traced array (the learning rate as an input of a jitted run).
+
+    Args:
+        peak: the peak learning rate (the tuned value).
+        total_steps: steps of the whole run (warmup included).
+        warmup_steps: linear warmup steps (0: none).
+        decay: ``"cosine"``, ``"linear"`` or ``"constant"`` (after the warmup).
+        end_factor: the final rate as a fraction of ``peak``.
+
+    Returns:
+        An optax schedule ``step -> learning rate``.
+    """
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need 0 ≤ warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+    rest = total_steps - warmup_steps
+    if decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, rest, alpha=end_factor)
+    elif decay == "linear":
+        after = optax.linear_schedule(peak, peak * end_factor, rest)
+    elif decay == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {decay!r}")
+    if warmup_steps == 0:
+        return after
+    warm = optax.linear_schedule(0.0 * peak, peak, warmup_steps)
+    return optax.join_schedules([warm, after], [warmup_steps])
+
+
+# -------------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A method to tune: a run function of the learning rate and the seed.
+
+    Attributes:
+        name: the method's name (a coordinate of the results).
+        run: ``(lr, seed) -> final loss``; the seed must fix the initialisation and the
+            batch order (pairing across methods). Non-finite results count as failures.
+        traceable: ``run`` is a pure JAX function of array inputs (jitted once; vmapped
+            where safe, see the module doc).
+        config: the method's other settings, part of the cache key of its runs (change it
+            when the run changes, or stored results are reused).
+        compile_mode: how the learning rate reaches compiled code (recorded):
+            ``"traced"``, ``"inject_hyperparams"``, ``"recompile"`` or ``"python"``.
+    """
+
+    name: str
+    run: Callable[[Any, Any], Any]
+    traceable: bool = False
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    compile_mode: str = "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """The settings of a study.
+
+    Attributes:
+        lr_bounds: ``(low, high)`` of the initial grid (e.g. from ``pilot_bounds``).
+        points_per_octave: grid points per factor of 2.
+        max_extensions: at most this many one-point extensions of the grid in total.
+        selection_seed: the seed of the grid runs.
+        seeds: the fresh seeds of the confirmation runs (≥ 3, without the selection seed).
+        threshold: practical threshold ``δ`` of the decisions (units of the loss).
+        level: confidence level of the intervals.
+        vectorize: ``"auto"`` (vmap traceable runs where safe), ``True`` (vmap traceable
+            runs always) or ``False`` (one run at a time).
+    """
+
+    lr_bounds: tuple[float, float]
+    points_per_octave: int = 1
+    max_extensions: int = 3
+    selection_seed: int = 0
+    seeds: tuple[int, ...] = (1, 2, 3)
+    threshold: float = 0.01
+    level: float = 0.95
+    vectorize: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        seeds = tuple(int(s) for s in self.seeds)
+        if len(seeds) < 3 or len(set(seeds)) != len(seeds):
+            raise ValueError(f"need at least 3 distinct confirmation seeds, got {self.seeds}")
+        if int(self.selection_seed) in seeds:
+            raise ValueError("the confirmation seeds must be fresh (not the selection seed)")
+        if self.vectorize not in ("auto", True, False):
+            raise ValueError(f"vectorize must be 'auto', True or False, got {self.vectorize!r}")
+        if self.max_extensions < 0 or self.threshold < 0:
+            raise ValueError("max_extensions and threshold must be ≥ 0")
+        object.__setattr__(self, "seeds", seeds)
+
+
+#: Primitives lowered to LAPACK custom calls on CPU (batched under vmap).
+LAPACK_PRIMITIVES = frozenset(
+    {
+        "eigh",
+        "eig",
+        "qr",
+        "geqrf",
+        "geqp3",
+        "householder_product",
+        "orgqr",
+        "svd",
+        "lu",
+        "cholesky",
+        "triangular_solve",
+        "schur",
+        "hessenberg",
+        "tridiagonal",
+        "tridiagonal_solve",
+    }
+)
+
+
+def _subjaxprs(params: Mapping[str, Any]):
+    """The jaxprs among an equation's parameters (scan/cond/while/pjit/custom rules)."""
+    for v in params.values():
+        for x in v if isinstance(v, (list, tuple)) else (v,):
+            inner = getattr(x, "jaxpr", x)  # a ClosedJaxpr holds its Jaxpr in .jaxpr
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def lapack_primitives(fn: Callable, *args: Any) -> set[str]:
+    """Names of ``LAPACK_PRIMITIVES`` in the jaxpr of ``fn(*args)`` (sub-jaxprs included).
+
+    Decompositions behind a ``jax.custom_batching.custom_vmap`` rule are not reported: such a
+    rule decides how they batch (e.g. a loop of unbatched calls, which cannot deadlock).
+    """
+    found: set[str] = set()
+    todo = [jax.make_jaxpr(fn)(*args).jaxpr]
+    while todo:
+        jaxpr = todo.pop()
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "custom_vmap_call":
+                continue
+            if eqn.primitive.name in LAPACK_PRIMITIVES:
+                found.add(eqn.primitive.name)
+            todo.extend(_subjaxprs(eqn.params))
+    return found
+
+
+def _cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - platform dependent
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- the storage
+def _key(task: str, method: Method, lr: float, seed: int) -> str:
+    cfg = {
+        "task": task,
+        "method": method.name,
+        "config": json.dumps(dict(method.config), sort_keys=True, default=str),
+        "lr": float(lr).hex(),
+        "seed": int(seed),
+    }
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _write_atomic(path: Path, doc: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _lr_label(lr: float) -> float:
+    """Learning rates compare by value rounded to 12 significant digits (grid identity)."""
+    return float(f"{float(lr):.12g}")
+
+
+# ---------------------------------------------------------------------------------- study
+class Study:
+    """Run the protocol for ``methods`` on one task (see the module doc).
+
+    Args:
+        task: the task's name; part of every run's cache key (include what changes the runs:
+            model, data, steps, schedule).
+        methods: the methods (distinct names).
+        protocol: the protocol's settings.
+        directory: where finished runs are stored (``<directory>/runs/<hash>.json``); None
+            keeps them in memory only.
+        progress: print a progress line with the ETA per finished run (True: to stderr), or
+            a callable receiving the line.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        methods: Sequence[Method],
+        protocol: Protocol,
+        *,
+        directory: str | os.PathLike | None = None,
+        progress: bool | Callable[[str], None] = True,
+    ) -> None:
+        names = [m.name for m in methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"need at least one method and distinct names, got {names}")
+        self.task, self.methods, self.protocol = str(task), list(methods), protocol
+        self.dir = None if directory is None else Path(directory) / "runs"
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        if progress is True:
+            self._say: Callable[[str], None] | None = lambda s: print(s, file=sys.stderr)
+        else:
+            self._say = progress or None
+        self._results: dict[str, dict] = {}
+        self._compiled: dict[tuple[str, str], Callable] = {}
+        self.execution: dict[str, str] = {}
+        self.executed = self.cached = 0
+        self._run_seconds = 0.0
+        self._planned = 0
+        self._t0 = time.perf_counter()
+
+    # ---------------------------------------------------------------- stored results
+    def _lookup(self, key: str) -> dict | None:
+        if key in self._results:
+            return self._results[key]
+        if self.dir is not None:
+            path = self.dir / f"{key}.json"
+            if path.exists():
+                with open(path) as fh:
+                    doc = json.load(fh)
+                self._results[key] = doc
+                return doc
+        return None
+
+    def _store(self, method: Method, lr: float, seed: int, loss: float, seconds: float) -> None:
+        key = _key(self.task, method, lr, seed)
+        doc = {
+            "task": self.task,
+            "method": method.name,
+            "config": json.dumps(dict(method.config), sort_keys=True, default=str),
+            "lr": float(lr),
+            "seed": int(seed),
+            "loss": float(loss) if np.isfinite(loss) else None,
+            "failed": not bool(np.isfinite(loss)),
+            "seconds": float(seconds),
+            "execution": self.execution.get(method.name, ""),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if self.dir is not None:
+            _write_atomic(self.dir / f"{key}.json", doc)
+        self._results[key] = doc
+        self.executed += 1
+        self._run_seconds += seconds
+        self._report()
+
+    def _report(self) -> None:
+        if self._say is None:
+            return
+        done = self.executed + self.cached
+        left = max(self._planned - done, 0)
+        per = self._run_seconds / self.executed if self.executed else float("nan")
+        eta = per * left if self.executed else float("nan")
+        fails = sum(1 for d in self._results.values() if d["failed"])
+        self._say(
+            f"tuning {self.task}: {done}/{self._planned} runs ({self.cached} stored, "
+            f"{fails} failed) · {_hms(time.perf_counter() - self._t0)} elapsed · "
+            f"ETA {_hms(eta)}"
+        )
+
+    # ---------------------------------------------------------------- execution
+    def _mode(self, method: Method) -> str:
+        if method.name in self.execution:
+            return self.execution[method.name]
+        vec = self.protocol.vectorize
+        if not method.traceable:
+            mode = "python"
+        elif vec is False:
+            mode = "jit"
+        else:
+            mode = "vmap"
+            if vec == "auto" and jax.default_backend() == "cpu" and _cpu_threads() > 1:
+                found = lapack_primitives(method.run, jnp.float32(1e-3), jnp.int32(0))
+                if found:
+                    mode = "jit (no vmap: batched LAPACK " + ",".join(sorted(found)) + " on CPU)"
+        self.execution[method.name] = mode
+        return mode
+
+    def _fn(self, method: Method, kind: str) -> Callable:
+        key = (method.name, kind)
+        if key not in self._compiled:
+            if kind == "one":
+                self._compiled[key] = jax.jit(method.run)
+            elif kind == "lrs":
+                self._compiled[key] = jax.jit(jax.vmap(method.run, in_axes=(0, None)))
+            else:
+                self._compiled[key] = jax.jit(jax.vmap(method.run, in_axes=(None, 0)))
+        return self._compiled[key]
+
+    def _evaluate(self, method: Method, pairs: Sequence[tuple[float, int]]) -> None:
+        """Run the (lr, seed) pairs of ``method`` that are not stored yet."""
+        todo = []
+        for lr, seed in pairs:
+            if self._lookup(_key(self.task, method, lr, seed)) is None:
+                todo.append((lr, seed))
+        mode = self._mode(method)
+        if mode == "vmap" and len(todo) > 1:
+            lrs = {lr for lr, _ in todo}
+            seeds = {s for _, s in todo}
+            if len(seeds) == 1 or len(lrs) == 1:
+                t0 = time.perf_counter()
+                if len(seeds) == 1:
+                    out = self._fn(method, "lrs")(
+                        jnp.asarray([lr for lr, _ in todo], jnp.float32), jnp.int32(todo[0][1])
+                    )
+                else:
+                    out = self._fn(method, "seeds")(
+                        jnp.float32(todo[0][0]), jnp.asarray([s for _, s in todo], jnp.int32)
+                    )
+                out = np.asarray(jax.block_until_ready(out), np.float64)
+                each = (time.perf_counter() - t0) / len(todo)
+                for (lr, seed), loss in zip(todo, out, strict=True):
+                    self._store(method, lr, seed, float(loss), each)
+                return
+        for lr, seed in todo:
+            t0 = time.perf_counter()
+            if method.traceable:
+                loss = self._fn(method, "one")(jnp.float32(lr), jnp.int32(seed))
+                loss = float(jax.block_until_ready(loss))
+            else:
+                loss = float(method.run(float(lr), int(seed)))
+            self._store(method, lr, seed, loss, time.perf_counter() - t0)
+
+    def _loss(self, method: Method, lr: float, seed: int) -> float:
+        doc = self._lookup(_key(self.task, method, lr, seed))
+        if doc is None or doc["loss"] is None:
+            return float("nan")
+        return float(doc["loss"])
+
+    def _count_stored(self, pairs: dict[str, list[tuple[float, int]]]) -> None:
+        by_name = {m.name: m for m in self.methods}
+        for name, ps in pairs.items():
+            for lr, seed in ps:
+                if self._lookup(_key(self.task, by_name[name], lr, seed)) is not None:
+                    self.cached += 1
+
+    # ---------------------------------------------------------------- the protocol
+    def select(self) -> tuple[np.ndarray, dict[str, float], dict[str, bool], list[str]]:
+        """Grid runs on the selection seed with extensions; returns the grid, the selected
+        rate and interiority per method, and the extension log."""
+        p = self.protocol
+        grid = lr_grid(*p.lr_bounds, points_per_octave=p.points_per_octave)
+        seed = int(p.selection_seed)
+        log: list[str] = []
+        self._planned += len(self.methods) * (len(grid) + len(p.seeds))
+        self._count_stored({m.name: [(lr, seed) for lr in grid] for m in self.methods})
+        while True:
+            for m in self.methods:
+                self._evaluate(m, [(float(lr), seed) for lr in grid])
+            best, edges = {}, set()
+            for m in self.methods:
+                losses = np.array([self._loss(m, float(lr), seed) for lr in grid])
+                if not np.isfinite(losses).any():
+                    best[m.name] = -1
+                    continue
+                i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+                best[m.name] = i
+                if i == 0:
+                    edges.add(("low", m.name))
+                elif i == len(grid) - 1:
+                    edges.add(("high", m.name))
+            sides = sorted({s for s, _ in edges})
+            if not sides or len(log) >= p.max_extensions:
+                break
+            for side in sides:
+                if len(log) >= p.max_extensions:
+                    break
+                grid = extend_grid(grid, side, points_per_octave=p.points_per_octave)
+                new = grid[0] if side == "low" else grid[-1]
+                who = ",".join(sorted(n for s, n in edges if s == side))
+                log.append(f"{side}:{new:.6g} (optimum on the {side} edge for {who})")
+                self._planned += len(self.methods)
+                self._count_stored({m.name: [(float(new), seed)] for m in self.methods})
+        selected, interior = {}, {}
+        for m in self.methods:
+            i = best[m.name]
+            selected[m.name] = float(grid[i]) if i >= 0 else float("nan")
+            interior[m.name] = 0 < i < len(grid) - 1
+        edge = sorted(n for n, inside in interior.items() if not inside)
+        if edge:
+            warnings.warn(
+                f"tuning {self.task}: no interior optimum for {edge} after {len(log)} grid "
+                f"extension(s) (max_extensions={p.max_extensions}); reported as interior = 0",
+                stacklevel=3,
+            )
+        return grid, selected, interior, log
+
+    def run(self) -> xr.Dataset:
+        """Run (or continue) the whole study; returns the results (see ``to_dataset``)."""
+        self._t0 = time.perf_counter()
+        grid, selected, interior, log = self.select()
+        p = self.protocol
+        self._count_stored(
+            {
+                m.name: [(selected[m.name], s) for s in p.seeds]
+                for m in self.methods
+                if np.isfinite(selected[m.name])
+            }
+        )
+        for m in self.methods:
+            if np.isfinite(selected[m.name]):
+                self._evaluate(m, [(selected[m.name], s) for s in p.seeds])
+        return self.to_dataset(grid, selected, interior, log)
+
+    def to_dataset(
+        self,
+        grid: np.ndarray,
+        selected: Mapping[str, float],
+        interior: Mapping[str, bool],
+        log: Sequence[str],
+    ) -> xr.Dataset:
+        """The results: ``loss``/``ran``/``failed`` over ``(method, lr, seed)`` and per
+        method ``selected_lr``, ``interior``, ``grid_failures``, ``seed_failures``."""
+        p = self.protocol
+        seeds = [int(p.selection_seed), *p.seeds]
+        lrs = np.sort(np.asarray(grid, np.float64))
+        shape = (len(self.methods), len(lrs), len(seeds))
+        loss = np.full(shape, np.nan)
+        ran = np.zeros(shape, np.int8)
+        failed = np.zeros(shape, np.int8)
+        lr_index = {_lr_label(v): j for j, v in enumerate(lrs)}
+        for i, m in enumerate(self.methods):
+            for j, lr in enumerate(lrs):
+                for k, s in enumerate(seeds):
+                    doc = self._lookup(_key(self.task, m, float(lr), s))
+                    if doc is None:
+                        continue
+                    ran[i, j, k] = 1
+                    failed[i, j, k] = int(doc["failed"])
+                    if doc["loss"] is not None:
+                        loss[i, j, k] = doc["loss"]
+        names = [m.name for m in self.methods]
+        sel = np.array([selected[n] for n in names])
+        seed_fail = np.zeros(len(names), np.int64)
+        for i in range(len(names)):
+            if np.isfinite(sel[i]):
+                j = lr_index[_lr_label(sel[i])]
+                seed_fail[i] = int(failed[i, j, 1:].sum())
+        ds = xr.Dataset(
+            {
+                "loss": (("method", "lr", "seed"), loss),
+                "ran": (("method", "lr", "seed"), ran),
+                "failed": (("method", "lr", "seed"), failed),
+                "selected_lr": ("method", sel),
+                "interior": ("method", np.array([int(interior[n]) for n in names], np.int8)),
+                "grid_failures": ("method", failed[:, :, 0].sum(axis=1).astype(np.int64)),
+                "seed_failures": ("method", seed_fail),
+                "execution": ("method", np.array([self.execution.get(n, "") for n in names])),
+                "compile_mode": ("method", np.array([m.compile_mode for m in self.methods])),
+            },
+            coords={"method": names, "lr": lrs, "seed": seeds},
+        )
+        ds.attrs = make_attrs(
+            "precond_lab tuning study",
+            seed=int(p.selection_seed),
+            source=self.task,
+            task=self.task,
+            selection_seed=int(p.selection_seed),
+            confirmation_seeds=list(p.seeds),
+            points_per_octave=int(p.points_per_octave),
+            lr_bounds=list(p.lr_bounds),
+            max_extensions=int(p.max_extensions),
+            extensions="; ".join(log) if log else "none",
+            n_extensions=len(log),
+            threshold=float(p.threshold),
+            level=float(p.level),
+            runs_executed=int(self.executed),
+            runs_stored_before=int(self.cached),
+            wall_seconds=round(time.perf_counter() - self._t0, 3),
+            store="" if self.dir is None else str(self.dir),
+            method_configs=json.dumps(
+                {m.name: dict(m.config) for m in self.methods}, sort_keys=True, default=str
+            ),
+        )
+        return ds
+
+
+def _hms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def compare(
+    ds: xr.Dataset,
+    baseline: str,
+    *,
+    threshold: float | None = None,
+    level: float | None = None,
+) -> xr.Dataset:
+    """Decisions of every other method against ``baseline`` on the confirmation seeds.
+
+    Each method is taken at its own selected rate; the pairs are the seeds (the selection
+    seed is left out: its runs chose the rates).
+
+    Args:
+        ds: a ``Study.run`` result.
+        baseline: the baseline's method name.
+        threshold: the practical threshold (default: the study's).
+        level: the confidence level (default: the study's).
+
+    Returns:
+        A Dataset over ``method`` (the others): ``mean``, ``low``, ``high`` (of method −
+        baseline), ``n`` (pairs), ``decision`` (``Decision`` values as strings); attrs
+        ``baseline``, ``threshold``, ``level``. A method with a failed confirmation run (or
+        no selected rate) gets ``unresolved`` and NaNs.
+    """
+    threshold = float(ds.attrs["threshold"] if threshold is None else threshold)
+    level = float(ds.attrs["level"] if level is None else level)
+    seeds = ds["seed"].values[1:]
+
+    def at_selected(name: str) -> np.ndarray:
+        lr = float(ds["selected_lr"].sel({"method": name}))
+        if not np.isfinite(lr):
+            return np.full(len(seeds), np.nan)
+        row = ds["loss"].sel({"method": name}).sel(lr=lr, method="nearest")
+        return row.sel(seed=seeds).values.astype(np.float64)
+
+    base = at_selected(baseline)
+    others = [str(m) for m in ds["method"].values if str(m) != baseline]
+    rows = []
+    for name in others:
+        d = at_selected(name) - base
+        if d.size >= 2 and np.isfinite(d).all():
+            iv = paired_interval(d, level)
+            rows.append((iv.mean, iv.low, iv.high, iv.n, decide(iv, threshold).value))
+        else:
+            rows.append((np.nan, np.nan, np.nan, int(np.isfinite(d).sum()), "unresolved"))
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
+    return xr.Dataset(
+        {
+            "mean": ("method", np.asarray(cols[0], np.float64)),
+            "low": ("method", np.asarray(cols[1], np.float64)),
+            "high": ("method", np.asarray(cols[2], np.float64)),
+            "n": ("method", np.asarray(cols[3], np.int64)),
+            "decision": ("method", np.asarray(cols[4], dtype=object).astype(str)),
+        },
+        coords={"method": others},
+        attrs={"baseline": baseline, "threshold": threshold, "level": level},
+    )
+
+
+def pilot_bounds(
+    methods: Sequence[Method],
+    *,
+    low: float = 2.0**-16,
+    high: float = 1.0,
+    octaves_per_point: int = 2,
+    seed: int = 0,
+    margin_octaves: int = 2,
+) -> tuple[float, float]:
+    """Bounds for the shared grid from a short pilot on a coarse grid.
+
+    Runs each method (give them a short step budget) on ``2^(k·octaves_per_point)`` in
+    ``[low, high]``, takes each method's best finite rate, and returns the range of these
+    rates widened by ``margin_octaves`` octaves on both sides.
+
+    Raises:
+        ValueError: every pilot run of some method failed.
+    """
+    coarse = lr_grid(low, high, points_per_octave=1)[::octaves_per_point]
+    bests = []
+    for m in methods:
+        run = jax.jit(m.run) if m.traceable else m.run
+        losses = np.array([float(run(float(lr), int(seed))) for lr in coarse])
+        if not np.isfinite(losses).any():
+            raise ValueError(f"every pilot run of {m.name!r} failed on {coarse}")
+        bests.append(coarse[int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))])
+    f = 2.0**margin_octaves
+    return float(min(bests) / f), float(max(bests) * f)
+
+
+# ------------------------------------------------------------------------------- adapters
+def model_method(
+    name: str,
+    model: Any,
+    dataset: Any,
+    factory: Callable[..., optax.GradientTransformation],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    warmup_steps: int = 0,
+    decay: str = "cosine",
+    eval_samples: int = 1000,
+    divergence_factor: float = 10.0,
+    **hyper: Any,
+) -> Method:
+    """A traceable ``Method`` training a ``precond_lab`` model with ``factory``.
+
+    ``run(lr, seed)``: parameters from ``model.init(PRNGKey(seed))``; mini-batches drawn
+    without replacement by ``jax.random`` from ``seed`` (the same order for every method; not
+    ``precond_lab.train``'s NumPy schedule); ``factory(learning_rate=schedule, **hyper)``
+    with ``make_schedule(lr, ...)`` built inside the traced run (so one compilation serves
+    every rate); ``steps`` updates under ``lax.scan``; the mean loss on the first
+    ``eval_samples`` test examples, or NaN if a training loss was non-finite or above
+    ``divergence_factor`` × the first one.
+
+    Args:
+        name: the method's name.
+        model: a ``precond_lab.capture.models.Model`` or a name of ``make_model``.
+        dataset: a ``precond_lab.capture.data.Dataset`` or a name of ``load_dataset``.
+        factory: an optimiser factory taking ``learning_rate`` (e.g. ``po.kl_shampoo``).
+        steps: updates per run.
+        batch_size: mini-batch size.
+        warmup_steps: warmup of the schedule.
+        decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        eval_samples: test examples of the final loss.
+        divergence_factor: see above.
+        **hyper: the factory's other arguments.
+
+    Returns:
+        The method (``compile_mode="traced"``).
+    """
+    from .capture.data import load_dataset
+    from .capture.models import make_model
+    from .capture.train import batch_loss_fn
+
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(model, str):
+        model = make_model(model, ds)
+    loss_fn = batch_loss_fn(model)
+    x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    n_test = min(eval_samples, len(ds.y_test))
+    x_test, y_test = jnp.asarray(ds.x_test[:n_test]), jnp.asarray(ds.y_test[:n_test])
+    n = len(ds.y_train)
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"need 1 ≤ batch_size ≤ {n}")
+
+    def run(lr, seed):
+        key = jax.random.PRNGKey(seed)
+        k_init, k_data = jax.random.split(key)
+        params = model.init(k_init)
+        sched = make_schedule(lr, total_steps=steps, warmup_steps=warmup_steps, decay=decay)
+        tx = factory(learning_rate=sched, **hyper)
+        state = tx.init(params)
+
+        def step(carry, t):
+            params, state, first, bad = carry
+            idx = jax.random.choice(jax.random.fold_in(k_data, t), n, (batch_size,), False)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x_train[idx], y_train[idx])
+            updates, state = tx.update(grads, state, params)
+            first = jnp.where(t == 0, loss, first)
+            bad = bad | ~jnp.isfinite(loss) | (loss > divergence_factor * jnp.maximum(first, 1e-12))
+            return (optax.apply_updates(params, updates), state, first, bad), None
+
+        init = (params, state, jnp.float32(0.0), jnp.bool_(False))
+        (params, _, _, bad), _ = jax.lax.scan(step, init, jnp.arange(steps))
+        final = loss_fn(params, x_test, y_test)
+        return jnp.where(bad | ~jnp.isfinite(final), jnp.nan, final)
+
+    config = {
+        "factory": getattr(factory, "__qualname__", repr(factory)),
+        "model": getattr(model, "name", repr(model)),
+        "model_config": getattr(model, "config", {}),
+        "dataset": getattr(ds, "name", "?"),
+        "steps": steps,
+        "batch_size": batch_size,
+        "warmup_steps": warmup_steps,
+        "decay": decay,
+        "eval_samples": n_test,
+        "divergence_factor": divergence_factor,
+        "adapter": "model_method",
+        **{k: repr(v) for k, v in hyper.items()},
+    }
+    return Method(name, run, traceable=True, config=config, compile_mode="traced")
+
+
+def train_method(
+    name: str,
+    model: Any,
+    dataset: Any,
+    factory: Callable[..., optax.GradientTransformation],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    warmup_steps: int = 0,
+    decay: str = "cosine",
+    eval_samples: int = 1000,
+    divergence_factor: float = 10.0,
+    **hyper: Any,
+) -> Method:
+    """A ``Method`` running ``precond_lab.train.train`` (its batch schedule and divergence
+    stop; a failed run gives NaN).
+
+    The peak rate reaches the compiled step through ``optax.inject_hyperparams`` applied to
+    ``peak_lr -> factory(learning_rate=make_schedule(peak_lr, ...), **hyper)``, so ``train``
+    compiles once per method; if injecting fails, every run builds its own optimiser (one
+    compilation per run), with a warning and ``compile_mode="recompile"``.
+
+    Arguments as ``model_method``.
+    """
+    from .capture.data import load_dataset
+    from .capture.models import make_model
+    from .train import train
+
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(model, str):
+        model = make_model(model, ds)
+
+    def build(peak_lr):
+        sched = make_schedule(peak_lr, total_steps=steps, warmup_steps=warmup_steps, decay=decay)
+        return factory(learning_rate=sched, **hyper)
+
+    injected = None
+    try:
+        injected = optax.inject_hyperparams(build)(peak_lr=1e-3)
+        jax.eval_shape(injected.init, jax.eval_shape(model.init, jax.random.PRNGKey(0)))
+        mode = "inject_hyperparams"
+    except Exception as err:  # noqa: BLE001 - any failure means: cannot inject
+        injected, mode = None, "recompile"
+        warnings.warn(
+            f"{name}: optax.inject_hyperparams failed ({type(err).__name__}: {err}); every "
+            "run compiles its own optimiser",
+            stacklevel=2,
+        )
+
+    def run(lr, seed):
+        kw = dict(
+            steps=steps,
+            batch_size=batch_size,
+            seed=int(seed),
+            eval_samples=eval_samples,
+            divergence_factor=divergence_factor,
+        )
+        if injected is not None:
+            res = train(model, ds, injected, hyperparams={"peak_lr": float(lr)}, **kw)
+        else:
+            res = train(model, ds, build(float(lr)), **kw)
+        return float("nan") if res.failed else res.final("eval_loss")
+
+    config = {
+        "factory": getattr(factory, "__qualname__", repr(factory)),
+        "model": getattr(model, "name", repr(model)),
+        "model_config": getattr(model, "config", {}),
+        "dataset": getattr(ds, "name", "?"),
+        "steps": steps,
+        "batch_size": batch_size,
+        "warmup_steps": warmup_steps,
+        "decay": decay,
+        "eval_samples": eval_samples,
+        "divergence_factor": divergence_factor,
+        "adapter": "train_method",
+        **{k: repr(v) for k, v in hyper.items()},
+    }
+    return Method(name, run, traceable=False, config=config, compile_mode=mode)
