@@ -155,7 +155,10 @@ def test_search_works_from_file_urls(site):
     """mkdocs' search fetches search_index.json, which a browser refuses from file://; the
     offline plugin ships the index as a script and runs the search worker in an iframe."""
     assert (site / "search" / "search_index.js").read_text().startswith("var __index = {")
-    assert "iframe-worker" in (site / "index.html").read_text()
+    html = (site / "index.html").read_text()
+    assert "assets/iframe-worker/shim.js" in html  # the vendored shim, no network needed
+    assert "unpkg.com" not in html and "://" not in html.split("iframe-worker")[0][-80:]
+    assert (site / "assets" / "iframe-worker" / "shim.js").stat().st_size > 500
 
 
 def test_no_build_path_in_notebook_pages(site):

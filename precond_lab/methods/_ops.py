@@ -27,6 +27,7 @@ __all__ = [
     "eigh",
     "eigh_desc",
     "linalg_dtype",
+    "batch_mode_dot",
     "map_leaves",
     "mode_dot",
     "mode_gram",
@@ -75,6 +76,8 @@ def mode_dot(x: jax.Array, a: jax.Array, mode: int) -> jax.Array:
 
 def project(x: jax.Array, bases: Sequence[jax.Array], offset: int = 0) -> jax.Array:
     """``x ×_j Q_jᵀ`` for every mode ``j`` (axis ``j + offset``; 2-D: ``Q_aᵀ X Q_b``)."""
+    if offset == 1 and x.shape[0] == 1:  # a batch of one: the unbatched products
+        return project(x[0], bases)[None]
     for j, q in enumerate(bases):
         x = mode_dot(x, q.T, j + offset)
     return x
@@ -88,9 +91,23 @@ def project_back(x: jax.Array, bases: Sequence[jax.Array], offset: int = 0) -> j
 
 
 def mode_gram(gb: jax.Array, mode: int) -> jax.Array:
-    """``mean_k G_k,(j) G_k,(j)ᵀ`` of a batch ``(N, *modes)`` (2-D: ``E[GGᵀ]`` or ``E[GᵀG]``)."""
+    """``mean_k G_k,(j) G_k,(j)ᵀ`` of a batch ``(N, *modes)`` (2-D: ``E[GGᵀ]`` or ``E[GᵀG]``).
+
+    A batch of one (an optimiser's gradient) takes the unbatched product.
+    """
+    if gb.shape[0] == 1:
+        x = gb[0]
+        others = [i for i in range(x.ndim) if i != mode]
+        return jnp.tensordot(x, x, axes=(others, others))
     others = [i for i in range(gb.ndim) if i != mode + 1]
     return jnp.tensordot(gb, gb, axes=(others, others)) / gb.shape[0]
+
+
+def batch_mode_dot(gb: jax.Array, a: jax.Array, mode: int) -> jax.Array:
+    """``a`` onto mode ``mode`` of every sample of a batch ``(N, *modes)``."""
+    if gb.shape[0] == 1:
+        return mode_dot(gb[0], a, mode)[None]
+    return mode_dot(gb, a, mode + 1)
 
 
 def other_size(shape: Sequence[int], mode: int) -> int:

@@ -43,9 +43,9 @@ from ..structures import EigenKronecker, Structure
 from ._core import MethodSpec, Rule, register, two_mode_aliases
 from ._hp import hp
 from ._ops import (
+    batch_mode_dot,
     cast_like,
     eigh_desc,
-    mode_dot,
     mode_gram,
     other_size,
     project,
@@ -179,11 +179,23 @@ def _kl_rule(
             leaf = leaf._replace(values=instant(leaf, leaf.values, shape))
         return leaf
 
-    def statistics(leaf, gb, gpb):
+    def projections(gb, qs):
+        """``G ×_{i≠j} Q_iᵀ`` per mode ``j`` and the full projection ``G ×_i Q_iᵀ`` (batched)."""
+        k = gb.ndim - 1
+        parts = []
+        for j in range(k):
+            part = gb
+            for i in range(k):
+                if i != j:
+                    part = batch_mode_dot(part, qs[i].T, i)
+            parts.append(part)
+        return parts, batch_mode_dot(parts[0], qs[0].T, 0)
+
+    def statistics(leaf, parts, gpb):
         """Factor and eigenvalue EMAs of every mode from the other modes' old ``(Q, λ)``."""
-        shape = gb.shape[1:]
+        shape = gpb.shape[1:]
         k = len(shape)
-        qs, lams = leaf.bases, leaf.values
+        lams = leaf.values
         traces = [jnp.sum(lam**q) for lam in lams]  # Tr Ŝ_i^q (q = 0: d_i)
         p2 = jnp.mean(gpb**2, axis=0)  # E[(QᵀGQ)²]
         extra = _damping_terms(lams, q, damping)
@@ -191,9 +203,9 @@ def _kl_rule(
         for j in range(k):
             others = [i for i in range(k) if i != j]
             denom = math.prod(traces[i] for i in others) if others else 1.0
-            h, w = gb, p2
+            h, w = parts[j], p2
             for i in others:
-                h = mode_dot(h, qs[i].T, i + 1) * _along(lams[i] ** (0.5 * (q - 1)), i + 1, k + 1)
+                h = h * _along(lams[i] ** (0.5 * (q - 1)), i + 1, k + 1)
                 w = w * _along(lams[i] ** (q - 1), i, k)
             factors.append(beta * leaf.factors[j] + (1 - beta) * mode_gram(h, j) / denom)
             targets.append(jnp.sum(w, axis=tuple(others)) / denom + extra[j])
@@ -206,7 +218,7 @@ def _kl_rule(
     def regular(leaf, gb, t):
         qs = leaf.bases
         shape = gb.shape[1:]
-        gpb = project(gb, qs, offset=1)  # Q_jᵀ on every mode of every sample
+        parts, gpb = projections(gb, qs)  # Q_jᵀ on the modes of every sample
         if soap:
             mu = b1 * leaf.mu + (1 - b1) * jnp.mean(gpb, axis=0)
             nu = b2 * leaf.nu + (1 - b2) * jnp.mean(gpb**2, axis=0)
@@ -218,7 +230,7 @@ def _kl_rule(
             u = project_back(project(mu, qs) * (x / (1.0 + eps * x)), qs)
             leaf = leaf._replace(mu=mu)
         old_values = leaf.values
-        factors, values = statistics(leaf, gb, gpb)
+        factors, values = statistics(leaf, parts, gpb)
         leaf = leaf._replace(factors=factors, values=values)
         if eigenvalues == "eigh":
             pairs = [eigh_desc(s) for s in factors]

@@ -28,6 +28,7 @@ from ..methods import hp, static_int
 __all__ = [
     "FALLBACK",
     "KRON",
+    "NONFINITE",
     "SkipState",
     "StateSize",
     "default_labels",
@@ -150,12 +151,27 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+NONFINITE = ("skip", "propagate")
+
+
+def skip_nonfinite(
+    inner: optax.GradientTransformation, nonfinite: str = "skip"
+) -> optax.GradientTransformation:
     """``inner``, with every step whose gradient, update or new state is not finite skipped.
 
     A skipped step returns a zero update and keeps the state it had; ``SkipState.skipped``
-    counts them (a training loop reads it to report or stop).
+    counts them (a training loop reads it to report or stop). With
+    ``nonfinite="propagate"`` the state is the same ``SkipState`` but nothing is checked
+    (``skipped`` stays 0): a NaN reaches the parameters, as in optax. The check reads the
+    gradient, the update and the whole state once per step: measured on this project's
+    2-core CPU it costs 0–6 % of a Kronecker optimiser's step but 2–4× a memory-bound
+    diagonal step (AdamW, RF-RMSProp), whose factories therefore default to ``"propagate"``.
+
+    Raises:
+        ValueError: ``nonfinite`` is not one of ``NONFINITE``.
     """
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
 
     def init(params):
         return SkipState(inner.init(params), jnp.zeros([], jnp.int32))
@@ -171,13 +187,23 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
                 f"{type(state).__name__}: was the state built by another optimiser?"
             )
         new_u, new_inner = inner.update(updates, old, params)
+        if nonfinite == "propagate":
+            return new_u, SkipState(new_inner, jnp.asarray(skipped))
         ok = _all_finite(updates) & _all_finite(new_u) & _all_finite(new_inner)
-        new_u = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_u)
         # leaf by leaf: ``old`` may be a rebuilt container with the same arrays in order
         leaves, treedef = jax.tree.flatten(new_inner)
-        kept = [jnp.where(ok, n, o) for n, o in zip(leaves, jax.tree.leaves(old), strict=True)]
+        olds = [
+            jnp.asarray(o).astype(jnp.result_type(n))
+            for n, o in zip(leaves, jax.tree.leaves(old), strict=True)
+        ]
+        # a conditional, not an elementwise select: the taken branch's buffers pass through
+        u, kept = jax.lax.cond(
+            ok,
+            lambda: (new_u, leaves),
+            lambda: (jax.tree.map(jnp.zeros_like, new_u), olds),
+        )
         skipped = jnp.asarray(skipped) + (~ok).astype(jnp.int32)
-        return new_u, SkipState(treedef.unflatten(kept), skipped)
+        return u, SkipState(treedef.unflatten(kept), skipped)
 
     return optax.GradientTransformation(init, update)
 

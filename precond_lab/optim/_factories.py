@@ -61,6 +61,8 @@ _OPTIMISER_DOCS = {
     "labels": "per-leaf labels (``'kron'``/``'fallback'``) or a function of the params",
     "max_dim": "largest mode the default labels precondition (None: 10 000)",
     "fallback": "the transformation of ``'fallback'`` leaves (None: the default)",
+    "nonfinite": "``'skip'`` a step whose gradient, update or state is not finite (counted "
+    "in ``SkipState.skipped``) or ``'propagate'`` it (see ``skip_nonfinite``)",
 }
 
 
@@ -109,6 +111,7 @@ def _optimiser(
     weight_decay: float | None = 0.01,
     skip_first: bool = False,
     leading: str | None = None,
+    nonfinite: str = "skip",
 ) -> Callable[..., optax.GradientTransformation]:
     """Build ``po.<name>`` from ``rule``.
 
@@ -125,6 +128,7 @@ def _optimiser(
         weight_decay: the default of ``scale_and_decay``'s decay (None: the rule decays).
         skip_first: the first call only initialises (no decay either).
         leading: a rule argument that comes first, positional and required (``q``).
+        nonfinite: the default of ``skip_nonfinite``'s mode.
     """
     rule_params = [p for p in inspect.signature(rule).parameters.values() if p.name not in fixed]
     hidden = {k for k, v in tied.items() if k not in defaults}
@@ -153,6 +157,7 @@ def _optimiser(
         )
     if fallback is not None:
         params += [inspect.Parameter(k, _KW, default=None, annotation=Any) for k in _PARTITION]
+    params.append(inspect.Parameter("nonfinite", _KW, default=nonfinite, annotation=str))
     signature = inspect.Signature(params, return_annotation=optax.GradientTransformation)
     names = {p.name for p in rule_params}
 
@@ -171,7 +176,7 @@ def _optimiser(
                 rule_kwargs[k] = a[src]
         direction = transformation(rule(**fixed, **rule_kwargs))
         if fallback is None:
-            return skip_nonfinite(optax.chain(direction, scale_and_decay(lr, 0.0)))
+            return skip_nonfinite(optax.chain(direction, scale_and_decay(lr, 0.0)), a["nonfinite"])
         wd = 0.0 if weight_decay is None else a["weight_decay"]
         kron = optax.chain(direction, scale_and_decay(lr, wd, skip_first=skip_first))
         other = a["fallback"]
@@ -180,7 +185,8 @@ def _optimiser(
         elif other is None:
             shared = ("batch_size", "beta2", "alpha1", "damping", "weight_decay", "state_dtype")
             other = _rf(lr, **{k: rule_kwargs[k] for k in shared})
-        return skip_nonfinite(with_fallback(kron, other, labels=a["labels"], max_dim=a["max_dim"]))
+        partitioned = with_fallback(kron, other, labels=a["labels"], max_dim=a["max_dim"])
+        return skip_nonfinite(partitioned, a["nonfinite"])
 
     docs = {**_rule_args(rule), **_OPTIMISER_DOCS}
     for k, src in tied.items():
@@ -268,6 +274,7 @@ rf_rmsprop = _optimiser(
     learning_rate=1e-3,
     fallback=None,
     weight_decay=None,
+    nonfinite="propagate",
 )
 
 
@@ -280,9 +287,12 @@ def adamw(
     eps_root: float = 0.0,
     weight_decay: float = 1e-4,
     state_dtype: Any = None,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """AdamW, the baseline: ``optax.adamw``'s arithmetic and defaults, on the Adam rule
     that ``precond_lab.online.adam`` scores (so its ``v̂`` can be read from the state).
+
+    ``nonfinite`` defaults to ``"propagate"`` (optax's behaviour; see ``skip_nonfinite``).
 
     Returns:
         The optimiser (equal to ``optax.adamw(learning_rate, b1, b2, eps, eps_root,
@@ -290,11 +300,17 @@ def adamw(
     """
     if not callable(learning_rate):
         learning_rate = hp(learning_rate, "learning_rate", low=0.0)
-    return skip_nonfinite(_adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype))
+    return skip_nonfinite(
+        _adamw(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype), nonfinite
+    )
 
 
 def sgd(
-    learning_rate: Any = 1e-2, *, momentum: float | None = None, nesterov: bool = False
+    learning_rate: Any = 1e-2,
+    *,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
-    """optax's SGD (a baseline), behind the same NaN guard as the other optimisers."""
-    return skip_nonfinite(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
+    """optax's SGD (a baseline) in the same ``SkipState`` (``nonfinite`` as ``adamw``)."""
+    return skip_nonfinite(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), nonfinite)

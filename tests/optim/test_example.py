@@ -21,3 +21,9 @@ def test_kl_shampoo_example_trains_a_flax_nnx_model(monkeypatch, capsys):
     assert accuracy > 0.5  # 10 classes
     assert size.floats > ns["results"]["adamw"][2].floats  # Kronecker factors and bases
     assert "kl_shampoo" in capsys.readouterr().out
+
+
+def test_one_rule_per_method_example_runs(capsys):
+    path = EXAMPLE.parent / "one_rule_per_method.py"
+    runpy.run_path(str(path), run_name="__main__")
+    assert "relative difference" in capsys.readouterr().out

@@ -257,7 +257,7 @@ def test_a_structural_hyper_parameter_under_inject_names_static_args():
 # ------------------------------------------------------------- non-finite and odd leaves
 @pytest.mark.parametrize("name", OPTS)
 def test_a_nonfinite_gradient_skips_the_step_and_says_so(name):
-    tx = po.OPTIMIZERS[name](0.01, **_kw(name))
+    tx = po.OPTIMIZERS[name](0.01, nonfinite="skip", **_kw(name))
     p, s = PARAMS, tx.init(PARAMS)
     update = jax.jit(tx.update)
     for i in range(3):
@@ -352,3 +352,23 @@ def test_a_vmapped_learning_rate_sweep_does_not_hang():
         [sys.executable, "-c", _SWEEP], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", OPTS)
+def test_nonfinite_defaults_and_propagate(name):
+    """Kronecker optimisers skip by default; the diagonal baselines propagate (optax's way,
+    the NaN reaches the params: not silent) unless asked to skip."""
+    import inspect
+
+    default = inspect.signature(po.OPTIMIZERS[name]).parameters["nonfinite"].default
+    assert default == ("propagate" if name in ("adamw", "sgd", "rf_rmsprop") else "skip")
+    tx = po.OPTIMIZERS[name](0.01, nonfinite="propagate", **_kw(name))
+    p, s = PARAMS, tx.init(PARAMS)
+    for i in range(2):  # past the initialising first call
+        _, s = jax.jit(tx.update)(_tree_grads(i), s, p)
+    bad = _tree_grads(3)
+    bad["w"] = bad["w"].at[0, 0].set(jnp.nan)
+    u, s = jax.jit(tx.update)(bad, s, p)
+    assert int(s.skipped) == 0 and not np.isfinite(np.asarray(u["w"])).all()
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        po.OPTIMIZERS[name](0.01, nonfinite="ignore", **_kw(name))
