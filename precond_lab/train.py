@@ -65,6 +65,7 @@ __all__ = [
     "TrainResult",
     "preconditioner_of",
     "register_preconditioner",
+    "skipped_steps",
     "state_bytes",
     "train",
 ]
@@ -290,6 +291,8 @@ class TrainResult:
         failed_step: the step at which the run stopped (-1 if it finished).
         state_bytes: bytes of the optimiser state (``state_bytes``).
         probes: the probe scores ``(step, layer, target, estimator, metric)`` or None.
+        skipped_steps: steps the optimiser skipped because a gradient, update or state
+            was not finite (``precond_lab.optim.SkipState.skipped``; 0 for other states).
     """
 
     history: xr.Dataset
@@ -299,6 +302,7 @@ class TrainResult:
     failed_step: int
     state_bytes: int
     probes: xr.DataArray | None = None
+    skipped_steps: int = 0
 
     @property
     def failed(self) -> bool:
@@ -653,7 +657,16 @@ def train(
         failed,
         state_bytes(opt_state),
         xr.concat(probes, dim="step") if probes else None,
+        skipped_steps(opt_state),
     )
+
+
+def skipped_steps(opt_state) -> int:
+    """Steps skipped as non-finite, summed over the ``SkipState``s in an optimiser state."""
+    from .optim import SkipState
+
+    nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, SkipState))
+    return int(sum(int(n.skipped) for n in nodes if isinstance(n, SkipState)))
 
 
 def _flat_logs(logs: dict) -> dict:

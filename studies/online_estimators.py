@@ -794,10 +794,11 @@ def _p1_41(ds):
         "KL-Shampoo keeps no Adam second moment (m·n numbers per layer fewer), while grafted "
         "Shampoo and SOAP keep one.",
         judge(ok),
-        "floats per layer state, counted with jax.eval_shape of precond_lab.online's states "
-        "(momentum, kept by all, not counted; grafted Shampoo = Shampoo's factors + Adam's "
-        "second moment; this library's Shampoo state holds no eigenbasis, it takes roots on "
-        "demand): " + "; ".join(parts) + ".",
+        "floats per layer state, counted with jax.eval_shape of the optimisers' own per-leaf "
+        "states (precond_lab.methods; the online estimators keep the same): momentum (m·n, "
+        "kept by all), factors, eigenbases or Shampoo's stored roots, eigenvalues, Adam's "
+        "second moment where kept (grafted Shampoo's grafting v), SOAP's scalar bias "
+        "correction: " + "; ".join(parts) + ".",
         "holds if, at every shape, KL-Shampoo's state has no second moment and SOAP's and "
         "grafted Shampoo's states each hold one (m·n floats); a count, no training.",
         kind=TestKind.PAPER,

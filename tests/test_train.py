@@ -255,3 +255,14 @@ def test_injected_hyperparameters_share_one_compilation():
         train(model, ds, tx, steps=1, hyperparams={"momentum": 0.9})
     with pytest.raises(ValueError, match="inject_hyperparams"):
         train(model, ds, optax.adam(1e-2), steps=1, hyperparams={"learning_rate": 0.1})
+
+
+def test_skipped_steps_are_reported():
+    import precond_lab.optim as po
+    from precond_lab.train import skipped_steps
+
+    params = {"w": jnp.ones((3, 4))}
+    tx = po.kl_shampoo(0.01)
+    s = tx.init(params)
+    _, s = tx.update({"w": jnp.full((3, 4), jnp.nan)}, s, params)
+    assert skipped_steps(s) == 1 and skipped_steps(optax.sgd(0.1).init(params)) == 0
