@@ -8,11 +8,10 @@ each optimiser is timed two ways, compiled once each (warm-up excluded):
 * ``sequential``: one jitted run, called L times (the learning rate is an input);
 * ``vmap``: ``jax.jit(jax.vmap(run))`` over the L rates in one call.
 
-KL-Shampoo's run contains ``eigh`` and ``qr``; a plain ``vmap`` of it can deadlock XLA:CPU
-(``benchmarks/repro_vmap_lapack_hang.py``), so by default its vectorised variant is
-``vmap_looped``: the run vmapped with ``eigh``/``qr`` given a batching rule that loops over
-the batch (the fix proposed for ``precond_lab/optim/_common.py``, applied here from
-outside). ``--kl-vmap raw`` times the plain vmap (may hang on CPU), ``skip`` leaves it out.
+KL-Shampoo's run contains ``eigh`` and ``qr``; jaxlib's batched CPU kernels of them can
+deadlock XLA:CPU under ``vmap`` (``benchmarks/repro_vmap_lapack_hang.py``), so the methods
+loop over a vmapped batch on CPU (``precond_lab.methods._ops``): its ``vmap`` variant is
+that. ``--kl-vmap skip`` leaves it out.
 
 All variants are timed in interleaved rounds (:func:`precond_lab.timing.interleaved`);
 the result gives runs per minute (median and quartiles) and the vectorised/sequential
@@ -32,7 +31,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import machine_info, write_result  # noqa: E402
@@ -44,34 +42,13 @@ from precond_lab.timing import interleaved  # noqa: E402
 from precond_lab.tuning import model_method  # noqa: E402
 
 
-def loop_batched_linalg() -> None:
-    """Give KL-Shampoo's ``eigh_desc``/``qr_basis`` a batching rule that loops (lax.map)."""
-    import precond_lab.optim._common as common
-    import precond_lab.optim._kl as kl
-
-    def loop_batch(fn):
-        f = jax.custom_batching.custom_vmap(fn)
-
-        @f.def_vmap
-        def rule(axis_size, in_batched, *args):
-            args = [
-                a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-                for a, b in zip(args, in_batched, strict=True)
-            ]
-            return lax.map(lambda xs: f(*xs), tuple(args)), True
-
-        return f
-
-    kl.eigh_desc, kl.qr_basis = loop_batch(common.eigh_desc), loop_batch(common.qr_basis)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lrs", type=int, default=8, help="learning rates per vectorised call")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--kl-vmap", choices=("looped", "raw", "skip"), default="looped")
+    ap.add_argument("--kl-vmap", choices=("vmap", "skip"), default="vmap")
     ap.add_argument("--quick", action="store_true", help="smoke run: h=32, 5 steps, 2 rates")
     ap.add_argument("--out", default=None)
     cfg = ap.parse_args(argv)
@@ -98,13 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, m in methods.items():
         one = jax.jit(m.run)
         add(f"{name}/sequential", lambda one=one: [one(lr, seed) for lr in lrs])
-        if name == "adamw" or cfg.kl_vmap == "raw":
+        if name == "adamw" or cfg.kl_vmap == "vmap":
             vec = jax.jit(jax.vmap(m.run, in_axes=(0, None)))
             add(f"{name}/vmap", lambda vec=vec: vec(lrs, seed))
-    if cfg.kl_vmap == "looped":
-        loop_batched_linalg()  # after the sequential runs were traced
-        vec = jax.jit(jax.vmap(methods["kl_shampoo"].run, in_axes=(0, None)))
-        add("kl_shampoo/vmap_looped", lambda: vec(lrs, seed))
     t = interleaved(ops, repeats=cfg.repeats, warmup=0)
     results = {}
     for name in ops:

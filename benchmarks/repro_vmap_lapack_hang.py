@@ -30,9 +30,9 @@ Cases (each in a subprocess under a hard timeout):
   the same as ``lax.map`` loops of unbatched calls;
 * ``kl_shampoo``: ``jax.jit(jax.vmap(run))`` over ``B`` learning rates of a 64→128→128→10
   MLP (batch 32) trained with ``po.kl_shampoo`` under ``lax.scan``;
-* ``kl_shampoo_looped``: the same with ``eigh``/``qr`` given a ``jax.custom_batching``
-  rule that loops (``lax.map``) over the batch instead of one batched call — the fix
-  proposed for ``precond_lab/optim/_common.py`` (``eigh_desc``, ``qr_basis``);
+* (the fix, ``eigh``/``qr`` given a ``jax.custom_batching`` rule that loops (``lax.map``)
+  over a vmapped batch on CPU, is now in ``precond_lab.methods._ops``: ``kl_shampoo`` runs
+  through it and is expected to pass; ``tests/optim/test_methods.py`` holds it);
 * suffix ``_flag``: with ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``
   (a mitigation that avoided the hang in the runs tried: it changes the schedule, it does not
   remove the blocking wait); suffix ``_ob1``: with ``OPENBLAS_NUM_THREADS=1``.
@@ -74,17 +74,6 @@ import sys, jax, jax.numpy as jnp, optax
 from jax import lax
 import precond_lab.optim as po
 B, steps, looped = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-if looped:  # the proposed fix, applied from outside
-    import precond_lab.optim._common as C, precond_lab.optim._kl as K
-    def loop_batch(fn):
-        f = jax.custom_batching.custom_vmap(fn)
-        @f.def_vmap
-        def rule(axis_size, in_batched, *args):
-            args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-                    for a, b in zip(args, in_batched)]
-            return lax.map(lambda xs: f(*xs), tuple(args)), True
-        return f
-    K.eigh_desc, K.qr_basis = loop_batch(C.eigh_desc), loop_batch(C.qr_basis)
 def init(key):
     k1, k2, k3 = jax.random.split(key, 3)
     return {"w1": jax.random.normal(k1, (64, 128)) / 8,
@@ -133,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cases",
         nargs="+",
-        default=["concurrent_qr", "concurrent_qr_looped", "kl_shampoo", "kl_shampoo_looped"],
+        default=["concurrent_qr", "concurrent_qr_looped", "kl_shampoo"],
         help="concurrent_qr, concurrent_eigh, kl_shampoo, their _looped variants, "
         "and any of them with _flag",
     )

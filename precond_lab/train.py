@@ -619,7 +619,7 @@ def train(
         first = logs["train_loss"][0]
     todo = range(start, steps + 1)
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         todo = tqdm(todo, desc="train", unit="step", initial=start, total=steps + 1)
     for s in todo:

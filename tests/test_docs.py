@@ -168,4 +168,15 @@ def test_no_build_path_in_notebook_pages(site):
     for page in sorted((site / "notebooks").glob("*.html")):
         html = page.read_text()
         assert str(ROOT) not in html, page.name
+        assert "IProgress not found" not in html, page.name  # tqdm's widget warning
         assert sysconfig.get_paths()["purelib"] not in html, page.name
+
+
+def test_estimators_page_opens_with_the_estimators(site):
+    """The estimators' API page shows the estimators before the registry's internals."""
+    import re
+
+    html = (site / "api" / "estimators.html").read_text()
+    ids = re.findall(r'id="precond_lab\.estimators\.(\w+)"', html)
+    assert ids and ids[0] in {"frobenius_optimal", "power_iteration", "bregman_optimal"}, ids[:3]
+    assert ids.index("ESTIMATORS") > ids.index("kl_optimal")

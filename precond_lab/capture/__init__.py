@@ -27,6 +27,7 @@ examples (``.cache``).
 """
 
 from .api import TARGETS, capture, capture_from_fn, capture_model
+from .cache import enable_persistent_cache
 from .data import DATASETS, Dataset, from_arrays, load_dataset
 from .discover import Layer, discover, kfac_model
 from .factors import layer_factors, layer_target
@@ -36,6 +37,8 @@ from .kfac import KFACSkippedWarning
 from .layout import LAYOUTS, LayoutWarning
 from .models import MODELS, Model, Tape, make_model
 from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
+
+enable_persistent_cache()  # a new process's first capture loads its executables from disk
 
 __all__ = [
     "DATASETS",
@@ -57,6 +60,7 @@ __all__ = [
     "capture_from_fn",
     "capture_model",
     "discover",
+    "enable_persistent_cache",
     "kfac_model",
     "layer_factors",
     "layer_target",

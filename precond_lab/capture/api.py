@@ -419,7 +419,7 @@ class _Runner:
         start = 0 if resume is None else resume
         todo = range(start, missing[-1] + 1)
         if progress:
-            from tqdm.auto import tqdm
+            from .._progress import tqdm
 
             todo = tqdm(todo, desc="capture", unit="step")
         traj: list[tuple[int, dict]] = []

@@ -32,10 +32,20 @@ def _spd_inverse(x, name: str, max_condition: float):
     wmin = float(jnp.min(w))
     if not np.isfinite(wmin) or wmin <= 0 or wmax / wmin > max_condition:
         cond = np.inf if wmin <= 0 or not np.isfinite(wmin) else wmax / wmin
+        low = jnp.dtype(x.dtype).itemsize < 8
+        hint = (
+            f" This fit ran in {jnp.dtype(x.dtype).name}, whose round-off alone can make a damped "
+            "factor look singular: fit in float64 (jax.config.update('jax_enable_x64', True), "
+            "then e.g. evaluate(..., dtype=np.float64) or SampleTarget(samples.astype(np.float64)))"
+            " before raising the damping."
+            if low
+            else ""
+        )
         raise FitNeedsDampingError(
             f"the KL fit's {name} factor became singular or ill-conditioned (condition number "
             f"{cond:.3e} > {max_condition:.1e}): the target is (near) singular in a way no "
-            "Kronecker factor can match without damping. Pass damping > 0 (e.g. 1e-3 · tr(Σ)/(mn))."
+            "Kronecker factor can match without damping. Pass damping > 0 (e.g. 1e-3 · tr(Σ)/(mn))"
+            f" or a larger one.{hint}"
         )
     inv = (q / w[None, :]) @ q.T
     return symmetrize(inv), float(jnp.sum(jnp.log(w)))

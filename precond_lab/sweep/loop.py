@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import metrics as met
+from .._progress import tqdm
 from ..estimators import parse_estimator
 from ..schema import parse_kind
 from .cells import CellCache, DampingRule, status_of

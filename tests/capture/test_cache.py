@@ -143,3 +143,41 @@ def test_framework_models_of_one_structure_share_compiled_functions(framework):
     assert compiles == 0
     cache.clear()
     _assert_identical(second, capture_model(make(1), x, y, **kw))
+
+
+_PERSIST = """
+import os, sys, jax, jax.numpy as jnp
+import precond_lab.capture as cap
+folder = cap.cache.enable_persistent_cache()  # already on: a second call changes nothing
+print(jax.config.jax_compilation_cache_dir or "none", folder)
+jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.ones(7)).block_until_ready()
+"""
+
+
+@pytest.mark.parametrize("setting", ["default", "off", "user"])
+def test_persistent_compilation_cache(tmp_path, setting):
+    """A new process's first capture loads its executables from disk: precond_lab.capture
+    turns on JAX's persistent cache unless the user set one or turned it off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("PRECOND_LAB_JAX_CACHE", None)
+    if setting == "off":
+        env["PRECOND_LAB_JAX_CACHE"] = "off"
+    if setting == "user":
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run(
+        [sys.executable, "-c", _PERSIST], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    ours = tmp_path / "xdg" / "precond_lab" / "jax"
+    if setting == "default":
+        assert out.stdout.split()[0] == str(ours)
+        assert any(ours.iterdir())  # the executable was written
+    elif setting == "off":
+        assert out.stdout.split()[0] == "none" and not ours.exists()
+    else:
+        assert out.stdout.split()[0] == str(tmp_path / "mine") and not ours.exists()

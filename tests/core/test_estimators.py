@@ -269,3 +269,17 @@ def test_kfac_factor_damping_adds_sqrt_lambda_to_each_factor(rng):
     np.testing.assert_allclose(np.asarray(k.right), right + np.sqrt(lam) * np.eye(4), rtol=1e-12)
     with pytest.raises(ValueError, match="damping must be a finite number"):
         est.kfac(a, d, damping=-1.0)
+
+
+def test_a_float32_kl_factor_that_looks_singular_names_float64():
+    """On a float32 capture, round-off can make a damped KL factor look singular: the
+    error says so and names the float64 path, not only 'pass damping'."""
+    from precond_lab.errors import FitNeedsDampingError
+    from precond_lab.estimators._kl import _spd_inverse
+
+    bad = jnp.diag(jnp.asarray([1.0, 1e-9], jnp.float32))
+    with pytest.raises(FitNeedsDampingError, match="ran in float32.*fit in float64"):
+        _spd_inverse(bad, "left", 1e6)
+    with pytest.raises(FitNeedsDampingError) as info:
+        _spd_inverse(bad.astype(jnp.float64), "left", 1e6)
+    assert "ran in" not in str(info.value)  # float64: only the damping advice

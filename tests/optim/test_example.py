@@ -27,3 +27,14 @@ def test_one_rule_per_method_example_runs(capsys):
     path = EXAMPLE.parent / "one_rule_per_method.py"
     runpy.run_path(str(path), run_name="__main__")
     assert "relative difference" in capsys.readouterr().out
+
+
+def test_train_your_model_example_probes_the_optimiser(monkeypatch, capsys):
+    path = EXAMPLE.parent / "train_your_model.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "20"])
+    ns = runpy.run_path(str(path), run_name="__main__")
+    result = ns["result"]
+    assert not result.failed and result.probes is not None
+    cos = result.probes.sel(metric="cosine", estimator="optimizer")
+    assert cos.sizes["step"] == 2 and bool(((cos > -1) & (cos <= 1 + 1e-9)).all())
+    assert "status ok" in capsys.readouterr().out
