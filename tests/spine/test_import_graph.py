@@ -20,7 +20,7 @@ LAYERS = [
     {"estimators", "metrics", "methods"},
     {"capture", "online", "sweep", "heldout", "interop"},
     {"optim"},
-    {"train"},
+    {"train", "tuning"},
     {"plotting", "evaluate", "demo"},
     {"study", "cli", "__init__"},
 ]
