@@ -25,9 +25,11 @@ Runs are functions ``run(lr, seed) -> final loss`` (``Method``), so any model wo
 *traceable* run (pure JAX) is jitted once per method with the learning rate and seed as
 inputs, and vectorised with ``jax.vmap`` over the learning rates of a seed or the seeds of a
 rate, except where that is unsafe: on a multi-threaded CPU, a run whose jaxpr contains LAPACK
-decompositions (``eigh``, ``qr``, …) runs its configurations one after another, because a
-batched LAPACK custom call can deadlock XLA:CPU's thread pool
-(``benchmarks/repro_vmap_lapack_hang.py``). ``model_method`` builds such a run for
+decompositions (``eigh``, ``qr``, …) runs its configurations one after another: jaxlib's
+batched LAPACK kernels can deadlock XLA:CPU's thread pool
+(``benchmarks/repro_vmap_lapack_hang.py``; the methods of ``precond_lab.methods`` loop over
+a vmapped batch instead), and a vmapped optimiser step computes both branches of its
+``lax.cond``s, which made KL-Shampoo's vectorised sweep 3.3× slower than sequential runs. ``model_method`` builds such a run for
 ``precond_lab``'s models; ``train_method`` wraps ``precond_lab.train.train`` (a Python loop,
 one compilation per method through ``optax.inject_hyperparams``, or one per run where the
 factory does not support it — recorded and warned).
@@ -343,16 +345,18 @@ def _subjaxprs(params: Mapping[str, Any]):
 def lapack_primitives(fn: Callable, *args: Any) -> set[str]:
     """Names of ``LAPACK_PRIMITIVES`` in the jaxpr of ``fn(*args)`` (sub-jaxprs included).
 
-    Decompositions behind a ``jax.custom_batching.custom_vmap`` rule are not reported: such a
-    rule decides how they batch (e.g. a loop of unbatched calls, which cannot deadlock).
+    Decompositions behind a ``jax.custom_batching.custom_vmap`` rule (the methods' ``eigh``
+    and ``qr``, which loop over a vmapped batch on CPU and so cannot deadlock) are reported
+    too: on CPU a vmapped run of them is still slower than a loop of runs. Under ``vmap``
+    the step counter is batched, so every ``lax.cond`` of the run (an optimiser's first call,
+    its basis refresh) computes both branches at every step: KL-Shampoo's 8-rate sweep ran
+    3.3× slower vectorised than sequential (``benchmarks/results/train-vm-cpu.json``).
     """
     found: set[str] = set()
     todo = [jax.make_jaxpr(fn)(*args).jaxpr]
     while todo:
         jaxpr = todo.pop()
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "custom_vmap_call":
-                continue
             if eqn.primitive.name in LAPACK_PRIMITIVES:
                 found.add(eqn.primitive.name)
             todo.extend(_subjaxprs(eqn.params))
@@ -501,7 +505,7 @@ class Study:
             if vec == "auto" and jax.default_backend() == "cpu" and _cpu_threads() > 1:
                 found = lapack_primitives(method.run, jnp.float32(1e-3), jnp.int32(0))
                 if found:
-                    mode = "jit (no vmap: batched LAPACK " + ",".join(sorted(found)) + " on CPU)"
+                    mode = "jit (no vmap: LAPACK " + ",".join(sorted(found)) + " on CPU)"
         self.execution[method.name] = mode
         return mode
 

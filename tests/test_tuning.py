@@ -225,7 +225,8 @@ def test_lapack_detection():
     assert lapack_primitives(lambda a: a @ a, jnp.eye(3)) == set()
     looped = jax.custom_batching.custom_vmap(lambda a: jnp.linalg.eigh(a)[1])
     looped.def_vmap(lambda n, b, a: (jax.lax.map(looped, a), True))
-    assert lapack_primitives(looped, jnp.eye(3)) == set()  # its rule decides how it batches
+    # reported too: looped, it cannot deadlock, but a vmapped run is slower on CPU
+    assert lapack_primitives(looped, jnp.eye(3)) == {"eigh"}
 
 
 def test_pilot_bounds():
@@ -246,11 +247,10 @@ def test_protocol_validation():
         Protocol(lr_bounds=(1e-3, 1e-1), seeds=(0, 1, 2))
 
 
-def test_kl_shampoo_runs_are_vmapped_and_do_not_hang():
-    """KL-Shampoo runs (eigh/QR inside) under Study's auto mode: a batched LAPACK call can
-    deadlock XLA:CPU (benchmarks/repro_vmap_lapack_hang.py); the methods' eigh/qr loop over
-    a vmapped batch on CPU (custom_vmap), so the study vectorises them; run in a subprocess
-    with a hard timeout so that a returning hang fails the test."""
+def test_kl_shampoo_runs_are_not_vmapped_on_cpu_and_do_not_hang():
+    """KL-Shampoo runs (eigh/QR inside) under Study's auto mode run one at a time on a
+    multi-threaded CPU (vectorised they ran 3.3× slower: every cond computes both branches);
+    run in a subprocess with a hard timeout so that a returning hang fails the test."""
     code = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, optax
@@ -288,7 +288,8 @@ def test_kl_shampoo_runs_are_vmapped_and_do_not_hang():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout.strip().splitlines()[-1]
-    assert out.startswith("vmap"), out
+    if os.cpu_count() and os.cpu_count() > 1:
+        assert out.startswith("jit (no vmap: LAPACK"), out
 
 
 def test_adapters_on_a_precond_lab_model():
