@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from ..structures import Kronecker, Structure
 from ._core import MethodSpec, Rule, register
-from ._hp import hp, static_int
+from ._hp import hp
 from ._ops import cast_like
 
 __all__ = ["NS_COEFFS", "MuonLeaf", "muon_rule", "newton_schulz"]
@@ -67,7 +67,7 @@ def newton_schulz(
     Args:
         x: an ``(m, n)`` matrix.
         coeffs: the quintic's ``(a, b, c)``.
-        steps: the number of steps.
+        steps: the number of steps (a traced count runs as a ``fori_loop``).
         eps: ``ε`` in the normalisation ``X₀ = x/(‖x‖_F + ε)``.
 
     Returns:
@@ -78,9 +78,16 @@ def newton_schulz(
     if transposed:
         x = x.T
     x = x / (jnp.linalg.norm(x) + eps)
-    for _ in range(steps):
+
+    def quintic(_, x):
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        return a * x + (b * gram + c * gram @ gram) @ x
+
+    if isinstance(steps, int):
+        for i in range(steps):
+            x = quintic(i, x)
+    else:  # a traced count (optax.inject_hyperparams)
+        x = jax.lax.fori_loop(0, steps, quintic, x)
     return x.T if transposed else x
 
 
@@ -103,8 +110,7 @@ def muon_rule(
         beta: the momentum's ``β`` in ``[0, 1)``.
         nesterov: orthogonalise the Nesterov look-ahead (optax's default) or the momentum.
         ns_coeffs: the quintic's coefficients ``(a, b, c)`` (one triple for every step).
-        ns_steps: the number of Newton–Schulz steps ``≥ 1`` (structural: under
-            ``optax.inject_hyperparams`` a static argument).
+        ns_steps: the number of Newton–Schulz steps, an integer ``≥ 1``.
         eps: ``ε ≥ 0`` in the normalisation ``N/(‖N‖_F + ε)``.
         consistent_rms: None (width scaling ``√max(1, n/m)``) or a number ``> 0``
             (scaling ``√max(m, n)·consistent_rms``, Liu et al. 2025).
@@ -118,7 +124,7 @@ def muon_rule(
     """
     beta = hp(beta, "beta", low=0.0, high=1.0, high_open=True)
     eps = hp(eps, "eps", low=0.0)
-    steps = static_int(ns_steps, "ns_steps", low=1)
+    steps = hp(ns_steps, "ns_steps", low=1, integer=True)
     if consistent_rms is not None:
         consistent_rms = hp(consistent_rms, "consistent_rms", low=0.0, low_open=True)
     if len(tuple(ns_coeffs)) != 3:
