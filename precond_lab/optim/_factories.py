@@ -308,7 +308,11 @@ muon = _optimiser(
     "Muon on matrix leaves (``optax.contrib.muon``'s arithmetic; Keller Jordan's "
     "``lr = 0.02``), ``optax.adamw`` as ``optax.contrib.muon`` builds it on the others. "
     "Weight decay is this package's, after the step (``W ← (W − ηD)(1 − η·wd)``; "
-    "optax's is ``W ← W − η(D + wd·W)``, a difference of ``η²·wd·D``).",
+    "optax's is ``W ← W − η(D + wd·W)``, a difference of ``η²·wd·D``). The default "
+    "labels give Muon the leaves with two or more modes of size > 1 (order ≥ 3 reshaped to "
+    "``(prod(shape[:-1]), shape[-1])``), optax every 2-D leaf: ``labels`` can give the "
+    "partition of optax, equal but for an ``n×1`` leaf, scaled here by ``√n`` "
+    "(a size-1 axis is dropped, the leaf taken as a ``1×n`` row).",
     learning_rate=0.02,
     extra={"adam_b1": 0.9, "adam_b2": 0.999, "adam_eps_root": 0.0, "adam_weight_decay": 0.0},
     fallback=_muon_fallback,

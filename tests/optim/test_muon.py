@@ -94,6 +94,29 @@ def test_weight_decay_differs_from_optax_by_eta_squared_wd_direction():
         np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(theirs[k]))
 
 
+def test_optax_partition_by_labels_and_the_one_column_difference():
+    """With optax's labels (every 2-D leaf to Muon) a ``1×n`` leaf matches optax; an
+    ``n×1`` leaf (taken as a ``1×n`` row) steps ``√n`` times optax's (documented)."""
+    rng = np.random.default_rng(3)
+    params = {
+        k: jnp.asarray(rng.standard_normal(s))
+        for k, s in {"row": (1, 7), "w": (5, 3), "col": (7, 1)}.items()
+    }
+
+    def labels(p):
+        return jax.tree.map(lambda x: "kron" if x.ndim == 2 else "fallback", p)
+
+    got = _trajectory(po.muon(0.02, labels=labels), params, 5, seed=4)
+    want = _trajectory(optax.contrib.muon(0.02), params, 5, seed=4)
+    assert _rel(got["row"], want["row"]) <= 1e-12 and _rel(got["w"], want["w"]) <= 1e-12
+    g = jax.tree.map(jnp.ones_like, params)
+    ours = po.muon(0.02, labels=labels)
+    theirs = optax.contrib.muon(0.02)
+    u = ours.update(g, ours.init(params), params)[0]["col"]
+    v = theirs.update(g, theirs.init(params), params)[0]["col"]
+    np.testing.assert_allclose(np.asarray(u), np.sqrt(7) * np.asarray(v), rtol=1e-12)
+
+
 # ------------------------------------------------------- Shampoo with one gradient = polar
 RANDOM = [(5, 5, 0), (6, 4, 1), (4, 6, 2), (16, 9, 3)]
 
