@@ -1,10 +1,10 @@
 """The methods: one implementation of each optimiser's statistics, refresh and preconditioner.
 
-Each method is a ``Rule`` (``kl.py``, ``shampoo.py``, ``rootfree.py``) registered with a
-``MethodSpec`` in ``METHODS``: its name and label, the power its optimiser applies, its
-per-leaf state, the ``approximation(leaf) -> Structure`` that reads the ``Σ`` the state
-stands for, the reference code and paper it follows, and its NumPy transcription in the
-tests. The same rule runs as
+Each method is a ``Rule`` (``kl.py``, ``shampoo.py``, ``rootfree.py``, ``muon.py``)
+registered with a ``MethodSpec`` in ``METHODS``: its name and label, the power its
+optimiser applies, its per-leaf state, the ``approximation(leaf) -> Structure`` that
+reads the ``Σ`` the state stands for, the reference code and paper it follows, and its
+NumPy transcription in the tests. The same rule runs as
 
 * an optax transformation (``precond_lab.optim``: ``scale_by_*`` here, the optimisers there),
 * an online estimator (``precond_lab.online``) fed mini-batch or per-example gradients,
@@ -27,6 +27,7 @@ from typing import Any
 
 import optax
 
+from . import kl, rootfree, shampoo  # noqa: F401  (registered first: METHODS keeps their order)
 from ._core import (
     METHODS,
     KronState,
@@ -41,6 +42,7 @@ from ._core import (
 from ._hp import hp, static_int
 from ._ops import TENSOR_MODES, resolve_dtype, work_shape
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
+from .muon import NS_COEFFS, MuonLeaf, muon_rule, newton_schulz
 from .rootfree import (
     AdamLeaf,
     IFShampooLeaf,
@@ -76,6 +78,7 @@ scale_by_soap = _scale_by(soap_rule)
 scale_by_if_shampoo = _scale_by(if_shampoo_rule)
 scale_by_rf_rmsprop = _scale_by(rf_rmsprop_rule)
 scale_by_adam = _scale_by(adam_rule)
+scale_by_muon = _scale_by(muon_rule)
 
 __all__ = [
     "EIGENVALUE_UPDATES",
@@ -86,7 +89,9 @@ __all__ = [
     "KLSOAPLeaf",
     "KronLeaf",
     "KronState",
+    "NS_COEFFS",
     "MethodSpec",
+    "MuonLeaf",
     "OnlineState",
     "RFRMSPropLeaf",
     "Rule",
@@ -99,12 +104,15 @@ __all__ = [
     "if_shampoo_rule",
     "if_shampoo_stationarity",
     "kl_soap_rule",
+    "muon_rule",
+    "newton_schulz",
     "register",
     "resolve_dtype",
     "rf_rmsprop_rule",
     "scale_by_adam",
     "scale_by_if_shampoo",
     "scale_by_kl_soap",
+    "scale_by_muon",
     "scale_by_rf_rmsprop",
     "scale_by_shampoo",
     "scale_by_soap",

@@ -36,6 +36,7 @@ f_shampoo = ESTIMATORS["f_shampoo"]
 if_shampoo = ESTIMATORS["if_shampoo"]
 kl_shampoo = ESTIMATORS["kl_shampoo"]
 kl_soap = ESTIMATORS["kl_soap"]
+muon = ESTIMATORS["muon"]
 rf_rmsprop = ESTIMATORS["rf_rmsprop"]
 shampoo = ESTIMATORS["shampoo"]
 soap = ESTIMATORS["soap"]
@@ -63,6 +64,7 @@ __all__ = [
     "initialisation_response",
     "kl_shampoo",
     "kl_soap",
+    "muon",
     "rf_rmsprop",
     "run_online",
     "shampoo",

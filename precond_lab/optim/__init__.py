@@ -22,6 +22,7 @@ gradient, update or state is skipped and counted (``SkipState.skipped``).
                    ``trace_power_shampoo(q)`` any q)
 ``shampoo``        Shampoo, ``p`` = ½ or ¼, ``graft`` with Adam or not
 ``soap``           SOAP (Adam in Shampoo's eigenbasis, bias correction)
+``muon``           Muon (optax.contrib.muon's arithmetic; AdamW on the other leaves)
 ``if_shampoo``     IF-Shampoo (root- and inverse-free; ``batch_size`` required)
 ``rf_rmsprop``     RF-RMSProp (root-free RMSProp; ``batch_size`` required)
 ``adamw``, ``sgd`` the baselines (``adamw`` equals ``optax.adamw``)
@@ -37,12 +38,14 @@ from ..methods import (
     KLSOAPLeaf,
     KronLeaf,
     KronState,
+    MuonLeaf,
     RFRMSPropLeaf,
     ShampooLeaf,
     SOAPLeaf,
     scale_by_adam,
     scale_by_if_shampoo,
     scale_by_kl_soap,
+    scale_by_muon,
     scale_by_rf_rmsprop,
     scale_by_shampoo,
     scale_by_soap,
@@ -66,6 +69,7 @@ from ._factories import (
     if_shampoo,
     kl_shampoo,
     kl_soap,
+    muon,
     rf_rmsprop,
     sgd,
     shampoo,
@@ -84,6 +88,7 @@ OPTIMIZERS = {
     "f_shampoo": f_shampoo,
     "shampoo": shampoo,
     "soap": soap,
+    "muon": muon,
     "if_shampoo": if_shampoo,
     "rf_rmsprop": rf_rmsprop,
     "adamw": adamw,
@@ -103,6 +108,7 @@ __all__ = [
     "KLSOAPLeaf",
     "KronLeaf",
     "KronState",
+    "MuonLeaf",
     "RFRMSPropLeaf",
     "SOAPLeaf",
     "ShampooLeaf",
@@ -114,11 +120,13 @@ __all__ = [
     "if_shampoo",
     "kl_shampoo",
     "kl_soap",
+    "muon",
     "rf_rmsprop",
     "scale_and_decay",
     "scale_by_adam",
     "scale_by_if_shampoo",
     "scale_by_kl_soap",
+    "scale_by_muon",
     "scale_by_rf_rmsprop",
     "scale_by_shampoo",
     "scale_by_soap",

@@ -29,6 +29,7 @@ from ..methods import (
     hp,
     if_shampoo_rule,
     kl_soap_rule,
+    muon_rule,
     rf_rmsprop_rule,
     shampoo_rule,
     soap_rule,
@@ -43,6 +44,7 @@ __all__ = [
     "if_shampoo",
     "kl_shampoo",
     "kl_soap",
+    "muon",
     "rf_rmsprop",
     "sgd",
     "shampoo",
@@ -61,6 +63,10 @@ _OPTIMISER_DOCS = {
     "labels": "per-leaf labels (``'kron'``/``'fallback'``) or a function of the params",
     "max_dim": "largest mode the default labels precondition (None: 10 000)",
     "fallback": "the transformation of ``'fallback'`` leaves (None: the default)",
+    "adam_b1": "the fallback AdamW's ``β₁``",
+    "adam_b2": "the fallback AdamW's ``β₂``",
+    "adam_eps_root": "the fallback AdamW's ``ε_root ≥ 0`` (its ``ε`` is ``eps``)",
+    "adam_weight_decay": "the fallback AdamW's weight decay ``≥ 0`` (optax's, before the step)",
     "nonfinite": "``'skip'`` a step whose gradient, update or state is not finite (counted "
     "in ``SkipState.skipped``) or ``'propagate'`` it (see ``skip_nonfinite``)",
 }
@@ -107,7 +113,7 @@ def _optimiser(
     extra: Mapping[str, Any] = {},
     fixed: Mapping[str, Any] = {},
     tied: Mapping[str, str] = {},
-    fallback: str | None = "adamw",
+    fallback: str | Callable[..., optax.GradientTransformation] | None = "adamw",
     weight_decay: float | None = 0.01,
     skip_first: bool = False,
     leading: str | None = None,
@@ -124,7 +130,9 @@ def _optimiser(
         extra: optimiser-level arguments (name → default) that are not the rule's.
         fixed: rule arguments the optimiser fixes (e.g. ``q``).
         tied: rule argument → the argument it takes its value from when hidden or None.
-        fallback: ``"adamw"``, ``"rf_rmsprop"`` or None (the rule runs on every leaf).
+        fallback: ``"adamw"``, ``"rf_rmsprop"``, a function ``(arguments, learning_rate)
+            -> GradientTransformation`` of the bound arguments, or None (the rule runs on
+            every leaf).
         weight_decay: the default of ``scale_and_decay``'s decay (None: the rule decays).
         skip_first: the first call only initialises (no decay either).
         leading: a rule argument that comes first, positional and required (``q``).
@@ -180,7 +188,9 @@ def _optimiser(
         wd = 0.0 if weight_decay is None else a["weight_decay"]
         kron = optax.chain(direction, scale_and_decay(lr, wd, skip_first=skip_first))
         other = a["fallback"]
-        if other is None and fallback == "adamw":
+        if other is None and callable(fallback):
+            other = fallback(a, lr)
+        elif other is None and fallback == "adamw":
             other = _adamw(lr, a["b1"], a["b2"], a["eps"], 0.0, wd, a.get("state_dtype"))
         elif other is None:
             shared = ("batch_size", "beta2", "alpha1", "damping", "weight_decay", "state_dtype")
@@ -275,6 +285,38 @@ rf_rmsprop = _optimiser(
     fallback=None,
     weight_decay=None,
     nonfinite="propagate",
+)
+
+
+def _muon_fallback(a: Mapping[str, Any], lr: Any) -> optax.GradientTransformation:
+    """``optax.contrib.muon``'s AdamW for the leaves Muon does not take (Nesterov with
+    Muon's ``nesterov``, Muon's ``eps``)."""
+    return optax.adamw(
+        lr,
+        b1=hp(a["adam_b1"], "adam_b1", low=0.0, high=1.0, high_open=True),
+        b2=hp(a["adam_b2"], "adam_b2", low=0.0, high=1.0, high_open=True),
+        eps=a["eps"],
+        eps_root=hp(a["adam_eps_root"], "adam_eps_root", low=0.0),
+        weight_decay=hp(a["adam_weight_decay"], "adam_weight_decay", low=0.0),
+        nesterov=bool(a["nesterov"]),
+    )
+
+
+muon = _optimiser(
+    muon_rule,
+    "muon",
+    "Muon on matrix leaves (``optax.contrib.muon``'s arithmetic; Keller Jordan's "
+    "``lr = 0.02``), ``optax.adamw`` as ``optax.contrib.muon`` builds it on the others. "
+    "Weight decay is this package's, after the step (``W ← (W − ηD)(1 − η·wd)``; "
+    "optax's is ``W ← W − η(D + wd·W)``, a difference of ``η²·wd·D``). The default "
+    "labels give Muon the leaves with two or more modes of size > 1 (order ≥ 3 reshaped to "
+    "``(prod(shape[:-1]), shape[-1])``), optax every 2-D leaf: ``labels`` can give the "
+    "partition of optax, equal but for an ``n×1`` leaf, scaled here by ``√n`` "
+    "(a size-1 axis is dropped, the leaf taken as a ``1×n`` row).",
+    learning_rate=0.02,
+    extra={"adam_b1": 0.9, "adam_b2": 0.999, "adam_eps_root": 0.0, "adam_weight_decay": 0.0},
+    fallback=_muon_fallback,
+    weight_decay=0.0,
 )
 
 

@@ -281,3 +281,34 @@ def adamw(w, grads, *, lr, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, wd=1e-4):
         w = w - lr * (u + wd * w)
         out.append(w.copy())
     return out
+
+
+def newton_schulz(x, coeffs=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-8):
+    """Muon's quintic: ``X₀ = N/(‖N‖_F + ε)`` (wide side first), ``X ← aX + (bA + cA²)X``."""
+    a, b, c = coeffs
+    wide = x.T if x.shape[0] > x.shape[1] else x
+    y = wide / (np.linalg.norm(wide) + eps)
+    for _ in range(steps):
+        gram = y @ y.T
+        y = a * y + (b * gram + c * gram @ gram) @ y
+    return y.T if x.shape[0] > x.shape[1] else y
+
+
+def muon(w, grads, *, lr, beta=0.95, nesterov=True, steps=5, eps=1e-8, wd=0.0, rms=None):
+    """Muon: ``M ← βM + (1−β)G``; orthogonalise the Nesterov look-ahead
+    ``β M/(1−β^{t+1}) + (1−β) G/(1−β^t)`` (or ``M/(1−β^t)``); scale ``√max(1, n/m)``
+    (or ``√max(m, n)·rms``); ``W ← W − ηD``, then ``W ← W − η·wd·W`` (decay after the step)."""
+    w = np.array(w, dtype=np.float64)
+    m, n = w.shape
+    mom, out = np.zeros_like(w), []
+    scale = np.sqrt(max(1.0, n / m)) if rms is None else np.sqrt(max(m, n)) * rms
+    for t, g in enumerate(grads, start=1):
+        mom = beta * mom + (1 - beta) * g
+        if nesterov:
+            x = beta * mom / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+        else:
+            x = mom / (1 - beta**t)
+        w = w - lr * scale * newton_schulz(x, steps=steps, eps=eps)
+        w = w - lr * wd * w
+        out.append(w.copy())
+    return out

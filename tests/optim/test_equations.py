@@ -101,6 +101,19 @@ def test_shampoo(p, graft):
     assert_close(run(tx, w0, grads), want)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (5, 5)])
+def test_muon(shape, nesterov):
+    w0 = np.random.default_rng(17).standard_normal(shape)
+    grads = grads_seq(shape, 12, seed=18)
+    tx = po.muon(learning_rate=0.02, beta=0.9, nesterov=nesterov, weight_decay=0.1)
+    want = ref.muon(w0, grads, lr=0.02, beta=0.9, nesterov=nesterov, wd=0.1)
+    assert_close(run(tx, w0, grads), want)
+    tx = po.muon(learning_rate=0.02, ns_steps=3, consistent_rms=0.2, eps=1e-3)
+    want = ref.muon(w0, grads, lr=0.02, steps=3, rms=0.2, eps=1e-3)
+    assert_close(run(tx, w0, grads), want)
+
+
 @pytest.mark.parametrize("frequency", [1, 3])
 def test_if_shampoo(frequency):
     w0 = np.random.default_rng(9).standard_normal((4, 6))

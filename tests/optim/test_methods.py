@@ -228,6 +228,13 @@ BAD = [
     ("adamw", dict(learning_rate=-1.0), ValueError, r"learning_rate must be"),
     ("kl_shampoo", dict(weight_decay=-0.1), ValueError, r"weight_decay must be"),
     ("kl_shampoo", dict(max_dim=0), ValueError, r"max_dim must be"),
+    ("muon", dict(beta=1.0), ValueError, r"beta must be .* in \[0, 1\)"),
+    ("muon", dict(ns_steps=0), ValueError, r"ns_steps must be"),
+    ("muon", dict(ns_steps=2.5), TypeError, r"ns_steps must be an integer"),
+    ("muon", dict(ns_coeffs=(3.0, -4.0)), ValueError, r"ns_coeffs must be three numbers"),
+    ("muon", dict(consistent_rms=0.0), ValueError, r"consistent_rms must be"),
+    ("muon", dict(adam_b2=1.0), ValueError, r"adam_b2 must be .* in \[0, 1\)"),
+    ("muon", dict(adam_weight_decay=-1.0), ValueError, r"adam_weight_decay must be"),
 ]
 
 
