@@ -29,10 +29,11 @@ decompositions (``eigh``, ``qr``, …) runs its configurations one after another
 batched LAPACK kernels can deadlock XLA:CPU's thread pool
 (``benchmarks/repro_vmap_lapack_hang.py``; the methods of ``precond_lab.methods`` loop over
 a vmapped batch instead), and a vmapped optimiser step computes both branches of its
-``lax.cond``s, which made KL-Shampoo's vectorised sweep 3.3× slower than sequential runs. ``model_method`` builds such a run for
-``precond_lab``'s models; ``train_method`` wraps ``precond_lab.train.train`` (a Python loop,
-one compilation per method through ``optax.inject_hyperparams``, or one per run where the
-factory does not support it — recorded and warned).
+``lax.cond``s, which made KL-Shampoo's vectorised sweep 3.3× slower than sequential runs.
+``model_method`` builds such a run for ``precond_lab``'s models; ``train_method`` wraps
+``precond_lab.train.train`` (a Python loop, one compilation per method through
+``optax.inject_hyperparams``, or one per run where the factory does not support it —
+recorded and warned).
 
 Every finished run is stored at once as one small JSON file named by a hash of its
 configuration (``task``, method name and ``config``, learning rate, seed), written atomically
