@@ -24,6 +24,18 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def on_config(config):
+    # The notebooks' kernels (started by mkdocs-jupyter, they inherit this environment)
+    # print tqdm's "IProgress not found" warning when a library imports tqdm.auto without
+    # ipywidgets installed; precond_lab's own bars use the text bar there
+    # (precond_lab._progress). The warning is harmless and says nothing about the page.
+    ignore = "ignore:IProgress not found"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if ignore not in current:
+        os.environ["PYTHONWARNINGS"] = f"{current},{ignore}" if current else ignore
+    return config
+
+
 @event_priority(100)  # before mkdocs-jupyter wraps notebook files
 def on_files(files, config):
     for path in sorted((ROOT / "notebooks").glob("[0-9]*.py")):
