@@ -51,6 +51,7 @@ def optimisers(frequency: int, state_dtype) -> dict[str, optax.GradientTransform
         "shampoo_graft": po.shampoo(1e-3, frequency=frequency, **dt),
         "if_shampoo": po.if_shampoo(1e-3, batch_size=BATCH, frequency=1, **dt),
         "rf_rmsprop": po.rf_rmsprop(1e-3, batch_size=BATCH, **dt),
+        "muon": po.muon(1e-3, **dt),
     }
 
 
