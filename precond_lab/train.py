@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,13 +47,14 @@ import numpy as np
 import optax
 import xarray as xr
 
+from ._atomic import atomic_write
 from .capture.data import Dataset, load_dataset
 from .capture.layout import flat_params, path_str
 from .capture.models import Model, make_model
 from .capture.per_example import Request, make_capture_fn, run_chunked
 from .capture.train import batch_indices, batch_loss_fn, make_eval
 from .errors import CellSkipped, Status
-from .methods import METHODS, KronState, OnlineState, approximation_of
+from .methods import METHODS, KronState, OnlineState, all_finite, approximation_of
 from .schema import sample_bag
 from .structures import Diagonal, Structure
 from .targets import SampleTarget
@@ -424,15 +424,12 @@ def _save_checkpoint(path: Path, step: int, params, opt_state, logs: dict, finge
     arrays |= {f"o{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays |= {f"log_{k}": np.asarray(v, np.float64) for k, v in logs.items()}
     arrays["fingerprint"] = np.asarray(json.dumps(fingerprint, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez adds no suffix
             np.savez(fh, step=np.int64(step), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def _load_checkpoint(path: Path, params, opt_state, fingerprint: dict):
@@ -502,15 +499,8 @@ def _load_checkpoint(path: Path, params, opt_state, fingerprint: dict):
         return step, params, opt_state, logs
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    """Whether every floating leaf of ``tree`` is finite (one fused reduction)."""
-    checks = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree_util.tree_leaves(tree)
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+#: whether every floating leaf of a tree is finite, as one jitted reduction
+_all_finite = jax.jit(all_finite)
 
 
 def _check_int(name: str, value, low: int) -> int:

@@ -61,7 +61,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +74,7 @@ import optax
 import xarray as xr
 from scipy import stats
 
+from ._atomic import atomic_write
 from .provenance import make_attrs
 
 __all__ = [
@@ -384,16 +384,15 @@ def _key(task: str, method: Method, lr: float, seed: int) -> str:
 
 
 def _write_atomic(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
+    """``doc`` as JSON at ``path``, flushed to disk, through ``precond_lab._atomic``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
             json.dump(doc, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def _lr_label(lr: float) -> float:

@@ -40,7 +40,7 @@ from ._core import (
     transformation,
 )
 from ._hp import hp, static_int
-from ._ops import TENSOR_MODES, resolve_dtype, work_shape
+from ._ops import TENSOR_MODES, all_finite, resolve_dtype, work_shape
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
 from .muon import NS_COEFFS, MuonLeaf, muon_rule, newton_schulz
 from .rootfree import (
@@ -98,6 +98,7 @@ __all__ = [
     "SOAPLeaf",
     "ShampooLeaf",
     "adam_rule",
+    "all_finite",
     "approximation_of",
     "conform",
     "hp",

@@ -263,11 +263,10 @@ def transformation(rule: Rule) -> optax.GradientTransformation:
             d, new = rule.step(leaf, gb, state.count, par, False)
             return d.reshape(u.shape).astype(u.dtype), new
 
-        rest = (leaves,) if params is None else (leaves, params)
-        if params is None:
-            new_u, new_leaves = map_leaves(lambda u, leaf: one(u, leaf, None), updates, *rest)
+        if rule.needs_params:
+            new_u, new_leaves = map_leaves(one, updates, leaves, params)
         else:
-            new_u, new_leaves = map_leaves(one, updates, *rest)
+            new_u, new_leaves = map_leaves(lambda u, leaf: one(u, leaf, None), updates, leaves)
         return new_u, KronState(optax.safe_increment(state.count), new_leaves)
 
     return optax.GradientTransformation(init, update)

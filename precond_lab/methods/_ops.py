@@ -27,6 +27,7 @@ __all__ = [
     "eigh",
     "eigh_desc",
     "linalg_dtype",
+    "all_finite",
     "batch_mode_dot",
     "map_leaves",
     "mode_dot",
@@ -195,3 +196,13 @@ def cast_like(tree: Any, like: Any) -> Any:
     """``tree``'s arrays cast to the dtypes of ``like``'s (a state keeps its dtype whatever
     the dtype of injected hyper-parameters)."""
     return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite (a scalar boolean array)."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)

@@ -11,7 +11,7 @@ import xarray as xr
 
 from .._validation import check_number
 from ..errors import PrecondLabError, Status
-from ..methods import METHODS
+from ..methods import METHODS, all_finite
 from ..metrics import direction_quality
 from ..provenance import make_attrs
 from ..structures import Structure
@@ -23,8 +23,7 @@ __all__ = ["run_online", "state_is_finite", "structure_cosine"]
 
 def state_is_finite(state) -> bool:
     """Whether every floating-point array of a state (any pytree) is finite."""
-    leaves = [x for x in jax.tree_util.tree_leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    return bool(all_finite(state))
 
 
 def _eigen_parts(s: Structure):

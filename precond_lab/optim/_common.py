@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..methods import hp, static_int
+from ..methods import all_finite, hp, static_int
 
 __all__ = [
     "FALLBACK",
@@ -142,15 +142,6 @@ class SkipState(NamedTuple):
     skipped: jax.Array
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 NONFINITE = ("skip", "propagate")
 
 
@@ -189,7 +180,7 @@ def skip_nonfinite(
         new_u, new_inner = inner.update(updates, old, params)
         if nonfinite == "propagate":
             return new_u, SkipState(new_inner, jnp.asarray(skipped))
-        ok = _all_finite(updates) & _all_finite(new_u) & _all_finite(new_inner)
+        ok = all_finite(updates) & all_finite(new_u) & all_finite(new_inner)
         # leaf by leaf: ``old`` may be a rebuilt container with the same arrays in order
         leaves, treedef = jax.tree.flatten(new_inner)
         olds = [
