@@ -265,6 +265,9 @@ class Method:
             when the run changes, or stored results are reused).
         compile_mode: how the learning rate reaches compiled code (recorded):
             ``"traced"``, ``"inject_hyperparams"``, ``"recompile"`` or ``"python"``.
+        recipe: a picklable zero-argument callable that rebuilds this method in another
+            process (e.g. ``functools.partial(model_method, name, "transformer", …)``);
+            needed by ``Study(workers > 1)``.
     """
 
     name: str
@@ -272,6 +275,7 @@ class Method:
     traceable: bool = False
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     compile_mode: str = "python"
+    recipe: Callable[[], Method] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +292,10 @@ class Protocol:
         level: confidence level of the intervals.
         vectorize: ``"auto"`` (vmap traceable runs where safe), ``True`` (vmap traceable
             runs always) or ``False`` (one run at a time).
+        shared_rate: select one rate for all methods (the grid point with the lowest mean
+            selection-seed loss over the methods; a point where any method failed is not
+            eligible), as papers do that train every method at one rate per setting;
+            False: each method gets its own best rate.
     """
 
     lr_bounds: tuple[float, float]
@@ -298,6 +306,7 @@ class Protocol:
     threshold: float = 0.01
     level: float = 0.95
     vectorize: bool | str = "auto"
+    shared_rate: bool = False
 
     def __post_init__(self) -> None:
         seeds = tuple(int(s) for s in self.seeds)
@@ -400,6 +409,68 @@ def _lr_label(lr: float) -> float:
     return float(f"{float(lr):.12g}")
 
 
+def _run_doc(
+    task: str,
+    method: Method,
+    lr: float,
+    seed: int,
+    loss: float,
+    seconds: float,
+    execution: Mapping[str, str],
+) -> dict:
+    """The stored record of one finished run."""
+    return {
+        "task": task,
+        "method": method.name,
+        "config": json.dumps(dict(method.config), sort_keys=True, default=str),
+        "lr": float(lr),
+        "seed": int(seed),
+        "loss": float(loss) if np.isfinite(loss) else None,
+        "failed": not bool(np.isfinite(loss)),
+        "seconds": float(seconds),
+        "execution": execution.get(method.name, ""),
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+_WORKER_METHODS: dict[bytes, tuple[Method, Callable]] = {}
+#: XLA flags of a worker process: one thread each (the workers are the parallelism).
+WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _worker_runs(
+    recipe: Callable[[], Method],
+    task: str,
+    pairs: Sequence[tuple[float, int]],
+    store: str | None,
+    x64: bool,
+    execution: str,
+) -> list[dict]:
+    """Run ``pairs`` of the method ``recipe()`` builds, in a worker process; each finished
+    run is stored at once (as ``Study`` stores it), and the records are returned."""
+    import pickle
+
+    jax.config.update("jax_enable_x64", x64)
+    tag = pickle.dumps(recipe)
+    if tag not in _WORKER_METHODS:
+        method = recipe()
+        _WORKER_METHODS[tag] = (method, jax.jit(method.run) if method.traceable else method.run)
+    method, fn = _WORKER_METHODS[tag]
+    docs = []
+    for lr, seed in pairs:
+        t0 = time.perf_counter()
+        if method.traceable:
+            loss = float(jax.block_until_ready(fn(jnp.float32(lr), jnp.int32(seed))))
+        else:
+            loss = float(fn(float(lr), int(seed)))
+        secs = time.perf_counter() - t0
+        doc = _run_doc(task, method, lr, seed, loss, secs, {method.name: execution})
+        if store is not None:
+            _write_atomic(Path(store) / f"{_key(task, method, lr, seed)}.json", doc)
+        docs.append(doc)
+    return docs
+
+
 # ---------------------------------------------------------------------------------- study
 class Study:
     """Run the protocol for ``methods`` on one task (see the module doc).
@@ -413,6 +484,11 @@ class Study:
             keeps them in memory only.
         progress: print a progress line with the ETA per finished run (True: to stderr), or
             a callable receiving the line.
+        workers: run configurations in this many processes (``spawn``; one XLA thread
+            each), a method's pending runs going to one process at a time so that it
+            compiles once there. On a small CPU this is the parallelism that pays: a
+            small model's training step uses about one core. Every method needs a
+            ``recipe``. 1: in this process.
     """
 
     def __init__(
@@ -423,6 +499,7 @@ class Study:
         *,
         directory: str | os.PathLike | None = None,
         progress: bool | Callable[[str], None] = True,
+        workers: int = 1,
     ) -> None:
         names = [m.name for m in methods]
         if not names or len(set(names)) != len(names):
@@ -442,6 +519,17 @@ class Study:
         self._run_seconds = 0.0
         self._planned = 0
         self._t0 = time.perf_counter()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer ≥ 1, got {workers!r}")
+        missing = [m.name for m in self.methods if m.recipe is None]
+        if workers > 1 and missing:
+            raise ValueError(
+                f"workers={workers} needs every method's recipe (a picklable callable that "
+                f"rebuilds it in a worker process); missing for {missing}: build them with "
+                "model_method, or pass recipe=functools.partial(...), or use workers=1"
+            )
+        self.workers = workers
+        self._pool = None
 
     # ---------------------------------------------------------------- stored results
     def _lookup(self, key: str) -> dict | None:
@@ -457,24 +545,15 @@ class Study:
         return None
 
     def _store(self, method: Method, lr: float, seed: int, loss: float, seconds: float) -> None:
-        key = _key(self.task, method, lr, seed)
-        doc = {
-            "task": self.task,
-            "method": method.name,
-            "config": json.dumps(dict(method.config), sort_keys=True, default=str),
-            "lr": float(lr),
-            "seed": int(seed),
-            "loss": float(loss) if np.isfinite(loss) else None,
-            "failed": not bool(np.isfinite(loss)),
-            "seconds": float(seconds),
-            "execution": self.execution.get(method.name, ""),
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        doc = _run_doc(self.task, method, lr, seed, loss, seconds, self.execution)
         if self.dir is not None:
-            _write_atomic(self.dir / f"{key}.json", doc)
-        self._results[key] = doc
+            _write_atomic(self.dir / f"{_key(self.task, method, lr, seed)}.json", doc)
+        self._record(method, doc)
+
+    def _record(self, method: Method, doc: dict) -> None:
+        self._results[_key(self.task, method, doc["lr"], doc["seed"])] = doc
         self.executed += 1
-        self._run_seconds += seconds
+        self._run_seconds += doc["seconds"]
         self._report()
 
     def _report(self) -> None:
@@ -554,6 +633,71 @@ class Study:
                 loss = float(method.run(float(lr), int(seed)))
             self._store(method, lr, seed, loss, time.perf_counter() - t0)
 
+    def _evaluate_all(self, jobs: Mapping[str, Sequence[tuple[float, int]]]) -> None:
+        """Run every method's pending pairs: here, or across the worker processes."""
+        by_name = {m.name: m for m in self.methods}
+        if self.workers == 1:
+            for name, pairs in jobs.items():
+                self._evaluate(by_name[name], pairs)
+            return
+        chunks = []
+        for name, pairs in jobs.items():
+            method = by_name[name]
+            todo = [
+                (lr, s) for lr, s in pairs if self._lookup(_key(self.task, method, lr, s)) is None
+            ]
+            if todo:
+                chunks.append((method, todo))
+        while chunks and len(chunks) < self.workers:  # split the longest to fill the workers
+            chunks.sort(key=lambda c: -len(c[1]))
+            method, todo = chunks[0]
+            if len(todo) < 2:
+                break
+            half = len(todo) // 2
+            chunks[0:1] = [(method, todo[:half]), (method, todo[half:])]
+        if not chunks:
+            return
+        import concurrent.futures as cf
+        import multiprocessing
+
+        mode = f"jit in {self.workers} worker processes (1 XLA thread each)"
+        if self._pool is None:
+            old = os.environ.get("XLA_FLAGS")
+            os.environ["XLA_FLAGS"] = f"{old or ''} {WORKER_XLA_FLAGS}".strip()
+            try:
+                self._pool = cf.ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn")
+                )
+                self._pool.submit(int, 0).result()  # start the processes under these flags
+            finally:
+                if old is None:
+                    os.environ.pop("XLA_FLAGS", None)
+                else:
+                    os.environ["XLA_FLAGS"] = old
+        x64 = bool(jax.config.jax_enable_x64)
+        store = None if self.dir is None else str(self.dir)
+        futures = {}
+        for method, todo in sorted(chunks, key=lambda c: -len(c[1])):
+            self.execution.setdefault(method.name, mode)
+            fut = self._pool.submit(_worker_runs, method.recipe, self.task, todo, store, x64, mode)
+            futures[fut] = method
+        for fut in cf.as_completed(futures):
+            method = futures[fut]
+            for doc in fut.result():
+                mine = json.dumps(dict(method.config), sort_keys=True, default=str)
+                if doc["config"] != mine:
+                    raise RuntimeError(
+                        f"the recipe of {method.name!r} rebuilt a different method in a worker "
+                        f"(config {doc['config']} vs {mine}); fix its recipe"
+                    )
+                self._record(method, doc)
+
+    def close(self) -> None:
+        """Shut the worker processes down (``run`` does it when it ends)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def _loss(self, method: Method, lr: float, seed: int) -> float:
         doc = self._lookup(_key(self.task, method, lr, seed))
         if doc is None or doc["loss"] is None:
@@ -578,20 +722,28 @@ class Study:
         self._planned += len(self.methods) * (len(grid) + len(p.seeds))
         self._count_stored({m.name: [(lr, seed) for lr in grid] for m in self.methods})
         while True:
-            for m in self.methods:
-                self._evaluate(m, [(float(lr), seed) for lr in grid])
-            best, edges = {}, set()
-            for m in self.methods:
-                losses = np.array([self._loss(m, float(lr), seed) for lr in grid])
-                if not np.isfinite(losses).any():
-                    best[m.name] = -1
-                    continue
-                i = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
-                best[m.name] = i
+            self._evaluate_all({m.name: [(float(lr), seed) for lr in grid] for m in self.methods})
+            table = {
+                m.name: np.array([self._loss(m, float(lr), seed) for lr in grid])
+                for m in self.methods
+            }
+            if p.shared_rate:
+                stacked = np.stack(list(table.values()))
+                mean = np.where(np.isfinite(stacked).all(axis=0), stacked.mean(axis=0), np.inf)
+                i = int(np.argmin(mean)) if np.isfinite(mean).any() else -1
+                table = {"all methods": mean}
+                best = dict.fromkeys((m.name for m in self.methods), i)
+            best_of, edges = {}, set()
+            for name, losses in table.items():
+                finite = np.isfinite(losses)
+                i = int(np.argmin(np.where(finite, losses, np.inf))) if finite.any() else -1
+                best_of[name] = i
                 if i == 0:
-                    edges.add(("low", m.name))
+                    edges.add(("low", name))
                 elif i == len(grid) - 1:
-                    edges.add(("high", m.name))
+                    edges.add(("high", name))
+            if not p.shared_rate:
+                best = best_of
             sides = sorted({s for s, _ in edges})
             if not sides or len(log) >= p.max_extensions:
                 break
@@ -621,18 +773,18 @@ class Study:
     def run(self) -> xr.Dataset:
         """Run (or continue) the whole study; returns the results (see ``to_dataset``)."""
         self._t0 = time.perf_counter()
-        grid, selected, interior, log = self.select()
         p = self.protocol
-        self._count_stored(
-            {
+        try:
+            grid, selected, interior, log = self.select()
+            confirm = {
                 m.name: [(selected[m.name], s) for s in p.seeds]
                 for m in self.methods
                 if np.isfinite(selected[m.name])
             }
-        )
-        for m in self.methods:
-            if np.isfinite(selected[m.name]):
-                self._evaluate(m, [(selected[m.name], s) for s in p.seeds])
+            self._count_stored(confirm)
+            self._evaluate_all(confirm)
+        finally:
+            self.close()
         return self.to_dataset(grid, selected, interior, log)
 
     def to_dataset(
@@ -697,6 +849,8 @@ class Study:
             n_extensions=len(log),
             threshold=float(p.threshold),
             level=float(p.level),
+            shared_rate=int(p.shared_rate),
+            workers=int(self.workers),
             runs_executed=int(self.executed),
             runs_stored_before=int(self.cached),
             wall_seconds=round(time.perf_counter() - self._t0, 3),
@@ -815,8 +969,10 @@ def model_method(
     batch_size: int = 32,
     warmup_steps: int = 0,
     decay: str = "cosine",
+    end_factor: float = 0.0,
     eval_samples: int = 1000,
     divergence_factor: float = 10.0,
+    model_options: Mapping[str, Any] | None = None,
     **hyper: Any,
 ) -> Method:
     """A traceable ``Method`` training a ``precond_lab`` model with ``factory``.
@@ -838,20 +994,44 @@ def model_method(
         batch_size: mini-batch size.
         warmup_steps: warmup of the schedule.
         decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        end_factor: the schedule's final rate as a fraction of the peak.
         eval_samples: test examples of the final loss.
         divergence_factor: see above.
+        model_options: options of ``make_model`` when ``model`` is a name.
         **hyper: the factory's other arguments.
 
     Returns:
         The method (``compile_mode="traced"``).
     """
+    import functools
+
     from .capture.data import load_dataset
     from .capture.models import make_model
     from .capture.train import batch_loss_fn
 
+    recipe = None
+    if isinstance(model, str) and isinstance(dataset, str):
+        recipe = functools.partial(
+            model_method,
+            name,
+            model,
+            dataset,
+            factory,
+            steps=steps,
+            batch_size=batch_size,
+            warmup_steps=warmup_steps,
+            decay=decay,
+            end_factor=end_factor,
+            eval_samples=eval_samples,
+            divergence_factor=divergence_factor,
+            model_options=dict(model_options or {}),
+            **hyper,
+        )
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     if isinstance(model, str):
-        model = make_model(model, ds)
+        model = make_model(model, ds, **dict(model_options or {}))
+    elif model_options:
+        raise ValueError("model_options apply only when model is a name of make_model")
     loss_fn = batch_loss_fn(model)
     x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     n_test = min(eval_samples, len(ds.y_test))
@@ -864,18 +1044,24 @@ def model_method(
         key = jax.random.PRNGKey(seed)
         k_init, k_data = jax.random.split(key)
         params = model.init(k_init)
-        sched = make_schedule(lr, total_steps=steps, warmup_steps=warmup_steps, decay=decay)
+        sched = make_schedule(
+            lr, total_steps=steps, warmup_steps=warmup_steps, decay=decay, end_factor=end_factor
+        )
         tx = factory(learning_rate=sched, **hyper)
         state = tx.init(params)
 
-        def step(carry, t):
+        def train_step(carry, t):
             params, state, first, bad = carry
             idx = jax.random.choice(jax.random.fold_in(k_data, t), n, (batch_size,), False)
             loss, grads = jax.value_and_grad(loss_fn)(params, x_train[idx], y_train[idx])
             updates, state = tx.update(grads, state, params)
             first = jnp.where(t == 0, loss, first)
             bad = bad | ~jnp.isfinite(loss) | (loss > divergence_factor * jnp.maximum(first, 1e-12))
-            return (optax.apply_updates(params, updates), state, first, bad), None
+            return optax.apply_updates(params, updates), state, first, bad
+
+        def step(carry, t):
+            # a diverged run skips its remaining steps (one branch runs when not vmapped)
+            return jax.lax.cond(carry[3], lambda c, t: c, train_step, carry, t), None
 
         init = (params, state, jnp.float32(0.0), jnp.bool_(False))
         (params, _, _, bad), _ = jax.lax.scan(step, init, jnp.arange(steps))
@@ -891,12 +1077,13 @@ def model_method(
         "batch_size": batch_size,
         "warmup_steps": warmup_steps,
         "decay": decay,
+        "end_factor": end_factor,
         "eval_samples": n_test,
         "divergence_factor": divergence_factor,
         "adapter": "model_method",
         **{k: repr(v) for k, v in hyper.items()},
     }
-    return Method(name, run, traceable=True, config=config, compile_mode="traced")
+    return Method(name, run, traceable=True, config=config, compile_mode="traced", recipe=recipe)
 
 
 def train_method(

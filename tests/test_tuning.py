@@ -314,3 +314,85 @@ def test_adapters_on_a_precond_lab_model():
     assert t.traceable and t.compile_mode == "traced"
     assert np.isfinite(float(run(1e-3, 0))) and float(run(1e-3, 0)) != float(run(1e-3, 1))
     assert np.isnan(float(run(1e3, 0)))  # divergence is a failure
+
+
+def test_shared_rate_is_one_rate_for_all_methods():
+    # a's best is 2^-3, b's 2^-5: the shared rate minimises their mean loss (2^-4)
+    m = [Method("a", _bowl(-3)), Method("b", _bowl(-5))]
+    p = Protocol(lr_bounds=(2**-8, 2**-1), shared_rate=True)
+    ds = Study("shared", m, p, progress=False).run()
+    assert ds["selected_lr"].values.tolist() == [2**-4, 2**-4]
+    assert ds["interior"].values.tolist() == [1, 1] and ds.attrs["shared_rate"] == 1
+    c = compare(ds, "a")  # paired at the one rate: b − a = ((-4+5)² − (-4+3)²) = 0
+    assert c["decision"].sel({"method": "b"}).item() == "tie"
+
+    # a grid point where any method failed is not eligible
+    def failing_high(lr, seed):
+        return float("nan") if lr > 2**-5 else _bowl(-3)(lr, seed)
+
+    m2 = [Method("a", _bowl(-3)), Method("b", failing_high)]
+    ds2 = Study("shared2", m2, p, progress=False).run()
+    assert ds2["selected_lr"].values.tolist() == [2**-5, 2**-5]
+    # an edge optimum of the mean extends the grid for every method
+    m3 = [Method("a", _bowl(-1)), Method("b", _bowl(-2))]
+    ds3 = Study(
+        "shared3", m3, Protocol(lr_bounds=(2**-8, 2**-4), shared_rate=True), progress=False
+    ).run()
+    assert ds3.attrs["n_extensions"] >= 1 and "all methods" in ds3.attrs["extensions"]
+
+
+def test_workers_give_the_same_runs_as_one_process(tmp_path):
+    """Two spawn workers rebuild each method from its recipe, store every run and agree
+    with a run in this process bit for bit (same compiled program on the same CPU)."""
+    import precond_lab.optim as po
+    from precond_lab.tuning import model_method
+
+    kw = dict(steps=4, warmup_steps=1, eval_samples=32, model_options={"hidden": (4,)})
+    methods = [
+        model_method("adamw", "mlp", "digits", po.adamw, **kw),
+        model_method("sgd", "mlp", "digits", po.sgd, **kw),
+    ]
+    assert all(m.recipe is not None for m in methods)
+    p = Protocol(lr_bounds=(2**-6, 2**-4), max_extensions=0, vectorize=False)
+    with pytest.warns(UserWarning, match="no interior optimum"):
+        par = Study("w", methods, p, directory=tmp_path, progress=False, workers=2).run()
+    assert set(par["execution"].values.tolist()) == {
+        "jit in 2 worker processes (1 XLA thread each)"
+    }
+    stored = list((tmp_path / "runs").glob("*.json"))
+    assert len(stored) == int(par["ran"].sum()) == 2 * (3 + 3)
+    with pytest.warns(UserWarning, match="no interior optimum"):
+        one = Study("w", methods, p, progress=False).run()
+    np.testing.assert_array_equal(par["loss"].values, one["loss"].values)
+    # a method without a recipe cannot go to a worker
+    bare = Method("bare", _bowl(-3))
+    with pytest.raises(ValueError, match="recipe"):
+        Study("w", [bare], p, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        Study("w", [bare], p, workers=0)
+
+
+def test_a_diverged_model_run_skips_its_remaining_steps():
+    import optax
+
+    import precond_lab.optim as po
+    from precond_lab.tuning import model_method
+
+    calls = []
+
+    def counted_sgd(learning_rate):
+        inner = po.sgd(learning_rate=learning_rate)
+
+        def update(g, s, p=None):
+            jax.debug.callback(lambda: calls.append(1))
+            return inner.update(g, s, p)
+
+        return optax.GradientTransformation(inner.init, update)
+
+    kw = dict(steps=50, eval_samples=32, model_options={"hidden": (8,)})
+    run = jax.jit(model_method("sgd", "mlp", "digits", counted_sgd, **kw).run)
+    assert np.isfinite(float(run(jnp.float32(1e-2), jnp.int32(0))))
+    assert len(calls) == 50
+    calls.clear()
+    assert np.isnan(float(run(jnp.float32(1e4), jnp.int32(0))))
+    assert 1 <= len(calls) < 10, len(calls)  # the steps after the divergence did not run

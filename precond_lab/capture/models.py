@@ -27,6 +27,13 @@ Architectures (all weights stored as ``out × in`` matrices, so no reshaping is 
   (heads concatenated along rows, no 3-D tensors) and an MLP ``blocks/<i>/{fc,proj}/w``,
   all shared over the ``T`` token positions; the head ``head/w`` (``V × d``) reads the last
   token and predicts the next character.
+* ``patch_transformer``: a one-block ViT-style model on images: ``patch × patch`` patches,
+  a linear embedding ``embed/w`` plus learned positions, pre-LayerNorm attention
+  (``q, k, v, o``) and MLP (``fc``, ``proj``), mean pooling and a head; every weight an
+  ``out × in`` matrix through ``Tape.linear``, shared over the patches.
+* ``lstm``: a one-layer LSTM over a token window (embedding ``embed`` ``V × e``, gate weight
+  ``cell/w`` ``4h × (e + h)`` shared over time, so it is not a tape layer: gradient and GGN
+  targets work, K-FAC targets do not) whose last state predicts the next token (``head``).
 """
 
 from __future__ import annotations
@@ -223,6 +230,72 @@ def _transformer(vocab, context, width, heads, blocks, dtype) -> Model:
     return Model("transformer", init, apply, "cross_entropy", cfg, names)
 
 
+def _patch_transformer(input_shape, output_dim, patch, width, heads, dtype) -> Model:
+    if len(input_shape) != 3:
+        raise ValueError(f"patch_transformer needs (C, H, W) images, got input shape {input_shape}")
+    c, h, w = input_shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch {patch} does not divide the image size {h}×{w}")
+    if width % heads:
+        raise ValueError(f"patch_transformer width {width} is not divisible by heads {heads}")
+    tokens, pdim, dh = (h // patch) * (w // patch), c * patch * patch, width // heads
+    names = ("embed", "q", "k", "v", "o", "fc", "proj", "head")
+    shapes = {"embed": (width, pdim), "q": (width, width), "k": (width, width)}
+    shapes |= {"v": (width, width), "o": (width, width), "fc": (2 * width, width)}
+    shapes |= {"proj": (width, 2 * width), "head": (output_dim, width)}
+
+    def init(key):
+        keys = jax.random.split(key, len(names) + 1)
+        params = {n: _dense_init(k, *shapes[n], dtype) for n, k in zip(names, keys, strict=False)}
+        params["pos"] = 0.1 * jax.random.normal(keys[-1], (tokens, width), dtype)
+        return params
+
+    def apply(params, x, tape=None):
+        tape = Tape() if tape is None else tape
+        img = x.reshape(c, h // patch, patch, w // patch, patch)
+        a = img.transpose(1, 3, 0, 2, 4).reshape(tokens, pdim)
+
+        def lin(n, z):
+            return tape.linear(n, z, params[n]["w"], params[n]["b"])
+
+        z = lin("embed", a) + params["pos"]
+        y = _layer_norm(z)
+        q, k, v = (lin(n, y).reshape(tokens, heads, dh) for n in ("q", "k", "v"))
+        att = jax.nn.softmax(jnp.einsum("thd,shd->hts", q, k) / math.sqrt(dh), axis=-1)
+        z = z + lin("o", jnp.einsum("hts,shd->thd", att, v).reshape(tokens, width))
+        z = z + lin("proj", jax.nn.gelu(lin("fc", _layer_norm(z))))
+        return lin("head", _layer_norm(z).mean(axis=0))
+
+    cfg = {"patch": patch, "width": width, "heads": heads}
+    return Model("patch_transformer", init, apply, "", cfg, names)
+
+
+def _lstm(vocab, width, embed, dtype) -> Model:
+    def init(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {
+            "embed": 0.5 * jax.random.normal(k1, (vocab, embed), dtype),
+            "cell": _dense_init(k2, 4 * width, embed + width, dtype),
+            "head": _dense_init(k3, vocab, width, dtype),
+        }
+
+    def apply(params, x, tape=None):
+        del tape  # the gate weight is shared over time: not a tape layer
+        w, b = params["cell"]["w"], params["cell"]["b"]
+
+        def step(carry, e):
+            hid, cell = carry
+            i, f, g, o = jnp.split(w @ jnp.concatenate([e, hid]) + b, 4)
+            cell = jax.nn.sigmoid(f + 1.0) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+            return (jax.nn.sigmoid(o) * jnp.tanh(cell), cell), None
+
+        zero = jnp.zeros((width,), w.dtype)
+        (hid, _), _ = jax.lax.scan(step, (zero, zero), params["embed"][x])
+        return params["head"]["w"] @ hid + params["head"]["b"]
+
+    return Model("lstm", init, apply, "", {"width": width, "embed": embed}, ())
+
+
 def make_model(name: str, dataset, dtype: str = "float32", **kwargs) -> Model:
     """Build a named model sized for ``dataset`` (a ``Dataset``).
 
@@ -329,6 +402,24 @@ register_model(
     )
 )
 
+register_model(
+    ModelSpec(
+        "patch_transformer",
+        lambda ds, dt, patch, width, heads: _patch_transformer(
+            ds.input_shape, ds.output_dim, int(patch), int(width), int(heads), dt
+        ),
+        {"patch": 7, "width": 16, "heads": 2},
+    )
+)
+register_model(
+    ModelSpec(
+        "lstm",
+        lambda ds, dt, width, embed: _lstm(ds.vocab_size, int(width), int(embed), dt),
+        {"width": 32, "embed": 16},
+        tokens=True,
+    )
+)
+
 
 def _check_sizes(model: str, key: str, value) -> None:
     """Sizes of a built-in model (widths, channels, kernel, …): positive integers."""
@@ -356,7 +447,17 @@ def _build(name: str, dataset, dtype: str, **kwargs) -> Model:
             f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(spec.options)}"
         )
     opts = spec.options | kwargs
-    for key in ("hidden", "channels", "kernel", "stride", "width", "heads", "blocks"):
+    for key in (
+        "hidden",
+        "channels",
+        "kernel",
+        "stride",
+        "width",
+        "heads",
+        "blocks",
+        "patch",
+        "embed",
+    ):
         if key in opts:
             _check_sizes(name, key, opts[key])
     spec.check(opts)
