@@ -75,11 +75,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_reproduce(args: argparse.Namespace) -> int:
     from .study import FAILS, reproduce, study_modules
 
-    preset = "full" if args.full else "quick"
+    preset = "full" if args.full else "medium" if args.medium else "quick"
     only = [o.strip() for part in (args.only or []) for o in part.split(",") if o.strip()]
     if args.only is not None and not only:
         names = ", ".join(sorted(m.NAME for m in study_modules(None)))
         raise ValueError(f"--only names no study; available: {names}")
+    if preset == "medium" and not only:  # the studies that have one; the others keep theirs
+        only = [m.NAME for m in study_modules(None) if "medium" in m.PRESETS]
     study_modules(only or None)  # unknown names fail here, before anything is written
     for path, what in ((args.figures, "--figures"), (args.report, "--report")):
         if path is not None:
@@ -140,6 +142,12 @@ def build_parser(*, capture: bool = True) -> argparse.ArgumentParser:
     )
     group = rep.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="laptop-CPU preset (default)")
+    group.add_argument(
+        "--medium",
+        action="store_true",
+        help="the training studies' 2-core-CPU preset (≤ 60 min); other studies keep their "
+        "saved sections",
+    )
     group.add_argument("--full", action="store_true", help="the larger, GPU-scale preset")
     rep.add_argument("--only", action="append", help="study name(s), comma-separated")
     rep.add_argument("--figures", default=None, help="figure folder (default: <clone>/figures)")

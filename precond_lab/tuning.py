@@ -93,7 +93,9 @@ __all__ = [
     "model_method",
     "paired_interval",
     "pilot_bounds",
+    "stack",
     "train_method",
+    "unstack",
 ]
 
 
@@ -928,6 +930,112 @@ def compare(
     )
 
 
+#: Attributes of a study's Dataset that ``stack`` keeps per comparison.
+_PER_STUDY = (
+    "task",
+    "setting",
+    "extensions",
+    "n_extensions",
+    "shared_rate",
+    "lr_bounds",
+    "points_per_octave",
+    "max_extensions",
+    "runs_executed",
+    "runs_stored_before",
+    "wall_seconds",
+    "workers",
+    "method_configs",
+)
+_FILL = {"loss": np.nan, "selected_lr": np.nan, "execution": "", "compile_mode": ""}
+
+
+def stack(studies: Mapping[str, xr.Dataset]) -> xr.Dataset:
+    """Several ``Study.run`` results in one Dataset along ``comparison`` (for one file).
+
+    Methods and learning rates are the unions (``used`` marks each comparison's methods;
+    runs that did not happen have ``ran = 0``); per-study attributes become variables over
+    ``comparison``; the study-wide ones (threshold, level, seeds) must agree.
+
+    Raises:
+        ValueError: no studies, or studies with different thresholds, levels or seeds.
+    """
+    if not studies:
+        raise ValueError("stack needs at least one study")
+    names = list(studies)
+    common = ("threshold", "level", "selection_seed", "confirmation_seeds")
+    first = studies[names[0]]
+    for n in names[1:]:
+        for k in common:
+            if str(studies[n].attrs.get(k)) != str(first.attrs.get(k)):
+                raise ValueError(
+                    f"studies {names[0]!r} and {n!r} differ in {k} "
+                    f"({first.attrs.get(k)} vs {studies[n].attrs.get(k)}); stack only "
+                    "studies run under one protocol"
+                )
+    methods = list(dict.fromkeys(m for d in studies.values() for m in d["method"].values.tolist()))
+    lrs = np.unique(np.concatenate([d["lr"].values for d in studies.values()]))
+    parts = []
+    for n in names:
+        d = studies[n]
+        used = xr.DataArray(np.ones(d.sizes["method"], np.int8), dims="method")
+        d = d.assign(used=used)
+        fill = {v: _FILL.get(v, 0) for v in d.data_vars}
+        parts.append(d.reindex({"method": methods, "lr": lrs}, fill_value=fill))
+    out = xr.concat(
+        parts,
+        dim="comparison",
+        data_vars="all",
+        coords="minimal",
+        compat="override",
+        combine_attrs="drop",
+    )
+    out = out.assign_coords(comparison=names)
+    for k in _PER_STUDY:
+        vals = [studies[n].attrs.get(k, "") for n in names]
+        out[f"study_{k}"] = ("comparison", np.array([str(v) for v in vals]))
+    out.attrs = {k: v for k, v in first.attrs.items() if k not in _PER_STUDY}
+    for v in ("ran", "failed", "interior", "used"):
+        out[v] = out[v].astype(np.int8)
+    return out
+
+
+def unstack(ds: xr.Dataset, comparison: str) -> xr.Dataset:
+    """One comparison of a ``stack``ed Dataset, as ``Study.run`` returned it (``compare``
+    works on it): its methods, the rates it ran, its attributes."""
+    d = ds.sel(comparison=comparison)
+    d = d.isel({"method": np.flatnonzero(d["used"].values.astype(bool))})
+    ran = d["ran"].values.astype(bool).any(axis=(0, 2))
+    d = d.isel(lr=np.flatnonzero(ran))
+    attrs = dict(ds.attrs)
+    for k in _PER_STUDY:
+        text = str(d[f"study_{k}"].item())
+        try:
+            attrs[k] = json.loads(text) if k in ("lr_bounds",) else _type_of(k)(text)
+        except (TypeError, ValueError):
+            attrs[k] = text
+    keep = [v for v in d.data_vars if not v.startswith("study_") and v != "used"]
+    out = d[keep].drop_vars("comparison")
+    out.attrs = attrs
+    return out
+
+
+def _type_of(key: str) -> type:
+    return (
+        int
+        if key
+        in (
+            "n_extensions",
+            "shared_rate",
+            "points_per_octave",
+            "max_extensions",
+            "runs_executed",
+            "runs_stored_before",
+            "workers",
+        )
+        else (float if key == "wall_seconds" else str)
+    )
+
+
 def pilot_bounds(
     methods: Sequence[Method],
     *,
@@ -956,6 +1064,22 @@ def pilot_bounds(
         bests.append(coarse[int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))])
     f = 2.0**margin_octaves
     return float(min(bests) / f), float(max(bests) * f)
+
+
+def _describe(factory: Callable) -> str:
+    """A factory's name for cache keys, stable across processes (no memory addresses)."""
+    import functools
+
+    if isinstance(factory, functools.partial):
+        args = ", ".join(
+            [repr(a) for a in factory.args]
+            + [f"{k}={v!r}" for k, v in sorted(factory.keywords.items())]
+        )
+        return f"{_describe(factory.func)}({args})"
+    name = getattr(factory, "__qualname__", None)
+    if name is None:
+        return type(factory).__qualname__
+    return f"{getattr(factory, '__module__', '')}.{name}"
 
 
 # ------------------------------------------------------------------------------- adapters
@@ -1069,7 +1193,7 @@ def model_method(
         return jnp.where(bad | ~jnp.isfinite(final), jnp.nan, final)
 
     config = {
-        "factory": getattr(factory, "__qualname__", repr(factory)),
+        "factory": _describe(factory),
         "model": getattr(model, "name", repr(model)),
         "model_config": getattr(model, "config", {}),
         "dataset": getattr(ds, "name", "?"),
@@ -1150,7 +1274,7 @@ def train_method(
         return float("nan") if res.failed else res.final("eval_loss")
 
     config = {
-        "factory": getattr(factory, "__qualname__", repr(factory)),
+        "factory": _describe(factory),
         "model": getattr(model, "name", repr(model)),
         "model_config": getattr(model, "config", {}),
         "dataset": getattr(ds, "name", "?"),

@@ -1,28 +1,28 @@
-"""Language-model training proxy: KL-Shampoo vs Shampoo, SOAP, KL-SOAP and the trace-power family.
+"""Language-model training: KL-Shampoo against Shampoo, SOAP, KL-SOAP and the trace-power family.
 
-A character-level transformer (the capture package's ``transformer``) is trained on the
-standard-library text (``stdlib-chars``: next character after 16 characters) at one or more
-widths. Every method gets the same random learning-rate search (log-uniform; trials use
-seed 0), the best learning rate is rerun with further seeds, and failures (NaN, a loss
-above 10× the first, or a final test loss above the initial one) are counted. Kronecker
-methods precondition matrices with both sides ≤ 64 and give the others (embedding, head,
-biases) AdamW, as the optimisers' fallback does.
+A character transformer of the model zoo (pre-LayerNorm blocks, every matrix
+preconditioned by the Kronecker methods) learns the next character of windows of the
+standard-library source (``stdlib-chars``). Every comparison runs the tuning protocol of
+:mod:`precond_lab.tuning` through ``studies._tasks.tune``: one log₂ learning-rate grid shared
+by the methods, extended until the optimum is interior (bounded), warmup and cosine decay,
+selection on seed 0, three fresh seeds paired across methods (same initialisation and
+batches), and decisions on the paired differences of the held-out loss (5,000 windows in
+``medium``) with 95 % t-intervals against a practical threshold of 0.01 nats.
 
-Claims (all proxies: the papers train 123M–227M-parameter models on web text for
-thousands of steps, with 150-run searches over several hyper-parameters):
+Comparisons (``comparison`` coordinate):
 
-* **P1-16** — KL-Shampoo trains without Adam grafting (no failed run at the best learning
-  rate, final loss no worse than grafted Shampoo by more than the seed spread) and keeps
-  less optimiser state than grafted Shampoo and SOAP (no ``m×n`` Adam second moment).
-* **P1-17** — Shampoo with p = ½ and no grafting fails: the share of failed runs.
-* **P1-18** — KL-Shampoo reaches a lower final loss than SOAP, grafted Shampoo and KL-SOAP.
-* **P1-21 (training)** — KL-Shampoo beats VN-Shampoo, and VN-Shampoo beats SOAP.
-* **P4-39** — SQ- and KL-Shampoo reach a lower final loss than F- and VN-Shampoo, at every
-  width.
+* ``p1_w<d>`` — AdamW, KL-Shampoo, grafted Shampoo, SOAP, KL-SOAP and VN-Shampoo, each at
+  its own selected rate: **P1-16** (stable without grafting, less state), **P1-18**
+  (KL-Shampoo better than SOAP, grafted Shampoo and KL-SOAP), **P1-21** training part.
+* ``nograft_w<d>`` — Shampoo p = ½ without grafting at damping ε ∈ {1e-12, 1e-8, 1e-4}
+  over the whole grid, against grafted Shampoo: **P1-17** (fails or is not competitive at
+  every setting).
+* ``p4_w<d>`` for every width — F-, VN-, SQ- and KL-Shampoo at **one shared rate per
+  width** (P4's setting): **P4-39** (SQ and KL better than F and VN at every width).
 
-Also recorded (no verdict): how well each Kronecker optimiser's own preconditioner
-approximates the gradient second moment and the Gauss–Newton matrix along its trajectory,
-next to the batch optima of the same targets (:class:`precond_lab.train.Probe`).
+The preconditioner probe (no verdict) scores each probed optimiser's own preconditioner
+against the gradient second moment and the Gauss–Newton matrix along one run at its
+selected rate, next to the batch optima of the same targets.
 """
 
 from __future__ import annotations
@@ -33,26 +33,43 @@ import numpy as np
 import xarray as xr
 
 from precond_lab.provenance import make_attrs
-from precond_lab.study import FAILS, HOLDS, PARTIAL, TestKind, claim_verdict, judge, save_figures
+from precond_lab.study import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    PARTIAL,
+    TestKind,
+    claim_verdict,
+    save_figures,
+)
 from precond_lab.train import Probe
-from studies._tasks import METHODS, Task, assemble, compare, failures, figures, final, probe_run
+from precond_lab.tuning import Decision, unstack
+from studies._tasks import (
+    NOGRAFT_DAMPING,
+    Task,
+    Tuning,
+    figures,
+    grid_text,
+    optimizer,
+    pair,
+    tolerance,
+    tune_all,
+    unresolved_note,
+    verdict_of,
+)
 
 NAME = "train_lm"
 TITLE = "Training a character transformer: KL-Shampoo, Shampoo, SOAP, trace-power family"
 
-METHOD_NAMES = (
-    "adamw",
-    "kl_shampoo",
-    "shampoo_graft",
-    "shampoo_nograft",
-    "soap",
-    "kl_soap",
-    "vn_shampoo",
-    "f_shampoo",
-    "sq_shampoo",
-)
+P1_METHODS = ("adamw", "kl_shampoo", "shampoo_graft", "soap", "kl_soap", "vn_shampoo")
+NOGRAFT = tuple(f"shampoo_nograft_eps{e:g}" for e in NOGRAFT_DAMPING)
+P4_METHODS = ("kl_shampoo", "sq_shampoo", "vn_shampoo", "f_shampoo")
 PROBED = ("kl_shampoo", "soap", "shampoo_graft")
-INCONCLUSIVE = "inconclusive"
+#: How the papers' settings differ from every preset here.
+PAPERS = (
+    "P1: 123M–227M-parameter LMs on web text, 150-run random searches over several "
+    "hyper-parameters; P4: GPT-2 widths 256–1536, 5,100 updates, one run per configuration"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +77,16 @@ class Config:
     """One run of the study.
 
     Attributes:
-        widths: transformer widths (one task each; 1 block, 2 heads).
+        widths: transformer widths; the P4 comparison runs at each, the P1 comparisons at
+            ``p1_width``.
+        p1_width: the width of the P1 comparisons.
+        blocks: transformer blocks.
+        heads: attention heads.
         steps: updates per run.
-        batch_size: sequences per mini-batch.
-        trials: learning rates tried per method (the same for every method).
-        seeds: seeds of the best configuration (seed 0 is its search run).
-        evals: evaluation points per run.
-        eval_samples: test windows per evaluation.
-        methods: the methods compared.
+        batch_size: windows per mini-batch.
+        eval_samples: held-out windows of the final loss.
+        tuning: the protocol's settings.
+        p4_bounds: the initial grid of the P4 comparison per width (None: ``tuning``'s).
         probe_steps: steps at which the probed optimisers' preconditioners are scored
             (empty: no probe).
         probe_samples: examples behind each probe target.
@@ -75,82 +94,109 @@ class Config:
     """
 
     widths: tuple[int, ...]
+    p1_width: int
+    blocks: int
+    heads: int
     steps: int
+    tuning: Tuning
     batch_size: int = 32
-    trials: int = 3
-    seeds: int = 2
-    evals: int = 10
-    eval_samples: int = 1000
-    methods: tuple[str, ...] = METHOD_NAMES
+    eval_samples: int = 5000
+    p4_bounds: tuple | None = None
     probe_steps: tuple[int, ...] = ()
     probe_samples: int = 64
     probe_targets: tuple[str, ...] = ("gradients", "ggn-mc")
 
-    def tasks(self) -> list[Task]:
-        return [
-            Task(
-                f"char_lm_w{w}",
-                "transformer",
-                "stdlib-chars",
-                (("width", w), ("heads", 2), ("blocks", 1)),
-                self.steps,
-                self.batch_size,
-                self.evals,
-                self.eval_samples,
-            )
-            for w in self.widths
-        ]
+    def task(self, width: int) -> Task:
+        return Task(
+            f"char_lm_w{width}_b{self.blocks}_s{self.steps}",
+            "transformer",
+            "stdlib-chars",
+            (("width", width), ("heads", self.heads), ("blocks", self.blocks)),
+            self.steps,
+            self.batch_size,
+            eval_samples=self.eval_samples,
+        )
+
+    def plan(self) -> dict:
+        w = self.p1_width
+        plan = {
+            f"p1_w{w}": (self.task(w), P1_METHODS, self.tuning, False),
+            f"nograft_w{w}": (self.task(w), ("shampoo_graft", *NOGRAFT), self.tuning, False),
+        }
+        for width in self.widths:
+            tuning = self.tuning
+            if self.p4_bounds is not None:
+                tuning = dataclasses.replace(tuning, lr_bounds=dict(self.p4_bounds)[width])
+            plan[f"p4_w{width}"] = (self.task(width), P4_METHODS, tuning, True)
+        return plan
 
 
 PRESETS = {
     "test": Config(
         widths=(8,),
+        p1_width=8,
+        blocks=1,
+        heads=2,
         steps=12,
         batch_size=8,
-        trials=2,
-        seeds=2,
-        evals=3,
         eval_samples=64,
-        methods=("adamw", "kl_shampoo", "shampoo_nograft", "vn_shampoo"),
+        tuning=Tuning((2**-7, 2**-6), max_extensions=1, workers=1),
         probe_steps=(0, 6),
         probe_samples=16,
         probe_targets=("gradients",),
     ),
-    "quick": Config(widths=(16,), steps=300, trials=3, seeds=2, probe_steps=(0, 50, 150, 300)),
+    "quick": Config(
+        widths=(16,),
+        p1_width=16,
+        blocks=1,
+        heads=2,
+        steps=200,
+        eval_samples=2000,
+        tuning=Tuning((2**-10, 2**-6), max_extensions=2),
+        probe_steps=(0, 50, 200),
+    ),
+    "medium": Config(
+        widths=(32, 64),
+        p1_width=32,
+        blocks=2,
+        heads=4,
+        steps=1500,
+        tuning=Tuning((2**-11, 2**-6), max_extensions=3),
+        p4_bounds=((32, (2**-11, 2**-6)), (64, (2**-11, 2**-7))),
+        probe_steps=(0, 250, 750, 1500),
+    ),
     "full": Config(
-        widths=(32, 64, 128),
-        steps=3000,
+        widths=(64, 128, 256),
+        p1_width=128,
+        blocks=4,
+        heads=4,
+        steps=5000,
         batch_size=64,
-        trials=20,
-        seeds=3,
-        evals=20,
-        eval_samples=4000,
-        probe_steps=(0, 100, 500, 1000, 2000, 3000),
+        eval_samples=10000,
+        tuning=Tuning((2**-12, 2**-6), max_extensions=3, seeds=(1, 2, 3, 4, 5), workers=1),
+        probe_steps=(0, 500, 2500, 5000),
         probe_samples=256,
     ),
 }
 
 
 def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
-    """Train every method on every width; returns the study's Dataset."""
+    """Run (or resume) every comparison; returns the study's Dataset."""
     config = dataclasses.replace(config, **overrides)
-    tasks = config.tasks()
-    ds = assemble(tasks, {t.name: config.methods for t in tasks}, config.trials, config.seeds, log)
+    ds = tune_all(config.plan(), log=log)
     if config.probe_steps:
-        probes = []
-        task = tasks[-1]
-        layers = ("blocks/0/q/w", "blocks/0/fc/w")
+        comp = f"p1_w{config.p1_width}"
+        task = config.task(config.p1_width)
         probe = Probe(
             steps=config.probe_steps,
-            layers=layers,
+            layers=("blocks/0/q/w", "blocks/0/fc/w"),
             targets=config.probe_targets,
             num_samples=config.probe_samples,
             mc_samples=2,
         )
-        names = [m for m in PROBED if m in config.methods]
-        for m in names:
-            lr = float(ds["best_lr"].sel(task=task.name, optimizer=m))
-            probes.append(probe_run(task, METHODS[m], lr, probe))
+        sel = unstack(ds, comp)["selected_lr"]
+        names = [m for m in PROBED if np.isfinite(float(sel.sel({"method": m})))]
+        probes = [task.probe(m, float(sel.sel({"method": m})), probe) for m in names]
         if probes:
             p = xr.concat(probes, dim="probe_method").assign_coords(probe_method=names)
             p = p.rename(
@@ -160,23 +206,23 @@ def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
                 estimator="probe_estimator",
             )
             ds["probe_score"] = p.drop_vars([c for c in p.coords if c not in p.dims])
-            ds = ds.assign_coords(probe_task=task.name)
     ds.attrs.update(
         make_attrs(
             TITLE,
             source="stdlib-chars",
             widths=",".join(map(str, config.widths)),
+            p1_width=config.p1_width,
+            blocks=config.blocks,
             steps=config.steps,
             batch_size=config.batch_size,
-            trials=config.trials,
-            seeds=config.seeds,
+            eval_samples=config.eval_samples,
         )
     )
     return ds
 
 
 def plot(ds: xr.Dataset, figdir) -> list:
-    """Curves, summary bars, and the probe (own preconditioner vs batch optima)."""
+    """Loss against learning rate, paired differences, and the probe."""
     figs = figures(ds, NAME)
     if "probe_score" in ds:
         figs[f"{NAME}_probe"] = _probe_figure(ds)
@@ -184,207 +230,178 @@ def plot(ds: xr.Dataset, figdir) -> list:
 
 
 def _probe_figure(ds):
-    from precond_lab.plotting import OKABE_ITO, figure, legend, style
+    from precond_lab.plotting import figure, legend, style
+    from studies._tasks import color
 
     p = ds["probe_score"]
     targets = p["probe_target"].values.tolist()
     methods = p["probe_method"].values.tolist()
-    colors = [OKABE_ITO[METHODS[m].color] for m in methods]
     with style():
         fig, axes = figure(len(targets), len(p["probe_layer"]), panel=(3.3, 2.4))
         for i, t in enumerate(targets):
             for j, layer in enumerate(p["probe_layer"].values.tolist()):
                 ax = axes[i, j]
-                for m, c in zip(methods, colors, strict=True):
-                    y = p.sel(
-                        probe_method=m,
-                        probe_target=t,
-                        probe_layer=layer,
-                        metric="cosine",
-                        probe_estimator="optimizer",
+                at = {"probe_target": t, "probe_layer": layer, "metric": "cosine"}
+                for m in methods:
+                    y = p.sel(probe_method=m, probe_estimator="optimizer", **at)
+                    ax.plot(
+                        p["probe_step"],
+                        y,
+                        "-o",
+                        color=color(m),
+                        label=f"{optimizer(m).label} (own)",
                     )
-                    ax.plot(p["probe_step"], y, "-o", color=c, label=f"{METHODS[m].label} (own)")
                 for est, ls in (("kl_optimal", "--"), ("shampoo_squared", ":")):
                     if est in p["probe_estimator"].values:
-                        y = p.sel(
-                            probe_method=methods[0],
-                            probe_target=t,
-                            probe_layer=layer,
-                            metric="cosine",
-                            probe_estimator=est,
-                        )
+                        y = p.sel(probe_method=methods[0], probe_estimator=est, **at)
                         ax.plot(
                             p["probe_step"],
                             y,
                             ls,
                             color="#7F7F7F",
-                            label=f"batch {est} ({METHODS[methods[0]].label} run)",
+                            label=f"batch {est} ({optimizer(methods[0]).label} run)",
                         )
                 ax.set(title=f"{layer} · {t}", xlabel="step", ylabel="cosine to target")
         legend(fig, axes, ncols=3)
     return fig
 
 
-def _setting(ds) -> str:
-    return (
-        f"character transformer (1 block, widths {ds.attrs.get('widths')}) on stdlib text, "
-        f"{ds.attrs.get('steps')} steps of batch {ds.attrs.get('batch_size')}, "
-        f"{ds.attrs.get('trials')} learning rates per method, {ds.attrs.get('seeds')} seeds; "
-        "the papers: 123M–227M-parameter LMs, 150-run searches"
-    )
+def _setting(d: xr.Dataset) -> str:
+    return f"{d.attrs['setting']}; {grid_text(d)}; the papers: {PAPERS}"
 
 
-def _fmt(ds, task, m):
-    mean, sd = final(ds, task, m)
-    return f"{m} {mean:.3f}±{sd:.3f}" if np.isfinite(mean) else f"{m} failed"
+def _bytes(d: xr.Dataset, m: str) -> int:
+    return int(d["state_bytes"].sel({"method": m}))
 
 
 def verdicts(ds: xr.Dataset) -> list:
-    """P1-16, P1-17, P1-18, P1-21 (training) and P4-39 from the Dataset."""
-    tasks = ds["task"].values.tolist()
-    methods = ds["optimizer"].values.tolist()
-    setting = _setting(ds)
-    tol = "a difference counts when the seed means differ by ≥ 1 combined seed std"
+    """P1-16, P1-17, P1-18, P1-21 (training) and P4-39."""
+    comps = ds["comparison"].values.tolist()
     out = []
-
-    def have(*ms):
-        return all(m in methods for m in ms)
-
-    if have("kl_shampoo", "shampoo_graft", "soap"):
-        rows, ok_all = [], []
-        for t in tasks:
-            nfail, nrun = failures(ds, t, "kl_shampoo")
-            seed_fail = int(ds["seed_failed"].sel(task=t, optimizer="kl_shampoo").sum())
-            res, margin = compare(ds, t, "kl_shampoo", "shampoo_graft")
-            mem = {
-                m: int(ds["state_bytes"].sel(task=t, optimizer=m))
-                for m in ("kl_shampoo", "shampoo_graft", "soap")
-            }
-            less = mem["kl_shampoo"] < min(mem["shampoo_graft"], mem["soap"])
-            ok_all.append(seed_fail == 0 and res in ("better", "tie") and less)
-            rows.append(
-                f"{t}: KL-Shampoo failed {nfail}/{nrun} runs "
-                f"({seed_fail} failed seeds at the best lr), "
-                f"vs grafted Shampoo {res} ({margin:+.1f} std); state KiB: "
-                + ", ".join(f"{m} {b / 1024:.1f}" for m, b in mem.items())
-            )
+    p1 = next((c for c in comps if c.startswith("p1_")), None)
+    if p1 is not None:
+        d = unstack(ds, p1)
+        tol = tolerance(d)
+        failed_seeds = int(d["seed_failures"].sel({"method": "kl_shampoo"}))
+        interior = bool(d["interior"].sel({"method": "kl_shampoo"}))
+        gf = {
+            m: int(d["grid_failures"].sel({"method": m})) for m in ("kl_shampoo", "shampoo_graft")
+        }
+        mem = {m: _bytes(d, m) for m in ("kl_shampoo", "shampoo_graft", "soap")}
+        less = mem["kl_shampoo"] < min(mem["shampoo_graft"], mem["soap"])
+        stable = failed_seeds == 0 and interior and gf["kl_shampoo"] <= gf["shampoo_graft"]
+        _, vs = pair(d, "kl_shampoo", "shampoo_graft")
+        verdict = HOLDS if stable and less else FAILS if failed_seeds else PARTIAL
         out.append(
             claim_verdict(
                 "P1-16",
-                judge(all(ok_all), any(ok_all)),
-                "; ".join(rows),
-                "no failed seed at the best lr, not worse than grafted Shampoo, less state "
-                f"than grafted Shampoo and SOAP; {tol}",
-                kind=TestKind.PROXY,
-                setting=setting,
-            )
-        )
-    if have("shampoo_nograft"):
-        counts = [failures(ds, t, "shampoo_nograft") for t in tasks]
-        nfail, nrun = sum(c[0] for c in counts), sum(c[1] for c in counts)
-        ref = [failures(ds, t, "shampoo_graft") for t in tasks] if have("shampoo_graft") else []
-        verdict = HOLDS if nfail == nrun else PARTIAL if 2 * nfail > nrun else FAILS
-        extra = (
-            f"; grafted Shampoo failed {sum(c[0] for c in ref)}/{sum(c[1] for c in ref)}"
-            if ref
-            else ""
-        )
-        extra += "; final test loss " + ", ".join(
-            f"{t}: "
-            + ", ".join(
-                _fmt(ds, t, m) for m in ("shampoo_nograft", "shampoo_graft") if m in methods
-            )
-            for t in tasks
-        )
-        out.append(
-            claim_verdict(
-                "P1-17",
                 verdict,
-                f"Shampoo p=½ without grafting failed {nfail}/{nrun} runs{extra}",
-                "holds: every run fails (NaN, loss > 10× the first, or ends worse than it "
-                "started); partial: most do",
+                f"{p1}: KL-Shampoo (no grafting) failed {failed_seeds} of "
+                f"{d.sizes['seed'] - 1} fresh seeds at its rate "
+                f"({'interior' if interior else 'grid edge'}) and {gf['kl_shampoo']} of "
+                f"{int(d['ran'].sel({'method': 'kl_shampoo'}).isel(seed=0).sum())} grid runs "
+                f"(grafted Shampoo {gf['shampoo_graft']}); state KiB "
+                + ", ".join(f"{m} {b / 1024:.1f}" for m, b in mem.items())
+                + f"; for reference {vs}",
+                "holds: no failed fresh seed, an interior optimum, no more grid failures than "
+                "grafted Shampoo, and less optimiser state than grafted Shampoo and SOAP",
                 kind=TestKind.PROXY,
-                setting=setting,
+                setting=_setting(d),
             )
         )
-    rivals = [m for m in ("soap", "shampoo_graft", "kl_soap") if m in methods]
-    if "kl_shampoo" in methods and rivals:
-        res = {(t, r): compare(ds, t, "kl_shampoo", r) for t in tasks for r in rivals}
-        wins = sum(v[0] == "better" for v in res.values())
-        losses = sum(v[0] == "worse" for v in res.values())
-        verdict = (
-            HOLDS
-            if wins == len(res)
-            else FAILS
-            if losses == len(res)
-            else PARTIAL
-            if wins
-            else INCONCLUSIVE
+        decisions, texts = zip(
+            *(pair(d, "kl_shampoo", r) for r in ("soap", "shampoo_graft", "kl_soap")),
+            strict=True,
         )
-        ev = "; ".join(
-            f"{t}: " + ", ".join(_fmt(ds, t, m) for m in ("kl_shampoo", *rivals)) for t in tasks
-        )
+        v = verdict_of(decisions)
         out.append(
             claim_verdict(
                 "P1-18",
-                verdict,
-                f"final test loss (mean±std over seeds) {ev}; KL-Shampoo "
-                f"better in {wins}/{len(res)} comparisons, worse in {losses}",
-                f"holds: better than every rival at every width; {tol}; inconclusive: "
-                "no difference beyond the seed spread",
+                v,
+                f"{unresolved_note(v)}{p1}: " + "; ".join(texts),
+                f"{tol}; holds: better than every rival",
                 kind=TestKind.PROXY,
-                setting=setting,
+                setting=_setting(d),
             )
         )
-    if have("kl_shampoo", "vn_shampoo"):
-        a = [compare(ds, t, "kl_shampoo", "vn_shampoo") for t in tasks]
-        b = [compare(ds, t, "vn_shampoo", "soap") for t in tasks] if have("soap") else []
-        ok = [x[0] == "better" for x in a + b]
-        bad = [x[0] == "worse" for x in a + b]
-        verdict = HOLDS if all(ok) else FAILS if all(bad) else PARTIAL if any(ok) else INCONCLUSIVE
-        ev = "; ".join(
-            f"{t}: KL vs VN {x[0]} ({x[1]:+.1f} std)"
-            + (f", VN vs SOAP {y[0]} ({y[1]:+.1f} std)" if b else "")
-            for t, x, y in zip(tasks, a, b or [None] * len(a), strict=True)
+        decisions, texts = zip(
+            pair(d, "kl_shampoo", "vn_shampoo"), pair(d, "vn_shampoo", "soap"), strict=True
         )
+        v = verdict_of(decisions)
         out.append(
-            claim_verdict("P1-21-train", verdict, ev, tol, kind=TestKind.PROXY, setting=setting)
-        )
-    if have("kl_shampoo", "sq_shampoo", "vn_shampoo", "f_shampoo"):
-        pairs = [
-            (t, a, b)
-            for t in tasks
-            for a in ("sq_shampoo", "kl_shampoo")
-            for b in ("f_shampoo", "vn_shampoo")
-        ]
-        res = [compare(ds, t, a, b)[0] for t, a, b in pairs]
-        wins, losses = res.count("better"), res.count("worse")
-        verdict = (
-            HOLDS
-            if wins == len(res)
-            else FAILS
-            if losses == len(res)
-            else PARTIAL
-            if wins > losses
-            else INCONCLUSIVE
-            if not losses
-            else FAILS
-        )
-        ev = "; ".join(
-            f"{t}: "
-            + ", ".join(
-                _fmt(ds, t, m) for m in ("kl_shampoo", "sq_shampoo", "vn_shampoo", "f_shampoo")
+            claim_verdict(
+                "P1-21-train",
+                v,
+                f"{unresolved_note(v)}{p1}: " + "; ".join(texts),
+                f"{tol}; holds: both better",
+                kind=TestKind.PROXY,
+                setting=_setting(d),
             )
-            for t in tasks
         )
+    ng = next((c for c in comps if c.startswith("nograft_")), None)
+    if ng is not None:
+        out.append(_p1_17(unstack(ds, ng), ng))
+    p4 = [c for c in comps if c.startswith("p4_")]
+    if p4:
+        decisions, texts = [], []
+        for c in p4:
+            d = unstack(ds, c)
+            for a in ("sq_shampoo", "kl_shampoo"):
+                for b in ("f_shampoo", "vn_shampoo"):
+                    dec, text = pair(d, a, b)
+                    decisions.append(dec)
+                    texts.append(f"{c} {text}")
+        v = verdict_of(decisions)
+        n_better = sum(x == Decision.BETTER for x in decisions)
         out.append(
             claim_verdict(
                 "P4-39",
-                verdict,
-                f"final test loss {ev}; SQ/KL better in {wins}/{len(res)} pairs, worse in {losses}",
-                f"holds: SQ and KL better than F and VN at every width; {tol}",
+                v,
+                f"{unresolved_note(v)}SQ/KL better in {n_better}/{len(decisions)} pairs; "
+                + "; ".join(texts),
+                f"{tolerance(d)}; one shared rate per width (P4's setting); holds: SQ and KL "
+                "better than F and VN at every width",
                 kind=TestKind.PROXY,
-                setting=setting,
+                setting="; ".join(_setting(unstack(ds, c)) for c in p4),
             )
         )
     return out
+
+
+def _p1_17(d: xr.Dataset, comp: str):
+    """Shampoo without grafting fails or is not competitive at every grid point and ε."""
+    thr = float(d.attrs["threshold"])
+    best_graft = float(np.nanmin(d["loss"].sel({"method": "shampoo_graft"}).isel(seed=0).values))
+    points = bad = 0
+    decisions, texts = [], []
+    for m in NOGRAFT:
+        ran = d["ran"].sel({"method": m}).isel(seed=0).values.astype(bool)
+        loss = d["loss"].sel({"method": m}).isel(seed=0).values[ran]
+        points += int(ran.sum())
+        bad += int(np.sum(~np.isfinite(loss) | (loss > best_graft + thr)))
+        if np.isfinite(float(d["selected_lr"].sel({"method": m}))):
+            dec, text = pair(d, m, "shampoo_graft")
+            decisions.append(dec)
+            texts.append(text)
+        else:
+            texts.append(f"{m}: every grid run failed")
+    fails = int(sum(int(d["grid_failures"].sel({"method": m})) for m in NOGRAFT))
+    if bad == points and all(x == Decision.WORSE for x in decisions):
+        verdict = HOLDS
+    elif any(x in (Decision.TIE, Decision.BETTER) for x in decisions):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+    return claim_verdict(
+        "P1-17",
+        verdict,
+        f"{unresolved_note(verdict)}{comp}: without grafting (ε ∈ "
+        f"{{{', '.join(f'{e:g}' for e in NOGRAFT_DAMPING)}}}) {fails} of {points} grid runs "
+        f"failed and {bad} of {points} failed or ended above grafted Shampoo's best "
+        f"selection-seed loss {best_graft:.4f} + {thr:g}; at each ε's best rate: "
+        + "; ".join(texts),
+        f"holds: every grid point and ε fails or is not competitive, and each ε's best rate "
+        f"is worse than grafted Shampoo on fresh seeds; {tolerance(d)}",
+        kind=TestKind.PROXY,
+        setting=_setting(d),
+    )
