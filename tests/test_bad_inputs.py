@@ -675,6 +675,79 @@ CASES = [
         ValueError,
         r"gradient must have shape \(…, m, n\) = \(…, 3, 4\) like the target; got \(4, 3\)",
     ),
+    # --- rank-r + flat tail (Pro-KLShampoo, issue 21) ---
+    (
+        "flat_tail_factor non-square",
+        lambda: est.flat_tail_factor(np.ones((3, 4)), 1),
+        ValueError,
+        r"factor must be a non-empty square matrix; got shape \(3, 4\)",
+    ),
+    (
+        "flat_tail_factor NaN",
+        lambda: est.flat_tail_factor(_nan_left(), 1),
+        ValueError,
+        r"factor contains NaN or Inf",
+    ),
+    (
+        "flat_tail_factor rank -1",
+        lambda: est.flat_tail_factor(np.eye(M), -1),
+        ValueError,
+        r"rank must be an integer in \[0, inf\); got -1",
+    ),
+    (
+        "flat_tail_factor rank 1.5",
+        lambda: est.flat_tail_factor(np.eye(M), 1.5),
+        TypeError,
+        r"rank must be an integer; got 1\.5",
+    ),
+    (
+        "flat_tail of a dense matrix",
+        lambda: est.flat_tail(np.eye(M * N), 1),
+        TypeError,
+        r"flat_tail restricts a Kronecker fit \(e\.g\. kl_optimal's\); got ndarray",
+    ),
+    (
+        "flat_tail rank triple",
+        lambda: est.flat_tail(_kron(), (1, 2, 3)),
+        ValueError,
+        r"rank must be an integer or a pair \(r_left, r_right\); got \(1, 2, 3\)",
+    ),
+    (
+        "flat_tail_value without a tail",
+        lambda: est.flat_tail_value([3.0, 2.0], 2),
+        ValueError,
+        r"rank 2 leaves no tail of the 2 eigenvalues \(need rank < d\)",
+    ),
+    (
+        "spike_profile multiple 1",
+        lambda: est.spike_profile(np.eye(M), multiple=1.0),
+        ValueError,
+        r"multiple must be a real number in \(1, inf\); got 1\.0",
+    ),
+    (
+        "spike_profile NaN eigenvalues",
+        lambda: est.spike_profile(np.array([1.0, np.nan])),
+        ValueError,
+        r"eigenvalues must be a non-empty finite 1-D array",
+    ),
+    (
+        "flat_tail_errors no rank",
+        lambda: _heldout().flat_tail_errors(_g(), [], damping=1e-3),
+        ValueError,
+        r"ranks is empty: give at least one rank",
+    ),
+    (
+        "flat_tail_errors fit not Kronecker",
+        lambda: _heldout().flat_tail_errors(_g(), [1], fit=Diagonal(np.ones((M, N)))),
+        TypeError,
+        r"fit must be a Kronecker \(e\.g\. kl_optimal's\); got Diagonal",
+    ),
+    (
+        "flat_tail_errors fit and KL options",
+        lambda: _heldout().flat_tail_errors(_g(), [1], fit=_kron(), tol=1e-9),
+        TypeError,
+        r"options \['tol'\] fit the KL fit; a given fit takes none",
+    ),
     # --- issue 23 walk: bregman_divergence arguments ---
     (
         "bregman q=None",
