@@ -465,6 +465,49 @@ _CLAIM_LIST += [
     for i, (text, key) in enumerate(_D, start=1)
 ]
 
+# ==== issue 21: Pro-KLShampoo (P9, arXiv 2605.06316) — paper and claims ============ begin
+_P9 = "sun2026proklshampoo"
+PAPERS[_P9] = Paper(
+    _P9,
+    "P9",
+    ("Sun, Ruotong", "Wei, Ermin"),
+    "Pro-KLShampoo: Projected KL-Shampoo with Whitening Recovered by Orthogonalization",
+    2026,
+    "arXiv preprint",
+    "2605.06316",
+    "v1 (7 May 2026); title, authors and abstract from arXiv listings on third-party sites "
+    "(arxivlens, tomesphere, emergentmind); the PDF was not read",
+)
+_P9_SETTING = ("kl_optimal's factors of captured small MLP/CNN layers on digits, not GPT-2 or "
+               "LLaMA pre-training")
+_CLAIM_LIST += [
+    _c("P9-65", _P9,
+       "Abstract; Figure 1 (GPT-2, r = 128) as a third-party summary describes it; PDF not read",
+       "KL-Shampoo's Kronecker factors have a spike-and-flat spectrum (a few dominant "
+       "eigenvalues over an approximately uniform tail) in every layer and throughout "
+       "training, exactly so when the gradients follow a rank-ρ signal-plus-isotropic-noise "
+       "model.",
+       _M, _PR, "p9_flat_tail", "abstract (arXiv listing), third-party summary",
+       setting=_P9_SETTING,
+       needs="a study that captures gradients along training and reports "
+       "estimators.spike_profile (spike count above 3× the median, tail coefficient of "
+       "variation) of kl_optimal's factors per layer and step"),
+    _c("P9-66", _P9,
+       "Abstract; the restriction's optimality and its AM/GM gap as a third-party summary "
+       "describes them (section not known; PDF not read)",
+       "Keeping a KL-Shampoo factor as its top-r eigenpairs plus one shared tail eigenvalue "
+       "keeps nearly all of the fit's quality; the best shared value is the tail eigenvalues' "
+       "mean, and the KL cost is (d − r)·log(AM/GM) of the tail, zero for a flat tail.",
+       _M, _PR, "p9_flat_tail",
+       "abstract (arXiv listing), third-party summary; the tail value and the AM/GM cost "
+       "derived here (precond_lab.estimators.flat_tail)",
+       setting=_P9_SETTING,
+       needs="a study that runs heldout.flat_tail_errors (excess KL over the unrestricted fit "
+       "and P4's gain error, against r) on kl_optimal's factors of captured layers along "
+       "training"),
+]
+# ==== issue 21: Pro-KLShampoo (P9) ================================================= end
+
 # fmt: on
 
 CLAIMS: dict[str, Claim] = {c.id: c for c in _CLAIM_LIST}
