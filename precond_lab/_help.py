@@ -5,10 +5,26 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CAPTURE_HELP", "HelpFormatter"]
+__all__ = ["CAPTURE_DATASETS", "CAPTURE_HELP", "CAPTURE_MODELS", "CAPTURE_TARGETS", "HelpFormatter"]
 
 #: The capture subcommand's line in ``precond-lab --help``.
 CAPTURE_HELP = "train a model and capture per-example gradients, GGN and K-FAC factors"
+
+# The names ``precond-lab capture --help`` lists, without importing the registries (they
+# import JAX): ``capture.models.MODELS`` (the built-in zoo), ``capture.data.DATASETS`` and
+# ``capture.api.TARGETS``. tests/test_cli.py checks that they agree.
+CAPTURE_MODELS = ("mlp", "cnn", "transformer")
+CAPTURE_DATASETS = ("digits", "mnist", "binary-mnist", "mnist1d", "stdlib-chars", "teacher")
+CAPTURE_TARGETS = (
+    "gradients",
+    "ggn",
+    "ggn-mc",
+    "kfac",
+    "kfac-ggn",
+    "kfac-mc",
+    "batch",
+    "trajectory",
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -252,7 +252,9 @@ def _c(id, paper, location, statement, type, kind, studies, source, setting="", 
 _SMALL = "small MLP/CNN layers on sklearn digits and binary MNIST"
 _CLAIM_LIST = [
     # ---- P3: Morwani et al.
-    _c("P3-1", _P3, "Abstract; Proposition 1 (numbered per a reviewer)",
+    _c("P3-1", _P3,
+       "Abstract; Proposition 1 (numbering from a public OpenReview review of the ICLR 2025 "
+       "submission; not checked in the PDF)",
        "Shampoo²'s factors L = E[GGᵀ], R = E[GᵀG] are one power-iteration step, started from "
        "the identity, towards the Frobenius-optimal Kronecker approximation.",
        _E, _PA, "identities", "paper text, reviews"),
@@ -271,7 +273,9 @@ _CLAIM_LIST = [
     _c("P3-5", _P3, "Section 3 (number unverified)",
        "Starting the power iteration at (multiples of) the identity is a good choice.",
        _M, _PR, "p3_quality", "reviews", setting=_SMALL),
-    _c("P3-6", _P3, "third-party summary only (ViT)",
+    _c("P3-6", _P3,
+       "not located in the paper: known only from one sentence of a third-party summary (about "
+       "ViTs)",
        "The gap between Shampoo² and the optimal Kronecker approximation widens for some "
        "architectures (vision transformers).",
        _M, _PR, "p3_quality",
@@ -286,7 +290,8 @@ _CLAIM_LIST = [
        "matrix worse than sampled labels in the mini-batch setting.",
        _M, _PR, "p3_batch_labels", "reviews, reproducibility record",
        setting="binary MNIST with a small MLP; not CIFAR-5M or ImageNet"),
-    _c("P3-9", DERIVED, "follows from P3's definitions (corollary status unknown)",
+    _c("P3-9", DERIVED,
+       "follows from P3's definitions (whether P3 states it as a corollary was not checked)",
        "For an exact Kronecker product H, trace-normalised Shampoo² L⊗R/tr H equals H.",
        _E, _DE, "identities", "derived here"),
     _c("P3-43", _P3, "Figure 1 (what it measures, not a stated claim)",
@@ -313,14 +318,18 @@ _CLAIM_LIST = [
        _M, _PR, "p1_kl", "paper text, third-party summary",
        setting="small MLP/CNN layers on sklearn digits (MNIST in the full preset); the paper "
        "argues it analytically and by LM training"),
-    _c("P1-15", _P1, "v7 (per a reviewer)",
+    _c("P1-15", _P1,
+       "v7 (known from a public OpenReview review of the ICLR 2026 submission; section not "
+       "known, PDF not read)",
        "In a fixed eigenbasis Q, SOAP's Adam second moment E[(QᵀG)²] is the KL-optimal "
        "diagonal.",
        _E, _PA, "identities", "reviews; derived here"),
     _c("P1-16", _P1, "Abstract",
        "KL-Shampoo trains stably without Adam grafting.",
        _T, _PR, TRAINING, "paper text", needs=_TRAIN_NEEDS),
-    _c("P1-17", _P1, "third-party summary (location unknown)",
+    _c("P1-17", _P1,
+       "not located in the paper: known only from a third-party summary (translated), which "
+       "gives no section",
        "Shampoo with p = ½ and no grafting fails in all 150 random-search runs on NanoRWKV7.",
        _T, _PR, TRAINING, "third-party summary (translated)",
        needs="150-run searches on a 162M-parameter language model"),
@@ -333,7 +342,9 @@ _CLAIM_LIST = [
        "as much per step as SOAP while matching the eigh-based preconditioner.",
        _S, _PR, "online_estimators", "paper text, reviews",
        setting="per-step cost and quality on small layers on this machine"),
-    _c("P1-20", _P1, "section on eigenvalue estimation (per a summary)",
+    _c("P1-20", _P1,
+       "the section on eigenvalue estimation, as a third-party summary places it (section "
+       "number not known; PDF not read)",
        "The moving-average eigenvalue scheme is crucial: instantaneous eigenvalues in a stale "
        "basis give a worse preconditioner.",
        _M, _PR, "online_estimators", "third-party summary",
@@ -346,16 +357,21 @@ _CLAIM_LIST = [
        "In training, KL-Shampoo beats von Neumann Shampoo (trace scaling), and the latter with "
        "the moving-average scheme still beats SOAP.",
        _T, _PR, TRAINING, "reviews, third-party summary", needs=_TRAIN_NEEDS),
-    _c("P1-22", _P1, "taxonomy table (per a summary)",
+    _c("P1-22", _P1,
+       "a taxonomy table, as a third-party summary describes it (table number not known; PDF "
+       "not read)",
        "The taxonomy: the Frobenius, von Neumann and KL optima are the SVD fit, L⊗R/trΣ and "
        "the flip-flop fit; the eigenbasis diagonal is optimal in its basis; Adafactor is the "
        "von Neumann-optimal diagonal Kronecker fit.",
        _E, _DE, "p1_kl", "third-party summary; derived here"),
-    _c("P1-40", _P1, "as restated in P4's background",
+    _c("P1-40", _P1,
+       "not located in P1: known from P4's background section, which attributes it to P1",
        "The Hessian of the KL (LogDet) divergence at S = Σ is twice the Fisher information of "
        "the Gaussian N(0, S).",
        _E, _PA, "identities", "P4's text; derived here"),
-    _c("P1-41", _P1, "Abstract; memory discussion (per a summary)",
+    _c("P1-41", _P1,
+       "Abstract; a memory discussion that a third-party summary places in the paper (section "
+       "not known)",
        "KL-Shampoo keeps no Adam second moment (m·n numbers per layer fewer), while grafted "
        "Shampoo and SOAP keep one.",
        _S, _PA, "online_estimators", "paper text, third-party summary"),
@@ -448,6 +464,49 @@ _CLAIM_LIST += [
        text, _E, _DE, "identities", "derived here")
     for i, (text, key) in enumerate(_D, start=1)
 ]
+
+# ==== issue 21: Pro-KLShampoo (P9, arXiv 2605.06316) — paper and claims ============ begin
+_P9 = "sun2026proklshampoo"
+PAPERS[_P9] = Paper(
+    _P9,
+    "P9",
+    ("Sun, Ruotong", "Wei, Ermin"),
+    "Pro-KLShampoo: Projected KL-Shampoo with Whitening Recovered by Orthogonalization",
+    2026,
+    "arXiv preprint",
+    "2605.06316",
+    "v1 (7 May 2026); title, authors and abstract from arXiv listings on third-party sites "
+    "(arxivlens, tomesphere, emergentmind); the PDF was not read",
+)
+_P9_SETTING = ("kl_optimal's factors of captured small MLP/CNN layers on digits, not GPT-2 or "
+               "LLaMA pre-training")
+_CLAIM_LIST += [
+    _c("P9-65", _P9,
+       "Abstract; Figure 1 (GPT-2, r = 128) as a third-party summary describes it; PDF not read",
+       "KL-Shampoo's Kronecker factors have a spike-and-flat spectrum (a few dominant "
+       "eigenvalues over an approximately uniform tail) in every layer and throughout "
+       "training, exactly so when the gradients follow a rank-ρ signal-plus-isotropic-noise "
+       "model.",
+       _M, _PR, "p9_flat_tail", "abstract (arXiv listing), third-party summary",
+       setting=_P9_SETTING,
+       needs="a study that captures gradients along training and reports "
+       "estimators.spike_profile (spike count above 3× the median, tail coefficient of "
+       "variation) of kl_optimal's factors per layer and step"),
+    _c("P9-66", _P9,
+       "Abstract; the restriction's optimality and its AM/GM gap as a third-party summary "
+       "describes them (section not known; PDF not read)",
+       "Keeping a KL-Shampoo factor as its top-r eigenpairs plus one shared tail eigenvalue "
+       "keeps nearly all of the fit's quality; the best shared value is the tail eigenvalues' "
+       "mean, and the KL cost is (d − r)·log(AM/GM) of the tail, zero for a flat tail.",
+       _M, _PR, "p9_flat_tail",
+       "abstract (arXiv listing), third-party summary; the tail value and the AM/GM cost "
+       "derived here (precond_lab.estimators.flat_tail)",
+       setting=_P9_SETTING,
+       needs="a study that runs heldout.flat_tail_errors (excess KL over the unrestricted fit "
+       "and P4's gain error, against r) on kl_optimal's factors of captured layers along "
+       "training"),
+]
+# ==== issue 21: Pro-KLShampoo (P9) ================================================= end
 
 # fmt: on
 

@@ -16,7 +16,10 @@ finite-sample questions of Liu et al. (2026, §4–5) are the directional scales
   ``S_ref = Σ_j ω_j v_j v_jᵀ`` (``recovery_error``):
   ``γ_j = p · log10((1/v_jᵀ Ŝ⁻¹ v_j) / ω_j)``;
 * subspace overlap ``O(k) = ‖U_kᵀ V_k‖²_F / k`` of the leading ``k`` eigenvectors of a
-  target and of a Kronecker fit (``subspace_overlap``).
+  target and of a Kronecker fit (``subspace_overlap``);
+* the cost of keeping ``kl_optimal``'s factors as rank ``r`` + a flat tail (Pro-KLShampoo,
+  ``estimators.flat_tail``) against ``r``: the excess KL over the unrestricted fit and the
+  recovery (gain) error of the restricted fit against it (``flat_tail_errors``).
 
 Results are ``xarray.DataArray`` objects with a ``direction`` (eigen-index, descending
 eigenvalue) dimension, or ``k`` for the overlap.
@@ -28,12 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from . import estimators as est
+from . import metrics as met
 from ._validation import check_finite, check_number
-from .structures import Diagonal, Structure
+from .structures import Diagonal, Kronecker, Structure
 from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
 
 __all__ = [
     "directional_scales",
+    "flat_tail_errors",
     "heldout_gain_error",
     "heldout_scale_error",
     "inverse_quadratic",
@@ -321,3 +327,105 @@ def subspace_overlap(target, approx: Structure, k_max: int | None = None) -> xr.
         name="subspace_overlap",
         attrs={"long_name": "subspace overlap O(k)"},
     )
+
+
+def flat_tail_errors(
+    target,
+    ranks=None,
+    *,
+    damping: float = 0.0,
+    fit: Kronecker | None = None,
+    exponent: float = -0.5,
+    num_directions: int | None = None,
+    multiple: float = 3.0,
+    **kl_kwargs,
+) -> xr.Dataset:
+    """What keeping ``kl_optimal``'s factors as rank ``r`` + a flat tail costs, against ``r``.
+
+    For each ``r`` the fit ``S = L ⊗ R`` (``kl_optimal`` on ``Σ + λI``, or ``fit``) is
+    restricted by ``estimators.flat_tail(S, r)`` (both factors, ``r`` clipped to each
+    side) and scored against the target and against ``S`` itself:
+
+    * ``kl``: ``KL(N(0, Σ+λI) ‖ N(0, S_r))`` (``metrics.kl_divergence``, the objective of
+      ``kl_optimal``); ``kl_excess = kl − KL(Σ+λI ‖ S)`` ≥ 0 (``S`` is the KL minimiser
+      over all Kronecker products) and ``kl_excess_relative = kl_excess / KL(Σ+λI ‖ S)``;
+    * ``gain_error_max`` / ``gain_error_rms``: the max |γ_j| and root mean square of the
+      recovery error ``γ_j = p · log10((1/v_jᵀ S_r⁻¹ v_j) / ω_j)`` over the eigenpairs
+      ``(ω_j, v_j)`` of ``S`` (``recovery_error``; P4's gain error with the unrestricted fit
+      as reference, ``p = exponent``).
+
+    At ``r ≥ max(m, n) − 1`` the restriction is the identity and every error is 0.
+
+    Args:
+        target: per-example matrices, a DataArray or a Target.
+        ranks: the ``r`` values (default ``0 … max(m, n)``).
+        damping: ``λ`` of the fit and of the KL.
+        fit: the unrestricted ``Kronecker`` fit (default ``kl_optimal(target,
+            damping=damping, **kl_kwargs)``).
+        exponent: the preconditioner power ``p`` of the gain error.
+        num_directions: leading eigenpairs of ``S`` for the gain error (default all).
+        multiple: the spike rule of ``estimators.spike_profile`` for the attrs.
+        **kl_kwargs: forwarded to ``kl_optimal``.
+
+    Returns:
+        A Dataset over ``rank`` with ``kl``, ``kl_excess``, ``kl_excess_relative``,
+        ``gain_error_max``, ``gain_error_rms``, ``left_rank``, ``right_rank`` (after
+        clipping); attrs ``kl_full``, ``damping``, and each factor's spike count and tail
+        coefficient of variation (``left_spikes``, ``left_tail_cv``, …).
+    """
+    t = as_target(target)
+    if fit is None:
+        fit = est.kl_optimal(t, damping=damping, **kl_kwargs)
+    elif kl_kwargs:
+        raise TypeError(f"options {sorted(kl_kwargs)} fit the KL fit; a given fit takes none")
+    if not isinstance(fit, Kronecker):
+        raise TypeError(f"fit must be a Kronecker (e.g. kl_optimal's); got {type(fit).__name__}")
+    m, n = fit.matrix_shape
+    if ranks is None:
+        ranks = range(max(m, n) + 1)
+    ranks = [int(check_number(r, "rank", low=0, integer=True)) for r in ranks]
+    if not ranks:
+        raise ValueError("ranks is empty: give at least one rank (or None for 0 … max(m, n))")
+    kl_full = float(met.kl_divergence(t, fit, damping=damping))
+    rows = []
+    for r in ranks:
+        restricted = est.flat_tail(fit, r)
+        kl = (
+            kl_full
+            if restricted is fit
+            else float(met.kl_divergence(t, restricted, damping=damping))
+        )
+        gamma = np.asarray(
+            recovery_error(restricted, fit, exponent=exponent, num_directions=num_directions)
+        )
+        rows.append(
+            (
+                kl,
+                kl - kl_full,
+                (kl - kl_full) / kl_full if kl_full > 0 else np.nan,
+                float(np.max(np.abs(gamma))),
+                float(np.sqrt(np.mean(gamma**2))),
+                min(r, m),
+                min(r, n),
+            )
+        )
+    cols = list(zip(*rows, strict=True))
+    names = (
+        "kl",
+        "kl_excess",
+        "kl_excess_relative",
+        "gain_error_max",
+        "gain_error_rms",
+        "left_rank",
+        "right_rank",
+    )
+    data = {
+        name: ("rank", np.asarray(col, np.int64 if name.endswith("_rank") else np.float64))
+        for name, col in zip(names, cols, strict=True)
+    }
+    attrs = {"kl_full": kl_full, "damping": float(damping), "exponent": float(exponent)}
+    for side, factor in (("left", fit.left), ("right", fit.right)):
+        prof = est.spike_profile(factor, multiple=multiple)
+        attrs |= {f"{side}_spikes": prof.spikes, f"{side}_tail_cv": prof.tail_cv}
+    attrs["spike_multiple"] = float(multiple)
+    return xr.Dataset(data, coords={"rank": np.asarray(ranks, np.int64)}, attrs=attrs)

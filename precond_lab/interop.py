@@ -103,14 +103,28 @@ def as_matrices(g, what: str = "gradients") -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
+def _matrix_shape(shape) -> tuple[int, int]:
+    """``shape`` as ``(m, n)``: two positive integers."""
+    ok = isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)) and len(shape) == 2
+    ok = ok and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape
+    )
+    if not ok:
+        raise ValueError(
+            f"shape must be the matrix shape (m, n): two positive integers (rows = the "
+            f"parameter's output side); got {shape!r}"
+        )
+    return int(shape[0]), int(shape[1])
+
+
 def from_flat(g, shape: Sequence[int], what: str = "gradients") -> np.ndarray:
     """``(N, mn)`` flattened gradients (row-major) → ``(N, m, n)`` with an explicit ``shape``.
 
     Raises:
-        ValueError: when ``shape`` does not give ``mn`` columns.
+        ValueError: ``shape`` is not two positive integers, or does not give ``mn`` columns.
     """
     a = _numpy(g, what)
-    m, n = (int(s) for s in shape)
+    m, n = _matrix_shape(shape)
     if a.ndim != 2 or a.shape[1] != m * n:
         raise ValueError(
             f"{what} of shape {a.shape} cannot be (N, m·n) for shape {(m, n)}: need {m * n} columns"
@@ -132,11 +146,13 @@ def from_torch(obj, *, key: str | None = None):
 
     Raises:
         KeyError: ``key`` not in the mapping.
+        ValueError: an empty mapping.
         FileFormatError: the file does not exist, is empty, truncated or not a torch file.
         UnsupportedDtypeError: half precision.
     """
     if isinstance(obj, (str, Path)):
         import pickle
+        import struct
         import zipfile
 
         import torch
@@ -146,7 +162,8 @@ def from_torch(obj, *, key: str | None = None):
         try:
             obj_path, obj = obj, torch.load(str(obj), map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-                zipfile.BadZipFile) as err:  # fmt: skip
+                zipfile.BadZipFile, struct.error, KeyError, AttributeError) as err:  # fmt: skip
+            # garbage of another format fails inside torch's unpickler in many ways
             raise _unreadable(obj, err, "a torch file (torch.save)") from err
         if not (isinstance(obj, Mapping) or type(obj).__module__.startswith("torch")):
             raise FileFormatError(
@@ -154,6 +171,11 @@ def from_torch(obj, *, key: str | None = None):
                 "{name: tensor} of per-example gradients"
             )
     if isinstance(obj, Mapping):
+        if not obj:
+            raise ValueError(
+                "the mapping of gradients is empty: save {parameter name: per-example "
+                "gradients} (e.g. torch.save({'fc1.weight': g}, 'grads.pt'))"
+            )
         if key is not None:
             if key not in obj:
                 raise KeyError(f"{key!r} not in the gradients; keys: {', '.join(map(str, obj))}")
@@ -177,7 +199,8 @@ def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dic
         reduction: the loss's reduction, ``"mean"`` or ``"sum"``.
 
     Raises:
-        ValueError: a parameter without ``grad_batch``, or an unknown ``reduction``.
+        ValueError: a parameter without ``grad_batch``, no parameter, or an unknown
+            ``reduction``.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
@@ -191,6 +214,11 @@ def from_backpack(named_parameters: Iterable, *, reduction: str = "mean") -> dic
             )
         g = as_matrices(gb, f"grad_batch of {name!r}")
         out[name] = g * g.shape[0] if reduction == "mean" else g
+    if not out:
+        raise ValueError(
+            "named_parameters yielded no parameter: pass module.named_parameters() (a "
+            "generator is used up after one pass: call it again)"
+        )
     return out
 
 
@@ -342,8 +370,16 @@ def from_xarray(
             ``class``), or None.
 
     Raises:
+        TypeError: ``da`` is not a DataArray (a Dataset: pick its variable, ``ds["g"]``).
         ValueError: a named dim missing, or dims left over.
     """
+    if not isinstance(da, xr.DataArray):
+        hint = (
+            " (a Dataset: pick one variable, e.g. ds['gradients'])"
+            if isinstance(da, xr.Dataset)
+            else " (wrap an array: xr.DataArray(g, dims=(...)))"
+        )
+        raise TypeError(f"from_xarray needs an xarray.DataArray{hint}; got {type(da).__name__}")
     names = [sample, *([extra] if extra else []), row, col]
     missing = [d for d in names if d not in da.dims]
     if missing:

@@ -12,6 +12,8 @@ import scipy.linalg
 import scipy.optimize
 
 __all__ = [
+    "flat_tail_factor",
+    "kl_flat_tail",
     "target_matrix",
     "rearrange",
     "shampoo_statistics",
@@ -131,6 +133,23 @@ def kl_flip_flop(sigma, m: int, n: int, damping: float = 0.0, iters: int = 2000,
         if change < tol:
             break
     return left, right
+
+
+def flat_tail_factor(a, rank: int) -> np.ndarray:
+    """``U_r Λ_r U_rᵀ + τ(I − U_r U_rᵀ)`` with ``τ`` the mean of the other eigenvalues (dense)."""
+    a = np.asarray(a, np.float64)
+    w, q = np.linalg.eigh((a + a.T) / 2)
+    w, q = w[::-1], q[:, ::-1]
+    if rank >= a.shape[0]:
+        return a
+    values = np.concatenate([w[:rank], np.full(a.shape[0] - rank, w[rank:].mean())])
+    return (q * values) @ q.T
+
+
+def kl_flat_tail(sigma, m: int, n: int, rank: int, damping: float = 0.0) -> np.ndarray:
+    """The dense ``B_L ⊗ B_R``: ``kl_flip_flop``'s factors, each rank ``rank`` + flat tail."""
+    left, right = kl_flip_flop(sigma, m, n, damping)
+    return np.kron(flat_tail_factor(left, rank), flat_tail_factor(right, rank))
 
 
 def _kfac_arrays(activations, backprops):

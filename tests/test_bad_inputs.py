@@ -19,11 +19,15 @@ import precond_lab.metrics as met
 import precond_lab.online as onl
 from precond_lab import linalg
 from precond_lab.errors import (
+    CheckpointError,
     DegenerateInputError,
+    FileFormatError,
+    FitNeedsDampingError,
     NonFiniteError,
     NotPositiveDefiniteError,
     NotSymmetricError,
     UnsupportedDtypeError,
+    UnsupportedModelError,
 )
 from precond_lab.structures import Diagonal, EigenKronecker, Kronecker
 from precond_lab.targets import DenseTarget, FactoredTarget, SampleTarget
@@ -104,6 +108,67 @@ def _capture(**kwargs):
 
     kwargs = {"model": "mlp", "num_samples": 4, "batch_size": 4} | kwargs
     return capture(kwargs.pop("model"), "digits", **kwargs)
+
+
+def _tuning():
+    from precond_lab import tuning
+
+    return tuning
+
+
+def _toy_method(name="a"):
+    return _tuning().Method(name, lambda lr, seed: (lr - 0.5) ** 2 + 0.01 * seed)
+
+
+def _toy_protocol(**kw):
+    return _tuning().Protocol(lr_bounds=(0.25, 1.0), **kw)
+
+
+def _apply(params, x):
+    return x @ params["w"]
+
+
+def _capture_model(*, loss="cross_entropy", y_shift=0, **kwargs):
+    from precond_lab.capture import capture_model
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16) + y_shift
+    kwargs = {
+        "params": {"w": rng.standard_normal((5, 3))},
+        "num_samples": 8,
+        "batch_size": 8,
+        "targets": ["gradients"],
+    } | kwargs
+    return capture_model(kwargs.pop("model", _apply), x, y, loss=loss, **kwargs)
+
+
+def _toy_study():
+    t = _tuning()
+    methods = [_toy_method("a"), t.Method("b", lambda lr, seed: (lr - 0.5) ** 2 + 0.02 * seed)]
+    return t.Study("toy", methods, _toy_protocol(), progress=False).run()
+
+
+def _train_named(model, **kwargs):
+    import optax
+
+    from precond_lab.train import train
+
+    return train(model, "teacher", optax.sgd(1e-2), steps=2, batch_size=4, **kwargs)
+
+
+def _train_probe(**kwargs):
+    from precond_lab.train import Probe
+
+    return _train(probe=Probe(steps=(1,), **kwargs))
+
+
+def _save(path, data: bytes):
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp()) / path
+    out.write_bytes(data)
+    return out
 
 
 def _online(fn):
@@ -610,6 +675,606 @@ CASES = [
         ValueError,
         r"gradient must have shape \(…, m, n\) = \(…, 3, 4\) like the target; got \(4, 3\)",
     ),
+    # --- rank-r + flat tail (Pro-KLShampoo, issue 21) ---
+    (
+        "flat_tail_factor non-square",
+        lambda: est.flat_tail_factor(np.ones((3, 4)), 1),
+        ValueError,
+        r"factor must be a non-empty square matrix; got shape \(3, 4\)",
+    ),
+    (
+        "flat_tail_factor NaN",
+        lambda: est.flat_tail_factor(_nan_left(), 1),
+        ValueError,
+        r"factor contains NaN or Inf",
+    ),
+    (
+        "flat_tail_factor rank -1",
+        lambda: est.flat_tail_factor(np.eye(M), -1),
+        ValueError,
+        r"rank must be an integer in \[0, inf\); got -1",
+    ),
+    (
+        "flat_tail_factor rank 1.5",
+        lambda: est.flat_tail_factor(np.eye(M), 1.5),
+        TypeError,
+        r"rank must be an integer; got 1\.5",
+    ),
+    (
+        "flat_tail of a dense matrix",
+        lambda: est.flat_tail(np.eye(M * N), 1),
+        TypeError,
+        r"flat_tail restricts a Kronecker fit \(e\.g\. kl_optimal's\); got ndarray",
+    ),
+    (
+        "flat_tail rank triple",
+        lambda: est.flat_tail(_kron(), (1, 2, 3)),
+        ValueError,
+        r"rank must be an integer or a pair \(r_left, r_right\); got \(1, 2, 3\)",
+    ),
+    (
+        "flat_tail_value without a tail",
+        lambda: est.flat_tail_value([3.0, 2.0], 2),
+        ValueError,
+        r"rank 2 leaves no tail of the 2 eigenvalues \(need rank < d\)",
+    ),
+    (
+        "spike_profile multiple 1",
+        lambda: est.spike_profile(np.eye(M), multiple=1.0),
+        ValueError,
+        r"multiple must be a real number in \(1, inf\); got 1\.0",
+    ),
+    (
+        "spike_profile NaN eigenvalues",
+        lambda: est.spike_profile(np.array([1.0, np.nan])),
+        ValueError,
+        r"eigenvalues must be a non-empty finite 1-D array",
+    ),
+    (
+        "flat_tail_errors no rank",
+        lambda: _heldout().flat_tail_errors(_g(), [], damping=1e-3),
+        ValueError,
+        r"ranks is empty: give at least one rank",
+    ),
+    (
+        "flat_tail_errors fit not Kronecker",
+        lambda: _heldout().flat_tail_errors(_g(), [1], fit=Diagonal(np.ones((M, N)))),
+        TypeError,
+        r"fit must be a Kronecker \(e\.g\. kl_optimal's\); got Diagonal",
+    ),
+    (
+        "flat_tail_errors fit and KL options",
+        lambda: _heldout().flat_tail_errors(_g(), [1], fit=_kron(), tol=1e-9),
+        TypeError,
+        r"options \['tol'\] fit the KL fit; a given fit takes none",
+    ),
+    # --- issue 23 walk: bregman_divergence arguments ---
+    (
+        "bregman q=None",
+        lambda: met.bregman_divergence(_g(), _kron(), None),
+        TypeError,
+        r"the trace power q must be a finite real number; got None",
+    ),
+    (
+        "bregman q='half'",
+        lambda: met.bregman_divergence(_g(), _kron(), "half"),
+        TypeError,
+        r"the trace power q must be a finite real number; got 'half'",
+    ),
+    (
+        "bregman q complex",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5j),
+        TypeError,
+        r"q must be a finite real number; got 0\.5j",
+    ),
+    (
+        "bregman q list",
+        lambda: met.bregman_divergence(_g(), _kron(), [0.5, 1.0]),
+        TypeError,
+        r"q must be a finite real number; got \[0\.5, 1\.0\]",
+    ),
+    (
+        "bregman q nan",
+        lambda: met.bregman_divergence(_g(), _kron(), float("nan")),
+        ValueError,
+        r"q must be a finite real number; got nan",
+    ),
+    (
+        "bregman q=1e300 overflows",
+        lambda: met.bregman_divergence(_g(), _kron(), 1e300),
+        NonFiniteError,
+        r"at q = 1e\+300 overflows float64.*smaller \|q\|, or rescale",
+    ),
+    (
+        "bregman damping string",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, damping="1e-3"),
+        TypeError,
+        r"damping must be a real number ≥ 0; got '1e-3'",
+    ),
+    (
+        "bregman damping -1",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, damping=-1.0),
+        ValueError,
+        r"damping must be a finite number ≥ 0; got -1\.0",
+    ),
+    (
+        "bregman approx_damping inf",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, approx_damping=np.inf),
+        ValueError,
+        r"approx_damping must be a finite number ≥ 0; got inf",
+    ),
+    (
+        "bregman q<0 on a singular target",
+        lambda: met.bregman_divergence(_g()[:2], _kron(), -1.0),
+        FitNeedsDampingError,
+        r"singular.*Pass damping > 0",
+    ),
+    (
+        "bregman approximation of swapped shape",
+        lambda: met.bregman_divergence(_g(), Kronecker(np.eye(N), np.eye(M)), 0.5),
+        ValueError,
+        r"approximation has matrix_shape \(4, 3\) but the target has \(3, 4\)",
+    ),
+    (
+        "bregman approximation a matrix",
+        lambda: met.bregman_divergence(_g(), np.eye(M * N), 0.5),
+        TypeError,
+        r"approx must be a structure",
+    ),
+    (
+        "bregman chunk_size 0",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, chunk_size=0),
+        ValueError,
+        r"chunk_size must be a positive integer; got 0",
+    ),
+    (
+        "bregman weights of the wrong length",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, weights=np.ones(3)),
+        ValueError,
+        r"weights must have shape \(N,\) = \(20,\); got \(3,\)",
+    ),
+    (
+        "bregman center='yes'",
+        lambda: met.bregman_divergence(_g(), _kron(), 0.5, center="yes"),
+        TypeError,
+        r"center must be True or False; got 'yes'",
+    ),
+    # --- issue 23 walk: FactoredTarget arguments ---
+    (
+        "factored: zero terms",
+        lambda: FactoredTarget(_factors()[0][:, :0], _factors()[1][:, :0]),
+        ValueError,
+        r"factors have T = 0 terms.*at least one term",
+    ),
+    (
+        "factored: sample counts differ",
+        lambda: FactoredTarget(_factors()[0], _factors()[1][:5]),
+        ValueError,
+        r"left and right factors must agree on every axis but the last",
+    ),
+    (
+        "factored: empty sample axis",
+        lambda: FactoredTarget(_factors()[0][:0], _factors()[1][:0]),
+        ValueError,
+        r"factors are empty \(N = 0\)",
+    ),
+    (
+        "factored: empty row side",
+        lambda: FactoredTarget(_factors()[0][..., :0], _factors()[1]),
+        ValueError,
+        r"factors give an empty matrix shape \(0, 4\)",
+    ),
+    (
+        "factored: integer factors",
+        lambda: FactoredTarget(np.ones((K, 1, M), int), np.ones((K, 1, N), int)),
+        TypeError,
+        r"left must have a real floating dtype.*got int64",
+    ),
+    (
+        "factored: float16 factors",
+        lambda: FactoredTarget(*(f.astype(np.float16) for f in _factors())),
+        UnsupportedDtypeError,
+        r"left has dtype float16.*upcast explicitly",
+    ),
+    (
+        "factored: weights (N, 1)",
+        lambda: FactoredTarget(*_factors(), weights=np.ones((K, 1))),
+        ValueError,
+        r"weights must have shape \(N,\) = \(20,\); got \(20, 1\)",
+    ),
+    (
+        "factored: NaN weights",
+        lambda: FactoredTarget(*_factors(), weights=np.full(K, np.nan)),
+        NonFiniteError,
+        r"weights contains non-finite values \(NaN\) at sample index 0",
+    ),
+    (
+        "factored: mode 'fast'",
+        lambda: FactoredTarget(*_factors(), mode="fast"),
+        ValueError,
+        r"mode must be 'auto', 'factored' or 'dense'; got 'fast'",
+    ),
+    (
+        "factored: center='x'",
+        lambda: FactoredTarget(*_factors(), center="x"),
+        TypeError,
+        r"center must be True or False; got 'x'",
+    ),
+    (
+        "sample target center='x'",
+        lambda: SampleTarget(_g(), center="x"),
+        TypeError,
+        r"center must be True or False; got 'x'",
+    ),
+    (
+        "factored: matvec of the wrong size",
+        lambda: FactoredTarget(*_factors()).matvec(np.ones(5)),
+        ValueError,
+        r"cannot multiply an array of shape \(5,\): use \(mn,\) = \(12,\)",
+    ),
+    # --- issue 23 walk: interop ---
+    (
+        "interop from_flat shape '34'",
+        lambda: _interop().from_flat(np.ones((5, 12)), "34"),
+        ValueError,
+        r"shape must be the matrix shape \(m, n\): two positive integers.*got '34'",
+    ),
+    (
+        "interop from_flat shape (12,)",
+        lambda: _interop().from_flat(np.ones((5, 12)), (12,)),
+        ValueError,
+        r"shape must be the matrix shape \(m, n\).*got \(12,\)",
+    ),
+    (
+        "interop from_flat shape (-3, -4)",
+        lambda: _interop().from_flat(np.ones((5, 12)), (-3, -4)),
+        ValueError,
+        r"two positive integers.*got \(-3, -4\)",
+    ),
+    (
+        "interop from_flat shape (2, 3, 4)",
+        lambda: _interop().sample_target(np.ones((5, 24)), shape=(2, 3, 4)),
+        ValueError,
+        r"shape must be the matrix shape \(m, n\).*got \(2, 3, 4\)",
+    ),
+    (
+        "interop from_flat columns do not fit",
+        lambda: _interop().from_flat(np.ones((5, 12)), (3, 5)),
+        ValueError,
+        r"gradients of shape \(5, 12\) cannot be \(N, m·n\) for shape \(3, 5\): need 15",
+    ),
+    (
+        "interop from_torch garbage file",
+        lambda: _interop().from_torch(str(_save("grads.pt", b"junk"))),
+        FileFormatError,
+        r"grads\.pt: cannot be read as a torch file.*save it again",
+    ),
+    (
+        "interop from_torch empty mapping",
+        lambda: _interop().from_torch({}),
+        ValueError,
+        r"the mapping of gradients is empty",
+    ),
+    (
+        "interop from_torch unknown key",
+        lambda: _interop().from_torch({"fc.weight": np.ones((2, M, N))}, key="fc.bias"),
+        KeyError,
+        r"'fc\.bias' not in the gradients; keys: fc\.weight",
+    ),
+    (
+        "interop from_backpack no parameters",
+        lambda: _interop().from_backpack(iter(())),
+        ValueError,
+        r"named_parameters yielded no parameter",
+    ),
+    (
+        "interop from_backpack reduction 'max'",
+        lambda: _interop().from_backpack([], reduction="max"),
+        ValueError,
+        r"reduction must be 'mean' or 'sum'; got 'max'",
+    ),
+    (
+        "interop from_xarray of an ndarray",
+        lambda: _interop().from_xarray(_g()),
+        TypeError,
+        r"from_xarray needs an xarray\.DataArray \(wrap an array.*got ndarray",
+    ),
+    (
+        "interop from_xarray of a Dataset",
+        lambda: _interop().from_xarray(xr.Dataset({"g": (("sample", "row", "col"), _g())})),
+        TypeError,
+        r"from_xarray needs an xarray\.DataArray \(a Dataset: pick one variable",
+    ),
+    (
+        "interop from_xarray unnamed dims",
+        lambda: _interop().from_xarray(xr.DataArray(_g(), dims=("a", "b", "c"))),
+        ValueError,
+        r"dims \['sample', 'row', 'col'\] not in the DataArray's dims.*sample=, row=, col=",
+    ),
+    (
+        "interop from_npy truncated file",
+        lambda: _interop().from_npy(_save("g.npy", b"\x93NUMPY")),
+        FileFormatError,
+        r"g\.npy: cannot be read as a NumPy \.npy/\.npz file",
+    ),
+    (
+        "interop from_curvlinops param_shape (0, 4)",
+        lambda: _interop().from_curvlinops(np.eye(12), (0, 4)),
+        ValueError,
+        r"param_shape must be a non-empty shape of positive sizes; got \(0, 4\)",
+    ),
+    (
+        "interop from_curvlinops block of another size",
+        lambda: _interop().from_curvlinops(np.eye(12), (3, 5)),
+        ValueError,
+        r"curvlinops block of shape \(12, 12\) does not fit \(3, 5\)",
+    ),
+    # --- issue 23 walk: capture_model ---
+    (
+        "capture_model params of another model",
+        lambda: _capture_model(params={"w": np.ones((3, 5))}),
+        UnsupportedModelError,
+        r"apply function failed on one example of x \(shape \(1, 5\)\) with the given "
+        r"parameters \{'w': \(3, 5\)\}.*Check that params belong to this model",
+    ),
+    (
+        "capture_model targets='gradients' (a string)",
+        lambda: _capture_model(targets="gradients"),
+        TypeError,
+        r"targets must be a list of names, e.g. \['gradients'\]",
+    ),
+    (
+        "capture_model default batch_size above the examples",
+        lambda: _capture_model(batch_size=32),
+        ValueError,
+        r"batch_size must be in \[1, 16\] \(the 16 training examples\); got 32 \(the "
+        r"training mini-batch size",
+    ),
+    (
+        "capture_model unknown loss",
+        lambda: _capture_model(loss="hinge"),
+        ValueError,
+        r"apply_fn needs loss='cross_entropy' or 'mse'; got 'hinge'",
+    ),
+    (
+        "capture_model labels beyond the outputs",
+        lambda: _capture_model(y_shift=5),
+        ValueError,
+        r"train labels lie in \[5, 7\] but the model has 3 outputs: class labels must lie in "
+        r"\[0, 3\)",
+    ),
+    (
+        "capture_model negative labels",
+        lambda: _capture_model(y_shift=-5),
+        ValueError,
+        r"cross_entropy labels must be class indices ≥ 0",
+    ),
+    (
+        "capture_model no params for a function",
+        lambda: _capture_model(params=None),
+        ValueError,
+        r"a plain apply function needs params=",
+    ),
+    (
+        "capture_model num_samples 0",
+        lambda: _capture_model(num_samples=0),
+        ValueError,
+        r"num_samples must be in \[1, 16\]",
+    ),
+    (
+        "capture_model unknown layer",
+        lambda: _capture_model(layers=["nope"]),
+        ValueError,
+        r"unknown layers \['nope'\]; valid layers: w",
+    ),
+    (
+        "capture_model negative step",
+        lambda: _capture_model(steps=[-1]),
+        ValueError,
+        r"steps must be non-negative integers; got \[-1\]",
+    ),
+    (
+        "capture_model storage 'x'",
+        lambda: _capture_model(storage="x"),
+        ValueError,
+        r"unknown storage \['x'\]; valid storage: auto, dense, factored",
+    ),
+    (
+        "capture_model layout 'x'",
+        lambda: _capture_model(layout="x"),
+        ValueError,
+        r"unknown layout 'x'; valid layouts: auto, flax, torch",
+    ),
+    (
+        "capture_model dtype float16",
+        lambda: _capture_model(dtype="float16"),
+        ValueError,
+        r"dtype must be float32 or float64; got 'float16'",
+    ),
+    # --- issue 23 walk: train (checks that already hold; see the report for the rest) ---
+    (
+        "train unknown model name",
+        lambda: _train_named("nope"),
+        ValueError,
+        r"unknown model 'nope'; valid models: mlp",
+    ),
+    (
+        "train seed -1",
+        lambda: _train(seed=-1),
+        ValueError,
+        r"seed must be an integer ≥ 0; got -1",
+    ),
+    (
+        "train eval_samples -1",
+        lambda: _train(eval_samples=-1),
+        ValueError,
+        r"eval_samples must be an integer ≥ 0; got -1",
+    ),
+    (
+        "train unknown model option",
+        lambda: _train_named("mlp", model_options={"nope": 1}),
+        ValueError,
+        r"unknown option\(s\) \['nope'\] for model 'mlp'; valid: \['activation', 'hidden'\]",
+    ),
+    (
+        "train hyperparams without inject_hyperparams",
+        lambda: _train(hyperparams={"learning_rate": 0.1}),
+        ValueError,
+        r"hyperparams= needs a transformation built with optax\.inject_hyperparams",
+    ),
+    (
+        "train garbage checkpoint",
+        lambda: _train(checkpoint=_save("run.npz", b"garbage")),
+        CheckpointError,
+        r"run\.npz: not a readable checkpoint.*delete it or pass another checkpoint path",
+    ),
+    (
+        "train Probe target 'nope'",
+        lambda: _train_probe(targets=("nope",)),
+        ValueError,
+        r"probe targets must be among gradients, ggn, ggn-mc; got \['nope'\]",
+    ),
+    # --- issue 23 walk: tuning (checks that already hold; see the report for the rest) ---
+    (
+        "tuning paired_interval of one difference",
+        lambda: _tuning().paired_interval([1.0]),
+        ValueError,
+        r"a t-interval needs at least 2 paired differences, got 1",
+    ),
+    (
+        "tuning paired_interval NaN",
+        lambda: _tuning().paired_interval([1.0, np.nan]),
+        ValueError,
+        r"paired differences must be finite \(a failed run has no difference\)",
+    ),
+    (
+        "tuning paired_interval level 1",
+        lambda: _tuning().paired_interval([1.0, 2.0], 1.0),
+        ValueError,
+        r"level must be in \(0, 1\), got 1\.0",
+    ),
+    (
+        "tuning lr_grid low 0",
+        lambda: _tuning().lr_grid(0, 1),
+        ValueError,
+        r"need 0 < low ≤ high, got 0, 1",
+    ),
+    (
+        "tuning lr_grid NaN",
+        lambda: _tuning().lr_grid(np.nan, 1),
+        ValueError,
+        r"need 0 < low ≤ high, got nan, 1",
+    ),
+    (
+        "tuning lr_grid swapped",
+        lambda: _tuning().lr_grid(1, 0.1),
+        ValueError,
+        r"need 0 < low ≤ high, got 1, 0\.1",
+    ),
+    (
+        "tuning lr_grid points_per_octave 0",
+        lambda: _tuning().lr_grid(0.1, 1, points_per_octave=0),
+        ValueError,
+        r"points_per_octave must be ≥ 1, got 0",
+    ),
+    (
+        "tuning lr_grid without a point",
+        lambda: _tuning().lr_grid(0.3, 0.4),
+        ValueError,
+        r"no point 2\^\(k/1\) lies in \[0\.3, 0\.4\]",
+    ),
+    (
+        "tuning make_schedule total_steps 0",
+        lambda: _tuning().make_schedule(0.1, total_steps=0),
+        ValueError,
+        r"need 0 ≤ warmup_steps < total_steps, got 0, 0",
+    ),
+    (
+        "tuning make_schedule warmup = total",
+        lambda: _tuning().make_schedule(0.1, total_steps=10, warmup_steps=10),
+        ValueError,
+        r"need 0 ≤ warmup_steps < total_steps, got 10, 10",
+    ),
+    (
+        "tuning make_schedule decay 'exp'",
+        lambda: _tuning().make_schedule(0.1, total_steps=10, decay="exp"),
+        ValueError,
+        r"decay must be 'cosine', 'linear' or 'constant', got 'exp'",
+    ),
+    (
+        "tuning Protocol two seeds",
+        lambda: _toy_protocol(seeds=(1, 2)),
+        ValueError,
+        r"need at least 3 distinct confirmation seeds, got \(1, 2\)",
+    ),
+    (
+        "tuning Protocol repeated seed",
+        lambda: _toy_protocol(seeds=(1, 1, 2)),
+        ValueError,
+        r"need at least 3 distinct confirmation seeds",
+    ),
+    (
+        "tuning Protocol selection seed among the seeds",
+        lambda: _toy_protocol(seeds=(0, 1, 2)),
+        ValueError,
+        r"the confirmation seeds must be fresh \(not the selection seed\)",
+    ),
+    (
+        "tuning Protocol threshold -1",
+        lambda: _toy_protocol(threshold=-1),
+        ValueError,
+        r"max_extensions and threshold must be ≥ 0",
+    ),
+    (
+        "tuning Protocol max_extensions -1",
+        lambda: _toy_protocol(max_extensions=-1),
+        ValueError,
+        r"max_extensions and threshold must be ≥ 0",
+    ),
+    (
+        "tuning Protocol vectorize 'yes'",
+        lambda: _toy_protocol(vectorize="yes"),
+        ValueError,
+        r"vectorize must be 'auto', True or False, got 'yes'",
+    ),
+    (
+        "tuning Study without methods",
+        lambda: _tuning().Study("t", [], _toy_protocol(), progress=False),
+        ValueError,
+        r"need at least one method and distinct names, got \[\]",
+    ),
+    (
+        "tuning Study repeated method name",
+        lambda: _tuning().Study(
+            "t", [_toy_method(), _toy_method()], _toy_protocol(), progress=False
+        ),
+        ValueError,
+        r"distinct names, got \['a', 'a'\]",
+    ),
+    (
+        "tuning pilot_bounds swapped range",
+        lambda: _tuning().pilot_bounds([_toy_method()], low=1, high=0.1),
+        ValueError,
+        r"need 0 < low ≤ high, got 1, 0\.1",
+    ),
+    (
+        "tuning pilot_bounds every run fails",
+        lambda: _tuning().pilot_bounds([_tuning().Method("s", lambda lr, seed: np.nan)]),
+        ValueError,
+        r"every pilot run of 's' failed",
+    ),
+    (
+        "tuning compare threshold -1",
+        lambda: _tuning().compare(_toy_study(), "a", threshold=-1),
+        ValueError,
+        r"threshold must be ≥ 0, got -1\.0",
+    ),
+    (
+        "tuning compare level 2",
+        lambda: _tuning().compare(_toy_study(), "a", level=2),
+        ValueError,
+        r"level must be in \(0, 1\), got 2\.0",
+    ),
 ]
 
 
@@ -658,6 +1323,16 @@ CLI_CASES = [
         "demo --train-steps -3",
         ["demo", "--train-steps", "-3"],
         r"--train-steps must be ≥ 0; got -3",
+    ),
+    (
+        "reproduce --report into a missing folder",
+        ["reproduce", "--only", "identities", "--report", "{tmp}/missing/R.md"],
+        r"--report: the folder .*missing does not exist",
+    ),
+    (
+        "reproduce --figures onto a file",
+        ["reproduce", "--only", "identities", "--figures", "{tmp}/a_file"],
+        r"--figures: the folder .*a_file does not exist",
     ),
     (
         "reproduce --only unknown",

@@ -52,7 +52,8 @@ def test_version_and_help_do_not_import_jax():
     code = (
         "import sys\n"
         "from precond_lab.cli import main\n"
-        "for argv in (['--version'], ['--help'], ['demo', '--help'], ['reproduce', '--help']):\n"
+        "for argv in (['--version'], ['--help'], ['demo', '--help'], ['reproduce', '--help'],\n"
+        "             ['capture', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
@@ -62,6 +63,76 @@ def test_version_and_help_do_not_import_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_importing_the_cli_and_the_capture_package_does_not_import_jax():
+    """``precond-lab capture --help`` took 3.3 s importing JAX through ``precond_lab.capture``'s
+    eager imports (issue 23); the package now loads its names on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import precond_lab.cli\n"
+        "import precond_lab.capture, precond_lab.capture.cli\n"
+        "heavy = ('jax', 'flax', 'optax', 'xarray')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_capture_help_names_agree_with_the_registries():
+    """``capture --help`` lists the models, datasets and targets from ``_help`` (no JAX)."""
+    from precond_lab import _help
+    from precond_lab.capture import api, data, models
+
+    # the built-in zoo, registered first (a test may register more after it)
+    assert tuple(models.MODEL_SPECS)[: len(_help.CAPTURE_MODELS)] == _help.CAPTURE_MODELS
+    assert _help.CAPTURE_DATASETS == data.DATASETS
+    assert _help.CAPTURE_TARGETS == api.TARGETS
+
+
+_PACKAGES = [
+    "precond_lab",
+    "precond_lab.capture",
+    "precond_lab.estimators",
+    "precond_lab.linalg",
+    "precond_lab.metrics",
+    "precond_lab.methods",
+    "precond_lab.online",
+    "precond_lab.optim",
+    "precond_lab.sweep",
+    "precond_lab.targets",
+]
+
+
+@pytest.mark.parametrize("package", _PACKAGES)
+def test_every_public_name_resolves(package):
+    """Every name of a package's ``__all__`` resolves (lazy ones included), and
+    ``from package import *`` works."""
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert not missing, f"{package}: {missing}"
+    namespace: dict = {}
+    exec(f"from {package} import *", namespace)
+    assert set(module.__all__) <= set(namespace)
+    assert set(module.__all__) <= set(dir(module))
+
+
+def test_capture_lazy_names_are_the_submodules_objects():
+    import precond_lab.capture as cap
+    from precond_lab.capture import api, models, store
+
+    assert cap.capture is api.capture and cap.StoreError is store.StoreError
+    assert cap.MODELS == models.MODELS
+    assert cap.cache.enable_persistent_cache is cap.enable_persistent_cache  # a submodule
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cap.nope  # noqa: B018
+    with pytest.raises(ImportError, match="nope"):
+        exec("from precond_lab.capture import nope", {})
 
 
 def test_capture_help_is_plain_text_with_one_default_each(capsys):

@@ -370,3 +370,38 @@ def test_power_iteration_curve(data):
     both = power_iteration_curve({"a": g, "b": g[:1]}, 2)
     assert both["score"].dims == ("target", "iteration", "metric")
     assert list(both["target"].values) == ["a", "b"]
+
+
+def test_float32_kl_fit_at_relative_damping_names_float64_end_to_end():
+    """Issue 23: on a float32 capture, kl_optimal at the documented relative damping 1e-3
+    fails because a factor looks singular in float32; the error that reaches the user of
+    ``evaluate`` says the fit ran in float32 and how to fit in float64, and that advice
+    works (the same data with ``dtype=np.float64`` fits)."""
+    from precond_lab.errors import FitNeedsDampingError
+
+    rng = np.random.default_rng(0)
+    m, n, count = 128, 2, 64
+    u, v = rng.standard_normal(m), rng.standard_normal(n)
+    g = rng.standard_normal(count)[:, None, None] * np.outer(u, v)[None]
+    g = (g + 1e-4 * rng.standard_normal((count, m, n))).astype(np.float32)  # a float32 capture
+    kw = dict(
+        estimators=["kl_optimal"],
+        metrics=["cosine"],
+        damping=1e-3,
+        damping_mode="relative",
+        progress=False,
+    )
+    with pytest.raises(FitNeedsDampingError) as info:
+        evaluate({"gradients": g}, raise_errors=True, **kw)
+    text = str(info.value)
+    assert "This fit ran in float32" in text
+    assert "fit in float64" in text and "evaluate(..., dtype=np.float64)" in text
+    assert "jax.config.update('jax_enable_x64', True)" in text
+    # without raise_errors the cell is recorded as failed, not scored with a wrong number
+    with pytest.warns(EvaluationWarning, match="ran in float32.*fit in float64"):
+        ds = evaluate({"gradients": g}, **kw)
+    assert not np.isfinite(ds["score"].values).any()
+    assert "fit in float64" in str(ds["message"].values.ravel()[0])
+    # the advice works: the same float32 data, fitted in float64
+    ds64 = evaluate({"gradients": g}, dtype=np.float64, raise_errors=True, **kw)
+    assert np.isfinite(ds64["score"].values).all()

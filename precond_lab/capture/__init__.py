@@ -26,19 +26,76 @@ targets, optimizer) reuses the first one's compiled functions, whatever its numb
 examples (``.cache``).
 """
 
-from .api import TARGETS, capture, capture_from_fn, capture_model
-from .cache import enable_persistent_cache
-from .data import DATASETS, Dataset, from_arrays, load_dataset
-from .discover import Layer, discover, kfac_model
-from .factors import layer_factors, layer_target
-from .frameworks import as_apply
-from .ggn import LOSSES, hessian_sqrt, per_example_loss
-from .kfac import KFACSkippedWarning
-from .layout import LAYOUTS, LayoutWarning
-from .models import MODELS, Model, Tape, make_model
-from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
+from typing import TYPE_CHECKING
 
-enable_persistent_cache()  # a new process's first capture loads its executables from disk
+# Every name below loads on first use (PEP 562): the submodules import JAX, and
+# ``precond-lab capture --help`` must not wait for it (issue 23). Importing ``.cache`` (which
+# every capture path does) turns on JAX's persistent compilation cache, so a new process's
+# first capture loads its executables from disk (``enable_persistent_cache``).
+_LAZY = {
+    "TARGETS": "api",
+    "capture": "api",
+    "capture_from_fn": "api",
+    "capture_model": "api",
+    "enable_persistent_cache": "cache",
+    "DATASETS": "data",
+    "Dataset": "data",
+    "from_arrays": "data",
+    "load_dataset": "data",
+    "Layer": "discover",
+    "discover": "discover",
+    "kfac_model": "discover",
+    "layer_factors": "factors",
+    "layer_target": "factors",
+    "as_apply": "frameworks",
+    "LOSSES": "ggn",
+    "hessian_sqrt": "ggn",
+    "per_example_loss": "ggn",
+    "KFACSkippedWarning": "kfac",
+    "LAYOUTS": "layout",
+    "LayoutWarning": "layout",
+    "MODELS": "models",
+    "Model": "models",
+    "Tape": "models",
+    "make_model": "models",
+    "SCHEMA": "store",
+    "SCHEMA_VERSION": "store",
+    "StoreError": "store",
+    "open_capture": "store",
+    "validate_store": "store",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import TARGETS, capture, capture_from_fn, capture_model
+    from .cache import enable_persistent_cache
+    from .data import DATASETS, Dataset, from_arrays, load_dataset
+    from .discover import Layer, discover, kfac_model
+    from .factors import layer_factors, layer_target
+    from .frameworks import as_apply
+    from .ggn import LOSSES, hessian_sqrt, per_example_loss
+    from .kfac import KFACSkippedWarning
+    from .layout import LAYOUTS, LayoutWarning
+    from .models import MODELS, Model, Tape, make_model
+    from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
+
+
+def __getattr__(name: str):
+    import importlib
+    import importlib.util
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        if name != "MODELS":  # register_model rebinds models.MODELS: always read it afresh
+            globals()[name] = value
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
+        return importlib.import_module(f".{name}", __name__)  # a submodule: ``cap.cache``
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DATASETS",

@@ -163,6 +163,8 @@ def capture(
         model = make_model(model, ds, dtype=dtype, **dict(model_options or {}))
     elif model_options:
         raise ValueError("model_options only apply to a model given by name")
+    if isinstance(targets, str):
+        raise TypeError(f"targets must be a list of names, e.g. [{targets!r}]; got {targets!r}")
     targets = _check_choice("targets", list(targets), TARGETS)
     _check_choice("storage", [storage], STORAGES)
     steps = sorted({int(s) for s in steps})
@@ -182,7 +184,13 @@ def capture(
         ("chunk_size", chunk_size, None),
     ):
         if int(v) < 1 or (hi is not None and int(v) > hi):
-            raise ValueError(f"{name} must be in [1, {hi or 'inf'}]; got {v}")
+            where = f" (the {n_train} training examples)" if hi is not None else ""
+            hint = (
+                " (the training mini-batch size, default 32: pass a smaller batch_size=)"
+                if name == "batch_size" and hi is not None and int(v) > hi
+                else ""
+            )
+            raise ValueError(f"{name} must be in [1, {hi or 'inf'}]{where}; got {v}{hint}")
     batch_sizes = sorted({int(b) for b in batch_sizes}) if "batch" in targets else []
     if any(b < 1 or b > num_samples for b in batch_sizes) or (
         "batch" in targets and not batch_sizes

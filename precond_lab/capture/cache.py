@@ -14,9 +14,10 @@ Functions are keyed by identity and kept alive by the cache (so an id is never r
 another object); a value that cannot be hashed disables caching for that call. The cache
 holds at most ``MAX_ENTRIES`` pieces, least recently used first out; ``clear()`` empties it.
 
-Across processes, ``enable_persistent_cache`` (called when ``precond_lab.capture`` is
-imported) turns on JAX's persistent compilation cache, so a new process's first capture
-loads its XLA executables from disk instead of compiling them (tracing remains).
+Across processes, ``enable_persistent_cache`` (called when this module is first imported,
+which every capture path does) turns on JAX's persistent compilation cache, so a new
+process's first capture loads its XLA executables from disk instead of compiling them
+(tracing remains).
 """
 
 from __future__ import annotations
@@ -129,3 +130,6 @@ def enable_persistent_cache(path: str | os.PathLike | None = None) -> Path | Non
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+enable_persistent_cache()  # a new process's first capture loads its executables from disk

@@ -15,8 +15,14 @@ import argparse
 import json
 import sys
 
-from .._help import CAPTURE_HELP, HelpFormatter
-from ..schema import step_name
+# Standard library only at import: ``precond-lab capture --help`` must not import JAX.
+from .._help import (
+    CAPTURE_DATASETS,
+    CAPTURE_HELP,
+    CAPTURE_MODELS,
+    CAPTURE_TARGETS,
+    HelpFormatter,
+)
 
 __all__ = ["add_parser", "run", "HELP"]
 
@@ -48,10 +54,6 @@ def _names(text: str) -> list[str]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``capture`` subcommand to an ``argparse`` subparsers object."""
-    from .api import TARGETS
-    from .data import DATASETS
-    from .models import MODELS
-
     p = subparsers.add_parser(
         "capture",
         help=HELP,
@@ -59,14 +61,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--model", default="mlp", help=f"one of: {', '.join(CAPTURE_MODELS)}")
+    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(CAPTURE_DATASETS)}")
     p.add_argument("--steps", type=_ints, default=[0], help="comma-separated steps, e.g. 0,50,200")
     p.add_argument(
         "--targets",
         type=_names,
         default=["gradients"],
-        help=f"comma-separated, from: {', '.join(TARGETS)}",
+        help=f"comma-separated, from: {', '.join(CAPTURE_TARGETS)}",
     )
     p.add_argument(
         "--layers",
@@ -100,6 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the capture described by ``args``; print a summary. Returns the exit code."""
+    from ..schema import step_name
     from .api import capture
     from .store import StoreError, validate_store
 

@@ -126,7 +126,18 @@ class DiscoveredModel(Model):
 
 
 def _trace(apply_fn, params, x1):
-    closed = jax.make_jaxpr(apply_fn)(params, x1)
+    try:
+        closed = jax.make_jaxpr(apply_fn)(params, x1)
+    except (TypeError, ValueError) as err:  # e.g. params of another model: a shape mismatch
+        if isinstance(err, UnsupportedModelError):
+            raise
+        shapes = {p: tuple(np.shape(v)) for p, v in flat_params(params).items()}
+        raise UnsupportedModelError(
+            f"the model's apply function failed on one example of x (shape "
+            f"{tuple(np.shape(x1))}) with the given parameters {shapes}: "
+            f"{type(err).__name__}: {str(err).rstrip('.')}. Check that params belong to this "
+            f"model and that x has its input shape."
+        ) from err
     n = len(jax.tree_util.tree_leaves(params))
     return closed, n
 

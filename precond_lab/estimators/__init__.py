@@ -13,7 +13,7 @@ definition; ``parse_estimator`` reads spec strings such as ``"power_iteration(3)
 
 # isort: off
 # registration order (= the order of ESTIMATORS in tables and figures)
-from . import _frobenius, _shampoo, _kl, _eigen, _kfac, _bregman  # noqa: F401
+from . import _frobenius, _shampoo, _kl, _eigen, _kfac, _bregman, _flat_tail  # noqa: F401
 
 # isort: on
 from ._bregman import (
@@ -24,6 +24,14 @@ from ._bregman import (
     trace_power_update,
 )
 from ._eigen import diagonal, eigencorrected
+from ._flat_tail import (
+    SpikeProfile,
+    flat_tail,
+    flat_tail_factor,
+    flat_tail_value,
+    kl_flat_tail,
+    spike_profile,
+)
 from ._frobenius import frobenius_optimal, power_iteration
 from ._kfac import kfac
 from ._kl import kl_optimal, one_sided_kl
@@ -43,6 +51,7 @@ __all__ = [
     "EstimatorSpec",
     "FitContext",
     "ParsedEstimator",
+    "SpikeProfile",
     "bregman_objective",
     "bregman_optimal",
     "build",
@@ -51,13 +60,18 @@ __all__ = [
     "diagonal",
     "eigencorrected",
     "factor_power",
+    "flat_tail",
+    "flat_tail_factor",
+    "flat_tail_value",
     "frobenius_optimal",
     "kfac",
+    "kl_flat_tail",
     "kl_optimal",
     "one_sided_kl",
     "power_iteration",
     "shampoo",
     "shampoo_squared",
+    "spike_profile",
     "trace_power_statistic",
     "trace_power_update",
 ]

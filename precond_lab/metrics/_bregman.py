@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._trace_power import bregman_from_eigen, generator
-from .._validation import FitNeedsDampingError
+from .._validation import FitNeedsDampingError, NonFiniteError
 from ..structures import Structure, check_spectrum
 from ._common import prepare, rotated_target_diagonal
 from ._divergences import (
@@ -88,7 +88,11 @@ def bregman_divergence(
         FitNeedsDampingError: ``q < 1`` and ``S + μI`` is singular, or ``q ≤ 0`` and
             ``Σ + λI`` is singular (the divergence is infinite).
     """
-    q = float(q)
+    if isinstance(q, (str, bytes, bool)) or q is None or np.size(q) != 1:
+        raise TypeError(f"the trace power q must be a finite real number; got {q!r}")
+    if np.asarray(q).dtype.kind not in "iuf":
+        raise TypeError(f"the trace power q must be a finite real number; got {q!r}")
+    q = float(np.asarray(q).reshape(()))
     if not np.isfinite(q):
         raise ValueError(f"the trace power q must be a finite real number; got {q}")
     damping, approx_damping = _resolve(damping, approx_damping)
@@ -106,6 +110,14 @@ def bregman_divergence(
     else:
         out = bregman_from_spectra(
             q, values, delta, mu, spec.rank, t.dim, damping, approx_damping, spec.floor
+        )
+    dtype = np.dtype(t.dtype)
+    if not (abs(float(out)) <= float(np.finfo(dtype).max)):  # inf or NaN from overflow
+        raise NonFiniteError(
+            f"B_q(Σ + λI, S + μI) at q = {q:g} overflows {dtype.name} (tr X^q or tr Y^q "
+            f"exceeds {float(np.finfo(dtype).max):.1e} for eigenvalues away from 1): use a "
+            f"smaller |q|, or rescale the target and the approximation together "
+            f"(B_q(cX, cY) = c^q B_q(X, Y))."
         )
     return jnp.asarray(out, t.dtype)
 

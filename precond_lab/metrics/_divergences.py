@@ -27,10 +27,18 @@ __all__ = [
 ]
 
 
-def _check_damping(damping):
+def _check_damping(damping, name: str = "damping"):
+    if (
+        isinstance(damping, (str, bytes, bool))
+        or damping is None
+        or np.size(damping) != 1
+        or np.asarray(damping).dtype.kind not in "iuf"
+    ):
+        raise TypeError(f"{name} must be a real number ≥ 0; got {damping!r}")
+    damping = float(np.asarray(damping).reshape(()))
     if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}")
-    return float(damping)
+        raise ValueError(f"{name} must be a finite number ≥ 0; got {damping}")
+    return damping
 
 
 def _target_eigs(t: Target, damping: float, vectors: bool = False, need_full_rank: bool = True):
@@ -83,7 +91,9 @@ def _forward_scale(values, delta, damping, approx_damping):
 
 def _resolve(damping, approx_damping):
     damping = _check_damping(damping)
-    approx_damping = 0.0 if approx_damping is None else _check_damping(approx_damping)
+    approx_damping = (
+        0.0 if approx_damping is None else _check_damping(approx_damping, "approx_damping")
+    )
     return damping, approx_damping
 
 

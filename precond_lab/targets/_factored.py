@@ -304,6 +304,8 @@ class FactoredTarget(Target):
         validate: bool = True,
         process_local: bool = False,
     ):
+        if not isinstance(center, (bool, np.bool_)):
+            raise TypeError(f"center must be True or False; got {center!r}")
         u, v = _as_factors(left, "left"), _as_factors(right, "right")
         if u.shape[:-1] != v.shape[:-1]:
             raise ValueError(
@@ -327,6 +329,11 @@ class FactoredTarget(Target):
             w = np.repeat(w, self.inner)
         self.num_samples, self.terms, m = (int(s) for s in u.shape)
         n = int(v.shape[-1])
+        if self.terms == 0:
+            raise ValueError(
+                f"factors have T = 0 terms (left {tuple(u.shape)}): each sample G_k = "
+                "Σ_t u_kt v_ktᵀ needs at least one term; a (N, m) and (N, n) pair is T = 1."
+            )
         if m == 0 or n == 0:
             raise ValueError(f"factors give an empty matrix shape {(m, n)}")
         self.matrix_shape = (m, n)

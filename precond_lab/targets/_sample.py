@@ -117,6 +117,8 @@ class SampleTarget(Target):
         executor: str = "auto",
         process_local: bool = False,
     ):
+        if not isinstance(center, (bool, np.bool_)):
+            raise TypeError(f"center must be True or False; got {center!r}")
         self._multi = bool(process_local)
         if self._multi:
             self._source = _ProcessShareSource(samples, weights, validate)

@@ -72,6 +72,10 @@ ESTIMATOR_CASES = {
         est.kl_optimal(problem()[2], tol=1e-14, max_iter=5000),
         _kron(ref.kl_flip_flop(problem()[1], 4, 3)),
     ),
+    "kl_flat_tail": lambda: (
+        est.kl_flat_tail(problem()[2], 1, tol=1e-14, max_iter=5000),
+        ref.kl_flat_tail(problem()[1], 4, 3, 1),
+    ),
     "one_sided_kl": lambda: (est.one_sided_kl(problem()[2]), ref.one_sided_kl(problem()[1], 4, 3)),
     "eigencorrected": _eig_case,
     "diagonal": lambda: (est.diagonal(problem()[2]), ref.diagonal(problem()[1])),
