@@ -52,6 +52,8 @@ def optimisers(frequency: int, state_dtype) -> dict[str, optax.GradientTransform
         "if_shampoo": po.if_shampoo(1e-3, batch_size=BATCH, frequency=1, **dt),
         "rf_rmsprop": po.rf_rmsprop(1e-3, batch_size=BATCH, **dt),
         "muon": po.muon(1e-3, **dt),
+        "psgd_kron": po.psgd_kron(1e-3, **dt),  # updates its factors every step
+        "splus": po.splus(1e-3, inverse_every=frequency, **dt),
     }
 
 

@@ -101,8 +101,9 @@ class Paper:
     def short(self) -> str:
         """``"P1 Lin et al. 2025"``."""
         last = self.authors[0].split(",")[0]
-        etal = " et al." if len(self.authors) > 2 else f" & {self.authors[1].split(',')[0]}"
-        return f"{self.label} {last}{etal if len(self.authors) > 1 else ''} {self.year}".strip()
+        n = len(self.authors)
+        etal = " et al." if n > 2 else (f" & {self.authors[1].split(',')[0]}" if n == 2 else "")
+        return f"{self.label} {last}{etal} {self.year}".strip()
 
 
 PAPERS: dict[str, Paper] = {
@@ -183,6 +184,29 @@ PAPERS: dict[str, Paper] = {
             "v1 (Oct 2026)",
         ),
         Paper(
+            "li2018psgd",
+            "P6a",
+            ("Li, Xi-Lin",),
+            "Preconditioned Stochastic Gradient Descent",
+            2018,
+            "IEEE Transactions on Neural Networks and Learning Systems 29(5)",
+            "1512.04202",
+            "v3; the Kronecker whitening update as in the official code (psgd.py, Oct 2025)",
+            "https://github.com/lixilinx/psgd_torch",
+        ),
+        Paper(
+            "frans2025splus",
+            "P6b",
+            ("Frans, Kevin", "Levine, Sergey", "Abbeel, Pieter"),
+            "A Stable Whitening Optimizer for Efficient Neural Network Training",
+            2025,
+            "arXiv preprint",
+            "2506.07254",
+            "v1 (Jun 2025; title as recalled, unverified here); the code's README titles it "
+            "'SPlus: A Stable Whitening Optimizer for Neural Network Optimization'",
+            "https://github.com/kvfrans/splus",
+        ),
+        Paper(
             "vanloan1993kronecker",
             "",
             ("Van Loan, Charles F.", "Pitsianis, Nikos"),
@@ -195,6 +219,7 @@ PAPERS: dict[str, Paper] = {
 }
 
 _P1, _P2, _P3, _P4 = "lin2025klshampoo", "lin2024rootfree", "morwani2024shampoo", "liu2026bregman"
+_P6A, _P6B = "li2018psgd", "frans2025splus"
 _E, _M, _C = StatementType.EXACT, StatementType.EMPIRICAL, StatementType.COMPARISON
 _T, _S, _I = StatementType.TRAINING, StatementType.SYSTEMS, StatementType.INTERPRETATION
 _PA, _PR, _DE, _NT = TestKind.PAPER, TestKind.PROXY, TestKind.DERIVED, TestKind.NOT_TESTABLE
@@ -444,6 +469,34 @@ _CLAIM_LIST = [
     _c("P4-39", _P4, "§6, Table 4",
        "SQ- and KL-Shampoo reach lower GPT-2 validation loss than F and VN at every width.",
        _T, _PR, TRAINING, "paper text", needs=_TRAIN_NEEDS),
+    # ---- issue 21 (PSGD-Kron, SPlus): ids P6-50 to P6-59; P6a = Li 2018, P6b = Frans et al.
+    _c("P6-50", DERIVED, "P4 Prop. 1 at q = ½, applied to P6a's whitening criterion",
+       "PSGD's whitening criterion tr(PC) + tr(P⁻¹) is half the q = ½ trace-power Bregman "
+       "divergence B_½(C, P⁻²) plus a constant, so its Kronecker minimiser is the inverse "
+       "square root of the SQ (q = ½) optimum.",
+       _E, _DE, "psgd_splus", "derived here; tests/optim/test_psgd_splus.py checks it",
+       needs="a study row; the dense identity is a unit test (tests/optim/test_psgd_splus.py)"),
+    _c("P6-51", _P6A, "official code psgd.py, update_precond_kron_whiten_q0p5eq1p5",
+       "Run on a stationary non-Kronecker gradient stream, PSGD-Kron's preconditioner lands "
+       "on the q = ½ optimum when its factors follow the criterion's gradient, but on the KL "
+       "(q = 0) optimum with the official code's partial-trace whitening update.",
+       _M, _PR, "psgd_splus", "official code; the fixed points derived and measured here",
+       setting="4×6 synthetic stream (G = AZB + non-Kronecker noise), online estimator, "
+       "full-batch and 100k annealed single-sample steps; not a training run",
+       needs="a study row; tested by tests/optim/test_psgd_splus.py (1e-10 full batch, 8 % "
+       "on the stream)"),
+    _c("P6-52", _P6B, "Abstract; README of the code (section unverified)",
+       "Shampoo with inverse roots cached for many steps is unstable, while SPlus's sign "
+       "update in the cached eigenbasis stays bounded (every entry ±1 in the basis).",
+       _M, _PR, "psgd_splus", "paper text, official code",
+       setting="one constructed gradient stream: the bound ‖D‖_F ≤ 2√(mn)/(m+n) and "
+       "Shampoo's amplification of directions its cached roots never saw; no training",
+       needs="a study row and training runs for the divergence part; the bounded-update part "
+       "is a unit test (tests/optim/test_psgd_splus.py)"),
+    _c("P6-53", _P6B, "Abstract; README of the code",
+       "SPlus matches Adam's performance with 44 % of the gradient steps and 62 % of the "
+       "wall-clock time on transformer language, diffusion and image-classification tasks.",
+       _T, _PR, TRAINING, "official code's README", needs=_TRAIN_NEEDS),
 ]
 _D = [
     ("Row-major vec: (A⊗B) vec X = vec(A X Bᵀ).", ""),

@@ -1,6 +1,7 @@
 """The methods: one implementation of each optimiser's statistics, refresh and preconditioner.
 
-Each method is a ``Rule`` (``kl.py``, ``shampoo.py``, ``rootfree.py``, ``muon.py``)
+Each method is a ``Rule`` (``kl.py``, ``shampoo.py``, ``rootfree.py``, ``muon.py``,
+``psgd.py``, ``splus.py``)
 registered with a ``MethodSpec`` in ``METHODS``: its name and label, the power its
 optimiser applies, its per-leaf state, the ``approximation(leaf) -> Structure`` that
 reads the ``Σ`` the state stands for, the reference code and paper it follows, and its
@@ -43,6 +44,7 @@ from ._hp import hp, static_int
 from ._ops import TENSOR_MODES, all_finite, resolve_dtype, work_shape
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
 from .muon import NS_COEFFS, MuonLeaf, muon_rule, newton_schulz
+from .psgd import WHITENINGS, PSGDLeaf, procrustes_step, psgd_kron_rule
 from .rootfree import (
     AdamLeaf,
     IFShampooLeaf,
@@ -53,6 +55,7 @@ from .rootfree import (
     rf_rmsprop_rule,
 )
 from .shampoo import ShampooLeaf, SOAPLeaf, shampoo_rule, soap_rule
+from .splus import SPlusLeaf, splus_rule
 
 
 def _scale_by(rule: Callable[..., Rule]) -> Callable[..., optax.GradientTransformation]:
@@ -79,8 +82,18 @@ scale_by_if_shampoo = _scale_by(if_shampoo_rule)
 scale_by_rf_rmsprop = _scale_by(rf_rmsprop_rule)
 scale_by_adam = _scale_by(adam_rule)
 scale_by_muon = _scale_by(muon_rule)
+scale_by_psgd_kron = _scale_by(psgd_kron_rule)
+scale_by_splus = _scale_by(splus_rule)
 
 __all__ = [
+    "scale_by_splus",
+    "scale_by_psgd_kron",
+    "splus_rule",
+    "psgd_kron_rule",
+    "procrustes_step",
+    "SPlusLeaf",
+    "PSGDLeaf",
+    "WHITENINGS",
     "EIGENVALUE_UPDATES",
     "METHODS",
     "TENSOR_MODES",

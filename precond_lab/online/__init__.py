@@ -37,9 +37,11 @@ if_shampoo = ESTIMATORS["if_shampoo"]
 kl_shampoo = ESTIMATORS["kl_shampoo"]
 kl_soap = ESTIMATORS["kl_soap"]
 muon = ESTIMATORS["muon"]
+psgd_kron = ESTIMATORS["psgd_kron"]
 rf_rmsprop = ESTIMATORS["rf_rmsprop"]
 shampoo = ESTIMATORS["shampoo"]
 soap = ESTIMATORS["soap"]
+splus = ESTIMATORS["splus"]
 sq_shampoo = ESTIMATORS["sq_shampoo"]
 vn_shampoo = ESTIMATORS["vn_shampoo"]
 
@@ -65,10 +67,12 @@ __all__ = [
     "kl_shampoo",
     "kl_soap",
     "muon",
+    "psgd_kron",
     "rf_rmsprop",
     "run_online",
     "shampoo",
     "soap",
+    "splus",
     "sq_shampoo",
     "state_is_finite",
     "structure_cosine",

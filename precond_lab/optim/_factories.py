@@ -30,9 +30,11 @@ from ..methods import (
     if_shampoo_rule,
     kl_soap_rule,
     muon_rule,
+    psgd_kron_rule,
     rf_rmsprop_rule,
     shampoo_rule,
     soap_rule,
+    splus_rule,
     trace_power_rule,
     transformation,
 )
@@ -45,10 +47,12 @@ __all__ = [
     "kl_shampoo",
     "kl_soap",
     "muon",
+    "psgd_kron",
     "rf_rmsprop",
     "sgd",
     "shampoo",
     "soap",
+    "splus",
     "sq_shampoo",
     "trace_power_shampoo",
     "vn_shampoo",
@@ -67,6 +71,7 @@ _OPTIMISER_DOCS = {
     "adam_b2": "the fallback AdamW's ``β₂``",
     "adam_eps_root": "the fallback AdamW's ``ε_root ≥ 0`` (its ``ε`` is ``eps``)",
     "adam_weight_decay": "the fallback AdamW's weight decay ``≥ 0`` (optax's, before the step)",
+    "adam_eps": "the fallback AdamW's ``ε ≥ 0``",
     "nonfinite": "``'skip'`` a step whose gradient, update or state is not finite (counted "
     "in ``SkipState.skipped``) or ``'propagate'`` it (see ``skip_nonfinite``)",
 }
@@ -317,6 +322,52 @@ muon = _optimiser(
     extra={"adam_b1": 0.9, "adam_b2": 0.999, "adam_eps_root": 0.0, "adam_weight_decay": 0.0},
     fallback=_muon_fallback,
     weight_decay=0.0,
+)
+
+
+def _psgd_fallback(a: Mapping[str, Any], lr: Any) -> optax.GradientTransformation:
+    """``optax.adamw`` for the leaves PSGD-Kron does not take (the official code gives them
+    a diagonal PSGD preconditioner; not implemented here)."""
+    return optax.adamw(
+        lr,
+        b1=hp(a["adam_b1"], "adam_b1", low=0.0, high=1.0, high_open=True),
+        b2=hp(a["adam_b2"], "adam_b2", low=0.0, high=1.0, high_open=True),
+        eps=hp(a["adam_eps"], "adam_eps", low=0.0),
+        weight_decay=hp(a["adam_weight_decay"], "adam_weight_decay", low=0.0),
+    )
+
+
+psgd_kron = _optimiser(
+    psgd_kron_rule,
+    "psgd_kron",
+    "PSGD-Kron on leaves with two or more modes (``psgd_torch``'s ``KronWhiten`` with dense "
+    "factors on every mode, its defaults ``lr_params = 1e-3``, no weight decay), "
+    "``optax.adamw`` on the others.",
+    learning_rate=1e-3,
+    extra={"adam_b1": 0.9, "adam_b2": 0.999, "adam_eps": 1e-8, "adam_weight_decay": 0.0},
+    fallback=_psgd_fallback,
+    weight_decay=0.0,
+)
+
+
+def _splus_fallback(a: Mapping[str, Any], lr: Any) -> optax.GradientTransformation:
+    """SPlus itself, scaled by ``nonstandard_constant`` (the official code's treatment of
+    vectors, scalars and named embedding/layer-norm leaves)."""
+    keys = ("b1", "b2", "eps", "inverse_every", "nonstandard_constant", "weight_decay")
+    rule = splus_rule(**{k: a[k] for k in keys}, nonstandard=True, state_dtype=a["state_dtype"])
+    return optax.chain(transformation(rule), scale_and_decay(lr, 0.0))
+
+
+splus = _optimiser(
+    splus_rule,
+    "splus",
+    "SPlus with the official code's defaults (``kvfrans/splus``; ``lr = 0.2``, its README's "
+    "suggestion): the matrix leaves scaled by ``2/(m + n)``, the ``'fallback'`` leaves (vectors, "
+    "scalars; label embeddings or layer norms ``'fallback'`` as the official code does by "
+    "name) by ``nonstandard_constant``; weight decay inside the scale, as the official chain.",
+    learning_rate=0.2,
+    fallback=_splus_fallback,
+    weight_decay=None,
 )
 
 

@@ -312,3 +312,92 @@ def muon(w, grads, *, lr, beta=0.95, nesterov=True, steps=5, eps=1e-8, wd=0.0, r
         w = w - lr * wd * w
         out.append(w.copy())
     return out
+
+
+def _procrustes(q, max_step=0.125):
+    """psgd_torch's ``procrustes_step2`` with the exact spectral norm of ``R = Qᵀ − Q``."""
+    r = q.T - q
+    r = r / (np.linalg.norm(r, 2) + np.finfo(q.dtype).smallest_normal)
+    rq = r @ q
+    rrq = r @ rq
+    a = min(-np.trace(rq) / np.trace(rrq), max_step) if np.trace(rrq) < 0 else max_step
+    return q + a * (rq + 0.5 * a * rrq)
+
+
+def psgd_kron(
+    w,
+    grads,
+    *,
+    lr,
+    lr_p=0.1,
+    beta_l=0.9,
+    damping=1e-9,
+    momentum=0.0,
+    init_scale=None,
+    clip=(2.0, 10.0),
+    whitening="partial",
+):
+    """PSGD-Kron on a matrix (``P = P_a ⊗ P_b``, ``P_j = Q_jᵀQ_j``): ``psgd_torch``'s
+    ``KronWhiten`` with ``dQ = Q^{0.5}EQ^{1.5}``, the damping noise integrated out."""
+    w = np.array(w, dtype=np.float64)
+    m, n = w.shape
+    mom, out = np.zeros_like(w), []
+    ells = [0.0, 0.0]
+    for t, g in enumerate(grads):
+        if t == 0:
+            s = init_scale if init_scale is not None else (np.mean(g**4) + damping**4) ** -0.125
+            qa, qb = np.sqrt(s) * np.eye(m), np.sqrt(s) * np.eye(n)
+        if momentum > 0:
+            beta = min(t / (1 + t), momentum)
+            mom = beta * mom + (1 - beta) * g
+        pa, pb = qa.T @ qa, qb.T @ qb
+        if whitening == "partial":
+            pg = pa @ g @ pb
+            terms = [
+                (pg @ pg.T + damping**2 * np.sum(pb * pb) * pa @ pa, n),
+                (pg.T @ pg + damping**2 * np.sum(pa * pa) * pb @ pb, m),
+            ]
+        else:  # the criterion's natural gradient: P_a E[G P_b Gᵀ] P_a − tr(P_b⁻¹) I
+            left, right = pa @ g @ qb.T, qa @ g @ pb
+            terms = [
+                (left @ left.T + damping**2 * np.trace(pb) * pa @ pa, np.trace(np.linalg.inv(pb))),
+                (
+                    right.T @ right + damping**2 * np.trace(pa) * pb @ pb,
+                    np.trace(np.linalg.inv(pa)),
+                ),
+            ]
+        new = []
+        for j, (q, (a, c)) in enumerate(zip((qa, qb), terms, strict=True)):
+            ell = np.linalg.eigvalsh(a).max() + c
+            ells[j] = max(beta_l * ells[j] + (1 - beta_l) * ell, ell)
+            new.append(_procrustes(q - lr_p / ells[j] * (a @ q - c * q)))
+        qa, qb = new
+        d = (qa.T @ qa) @ (mom if momentum > 0 else g) @ (qb.T @ qb)
+        if clip is not None:
+            rms = np.sqrt(np.mean(d * d))
+            d = d * (clip[0] / rms if rms > clip[0] else 1.0)
+            d = np.clip(d, -clip[1], clip[1])
+        w = w - lr * d
+        out.append(w.copy())
+    return out
+
+
+def splus(w, grads, *, lr, b1=0.9, b2=0.999, eps=1e-30, every=100, wd=1e-2, constant=None):
+    """SPlus on a matrix: ``Q_a sign(Q_aᵀMQ_b) Q_bᵀ`` in the cached bases (refreshed by
+    ``eigh`` at step 1 and every ``every`` steps, after the update), ``+ wd·W``, times
+    ``2/(m + n)`` (or ``constant``) and ``η``."""
+    w = np.array(w, dtype=np.float64)
+    m, n = w.shape
+    scale = 2 / (m + n) if constant is None else constant
+    mom, sa, sb = np.zeros_like(w), np.zeros((m, m)), np.zeros((n, n))
+    qa, qb, out = np.eye(m), np.eye(n), []
+    for t, g in enumerate(grads, start=1):
+        mom = b1 * mom + (1 - b1) * g
+        u = qa @ np.sign(qa.T @ mom @ qb) @ qb.T
+        sa, sb = b2 * sa + (1 - b2) * g @ g.T, b2 * sb + (1 - b2) * g.T @ g
+        if t == 1 or t % every == 0:
+            qa = np.linalg.eigh(sa + eps * np.eye(m))[1]
+            qb = np.linalg.eigh(sb + eps * np.eye(n))[1]
+        w = w - lr * scale * (u + wd * w)
+        out.append(w.copy())
+    return out

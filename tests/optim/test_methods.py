@@ -235,6 +235,18 @@ BAD = [
     ("muon", dict(consistent_rms=0.0), ValueError, r"consistent_rms must be"),
     ("muon", dict(adam_b2=1.0), ValueError, r"adam_b2 must be .* in \[0, 1\)"),
     ("muon", dict(adam_weight_decay=-1.0), ValueError, r"adam_weight_decay must be"),
+    ("psgd_kron", dict(lr_preconditioner=0.0), ValueError, r"lr_preconditioner must be"),
+    ("psgd_kron", dict(beta_l=1.0), ValueError, r"beta_l must be .* in \[0, 1\)"),
+    ("psgd_kron", dict(momentum=-0.1), ValueError, r"momentum must be"),
+    ("psgd_kron", dict(init_scale=0.0), ValueError, r"init_scale must be"),
+    ("psgd_kron", dict(clip_rms=0.0), ValueError, r"clip_rms must be"),
+    ("psgd_kron", dict(whitening="full"), ValueError, r"whitening must be one of"),
+    ("psgd_kron", dict(adam_eps=-1.0), ValueError, r"adam_eps must be"),
+    ("splus", dict(b1=1.0), ValueError, r"b1 must be .* in \[0, 1\)"),
+    ("splus", dict(inverse_every=0), ValueError, r"inverse_every must be"),
+    ("splus", dict(inverse_every=2.5), TypeError, r"inverse_every must be an integer"),
+    ("splus", dict(nonstandard_constant=0.0), ValueError, r"nonstandard_constant must be"),
+    ("splus", dict(weight_decay=-1.0), ValueError, r"weight_decay must be"),
 ]
 
 

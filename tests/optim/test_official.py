@@ -11,6 +11,11 @@ per-step change of the weights.
 IF-Shampoo is checked against ``f-dangel/sirfshampoo`` (``PRECOND_LAB_SIRFSHAMPOO``: a folder
 from which ``import sirfshampoo`` works; it needs the ``singd`` and ``einops`` packages) in
 float64 to 1e-10: its rescaling tricks cancel exactly.
+
+PSGD-Kron is checked against ``lixilinx/psgd_torch``'s ``psgd.py`` ``KronWhiten``
+(``PRECOND_LAB_PSGD_TORCH``: a checkout; needs ``opt_einsum``) and SPlus against
+``kvfrans/splus``'s ``optax/splus.py`` (``PRECOND_LAB_SPLUS``: a checkout), both in
+float64 to 1e-10.
 """
 
 from __future__ import annotations
@@ -127,3 +132,105 @@ def test_if_shampoo_matches_sirfshampoo(monkeypatch, alpha2):
         0.01, batch_size=32, beta2=0.05, alpha1=0.9, alpha2=alpha2, damping=1e-3, weight_decay=0.01
     )
     assert_close(run(tx, w0, grads), want, tol=1e-10)
+
+
+# ------------------------------------------------------------------ PSGD-Kron, SPlus
+PSGD = os.environ.get("PRECOND_LAB_PSGD_TORCH")
+
+
+def _psgd_module(monkeypatch):
+    """``psgd.py`` of ``lixilinx/psgd_torch`` with its two random norm lower bounds
+    replaced by the exact spectral norms (our rule's), so both sides are deterministic
+    up to the damping noise ``ε·|G|·randn`` (with ``damping = 0``: ~1e-16 relative)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("opt_einsum")
+    spec = importlib.util.spec_from_file_location("psgd_official", Path(PSGD) / "psgd.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    exact = lambda a, k=32, half_iters=2: torch.linalg.matrix_norm(a, 2)  # noqa: E731
+    monkeypatch.setattr(mod, "norm_lower_bound_spd", exact)
+    monkeypatch.setattr(mod, "norm_lower_bound_skh", exact)
+    return torch, mod
+
+
+@pytest.mark.skipif(
+    not PSGD or not (Path(PSGD) / "psgd.py").exists(),
+    reason="set PRECOND_LAB_PSGD_TORCH to a checkout of lixilinx/psgd_torch",
+)
+@pytest.mark.parametrize(("shape", "momentum"), [((6, 4), 0.0), ((5, 5), 0.9)])
+def test_psgd_kron_matches_psgd_torch_kron_whiten(monkeypatch, shape, momentum):
+    """``KronWhiten`` (dense factors: ``max_skew = ∞``; ``damping = 0``; scale set from the
+    first gradient) against ``po.psgd_kron``, float64, 15 steps; tolerance 1e-10."""
+    torch, mod = _psgd_module(monkeypatch)
+    torch.manual_seed(0)
+    w0 = np.random.default_rng(11).standard_normal(shape)
+    grads = grads_seq(shape, 15, seed=12, scale=2.0)
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = mod.KronWhiten(
+        [w],
+        preconditioner_max_skew=float("inf"),
+        lr_params=0.05,
+        damping=0.0,
+        momentum=momentum,
+        whiten_grad=True,
+    )
+    want = []
+    for g in grads:
+        gt = torch.tensor(g, dtype=torch.float64)
+        opt.step(lambda gt=gt: torch.sum(w * gt))
+        want.append(w.detach().numpy().copy())
+    got = run(po.psgd_kron(0.05, damping=0.0, momentum=momentum), w0, grads)
+    assert_close(got, want, tol=1e-10)
+
+
+SPLUS = os.environ.get("PRECOND_LAB_SPLUS")
+
+
+@pytest.mark.skipif(
+    not SPLUS or not (Path(SPLUS) / "optax" / "splus.py").exists(),
+    reason="set PRECOND_LAB_SPLUS to a checkout of kvfrans/splus",
+)
+@pytest.mark.parametrize("every", [1, 4])
+def test_splus_matches_the_official_optax_code(monkeypatch, every):
+    """``kvfrans/splus`` ``optax/splus.py`` (its ``chex`` import stubbed, ``jax.tree_map``
+    aliased to ``jax.tree.map`` on JAX versions without it) against ``po.splus`` on a
+    square matrix (``2/(m+n)``) and a vector (``nonstandard_constant``), float64, 12 steps.
+    Square: the one-gradient factors of an ``m×n`` leaf with ``m ≠ n`` are singular at the
+    first refresh, the basis of their null space is round-off's choice (``g @ g.T`` here and
+    there are summed differently) and the sign in it differs at O(1) (measured 1.5e-2 on a
+    6×4 leaf at step 2)."""
+    import sys
+    import types
+
+    import jax.numpy as jnp
+    import optax
+
+    monkeypatch.setitem(sys.modules, "chex", types.SimpleNamespace(Array=object))
+    if not hasattr(jax, "tree_map"):
+        monkeypatch.setattr(jax, "tree_map", jax.tree.map, raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "splus_official", Path(SPLUS) / "optax" / "splus.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(13)
+    params = {
+        "w": jnp.asarray(rng.standard_normal((5, 5))),
+        "b": jnp.asarray(rng.standard_normal(4)),
+    }
+    kw = dict(b1=0.8, b2=0.95, inverse_every=every, weight_decay=0.05)
+
+    def trajectory(tx):
+        p, s, out = params, tx.init(params), []
+        g_rng = np.random.default_rng(14)
+        for _ in range(12):
+            g = {k: jnp.asarray(g_rng.standard_normal(v.shape)) for k, v in params.items()}
+            u, s = tx.update(g, s, p)
+            p = optax.apply_updates(p, u)
+            out.append(p)
+        return out
+
+    want = trajectory(mod.splus(0.2, verbose=False, **kw))
+    got = trajectory(po.splus(0.2, **kw))
+    for key in params:
+        assert_close([np.asarray(x[key]) for x in got], [np.asarray(x[key]) for x in want], 1e-10)
