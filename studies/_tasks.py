@@ -275,7 +275,7 @@ def tune(
         [task.method(n) for n in names],
         protocol,
         directory=cache_dir() / task.name,
-        progress=log or False,
+        progress=log or True,
         workers=min(tuning.workers, len(names)),
     )
     ds = study.run()

@@ -162,7 +162,7 @@ PRESETS = {
         heads=4,
         steps=1500,
         tuning=Tuning((2**-11, 2**-6), max_extensions=3),
-        p4_bounds=((32, (2**-11, 2**-6)), (64, (2**-11, 2**-7))),
+        p4_bounds=((32, (2**-11, 2**-6)), (64, (2**-11, 2**-8))),
         probe_steps=(0, 250, 750, 1500),
     ),
     "full": Config(
