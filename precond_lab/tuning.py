@@ -683,16 +683,30 @@ class Study:
             self.execution.setdefault(method.name, mode)
             fut = self._pool.submit(_worker_runs, method.recipe, self.task, todo, store, x64, mode)
             futures[fut] = method
-        for fut in cf.as_completed(futures):
-            method = futures[fut]
-            for doc in fut.result():
-                mine = json.dumps(dict(method.config), sort_keys=True, default=str)
-                if doc["config"] != mine:
-                    raise RuntimeError(
-                        f"the recipe of {method.name!r} rebuilt a different method in a worker "
-                        f"(config {doc['config']} vs {mine}); fix its recipe"
-                    )
+        pending = {_key(self.task, m, lr, s): m for m, todo in chunks for lr, s in todo}
+
+        def collect(doc: dict, method: Method) -> None:
+            mine = json.dumps(dict(method.config), sort_keys=True, default=str)
+            if doc["config"] != mine:
+                raise RuntimeError(
+                    f"the recipe of {method.name!r} rebuilt a different method in a worker "
+                    f"(config {doc['config']} vs {mine}); fix its recipe"
+                )
+            if pending.pop(_key(self.task, method, doc["lr"], doc["seed"]), None) is not None:
                 self._record(method, doc)
+
+        left = set(futures)
+        while left:
+            done, left = cf.wait(left, timeout=5.0, return_when=cf.FIRST_COMPLETED)
+            if self.dir is not None:  # report each run as its worker stores it
+                for key, method in list(pending.items()):
+                    path = self.dir / f"{key}.json"
+                    if path.exists():
+                        with open(path) as fh:
+                            collect(json.load(fh), method)
+            for fut in done:
+                for doc in fut.result():
+                    collect(doc, futures[fut])
 
     def close(self) -> None:
         """Shut the worker processes down (``run`` does it when it ends)."""
