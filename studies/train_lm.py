@@ -161,9 +161,8 @@ PRESETS = {
         blocks=2,
         heads=4,
         steps=1500,
-        tuning=Tuning((2**-11, 2**-6), max_extensions=3),
-        p4_bounds=((32, (2**-11, 2**-6)), (64, (2**-11, 2**-8))),
-        probe_steps=(0, 250, 750, 1500),
+        tuning=Tuning((2**-10, 2**-6), max_extensions=3),
+        p4_bounds=((32, (2**-10, 2**-6)), (64, (2**-10, 2**-8))),
     ),
     "full": Config(
         widths=(64, 128, 256),
