@@ -185,11 +185,45 @@ class Probe:
     chunk_size: int = 64
 
     def __post_init__(self):
-        bad = [t for t in self.targets if t not in PROBE_TARGETS]
-        if bad or not self.targets:
+        from .estimators import ESTIMATORS
+        from .metrics import METRICS
+
+        def names(field: str) -> tuple[str, ...]:
+            value = getattr(self, field)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise TypeError(
+                    f"Probe {field} must be a tuple of names, e.g. ({value!r},); got {value!r}"
+                )
+            return tuple(value)
+
+        targets = names("targets")
+        bad = [t for t in targets if t not in PROBE_TARGETS]
+        if bad or not targets:
             raise ValueError(f"probe targets must be among {', '.join(PROBE_TARGETS)}; got {bad}")
-        if any(int(s) < 0 for s in self.steps):
-            raise ValueError(f"probe steps must be non-negative; got {self.steps}")
+        steps = self.steps
+        if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+            raise TypeError(f"Probe steps must be a tuple of step numbers; got {steps!r}")
+        steps = tuple(steps)
+        ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps)
+        if not steps or not ok or any(int(s) < 0 for s in steps):
+            raise ValueError(
+                f"probe steps must be a non-empty tuple of integers ≥ 0; got {self.steps!r}"
+            )
+        for field, known in (("estimators", ESTIMATORS), ("metrics", METRICS)):
+            unknown = [n for n in names(field) if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"unknown probe {field} {unknown}; known: {', '.join(sorted(known))}"
+                )
+        for field in ("num_samples", "mc_samples", "chunk_size"):
+            v = getattr(self, field)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Probe {field} must be an integer ≥ 1; got {v!r}")
+        d = self.damping
+        if not isinstance(d, (int, float)) or isinstance(d, bool) or not np.isfinite(d) or d < 0:
+            raise ValueError(f"Probe damping must be a finite number ≥ 0; got {d!r}")
+        object.__setattr__(self, "steps", tuple(int(s) for s in steps))
+        object.__setattr__(self, "targets", targets)
 
 
 def _probe_layers(model: Model, params, opt_state, probe: Probe) -> tuple[str, ...]:
@@ -573,9 +607,39 @@ def train(
             f"divergence_factor must be a number > 1 (or inf to never stop on growth); got "
             f"{divergence_factor!r}"
         )
+    if not isinstance(tx, optax.GradientTransformation) and not (
+        hasattr(tx, "init") and hasattr(tx, "update")
+    ):
+        raise TypeError(
+            f"tx must be an optax.GradientTransformation (e.g. precond_lab.optim.kl_shampoo(...) "
+            f"or optax.adamw(1e-3)); got {type(tx).__name__}"
+        )
+    if probe is not None and not isinstance(probe, Probe):
+        raise TypeError(f"probe must be a precond_lab.train.Probe; got {type(probe).__name__}")
+    if model_options is not None and not isinstance(model_options, Mapping):
+        raise TypeError(f"model_options must be a dict of options; got {model_options!r}")
+    if hyperparams is not None:
+        if not isinstance(hyperparams, Mapping):
+            raise TypeError(f"hyperparams must be a dict name -> number; got {hyperparams!r}")
+        for k, v in hyperparams.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+                raise TypeError(f"hyperparams[{k!r}] must be a number; got {v!r}")
+            if not np.isfinite(v):
+                raise ValueError(f"hyperparams[{k!r}] must be finite; got {v!r}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or os.PathLike); got {checkpoint!r}")
+    if not isinstance(dataset, (str, Dataset)):
+        raise TypeError(
+            f"dataset must be a precond_lab Dataset or a name of load_dataset; got {dataset!r}"
+        )
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
     if isinstance(model, str):
         model = make_model(model, ds, **dict(model_options or {}))
+    elif not isinstance(model, Model):
+        raise TypeError(
+            f"model must be a precond_lab Model (precond_lab.capture.Model) or a name of "
+            f"make_model; got {model!r}"
+        )
     if batch_size > len(ds.y_train):
         raise ValueError(
             f"batch_size must be at most the {len(ds.y_train)} training examples; got {batch_size}"

@@ -144,7 +144,14 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> Interv
     Raises:
         ValueError: fewer than two differences, a non-finite one, or a bad ``level``.
     """
-    d = np.asarray(differences, np.float64).ravel()
+    try:
+        d = np.asarray(differences, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"paired differences must be numbers; got {differences!r}") from None
+    if d.ndim != 1:
+        raise ValueError(f"paired differences must be a 1-D sequence; got shape {d.shape}")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)):
+        raise TypeError(f"level must be a number in (0, 1); got {level!r}")
     if d.size < 2:
         raise ValueError(f"a t-interval needs at least 2 paired differences, got {d.size}")
     if not np.isfinite(d).all():
@@ -179,6 +186,26 @@ def decide(interval: Interval, threshold: float) -> Decision:
     return Decision.UNRESOLVED
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1; got {value!r}")
+    return int(value)
+
+
+def _as_loss(method: Method, value: Any) -> float:
+    """A run's result as one float, or a clear error naming the method."""
+    try:
+        arr = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 0:
+        raise TypeError(
+            f"the run of method {method.name!r} must return one number (the final loss); "
+            f"got {value!r}"
+        )
+    return float(arr)
+
+
 # ---------------------------------------------------------------------------------- grids
 def lr_grid(low: float, high: float, *, points_per_octave: int = 1) -> np.ndarray:
     """Learning rates ``2^(k/p)`` with ``low ≤ 2^(k/p) ≤ high`` (``p = points_per_octave``).
@@ -186,11 +213,12 @@ def lr_grid(low: float, high: float, *, points_per_octave: int = 1) -> np.ndarra
     Raises:
         ValueError: ``0 < low ≤ high`` violated, or no grid point in the range.
     """
-    if not 0 < low <= high:
-        raise ValueError(f"need 0 < low ≤ high, got {low}, {high}")
-    p = int(points_per_octave)
-    if p < 1:
-        raise ValueError(f"points_per_octave must be ≥ 1, got {points_per_octave}")
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+            raise TypeError(f"lr_grid {name} must be a number; got {v!r}")
+    if not (0 < low <= high and np.isfinite(high)):
+        raise ValueError(f"need finite 0 < low ≤ high, got {low}, {high}")
+    p = _positive_int(points_per_octave, "points_per_octave")
     k0 = math.ceil(math.log2(low) * p - 1e-9)
     k1 = math.floor(math.log2(high) * p + 1e-9)
     if k1 < k0:
@@ -204,7 +232,7 @@ def extend_grid(grid: np.ndarray, side: str, *, points_per_octave: int = 1) -> n
     The new point is computed as ``lr_grid`` computes its points (same value, same cache key).
     """
     g = np.sort(np.asarray(grid, np.float64))
-    p = int(points_per_octave)
+    p = _positive_int(points_per_octave, "points_per_octave")
     if side not in ("low", "high"):
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
     end = g[0] if side == "low" else g[-1]
@@ -235,6 +263,13 @@ def make_schedule(
     Returns:
         An optax schedule ``step -> learning rate``.
     """
+    total_steps = _positive_int(total_steps, "total_steps")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)):
+        raise TypeError(f"warmup_steps must be an integer; got {warmup_steps!r}")
+    if isinstance(peak, (int, float, np.number)) and not (np.isfinite(peak) and peak > 0):
+        raise ValueError(f"the peak learning rate must be finite and > 0; got {peak!r}")
+    if not (isinstance(end_factor, (int, float)) and 0 <= end_factor <= 1):
+        raise ValueError(f"end_factor must be a number in [0, 1]; got {end_factor!r}")
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(f"need 0 ≤ warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
     rest = total_steps - warmup_steps
@@ -311,6 +346,24 @@ class Protocol:
     shared_rate: bool = False
 
     def __post_init__(self) -> None:
+        b = self.lr_bounds
+        ok = isinstance(b, (tuple, list)) and len(b) == 2
+        ok = ok and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in b)
+        if not (ok and 0 < b[0] <= b[1] and np.isfinite(b[1])):
+            raise ValueError(
+                f"lr_bounds must be (low, high) with finite 0 < low ≤ high (e.g. from "
+                f"pilot_bounds); got {b!r}"
+            )
+        _positive_int(self.points_per_octave, "points_per_octave")
+        if isinstance(self.seeds, (str, bytes)) or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+            for s in self.seeds
+        ):
+            raise ValueError(f"seeds must be integers ≥ 0, e.g. (1, 2, 3); got {self.seeds!r}")
+        if not (isinstance(self.threshold, (int, float)) and np.isfinite(self.threshold)):
+            raise ValueError(f"threshold must be a finite number ≥ 0; got {self.threshold!r}")
+        if not (isinstance(self.level, float) and 0 < self.level < 1):
+            raise ValueError(f"level must be a number in (0, 1), e.g. 0.95; got {self.level!r}")
         seeds = tuple(int(s) for s in self.seeds)
         if len(seeds) < 3 or len(set(seeds)) != len(seeds):
             raise ValueError(f"need at least 3 distinct confirmation seeds, got {self.seeds}")
@@ -503,6 +556,13 @@ class Study:
         progress: bool | Callable[[str], None] = True,
         workers: int = 1,
     ) -> None:
+        if not isinstance(protocol, Protocol):
+            raise TypeError(f"protocol must be a tuning.Protocol; got {type(protocol).__name__}")
+        if isinstance(methods, (str, Method)) or not all(isinstance(m, Method) for m in methods):
+            raise TypeError(
+                "methods must be a sequence of tuning.Method (e.g. from model_method); got "
+                f"{methods!r}"
+            )
         names = [m.name for m in methods]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"need at least one method and distinct names, got {names}")
@@ -632,7 +692,7 @@ class Study:
                 loss = self._fn(method, "one")(jnp.float32(lr), jnp.int32(seed))
                 loss = float(jax.block_until_ready(loss))
             else:
-                loss = float(method.run(float(lr), int(seed)))
+                loss = _as_loss(method, method.run(float(lr), int(seed)))
             self._store(method, lr, seed, loss, time.perf_counter() - t0)
 
     def _evaluate_all(self, jobs: Mapping[str, Sequence[tuple[float, int]]]) -> None:
@@ -909,6 +969,13 @@ def compare(
         ``baseline``, ``threshold``, ``level``. A method with a failed confirmation run (or
         no selected rate) gets ``unresolved`` and NaNs.
     """
+    if not isinstance(ds, xr.Dataset) or "selected_lr" not in ds or "method" not in ds.dims:
+        raise TypeError(
+            f"compare needs the Dataset of Study.run (or tuning.unstack); got {type(ds).__name__}"
+        )
+    known = [str(m) for m in ds["method"].values]
+    if baseline not in known:
+        raise ValueError(f"baseline {baseline!r} is not a method of the study; methods: {known}")
     threshold = float(ds.attrs["threshold"] if threshold is None else threshold)
     level = float(ds.attrs["level"] if level is None else level)
     seeds = ds["seed"].values[1:]
@@ -1068,6 +1135,15 @@ def pilot_bounds(
     Raises:
         ValueError: every pilot run of some method failed.
     """
+    if not methods:
+        raise ValueError("pilot_bounds needs at least one Method")
+    octaves_per_point = _positive_int(octaves_per_point, "octaves_per_point")
+    if (
+        isinstance(margin_octaves, bool)
+        or not isinstance(margin_octaves, int)
+        or margin_octaves < 0
+    ):
+        raise ValueError(f"margin_octaves must be an integer ≥ 0; got {margin_octaves!r}")
     coarse = lr_grid(low, high, points_per_octave=1)[::octaves_per_point]
     bests = []
     for m in methods:

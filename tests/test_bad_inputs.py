@@ -162,6 +162,26 @@ def _train_probe(**kwargs):
     return _train(probe=Probe(steps=(1,), **kwargs))
 
 
+def _train_tx(tx):
+    from precond_lab.train import train
+
+    return train("mlp", "teacher", tx, steps=2, batch_size=4, model_options={"hidden": (3,)})
+
+
+def _train_dataset(dataset):
+    import optax
+
+    from precond_lab.train import train
+
+    return train("mlp", dataset, optax.sgd(1e-2), steps=2, batch_size=4)
+
+
+def _probe(**kwargs):
+    from precond_lab.train import Probe
+
+    return Probe(**({"steps": (1,)} | kwargs))
+
+
 def _save(path, data: bytes):
     import tempfile
     from pathlib import Path
@@ -1157,19 +1177,19 @@ CASES = [
         "tuning lr_grid low 0",
         lambda: _tuning().lr_grid(0, 1),
         ValueError,
-        r"need 0 < low ≤ high, got 0, 1",
+        r"need finite 0 < low ≤ high, got 0, 1",
     ),
     (
         "tuning lr_grid NaN",
         lambda: _tuning().lr_grid(np.nan, 1),
         ValueError,
-        r"need 0 < low ≤ high, got nan, 1",
+        r"need finite 0 < low ≤ high, got nan, 1",
     ),
     (
         "tuning lr_grid swapped",
         lambda: _tuning().lr_grid(1, 0.1),
         ValueError,
-        r"need 0 < low ≤ high, got 1, 0\.1",
+        r"need finite 0 < low ≤ high, got 1, 0\.1",
     ),
     (
         "tuning lr_grid points_per_octave 0",
@@ -1255,13 +1275,298 @@ CASES = [
         "tuning pilot_bounds swapped range",
         lambda: _tuning().pilot_bounds([_toy_method()], low=1, high=0.1),
         ValueError,
-        r"need 0 < low ≤ high, got 1, 0\.1",
+        r"need finite 0 < low ≤ high, got 1, 0\.1",
     ),
     (
         "tuning pilot_bounds every run fails",
         lambda: _tuning().pilot_bounds([_tuning().Method("s", lambda lr, seed: np.nan)]),
         ValueError,
         r"every pilot run of 's' failed",
+    ),
+    # --- the rest of the issue-23 walk over tuning and train, fixed here ---
+    (
+        "tuning paired_interval strings",
+        lambda: _tuning().paired_interval(["a", "b"]),
+        TypeError,
+        r"paired differences must be numbers",
+    ),
+    (
+        "tuning paired_interval 2-D",
+        lambda: _tuning().paired_interval(np.ones((2, 2))),
+        ValueError,
+        r"1-D sequence; got shape \(2, 2\)",
+    ),
+    (
+        "tuning paired_interval level 'x'",
+        lambda: _tuning().paired_interval([1.0, 2.0], "x"),
+        TypeError,
+        r"level must be a number in \(0, 1\)",
+    ),
+    (
+        "tuning lr_grid high inf",
+        lambda: _tuning().lr_grid(0.1, np.inf),
+        ValueError,
+        r"finite 0 < low ≤ high",
+    ),
+    (
+        "tuning lr_grid points_per_octave 1.5",
+        lambda: _tuning().lr_grid(0.1, 1, points_per_octave=1.5),
+        ValueError,
+        r"points_per_octave must be an integer ≥ 1; got 1\.5",
+    ),
+    (
+        "tuning lr_grid low 'a'",
+        lambda: _tuning().lr_grid("a", 1),
+        TypeError,
+        r"lr_grid low must be a number",
+    ),
+    (
+        "tuning make_schedule peak NaN",
+        lambda: _tuning().make_schedule(np.nan, total_steps=10),
+        ValueError,
+        r"peak learning rate must be finite and > 0",
+    ),
+    (
+        "tuning make_schedule peak -1",
+        lambda: _tuning().make_schedule(-1.0, total_steps=10),
+        ValueError,
+        r"peak learning rate must be finite and > 0",
+    ),
+    (
+        "tuning make_schedule end_factor NaN",
+        lambda: _tuning().make_schedule(0.1, total_steps=10, end_factor=np.nan),
+        ValueError,
+        r"end_factor must be a number in \[0, 1\]",
+    ),
+    (
+        "tuning make_schedule total_steps 2.5",
+        lambda: _tuning().make_schedule(0.1, total_steps=2.5),
+        ValueError,
+        r"total_steps must be an integer ≥ 1; got 2\.5",
+    ),
+    (
+        "tuning Protocol swapped bounds",
+        lambda: _tuning().Protocol(lr_bounds=(1.0, 0.1)),
+        ValueError,
+        r"lr_bounds must be \(low, high\) with finite 0 < low ≤ high",
+    ),
+    (
+        "tuning Protocol one bound",
+        lambda: _tuning().Protocol(lr_bounds=(1.0,)),
+        ValueError,
+        r"lr_bounds must be \(low, high\)",
+    ),
+    (
+        "tuning Protocol NaN bound",
+        lambda: _tuning().Protocol(lr_bounds=(np.nan, 1.0)),
+        ValueError,
+        r"lr_bounds must be",
+    ),
+    (
+        "tuning Protocol points_per_octave 0",
+        lambda: _toy_protocol(points_per_octave=0),
+        ValueError,
+        r"points_per_octave must be an integer ≥ 1",
+    ),
+    (
+        "tuning Protocol threshold NaN",
+        lambda: _toy_protocol(threshold=np.nan),
+        ValueError,
+        r"threshold must be a finite number",
+    ),
+    (
+        "tuning Protocol level 1",
+        lambda: _toy_protocol(level=1.0),
+        ValueError,
+        r"level must be a number in \(0, 1\)",
+    ),
+    (
+        "tuning Protocol negative seed",
+        lambda: _toy_protocol(seeds=(1, 2, -3)),
+        ValueError,
+        r"seeds must be integers ≥ 0",
+    ),
+    (
+        "tuning Protocol seeds '123'",
+        lambda: _toy_protocol(seeds="123"),
+        ValueError,
+        r"seeds must be integers ≥ 0",
+    ),
+    (
+        "tuning Study protocol None",
+        lambda: _tuning().Study("t", [_toy_method()], None),
+        TypeError,
+        r"protocol must be a tuning\.Protocol",
+    ),
+    (
+        "tuning Study a function as method",
+        lambda: _tuning().Study("t", [lambda lr, seed: 0.0], _toy_protocol()),
+        TypeError,
+        r"methods must be a sequence of tuning\.Method",
+    ),
+    (
+        "tuning Study workers 0",
+        lambda: _tuning().Study("t", [_toy_method()], _toy_protocol(), workers=0),
+        ValueError,
+        r"workers must be an integer ≥ 1",
+    ),
+    (
+        "tuning Study workers without recipes",
+        lambda: _tuning().Study("t", [_toy_method()], _toy_protocol(), workers=2),
+        ValueError,
+        r"needs every method's recipe",
+    ),
+    (
+        "tuning Study run returns a string",
+        lambda: (
+            _tuning()
+            .Study(
+                "t", [_tuning().Method("s", lambda lr, seed: "x")], _toy_protocol(), progress=False
+            )
+            .run()
+        ),
+        TypeError,
+        r"the run of method 's' must return one number",
+    ),
+    (
+        "tuning compare unknown baseline",
+        lambda: _tuning().compare(_toy_study(), "zz"),
+        ValueError,
+        r"baseline 'zz' is not a method of the study; methods: \['a', 'b'\]",
+    ),
+    (
+        "tuning compare not a Dataset",
+        lambda: _tuning().compare({}, "a"),
+        TypeError,
+        r"compare needs the Dataset of Study\.run",
+    ),
+    (
+        "tuning pilot_bounds no methods",
+        lambda: _tuning().pilot_bounds([]),
+        ValueError,
+        r"needs at least one Method",
+    ),
+    (
+        "tuning pilot_bounds octaves_per_point 0",
+        lambda: _tuning().pilot_bounds([_toy_method()], octaves_per_point=0),
+        ValueError,
+        r"octaves_per_point must be an integer ≥ 1",
+    ),
+    (
+        "tuning pilot_bounds margin -1",
+        lambda: _tuning().pilot_bounds([_toy_method()], margin_octaves=-1),
+        ValueError,
+        r"margin_octaves must be an integer ≥ 0",
+    ),
+    (
+        "tuning stack nothing",
+        lambda: _tuning().stack({}),
+        ValueError,
+        r"stack needs at least one study",
+    ),
+    (
+        "train tx None",
+        lambda: _train_tx(None),
+        TypeError,
+        r"tx must be an optax\.GradientTransformation",
+    ),
+    (
+        "train tx a function",
+        lambda: _train_tx(lambda g: g),
+        TypeError,
+        r"tx must be an optax\.GradientTransformation",
+    ),
+    ("train model 3", lambda: _train_named(3), TypeError, r"model must be a precond_lab Model"),
+    (
+        "train dataset 3",
+        lambda: _train_dataset(3),
+        TypeError,
+        r"dataset must be a precond_lab Dataset or a name",
+    ),
+    (
+        "train probe 'x'",
+        lambda: _train(probe="x"),
+        TypeError,
+        r"probe must be a precond_lab\.train\.Probe",
+    ),
+    (
+        "train model_options [1]",
+        lambda: _train_named("mlp", model_options=[1]),
+        TypeError,
+        r"model_options must be a dict",
+    ),
+    (
+        "train hyperparams NaN",
+        lambda: _train(hyperparams={"learning_rate": np.nan}),
+        ValueError,
+        r"hyperparams\['learning_rate'\] must be finite",
+    ),
+    (
+        "train hyperparams 'x'",
+        lambda: _train(hyperparams={"learning_rate": "x"}),
+        TypeError,
+        r"hyperparams\['learning_rate'\] must be a number",
+    ),
+    ("train checkpoint 3", lambda: _train(checkpoint=3), TypeError, r"checkpoint must be a path"),
+    (
+        "train Probe empty steps",
+        lambda: _probe(steps=()),
+        ValueError,
+        r"probe steps must be a non-empty tuple of integers ≥ 0",
+    ),
+    (
+        "train Probe steps '12'",
+        lambda: _probe(steps="12"),
+        TypeError,
+        r"Probe steps must be a tuple of step numbers",
+    ),
+    (
+        "train Probe float steps",
+        lambda: _probe(steps=(1.5,)),
+        ValueError,
+        r"probe steps must be a non-empty tuple of integers",
+    ),
+    (
+        "train Probe num_samples 0",
+        lambda: _probe(num_samples=0),
+        ValueError,
+        r"Probe num_samples must be an integer ≥ 1; got 0",
+    ),
+    (
+        "train Probe mc_samples 0",
+        lambda: _probe(mc_samples=0),
+        ValueError,
+        r"Probe mc_samples must be an integer ≥ 1",
+    ),
+    (
+        "train Probe chunk_size 0",
+        lambda: _probe(chunk_size=0),
+        ValueError,
+        r"Probe chunk_size must be an integer ≥ 1",
+    ),
+    (
+        "train Probe damping NaN",
+        lambda: _probe(damping=np.nan),
+        ValueError,
+        r"Probe damping must be a finite number ≥ 0",
+    ),
+    (
+        "train Probe unknown estimator",
+        lambda: _probe(estimators=("nope",)),
+        ValueError,
+        r"unknown probe estimators \['nope'\]; known: ",
+    ),
+    (
+        "train Probe unknown metric",
+        lambda: _probe(metrics=("nope",)),
+        ValueError,
+        r"unknown probe metrics \['nope'\]; known: ",
+    ),
+    (
+        "train Probe targets a string",
+        lambda: _probe(targets="gradients"),
+        TypeError,
+        r"Probe targets must be a tuple of names",
     ),
     (
         "tuning compare threshold -1",
