@@ -102,7 +102,11 @@ class Paper:
         """``"P1 Lin et al. 2025"``."""
         last = self.authors[0].split(",")[0]
         n = len(self.authors)
-        etal = " et al." if n > 2 else (f" & {self.authors[1].split(',')[0]}" if n == 2 else "")
+        etal = (
+            " et al."
+            if n > 2 or self.authors[-1] == "others"
+            else (f" & {self.authors[1].split(',')[0]}" if n == 2 else "")
+        )
         return f"{self.label} {last}{etal} {self.year}".strip()
 
 
@@ -474,25 +478,22 @@ _CLAIM_LIST = [
        "PSGD's whitening criterion tr(PC) + tr(P⁻¹) is half the q = ½ trace-power Bregman "
        "divergence B_½(C, P⁻²) plus a constant, so its Kronecker minimiser is the inverse "
        "square root of the SQ (q = ½) optimum.",
-       _E, _DE, "psgd_splus", "derived here; tests/optim/test_psgd_splus.py checks it",
-       needs="a study row; the dense identity is a unit test (tests/optim/test_psgd_splus.py)"),
+       _E, _DE, "since_p4", "derived here; tests/optim/test_psgd_splus.py checks it"),
     _c("P6-51", _P6A, "official code psgd.py, update_precond_kron_whiten_q0p5eq1p5",
        "Run on a stationary non-Kronecker gradient stream, PSGD-Kron's preconditioner lands "
        "on the q = ½ optimum when its factors follow the criterion's gradient, but on the KL "
        "(q = 0) optimum with the official code's partial-trace whitening update.",
-       _M, _PR, "psgd_splus", "official code; the fixed points derived and measured here",
-       setting="4×6 synthetic stream (G = AZB + non-Kronecker noise), online estimator, "
-       "full-batch and 100k annealed single-sample steps; not a training run",
-       needs="a study row; tested by tests/optim/test_psgd_splus.py (1e-10 full batch, 8 % "
-       "on the stream)"),
+       _M, _PR, "since_p4", "official code; the fixed points derived and measured here",
+       setting="4×6 synthetic stream (G = AZB + non-Kronecker noise), online estimator fed "
+       "the whole set each step (the study; tests/optim/test_psgd_splus.py also runs 100k "
+       "annealed single-sample steps); not a training run"),
     _c("P6-52", _P6B, "Abstract; README of the code (section unverified)",
        "Shampoo with inverse roots cached for many steps is unstable, while SPlus's sign "
        "update in the cached eigenbasis stays bounded (every entry ±1 in the basis).",
-       _M, _PR, "psgd_splus", "paper text, official code",
+       _M, _PR, "since_p4", "paper text, official code",
        setting="one constructed gradient stream: the bound ‖D‖_F ≤ 2√(mn)/(m+n) and "
-       "Shampoo's amplification of directions its cached roots never saw; no training",
-       needs="a study row and training runs for the divergence part; the bounded-update part "
-       "is a unit test (tests/optim/test_psgd_splus.py)"),
+       "Shampoo's amplification of directions its cached roots never saw; the divergence in "
+       "training is not tested (needs training runs)"),
     _c("P6-53", _P6B, "Abstract; README of the code",
        "SPlus matches Adam's performance with 44 % of the gradient steps and 62 % of the "
        "wall-clock time on transformer language, diffusion and image-classification tasks.",
@@ -540,26 +541,76 @@ _CLAIM_LIST += [
        "eigenvalues over an approximately uniform tail) in every layer and throughout "
        "training, exactly so when the gradients follow a rank-ρ signal-plus-isotropic-noise "
        "model.",
-       _M, _PR, "p9_flat_tail", "abstract (arXiv listing), third-party summary",
-       setting=_P9_SETTING,
-       needs="a study that captures gradients along training and reports "
-       "estimators.spike_profile (spike count above 3× the median, tail coefficient of "
-       "variation) of kl_optimal's factors per layer and step"),
+       _M, _PR, "since_p4", "abstract (arXiv listing), third-party summary",
+       setting=_P9_SETTING),
     _c("P9-66", _P9,
        "Abstract; the restriction's optimality and its AM/GM gap as a third-party summary "
        "describes them (section not known; PDF not read)",
        "Keeping a KL-Shampoo factor as its top-r eigenpairs plus one shared tail eigenvalue "
        "keeps nearly all of the fit's quality; the best shared value is the tail eigenvalues' "
        "mean, and the KL cost is (d − r)·log(AM/GM) of the tail, zero for a flat tail.",
-       _M, _PR, "p9_flat_tail",
+       _M, _PR, "since_p4",
        "abstract (arXiv listing), third-party summary; the tail value and the AM/GM cost "
        "derived here (precond_lab.estimators.flat_tail)",
-       setting=_P9_SETTING,
-       needs="a study that runs heldout.flat_tail_errors (excess KL over the unrestricted fit "
-       "and P4's gain error, against r) on kl_optimal's factors of captured layers along "
-       "training"),
+       setting=_P9_SETTING),
 ]
 # ==== issue 21: Pro-KLShampoo (P9) ================================================= end
+
+# ==== issue 21: Clarifying Shampoo (P5), Purifying Shampoo (P7), DyKAF (P8) ======= begin
+_P5, _P7, _P8 = "eschenhagen2026clarifying", "eschenhagen2025purifying", "yudin2025dykaf"
+_UNREAD = "; the PDF was not read here: statements from the abstract and third-party summaries"
+for _paper in (
+    Paper(_P5, "P5", ("Eschenhagen, Runa", "Cai", "Lee, Tsung-Hsien", "Shi, Hao-Jun Michael"),
+          "Clarifying Shampoo", 2026, "arXiv preprint", "2602.09314",
+          "v1 (Feb 2026; Cai's first name not known here)" + _UNREAD),
+    Paper(_P7, "P7",
+          ("Eschenhagen, Runa", "Defazio, Aaron", "Lee, Tsung-Hsien", "Turner, Richard E.",
+           "Shi, Hao-Jun Michael"),
+          "Purifying Shampoo: Investigating Shampoo's Heuristics by Decomposing its "
+          "Preconditioner", 2025, "arXiv preprint", "2506.03595", "v1 (Jun 2025)" + _UNREAD),
+    Paper(_P8, "P8", ("Yudin, N.", "others"),
+          "DyKAF: Dynamical Kronecker Approximation of the Fisher Information Matrix for "
+          "Gradient Preconditioning", 2025, "arXiv preprint", "2511.06477",
+          "v1 (Nov 2025); the title as recalled (unverified) and only the first author known "
+          "here" + _UNREAD),
+):
+    PAPERS[_paper.key] = _paper
+_NOT_IMPLEMENTED = "is not implemented in precond_lab yet (no method, online estimator or study)"
+_CLAIM_LIST += [
+    _c("P5-45", _P5, "Abstract (section not known; PDF not read)",
+       "With one gradient G = USVᵀ, Shampoo's update (GGᵀ)^{-1/4} G (GᵀG)^{-1/4} is the polar "
+       "factor UVᵀ: Muon's (spectral descent's) direction.",
+       _E, _PA, "since_p4", "abstract, third-party summaries; derived here"),
+    _c("P5-46", _P5, "Abstract (section not known; PDF not read)",
+       "Instantaneous KL-Shampoo (the damped KL flip-flop fit L⊗R of one gradient) gives a "
+       "direction L^{-1/2} G R^{-1/2} that tends to a multiple of the polar factor UVᵀ as the "
+       "damping goes to 0.",
+       _E, _DE, "since_p4", "abstract, third-party summaries; the limit measured here"),
+    _c("P5-47", _P5, "Abstract (section not known; PDF not read)",
+       "Along training, Shampoo's updates are semi-orthogonal on average (E[D Dᵀ] close to a "
+       "multiple of the identity), which is how it adapts Muon's update.",
+       _M, _PR, "since_p4", "abstract, third-party summaries",
+       setting="Shampoo's directions along a captured small-model trajectory, not the paper's "
+       "runs",
+       needs="trajectory captures of Shampoo's directions D_t and a measurement of "
+       "E[D_t D_tᵀ] against a multiple of I (not built yet)"),
+    _c("P7-55", _P7, "Abstract (section not known; PDF not read)",
+       "Adam grafting compensates for Shampoo's stale and mis-scaled eigenvalues; correcting "
+       "the eigenvalues in Shampoo's eigenbasis removes the need for grafting.",
+       _M, _PR, ("since_p4_purifying",), "abstract, third-party summaries",
+       setting="small captured layers and short training runs, not the paper's workloads",
+       needs="Purifying Shampoo " + _NOT_IMPLEMENTED + "; a test needs the mis-scaling of "
+       "Shampoo's eigenvalues against the Frobenius- and KL-optimal diagonal in its basis on "
+       "trajectory streams, and grafted vs corrected training runs"),
+    _c("P8-60", _P8, "Abstract (section not known; PDF not read)",
+       "DyKAF's projector-splitting online Kronecker factors approximate the Fisher better than "
+       "Shampoo- and SOAP-style factor updates.",
+       _M, _PR, ("since_p4_dykaf",), "abstract, third-party summaries",
+       setting="online estimators on captured gradient streams of small layers",
+       needs="DyKAF " + _NOT_IMPLEMENTED + "; a test needs it as an online estimator scored "
+       "like P1-13/P3 against the batch optima on the same streams"),
+]
+# ==== issue 21: Clarifying Shampoo (P5), Purifying Shampoo (P7), DyKAF (P8) ========= end
 
 # fmt: on
 
@@ -611,6 +662,8 @@ def _cell(text: str) -> str:
 
 def _authors(p: Paper) -> str:
     names = [" ".join(reversed([s.strip() for s in a.split(",")])) for a in p.authors]
+    if names[-1] == "others":  # BibTeX's "and others": the full list not known here
+        return ", ".join(names[:-1]) + " et al"
     return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
 
 

@@ -470,3 +470,12 @@ def bregman_optimal(sigma, m: int, n: int, q: float = 0.5, damping: float = 0.0)
     left, right = a @ a.T, b @ b.T
     c = np.trace(right) / n
     return left * c, right / c
+
+
+def psgd_whitening_criterion(c, p) -> float:
+    """PSGD's whitening criterion ``tr(PC) + tr(P⁻¹)`` of a dense SPD ``P`` (Li 2018).
+
+    Equals ``½·B_½(C, P⁻²) + 2 tr C^½`` (``bregman_divergence`` at ``q = ½``; claim P6-50).
+    """
+    c, p = np.asarray(c, np.float64), np.asarray(p, np.float64)
+    return float(np.trace(p @ c) + np.trace(np.linalg.inv(p)))

@@ -34,7 +34,7 @@ from ._flat_tail import (
 )
 from ._frobenius import frobenius_optimal, power_iteration
 from ._kfac import kfac
-from ._kl import kl_optimal, one_sided_kl
+from ._kl import instantaneous_kl_direction, kl_optimal, one_sided_kl
 from ._registry import (
     ESTIMATORS,
     EstimatorSpec,
@@ -64,6 +64,7 @@ __all__ = [
     "flat_tail_factor",
     "flat_tail_value",
     "frobenius_optimal",
+    "instantaneous_kl_direction",
     "kfac",
     "kl_flat_tail",
     "kl_optimal",

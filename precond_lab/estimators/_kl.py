@@ -22,7 +22,7 @@ from ..structures import FitInfo, Kronecker
 from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, on_target, register
 
-__all__ = ["kl_optimal", "one_sided_kl"]
+__all__ = ["instantaneous_kl_direction", "kl_optimal", "one_sided_kl"]
 
 
 def _spd_inverse(x, name: str, max_condition: float):
@@ -187,6 +187,33 @@ def kl_optimal(
         method="flip-flop",
     )
     return Kronecker(left, right, 1.0, info=info).normalized()
+
+
+def instantaneous_kl_direction(g, relative_damping: float, **kwargs):
+    """Instantaneous KL-Shampoo's direction ``S^{-1/2} vec G`` for one gradient ``G``.
+
+    ``S = L ⊗ R`` is ``kl_optimal`` of the one-sample target ``Σ = vec G vec Gᵀ`` damped by
+    ``λ = relative_damping · ‖G‖_F²/(mn)`` (``tr Σ/(mn)``: the damping relative to ``G``'s
+    scale), i.e. the damped flip-flop of one gradient; the direction is
+    ``L^{-1/2} G R^{-1/2}/√scale``. As ``λ → 0`` it tends to a multiple of ``G``'s polar
+    factor ``UVᵀ`` (Eschenhagen et al., "Clarifying Shampoo", arXiv 2602.09314).
+
+    Args:
+        g: one ``(m, n)`` matrix.
+        relative_damping: ``λ / (‖G‖_F²/(mn)) > 0``.
+        **kwargs: forwarded to ``kl_optimal`` (``tol``, ``max_iter``, …).
+
+    Returns:
+        ``(direction, fit)``: the ``(m, n)`` direction and the ``Kronecker`` fit (its
+        ``info`` says whether the flip-flop converged).
+    """
+    relative_damping = check_number(relative_damping, "relative_damping", low=0.0, low_open=True)
+    g = jnp.asarray(g)
+    if g.ndim != 2:
+        raise ValueError(f"g must be one (m, n) matrix; got shape {tuple(g.shape)}")
+    lam = relative_damping * float(jnp.sum(g * g)) / g.size
+    fit = kl_optimal(g[None], damping=lam, **kwargs)
+    return fit.power(-0.5).matvec(g), fit
 
 
 def one_sided_kl(

@@ -43,7 +43,14 @@ from ._core import (
 from ._hp import hp, static_int
 from ._ops import TENSOR_MODES, all_finite, resolve_dtype, work_shape
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
-from .muon import NS_COEFFS, MuonLeaf, muon_rule, newton_schulz
+from .muon import (
+    NS_COEFFS,
+    MuonLeaf,
+    muon_rule,
+    newton_schulz,
+    one_gradient_shampoo,
+    polar_factor,
+)
 from .psgd import WHITENINGS, PSGDLeaf, procrustes_step, psgd_kron_rule
 from .rootfree import (
     AdamLeaf,
@@ -120,6 +127,8 @@ __all__ = [
     "kl_soap_rule",
     "muon_rule",
     "newton_schulz",
+    "one_gradient_shampoo",
+    "polar_factor",
     "register",
     "resolve_dtype",
     "rf_rmsprop_rule",

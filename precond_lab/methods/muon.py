@@ -35,13 +35,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..structures import Kronecker, Structure
 from ._core import MethodSpec, Rule, register
 from ._hp import hp
 from ._ops import cast_like
 
-__all__ = ["NS_COEFFS", "MuonLeaf", "muon_rule", "newton_schulz"]
+__all__ = [
+    "NS_COEFFS",
+    "MuonLeaf",
+    "muon_rule",
+    "newton_schulz",
+    "one_gradient_shampoo",
+    "polar_factor",
+]
 
 #: The quintic's coefficients ``(a, b, c)`` of Keller Jordan's Muon (optax's default).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -156,6 +164,33 @@ def muon_rule(
         return cast_like((d, new), (g, leaf))
 
     return Rule(init, step, "matrix", state_dtype)
+
+
+def polar_factor(g, tol: float = 1e-10) -> np.ndarray:
+    """``U_r V_rᵀ`` of ``G = USVᵀ`` over the singular values above ``tol·σ_max`` (float64,
+    SVD): the polar factor of a full-rank ``G``, the partial isometry on its row and column
+    spaces otherwise (the pseudo-inverse limit of the identity below)."""
+    u, s, vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+    r = int(np.sum(s > tol * s[0]))
+    return u[:, :r] @ vt[:r]
+
+
+def one_gradient_shampoo(g, tol: float = 1e-10) -> np.ndarray:
+    """Shampoo's update with one gradient, ``(GGᵀ)^{-1/4} G (GᵀG)^{-1/4}`` (float64).
+
+    Computed from the two factors' eigendecompositions (no SVD of ``G``); the ``-¼`` powers
+    are pseudo-inverse powers over the eigenvalues above ``tol·λ_max`` (a non-square or
+    rank-deficient ``G`` has singular factors, and ``G`` has no component in their null
+    spaces). Equals ``polar_factor(G)`` exactly (Eschenhagen et al., arXiv 2602.09314).
+    """
+    g = np.asarray(g, np.float64)
+
+    def pinv_quarter(a):
+        w, q = np.linalg.eigh(0.5 * (a + a.T))
+        keep = w > tol * w.max()
+        return (q[:, keep] * w[keep] ** -0.25) @ q[:, keep].T
+
+    return pinv_quarter(g @ g.T) @ g @ pinv_quarter(g.T @ g)
 
 
 def _muon_approximation(leaf: MuonLeaf) -> Structure | None:

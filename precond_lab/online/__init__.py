@@ -30,6 +30,7 @@ from ._state import (
     batch_right,
     batch_square,
 )
+from ._stationary import run_full_batch, stationary_set
 
 adam = ESTIMATORS["adam"]
 f_shampoo = ESTIMATORS["f_shampoo"]
@@ -70,10 +71,12 @@ __all__ = [
     "psgd_kron",
     "rf_rmsprop",
     "run_online",
+    "run_full_batch",
     "shampoo",
     "soap",
     "splus",
     "sq_shampoo",
+    "stationary_set",
     "state_is_finite",
     "structure_cosine",
     "vn_shampoo",

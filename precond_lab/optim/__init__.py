@@ -86,6 +86,7 @@ from ._factories import (
     trace_power_shampoo,
     vn_shampoo,
 )
+from ._probes import cached_root_probe
 
 #: name → factory ``(learning_rate=..., **hyper_parameters) -> GradientTransformation``.
 OPTIMIZERS = {
@@ -109,6 +110,7 @@ OPTIMIZERS = {
 NEEDS_BATCH_SIZE = frozenset(s.optimizer for s in METHODS.values() if s.needs_batch_size)
 
 __all__ = [
+    "cached_root_probe",
     "FALLBACK",
     "NEEDS_BATCH_SIZE",
     "KRON",

@@ -76,11 +76,7 @@ M, N, SAMPLES = 4, 6, 2000
 def _stream_set():
     """``G = A Z B + E`` with an entrywise noise scale that is not rank one: a stationary
     distribution (the set, drawn uniformly) with a non-Kronecker second moment."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((M, M)), rng.standard_normal((N, N))
-    z = rng.standard_normal((SAMPLES, M, N))
-    noise = rng.standard_normal((SAMPLES, M, N)) * rng.uniform(0.3, 2.0, (M, N))
-    return jnp.asarray(np.einsum("ij,sjk,kl->sil", a, z, b) + noise)
+    return online.stationary_set(M, N, SAMPLES, seed=0)
 
 
 def _rel(a, b):
@@ -101,10 +97,7 @@ def test_psgd_full_batch_lands_on_its_bregman_optimum(whitening):
     want = np.asarray(est.bregman_optimal(g, q, tol=1e-14).to_dense())
     other = np.asarray(est.bregman_optimal(g, 0.5 - q, tol=1e-14).to_dense())
     e = online.psgd_kron(lr_preconditioner=0.5, damping=0.0, whitening=whitening)
-    s = e.init(g)
-    for _ in range(1000):
-        s = e.update(s, g)
-    got = np.asarray(e.approximation(s).to_dense())
+    got = np.asarray(online.run_full_batch(e, g, 1000).to_dense())
     assert _rel(got, want) <= 1e-10
     assert _rel(got, other) >= 0.15
 
@@ -168,28 +161,10 @@ def test_splus_update_is_bounded_where_a_long_cached_shampoo_inverse_is_not():
     1000), then a gradient in the directions the cache never saw. SPlus's direction has
     entries ``±2/(m+n)`` in its basis, so ``‖D‖_F ≤ 2√(mn)/(m+n)``; Shampoo's cached
     ``(S + δI)^{-1/2}`` multiplies the unseen directions by ``δ^{-1/2}``."""
-    m, n = 6, 6
-    rng = np.random.default_rng(4)
-    u, v = (
-        np.linalg.qr(rng.standard_normal((m, m)))[0],
-        np.linalg.qr(rng.standard_normal((n, n)))[0],
-    )
-    seen = [u[:, :2] @ rng.standard_normal((2, 2)) @ v[:, :2].T for _ in range(50)]
-    unseen = u[:, 4:] @ rng.standard_normal((2, 2)) @ v[:, 4:].T
-    grads = [*seen, unseen]
-    params = jnp.zeros((m, n))
-
-    def last_direction(tx):
-        s = tx.init(params)
-        update = jax.jit(tx.update)
-        for g in grads:
-            d, s = update(jnp.asarray(g), s, params)
-        return np.linalg.norm(np.asarray(d))  # learning rate 1: the direction itself
-
-    splus = last_direction(po.splus(1.0, inverse_every=1000, weight_decay=0.0))
-    shampoo = last_direction(po.shampoo(1.0, frequency=1000, graft=False, b1=0.0, damping=1e-12))
-    assert splus <= 2 * np.sqrt(m * n) / (m + n) * (1 + 1e-12)
-    assert shampoo >= 1e4 * np.linalg.norm(unseen)
+    p = po.cached_root_probe(6, 6, seen_steps=50, seen_rank=2, seed=4)
+    assert p["bound"] == 2 * np.sqrt(36) / 12
+    assert p["splus"] <= p["bound"] * (1 + 1e-12)
+    assert p["shampoo"] >= 1e4 * p["unseen"]
 
 
 def test_splus_reader_maps_the_momentum_to_its_sign_update():
