@@ -113,7 +113,13 @@ def test_score_subset_equals_full_score_and_skips_nothing_asked_for():
 
 
 # ------------------------------------------------------------------------ the model zoo
-ZOO_DATASETS = {"mlp": "digits", "cnn": "digits", "transformer": "stdlib-chars"}
+ZOO_DATASETS = {
+    "mlp": "digits",
+    "cnn": "digits",
+    "transformer": "stdlib-chars",
+    "patch_transformer": "mnist",
+    "lstm": "stdlib-chars",
+}
 
 
 def test_every_zoo_model_has_a_case_and_builds():
@@ -136,3 +142,7 @@ def test_every_zoo_model_has_a_case_and_builds():
         register_model(MODEL_SPECS["mlp"])
     with pytest.raises(ValueError, match="token dataset"):
         make_model("transformer", load_dataset("digits"))
+    with pytest.raises(ValueError, match="token dataset"):
+        make_model("lstm", load_dataset("digits"))
+    with pytest.raises(ValueError, match=r"patch 5 does not divide the image size 28×28"):
+        make_model("patch_transformer", load_dataset("mnist"), patch=5)
