@@ -624,7 +624,7 @@ class Study:
         done = self.executed + self.cached
         left = max(self._planned - done, 0)
         per = self._run_seconds / self.executed if self.executed else float("nan")
-        eta = per * left if self.executed else float("nan")
+        eta = per * left / self.workers if self.executed else float("nan")
         fails = sum(1 for d in self._results.values() if d["failed"])
         self._say(
             f"tuning {self.task}: {done}/{self._planned} runs ({self.cached} stored, "

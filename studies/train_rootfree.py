@@ -114,7 +114,7 @@ PRESETS = {
         tuning=Tuning((2**-6, 2**-5), max_extensions=1, workers=1),
     ),
     "quick": Config(steps=200, eval_samples=2000, tuning=Tuning((2**-12, 2**0), max_extensions=2)),
-    "medium": Config(steps=1500, tuning=Tuning((2**-11, 2**-1), max_extensions=3)),
+    "medium": Config(steps=1500, tuning=Tuning((2**-10, 2**-2), max_extensions=3)),
     "full": Config(
         steps=5000,
         batch_size=128,
