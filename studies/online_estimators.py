@@ -54,7 +54,7 @@ import xarray as xr
 from precond_lab import schema, timing
 from precond_lab.errors import ConvergenceError
 from precond_lab.provenance import make_attrs
-from precond_lab.study import FAILS, HOLDS, PARTIAL, TestKind, Verdict, judge
+from precond_lab.study import FAILS, HOLDS, PARTIAL, TestKind, Verdict, claim_verdict, judge
 from studies._setups import Capture
 
 NAME = "online_estimators"
@@ -787,12 +787,8 @@ def _p1_41(ds):
             f"SOAP {t['soap']:,} ({s['soap']:,}), grafted Shampoo {t['shampoo_grafted']:,} "
             f"({s['shampoo_grafted']:,}), KL-SOAP {t['kl_soap']:,} ({s['kl_soap']:,})"
         )
-    return Verdict(
+    return claim_verdict(
         "P1-41",
-        PAPER,
-        "Abstract; memory discussion (per a summary)",
-        "KL-Shampoo keeps no Adam second moment (m·n numbers per layer fewer), while grafted "
-        "Shampoo and SOAP keep one.",
         judge(ok),
         "floats per layer state, counted with jax.eval_shape of the optimisers' own per-leaf "
         "states (precond_lab.methods; the online estimators keep the same): momentum (m·n, "
