@@ -870,13 +870,15 @@ class Study:
         interior: Mapping[str, bool],
         log: Sequence[str],
     ) -> xr.Dataset:
-        """The results: ``loss``/``ran``/``failed`` over ``(method, lr, seed)`` and per
+        """The results: ``loss``/``ran``/``failed``/``seconds`` (of the run when it ran, also
+        if it was stored by an earlier invocation) over ``(method, lr, seed)`` and per
         method ``selected_lr``, ``interior``, ``grid_failures``, ``seed_failures``."""
         p = self.protocol
         seeds = [int(p.selection_seed), *p.seeds]
         lrs = np.sort(np.asarray(grid, np.float64))
         shape = (len(self.methods), len(lrs), len(seeds))
         loss = np.full(shape, np.nan)
+        seconds = np.full(shape, np.nan)
         ran = np.zeros(shape, np.int8)
         failed = np.zeros(shape, np.int8)
         lr_index = {_lr_label(v): j for j, v in enumerate(lrs)}
@@ -887,6 +889,7 @@ class Study:
                     if doc is None:
                         continue
                     ran[i, j, k] = 1
+                    seconds[i, j, k] = doc["seconds"]
                     failed[i, j, k] = int(doc["failed"])
                     if doc["loss"] is not None:
                         loss[i, j, k] = doc["loss"]
@@ -901,6 +904,7 @@ class Study:
             {
                 "loss": (("method", "lr", "seed"), loss),
                 "ran": (("method", "lr", "seed"), ran),
+                "seconds": (("method", "lr", "seed"), seconds),
                 "failed": (("method", "lr", "seed"), failed),
                 "selected_lr": ("method", sel),
                 "interior": ("method", np.array([int(interior[n]) for n in names], np.int8)),
@@ -1027,7 +1031,13 @@ _PER_STUDY = (
     "workers",
     "method_configs",
 )
-_FILL = {"loss": np.nan, "selected_lr": np.nan, "execution": "", "compile_mode": ""}
+_FILL = {
+    "loss": np.nan,
+    "seconds": np.nan,
+    "selected_lr": np.nan,
+    "execution": "",
+    "compile_mode": "",
+}
 
 
 def stack(studies: Mapping[str, xr.Dataset]) -> xr.Dataset:

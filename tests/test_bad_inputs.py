@@ -1195,7 +1195,7 @@ CASES = [
         "tuning lr_grid points_per_octave 0",
         lambda: _tuning().lr_grid(0.1, 1, points_per_octave=0),
         ValueError,
-        r"points_per_octave must be ≥ 1, got 0",
+        r"points_per_octave must be an integer ≥ 1; got 0",
     ),
     (
         "tuning lr_grid without a point",
@@ -1207,7 +1207,7 @@ CASES = [
         "tuning make_schedule total_steps 0",
         lambda: _tuning().make_schedule(0.1, total_steps=0),
         ValueError,
-        r"need 0 ≤ warmup_steps < total_steps, got 0, 0",
+        r"total_steps must be an integer ≥ 1; got 0",
     ),
     (
         "tuning make_schedule warmup = total",
