@@ -255,13 +255,19 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         fig, axes = figure(1, 2, panel=(3.2, 2.6))
         for case in ds["gauss"].values:
             axes[0, 0].loglog(
-                ds["damping"], ds["kl_polar_error"].sel(gauss=case), "o-", ms=3, lw=0.8
+                ds["damping"],
+                ds["kl_polar_error"].sel(gauss=case),
+                "o-",
+                ms=3,
+                lw=0.8,
+                label=str(case),
             )
         axes[0, 0].set(xlabel="relative damping", ylabel="‖d̂ − UVᵀ/‖UVᵀ‖‖", title="P5-46")
+        axes[0, 0].legend(fontsize=6)
         for layer in ds["layer"].values:
             y = np.maximum(ds["kl_excess_relative"].sel(layer=layer), 1e-16)
             axes[0, 1].semilogy(ds["rank"], y, "o-", ms=3, lw=0.8, label=str(layer))
-        axes[0, 1].axhline(KL_EXCESS_MAX, color="grey", ls=":", lw=0.8)
+        axes[0, 1].axhline(KL_EXCESS_MAX, color="grey", ls=":", lw=0.8, label="our threshold")
         axes[0, 1].set(xlabel="rank r", ylabel="excess KL / KL of the fit", title="P9-66")
         if ds.sizes["layer"]:
             axes[0, 1].legend(fontsize=6)
