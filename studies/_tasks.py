@@ -188,7 +188,7 @@ class Task:
         opt = optimizer(name)
         params = jax.eval_shape(self.build().init, jax.random.PRNGKey(0))
         state = jax.eval_shape(opt.factory(learning_rate=1e-3, **self._kwargs(opt)).init, params)
-        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
+        return po.state_size(state).bytes
 
     def probe(self, name: str, lr: float, probe) -> xr.DataArray:
         """The ``precond_lab.train.Probe`` of one run of ``name`` at peak rate ``lr`` with

@@ -214,10 +214,11 @@ class StateSize(NamedTuple):
 
 
 def state_size(state: Any) -> StateSize:
-    """Floats and bytes of any optax state (a pytree of arrays)."""
+    """Floats and bytes of any optax state (a pytree of arrays, or of the
+    ``jax.ShapeDtypeStruct``s ``jax.eval_shape`` gives: nothing is allocated)."""
     floats = nbytes = arrays = 0
     for leaf in jax.tree.leaves(state):
-        a = jnp.asarray(leaf)
+        a = leaf if isinstance(leaf, jax.ShapeDtypeStruct) else jnp.asarray(leaf)
         arrays += 1
         nbytes += a.size * a.dtype.itemsize
         if jnp.issubdtype(a.dtype, jnp.floating):
