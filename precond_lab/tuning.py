@@ -488,6 +488,14 @@ def _run_doc(
     }
 
 
+def _run_once(method: Method, fn: Callable, lr: float, seed: int) -> float:
+    """One run's final loss: ``fn`` is the jitted run of a traceable method (array inputs),
+    else the method's Python run (whose result must be one number)."""
+    if method.traceable:
+        return float(jax.block_until_ready(fn(jnp.float32(lr), jnp.int32(seed))))
+    return _as_loss(method, fn(float(lr), int(seed)))
+
+
 _WORKER_METHODS: dict[bytes, tuple[Method, Callable]] = {}
 #: XLA flags of a worker process: one thread each (the workers are the parallelism).
 WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -514,10 +522,7 @@ def _worker_runs(
     docs = []
     for lr, seed in pairs:
         t0 = time.perf_counter()
-        if method.traceable:
-            loss = float(jax.block_until_ready(fn(jnp.float32(lr), jnp.int32(seed))))
-        else:
-            loss = float(fn(float(lr), int(seed)))
+        loss = _run_once(method, fn, lr, seed)
         secs = time.perf_counter() - t0
         doc = _run_doc(task, method, lr, seed, loss, secs, {method.name: execution})
         if store is not None:
@@ -688,11 +693,8 @@ class Study:
                 return
         for lr, seed in todo:
             t0 = time.perf_counter()
-            if method.traceable:
-                loss = self._fn(method, "one")(jnp.float32(lr), jnp.int32(seed))
-                loss = float(jax.block_until_ready(loss))
-            else:
-                loss = _as_loss(method, method.run(float(lr), int(seed)))
+            fn = self._fn(method, "one") if method.traceable else method.run
+            loss = _run_once(method, fn, lr, seed)
             self._store(method, lr, seed, loss, time.perf_counter() - t0)
 
     def _evaluate_all(self, jobs: Mapping[str, Sequence[tuple[float, int]]]) -> None:
