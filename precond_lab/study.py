@@ -7,7 +7,7 @@ A *study* is a module in the top-level ``studies/`` folder of a clone that defin
 * ``run(config, **overrides) -> xarray.Dataset`` — the measurements, with provenance
   attributes;
 * ``plot(ds, figdir) -> list[pathlib.Path]`` — figures written into ``figdir``;
-* ``verdicts(ds) -> list[Verdict]`` — one per claim it covers, decided from ``ds``; each
+* ``verdicts(ds) -> list[Row]`` — one row per claim it covers, decided from ``ds``; each
   claim id is registered in ``precond_lab.claims`` (``claim_verdict`` fills the
   paper, location and statement from there) and each row says its ``TestKind``.
 
@@ -22,12 +22,15 @@ verdict covers stay in the table as "not yet tested" with the reason (``untested
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from . import claims
 from ._atomic import atomic_write, atomic_write_text
@@ -35,13 +38,20 @@ from .claims import TestKind
 from .provenance import make_attrs
 
 __all__ = [
+    "Verdict",
+    "Row",
+    "Config",
+    "Rule",
+    "Outcome",
+    "dataset",
+    "verdicts_from",
     "HOLDS",
     "FAILS",
     "PARTIAL",
     "UNTESTED_VERDICT",
     "INCONCLUSIVE",
     "NOT_TESTABLE_HERE",
-    "Verdict",
+    "REPORTED",
     "TestKind",
     "UNTESTED",
     "untested",
@@ -58,20 +68,40 @@ __all__ = [
     "write_report",
 ]
 
-HOLDS = "holds"
-FAILS = "does not hold"
-PARTIAL = "partially holds"
-UNTESTED_VERDICT = "not yet tested"
-#: A measurement whose spread straddles the threshold (e.g. timings on a loaded machine).
-INCONCLUSIVE = "inconclusive"
-#: The claim cannot be tested on this device (the evidence says why; kind NOT_TESTABLE).
-NOT_TESTABLE_HERE = "not testable here"
-ERROR = "error"
+
+class Verdict(enum.StrEnum):
+    """What a study concludes about one claim (a row's ``verdict``).
+
+    A ``StrEnum``: each member is its text (``Verdict.HOLDS == "holds"``), so saved reports
+    and comparisons with the words keep working.
+    """
+
+    HOLDS = "holds"
+    FAILS = "does not hold"
+    PARTIAL = "partially holds"
+    #: The evidence cannot decide (e.g. an interval or a timing spread straddles the threshold).
+    INCONCLUSIVE = "inconclusive"
+    #: The claim cannot be tested on this device (the evidence says why; kind NOT_TESTABLE).
+    NOT_TESTABLE_HERE = "not testable here"
+    UNTESTED = "not yet tested"
+    #: A comparison given with its numbers where the claim forces no verdict.
+    REPORTED = "reported"
+    ERROR = "error"
+
+
+HOLDS = Verdict.HOLDS
+FAILS = Verdict.FAILS
+PARTIAL = Verdict.PARTIAL
+UNTESTED_VERDICT = Verdict.UNTESTED
+INCONCLUSIVE = Verdict.INCONCLUSIVE
+NOT_TESTABLE_HERE = Verdict.NOT_TESTABLE_HERE
+REPORTED = Verdict.REPORTED
+ERROR = Verdict.ERROR
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The answer to one claim on this data.
+class Row:
+    """One report row: the answer to one claim on this data.
 
     Attributes:
         claim: the claim's id in the claims registry (``precond_lab.claims``, e.g.
@@ -79,9 +109,8 @@ class Verdict:
         paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
         location: where the paper states it (as far as known).
         statement: the claim, in one sentence.
-        verdict: ``HOLDS``, ``FAILS``, ``PARTIAL``, ``INCONCLUSIVE``,
-            ``NOT_TESTABLE_HERE`` or ``UNTESTED_VERDICT`` (or ``"error"`` if the
-            study crashed).
+        verdict: a :class:`Verdict` (its text is accepted and converted; other text is an
+            error).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
         kind: what kind of test this row is (``TestKind``), required (keyword); a row
@@ -93,19 +122,160 @@ class Verdict:
     paper: str
     location: str
     statement: str
-    verdict: str
+    verdict: Verdict
     evidence: str
     tolerance: str = ""
     kind: TestKind | None = dataclasses.field(kw_only=True)
     setting: str = dataclasses.field(default="", kw_only=True)
 
+    def __post_init__(self) -> None:
+        try:
+            verdict = Verdict(self.verdict)
+        except ValueError:
+            raise ValueError(
+                f"claim {self.claim}: verdict {self.verdict!r} is not one of "
+                f"{', '.join(repr(v.value) for v in Verdict)}; use precond_lab.study.Verdict"
+            ) from None
+        object.__setattr__(self, "verdict", verdict)
 
-def judge(ok: bool, partial: bool = False) -> str:
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of a study's frozen configuration dataclass.
+
+    A study writes ``@dataclasses.dataclass(frozen=True) class Config(study.Config)`` with
+    its fields, and ``PRESETS = {"test": Config(...), "quick": ..., "full": ...}``.
+    """
+
+    def replace(self, **overrides: Any):
+        """A copy with fields replaced; an unknown field is a ``TypeError`` naming them."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no field {', '.join(unknown)}; its fields: "
+                f"{', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def preset_name(self, presets: Mapping[str, Any]) -> str:
+        """The name of the preset equal to this configuration, else ``"custom"``."""
+        return next((k for k, v in presets.items() if v == self), "custom")
+
+    def to_attrs(self, prefix: str = "config_") -> dict[str, Any]:
+        """The fields as netCDF-safe attributes (``config_<field>``; nested values as JSON)."""
+        import json
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = int(value)
+            elif not isinstance(value, (int, float, str)):
+                plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                value = json.dumps(plain, default=str, sort_keys=True)
+            out[prefix + f.name] = value
+        return out
+
+
+def dataset(
+    data_vars: Mapping[str, Any],
+    coords: Mapping[str, Any] | None = None,
+    *,
+    title: str,
+    name: str,
+    config: Config | None = None,
+    presets: Mapping[str, Any] | None = None,
+    started: float | None = None,
+    **attrs: Any,
+):
+    """A study's Dataset with its provenance: the one place a study's layout is assembled.
+
+    Args:
+        data_vars: ``{name: DataArray or (dims, values)}``.
+        coords: coordinates.
+        title: the study's title; name: its ``NAME``.
+        config: its configuration (stored as ``config_*`` attributes) and ``presets`` to
+            name it by.
+        started: ``time.perf_counter()`` at the start (stores ``elapsed_s``).
+        **attrs: further attributes (``make_attrs`` makes them netCDF-safe).
+    """
+    import xarray as xr
+
+    extra = dict(attrs)
+    if config is not None:
+        extra.update(config.to_attrs())
+        extra.setdefault("preset", config.preset_name(presets or {}))
+    if started is not None:
+        extra["elapsed_s"] = float(time.perf_counter() - started)
+    ds = xr.Dataset(dict(data_vars), coords=dict(coords or {}))
+    ds.attrs.update(make_attrs(title, study=name, **extra))
+    return ds
+
+
+class Outcome(NamedTuple):
+    """What a rule's ``decide`` returns: the verdict and the numbers behind it."""
+
+    verdict: Verdict
+    evidence: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A declarative verdict rule: a registered claim, its test kind and how ``ds`` decides it.
+
+    The statement, paper and location come from the claims registry (``claim_verdict``);
+    a study lists its rules and ``verdicts_from(ds, RULES)`` gives its rows.
+
+    Attributes:
+        claim: a registered claim id (checked when the rule is made).
+        kind: the row's test kind.
+        decide: ``ds -> Outcome`` (or a ``(verdict, evidence)`` pair).
+        tolerance: the threshold, as the row states it.
+        setting: for a proxy, how the setting differs (default: the registry's).
+        statement: what the row tests, if narrower than the registered statement.
+    """
+
+    claim: str
+    kind: TestKind
+    decide: Callable[[Any], tuple[Verdict | str, str]]
+    tolerance: str = ""
+    setting: str | None = None
+    statement: str | None = None
+
+    def __post_init__(self) -> None:
+        claims.claim(self.claim)  # KeyError naming the id if it is not registered
+        if not callable(self.decide):
+            raise TypeError(f"rule {self.claim}: decide must be a function of the Dataset")
+
+    def row(self, ds) -> Row:
+        """Apply the rule to ``ds``; a rule that raises gives an ``ERROR`` row saying why."""
+        try:
+            verdict, evidence = self.decide(ds)
+        except Exception as err:  # noqa: BLE001  (one broken rule is reported, not fatal)
+            verdict, evidence = Verdict.ERROR, f"the rule failed: {type(err).__name__}: {err}"
+        return claim_verdict(
+            self.claim,
+            verdict,
+            evidence,
+            self.tolerance,
+            kind=self.kind,
+            setting=self.setting,
+            statement=self.statement,
+        )
+
+
+def verdicts_from(ds, rules: Iterable[Rule]) -> list[Row]:
+    """The rows of ``rules`` applied to ``ds``, in order."""
+    return [r.row(ds) for r in rules]
+
+
+def judge(ok: bool, partial: bool = False) -> Verdict:
     """``holds`` if ``ok``, else ``partially holds`` if ``partial``, else ``does not hold``."""
     return HOLDS if ok else (PARTIAL if partial else FAILS)
 
 
-def by_claim(verdicts) -> dict[str, Verdict]:
+def by_claim(verdicts) -> dict[str, Row]:
     """``{claim id: Verdict}`` for a study's verdicts."""
     return {v.claim: v for v in verdicts}
 
@@ -130,12 +300,12 @@ def claim_verdict(
     kind: TestKind,
     setting: str | None = None,
     statement: str | None = None,
-) -> Verdict:
-    """A ``Verdict`` whose paper, location and statement come from the claims registry.
+) -> Row:
+    """A ``Row`` whose paper, location and statement come from the claims registry.
 
     Args:
         claim_id: a registered claim id (``precond_lab.claims.claim``).
-        verdict: ``HOLDS``, ``FAILS``, ``PARTIAL`` or ``UNTESTED_VERDICT``.
+        verdict: a ``Verdict`` (or its text).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
         kind: what kind of test this row is.
@@ -148,7 +318,7 @@ def claim_verdict(
     c = claims.claim(claim_id)
     if setting is None:
         setting = c.setting if kind == TestKind.PROXY else ""
-    return Verdict(
+    return Row(
         claim_id,
         c.paper_label,
         c.location,
@@ -170,8 +340,8 @@ def _existing_studies() -> set[str]:
     return names
 
 
-def _untested_row(c: claims.Claim, reason: str) -> Verdict:
-    return Verdict(
+def _untested_row(c: claims.Claim, reason: str) -> Row:
+    return Row(
         c.id,
         c.paper_label,
         c.location,
@@ -184,7 +354,7 @@ def _untested_row(c: claims.Claim, reason: str) -> Verdict:
     )
 
 
-def untested(covered=(), existing: set[str] | None = None) -> list[Verdict]:
+def untested(covered=(), existing: set[str] | None = None) -> list[Row]:
     """\"not yet tested\" rows for every registered claim not in ``covered``.
 
     The evidence says why: no study in ``studies/`` tests it yet (with what a test needs), or
@@ -416,7 +586,7 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _kind_cell(v: Verdict, *, planned: bool = False) -> str:
+def _kind_cell(v: Row, *, planned: bool = False) -> str:
     if v.kind is None:
         return "**error: no test kind**"
     kind = TestKind(v.kind).value
@@ -424,7 +594,7 @@ def _kind_cell(v: Verdict, *, planned: bool = False) -> str:
     return f"{text} ({v.setting})" if v.setting and v.kind == TestKind.PROXY else text
 
 
-def _claim_cells(v: Verdict, docs: str) -> tuple[str, str, str]:
+def _claim_cells(v: Row, docs: str) -> tuple[str, str, str]:
     """Claim, paper and location cells, linked to the registry (or flagged if unknown)."""
     c = claims.CLAIMS.get(v.claim)
     if c is None:

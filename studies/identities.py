@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from precond_lab import claims as registry
+from precond_lab import study
 from precond_lab.study import save_figures
 from studies._setups import Capture
 
@@ -40,7 +41,7 @@ TITLE = "Derived identities D1–D9 and the exact claims of P1, P2 and P3"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -722,10 +723,6 @@ def _vn_numeric(x, m, n, opt_dense, rng):
 # --------------------------------------------------------------------------------------
 
 
-def _preset_name(config: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == config), "custom")
-
-
 def run(config: Config, **overrides) -> xr.Dataset:
     """Every check on every case, float64.
 
@@ -785,7 +782,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
         },
         attrs=make_attrs(
             TITLE,
-            preset=_preset_name(config),
+            preset=config.preset_name(PRESETS),
             source=", ".join(dict.fromkeys(c["source"] for c in cases)),
             study=NAME,
             dtype="float64",

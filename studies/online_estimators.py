@@ -51,21 +51,29 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from precond_lab import schema, timing
+from precond_lab import schema, study, timing
 from precond_lab.errors import ConvergenceError
 from precond_lab.provenance import make_attrs
-from precond_lab.study import FAILS, HOLDS, PARTIAL, TestKind, Verdict, claim_verdict, judge
+from precond_lab.study import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    PARTIAL,
+    Row,
+    TestKind,
+    claim_verdict,
+    judge,
+)
 from studies._setups import Capture
 
 NAME = "online_estimators"
 TITLE = "KL-Shampoo online: proximal EMA, QR refresh vs eigh, EMA eigenvalues (P1)"
 PAPER = "P1 Lin et al. 2025"
-INCONCLUSIVE = "inconclusive"
 STREAMS = ("stationary", "trajectory")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -317,8 +325,6 @@ def _memory_table(shapes) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------- run
-def _preset_name(cfg: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
 
 
 def _layer_gradients(tree, step: int, layer: str) -> np.ndarray:
@@ -490,7 +496,7 @@ def _attrs(cfg: Config, t_start: float) -> dict:
     capture = cfg.capture
     return make_attrs(
         TITLE,
-        preset=_preset_name(cfg),
+        preset=cfg.preset_name(PRESETS),
         source=f"{capture.model}/{capture.dataset} capture",
         study=NAME,
         model=capture.model,
@@ -619,7 +625,7 @@ def _cos(ds: xr.Dataset, variant: str, stream: str) -> xr.DataArray:
     return _late(ds["direction_cosine"].sel(variant=variant, stream=stream))
 
 
-def verdicts(ds: xr.Dataset) -> list[Verdict]:
+def verdicts(ds: xr.Dataset) -> list[Row]:
     return [_p1_13(ds), _p1_19(ds), _p1_20(ds), _p1_41(ds)]
 
 
@@ -656,7 +662,7 @@ def _p1_13(ds):
             f"decrease; Shampoo² late gap {sh_late:.3g}; trajectory stream late gap/KL_opt "
             f"{traj:.3f}"
         )
-    return Verdict(
+    return Row(
         "P1-13",
         PAPER,
         "Claim 3 (Sec. 3, per papernotes)",
@@ -704,7 +710,7 @@ def _p1_19(ds):
     else:
         cheap = speed == "above"
         verdict = judge(cheap and good, cheap or good)
-    return Verdict(
+    return Row(
         "P1-19",
         PAPER,
         "Abstract v7; Fig. 1",
@@ -750,7 +756,7 @@ def _p1_20(ds):
         else " Instantaneous λ = diag(QᵀSQ) re-reads the whole accumulated factor in the "
         "current basis; where the basis rotates slowly between refreshes it does not lag."
     )
-    return Verdict(
+    return Row(
         "P1-20",
         PAPER,
         "Sec. on KL-Shampoo's eigenvalue estimation (per papernotes)",

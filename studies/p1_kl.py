@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab import study
 from precond_lab.study import save_figures
 from studies._setups import Capture
 
@@ -70,7 +71,7 @@ class Toy:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -360,10 +361,6 @@ _FF_FIELDS = (
 )
 
 
-def _preset_name(config: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == config), "custom")
-
-
 def run(config: Config, **overrides) -> xr.Dataset:
     """Score every estimator on every target (the sweep), then the hand-written checks.
 
@@ -466,7 +463,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
         },
         attrs=make_attrs(
             TITLE,
-            preset=_preset_name(config),
+            preset=config.preset_name(PRESETS),
             source=", ".join(dict.fromkeys(src for _, src, _, _ in items)),
             study=NAME,
             dtype="float64",

@@ -74,11 +74,11 @@ from scipy import sparse
 
 from precond_lab import metrics as met
 from precond_lab import plotting as pl
-from precond_lab import schema
+from precond_lab import schema, study
 from precond_lab.evaluate import evaluate
 from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
-from precond_lab.study import FAILS, TestKind, Verdict, judge
+from precond_lab.study import FAILS, Row, TestKind, judge
 from precond_lab.targets import Target
 from studies._setups import (
     P3_SETUPS,
@@ -108,7 +108,7 @@ DEGRADE_TOL = 0.05  # P3-8: sampled − real ≥ 0.05 at the largest batch, and 
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -325,10 +325,6 @@ def _references(ggn_t: Target) -> xr.DataArray:
     return sweep["score"].sel(metric="cosine").isel(fixed)
 
 
-def _preset_name(cfg: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
-
-
 def run(config: Config, **overrides) -> xr.Dataset:
     """Shampoo² from real / sampled-label batch statistics vs the exact GGN.
 
@@ -482,7 +478,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "precond_lab.evaluate sweep; cos_statistic: exact, via Gram matrices)",
             num_batches=num_batches,
             repeats=reps,
-            preset=_preset_name(cfg),
+            preset=cfg.preset_name(PRESETS),
             sampled_draws="centred to mean zero (E_y[g|x] = 0 exactly), so sampled-label "
             "batches carry no spurious (B−1) ḡḡᵀ from the draws' Monte-Carlo mean",
             expected_scheme="exact M → ∞ limit over the captured draws; for sampled labels "
@@ -523,14 +519,14 @@ def _med(da) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def verdicts(ds: xr.Dataset) -> list[Verdict]:
+def verdicts(ds: xr.Dataset) -> list[Row]:
     """P3-7 and P3-8 decided from a Dataset of :func:`run`.
 
     Args:
         ds: the study's Dataset.
 
     Returns:
-        One :class:`~precond_lab.study.Verdict` per claim, in claim order.
+        One :class:`~precond_lab.study.Row` per claim, in claim order.
     """
     out = []
     sets = [str(d) for d in ds["dataset"].values]
@@ -561,7 +557,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
             f"{_med(ds['ref_shampoo2_ggn'].sel(dataset=d)):.3f})"
         )
     out.append(
-        Verdict(
+        Row(
             "P3-7",
             PAPER,
             "Abstract; Section 4 (number unverified)",
@@ -623,7 +619,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
         )
     reps = ds.sizes.get("repeat", 1)
     out.append(
-        Verdict(
+        Row(
             "P3-8",
             PAPER,
             "Figure 3 (binary MNIST, CIFAR-5M, ImageNet)",

@@ -47,10 +47,10 @@ import xarray as xr
 
 from precond_lab import estimators as est
 from precond_lab import plotting as pl
-from precond_lab import schema
+from precond_lab import schema, study
 from precond_lab.provenance import make_attrs
 from precond_lab.structures import Kronecker
-from precond_lab.study import FAILS, TestKind, Verdict, judge
+from precond_lab.study import FAILS, Row, TestKind, judge
 from precond_lab.sweep import evaluate, kron_cosine
 from precond_lab.targets import Target
 from studies._setups import (
@@ -104,7 +104,7 @@ _SETTING = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -497,14 +497,14 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def verdicts(ds: xr.Dataset) -> list[Verdict]:
+def verdicts(ds: xr.Dataset) -> list[Row]:
     """P3-3 … P3-6 decided from a Dataset of :func:`run`.
 
     Args:
         ds: the study's Dataset.
 
     Returns:
-        One :class:`~precond_lab.study.Verdict` per claim, in claim order.
+        One :class:`~precond_lab.study.Row` per claim, in claim order.
     """
     out = []
     gap_all = _gaps(ds)
@@ -545,7 +545,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
             )
         )
     out.append(
-        Verdict(
+        Row(
             "P3-3",
             PAPER,
             "Abstract; Figure 1",
@@ -571,7 +571,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
     med = float(np.median(margin)) if margin.size else np.nan
     c_sh = ds["cosine"].sel(estimator="shampoo")
     out.append(
-        Verdict(
+        Row(
             "P3-4",
             PAPER,
             "Figure 1 (implied by the abstract)",
@@ -621,7 +621,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
     else:
         ev, verdict = "no power-iteration curves in the dataset", FAILS
     out.append(
-        Verdict(
+        Row(
             "P3-5",
             PAPER,
             "Section 3 (number unverified)",
@@ -662,7 +662,7 @@ def verdicts(ds: xr.Dataset) -> list[Verdict]:
     else:
         ev, verdict = "needs a transformer and an MLP/CNN setup", FAILS
     out.append(
-        Verdict(
+        Row(
             "P3-6",
             PAPER,
             "third-party summary only (one sentence of a TL;DR, ViT); not in the paper's text "
@@ -701,7 +701,7 @@ def _why_identity(ds: xr.Dataset, have: np.ndarray) -> str:
     )
 
 
-def _p3_43(ds: xr.Dataset) -> Verdict:
+def _p3_43(ds: xr.Dataset) -> Row:
     """K-FAC vs Shampoo² vs the optimum for H_GN: a comparison, reported without a verdict."""
     c = ds["cosine"].sel(target="ggn")
     parts = []
@@ -725,7 +725,7 @@ def _p3_43(ds: xr.Dataset) -> Verdict:
             f"Sh² in {int(np.sum(k > s2))}/{k.size} cells, within 0.01 of the optimum in "
             f"{int(np.sum(o - k <= 0.01))}/{k.size}; K-FAC/Sh² by step {by_step}"
         )
-    return Verdict(
+    return Row(
         "P3-43",
         PAPER,
         "Figure 1 (what it measures, not a stated claim)",

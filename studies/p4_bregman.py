@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from precond_lab import estimators as est
-from precond_lab import heldout, online, schema
+from precond_lab import heldout, online, schema, study
 from precond_lab import reference as ref
 from precond_lab.provenance import make_attrs
 from precond_lab.study import TestKind, cached_capture, claim_verdict, judge
@@ -114,7 +114,7 @@ class Real:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -173,10 +173,6 @@ PRESETS = {
         real=Real(width=32, per_fold=1280, few_repeats=10, ema_repeats=5, steps=(100, 600, 1500)),
     ),
 }
-
-
-def _preset_name(cfg: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
 
 
 # ----------------------------------------------------------------------- P4-33: exact
@@ -588,7 +584,7 @@ def _attrs(cfg: Config, t0: float) -> dict:
     return make_attrs(
         TITLE,
         seed=int(cfg.seed),
-        preset=_preset_name(cfg),
+        preset=cfg.preset_name(PRESETS),
         source="synthetic Gaussian/matrix-normal samples; a captured transformer run",
         study=NAME,
         mc_shape="x".join(map(str, cfg.mc_shape)),

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from precond_lab import schema, timing
+from precond_lab import schema, study, timing
 from precond_lab.claims import TestKind, claim
 from precond_lab.errors import Status
 from precond_lab.linalg import STATUS_CODES
@@ -47,7 +47,7 @@ from precond_lab.study import (
     INCONCLUSIVE,
     NOT_TESTABLE_HERE,
     PARTIAL,
-    Verdict,
+    Row,
     claim_verdict,
     judge,
 )
@@ -82,7 +82,7 @@ class Precision:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:
@@ -480,8 +480,6 @@ def _timing_section(sizes, repeats):
 
 
 # ---------------------------------------------------------------------------------- run
-def _preset_name(cfg: Config) -> str:
-    return next((k for k, v in PRESETS.items() if v == cfg), "custom")
 
 
 def run(config: Config, **overrides) -> xr.Dataset:
@@ -603,7 +601,7 @@ def run(config: Config, **overrides) -> xr.Dataset:
     ds.attrs.update(
         make_attrs(
             TITLE,
-            preset=_preset_name(cfg),
+            preset=cfg.preset_name(PRESETS),
             source=f"{capture.model}/{capture.dataset} capture",
             study=NAME,
             model=capture.model,
@@ -830,7 +828,7 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- verdicts
-def verdicts(ds: xr.Dataset) -> list[Verdict]:
+def verdicts(ds: xr.Dataset) -> list[Row]:
     return [_p2_27(ds), _p2_28(ds), _p2_29(ds), _p2_30(ds), _p2_31(ds)]
 
 

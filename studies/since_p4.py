@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from precond_lab import study
 from studies._setups import Capture
 
 NAME = "since_p4"
@@ -44,7 +45,7 @@ P6_52_PART = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run.
 
     Attributes:

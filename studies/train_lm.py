@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 import xarray as xr
 
+from precond_lab import study
 from precond_lab.provenance import make_attrs
 from precond_lab.study import (
     FAILS,
@@ -80,7 +81,7 @@ PAPERS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:

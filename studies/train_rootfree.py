@@ -21,6 +21,7 @@ import dataclasses
 
 import xarray as xr
 
+from precond_lab import study
 from precond_lab.provenance import make_attrs
 from precond_lab.study import (
     FAILS,
@@ -54,7 +55,7 @@ FULL_COMMAND = "precond-lab reproduce --full --only train_rootfree (a GPU)"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run of the study.
 
     Attributes:

@@ -1580,7 +1580,48 @@ CASES = [
         ValueError,
         r"level must be in \(0, 1\), got 2\.0",
     ),
+    # --- issue 22: the study framework ---
+    (
+        "study Row with a verdict that is not a Verdict",
+        lambda: _study().Row("P3-1", "p", "l", "s", "yes", "e", kind=_study().TestKind.DERIVED),
+        ValueError,
+        r"claim P3-1: verdict 'yes' is not one of 'holds', .*use precond_lab\.study\.Verdict",
+    ),
+    (
+        "study Rule for an unregistered claim",
+        lambda: _study().Rule("P99-1", _study().TestKind.DERIVED, lambda ds: ("holds", "")),
+        KeyError,
+        r"P99-1",
+    ),
+    (
+        "study Rule whose decide is not a function",
+        lambda: _study().Rule("P3-1", _study().TestKind.DERIVED, "holds"),
+        TypeError,
+        r"rule P3-1: decide must be a function of the Dataset",
+    ),
+    (
+        "study Config.replace with an unknown field",
+        lambda: _study_config().replace(stepz=3),
+        TypeError,
+        r"_Cfg has no field stepz; its fields: steps",
+    ),
 ]
+
+
+def _study():
+    from precond_lab import study
+
+    return study
+
+
+def _study_config():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class _Cfg(_study().Config):
+        steps: int = 1
+
+    return _Cfg()
 
 
 @pytest.mark.parametrize("name,call,error,message", CASES, ids=[c[0] for c in CASES])

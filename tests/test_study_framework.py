@@ -2,6 +2,7 @@
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from precond_lab.study import (
     PARTIAL,
     UNTESTED,
     UNTESTED_VERDICT,
+    Row,
     TestKind,
-    Verdict,
     claim_verdict,
     judge,
     repo_root,
@@ -31,9 +32,7 @@ def test_judge():
 
 
 def _v(claim, verdict, evidence, tol="", kind=TestKind.PAPER, setting=""):
-    return Verdict(
-        claim, "P", "loc", "statement", verdict, evidence, tol, kind=kind, setting=setting
-    )
+    return Row(claim, "P", "loc", "statement", verdict, evidence, tol, kind=kind, setting=setting)
 
 
 def test_report_lists_every_claim_with_kinds_links_figures_and_failures(tmp_path: Path):
@@ -166,7 +165,7 @@ def test_every_claim_id_a_study_names_is_registered_for_it(path: Path):
 
 def test_a_verdict_needs_its_kind():
     with pytest.raises(TypeError, match="kind"):
-        Verdict("D1", "derived", "B.4", "s", HOLDS, "e", "t")  # no kind given
+        Row("D1", "derived", "B.4", "s", HOLDS, "e", "t")  # no kind given
 
 
 def test_claim_verdict_fills_the_registry_fields():
@@ -197,7 +196,7 @@ def _fake_study(name, value):
     mod.run = lambda: xr.Dataset({"error": ((), value)})
     mod.plot = lambda ds, figdir: []
     mod.verdicts = lambda ds: [
-        Verdict(
+        Row(
             f"D{1 if name == 'a' else 2}",
             "derived",
             "B.4",
@@ -295,3 +294,62 @@ def test_reproduce_writes_every_file_through_a_rename(tmp_path, monkeypatch):
     assert sorted(renamed) == ["REPORT.md", "a.nc", "a_fig.pdf", "a_fig.png"]
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary left
     plt.close("all")
+
+
+# ---- issue 22: the idioms every study shares -------------------------------------------
+
+
+def test_verdict_is_a_str_enum_and_rows_convert_text():
+    from precond_lab.study import Verdict
+
+    assert Verdict.HOLDS == "holds" and f"{Verdict.FAILS}" == "does not hold"
+    row = claim_verdict("P3-1", "partially holds", "e", kind=TestKind.DERIVED)
+    assert row.verdict is Verdict.PARTIAL
+
+
+def test_rules_take_the_registry_text_and_a_broken_rule_is_an_error_row():
+    from precond_lab import claims
+    from precond_lab.study import Outcome, Rule, Verdict, verdicts_from
+
+    rules = [
+        Rule("P3-1", TestKind.PROXY, lambda ds: Outcome(Verdict.HOLDS, f"x = {ds['x']}")),
+        Rule("P3-2", TestKind.DERIVED, lambda ds: ds["missing"], tolerance="t"),
+    ]
+    ok, broken = verdicts_from({"x": 3}, rules)
+    assert (ok.verdict, ok.evidence) == (Verdict.HOLDS, "x = 3")
+    assert ok.statement == claims.claim("P3-1").statement
+    assert ok.location == claims.claim("P3-1").location
+    assert ok.setting == claims.claim("P3-1").setting  # a proxy states its setting
+    assert broken.verdict is Verdict.ERROR and "KeyError" in broken.evidence
+    assert broken.tolerance == "t"
+
+
+def test_config_base_names_presets_and_stores_its_fields():
+    import dataclasses
+
+    from precond_lab import study
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg(study.Config):
+        steps: int = 3
+        sizes: tuple = (4, 8)
+        flag: bool = True
+
+    presets = {"test": Cfg(), "quick": Cfg(steps=10)}
+    assert Cfg(steps=10).preset_name(presets) == "quick"
+    assert Cfg(steps=11).preset_name(presets) == "custom"
+    assert Cfg().replace(steps=10) == presets["quick"]
+    ds = study.dataset(
+        {"v": (("n",), [1.0, 2.0])},
+        {"n": [0, 1]},
+        title="T",
+        name="t",
+        config=Cfg(),
+        presets=presets,
+        started=0.0,
+    )
+    assert ds.attrs["preset"] == "test" and ds.attrs["study"] == "t"
+    assert ds.attrs["config_steps"] == 3 and ds.attrs["config_sizes"] == "[4, 8]"
+    assert ds.attrs["config_flag"] == 1 and ds.attrs["elapsed_s"] > 0
+    assert "library_version" in ds.attrs
+    ds.to_netcdf(Path(tempfile.mkdtemp()) / "t.nc")  # every attribute is netCDF-safe
