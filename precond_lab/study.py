@@ -109,7 +109,7 @@ class Row:
         paper: which paper (``"P3 Morwani et al. 2025"``), or ``"derived"``.
         location: where the paper states it (as far as known).
         statement: the claim, in one sentence.
-        verdict: a :class:`Verdict` (its text is accepted and converted; other text is an
+        verdict: a ``Verdict`` (its text is accepted and converted; other text is an
             error).
         evidence: the key numbers behind the verdict.
         tolerance: the threshold used to decide.
