@@ -23,17 +23,14 @@ import json
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax import lax
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _machine import device_memory, machine_info, write_result  # noqa: E402
 
 import precond_lab.optim as po  # noqa: E402
-from precond_lab.timing import interleaved, ratio, ratio_verdict  # noqa: E402
+from precond_lab.timing import optimiser_step_timings, ratio, ratio_verdict  # noqa: E402
 
 BATCH = 128  # B of the root-free methods (any value; it only scales their statistics)
 GOAL = 1.5  # P1-19: KL-Shampoo/KL-SOAP per-step time ≤ 1.5 × SOAP's
@@ -57,33 +54,13 @@ def optimisers(frequency: int, state_dtype) -> dict[str, optax.GradientTransform
     }
 
 
-def _runner(tx, params, grad, steps: int):
-    """A jitted ``steps``-step run from a state past the first (initialising) call."""
-
-    @jax.jit
-    def run(p, s, g):  # the gradient is an argument: no constant folding at compile time
-        def step(carry, _):
-            p, s = carry
-            u, s = tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        return lax.scan(step, (p, s), None, length=steps)[0]
-
-    state = tx.init(params)
-    _, state = jax.jit(tx.update)(grad, state, params)  # the first call (initialisation)
-    return (lambda: run(params, state, grad)), state
-
-
 def bench_size(n: int, *, frequency: int, repeats: int, dtype, state_dtype) -> dict:
     """Time and size every optimiser on one ``n×n`` matrix."""
-    rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.standard_normal((n, n)) / np.sqrt(n), dtype)}
-    grad = {"w": jnp.asarray(rng.standard_normal((n, n)) * 1e-2, dtype)}
-    ops, sizes = {}, {}
-    for name, tx in optimisers(frequency, state_dtype).items():
-        ops[name], state = _runner(tx, params, grad, frequency)
-        sizes[name] = po.state_size(state)._asdict()
-    t = interleaved(ops, repeats=repeats, warmup=1)
+    t, states = optimiser_step_timings(
+        optimisers(frequency, state_dtype), n, steps=frequency, repeats=repeats, dtype=dtype
+    )
+    ops = list(states)
+    sizes = {name: po.state_size(state)._asdict() for name, state in states.items()}
     out = {"timings_per_call": t.as_dict(), "steps_per_call": frequency, "optimisers": {}}
     for name in ops:
         r = ratio(t, name, "adamw")

@@ -45,6 +45,8 @@ __all__ = [
     "estimator_style",
     "figure",
     "legend",
+    "band",
+    "quartile_errorbar",
     "metric_label",
     "metric_symbol",
     "plot_batch_size",
@@ -741,3 +743,28 @@ def save(fig: Figure, path_stem, formats: Sequence[str] = ("png", "pdf"), **kwar
             atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, **kwargs))
             out.append(path)
     return out
+
+
+def band(ax, x, da: xr.DataArray, over: str | Sequence[str], *, positive: bool = False, **kw):
+    """Mean over ``over`` as a line and the min–max over it as a band (the spread shown).
+
+    Args:
+        ax: the axes.
+        x: the abscissa (the remaining dimension's values).
+        da: the values; ``over`` its dimension(s) to summarise.
+        positive: draw non-positive values as missing (for log axes), never clipped.
+        **kw: line keywords (``color``, ``ls``, ``label`` …).
+
+    Returns:
+        The line.
+    """
+    y = da.where(da > 0) if positive else da
+    line = ax.plot(x, y.mean(over), **kw)[0]
+    ax.fill_between(x, y.min(over), y.max(over), color=line.get_color(), alpha=0.18, lw=0)
+    return line
+
+
+def quartile_errorbar(ax, x, da: xr.DataArray, over: str, **kw):
+    """Median over ``over`` with error bars from its 25 % to its 75 % quantile."""
+    q = da.quantile([0.25, 0.5, 0.75], over).transpose("quantile", ...).values
+    return ax.errorbar(x, q[1], yerr=np.stack([q[1] - q[0], q[2] - q[1]]), capsize=2, **kw)

@@ -23,7 +23,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Timings", "Ratio", "interleaved", "ratio", "ratio_verdict", "block"]
+__all__ = [
+    "Timings",
+    "Ratio",
+    "interleaved",
+    "ratio",
+    "ratio_verdict",
+    "block",
+    "optimiser_runner",
+    "optimiser_step_timings",
+]
 
 MIN_REPEATS = 5
 
@@ -168,3 +177,62 @@ def ratio_verdict(r: Ratio, threshold: float) -> str:
     if r.high < threshold:
         return "below"
     return "inconclusive"
+
+
+def optimiser_runner(tx: Any, params: Any, grad: Any, steps: int) -> tuple[Callable[[], Any], Any]:
+    """A zero-argument call running ``steps`` jitted optimiser steps (``lax.scan``) from the
+    state after the first (initialising) update, for :func:`interleaved`.
+
+    The gradient is an argument of the jitted run (no constant folding at compile time) and
+    every call starts from the same state, so a call with ``steps`` equal to a method's
+    refresh interval holds exactly one refresh: the per-step time is the call's / ``steps``.
+
+    Returns:
+        ``(run, state)``: the call and the state it starts from.
+    """
+    import jax
+    import optax
+    from jax import lax
+
+    if int(steps) < 1:
+        raise ValueError(f"optimiser_runner: steps must be ≥ 1, got {steps}")
+
+    @jax.jit
+    def run(p, s, g):
+        def step(carry, _):
+            p, s = carry
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return lax.scan(step, (p, s), None, length=int(steps))[0]
+
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(grad, state, params)
+    return (lambda: run(params, state, grad)), state
+
+
+def optimiser_step_timings(
+    optimisers: Mapping[str, Any],
+    n: int,
+    *,
+    steps: int,
+    repeats: int = 7,
+    dtype: Any = "float32",
+    seed: int = 0,
+) -> tuple[Timings, dict[str, Any]]:
+    """Interleaved timings of each optimiser on one ``n×n`` weight with a fixed gradient.
+
+    Each timed call is ``steps`` steps (:func:`optimiser_runner`); divide by ``steps`` for
+    the per-step time. Returns the ``Timings`` and ``{name: state}`` (for
+    ``optim.state_size``).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    params = {"w": jnp.asarray(rng.standard_normal((n, n)) / np.sqrt(n), dtype)}
+    grad = {"w": jnp.asarray(rng.standard_normal((n, n)) * 1e-2, dtype)}
+    ops, states = {}, {}
+    for name, tx in optimisers.items():
+        ops[name], states[name] = optimiser_runner(tx, params, grad, steps)
+    return interleaved(ops, repeats=repeats, warmup=1), states

@@ -1605,7 +1605,58 @@ CASES = [
         TypeError,
         r"_Cfg has no field stepz; its fields: steps",
     ),
+    # --- issue 22: library pieces moved out of the studies ---
+    (
+        "online kronecker_member of an Adam state",
+        lambda: onl.kronecker_member(onl.adam().init(jnp.ones((M, N))), 0.1),
+        TypeError,
+        r"neither Shampoo's factors \(left, right\) nor KL-Shampoo's bases and eigenvalues",
+    ),
+    (
+        "online score_stream with too few references",
+        lambda: onl.score_stream(onl.shampoo(), jnp.asarray(_g()[:4]), [], [0], damping=0.1),
+        ValueError,
+        r"0 references for a stream of 4 steps; give one target per stream step",
+    ),
+    (
+        "online score_stream scored step past the stream",
+        lambda: onl.score_stream(
+            onl.shampoo(), jnp.asarray(_g()[:2]), [SampleTarget(_g())] * 2, [5], damping=0.1
+        ),
+        ValueError,
+        r"scored must be increasing steps in \[0, 2\)",
+    ),
+    (
+        "online captured_stream batch 0",
+        lambda: onl.captured_stream({}, [1], "w", batch=0, seed=0, damping_rel=1e-3),
+        ValueError,
+        r"need batch ≥ 1 and a non-empty plan, got 0",
+    ),
+    (
+        "optim state_size field not a name",
+        lambda: _po().state_size({}, field=3),
+        ValueError,
+        r"field must be a state field's name \(e\.g\. 'nu'\), got 3",
+    ),
+    (
+        "timing optimiser_runner steps 0",
+        lambda: _timing().optimiser_runner(None, {}, {}, 0),
+        ValueError,
+        r"optimiser_runner: steps must be ≥ 1, got 0",
+    ),
 ]
+
+
+def _po():
+    import precond_lab.optim as po
+
+    return po
+
+
+def _timing():
+    from precond_lab import timing
+
+    return timing
 
 
 def _study():

@@ -20,6 +20,7 @@ from ..methods import OnlineState, if_shampoo_stationarity
 from ._estimators import ESTIMATORS, bregman_shampoo, estimator
 from ._invariance import batch_size_response, initialisation_response
 from ._runner import run_online, state_is_finite, structure_cosine
+from ._scoring import GAP_ROUNDOFF, captured_stream, checked_gap, kronecker_member, score_stream
 from ._state import (
     ApproximationFn,
     InitFn,
@@ -48,6 +49,11 @@ vn_shampoo = ESTIMATORS["vn_shampoo"]
 
 __all__ = [
     "ESTIMATORS",
+    "GAP_ROUNDOFF",
+    "captured_stream",
+    "checked_gap",
+    "kronecker_member",
+    "score_stream",
     "ApproximationFn",
     "InitFn",
     "OnlineEstimator",

@@ -213,14 +213,31 @@ class StateSize(NamedTuple):
     arrays: int
 
 
-def state_size(state: Any) -> StateSize:
+def state_size(state: Any, field: str | None = None) -> StateSize:
     """Floats and bytes of any optax state (a pytree of arrays, or of the
-    ``jax.ShapeDtypeStruct``s ``jax.eval_shape`` gives: nothing is allocated)."""
+    ``jax.ShapeDtypeStruct``s ``jax.eval_shape`` gives: nothing is allocated).
+
+    Args:
+        state: the state.
+        field: count only the arrays under a NamedTuple field of this name anywhere in the
+            state (e.g. ``"nu"``: the second moments Adam, SOAP and grafting keep).
+    """
+    if field is not None and (not isinstance(field, str) or not field):
+        raise ValueError(f"field must be a state field's name (e.g. 'nu'), got {field!r}")
     floats = nbytes = arrays = 0
-    for leaf in jax.tree.leaves(state):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if field is not None and not any(getattr(k, "name", None) == field for k in path):
+            continue
         a = leaf if isinstance(leaf, jax.ShapeDtypeStruct) else jnp.asarray(leaf)
         arrays += 1
         nbytes += a.size * a.dtype.itemsize
         if jnp.issubdtype(a.dtype, jnp.floating):
             floats += a.size
     return StateSize(floats, nbytes, arrays)
+
+
+def init_size(tx: Any, params: Any, field: str | None = None) -> StateSize:
+    """``state_size`` of ``tx.init(params)`` without allocating it (``jax.eval_shape``);
+    ``params`` may hold ``jax.ShapeDtypeStruct``s, e.g. ``{"w": ShapeDtypeStruct((m, n),
+    jnp.float32)}``."""
+    return state_size(jax.eval_shape(tx.init, params), field)
