@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +44,7 @@ __all__ = [
     "Rule",
     "Outcome",
     "dataset",
+    "grid",
     "verdicts_from",
     "HOLDS",
     "FAILS",
@@ -211,6 +212,58 @@ def dataset(
     ds = xr.Dataset(dict(data_vars), coords=dict(coords or {}))
     ds.attrs.update(make_attrs(title, study=name, **extra))
     return ds
+
+
+def grid(
+    coords: Mapping[str, Sequence[Any]],
+    fn: Callable[..., Mapping[str, Any]],
+    inner: Mapping[str, Sequence[Any]] | None = None,
+):
+    """The one run loop of a study: ``fn(**point)`` at every point of a coordinate grid.
+
+    Args:
+        coords: ``{dim: values}``; the points are their Cartesian product, the last ``dim``
+            varying fastest (so ``fn`` can cache work shared by the outer ones).
+        fn: ``fn(**point) -> {variable: value}``; a value is a scalar, or an array whose
+            dimensions are ``inner``'s (in order; trailing ones may be left out).
+        inner: ``{dim: values}`` of the arrays ``fn`` returns (e.g. ``{"step": steps}``).
+
+    Returns:
+        A Dataset with each variable on ``(*coords, *its inner dims)``; no provenance (see
+        :func:`dataset`).
+
+    Raises:
+        ValueError: a grid dimension is empty, or ``fn`` returns a value whose shape does not
+            match the inner dimensions.
+    """
+    import itertools
+
+    import numpy as np
+    import xarray as xr
+
+    coords, inner = dict(coords), dict(inner or {})
+    if not coords or any(len(v) == 0 for v in coords.values()):
+        raise ValueError(f"grid: every dimension needs values, got {list(coords)}")
+    names, out = list(coords), {}
+    shape = tuple(len(v) for v in coords.values())
+    for index in itertools.product(*(range(n) for n in shape)):
+        point = {d: coords[d][i] for d, i in zip(names, index, strict=True)}
+        for var, value in fn(**point).items():
+            value = np.asarray(value)
+            dims = list(inner)[: value.ndim]
+            if value.shape != tuple(len(inner[d]) for d in dims):
+                raise ValueError(
+                    f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
+                    f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
+                )
+            if var not in out:
+                fill = np.nan if value.dtype.kind in "fc" else None
+                out[var] = (
+                    names + dims,
+                    np.full(shape + value.shape, fill, value.dtype if fill is not None else object),
+                )
+            out[var][1][index] = value
+    return xr.Dataset(out, coords={**coords, **inner})
 
 
 class Outcome(NamedTuple):

@@ -353,3 +353,24 @@ def test_config_base_names_presets_and_stores_its_fields():
     assert ds.attrs["config_flag"] == 1 and ds.attrs["elapsed_s"] > 0
     assert "library_version" in ds.attrs
     ds.to_netcdf(Path(tempfile.mkdtemp()) / "t.nc")  # every attribute is netCDF-safe
+
+
+def test_grid_runs_fn_on_every_point_and_checks_shapes():
+    from precond_lab import study
+
+    calls = []
+
+    def fn(a, b):
+        calls.append((a, b))
+        return {"s": a * 10 + b, "curve": [a, b, a + b], "name": f"{a}{b}"}
+
+    ds = study.grid({"a": [1, 2], "b": [3, 4, 5]}, fn, inner={"step": [0, 1, 2]})
+    assert calls == [(1, 3), (1, 4), (1, 5), (2, 3), (2, 4), (2, 5)]  # last dim fastest
+    assert ds["s"].dims == ("a", "b") and int(ds["s"].sel(a=2, b=4)) == 24
+    assert ds["curve"].dims == ("a", "b", "step")
+    assert list(ds["curve"].sel(a=2, b=5).values) == [2, 5, 7]
+    assert ds["name"].sel(a=1, b=5).item() == "15"
+    with pytest.raises(ValueError, match=r"grid: curve at \{'a': 1\} has shape \(2,\)"):
+        study.grid({"a": [1]}, lambda a: {"curve": [1, 2]}, inner={"step": [0, 1, 2]})
+    with pytest.raises(ValueError, match="every dimension needs values"):
+        study.grid({"a": []}, fn)
