@@ -568,14 +568,14 @@ for _paper in (
            "Shi, Hao-Jun Michael"),
           "Purifying Shampoo: Investigating Shampoo's Heuristics by Decomposing its "
           "Preconditioner", 2025, "arXiv preprint", "2506.03595", "v1 (Jun 2025)" + _UNREAD),
-    Paper(_P8, "P8", ("Yudin, N.", "others"),
+    Paper(_P8, "P8",
+          ("Yudin, Nikolay", "Grishina, Ekaterina", "Veprikov, Andrey", "Beznosikov, Alexandr",
+           "Rakhuba, Maxim"),
           "DyKAF: Dynamical Kronecker Approximation of the Fisher Information Matrix for "
           "Gradient Preconditioning", 2025, "arXiv preprint", "2511.06477",
-          "v1 (Nov 2025); the title as recalled (unverified) and only the first author known "
-          "here" + _UNREAD),
+          "v1 (Nov 2025); title and authors from the arXiv HTML page" + _UNREAD),
 ):
     PAPERS[_paper.key] = _paper
-_NOT_IMPLEMENTED = "is not implemented in precond_lab yet (no method, online estimator or study)"
 _CLAIM_LIST += [
     _c("P5-45", _P5, "Abstract (section not known; PDF not read)",
        "With one gradient G = USVᵀ, Shampoo's update (GGᵀ)^{-1/4} G (GᵀG)^{-1/4} is the polar "
@@ -597,18 +597,16 @@ _CLAIM_LIST += [
     _c("P7-55", _P7, "Abstract (section not known; PDF not read)",
        "Adam grafting compensates for Shampoo's stale and mis-scaled eigenvalues; correcting "
        "the eigenvalues in Shampoo's eigenbasis removes the need for grafting.",
-       _M, _PR, ("since_p4_purifying",), "abstract, third-party summaries",
-       setting="small captured layers and short training runs, not the paper's workloads",
-       needs="Purifying Shampoo " + _NOT_IMPLEMENTED + "; a test needs the mis-scaling of "
-       "Shampoo's eigenvalues against the Frobenius- and KL-optimal diagonal in its basis on "
-       "trajectory streams, and grafted vs corrected training runs"),
+       _M, _PR, "since_p4_online", "abstract, third-party summaries; official code "
+       "(facebookresearch/optimizers, eigenvalue-corrected Distributed Shampoo)",
+       setting="online estimators on captured digits-MLP gradient streams; the grafting "
+       "(training) half not yet tested"),
     _c("P8-60", _P8, "Abstract (section not known; PDF not read)",
        "DyKAF's projector-splitting online Kronecker factors approximate the Fisher better than "
        "Shampoo- and SOAP-style factor updates.",
-       _M, _PR, ("since_p4_dykaf",), "abstract, third-party summaries",
-       setting="online estimators on captured gradient streams of small layers",
-       needs="DyKAF " + _NOT_IMPLEMENTED + "; a test needs it as an online estimator scored "
-       "like P1-13/P3 against the batch optima on the same streams"),
+       _M, _PR, "since_p4_online", "abstract, third-party summaries; no official code found, "
+       "the KSL step transcribed from the method's description",
+       setting="online estimators on captured gradient streams of small layers"),
 ]
 # ==== issue 21: Clarifying Shampoo (P5), Purifying Shampoo (P7), DyKAF (P8) ========= end
 

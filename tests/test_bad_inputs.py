@@ -522,6 +522,36 @@ CASES = [
         r"frequency must be an integer in \[0, inf\); got -1",
     ),
     (
+        "online purifying_shampoo tolerance 2",
+        _online(lambda: onl.purifying_shampoo(tolerance=2.0)),
+        ValueError,
+        r"tolerance must be a real number in \[0, 1\]; got 2.0",
+    ),
+    (
+        "online purifying_shampoo solver 'svd'",
+        _online(lambda: onl.purifying_shampoo(solver="svd")),
+        ValueError,
+        r"solver must be one of \('qr', 'eigh'\), got 'svd'",
+    ),
+    (
+        "online purifying_shampoo max_iterations 0",
+        _online(lambda: onl.purifying_shampoo(max_iterations=0)),
+        ValueError,
+        r"max_iterations must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "online dykaf shampoo_beta 1",
+        _online(lambda: onl.dykaf(shampoo_beta=1.0)),
+        ValueError,
+        r"shampoo_beta must be a real number in \[0, 1\); got 1.0",
+    ),
+    (
+        "online dykaf tensor_mode",
+        _online(lambda: onl.dykaf(tensor_mode="matrix")),
+        ValueError,
+        r"online estimators take matrices \(m, n\): tensor_mode does not apply",
+    ),
+    (
         "online run every=0",
         lambda: onl.run_online(_g()[:3], ("shampoo",), every=0),
         ValueError,

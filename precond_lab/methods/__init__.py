@@ -1,7 +1,7 @@
 """The methods: one implementation of each optimiser's statistics, refresh and preconditioner.
 
 Each method is a ``Rule`` (``kl.py``, ``shampoo.py``, ``rootfree.py``, ``muon.py``,
-``psgd.py``, ``splus.py``)
+``psgd.py``, ``splus.py``, ``purifying.py``, ``dykaf.py``)
 registered with a ``MethodSpec`` in ``METHODS``: its name and label, the power its
 optimiser applies, its per-leaf state, the ``approximation(leaf) -> Structure`` that
 reads the ``Σ`` the state stands for, the reference code and paper it follows, and its
@@ -42,6 +42,7 @@ from ._core import (
 )
 from ._hp import hp, static_int
 from ._ops import TENSOR_MODES, all_finite, resolve_dtype, work_shape
+from .dykaf import DyKAFLeaf, dykaf_rule, ksl_step
 from .kl import EIGENVALUE_UPDATES, KLSOAPLeaf, KronLeaf, kl_soap_rule, trace_power_rule
 from .muon import (
     NS_COEFFS,
@@ -52,6 +53,7 @@ from .muon import (
     polar_factor,
 )
 from .psgd import WHITENINGS, PSGDLeaf, procrustes_step, psgd_kron_rule
+from .purifying import SOLVERS, PurifyingLeaf, offdiagonal_ratio, purifying_shampoo_rule
 from .rootfree import (
     AdamLeaf,
     IFShampooLeaf,
@@ -91,8 +93,19 @@ scale_by_adam = _scale_by(adam_rule)
 scale_by_muon = _scale_by(muon_rule)
 scale_by_psgd_kron = _scale_by(psgd_kron_rule)
 scale_by_splus = _scale_by(splus_rule)
+scale_by_purifying_shampoo = _scale_by(purifying_shampoo_rule)
+scale_by_dykaf = _scale_by(dykaf_rule)
 
 __all__ = [
+    "DyKAFLeaf",
+    "PurifyingLeaf",
+    "SOLVERS",
+    "dykaf_rule",
+    "ksl_step",
+    "offdiagonal_ratio",
+    "purifying_shampoo_rule",
+    "scale_by_dykaf",
+    "scale_by_purifying_shampoo",
     "scale_by_splus",
     "scale_by_psgd_kron",
     "splus_rule",

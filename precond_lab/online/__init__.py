@@ -1,7 +1,8 @@
 """Online (EMA) estimators: each registered method's rule fed a gradient stream.
 
 ``ESTIMATORS`` has one factory per method of ``precond_lab.methods`` (Shampoo, KL-Shampoo,
-the trace-power family, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam), e.g.
+the trace-power family, SOAP, KL-SOAP, IF-Shampoo, RF-RMSProp, Adam, Muon, PSGD-Kron,
+SPlus, Purifying Shampoo, DyKAF), e.g.
 ``est = online.kl_shampoo(shampoo_beta=0.98, frequency=10)``; its hyper-parameters and
 defaults are the method's, the ones its optimiser in ``precond_lab.optim`` uses:
 
@@ -34,12 +35,14 @@ from ._state import (
 from ._stationary import run_full_batch, stationary_set
 
 adam = ESTIMATORS["adam"]
+dykaf = ESTIMATORS["dykaf"]
 f_shampoo = ESTIMATORS["f_shampoo"]
 if_shampoo = ESTIMATORS["if_shampoo"]
 kl_shampoo = ESTIMATORS["kl_shampoo"]
 kl_soap = ESTIMATORS["kl_soap"]
 muon = ESTIMATORS["muon"]
 psgd_kron = ESTIMATORS["psgd_kron"]
+purifying_shampoo = ESTIMATORS["purifying_shampoo"]
 rf_rmsprop = ESTIMATORS["rf_rmsprop"]
 shampoo = ESTIMATORS["shampoo"]
 soap = ESTIMATORS["soap"]
@@ -60,6 +63,7 @@ __all__ = [
     "OnlineState",
     "UpdateFn",
     "adam",
+    "dykaf",
     "batch_factor",
     "batch_left",
     "batch_right",
@@ -75,6 +79,7 @@ __all__ = [
     "kl_soap",
     "muon",
     "psgd_kron",
+    "purifying_shampoo",
     "rf_rmsprop",
     "run_online",
     "run_full_batch",

@@ -25,6 +25,8 @@ gradient, update or state is skipped and counted (``SkipState.skipped``).
 ``muon``           Muon (optax.contrib.muon's arithmetic; AdamW on the other leaves)
 ``psgd_kron``      PSGD-Kron (psgd_torch's KronWhiten; AdamW on the other leaves)
 ``splus``          SPlus (kvfrans/splus's arithmetic; sign updates on the other leaves)
+``purifying_shampoo`` Purifying Shampoo (eigenvalue-corrected, adaptive refresh, no grafting)
+``dykaf``          DyKAF (SOAP on projector-splitting Kronecker factors)
 ``if_shampoo``     IF-Shampoo (root- and inverse-free; ``batch_size`` required)
 ``rf_rmsprop``     RF-RMSProp (root-free RMSProp; ``batch_size`` required)
 ``adamw``, ``sgd`` the baselines (``adamw`` equals ``optax.adamw``)
@@ -36,21 +38,25 @@ from __future__ import annotations
 from ..methods import (
     METHODS,
     AdamLeaf,
+    DyKAFLeaf,
     IFShampooLeaf,
     KLSOAPLeaf,
     KronLeaf,
     KronState,
     MuonLeaf,
     PSGDLeaf,
+    PurifyingLeaf,
     RFRMSPropLeaf,
     ShampooLeaf,
     SOAPLeaf,
     SPlusLeaf,
     scale_by_adam,
+    scale_by_dykaf,
     scale_by_if_shampoo,
     scale_by_kl_soap,
     scale_by_muon,
     scale_by_psgd_kron,
+    scale_by_purifying_shampoo,
     scale_by_rf_rmsprop,
     scale_by_shampoo,
     scale_by_soap,
@@ -72,12 +78,14 @@ from ._common import (
 )
 from ._factories import (
     adamw,
+    dykaf,
     f_shampoo,
     if_shampoo,
     kl_shampoo,
     kl_soap,
     muon,
     psgd_kron,
+    purifying_shampoo,
     rf_rmsprop,
     sgd,
     shampoo,
@@ -101,6 +109,8 @@ OPTIMIZERS = {
     "muon": muon,
     "psgd_kron": psgd_kron,
     "splus": splus,
+    "purifying_shampoo": purifying_shampoo,
+    "dykaf": dykaf,
     "if_shampoo": if_shampoo,
     "rf_rmsprop": rf_rmsprop,
     "adamw": adamw,
@@ -117,6 +127,12 @@ __all__ = [
     "KRON",
     "OPTIMIZERS",
     "AdamLeaf",
+    "DyKAFLeaf",
+    "PurifyingLeaf",
+    "dykaf",
+    "purifying_shampoo",
+    "scale_by_dykaf",
+    "scale_by_purifying_shampoo",
     "IFShampooLeaf",
     "KLSOAPLeaf",
     "KronLeaf",

@@ -26,11 +26,13 @@ import optax
 from ..methods import (
     Rule,
     adam_rule,
+    dykaf_rule,
     hp,
     if_shampoo_rule,
     kl_soap_rule,
     muon_rule,
     psgd_kron_rule,
+    purifying_shampoo_rule,
     rf_rmsprop_rule,
     shampoo_rule,
     soap_rule,
@@ -42,12 +44,14 @@ from ._common import scale_and_decay, skip_nonfinite, with_fallback
 
 __all__ = [
     "adamw",
+    "dykaf",
     "f_shampoo",
     "if_shampoo",
     "kl_shampoo",
     "kl_soap",
     "muon",
     "psgd_kron",
+    "purifying_shampoo",
     "rf_rmsprop",
     "sgd",
     "shampoo",
@@ -368,6 +372,27 @@ splus = _optimiser(
     learning_rate=0.2,
     fallback=_splus_fallback,
     weight_decay=None,
+)
+
+
+purifying_shampoo = _optimiser(
+    purifying_shampoo_rule,
+    "purifying_shampoo",
+    "Purifying Shampoo: eigenvalue-corrected Shampoo with the warm-started, criterion-gated "
+    "eigenbasis refresh (Distributed Shampoo's arithmetic, ``lr = 1e-3``), no grafting; "
+    "AdamW with the same ``b1, b2, eps`` on the other leaves.",
+    learning_rate=1e-3,
+    weight_decay=0.0,
+)
+dykaf = _optimiser(
+    dykaf_rule,
+    "dykaf",
+    "DyKAF: SOAP (``lr = 3e-3, betas = (0.95, 0.95)``) in the eigenbasis of Kronecker "
+    "factors tracked by a projector-splitting step; AdamW on the other leaves.",
+    learning_rate=3e-3,
+    defaults={"shampoo_beta": None},
+    tied={"shampoo_beta": "b2"},
+    skip_first=True,
 )
 
 

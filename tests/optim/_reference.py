@@ -401,3 +401,111 @@ def splus(w, grads, *, lr, b1=0.9, b2=0.999, eps=1e-30, every=100, wd=1e-2, cons
         w = w - lr * scale * (u + wd * w)
         out.append(w.copy())
     return out
+
+
+def _offdiag_ratio(b):
+    norm = np.linalg.norm(b)
+    off = np.sqrt(max(norm**2 - np.sum(np.diag(b) ** 2), 0.0))
+    return off / norm if norm > 0 else 0.0
+
+
+def purifying_refresh(s, q, *, eps, tol, solver, iterations):
+    """Distributed Shampoo's ``matrix_eigendecomposition`` with a warm start ``q``: the
+    QR algorithm (``qr_algorithm``: iterate while the off-diagonal criterion fails, then
+    sort by the estimated eigenvalues) or ``eigh`` skipped when the criterion holds."""
+    a = s + eps * np.eye(len(s))
+    b = q.T @ a @ q
+    if solver == "eigh":
+        if tol > 0 and _offdiag_ratio(b) <= tol:
+            return q
+        return np.linalg.eigh(a)[1]
+    it = 0
+    while it < iterations and not _offdiag_ratio(b) <= tol:
+        qq, r = np.linalg.qr(b)
+        b = r @ qq
+        q = q @ qq
+        it += 1
+    return q[:, np.argsort(np.diag(b), kind="stable")]
+
+
+def purifying_shampoo(
+    w, grads, *, lr, b1=0.9, b2=0.999, eps=1e-12, every=10, tol=0.01, solver="qr", iters=1
+):
+    """Purifying Shampoo on a matrix (eigenvalue-corrected Shampoo, Distributed Shampoo's
+    ``step``): factors, bias correction, the criterion-gated refresh every ``every`` steps,
+    corrected eigenvalues in the new basis, bias-corrected momentum, the direction."""
+    w = np.array(w, dtype=np.float64)
+    m, n = w.shape
+    sa, sb, qa, qb = np.zeros((m, m)), np.zeros((n, n)), np.eye(m), np.eye(n)
+    v, mom, out = np.zeros_like(w), np.zeros_like(w), []
+    for t, g in enumerate(grads, start=1):
+        sa, sb = b2 * sa + (1 - b2) * g @ g.T, b2 * sb + (1 - b2) * g.T @ g
+        c2 = 1 - b2**t
+        if t % every == 0:
+            kw = dict(eps=eps, tol=tol, solver=solver, iterations=iters)
+            qa, qb = purifying_refresh(sa / c2, qa, **kw), purifying_refresh(sb / c2, qb, **kw)
+        v = b2 * v + (1 - b2) * (qa.T @ g @ qb) ** 2
+        mom = b1 * mom + (1 - b1) * g
+        m_hat = mom / (1 - b1**t)
+        d = qa @ ((qa.T @ m_hat @ qb) / (np.sqrt(v / c2) + eps)) @ qb.T
+        w = w - lr * d
+        out.append(w.copy())
+    return out
+
+
+def ksl_kronecker(u, v, s, g, beta):
+    """One KSL projector-splitting step of the rank-1 approximation ``(vec U) s (vec V)ᵀ`` of
+    the rearranged second moment, written on the dense ``mn × mn`` matrices: ``Y₀ = s U ⊗ V``,
+    ``ΔF = (1−β)(E[ggᵀ] − Y₀)`` (``g`` one gradient or a per-example batch) rearranged
+    (``𝓡(L⊗R) = vec L vec Rᵀ``, row-major ``vec``);
+    ``K = U s + 𝓡(ΔF) vec V``, ``U' = K/‖K‖``, ``s̃ = U'ᵀ𝓡(Y₀)vec V``,
+    ``L = V s̃ + 𝓡(ΔF)ᵀU'``, ``s' = ‖L‖``, ``V' = L/s'``."""
+    g = np.asarray(g)
+    gb = g[None] if g.ndim == 2 else g  # a per-example batch: its mean outer product
+    m, n = gb.shape[1:]
+    vecs = gb.reshape(len(gb), -1)
+    delta = (1 - beta) * (vecs.T @ vecs / len(gb) - s * np.kron(u, v))
+    # 𝓡: entry ((i,j),(a,b)) = F[(i,a),(j,b)]
+    rd = delta.reshape(m, n, m, n).transpose(0, 2, 1, 3).reshape(m * m, n * n)
+    uv, vv = u.reshape(-1), v.reshape(-1)
+    k = uv * s + rd @ vv
+    u1 = k / np.linalg.norm(k)
+    s_tilde = s * (u1 @ uv)  # U'ᵀ (vec U) s (vec V)ᵀ vec V, ‖vec V‖ = 1
+    lv = vv * s_tilde + rd.T @ u1
+    s1 = np.linalg.norm(lv)
+    return u1.reshape(m, m), (lv / s1).reshape(n, n), s1
+
+
+def dykaf_factors(grads, *, beta=0.95):
+    """DyKAF's ``(U, V, s)`` after each gradient, from ``U = I/√m, V = I/√n, s = 0``."""
+    m, n = np.shape(grads[0])[-2:]
+    u, v, s, out = np.eye(m) / np.sqrt(m), np.eye(n) / np.sqrt(n), 0.0, []
+    for g in grads:
+        u, v, s = ksl_kronecker(u, v, s, g, beta)
+        out.append((u, v, s))
+    return out
+
+
+def dykaf(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
+    """DyKAF on a matrix: ``soap`` above with the KSL factors (``dykaf_factors``)."""
+    w = w.copy()
+    factors, out = dykaf_factors(grads, beta=beta), []
+    for k, g in enumerate(grads):
+        if k == 0:
+            qa, qb = eig_desc(factors[0][0]), eig_desc(factors[0][1])
+            mu, nu = np.zeros_like(g), np.zeros_like(g)
+            out.append(w.copy())
+            continue
+        gp = qa.T @ g @ qb
+        mu = b1 * mu + (1 - b1) * gp
+        nu = b2 * nu + (1 - b2) * gp**2
+        step = lr * np.sqrt(1 - b2**k) / (1 - b1**k)
+        w = w - step * qa @ (mu / (np.sqrt(nu) + eps)) @ qb.T
+        w = w - lr * wd * w
+        ua, ub, _ = factors[k]
+        if k % T == 0:
+            full = qa @ mu @ qb.T
+            qa, qb = np.linalg.qr(ua @ qa)[0], np.linalg.qr(ub @ qb)[0]
+            mu = qa.T @ full @ qb
+        out.append(w.copy())
+    return out
