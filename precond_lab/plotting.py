@@ -47,6 +47,7 @@ __all__ = [
     "legend",
     "band",
     "quartile_errorbar",
+    "plot_timings",
     "metric_label",
     "metric_symbol",
     "plot_batch_size",
@@ -768,3 +769,30 @@ def quartile_errorbar(ax, x, da: xr.DataArray, over: str, **kw):
     """Median over ``over`` with error bars from its 25 % to its 75 % quantile."""
     q = da.quantile([0.25, 0.5, 0.75], over).transpose("quantile", ...).values
     return ax.errorbar(x, q[1], yerr=np.stack([q[1] - q[0], q[2] - q[1]]), capsize=2, **kw)
+
+
+def plot_timings(
+    seconds: xr.DataArray,
+    *,
+    x: str = "size",
+    hue: str = "optimiser",
+    over: str = "repeat",
+    xlabel: str = "weight n×n",
+    ylabel: str = "seconds per step",
+    title: str = "",
+) -> Figure:
+    """Interleaved timings: per ``hue``, the median over ``over`` against ``x`` with its
+    quartiles as error bars, on log axes (the spread a timing verdict must clear)."""
+    fig, axes = figure(1, 1, panel=(4.2, 3.2))
+    ax = axes[0, 0]
+    for i, name in enumerate(seconds[hue].values):
+        quartile_errorbar(
+            ax, seconds[x], seconds.sel({hue: name}), over, fmt="os^dv<>"[i % 7] + "-",
+            color=list(OKABE_ITO.values())[(i + 1) % len(OKABE_ITO)], label=str(name),
+        )  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+    ax.set_xticks(seconds[x].values, [str(int(d)) for d in seconds[x].values])
+    ax.minorticks_off()
+    ax.set_title(f"{title} (median, quartiles of {seconds.sizes[over]} interleaved rounds)")
+    ax.legend()
+    return fig

@@ -1663,6 +1663,12 @@ CASES = [
         r"need batch ≥ 1 and a non-empty plan, got 0",
     ),
     (
+        "online segment_plan of no steps",
+        lambda: onl.segment_plan([], 5),
+        ValueError,
+        r"segment_plan: need steps and length ≥ 1, got \[\], 5",
+    ),
+    (
         "optim state_size field not a name",
         lambda: _po().state_size({}, field=3),
         ValueError,

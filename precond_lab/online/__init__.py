@@ -21,7 +21,14 @@ from ..methods import OnlineState, if_shampoo_stationarity
 from ._estimators import ESTIMATORS, bregman_shampoo, estimator
 from ._invariance import batch_size_response, initialisation_response
 from ._runner import run_online, state_is_finite, structure_cosine
-from ._scoring import GAP_ROUNDOFF, captured_stream, checked_gap, kronecker_member, score_stream
+from ._scoring import (
+    GAP_ROUNDOFF,
+    captured_stream,
+    checked_gap,
+    kronecker_member,
+    score_stream,
+    segment_plan,
+)
 from ._state import (
     ApproximationFn,
     InitFn,
@@ -57,6 +64,7 @@ __all__ = [
     "checked_gap",
     "kronecker_member",
     "score_stream",
+    "segment_plan",
     "ApproximationFn",
     "InitFn",
     "OnlineEstimator",

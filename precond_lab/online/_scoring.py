@@ -19,7 +19,14 @@ from ..errors import ConvergenceError
 from ..structures import Kronecker
 from ..targets import Target
 
-__all__ = ["GAP_ROUNDOFF", "captured_stream", "checked_gap", "kronecker_member", "score_stream"]
+__all__ = [
+    "GAP_ROUNDOFF",
+    "captured_stream",
+    "checked_gap",
+    "kronecker_member",
+    "score_stream",
+    "segment_plan",
+]
 
 #: A gap below ``−GAP_ROUNDOFF·max(1, |KL_opt|)`` is an error (round-off otherwise).
 GAP_ROUNDOFF = 1e-9
@@ -190,3 +197,13 @@ def captured_stream(
     feed = np.stack([pools[s][rng.integers(0, len(pools[s]), int(batch))] for s in plan])
     targets = {s: SampleTarget(jnp.asarray(p)) for s, p in pools.items()}
     return feed, [targets[int(s)] for s in plan], damping
+
+
+def segment_plan(steps: Sequence[int], length: int) -> list[int]:
+    """The captured step each of ``length`` stream steps draws from: ``steps`` in order, in
+    equal segments (one step: a stationary stream)."""
+    steps = [int(s) for s in steps]
+    if not steps or int(length) < 1:
+        raise ValueError(f"segment_plan: need steps and length ≥ 1, got {steps}, {length}")
+    k, length = len(steps), int(length)
+    return [steps[min(k - 1, t * k // length)] for t in range(length)]

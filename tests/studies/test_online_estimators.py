@@ -20,7 +20,7 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert list(ds["variant"].values) == list(study.VARIANTS)
     assert ds.attrs["preset"] == "test" and ds.attrs["config_batch"] == 8
     assert list(ds["stream"].values) == list(study.STREAMS)
-    assert ds["kl_gap"].dims == ("stream", "layer", "seed", "step", "variant")
+    assert ds["kl_gap"].dims == ("stream", "layer", "seed", "variant", "step")
     assert np.all(np.isfinite(ds["kl_gap"].values))
     assert np.all(np.isfinite(ds["direction_cosine"].values))
     # one family: every gap is ≥ 0 (the damped KL optimum is the family's minimum)
