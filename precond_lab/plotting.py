@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import re
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -48,6 +48,7 @@ __all__ = [
     "band",
     "quartile_errorbar",
     "plot_timings",
+    "grid_lines",
     "metric_label",
     "metric_symbol",
     "plot_batch_size",
@@ -795,4 +796,61 @@ def plot_timings(
     ax.minorticks_off()
     ax.set_title(f"{title} (median, quartiles of {seconds.sizes[over]} interleaved rounds)")
     ax.legend()
+    return fig
+
+
+def grid_lines(
+    da: xr.DataArray,
+    *,
+    x: str,
+    hue: str,
+    row: str,
+    col: str,
+    title: Callable[..., str] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    suptitle: str = "",
+    panel: tuple[float, float] = (3.3, 2.6),
+    legend_cols: int = 4,
+) -> Figure:
+    """A grid of panels over a Dataset's dims: one panel per (``row``, ``col``) value, one
+    line per ``hue`` value against ``x``.
+
+    A ``hue`` value that is all NaN in a panel draws nothing there (e.g. K-FAC where it was
+    not fitted); a panel that is all NaN is switched off (e.g. a model with fewer layers).
+    Estimator hues take ``estimator_style`` / ``estimator_label``.
+
+    Args:
+        da: the values, with exactly the dims ``x``, ``hue``, ``row``, ``col``.
+        title: ``title(row=value, col=value) -> str`` for each panel.
+        xlabel, ylabel: the outer panels' axis labels; ``suptitle`` the figure's title.
+    """
+    missing = sorted({x, hue, row, col} - set(da.dims)) or sorted(set(da.dims) - {x, hue, row, col})
+    if missing:
+        raise ValueError(f"grid_lines: dims {missing} do not match x/hue/row/col of {da.dims}")
+    rows, cols = list(da[row].values), list(da[col].values)
+    fig, axes = figure(len(rows), len(cols), panel=panel)
+    for r, rv in enumerate(rows):
+        for c, cv in enumerate(cols):
+            ax, cell = axes[r, c], da.sel({row: rv, col: cv})
+            if bool(cell.isnull().all()):
+                ax.set_axis_off()
+                continue
+            for i, h in enumerate(cell[hue].values):
+                y = cell.sel({hue: h}).transpose(x).values
+                if np.all(np.isnan(y)):
+                    continue
+                h = str(h)
+                style_ = estimator_style(h, i) if hue == "estimator" else {}
+                label = estimator_label(h) if hue == "estimator" else h
+                ax.plot(cell[x].values, y, label=label, gid=h, **style_)
+            if title is not None:
+                ax.set_title(title(row=rv, col=cv), fontsize=8)
+            if r == len(rows) - 1:
+                ax.set_xlabel(xlabel)
+            if c == 0:
+                ax.set_ylabel(ylabel)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    legend(fig, axes, ncols=legend_cols)
+    _suptitle(fig, suptitle)
     return fig

@@ -224,8 +224,11 @@ def grid(
     Args:
         coords: ``{dim: values}``; the points are their Cartesian product, the last ``dim``
             varying fastest (so ``fn`` can cache work shared by the outer ones).
-        fn: ``fn(**point) -> {variable: value}``; a value is a scalar, or an array whose
-            dimensions are ``inner``'s (in order; trailing ones may be left out).
+        fn: ``fn(**point) -> {variable: value}``; a value is a scalar, an array whose
+            dimensions are ``inner``'s (in order; trailing ones may be left out), or a
+            ``(dims, array)`` pair naming some of ``inner``'s dimensions. A point may
+            leave variables out (e.g. a model with fewer layers): they are NaN there
+            (floats), -1 (integers, booleans as int8) or ``""`` (text).
         inner: ``{dim: values}`` of the arrays ``fn`` returns (e.g. ``{"step": steps}``).
 
     Returns:
@@ -249,19 +252,27 @@ def grid(
     for index in itertools.product(*(range(n) for n in shape)):
         point = {d: coords[d][i] for d, i in zip(names, index, strict=True)}
         for var, value in fn(**point).items():
-            value = np.asarray(value)
-            dims = list(inner)[: value.ndim]
+            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple):
+                dims, value = list(value[0]), np.asarray(value[1])
+                unknown = [d for d in dims if d not in inner]
+                if unknown:
+                    raise ValueError(f"grid: {var} names dims {unknown} not in inner")
+            else:
+                value = np.asarray(value)
+                dims = list(inner)[: value.ndim]
             if value.shape != tuple(len(inner[d]) for d in dims):
                 raise ValueError(
                     f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
                     f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
                 )
-            if var not in out:
-                fill = np.nan if value.dtype.kind in "fc" else None
-                out[var] = (
-                    names + dims,
-                    np.full(shape + value.shape, fill, value.dtype if fill is not None else object),
-                )
+            if var in out and out[var][0] != names + dims:
+                raise ValueError(f"grid: {var} changes its dims at {point}")
+            if var not in out:  # missing points: NaN (floats), -1 (integers), "" (text)
+                kind = value.dtype.kind
+                dtype, fill = {"f": (value.dtype, np.nan), "c": (value.dtype, np.nan),
+                               "i": (np.int64, -1), "u": (np.int64, -1),
+                               "b": (np.int8, -1)}.get(kind, (object, ""))  # fmt: skip
+                out[var] = (names + dims, np.full(shape + value.shape, fill, dtype))
             out[var][1][index] = value
     return xr.Dataset(out, coords={**coords, **inner})
 

@@ -374,3 +374,20 @@ def test_grid_runs_fn_on_every_point_and_checks_shapes():
         study.grid({"a": [1]}, lambda a: {"curve": [1, 2]}, inner={"step": [0, 1, 2]})
     with pytest.raises(ValueError, match="every dimension needs values"):
         study.grid({"a": []}, fn)
+
+
+def test_grid_named_inner_dims_and_missing_points():
+    import numpy as np
+
+    from precond_lab import study
+
+    def fn(a):
+        if a == 2:
+            return {}  # e.g. a model without this layer slot
+        return {"m": (("j",), [1.0, 2.0]), "k": [a, a, a]}
+
+    ds = study.grid({"a": [1, 2]}, fn, inner={"i": [0, 1, 2], "j": [0, 1]})
+    assert ds["m"].dims == ("a", "j") and ds["k"].dims == ("a", "i")
+    assert np.isnan(ds["m"].sel(a=2)).all() and float(ds["k"].sel(a=1, i=2)) == 1.0
+    with pytest.raises(ValueError, match=r"names dims \['z'\] not in inner"):
+        study.grid({"a": [1]}, lambda a: {"m": (("z",), [1.0])}, inner={"i": [0]})

@@ -32,7 +32,7 @@ from ._flat_tail import (
     kl_flat_tail,
     spike_profile,
 )
-from ._frobenius import frobenius_optimal, power_iteration
+from ._frobenius import frobenius_optimal, power_iteration, rearranged_singular_values
 from ._kfac import kfac
 from ._kl import instantaneous_kl_direction, kl_optimal, one_sided_kl
 from ._registry import (
@@ -44,7 +44,7 @@ from ._registry import (
     parse_estimator,
     register,
 )
-from ._shampoo import shampoo, shampoo_squared
+from ._shampoo import shampoo, shampoo_host, shampoo_squared
 
 __all__ = [
     "ESTIMATORS",
@@ -71,6 +71,8 @@ __all__ = [
     "one_sided_kl",
     "power_iteration",
     "shampoo",
+    "shampoo_host",
+    "rearranged_singular_values",
     "shampoo_squared",
     "spike_profile",
     "trace_power_statistic",

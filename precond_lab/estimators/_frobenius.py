@@ -20,7 +20,7 @@ from ..targets import Target
 from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, on_target, register
 
-__all__ = ["frobenius_optimal", "power_iteration"]
+__all__ = ["frobenius_optimal", "power_iteration", "rearranged_singular_values"]
 
 
 def _fix_sign(a, b):
@@ -283,3 +283,62 @@ register(
         example_args="(3)",
     )
 )
+
+
+def rearranged_singular_values(samples, *, k: int = 2, steps: int = 40, weights=None) -> np.ndarray:
+    """The ``k`` largest singular values of the rearranged ``R(Σ)`` (never formed).
+
+    Golub–Kahan–Lanczos bidiagonalization from ``vec(I)`` with full reorthogonalization
+    (host-side, float64), the recursion ``frobenius_optimal`` runs for the top triplet,
+    through ``R(Σ)vec(B) = vec(E[GBGᵀ])`` and ``R(Σ)ᵀvec(A) = vec(E[GᵀAG])``. With
+    ``steps ≥ min(m², n²)`` the values are exact; fewer give the top Ritz values (lower
+    bounds). ``σ₂/σ₁`` is the power iteration's convergence rate (P3).
+
+    Args:
+        samples: ``(N, m, n)`` per-example matrices, a DataArray, or a Target.
+        k: how many values (``≥ 1``); missing ones (rank of ``R(Σ)`` below ``k``) are 0.
+        steps: maximum bidiagonalization steps (``≥ k``).
+        weights: ``(N,)`` sample weights (default ``1/N``).
+
+    Returns:
+        ``(k,)`` float64, descending.
+    """
+    k = check_number(k, "k", low=1, integer=True)
+    steps = check_number(steps, "steps", low=k, integer=True)
+    target = target_of(samples, weights, False, None)
+    m, n = target.matrix_shape
+    dt = target.dtype
+    us: list[np.ndarray] = []
+    vs, alphas, betas = [np.eye(n).reshape(-1) / np.sqrt(n)], [], []
+    scale = 0.0
+    for j in range(min(int(steps), m * m, n * n)):
+        p = np.asarray(target.contract_left(vs[j].reshape(n, n).astype(dt)), float).reshape(-1)
+        p = p - (betas[-1] * us[-1] if us else 0.0)
+        for _ in range(2):
+            if us:
+                q = np.stack(us)
+                p = p - q.T @ (q @ p)
+        alpha = float(np.linalg.norm(p))
+        scale = max(scale, alpha)
+        if alpha <= 1e-13 * scale:
+            break
+        us.append(p / alpha)
+        alphas.append(alpha)
+        r = np.asarray(target.contract_right(us[j].reshape(m, m).astype(dt)), float).reshape(-1)
+        r = r - alpha * vs[j]
+        for _ in range(2):
+            q = np.stack(vs)
+            r = r - q.T @ (q @ r)
+        beta = float(np.linalg.norm(r))
+        if beta <= 1e-13 * scale:
+            break
+        betas.append(beta)
+        vs.append(r / beta)
+    rows = len(alphas)
+    cols = min(len(vs), rows + 1)
+    bid = np.zeros((rows, cols))
+    bid[np.arange(rows), np.arange(rows)] = alphas
+    sup = min(len(betas), cols - 1)
+    bid[np.arange(sup), np.arange(1, sup + 1)] = betas[:sup]
+    sv = np.linalg.svd(bid, compute_uv=False) if rows else np.zeros(0)
+    return np.concatenate([sv[:k], np.zeros(max(0, k - len(sv)))])

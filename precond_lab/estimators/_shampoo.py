@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..linalg import psd_power, symmetrize
 from ..structures import Kronecker
 from ._common import target_of
 from ._registry import EstimatorSpec, on_target, register
 
-__all__ = ["shampoo", "shampoo_squared"]
+__all__ = ["shampoo", "shampoo_host", "shampoo_squared"]
 
 
 def shampoo(
@@ -73,3 +75,22 @@ register(
         marker="s",
     )
 )
+
+
+def shampoo_host(
+    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+) -> Kronecker:
+    """``shampoo`` with the square roots taken on the host in NumPy float64.
+
+    The same ``L^{1/2} ⊗ R^{1/2}`` (to round-off); it avoids compiling an
+    eigendecomposition per layer shape (about 0.4 s each on CPU), which dominates a sweep
+    over many small layers. Not traceable (it leaves JAX).
+    """
+    target = target_of(samples, weights, center, chunk_size)
+    left, right = target.second_moments()
+
+    def root(a):
+        w, v = np.linalg.eigh(np.asarray(a, np.float64))
+        return ((v * np.sqrt(np.maximum(w, 0.0))) @ v.T).astype(target.dtype)
+
+    return Kronecker(root(left), root(right))

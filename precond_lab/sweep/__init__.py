@@ -65,7 +65,7 @@ assembly) and ``curves`` (spectra, power-iteration curves).
 from ..errors import CellSkipped
 from ..estimators import ESTIMATORS, FitContext, parse_estimator
 from .cells import CellCache, DampingRule, Fit
-from .curves import kron_cosine, power_iteration_curve, spectra
+from .curves import identity_overlaps, kron_cosine, power_cosines, power_iteration_curve, spectra
 from .grid import EvaluationWarning
 from .loop import DEFAULT_ESTIMATORS, evaluate
 from .sources import CaptureSource, DictSource, Source, open_source
@@ -87,5 +87,7 @@ __all__ = [
     "open_source",
     "parse_estimator",
     "power_iteration_curve",
+    "power_cosines",
+    "identity_overlaps",
     "spectra",
 ]
