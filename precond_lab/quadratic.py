@@ -107,10 +107,22 @@ def make_quadratic(
         ValueError: a size or level out of range.
     """
     for name, v in (("m", m), ("n", n), ("rank", rank)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "rank" else 1):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, np.integer))
+            or v < (0 if name == "rank" else 1)
+        ):
             raise ValueError(f"{name} must be an integer ≥ {0 if name == 'rank' else 1}; got {v!r}")
-    for name, v in (("decades", decades), ("low_rank", low_rank), ("diagonal", diagonal), ("scale", scale), ("optimum", optimum)):
-        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0) or (name == "scale" and v == 0):
+    for name, v in (
+        ("decades", decades),
+        ("low_rank", low_rank),
+        ("diagonal", diagonal),
+        ("scale", scale),
+        ("optimum", optimum),
+    ):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0) or (
+            name == "scale" and v == 0
+        ):
             raise ValueError(f"{name} must be a finite number ≥ 0 (scale > 0); got {v!r}")
     rng = np.random.default_rng(seed)
     qa = np.linalg.qr(rng.standard_normal((m, m)))[0]
@@ -224,12 +236,36 @@ def _preconditioner(fits, variant: str, fraction: float, power: float) -> EigenK
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "variant", "steps", "batch", "history", "refit_every", "sweeps", "init_sweeps",
-        "fraction", "power", "damping_rel", "blowup",
+        "variant",
+        "steps",
+        "batch",
+        "history",
+        "refit_every",
+        "sweeps",
+        "init_sweeps",
+        "fraction",
+        "power",
+        "damping_rel",
+        "blowup",
     ),
 )
-def _train(task, key, eta, *, variant, steps, batch, history, refit_every, sweeps,
-           init_sweeps, fraction, power, damping_rel, blowup):
+def _train(
+    task,
+    key,
+    eta,
+    *,
+    variant,
+    steps,
+    batch,
+    history,
+    refit_every,
+    sweeps,
+    init_sweeps,
+    fraction,
+    power,
+    damping_rel,
+    blowup,
+):
     m, n = task.diagonal.shape
     dt = task.diagonal.dtype
     k_pre, k_run = jax.random.split(key)
@@ -323,13 +359,29 @@ def train_gain_swap(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {tuple(VARIANTS)}; got {variant!r}")
-    for name, v in (("steps", steps), ("batch", batch), ("history", history),
-                    ("refit_every", refit_every), ("sweeps", sweeps), ("init_sweeps", init_sweeps)):
+    for name, v in (
+        ("steps", steps),
+        ("batch", batch),
+        ("history", history),
+        ("refit_every", refit_every),
+        ("sweeps", sweeps),
+        ("init_sweeps", init_sweeps),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an integer ≥ 1; got {v!r}")
     return _train(
-        task, key, jnp.asarray(eta, task.diagonal.dtype), variant=variant, steps=int(steps),
-        batch=int(batch), history=int(history), refit_every=int(refit_every),
-        sweeps=int(sweeps), init_sweeps=int(init_sweeps), fraction=float(fraction),
-        power=float(power), damping_rel=float(damping_rel), blowup=float(blowup),
+        task,
+        key,
+        jnp.asarray(eta, task.diagonal.dtype),
+        variant=variant,
+        steps=int(steps),
+        batch=int(batch),
+        history=int(history),
+        refit_every=int(refit_every),
+        sweeps=int(sweeps),
+        init_sweeps=int(init_sweeps),
+        fraction=float(fraction),
+        power=float(power),
+        damping_rel=float(damping_rel),
+        blowup=float(blowup),
     )

@@ -102,8 +102,11 @@ def test_trace_power_fit_reaches_the_library_fit(q):
     g = np.random.default_rng(3).standard_normal((40, 4, 6)) * np.linspace(0.2, 2, 6)
     lam = 1e-3 * np.mean(np.sum(g**2, axis=(1, 2))) / 24
     left, right = qd.trace_power_fit(jnp.asarray(g), q, lam, jnp.eye(4), jnp.eye(6), 400)
-    ref = (est.kl_optimal(g, damping=lam, tol=1e-14) if q == 0.0
-           else est.bregman_optimal(g, q, damping=lam, tol=1e-14, max_iter=2000)).to_dense()
+    ref = (
+        est.kl_optimal(g, damping=lam, tol=1e-14)
+        if q == 0.0
+        else est.bregman_optimal(g, q, damping=lam, tol=1e-14, max_iter=2000)
+    ).to_dense()
     assert _rel(np.kron(left, right), np.asarray(ref)) <= 1e-9
 
 
