@@ -40,6 +40,7 @@ from .structures import EigenKronecker, Kronecker
 __all__ = [
     "VARIANTS",
     "QuadraticTask",
+    "fit_error",
     "hessian_dense",
     "hessian_matvec",
     "loss",
@@ -385,3 +386,23 @@ def train_gain_swap(
         damping_rel=float(damping_rel),
         blowup=float(blowup),
     )
+
+
+def fit_error(fits, window, damping) -> dict:
+    """``‖S − S_lib‖_F / ‖S_lib‖_F`` of in-scan fits ``{q: (L, R)}`` against the library's fit
+    (``kl_optimal`` for ``q = 0``, else ``bregman_optimal``) on the same window and ``λ``
+    (how closely the warm-started sweeps of ``train_gain_swap`` track the converged fits)."""
+    err = {}
+    for q, (left, right) in fits.items():
+        lam = float(damping)
+        ref = (
+            est.kl_optimal(window, damping=lam)
+            if float(q) == 0.0
+            else est.bregman_optimal(window, float(q), damping=lam)
+        )
+        a, b = np.asarray(ref.scale * ref.left), np.asarray(ref.right)
+        left, right = np.asarray(left), np.asarray(right)
+        cross = np.sum(a * left) * np.sum(b * right)
+        ref2, own2 = np.sum(a * a) * np.sum(b * b), np.sum(left**2) * np.sum(right**2)
+        err[float(q)] = float(np.sqrt(max(ref2 + own2 - 2 * cross, 0.0) / ref2))
+    return err

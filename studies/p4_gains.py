@@ -31,26 +31,17 @@ TITLE = "P4 App. D.3: replacing KL's gains by F's or SQ's on a non-Kronecker qua
 VARIANTS = ("kl", "f_leading", "f_tail", "sq_leading", "sq_tail", "f", "sq")
 SWAPS = ("f_leading", "f_tail", "sq_leading", "sq_tail")
 #: The paper's final losses (App. D.3; mean of 3 seeds at η = 2e-3, as the brief gives them).
-PAPER = {
-    "kl": 0.00844,
-    "f_leading": 1.441,
-    "f_tail": 0.0333,
-    "sq_leading": 0.00857,
-    "sq_tail": 0.00855,
-}
-PAPER_SETTING = (
-    "384-dim (16×24) quadratic, B = 64, each preconditioner fitted from 40 "
-    "gradients, η = 2e-3, 1,000 steps, 3 seeds"
-)
-TIE = 0.05  # dex of final loss (≈ 12 %): within ±TIE a tie, beyond it better/worse (ours)
-MUCH = 0.5  # dex (≈ 3.2×): "much worse" (ours)
+PAPER = dict(kl=0.00844, f_leading=1.441, f_tail=0.0333, sq_leading=0.00857, sq_tail=0.00855)
+PAPER_SETTING = "16×24 quadratic, B = 64, fits from 40 gradients, η = 2e-3, 1,000 steps, 3 seeds"
+#: ours, in dex of final loss: ±TIE (≈ 12 %) a tie, beyond it better/worse; MUCH (≈ 3.2×)
+TIE, MUCH = 0.05, 0.5
+QS = [0.0, 0.5, 2.0]  # the trace powers of KL, SQ, F
+TRAIN_KEYS = "steps batch history refit_every sweeps fraction power damping_rel".split()
 #: what the claim needs of each swap: (decision, threshold in dex)
-WANT = {
-    "sq_leading": (Decision.TIE, TIE),
-    "sq_tail": (Decision.TIE, TIE),
-    "f_leading": (Decision.WORSE, MUCH),
-    "f_tail": (Decision.WORSE, TIE),
-}
+_TIE, _WORSE = Decision.TIE, Decision.WORSE
+WANT = dict(
+    sq_leading=(_TIE, TIE), sq_tail=(_TIE, TIE), f_leading=(_WORSE, MUCH), f_tail=(_WORSE, TIE)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +58,7 @@ class Config:
         fraction, power, damping_rel: ``swap_gains``'s share of leading directions, the
             preconditioner's power, every fit's ``λ = damping_rel·tr C/mn``.
         scale, optimum: ``H``'s scale and the std of ``w⋆`` (our loss scaling).
-        curve_every: keep the loss every this many steps.
-        variants: the variants run (``kl`` and the four swaps at least, for the verdict).
+        curve_every, variants: the loss kept every this many steps; the variants run.
     """
 
     steps: int = 1000
@@ -90,17 +80,7 @@ class Config:
     variants: tuple[str, ...] = VARIANTS
 
     def train_kwargs(self) -> dict:
-        keys = (
-            "steps",
-            "batch",
-            "history",
-            "refit_every",
-            "sweeps",
-            "fraction",
-            "power",
-            "damping_rel",
-        )
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in TRAIN_KEYS}
 
 
 PRESETS = {
@@ -130,30 +110,12 @@ def _train(config: Config, variant: str, eta: float, seed: int) -> dict:
     return jax.tree_util.tree_map(np.asarray, out)
 
 
-def _fit_error(out: dict) -> dict:
-    """Relative Frobenius distance of the in-scan fits to the library's on the same window."""
-    from precond_lab import estimators as est
-
-    err = {}
-    for q, (left, right) in out["fits"].items():
-        buf, lam = out["fit_buffer"], float(out["fit_damping"])
-        ref = (
-            est.kl_optimal(buf, damping=lam)
-            if q == 0.0
-            else est.bregman_optimal(buf, q, damping=lam)
-        )
-        a, b = ref.scale * ref.left, ref.right
-        cross = np.sum(a * left) * np.sum(b * right)
-        ref2, own2 = np.sum(a * a) * np.sum(b * b), np.sum(left**2) * np.sum(right**2)
-        err[q] = float(np.sqrt(max(ref2 + own2 - 2 * cross, 0.0) / ref2))
-    return err
-
-
 def run(config: Config = PRESETS["quick"], **overrides) -> xr.Dataset:
     """Every variant at the paper's η on the fresh seeds, then the tuned comparison."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from precond_lab import quadratic as qd
     from precond_lab.tuning import Method, Protocol, Study
 
     config = dataclasses.replace(config, **overrides)
@@ -169,20 +131,16 @@ def run(config: Config = PRESETS["quick"], **overrides) -> xr.Dataset:
             final[i, j], dead[i, j] = out["loss"][-1], out["diverged"]
             curves[i, j] = out["loss"][keep]
             if j == 0 and not out["diverged"]:
-                for q, e in _fit_error(out).items():
-                    fit_err[i, (0.0, 0.5, 2.0).index(q)] = e
+                errs = qd.fit_error(out["fits"], out["fit_buffer"], out["fit_damping"])
+                for q, e in errs.items():
+                    fit_err[i, QS.index(q)] = e
     data = {
         "final_loss": (("variant", "seed"), final),
         "diverged": (("variant", "seed"), dead),
         "loss_curve": (("variant", "seed", "step"), curves),
         "fit_error": (("variant", "q"), fit_err),
     }
-    coords = {
-        "variant": list(variants),
-        "seed": list(config.seeds),
-        "step": keep + 1,
-        "q": [0.0, 0.5, 2.0],
-    }
+    coords = dict(variant=list(variants), seed=list(config.seeds), step=keep + 1, q=QS)
     if config.lr_bounds is not None:
 
         def method(v):
@@ -192,86 +150,56 @@ def run(config: Config = PRESETS["quick"], **overrides) -> xr.Dataset:
 
             return Method(v, one, config={"config": json.dumps(dataclasses.asdict(config))})
 
-        protocol = Protocol(
-            lr_bounds=config.lr_bounds,
-            seeds=config.seeds,
-            threshold=TIE,
-            selection_seed=config.selection_seed,
-            max_extensions=config.max_extensions,
-        )
+        kw = dict(selection_seed=config.selection_seed, max_extensions=config.max_extensions)
+        protocol = Protocol(config.lr_bounds, seeds=config.seeds, threshold=TIE, **kw)
         tuned = Study(NAME, [method(v) for v in variants], protocol, progress=False).run()
         for k in ("loss", "failed"):
             data[f"tuned_{k}"] = (("variant", "lr", "tuned_seed"), tuned[k].values)
         for k in ("selected_lr", "interior", "grid_failures"):
             data[f"tuned_{k}"] = (("variant",), tuned[k].values)
         coords.update(lr=tuned["lr"].values, tuned_seed=tuned["seed"].values)
+    cfg = dataclasses.asdict(config)
     attrs = make_attrs(
-        TITLE,
-        **{
-            k: (list(v) if isinstance(v, tuple) else ("none" if v is None else v))
-            for k, v in dataclasses.asdict(config).items()
-        },
+        TITLE, **{k: json.dumps(v) if k == "lr_bounds" else v for k, v in cfg.items()}
     )
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def _decision(d: np.ndarray, dead_v: int, dead_kl: int, threshold: float):
-    """(decision, interval or None) of log10-loss differences d; a diverged run is a failure."""
-    if dead_kl:
-        return Decision.UNRESOLVED, None
-    if dead_v:
-        return Decision.WORSE, None
-    iv = paired_interval(d)
-    return decide(iv, threshold), iv
-
-
 def paired(ds: xr.Dataset, tuned: bool = False) -> dict:
-    """{swap: (decision against its own threshold, tie-threshold decision, interval, text)}."""
+    """{swap: (decision at its threshold, interval or None, text)}; a diverged run is worse."""
+    names = ds["variant"].values.tolist()
     if tuned:
         seeds = ds["tuned_seed"].values[ds["tuned_seed"].values != ds.attrs["selection_seed"]]
-
-        def at(v):
-            lr = float(ds["tuned_selected_lr"].sel(variant=v))
-            row = ds["tuned_loss"].sel(variant=v).sel(lr=lr, method="nearest")
-            return row.sel(tuned_seed=seeds).values
-
-        names = ds["variant"].values.tolist()
-        logs = {v: at(v) for v in names if np.isfinite(ds["tuned_selected_lr"].sel(variant=v))}
-        dead = {v: (1 if v not in logs else int(np.isnan(logs[v]).any())) for v in names}
+        lr = {v: float(ds["tuned_selected_lr"].sel(variant=v)) for v in names}
+        logs = {
+            v: ds["tuned_loss"].sel(variant=v).sel(lr=lr[v], method="nearest", tuned_seed=seeds)
+            for v in names
+            if np.isfinite(lr[v])
+        }
+        dead = {v: 1 if v not in logs else int(np.isnan(logs[v]).sum()) for v in names}
     else:
-        logs = {v: np.log10(ds["final_loss"].sel(variant=v).values) for v in ds["variant"].values}
-        dead = {v: int(ds["diverged"].sel(variant=v).sum()) for v in ds["variant"].values}
+        logs = {v: np.log10(ds["final_loss"].sel(variant=v)) for v in names}
+        dead = {v: int(ds["diverged"].sel(variant=v).sum()) for v in names}
     out = {}
     for v in SWAPS:
-        d = logs[v] - logs["kl"] if not (dead[v] or dead["kl"]) else None
-        own, iv = _decision(d, dead[v], dead["kl"], WANT[v][1])
-        tie, _ = _decision(d, dead[v], dead["kl"], TIE)
-        if iv is None:
-            what = "KL diverged" if dead["kl"] else f"diverged on {dead[v]} seed(s)"
+        iv, what = None, "KL diverged" if dead["kl"] else f"diverged on {dead[v]} seed(s)"
+        if dead["kl"] or dead[v]:
+            dec = Decision.UNRESOLVED if dead["kl"] else Decision.WORSE
         else:
-            what = f"Δ={iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
-        text = f"{v} {what} → {own} (±{WANT[v][1]:g})"
-        out[v] = (own, tie, iv, text)
+            iv = paired_interval(np.asarray(logs[v]) - np.asarray(logs["kl"]))
+            dec, what = decide(iv, WANT[v][1]), f"Δ={iv.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+        out[v] = (dec, iv, f"{v} {what} → {dec} (±{WANT[v][1]:g})")
     return out
 
 
 def _verdict(decs: dict) -> str:
     ok = [decs[v][0] == WANT[v][0] for v in SWAPS]
     # decided against: SQ better or worse beyond ±TIE; F within (or below) its margin
-    against = [
-        decs[v][0]
-        in (
-            (Decision.BETTER, Decision.WORSE)
-            if v.startswith("sq")
-            else (Decision.TIE, Decision.BETTER)
-        )
-        for v in SWAPS
-    ]
+    no = {"sq": (Decision.BETTER, Decision.WORSE), "f_": (Decision.TIE, Decision.BETTER)}
+    against = [decs[v][0] in no[v[:2]] for v in SWAPS]
     if all(ok):
         return HOLDS
-    if any(against):
-        return PARTIAL if any(ok) else FAILS
-    return INCONCLUSIVE
+    return (PARTIAL if any(ok) else FAILS) if any(against) else INCONCLUSIVE
 
 
 def _losses(ds: xr.Dataset) -> str:
@@ -299,7 +227,7 @@ def verdicts(ds: xr.Dataset) -> list:
     ev = (
         f"final loss at η = {a['eta']:g}, median [range] over {ds.sizes['seed']} seeds: "
         f"{_losses(ds)}. Paired Δlog10 loss vs KL, 95 % t-intervals: "
-        + "; ".join(at_eta[s][3] for s in SWAPS)
+        + "; ".join(at_eta[s][2] for s in SWAPS)
     )
     fe = ds["fit_error"].values
     if np.isfinite(fe).any():
@@ -314,7 +242,7 @@ def verdicts(ds: xr.Dataset) -> list:
             f"{float(ds['lr'].min()):.2g}–{float(ds['lr'].max()):.2g} ("
             + ", ".join(f"{x} {lr[x]:.2g}{'' if inner[x] else ' (edge)'}" for x in names)
             + "): "
-            + "; ".join(tuned[s][3] for s in SWAPS)
+            + "; ".join(tuned[s][2] for s in SWAPS)
         )
         vt = _verdict(tuned)
         ev += f" → {vt} at tuned rates"
@@ -353,25 +281,12 @@ def plot(ds: xr.Dataset, figdir) -> list:
             if np.isfinite(x).any():
                 ax.hlines(np.nanmedian(x), i - 0.3, i + 0.3, color="k", lw=1.2)
             if v in PAPER:
-                ax.scatter(
-                    [i + 0.25],
-                    [PAPER[v]],
-                    marker="x",
-                    color="C3",
-                    s=18,
-                    label="paper" if v == "kl" else None,
-                )
+                kw = dict(marker="x", color="C3", s=18, label="paper" if v == "kl" else None)
+                ax.scatter([i + 0.25], [PAPER[v]], **kw)
             n = int(ds["diverged"].sel(variant=v).sum())
             if n:
-                ax.annotate(
-                    f"{n}×div",
-                    (i, 1),
-                    xycoords=("data", "axes fraction"),
-                    ha="center",
-                    va="top",
-                    fontsize=6,
-                    color="C3",
-                )
+                kw = dict(xycoords=("data", "axes fraction"), ha="center", va="top", color="C3")
+                ax.annotate(f"{n}×div", (i, 1), fontsize=6, **kw)
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)), [v.replace("_", "\n") for v in names], fontsize=6)
         ax.set(ylabel="final loss", title=f"η = {ds.attrs['eta']:g} (median, seeds)")
