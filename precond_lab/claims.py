@@ -473,6 +473,16 @@ _CLAIM_LIST = [
     _c("P4-39", _P4, "§6, Table 4",
        "SQ- and KL-Shampoo reach lower GPT-2 validation loss than F and VN at every width.",
        _T, _PR, TRAINING, "paper text", needs=_TRAIN_NEEDS),
+    _c("P4-44", _P4, "App. D.3",
+       "Gains cause the training loss: on a non-Kronecker quadratic, KL-preconditioned "
+       "training keeps its final loss when KL's gains are replaced by SQ's (on its leading "
+       "or its tail directions), while replacing its leading gains by F's makes the loss "
+       "much worse (and its tail gains by F's, worse).",
+       _T, _PR, "p4_gains", "brief's summary of the paper's text and numbers (PDF not read "
+       "here); the construction of the quadratic and of the swap is ours",
+       setting="a 16×24 quadratic of our construction (Kronecker + low-rank + diagonal "
+       "Hessian, noise of covariance H/B), fits refitted every step from the last 40 "
+       "mini-batch gradients; the paper's exact construction is not known"),
     # ---- issue 21 (PSGD-Kron, SPlus): ids P6-50 to P6-59; P6a = Li 2018, P6b = Frans et al.
     _c("P6-50", DERIVED, "P4 Prop. 1 at q = ½, applied to P6a's whitening criterion",
        "PSGD's whitening criterion tr(PC) + tr(P⁻¹) is half the q = ½ trace-power Bregman "

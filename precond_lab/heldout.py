@@ -19,7 +19,10 @@ finite-sample questions of Liu et al. (2026, §4–5) are the directional scales
   target and of a Kronecker fit (``subspace_overlap``);
 * the cost of keeping ``kl_optimal``'s factors as rank ``r`` + a flat tail (Pro-KLShampoo,
   ``estimators.flat_tail``) against ``r``: the excess KL over the unrestricted fit and the
-  recovery (gain) error of the restricted fit against it (``flat_tail_errors``).
+  recovery (gain) error of the restricted fit against it (``flat_tail_errors``);
+* gain replacement (P4 App. D.3): the gains ``u_iᵀ S_d⁻¹ u_i`` of a donor fit along the
+  Kronecker eigenvectors ``u_i`` of a base fit (``eigen_gains``), and the base fit with the
+  gains of its leading or tail directions replaced by the donor's (``swap_gains``).
 
 Results are ``xarray.DataArray`` objects with a ``direction`` (eigen-index, descending
 eigenvalue) dimension, or ``k`` for the overlap.
@@ -27,6 +30,7 @@ eigenvalue) dimension, or ``k`` for the overlap.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -34,11 +38,12 @@ import xarray as xr
 from . import estimators as est
 from . import metrics as met
 from ._validation import check_finite, check_number
-from .structures import Diagonal, Kronecker, Structure
+from .structures import Diagonal, EigenKronecker, Kronecker, Structure
 from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
 
 __all__ = [
     "directional_scales",
+    "eigen_gains",
     "flat_tail_errors",
     "heldout_gain_error",
     "heldout_scale_error",
@@ -48,6 +53,7 @@ __all__ = [
     "split_folds",
     "split_target",
     "subspace_overlap",
+    "swap_gains",
 ]
 
 _METHODS = ("random", "batch")
@@ -429,3 +435,115 @@ def flat_tail_errors(
         attrs |= {f"{side}_spikes": prof.spikes, f"{side}_tail_cv": prof.tail_cv}
     attrs["spike_multiple"] = float(multiple)
     return xr.Dataset(data, coords={"rank": np.asarray(ranks, np.int64)}, attrs=attrs)
+
+
+_PARTS = ("leading", "tail")
+
+
+def _bases(e):
+    """The Kronecker eigenbasis ``(Qa, Qb)`` of an eigen form (identities for a Diagonal)."""
+    if isinstance(e, Diagonal):
+        m, n = e.values.shape
+        return jnp.eye(m, dtype=e.values.dtype), jnp.eye(n, dtype=e.values.dtype)
+    return e.left_basis, e.right_basis
+
+
+def _check_structures(base, donor) -> None:
+    for name, s in (("base", base), ("donor", donor)):
+        if not isinstance(s, Structure):
+            raise TypeError(
+                f"{name} must be a structure (e.g. the Kronecker fit of kl_optimal or "
+                f"bregman_optimal); got {type(s).__name__}"
+            )
+    if base.matrix_shape != donor.matrix_shape:
+        raise ValueError(
+            f"base and donor must approximate the same matrix: matrix_shape {base.matrix_shape}"
+            f" vs {donor.matrix_shape} (fit both on the same layer's gradients)"
+        )
+
+
+def eigen_gains(base: Structure, donor: Structure) -> jax.Array:
+    """``u_ijᵀ S_d⁻¹ u_ij`` along the eigenvectors ``u_ij = a_i ⊗ b_j`` of ``base``.
+
+    With the donor's eigen form ``(P_a ⊗ P_b) diag(μ) (P_a ⊗ P_b)ᵀ``, ``A = P_aᵀ Q_a`` and
+    ``B = P_bᵀ Q_b``: ``gains = (A∘A)ᵀ (1/μ) (B∘B)`` (an ``(m, n)`` array laid out like
+    ``base.eigen().values``). Never forms an ``mn × mn`` matrix; jittable (the host checks
+    are skipped for traced values). ``donor = base`` gives ``1/values``.
+
+    Raises:
+        TypeError: base or donor is not a structure.
+        ValueError: different ``matrix_shape``, or a donor eigenvalue ≤ 0 (its gains are
+            undefined: damp the donor's fit).
+    """
+    _check_structures(base, donor)
+    eb, ed = base.eigen(), donor.eigen()
+    qa, qb = _bases(eb)
+    pa, pb = _bases(ed)
+    mu = ed.values
+    if not isinstance(mu, jax.core.Tracer):
+        low = float(jnp.min(mu))
+        if not low > 0:
+            raise ValueError(
+                f"donor is not positive definite (smallest eigenvalue {low:.3e}): its gains "
+                "u^T S^-1 u are undefined; fit it with damping > 0 (e.g. "
+                "bregman_optimal(..., damping=1e-3 * trace / (m * n)))"
+            )
+    a = pa.T @ qa
+    b = pb.T @ qb
+    return (a * a).T @ (1.0 / mu) @ (b * b)
+
+
+def swap_gains(
+    base: Structure, donor: Structure, part: str = "leading", fraction: float = 0.5
+) -> EigenKronecker:
+    """``base`` with the gains of its leading (or tail) eigen-directions taken from ``donor``.
+
+    The gain of a fit ``S`` along a unit direction ``u`` is ``uᵀ S⁻¹ u`` (P4's gain; the
+    preconditioner ``S^p`` of power ``p`` has gain ``(uᵀS⁻¹u)^{−p}`` along an eigenvector).
+    In the Kronecker eigenbasis ``u_ij = a_i ⊗ b_j`` of ``base`` (eigenvalues ``λ_ij``, the
+    products of the factors' eigenvalues), the ``k = round(fraction·mn)`` directions of
+    largest ``λ`` are the *leading* ones and the rest the *tail*. The result keeps
+    ``base``'s eigenvectors and eigenvalues, except that the chosen part's eigenvalues
+    become ``1 / (u_ijᵀ S_d⁻¹ u_ij)`` (``eigen_gains``): along those directions it has the
+    donor's gains. Ties in ``λ`` are broken by the row-major index. Jittable.
+
+    Args:
+        base: the fit whose eigenvectors are kept (e.g. ``kl_optimal``'s ``L ⊗ R``).
+        donor: the fit whose gains replace them (e.g. ``bregman_optimal(q=2)``), positive
+            definite.
+        part: ``"leading"`` (the top ``k`` directions by ``λ``) or ``"tail"`` (the other
+            ``mn − k``).
+        fraction: ``k/mn`` in (0, 1]; ``1`` with ``"leading"`` replaces every gain.
+
+    Returns:
+        An ``EigenKronecker`` in ``base``'s eigenbasis (``mn`` numbers of eigenvalues).
+
+    Raises:
+        TypeError: base or donor is not a structure.
+        ValueError: a bad ``part`` or ``fraction`` (e.g. a fraction that leaves no direction
+            in the chosen part), different shapes, or a donor that is not positive definite.
+    """
+    if part not in _PARTS:
+        raise ValueError(f"part must be 'leading' or 'tail'; got {part!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)):
+        raise TypeError(f"fraction must be a number in (0, 1], e.g. 0.5; got {fraction!r}")
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1] (the share of directions); got {fraction}")
+    _check_structures(base, donor)
+    m, n = base.matrix_shape
+    k = int(round(float(fraction) * m * n))
+    if (part == "leading" and k < 1) or (part == "tail" and k >= m * n):
+        raise ValueError(
+            f"fraction={fraction} leaves no {part} direction of the {m * n} "
+            f"(k = round(fraction·mn) = {k}): choose a fraction in "
+            f"[{0.5 / (m * n):.2g}, {1 - 0.5 / (m * n):.4g})"
+        )
+    eb = base.eigen()
+    gains = eigen_gains(base, donor)
+    values = eb.values.reshape(-1)
+    order = jnp.argsort(-values, stable=True)
+    rank = jnp.zeros(m * n, jnp.int32).at[order].set(jnp.arange(m * n, dtype=jnp.int32))
+    chosen = rank < k if part == "leading" else rank >= k
+    new = jnp.where(chosen, 1.0 / gains.reshape(-1), values).reshape(m, n)
+    qa, qb = _bases(eb)
+    return EigenKronecker(qa, qb, new, validate=False)

@@ -97,6 +97,12 @@ def _heldout():
     return heldout
 
 
+def _quadratic():
+    import precond_lab.quadratic as quadratic
+
+    return quadratic
+
+
 def _interop():
     from precond_lab import interop
 
@@ -601,6 +607,71 @@ CASES = [
         lambda: _train(checkpoint="/nonexistent-dir/x.npz"),
         ValueError,
         r"checkpoint: the folder /nonexistent-dir does not exist",
+    ),
+    # --- gain replacement (P4 App. D.3): heldout.swap_gains, precond_lab.quadratic ---
+    (
+        "swap_gains part='middle'",
+        lambda: _heldout().swap_gains(_kron(), _kron(), part="middle"),
+        ValueError,
+        r"part must be 'leading' or 'tail'; got 'middle'",
+    ),
+    (
+        "swap_gains fraction=0",
+        lambda: _heldout().swap_gains(_kron(), _kron(), fraction=0),
+        ValueError,
+        r"fraction must be in \(0, 1\] \(the share of directions\); got 0",
+    ),
+    (
+        "swap_gains fraction='half'",
+        lambda: _heldout().swap_gains(_kron(), _kron(), fraction="half"),
+        TypeError,
+        r"fraction must be a number in \(0, 1\], e\.g\. 0\.5",
+    ),
+    (
+        "swap_gains tail of fraction=1",
+        lambda: _heldout().swap_gains(_kron(), _kron(), part="tail", fraction=1.0),
+        ValueError,
+        r"fraction=1\.0 leaves no tail direction of the 12 .*choose a fraction in",
+    ),
+    (
+        "swap_gains shapes differ",
+        lambda: _heldout().swap_gains(_kron(), Kronecker(np.eye(N), np.eye(M))),
+        ValueError,
+        r"base and donor must approximate the same matrix: matrix_shape \(3, 4\) vs \(4, 3\)",
+    ),
+    (
+        "swap_gains singular donor",
+        lambda: _heldout().swap_gains(_kron(), _kron(left=np.diag([1.0, 1.0, 0.0]))),
+        ValueError,
+        r"donor is not positive definite .*fit it with damping > 0",
+    ),
+    (
+        "eigen_gains donor not a structure",
+        lambda: _heldout().eigen_gains(_kron(), np.eye(M * N)),
+        TypeError,
+        r"donor must be a structure .*; got ndarray",
+    ),
+    (
+        "train_gain_swap unknown variant",
+        lambda: _quadratic().train_gain_swap(
+            _quadratic().make_quadratic(2, 3), jax.random.PRNGKey(0), 1e-3, variant="adam"
+        ),
+        ValueError,
+        r"variant must be one of \('kl', 'f_leading'.*; got 'adam'",
+    ),
+    (
+        "train_gain_swap history=0",
+        lambda: _quadratic().train_gain_swap(
+            _quadratic().make_quadratic(2, 3), jax.random.PRNGKey(0), 1e-3, history=0
+        ),
+        ValueError,
+        r"history must be an integer ≥ 1; got 0",
+    ),
+    (
+        "make_quadratic scale=0",
+        lambda: _quadratic().make_quadratic(2, 3, scale=0.0),
+        ValueError,
+        r"scale must be a finite number ≥ 0 \(scale > 0\); got 0\.0",
     ),
     # --- options: counts, iterations, sizes (issue 23, item 6) ---
     (
