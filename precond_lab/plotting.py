@@ -812,6 +812,8 @@ def grid_lines(
     suptitle: str = "",
     panel: tuple[float, float] = (3.3, 2.6),
     legend_cols: int = 4,
+    style_of: Callable[[str, int], dict] | None = None,
+    label_of: Callable[[str], str] | None = None,
 ) -> Figure:
     """A grid of panels over a Dataset's dims: one panel per (``row``, ``col``) value, one
     line per ``hue`` value against ``x``.
@@ -824,6 +826,9 @@ def grid_lines(
         da: the values, with exactly the dims ``x``, ``hue``, ``row``, ``col``.
         title: ``title(row=value, col=value) -> str`` for each panel.
         xlabel, ylabel: the outer panels' axis labels; ``suptitle`` the figure's title.
+        style_of: ``(hue value, index) -> line keywords`` (default: ``estimator_style`` for
+            estimators, matplotlib's cycle otherwise); label_of: ``hue value -> label``
+            (lines with one label share one legend entry).
     """
     missing = sorted({x, hue, row, col} - set(da.dims)) or sorted(set(da.dims) - {x, hue, row, col})
     if missing:
@@ -841,8 +846,9 @@ def grid_lines(
                 if np.all(np.isnan(y)):
                     continue
                 h = str(h)
-                style_ = estimator_style(h, i) if hue == "estimator" else {}
-                label = estimator_label(h) if hue == "estimator" else h
+                est = hue == "estimator"
+                style_ = style_of(h, i) if style_of else (estimator_style(h, i) if est else {})
+                label = label_of(h) if label_of else (estimator_label(h) if est else h)
                 ax.plot(cell[x].values, y, label=label, gid=h, **style_)
             if title is not None:
                 ax.set_title(title(row=rv, col=cv), fontsize=8)

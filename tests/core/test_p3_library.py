@@ -71,3 +71,11 @@ def test_power_cosines_are_the_iterates_cosines():
     left, right = sweep.identity_overlaps(opt)
     want = abs(np.trace(np.asarray(opt.left))) / (np.sqrt(3) * np.linalg.norm(opt.left))
     assert abs(left - want) < 1e-12 and 0 < right <= 1
+
+
+def test_identity_overlaps_are_the_dense_top_singular_vectors():
+    g = np.random.default_rng(5).standard_normal((30, 4, 3))
+    u, _, vt = np.linalg.svd(_rearranged(g))
+    ov = sweep.identity_overlaps(est.frobenius_optimal(jnp.asarray(g)))
+    np.testing.assert_allclose(ov[0], abs(u[:, 0] @ np.eye(4).ravel()) / 2, rtol=1e-8)
+    np.testing.assert_allclose(ov[1], abs(vt[0] @ np.eye(3).ravel()) / np.sqrt(3), rtol=1e-8)
