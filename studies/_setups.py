@@ -328,3 +328,20 @@ def layer_table(captures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             names[i, j] = lay
             rows[i, j], cols[i, j] = (int(x) for x in shp.split("x"))
     return names.astype(str), rows, cols
+
+
+def run_coords(trees: dict, steps, dim: str, names, rows, cols) -> dict:
+    """The training curves (``loss``, ``test_accuracy``: NaN where not recorded) on
+    ``(dim, step)`` and the layer-slot coordinates (``layer_name``, ``layer_rows``,
+    ``layer_cols`` on ``(dim, layer)``) of captured runs ``{key: tree}``."""
+    from precond_lab import schema
+
+    def attr(tree, step, key):
+        value = float(tree[schema.step_name(step)].attrs.get(key, np.nan))
+        return np.nan if value == -1.0 else value  # -1: not recorded
+
+    out = {k: ((dim, "step"), [[attr(t, s, k) for s in steps] for t in trees.values()])
+           for k in ("loss", "test_accuracy")}  # fmt: skip
+    out |= {k: ((dim, "layer"), a) for k, a in
+            (("layer_name", names), ("layer_rows", rows), ("layer_cols", cols))}  # fmt: skip
+    return out

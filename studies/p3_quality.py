@@ -35,6 +35,7 @@ from studies._setups import (
     ggn_target,
     layer_table,
     padded_target,
+    run_coords,
 )  # fmt: skip
 
 NAME = "p3_quality"
@@ -120,12 +121,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
              "iteration": np.arange(int(cfg.power_steps) + 1)}  # fmt: skip
     models = [s.key for s in cfg.setups]
     ds = study.grid({"model": models, "layer": range(names.shape[1]), "step": steps}, cell, inner)
-    node_attr = lambda m, s, k: float(trees[m][schema.step_name(s)].attrs.get(k, np.nan))  # noqa: E731
-    ds["loss"] = (("model", "step"), [[node_attr(m, s, "loss") for s in steps] for m in models])
-    acc = np.array([[node_attr(m, s, "test_accuracy") for s in steps] for m in models])
-    ds["test_accuracy"] = (("model", "step"), np.where(acc == -1.0, np.nan, acc))
-    for key, arr in (("layer_name", names), ("layer_rows", rows), ("layer_cols", cols)):
-        ds = ds.assign_coords({key: (("model", "layer"), arr)})
+    extra = run_coords(trees, steps, "model", names, rows, cols)
+    ds = ds.assign(loss=extra.pop("loss"), test_accuracy=extra.pop("test_accuracy"))
+    ds = ds.assign_coords(extra)
     return study.dataset(
         ds.data_vars, ds.coords, title=TITLE, name=NAME, config=cfg, presets=PRESETS,
         started=t_start, seed=int(cfg.seed), source="captured training runs: " + ", ".join(models),

@@ -1,8 +1,6 @@
 """studies/p3_batch_labels: the "test" preset end to end, the batch statistics on known
 answers, and the verdict logic on constructed Datasets."""
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -15,75 +13,6 @@ from studies import p3_batch_labels as b
 def ds(tmp_path_factory):
     cache = tmp_path_factory.mktemp("p3b_cache")
     return b.run(b.PRESETS["test"], cache_dir=cache)
-
-
-def _dense(f, c, w):
-    s = c @ f.reshape(len(f), -1).astype(np.float64)
-    return (s.T * w) @ s
-
-
-def test_expected_statistic_is_the_average_over_all_batches():
-    """E[B ḡḡᵀ] over batches drawn with replacement = E[ggᵀ] + (B−1) E[g]E[g]ᵀ, exactly."""
-    rng = np.random.default_rng(0)
-    g = rng.standard_normal((3, 2, 2, 3)).astype(np.float32)  # N=3 examples, K=2 draws
-    flat = g.reshape(6, 2, 3).astype(np.float64)
-    ggn = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    y = ggn.reshape(5, -1).astype(np.float64)
-    cell = b._Cell(g, ggn, np.full(5, 0.2), y @ y.T)
-    for bsz in (1, 2, 3):
-        brute = np.zeros((6, 6))
-        tuples = list(itertools.product(range(6), repeat=bsz))
-        for t in tuples:
-            v = flat[list(t)].sum(axis=0).reshape(-1)
-            brute += np.outer(v, v) / bsz
-        brute /= len(tuples)
-        c, w = b._expected(3, 2, bsz)
-        np.testing.assert_allclose(_dense(cell.f, c, w), brute, rtol=1e-5, atol=1e-6)
-        stats = b._statistics(cell, bsz, 4, rng)
-        # the closed-form Shampoo factors of the expectation = those of its samples
-        lf, rf = cell.factors(c, w)
-        np.testing.assert_allclose(stats["expected"][1][0], lf, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(stats["expected"][1][1], rf, rtol=1e-4, atol=1e-5)
-        # the Gram-matrix cosine is the dense one
-        ggn_dense = (y.T * 0.2) @ y
-        exact = np.sum(brute * ggn_dense) / np.linalg.norm(brute) / np.linalg.norm(ggn_dense)
-        assert stats["expected"][0] == pytest.approx(exact, rel=1e-5)
-
-
-def test_groups_and_resampled_batches():
-    rng = np.random.default_rng(1)
-    g = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
-    f = g.reshape(24, 4)
-    c, w = b._groups(8, 3, 4)
-    assert c.shape == (2 * 3, 24) and np.allclose(w, 1 / 6)
-    np.testing.assert_allclose(c.toarray()[1] @ f, g[:4, 1].sum(axis=0).ravel() / 2, rtol=1e-6)
-    idx = b._draw(8, 3, 5, 7, rng)
-    assert idx.shape == (7, 5) and idx.min() >= 0 and idx.max() < 24
-    # the directly summed statistic equals the dense batch-matrix construction
-    ggn = rng.standard_normal((6, 2, 2)).astype(np.float32)
-    y = ggn.reshape(6, -1).astype(np.float64)
-    cell = b._Cell(g, ggn, np.full(6, 1 / 6), y @ y.T)
-    dense = np.zeros((7, 24))
-    np.add.at(dense, (np.repeat(np.arange(7), 5), idx.ravel()), 1 / np.sqrt(5))
-    cos, (left, right) = cell.resampled(idx)
-    assert cos == pytest.approx(cell.cosine(dense, np.full(7, 1 / 7)), rel=1e-5)
-    lf, rf = cell.factors(dense, np.full(7, 1 / 7))
-    np.testing.assert_allclose(left, lf, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(right, rf, rtol=1e-4, atol=1e-5)
-
-
-def test_centred_sampled_draws_have_no_batch_bias():
-    rng = np.random.default_rng(2)
-    g = rng.standard_normal((6, 4, 2, 3)).astype(np.float32) + 0.5  # a spurious mean
-    ggn = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    y = ggn.reshape(5, -1).astype(np.float64)
-    cell = b._Cell(g, ggn, np.full(5, 0.2), y @ y.T, center=True)
-    np.testing.assert_allclose(cell.mean, 0.0, atol=1e-6)
-    e1 = b._statistics(cell, 1, 4, rng)["expected"]
-    e4 = b._statistics(cell, 4, 4, rng)["expected"]
-    assert e1[0] == pytest.approx(e4[0], rel=1e-6)  # E[B ḡḡᵀ] = E[ggᵀ] at every B
-    reps = b._statistics(cell, 2, 4, rng, repeats=3)["resampled"]
-    assert len(reps) == 3 and len({round(c, 8) for c, _ in reps}) == 3  # independent repeats
 
 
 def test_run_dataset_layout(ds):
