@@ -49,6 +49,7 @@ __all__ = [
     "quartile_errorbar",
     "plot_timings",
     "grid_lines",
+    "plot_tuning",
     "metric_label",
     "metric_symbol",
     "plot_batch_size",
@@ -859,4 +860,74 @@ def grid_lines(
             ax.xaxis.get_major_locator().set_params(integer=True)
     legend(fig, axes, ncols=legend_cols)
     _suptitle(fig, suptitle)
+    return fig
+
+
+def plot_tuning(ds: xr.Dataset) -> Figure:
+    """A stacked tuning Dataset (``tuning.stack``), one column per comparison: loss against
+    peak learning rate on the selection seed (failures drawn as × at the top, the fresh
+    seeds as dots at the selected rate), and the paired differences against the
+    comparison's baseline with their intervals and the ±threshold band."""
+    from .tasks import optimizer
+    from .tuning import compare, unstack
+
+    def color(m):
+        return OKABE_ITO.get(optimizer(m).color, "#7F7F7F")
+
+    comps = ds["comparison"].values.tolist()
+    fig, axes = figure(2, len(comps), panel=(3.3, 2.5))
+    for col, comp in enumerate(comps):
+        d = unstack(ds, comp)
+        ax = axes[0, col]
+        finite = d["loss"].values[np.isfinite(d["loss"].values)]
+        top = float(np.nanmax(finite)) if finite.size else 1.0
+        for m in d["method"].values.tolist():
+            o = optimizer(m)
+            sel = d["loss"].sel({"method": m}).isel(seed=0)
+            lrs = d["lr"].values
+            ran = d["ran"].sel({"method": m}).isel(seed=0).values.astype(bool)
+            bad = d["failed"].sel({"method": m}).isel(seed=0).values.astype(bool)
+            ax.plot(
+                lrs[ran & ~bad],
+                sel.values[ran & ~bad],
+                o.dash,
+                marker="o",
+                ms=3,
+                color=color(m),
+                label=o.label,
+            )
+            ax.plot(lrs[bad], np.full(bad.sum(), top), "x", color=color(m), ms=6)
+            lr = float(d["selected_lr"].sel({"method": m}))
+            if np.isfinite(lr):
+                ys = d["loss"].sel({"method": m, "lr": lr}).values[1:]
+                ax.plot(np.full(ys.size, lr), ys, ".", color=color(m), ms=4)
+        ax.set(
+            xscale="log",
+            xlabel="peak learning rate",
+            ylabel="held-out loss",
+            title=f"{comp} (× failed)",
+        )
+        base = d.attrs.get("baseline_for_figure") or d["method"].values[0]
+        c = compare(d, str(base))
+        ax = axes[1, col]
+        ms = c["method"].values.tolist()
+        y = np.arange(len(ms))
+        mean, lo, hi = c["mean"].values, c["low"].values, c["high"].values
+        ok = np.isfinite(mean)
+        ax.errorbar(
+            mean[ok],
+            y[ok],
+            xerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]],
+            fmt="o",
+            color="black",
+            capsize=2,
+        )
+        for yi in y[~ok]:
+            ax.text(0, yi, "failed", ha="center", va="center", color="#D55E00", fontsize=7)
+        thr = float(d.attrs["threshold"])
+        ax.axvspan(-thr, thr, color="#999999", alpha=0.25, lw=0)
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_yticks(y, [optimizer(m).label for m in ms], fontsize=6)
+        ax.set(xlabel=f"loss − {optimizer(str(base)).label} (95% CI)")
+    legend(fig, axes[:1], ncols=4)
     return fig

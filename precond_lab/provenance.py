@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
@@ -89,3 +90,12 @@ def make_attrs(
     for key, value in extra.items():
         attrs[key] = _plain(value)
     return attrs
+
+
+def cache_root() -> Path:
+    """Where studies cache captures and tuning runs: ``$PRECOND_LAB_CACHE``, else
+    ``<clone>/.precond_lab_cache``."""
+    import os
+
+    default = Path(__file__).resolve().parents[1] / ".precond_lab_cache"
+    return Path(os.environ.get("PRECOND_LAB_CACHE", default))

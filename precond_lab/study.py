@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from . import claims
 from ._atomic import atomic_write, atomic_write_text
 from .claims import TestKind
-from .provenance import make_attrs
+from .provenance import cache_root, make_attrs
 
 __all__ = [
     "Verdict",
@@ -46,6 +46,8 @@ __all__ = [
     "dataset",
     "grid",
     "verdicts_from",
+    "verdict_of",
+    "unresolved_note",
     "HOLDS",
     "FAILS",
     "PARTIAL",
@@ -339,6 +341,29 @@ def judge(ok: bool, partial: bool = False) -> Verdict:
     return HOLDS if ok else (PARTIAL if partial else FAILS)
 
 
+def verdict_of(decisions) -> Verdict:
+    """A "lower loss" claim's verdict from its pairwise ``tuning.Decision``s.
+
+    ``holds``: all better; ``does not hold``: any worse, or all ties (no difference of
+    practical size); ``partially holds``: better and ties only; ``inconclusive`` (unresolved
+    at this budget): an unresolved pair and none worse.
+    """
+    from .tuning import Decision
+
+    d = list(decisions)
+    if d and all(x == Decision.BETTER for x in d):
+        return HOLDS
+    if any(x == Decision.WORSE for x in d) or (d and all(x == Decision.TIE for x in d)):
+        return FAILS
+    if any(x == Decision.UNRESOLVED for x in d):
+        return INCONCLUSIVE
+    return PARTIAL
+
+
+def unresolved_note(verdict: str) -> str:
+    return "unresolved at this budget; " if verdict == INCONCLUSIVE else ""
+
+
 def by_claim(verdicts) -> dict[str, Row]:
     """``{claim id: Verdict}`` for a study's verdicts."""
     return {v.claim: v for v in verdicts}
@@ -460,13 +485,10 @@ def cached_capture(cache_dir: Path | None = None, **config):
     """
     import hashlib
     import json
-    import os
 
     from .capture import SCHEMA_VERSION, capture, open_capture
 
-    cache = Path(
-        cache_dir or os.environ.get("PRECOND_LAB_CACHE", repo_root() / ".precond_lab_cache")
-    )
+    cache = Path(cache_dir or cache_root())
     keyed = {**config, "store_schema_version": SCHEMA_VERSION}  # an older store is not reused
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out = (

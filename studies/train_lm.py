@@ -3,7 +3,7 @@
 A character transformer of the model zoo (pre-LayerNorm blocks, every matrix
 preconditioned by the Kronecker methods) learns the next character of windows of the
 standard-library source (``stdlib-chars``). Every comparison runs the tuning protocol of
-:mod:`precond_lab.tuning` through ``studies._tasks.tune``: one log₂ learning-rate grid shared
+:mod:`precond_lab.tuning` through ``precond_lab.tasks.tune``: one log₂ learning-rate grid shared
 by the methods, extended until the optimum is interior (bounded), warmup and cosine decay,
 selection on seed 0, three fresh seeds paired across methods (same initialisation and
 batches), and decisions on the paired differences of the held-out loss (5,000 windows in
@@ -42,22 +42,21 @@ from precond_lab.study import (
     TestKind,
     claim_verdict,
     save_figures,
+    unresolved_note,
+    verdict_of,
 )
-from precond_lab.train import Probe
-from precond_lab.tuning import Decision, unstack
-from studies._tasks import (
+from precond_lab.tasks import (
     NOGRAFT_DAMPING,
     Task,
     Tuning,
-    figures,
     grid_text,
     optimizer,
     pair,
     tolerance,
     tune_all,
-    unresolved_note,
-    verdict_of,
 )
+from precond_lab.train import Probe
+from precond_lab.tuning import Decision, unstack
 
 NAME = "train_lm"
 TITLE = "Training a character transformer: KL-Shampoo, Shampoo, SOAP, trace-power family"
@@ -240,15 +239,17 @@ def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
 
 def plot(ds: xr.Dataset, figdir) -> list:
     """Loss against learning rate, paired differences, and the probe."""
-    figs = figures(ds, NAME)
+    figs = {f"{NAME}_tuning": _tuning_figure(ds)}
     if "probe_score" in ds:
         figs[f"{NAME}_probe"] = _probe_figure(ds)
     return save_figures(figs, figdir)
 
 
 def _probe_figure(ds):
-    from precond_lab.plotting import figure, legend, style
-    from studies._tasks import color
+    from precond_lab.plotting import OKABE_ITO, figure, legend, style
+
+    def color(m):
+        return OKABE_ITO.get(optimizer(m).color, "#7F7F7F")
 
     p = ds["probe_score"]
     targets = p["probe_target"].values.tolist()
@@ -428,3 +429,10 @@ def _p1_17(d: xr.Dataset, comp: str):
         kind=TestKind.PROXY,
         setting=_setting(d),
     )
+
+
+def _tuning_figure(ds):
+    from precond_lab.plotting import plot_tuning, style
+
+    with style():
+        return plot_tuning(ds)

@@ -1,7 +1,7 @@
 """Training without the root: RF-RMSProp and IF-Shampoo against AdamW, SGD and sign descent.
 
 Every comparison runs the tuning protocol of :mod:`precond_lab.tuning` through
-``studies._tasks.tune`` (one log₂ grid shared by the methods with an interior optimum,
+``precond_lab.tasks.tune`` (one log₂ grid shared by the methods with an interior optimum,
 warmup and cosine decay, selection on seed 0, three fresh paired seeds, 95 % t-intervals of
 the paired held-out-loss differences against 0.01 nats).
 
@@ -31,18 +31,10 @@ from precond_lab.study import (
     TestKind,
     claim_verdict,
     save_figures,
-)
-from precond_lab.tuning import Decision, unstack
-from studies._tasks import (
-    Task,
-    Tuning,
-    figures,
-    grid_text,
-    pair,
-    tolerance,
-    tune_all,
     unresolved_note,
 )
+from precond_lab.tasks import Task, Tuning, grid_text, pair, tolerance, tune_all
+from precond_lab.tuning import Decision, unstack
 
 NAME = "train_rootfree"
 TITLE = "Training without the root: RF-RMSProp and IF-Shampoo on an LSTM (and a CNN, a ViT)"
@@ -147,7 +139,7 @@ def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
 
 def plot(ds: xr.Dataset, figdir) -> list:
     """Loss against learning rate (failures as ×) and the paired differences."""
-    return save_figures(figures(ds, NAME), figdir)
+    return save_figures({f"{NAME}_tuning": _tuning_figure(ds)}, figdir)
 
 
 def _setting(d: xr.Dataset) -> str:
@@ -267,3 +259,10 @@ def verdicts(ds: xr.Dataset) -> list:
         )
     )
     return out
+
+
+def _tuning_figure(ds):
+    from precond_lab.plotting import plot_tuning, style
+
+    with style():
+        return plot_tuning(ds)

@@ -28,7 +28,9 @@ def test_test_preset_end_to_end(ds, tmp_path):
     # the trajectory stream walks the trajectory capture's steps in order
     traj = ds["source_step"].sel(stream="trajectory").values
     assert np.all(np.diff(traj) >= 0) and len(set(traj)) > 1
-    assert set(ds["source_step"].sel(stream="stationary").values) == {ds.attrs["config_capture_step"]}
+    assert set(ds["source_step"].sel(stream="stationary").values) == {
+        ds.attrs["config_capture_step"]
+    }
     # the timing is interleaved whole optimiser steps: ≥ 5 rounds of each optimiser
     assert ds.sizes["repeat"] >= 5 and set(ds["optimiser"].values) == {
         "kl_shampoo",

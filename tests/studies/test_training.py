@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import studies._tasks as tasks
+import precond_lab.tasks as tasks
 import studies.train_lm as lm
 import studies.train_rootfree as rf
-from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE_HERE, PARTIAL, by_claim
+from precond_lab.study import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_TESTABLE_HERE,
+    PARTIAL,
+    by_claim,
+    unresolved_note,
+    verdict_of,
+)
 from precond_lab.tuning import Decision, Method, Protocol, Study, stack, unstack
 
 VERDICTS = (HOLDS, FAILS, PARTIAL, INCONCLUSIVE, NOT_TESTABLE_HERE)
@@ -175,8 +184,8 @@ def test_noisy_differences_are_unresolved_at_this_budget():
     dec, text = tasks.pair(ds, "b", "a")
     assert dec == Decision.UNRESOLVED
     assert lm.verdicts  # the study's verdict words for it:
-    assert tasks.verdict_of([dec]) == INCONCLUSIVE
-    assert tasks.unresolved_note(INCONCLUSIVE) == "unresolved at this budget; "
+    assert verdict_of([dec]) == INCONCLUSIVE
+    assert unresolved_note(INCONCLUSIVE) == "unresolved at this budget; "
 
 
 @pytest.mark.parametrize(
@@ -191,7 +200,7 @@ def test_noisy_differences_are_unresolved_at_this_budget():
     ],
 )
 def test_verdict_words(decisions, verdict):
-    assert tasks.verdict_of([Decision(d) for d in decisions]) == verdict
+    assert verdict_of([Decision(d) for d in decisions]) == verdict
 
 
 def test_rootfree_verdicts_follow_the_numbers():

@@ -1,4 +1,4 @@
-"""The training studies' shared pieces on :mod:`precond_lab.tuning`: optimisers, tasks, rows.
+"""Training tasks on :mod:`precond_lab.tuning`: optimisers, tasks, tuning presets, rows.
 
 A *task* is a model of the zoo (:func:`precond_lab.capture.make_model`) on a dataset with a
 step budget and the papers' kind of schedule (linear warmup over 5 % of the steps, cosine
@@ -6,15 +6,15 @@ decay to 10 % of the peak). An *optimiser* is a factory of :mod:`precond_lab.opt
 fixed settings. :func:`tune` runs :class:`precond_lab.tuning.Study` (one log₂ grid shared by
 the methods, interior optimum by bounded extension, selection on seed 0, fresh paired seeds
 1, 2, 3 …, every run stored as it ends under ``$PRECOND_LAB_CACHE/tuning``) and returns its
-Dataset; :func:`row` turns a pair into the words better / worse / tie / unresolved with the
-interval and the grid behind them; :func:`verdict_of` maps a claim's decisions to a verdict.
+Dataset; :func:`pair` turns a pair into the words better / worse / tie / unresolved with
+the interval and the grid behind them (``precond_lab.study.verdict_of`` maps a claim's
+decisions to a verdict; ``precond_lab.plotting.plot_tuning`` draws a tuning Dataset).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,20 +23,26 @@ import numpy as np
 import optax
 import xarray as xr
 
-import precond_lab.optim as po
-from precond_lab.capture import load_dataset, make_model
-from precond_lab.plotting import OKABE_ITO, figure, legend, style
-from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, PARTIAL, repo_root
-from precond_lab.tuning import (
-    Decision,
-    Protocol,
-    Study,
-    compare,
-    make_schedule,
-    model_method,
-    stack,
-    unstack,
-)
+from . import optim as po
+from .capture import load_dataset, make_model
+from .provenance import cache_root
+from .tuning import Decision, Protocol, Study, compare, make_schedule, model_method, stack
+
+__all__ = [
+    "NOGRAFT_DAMPING",
+    "OPTIMIZERS",
+    "Optimizer",
+    "Task",
+    "Tuning",
+    "cache_dir",
+    "grid_text",
+    "optimizer",
+    "pair",
+    "sign_sgd",
+    "tolerance",
+    "tune",
+    "tune_all",
+]
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -120,10 +126,6 @@ def optimizer(name: str) -> Optimizer:
     raise ValueError(f"unknown optimiser {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
-def color(name: str) -> str:
-    return OKABE_ITO.get(optimizer(name).color, "#7F7F7F")
-
-
 # --------------------------------------------------------------------------------- tasks
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -193,7 +195,7 @@ class Task:
     def probe(self, name: str, lr: float, probe) -> xr.DataArray:
         """The ``precond_lab.train.Probe`` of one run of ``name`` at peak rate ``lr`` with
         the task's schedule (seed 0, ``precond_lab.train.train``'s batches)."""
-        from precond_lab.train import train
+        from .train import train
 
         opt = optimizer(name)
         sched = make_schedule(
@@ -245,8 +247,7 @@ class Tuning:
 
 def cache_dir() -> Path:
     """``$PRECOND_LAB_CACHE/tuning`` (default ``<clone>/.precond_lab_cache/tuning``)."""
-    root = Path(os.environ.get("PRECOND_LAB_CACHE", repo_root() / ".precond_lab_cache"))
-    out = root / "tuning"
+    out = cache_root() / "tuning"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -321,96 +322,9 @@ def pair(ds: xr.Dataset, a: str, b: str) -> tuple[Decision, str]:
     return dec, f"{a} vs {b}: {dec.value} ({num}, n={int(n)}; {', '.join(where)})"
 
 
-def verdict_of(decisions: Sequence[Decision]) -> str:
-    """A "lower loss" claim's verdict from its pairwise decisions.
-
-    ``holds``: all better; ``does not hold``: any worse, or all ties (no difference of
-    practical size); ``partially holds``: better and ties only; ``inconclusive`` (unresolved
-    at this budget): an unresolved pair and none worse.
-    """
-    d = list(decisions)
-    if d and all(x == Decision.BETTER for x in d):
-        return HOLDS
-    if any(x == Decision.WORSE for x in d) or (d and all(x == Decision.TIE for x in d)):
-        return FAILS
-    if any(x == Decision.UNRESOLVED for x in d):
-        return INCONCLUSIVE
-    return PARTIAL
-
-
-def unresolved_note(verdict: str) -> str:
-    return "unresolved at this budget; " if verdict == INCONCLUSIVE else ""
-
-
 def tolerance(ds: xr.Dataset) -> str:
     return (
         f"paired differences of held-out loss on the fresh seeds, {ds.attrs['level']:.0%} "
         f"t-interval; better/worse: the interval beyond ∓{ds.attrs['threshold']:g} nats; tie: "
         f"within ±{ds.attrs['threshold']:g}; else unresolved"
     )
-
-
-# ------------------------------------------------------------------------------- figures
-def figures(ds: xr.Dataset, prefix: str) -> dict:
-    """Per comparison: loss against learning rate (failures drawn as ×) and the paired
-    differences with their intervals."""
-    out = {}
-    comps = ds["comparison"].values.tolist()
-    with style():
-        fig, axes = figure(2, len(comps), panel=(3.3, 2.5))
-        for col, comp in enumerate(comps):
-            d = unstack(ds, comp)
-            ax = axes[0, col]
-            finite = d["loss"].values[np.isfinite(d["loss"].values)]
-            top = float(np.nanmax(finite)) if finite.size else 1.0
-            for m in d["method"].values.tolist():
-                o = optimizer(m)
-                sel = d["loss"].sel({"method": m}).isel(seed=0)
-                lrs = d["lr"].values
-                ran = d["ran"].sel({"method": m}).isel(seed=0).values.astype(bool)
-                bad = d["failed"].sel({"method": m}).isel(seed=0).values.astype(bool)
-                ax.plot(
-                    lrs[ran & ~bad],
-                    sel.values[ran & ~bad],
-                    o.dash,
-                    marker="o",
-                    ms=3,
-                    color=color(m),
-                    label=o.label,
-                )
-                ax.plot(lrs[bad], np.full(bad.sum(), top), "x", color=color(m), ms=6)
-                lr = float(d["selected_lr"].sel({"method": m}))
-                if np.isfinite(lr):
-                    ys = d["loss"].sel({"method": m, "lr": lr}).values[1:]
-                    ax.plot(np.full(ys.size, lr), ys, ".", color=color(m), ms=4)
-            ax.set(
-                xscale="log",
-                xlabel="peak learning rate",
-                ylabel="held-out loss",
-                title=f"{comp} (× failed)",
-            )
-            base = d.attrs.get("baseline_for_figure") or d["method"].values[0]
-            c = compare(d, str(base))
-            ax = axes[1, col]
-            ms = c["method"].values.tolist()
-            y = np.arange(len(ms))
-            mean, lo, hi = c["mean"].values, c["low"].values, c["high"].values
-            ok = np.isfinite(mean)
-            ax.errorbar(
-                mean[ok],
-                y[ok],
-                xerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]],
-                fmt="o",
-                color="black",
-                capsize=2,
-            )
-            for yi in y[~ok]:
-                ax.text(0, yi, "failed", ha="center", va="center", color="#D55E00", fontsize=7)
-            thr = float(d.attrs["threshold"])
-            ax.axvspan(-thr, thr, color="#999999", alpha=0.25, lw=0)
-            ax.axvline(0, color="black", lw=0.5)
-            ax.set_yticks(y, [optimizer(m).label for m in ms], fontsize=6)
-            ax.set(xlabel=f"loss − {optimizer(str(base)).label} (95% CI)")
-        legend(fig, axes[:1], ncols=4)
-        out[f"{prefix}_tuning"] = fig
-    return out
