@@ -23,6 +23,7 @@ pretty name as label (``estimator_label``) and its raw name as ``gid``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "plot_timings",
     "grid_lines",
     "plot_tuning",
+    "plot_probe",
     "metric_label",
     "metric_symbol",
     "plot_batch_size",
@@ -930,4 +932,31 @@ def plot_tuning(ds: xr.Dataset) -> Figure:
         ax.set_yticks(y, [optimizer(m).label for m in ms], fontsize=6)
         ax.set(xlabel=f"loss − {optimizer(str(base)).label} (95% CI)")
     legend(fig, axes[:1], ncols=4)
+    return fig
+
+
+def plot_probe(probe_score: xr.DataArray) -> Figure:
+    """A preconditioner probe beside a tuning run (``tasks.Task.probes``): per target (rows)
+    and layer (columns), each optimiser's own preconditioner's cosine with the target over
+    training steps, and the batch optima (KL-optimal, Shampoo²) of the first run's targets."""
+    from .tasks import optimizer
+
+    p = probe_score
+    targets, methods = p["probe_target"].values.tolist(), p["probe_method"].values.tolist()
+    fig, axes = figure(len(targets), len(p["probe_layer"]), panel=(3.3, 2.4))
+    for (i, t), (j, layer) in itertools.product(
+        enumerate(targets), enumerate(p["probe_layer"].values.tolist())
+    ):
+        ax, at = axes[i, j], {"probe_target": t, "probe_layer": layer, "metric": "cosine"}
+        for m in methods:
+            y = p.sel(probe_method=m, probe_estimator="optimizer", **at)
+            ax.plot(p["probe_step"], y, "-o", color=OKABE_ITO.get(optimizer(m).color, "#7F7F7F"),
+                    label=f"{optimizer(m).label} (own)")  # fmt: skip
+        for est, ls in (("kl_optimal", "--"), ("shampoo_squared", ":")):
+            if est in p["probe_estimator"].values:
+                y = p.sel(probe_method=methods[0], probe_estimator=est, **at)
+                ax.plot(p["probe_step"], y, ls, color="#7F7F7F",
+                        label=f"batch {est} ({optimizer(methods[0]).label} run)")  # fmt: skip
+        ax.set(title=f"{layer} · {t}", xlabel="step", ylabel="cosine to target")
+    legend(fig, axes, ncols=3)
     return fig

@@ -45,7 +45,9 @@ __all__ = [
     "Outcome",
     "dataset",
     "grid",
+    "extra_attrs",
     "verdicts_from",
+    "pairs_outcome",
     "verdict_of",
     "unresolved_note",
     "HOLDS",
@@ -279,11 +281,21 @@ def grid(
     return xr.Dataset(out, coords={**coords, **inner})
 
 
+def extra_attrs(ds) -> dict[str, Any]:
+    """``ds``'s attributes other than the provenance ``dataset`` writes itself (to carry a
+    library Dataset's own attributes, e.g. a tuning study's, into a study's Dataset)."""
+    own = set(make_attrs()) | {"title", "study", "preset", "seed", "elapsed_s"}
+    return {k: v for k, v in ds.attrs.items() if k not in own and not k.startswith("config_")}
+
+
 class Outcome(NamedTuple):
-    """What a rule's ``decide`` returns: the verdict and the numbers behind it."""
+    """What a rule's ``decide`` returns: the verdict and the numbers behind it; ``tolerance``
+    and ``setting`` when they depend on the data (added to / replacing the rule's)."""
 
     verdict: Verdict
     evidence: str
+    tolerance: str = ""
+    setting: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +308,8 @@ class Rule:
     Attributes:
         claim: a registered claim id (checked when the rule is made).
         kind: the row's test kind.
-        decide: ``ds -> Outcome`` (or a ``(verdict, evidence)`` pair).
+        decide: ``ds -> Outcome`` (or a ``(verdict, evidence)`` pair), or None when the
+            data has nothing on the claim.
         tolerance: the threshold, as the row states it.
         setting: for a proxy, how the setting differs (default: the registry's).
         statement: what the row tests, if narrower than the registered statement.
@@ -304,7 +317,7 @@ class Rule:
 
     claim: str
     kind: TestKind
-    decide: Callable[[Any], tuple[Verdict | str, str]]
+    decide: Callable[[Any], Outcome | tuple | None]
     tolerance: str = ""
     setting: str | None = None
     statement: str | None = None
@@ -314,26 +327,42 @@ class Rule:
         if not callable(self.decide):
             raise TypeError(f"rule {self.claim}: decide must be a function of the Dataset")
 
-    def row(self, ds) -> Row:
-        """Apply the rule to ``ds``; a rule that raises gives an ``ERROR`` row saying why."""
+    def row(self, ds) -> Row | None:
+        """Apply the rule to ``ds``: its row, None when ``decide`` returns None (the data has
+        nothing on this claim, e.g. a preset without that comparison), or an ``ERROR`` row
+        saying why when the rule raises."""
         try:
-            verdict, evidence = self.decide(ds)
+            out = self.decide(ds)
         except Exception as err:  # noqa: BLE001  (one broken rule is reported, not fatal)
-            verdict, evidence = Verdict.ERROR, f"the rule failed: {type(err).__name__}: {err}"
+            out = (Verdict.ERROR, f"the rule failed: {type(err).__name__}: {err}")
+        if out is None:
+            return None
+        out = Outcome(*out)
+        tolerance = "; ".join(t for t in (out.tolerance, self.tolerance) if t)
         return claim_verdict(
             self.claim,
-            verdict,
-            evidence,
-            self.tolerance,
+            out.verdict,
+            out.evidence,
+            tolerance,
             kind=self.kind,
-            setting=self.setting,
+            setting=out.setting if out.setting is not None else self.setting,
             statement=self.statement,
         )
 
 
 def verdicts_from(ds, rules: Iterable[Rule]) -> list[Row]:
-    """The rows of ``rules`` applied to ``ds``, in order."""
-    return [r.row(ds) for r in rules]
+    """The rows of ``rules`` applied to ``ds``, in order (rules with nothing to say left out)."""
+    return [row for r in rules if (row := r.row(ds)) is not None]
+
+
+def pairs_outcome(ds, pairs: Iterable[tuple[str, str]], prefix: str = "") -> Outcome:
+    """A "lower loss" claim decided on a tuning Dataset: ``tasks.pair`` for each ``(a, b)``,
+    the verdict from the decisions (``verdict_of``), the pairs' texts as evidence."""
+    from .tasks import pair
+
+    decisions, texts = zip(*(pair(ds, a, b) for a, b in pairs), strict=True)
+    v = verdict_of(decisions)
+    return Outcome(v, f"{unresolved_note(v)}{prefix}" + "; ".join(texts))
 
 
 def judge(ok: bool, partial: bool = False) -> Verdict:

@@ -217,6 +217,20 @@ class Task:
         )
         return res.probes
 
+    def probes(self, rates: Mapping[str, float], probe) -> xr.DataArray | None:
+        """:meth:`probe` of each optimiser at its rate (NaN rates skipped), concatenated on
+        ``probe_method`` with the probe's dims renamed ``probe_step``, ``probe_layer``,
+        ``probe_target``, ``probe_estimator`` (so they sit beside a tuning Dataset)."""
+        names = [m for m, lr in rates.items() if np.isfinite(lr)]
+        if not names:
+            return None
+        p = xr.concat([self.probe(m, float(rates[m]), probe) for m in names], dim="probe_method")
+        p = p.assign_coords(probe_method=names).rename(
+            step="probe_step", layer="probe_layer", target="probe_target",
+            estimator="probe_estimator",
+        )  # fmt: skip
+        return p.drop_vars([c for c in p.coords if c not in p.dims])
+
     def setting(self) -> str:
         opts = ", ".join(f"{k} {v}" for k, v in self.options)
         return (

@@ -391,3 +391,14 @@ def test_grid_named_inner_dims_and_missing_points():
     assert np.isnan(ds["m"].sel(a=2)).all() and float(ds["k"].sel(a=1, i=2)) == 1.0
     with pytest.raises(ValueError, match=r"names dims \['z'\] not in inner"):
         study.grid({"a": [1]}, lambda a: {"m": (("z",), [1.0])}, inner={"i": [0]})
+
+
+def test_rule_outcomes_add_data_dependent_tolerance_and_setting_or_nothing():
+    from precond_lab.study import Outcome, Rule, Verdict, verdicts_from
+
+    rules = [
+        Rule("P3-1", TestKind.PROXY, lambda ds: Outcome(Verdict.HOLDS, "e", "t2", "s2"), "t1"),
+        Rule("P3-2", TestKind.PROXY, lambda ds: None),
+    ]
+    (row,) = verdicts_from({}, rules)
+    assert (row.tolerance, row.setting) == ("t2; t1", "s2")
