@@ -35,6 +35,7 @@ __all__ = [
     "adafactor",
     "vn_optimal_diagonal_kronecker",
     "vn_diagonal_kronecker_objective",
+    "adafactor_vs_minimiser",
     "one_sided_kl",
     "diagonal",
     "contract_left",
@@ -298,6 +299,16 @@ def vn_optimal_diagonal_kronecker(delta, seed: int = 0) -> tuple[np.ndarray, flo
     res = scipy.optimize.minimize(f, p0, jac=grad, method="BFGS", options={"gtol": 1e-13})
     prod = np.outer(np.exp(res.x[:m]), np.exp(res.x[m:]))
     return prod, vn_diagonal_kronecker_objective(delta, prod)
+
+
+def adafactor_vs_minimiser(delta, values) -> tuple[float, float]:
+    """``(‖P − V‖/‖V‖, obj(V) − obj(P))``: a closed-form diagonal Kronecker fit ``V`` (e.g.
+    Adafactor's) against the numerical minimiser ``P`` of ``vn_optimal_diagonal_kronecker``
+    (the objective difference is the von Neumann divergence difference exactly)."""
+    prod, obj = vn_optimal_diagonal_kronecker(delta)
+    values = np.asarray(values, np.float64)
+    err = float(np.linalg.norm(prod - values) / np.linalg.norm(values))
+    return err, vn_diagonal_kronecker_objective(delta, values) - obj
 
 
 def vn_diagonal_kronecker_objective(delta, product) -> float:

@@ -35,9 +35,11 @@ from ._flat_tail import (
 from ._frobenius import frobenius_optimal, power_iteration, rearranged_singular_values
 from ._kfac import kfac
 from ._kl import (
+    FlipFlopRecord,
     ShapeGap,
     instantaneous_kl_direction,
     kl_fixed_point_residual,
+    kl_flip_flop_record,
     kl_optimal,
     kl_shape_gap,
     one_sided_kl,
@@ -58,6 +60,7 @@ __all__ = [
     "EstimatorSpec",
     "FitContext",
     "ParsedEstimator",
+    "FlipFlopRecord",
     "ShapeGap",
     "SpikeProfile",
     "adafactor",
@@ -77,6 +80,7 @@ __all__ = [
     "kfac",
     "kl_flat_tail",
     "kl_fixed_point_residual",
+    "kl_flip_flop_record",
     "kl_optimal",
     "kl_shape_gap",
     "one_sided_kl",

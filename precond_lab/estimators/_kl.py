@@ -21,13 +21,16 @@ import numpy as np
 from .._validation import FitNeedsDampingError, check_damped_spectrum, check_number
 from ..linalg import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
+from ..targets import SampleTarget
 from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, on_target, register
 
 __all__ = [
+    "FlipFlopRecord",
     "ShapeGap",
     "instantaneous_kl_direction",
     "kl_fixed_point_residual",
+    "kl_flip_flop_record",
     "kl_optimal",
     "kl_shape_gap",
     "one_sided_kl",
@@ -238,6 +241,84 @@ def kl_fixed_point_residual(target, fit: Kronecker) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlipFlopRecord:
+    """``kl_flip_flop_record``'s result: how one damped flip-flop fit went.
+
+    Attributes:
+        n_examples: the examples fitted on.
+        needs_damping: the fit raised ``FitNeedsDampingError`` (no fit: the rest is unset).
+        iterations: flip-flop sweeps run; converged: the tolerance was reached.
+        residuals: the relative change of the factors per sweep (``FitInfo.residuals``).
+        stationarity: ``kl_fixed_point_residual`` at the fit.
+    """
+
+    n_examples: int
+    needs_damping: bool
+    iterations: int = -1
+    converged: bool = False
+    residuals: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    stationarity: float = np.nan
+
+    def as_dict(self, prefix: str = "", length: int | None = None) -> dict:
+        """The fields by ``prefix + name`` (booleans as int), ``residuals`` NaN-padded to
+        ``length``; a fit that needs damping gives only ``n_examples`` and
+        ``needs_damping`` (for ``study.grid``, which marks the rest missing)."""
+        out = {"n_examples": self.n_examples, "needs_damping": int(self.needs_damping)}
+        if not self.needs_damping:
+            hist = np.full(length or len(self.residuals), np.nan)
+            hist[: len(self.residuals)] = self.residuals[: len(hist)]
+            out.update(iterations=self.iterations, converged=int(self.converged),
+                       residuals=hist, stationarity=self.stationarity)  # fmt: skip
+        return {prefix + k: v for k, v in out.items()}
+
+
+def kl_flip_flop_record(
+    samples,
+    *,
+    weights=None,
+    examples: int | None = None,
+    per_example: int = 1,
+    damping_rel: float = 0.0,
+    max_iter: int = 500,
+) -> FlipFlopRecord:
+    """``kl_optimal`` on the first ``examples`` examples at ``λ = damping_rel·trΣ_N/(mn)``,
+    recorded: sweeps, convergence, residual history and fixed-point residual (P1-12).
+
+    Args:
+        samples: ``(N·K, m, n)`` per-example matrices, ``K = per_example`` consecutive
+            pseudo-samples per example (e.g. the classes of a Gauss–Newton bag).
+        weights: ``(N·K,)`` weights (default uniform); the subset's are renormalised.
+        examples: how many examples (None or more than there are: all).
+        damping_rel: the damping relative to the subset's ``tr Σ/(mn)``, ≥ 0.
+        max_iter: flip-flop sweeps.
+
+    Raises:
+        ValueError: a bad option (the message names it).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 3 or samples.shape[0] % int(per_example):
+        raise ValueError(
+            f"samples must be (N·K, m, n) with K = per_example = {per_example} dividing N·K; "
+            f"got shape {samples.shape}"
+        )
+    damping_rel = check_number(damping_rel, "damping_rel", low=0.0)
+    total = samples.shape[0] // per_example
+    n_ex = total if examples is None else min(check_number(examples, "examples", low=1,
+                                                           integer=True), total)  # fmt: skip
+    w = np.ones(len(samples)) if weights is None else np.asarray(weights, np.float64)
+    w = w[: n_ex * per_example] / np.sum(w[: n_ex * per_example])
+    base = SampleTarget(samples[: n_ex * per_example], w)
+    x = base.damped(damping_rel * float(base.trace()) / np.prod(base.matrix_shape))
+    try:
+        fit = kl_optimal(x, max_iter=max_iter)
+    except FitNeedsDampingError:
+        return FlipFlopRecord(n_ex, True)
+    info = fit.info
+    return FlipFlopRecord(n_ex, False, info.iterations, bool(info.converged),
+                          np.asarray(info.residuals), kl_fixed_point_residual(x, fit))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class ShapeGap:
     """``kl_shape_gap``'s result: the shape part of Shampoo's KL gap and its noise.
 
@@ -266,17 +347,17 @@ class ShapeGap:
         return float(2 * self.gap - np.mean(r)) if r.size else np.nan
 
 
-def _shape_gap_once(samples, weights, damping_rel, max_iter) -> tuple[float, float]:
+def _shape_gap_once(samples, weights, damping_rel, max_iter, init=None):
     from ..metrics import kl_divergence
-    from ..targets import SampleTarget
 
     base = SampleTarget(samples, weights)
     m, n = base.matrix_shape
     x = base.damped(damping_rel * float(base.trace()) / (m * n))
-    opt = float(kl_divergence(x, kl_optimal(x, max_iter=max_iter)))
+    fit = kl_optimal(x, max_iter=max_iter, init=init)
+    opt = float(kl_divergence(x, fit))
     left, right = x.second_moments()
     rescaled = float(kl_divergence(x, Kronecker(left, right, 1.0 / (m * n)), rescale=True))
-    return rescaled - opt, opt
+    return rescaled - opt, opt, fit
 
 
 def kl_shape_gap(
@@ -296,8 +377,8 @@ def kl_shape_gap(
     KL(X ‖ KL-opt) ≥ 0``, is the *shape* mismatch of P1-14 (zero iff ``L⊗R`` is
     proportional to the KL optimum, e.g. for a Kronecker ``X``). On finite samples the
     gap is positive even for a Kronecker population; the bootstrap (examples drawn with
-    replacement, ``λ`` recomputed on each) measures that noise: ``ShapeGap.spread`` and
-    ``ShapeGap.corrected``.
+    replacement, ``λ`` recomputed on each, each KL fit started from the full sample's)
+    measures that noise: ``ShapeGap.spread`` and ``ShapeGap.corrected``.
 
     Args:
         samples: ``(N·K, m, n)`` per-example matrices: ``K = per_example`` consecutive
@@ -331,7 +412,7 @@ def kl_shape_gap(
     w = np.full(total, 1.0 / total) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (total,):
         raise ValueError(f"weights must have shape ({total},); got {w.shape}")
-    gap, opt = _shape_gap_once(samples, w, damping_rel, max_iter)
+    gap, opt, fit = _shape_gap_once(samples, w, damping_rel, max_iter)
     rng = np.random.default_rng(seed)
     n_ex = total // per_example
     out = np.full(resamples, np.nan)
@@ -339,7 +420,7 @@ def kl_shape_gap(
         pick = rng.integers(0, n_ex, n_ex)
         idx = (pick[:, None] * per_example + np.arange(per_example)).ravel()
         try:
-            out[b] = _shape_gap_once(samples[idx], w[idx], damping_rel, max_iter)[0]
+            out[b] = _shape_gap_once(samples[idx], w[idx], damping_rel, max_iter, fit)[0]
         except FitNeedsDampingError:  # a resample too degenerate to fit: left out
             pass
     return ShapeGap(gap, opt, out)
