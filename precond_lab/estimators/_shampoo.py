@@ -141,7 +141,7 @@ register(
         "Shampoo L⊗R/(mn)",
         reference="shampoo_product",
         summary="(L/n) ⊗ (R/m): Shampoo's two one-sided KL solutions combined (P1-14).",
-        color="#44AA99",
+        color="#8C564B",
         marker="<",
     )
 )
@@ -153,7 +153,7 @@ register(
         reference="adafactor",
         summary="diag(row sums) ⊗ diag(col sums) / total of diag Σ: the vN-optimal "
         "diagonal Kronecker fit.",
-        color="#999933",
+        color="#6B8E23",
         marker=">",
     )
 )
