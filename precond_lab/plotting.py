@@ -47,6 +47,7 @@ __all__ = [
     "figure",
     "legend",
     "band",
+    "missing_on_floor",
     "quartile_errorbar",
     "plot_timings",
     "grid_lines",
@@ -767,6 +768,25 @@ def band(ax, x, da: xr.DataArray, over: str | Sequence[str], *, positive: bool =
     line = ax.plot(x, y.mean(over), **kw)[0]
     ax.fill_between(x, y.min(over), y.max(over), color=line.get_color(), alpha=0.18, lw=0)
     return line
+
+
+def missing_on_floor(ax, x, *, label: str = "", band: bool = True, **kw):
+    """Mark points that have no value (e.g. a fit that needs damping) at ``x`` on a hatched
+    band along the axis floor, in axes units: drawn as missing, never as a value.
+
+    Returns:
+        The scatter (its offsets in (data x, axes y) coordinates).
+    """
+    x = np.asarray(x, float)
+    kw = {"marker": "x", "s": 30, **kw}
+    out = ax.scatter(x, np.full(x.size, 0.03), transform=ax.get_xaxis_transform(),
+                     clip_on=False, label=label, **kw)  # fmt: skip
+    if band and x.size:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((0, 0), 1, 0.06, transform=ax.transAxes, facecolor="none",
+                               edgecolor="0.6", hatch="////", linewidth=0.0, zorder=0))  # fmt: skip
+    return out
 
 
 def quartile_errorbar(ax, x, da: xr.DataArray, over: str, **kw):

@@ -31,6 +31,11 @@ __all__ = [
     "psd_power",
     "shampoo",
     "shampoo_squared",
+    "shampoo_product",
+    "adafactor",
+    "vn_optimal_diagonal_kronecker",
+    "vn_diagonal_kronecker_objective",
+    "adafactor_vs_minimiser",
     "one_sided_kl",
     "diagonal",
     "contract_left",
@@ -244,6 +249,73 @@ def shampoo_squared(sigma, m: int, n: int) -> np.ndarray:
     """Dense ``L ⊗ R / tr Σ``."""
     left, right = shampoo_statistics(sigma, m, n)
     return np.kron(left, right) / np.trace(sigma)
+
+
+def shampoo_product(sigma, m: int, n: int) -> np.ndarray:
+    """Dense ``(L/n) ⊗ (R/m) = L ⊗ R/(mn)``."""
+    left, right = shampoo_statistics(sigma, m, n)
+    return np.kron(left, right) / (m * n)
+
+
+def adafactor(sigma, m: int, n: int) -> np.ndarray:
+    """Dense ``diag(r ⊗ c)/Σδ``: ``δ = diag Σ`` as ``(m, n)``, ``r``/``c`` its row/column sums."""
+    delta = np.diag(np.asarray(sigma, np.float64)).reshape(m, n)
+    return np.diag(np.outer(delta.sum(1), delta.sum(0)).ravel() / delta.sum())
+
+
+def vn_optimal_diagonal_kronecker(delta, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Numerically minimise ``D_vN(X, diag(a ⊗ b))`` over positive ``a, b`` (BFGS).
+
+    For a diagonal ``Y``, ``tr(X log Y) = Σ_ij δ_ij log Y_ij`` with ``δ = diag X`` as
+    ``(m, n)``, so up to a constant ``D_vN = −Σ δ_ij (log a_i + log b_j) + Σa·Σb``:
+    minimised in ``(log a, log b)`` from a random start, with no closed form used.
+
+    Args:
+        delta: ``(m, n)`` positive diagonal of ``X`` (``target.rotated_diagonal(None, None)``).
+        seed: the random start's seed.
+
+    Returns:
+        ``(a bᵀ (m, n), the objective there)``; ``vn_diagonal_kronecker_objective`` gives
+        the same objective for any other ``(m, n)`` product.
+    """
+    delta = np.asarray(delta, np.float64)
+    if delta.ndim != 2 or np.any(~(delta > 0)):
+        raise ValueError(
+            f"delta must be the (m, n) diagonal of X, positive; got shape {delta.shape} "
+            "(pass target.rotated_diagonal(None, None) of a damped target)"
+        )
+    m, n = delta.shape
+
+    def f(p):
+        la, lb = p[:m], p[m:]
+        return -(delta * (la[:, None] + lb[None, :])).sum() + np.exp(la).sum() * np.exp(lb).sum()
+
+    def grad(p):
+        ea, eb = np.exp(p[:m]), np.exp(p[m:])
+        return np.concatenate([-delta.sum(1) + ea * eb.sum(), -delta.sum(0) + eb * ea.sum()])
+
+    p0 = np.full(m + n, 0.5 * np.log(delta.sum() / (m * n)))
+    p0 = p0 + np.random.default_rng(seed).standard_normal(m + n)
+    res = scipy.optimize.minimize(f, p0, jac=grad, method="BFGS", options={"gtol": 1e-13})
+    prod = np.outer(np.exp(res.x[:m]), np.exp(res.x[m:]))
+    return prod, vn_diagonal_kronecker_objective(delta, prod)
+
+
+def adafactor_vs_minimiser(delta, values) -> tuple[float, float]:
+    """``(‖P − V‖/‖V‖, obj(V) − obj(P))``: a closed-form diagonal Kronecker fit ``V`` (e.g.
+    Adafactor's) against the numerical minimiser ``P`` of ``vn_optimal_diagonal_kronecker``
+    (the objective difference is the von Neumann divergence difference exactly)."""
+    prod, obj = vn_optimal_diagonal_kronecker(delta)
+    values = np.asarray(values, np.float64)
+    err = float(np.linalg.norm(prod - values) / np.linalg.norm(values))
+    return err, vn_diagonal_kronecker_objective(delta, values) - obj
+
+
+def vn_diagonal_kronecker_objective(delta, product) -> float:
+    """``D_vN(X, diag(P)) − const = −Σ δ log P + Σ P`` for a positive ``(m, n)`` ``P``
+    (the constant ``tr(X log X) − tr X`` does not depend on ``P``)."""
+    delta, product = np.asarray(delta, np.float64), np.asarray(product, np.float64)
+    return float(-(delta * np.log(product)).sum() + product.sum())
 
 
 def one_sided_kl(sigma, m: int, n: int, side: str = "left", damping: float = 0.0):

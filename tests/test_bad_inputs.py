@@ -1751,6 +1751,61 @@ CASES = [
         ValueError,
         r"optimiser_runner: steps must be ≥ 1, got 0",
     ),
+    # --- P1's KL study in the library: shape gap, fixed-point residual, synthetic targets ---
+    (
+        "kl_fixed_point_residual of a diagonal fit",
+        lambda: est.kl_fixed_point_residual(_g(), est.diagonal(_g())),
+        TypeError,
+        r"fit must be a Kronecker \(e\.g\. kl_optimal\(target\)\); got Diagonal",
+    ),
+    (
+        "kl_fixed_point_residual of another shape's fit",
+        lambda: est.kl_fixed_point_residual(_g(), Kronecker(np.eye(N), np.eye(M))),
+        ValueError,
+        r"fit has matrix_shape \(4, 3\) but the target \(3, 4\): pass the fit of this target",
+    ),
+    (
+        "kl_shape_gap of a flat array",
+        lambda: est.kl_shape_gap(np.ones((K, M * N))),
+        ValueError,
+        r"samples must be \(N, m, n\) per-example matrices; got shape \(20, 12\)",
+    ),
+    (
+        "kl_shape_gap per_example not dividing the samples",
+        lambda: est.kl_shape_gap(_g(), per_example=3),
+        ValueError,
+        r"per_example=3 does not divide the 20 samples: pass the number of pseudo-samples",
+    ),
+    (
+        "kl_shape_gap negative resamples",
+        lambda: est.kl_shape_gap(_g(), resamples=-1),
+        ValueError,
+        r"resamples must be an integer in \[0, inf\); got -1",
+    ),
+    (
+        "kl_shape_gap weights of the wrong length",
+        lambda: est.kl_shape_gap(_g(), weights=np.ones(3)),
+        ValueError,
+        r"weights must have shape \(20,\); got \(3,\)",
+    ),
+    (
+        "mixture_samples fewer samples than components",
+        lambda: _synthetic().mixture_samples(3, 2, 1, components=2),
+        ValueError,
+        r"num must be an integer in \[2, inf\); got 1",
+    ),
+    (
+        "kronecker_samples negative noise",
+        lambda: _synthetic().kronecker_samples(3, 2, 10, noise=-0.1),
+        ValueError,
+        r"noise must be a real number in \[0, inf\); got -0\.1",
+    ),
+    (
+        "vn_optimal_diagonal_kronecker of a vector",
+        lambda: _reference().vn_optimal_diagonal_kronecker(np.ones(4)),
+        ValueError,
+        r"delta must be the \(m, n\) diagonal",
+    ),
 ]
 
 
@@ -1764,6 +1819,18 @@ def _timing():
     from precond_lab import timing
 
     return timing
+
+
+def _synthetic():
+    from precond_lab import targets
+
+    return targets
+
+
+def _reference():
+    from precond_lab import reference
+
+    return reference
 
 
 def _study():

@@ -34,7 +34,16 @@ from ._flat_tail import (
 )
 from ._frobenius import frobenius_optimal, power_iteration, rearranged_singular_values
 from ._kfac import kfac
-from ._kl import instantaneous_kl_direction, kl_optimal, one_sided_kl
+from ._kl import (
+    FlipFlopRecord,
+    ShapeGap,
+    instantaneous_kl_direction,
+    kl_fixed_point_residual,
+    kl_flip_flop_record,
+    kl_optimal,
+    kl_shape_gap,
+    one_sided_kl,
+)
 from ._registry import (
     ESTIMATORS,
     EstimatorSpec,
@@ -44,14 +53,17 @@ from ._registry import (
     parse_estimator,
     register,
 )
-from ._shampoo import shampoo, shampoo_host, shampoo_squared
+from ._shampoo import adafactor, shampoo, shampoo_host, shampoo_product, shampoo_squared
 
 __all__ = [
     "ESTIMATORS",
     "EstimatorSpec",
     "FitContext",
     "ParsedEstimator",
+    "FlipFlopRecord",
+    "ShapeGap",
     "SpikeProfile",
+    "adafactor",
     "bregman_objective",
     "bregman_optimal",
     "build",
@@ -67,11 +79,15 @@ __all__ = [
     "instantaneous_kl_direction",
     "kfac",
     "kl_flat_tail",
+    "kl_fixed_point_residual",
+    "kl_flip_flop_record",
     "kl_optimal",
+    "kl_shape_gap",
     "one_sided_kl",
     "power_iteration",
     "shampoo",
     "shampoo_host",
+    "shampoo_product",
     "rearranged_singular_values",
     "shampoo_squared",
     "spike_profile",

@@ -13,16 +13,28 @@ after each half-step ``f = n log det L + m log det R + mn`` exactly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
 from .._validation import FitNeedsDampingError, check_damped_spectrum, check_number
 from ..linalg import eigh_sym, symmetrize
 from ..structures import FitInfo, Kronecker
+from ..targets import SampleTarget
 from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, on_target, register
 
-__all__ = ["instantaneous_kl_direction", "kl_optimal", "one_sided_kl"]
+__all__ = [
+    "FlipFlopRecord",
+    "ShapeGap",
+    "instantaneous_kl_direction",
+    "kl_fixed_point_residual",
+    "kl_flip_flop_record",
+    "kl_optimal",
+    "kl_shape_gap",
+    "one_sided_kl",
+]
 
 
 def _spd_inverse(x, name: str, max_condition: float):
@@ -187,6 +199,231 @@ def kl_optimal(
         method="flip-flop",
     )
     return Kronecker(left, right, 1.0, info=info).normalized()
+
+
+def kl_fixed_point_residual(target, fit: Kronecker) -> float:
+    """The flip-flop equations' residual at ``fit``, recomputed from one sweep.
+
+    ``‖L' − L‖/‖L‖ + ‖R' − R‖/‖R‖`` with ``L' = E[G R⁻¹ Gᵀ]/n``, ``R' = E[Gᵀ L⁻¹ G]/m``
+    of ``target`` (pass the damped target the fit was made on: its contractions carry the
+    ``λ tr(·) I`` terms); zero exactly at a stationary point (P1-12), whatever the split
+    of the scale between the factors. ``reference.kl_fixed_point_residual`` is its dense
+    twin.
+
+    Args:
+        target: the (damped) target, a ``Target`` or per-example matrices.
+        fit: a ``Kronecker`` of the target's shape (e.g. ``kl_optimal(target)``).
+
+    Raises:
+        TypeError: ``fit`` is not a Kronecker.
+        ValueError: ``fit``'s shape differs from the target's.
+    """
+    if not isinstance(fit, Kronecker):
+        raise TypeError(
+            f"fit must be a Kronecker (e.g. kl_optimal(target)); got {type(fit).__name__}"
+        )
+    target = target_of(target)
+    if tuple(fit.matrix_shape) != tuple(target.matrix_shape):
+        raise ValueError(
+            f"fit has matrix_shape {tuple(fit.matrix_shape)} but the target "
+            f"{tuple(target.matrix_shape)}: pass the fit of this target"
+        )
+    m, n = target.matrix_shape
+    left = np.asarray(fit.left, np.float64) * float(fit.scale)
+    right = np.asarray(fit.right, np.float64)
+    inv = [jnp.asarray(np.linalg.inv(f), target.dtype) for f in (right, left)]
+    new_l = np.asarray(target.contract_left(inv[0]), np.float64) / n
+    new_r = np.asarray(target.contract_right(inv[1]), np.float64) / m
+    return float(
+        np.linalg.norm(new_l - left) / np.linalg.norm(left)
+        + np.linalg.norm(new_r - right) / np.linalg.norm(right)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FlipFlopRecord:
+    """``kl_flip_flop_record``'s result: how one damped flip-flop fit went.
+
+    Attributes:
+        n_examples: the examples fitted on.
+        needs_damping: the fit raised ``FitNeedsDampingError`` (no fit: the rest is unset).
+        iterations: flip-flop sweeps run; converged: the tolerance was reached.
+        residuals: the relative change of the factors per sweep (``FitInfo.residuals``).
+        stationarity: ``kl_fixed_point_residual`` at the fit.
+    """
+
+    n_examples: int
+    needs_damping: bool
+    iterations: int = -1
+    converged: bool = False
+    residuals: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    stationarity: float = np.nan
+
+    def as_dict(self, prefix: str = "", length: int | None = None) -> dict:
+        """The fields by ``prefix + name`` (booleans as int), ``residuals`` NaN-padded to
+        ``length``; a fit that needs damping gives only ``n_examples`` and
+        ``needs_damping`` (for ``study.grid``, which marks the rest missing)."""
+        out = {"n_examples": self.n_examples, "needs_damping": int(self.needs_damping)}
+        if not self.needs_damping:
+            hist = np.full(length or len(self.residuals), np.nan)
+            hist[: len(self.residuals)] = self.residuals[: len(hist)]
+            out.update(iterations=self.iterations, converged=int(self.converged),
+                       residuals=hist, stationarity=self.stationarity)  # fmt: skip
+        return {prefix + k: v for k, v in out.items()}
+
+
+def kl_flip_flop_record(
+    samples,
+    *,
+    weights=None,
+    examples: int | None = None,
+    per_example: int = 1,
+    damping_rel: float = 0.0,
+    max_iter: int = 500,
+) -> FlipFlopRecord:
+    """``kl_optimal`` on the first ``examples`` examples at ``λ = damping_rel·trΣ_N/(mn)``,
+    recorded: sweeps, convergence, residual history and fixed-point residual (P1-12).
+
+    Args:
+        samples: ``(N·K, m, n)`` per-example matrices, ``K = per_example`` consecutive
+            pseudo-samples per example (e.g. the classes of a Gauss–Newton bag).
+        weights: ``(N·K,)`` weights (default uniform); the subset's are renormalised.
+        examples: how many examples (None or more than there are: all).
+        damping_rel: the damping relative to the subset's ``tr Σ/(mn)``, ≥ 0.
+        max_iter: flip-flop sweeps.
+
+    Raises:
+        ValueError: a bad option (the message names it).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 3 or samples.shape[0] % int(per_example):
+        raise ValueError(
+            f"samples must be (N·K, m, n) with K = per_example = {per_example} dividing N·K; "
+            f"got shape {samples.shape}"
+        )
+    damping_rel = check_number(damping_rel, "damping_rel", low=0.0)
+    total = samples.shape[0] // per_example
+    n_ex = total if examples is None else min(check_number(examples, "examples", low=1,
+                                                           integer=True), total)  # fmt: skip
+    w = np.ones(len(samples)) if weights is None else np.asarray(weights, np.float64)
+    w = w[: n_ex * per_example] / np.sum(w[: n_ex * per_example])
+    base = SampleTarget(samples[: n_ex * per_example], w)
+    x = base.damped(damping_rel * float(base.trace()) / np.prod(base.matrix_shape))
+    try:
+        fit = kl_optimal(x, max_iter=max_iter)
+    except FitNeedsDampingError:
+        return FlipFlopRecord(n_ex, True)
+    info = fit.info
+    return FlipFlopRecord(n_ex, False, info.iterations, bool(info.converged),
+                          np.asarray(info.residuals), kl_fixed_point_residual(x, fit))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeGap:
+    """``kl_shape_gap``'s result: the shape part of Shampoo's KL gap and its noise.
+
+    Attributes:
+        gap: ``KL(X ‖ c*·L⊗R) − KL(X ‖ KL-opt)`` on all examples (``X = Σ + λI``).
+        kl_optimal: ``KL(X ‖ KL-opt)``.
+        resampled: the gap on each bootstrap resample of the examples.
+    """
+
+    gap: float
+    kl_optimal: float
+    resampled: np.ndarray
+
+    @property
+    def spread(self) -> float:
+        """The standard deviation of the resampled gaps (NaN with fewer than two)."""
+        r = self.resampled[np.isfinite(self.resampled)]
+        return float(np.std(r, ddof=1)) if r.size > 1 else np.nan
+
+    @property
+    def corrected(self) -> float:
+        """The bootstrap bias-corrected gap ``2·gap − mean(resampled)``: sampling noise
+        alone makes a Kronecker ``Σ``'s sample gap positive, and a resample's larger;
+        the correction takes that inflation off (≈ 0 or below for a Kronecker ``Σ``)."""
+        r = self.resampled[np.isfinite(self.resampled)]
+        return float(2 * self.gap - np.mean(r)) if r.size else np.nan
+
+
+def _shape_gap_once(samples, weights, damping_rel, max_iter, init=None):
+    from ..metrics import kl_divergence
+
+    base = SampleTarget(samples, weights)
+    m, n = base.matrix_shape
+    x = base.damped(damping_rel * float(base.trace()) / (m * n))
+    fit = kl_optimal(x, max_iter=max_iter, init=init)
+    opt = float(kl_divergence(x, fit))
+    left, right = x.second_moments()
+    rescaled = float(kl_divergence(x, Kronecker(left, right, 1.0 / (m * n)), rescale=True))
+    return rescaled - opt, opt, fit
+
+
+def kl_shape_gap(
+    samples,
+    *,
+    weights=None,
+    damping_rel: float = 1e-3,
+    resamples: int = 0,
+    per_example: int = 1,
+    seed: int = 0,
+    max_iter: int = 500,
+) -> ShapeGap:
+    """The shape part of Shampoo's KL gap, with its spread over bootstrap resamples.
+
+    Every multiple ``c·L⊗R`` of Shampoo's statistics (``L⊗R/(mn)``, ``L⊗R/tr Σ``) has the
+    same KL-optimal rescaling ``c*·L⊗R``; what is left after it, ``KL(X ‖ c*·L⊗R) −
+    KL(X ‖ KL-opt) ≥ 0``, is the *shape* mismatch of P1-14 (zero iff ``L⊗R`` is
+    proportional to the KL optimum, e.g. for a Kronecker ``X``). On finite samples the
+    gap is positive even for a Kronecker population; the bootstrap (examples drawn with
+    replacement, ``λ`` recomputed on each, each KL fit started from the full sample's)
+    measures that noise: ``ShapeGap.spread`` and ``ShapeGap.corrected``.
+
+    Args:
+        samples: ``(N·K, m, n)`` per-example matrices: ``K = per_example`` consecutive
+            pseudo-samples per example (e.g. one per class of a Gauss–Newton bag),
+            resampled together.
+        weights: ``(N·K,)`` weights (default ``1/(N·K)``).
+        damping_rel: ``λ = damping_rel · tr Σ/(mn)``, ≥ 0.
+        resamples: the number of bootstrap resamples (0: none).
+        per_example: pseudo-samples per example, dividing ``N·K``.
+        seed: the resampling seed.
+        max_iter: flip-flop sweeps of each KL fit.
+
+    Raises:
+        ValueError: a bad option, or samples that are not ``(N·K, m, n)`` with ``K``
+            dividing the count (the message names the argument).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 3:
+        raise ValueError(
+            f"samples must be (N, m, n) per-example matrices; got shape {samples.shape}"
+        )
+    damping_rel = check_number(damping_rel, "damping_rel", low=0.0)
+    resamples = check_number(resamples, "resamples", low=0, integer=True)
+    per_example = check_number(per_example, "per_example", low=1, integer=True)
+    if samples.shape[0] % per_example:
+        raise ValueError(
+            f"per_example={per_example} does not divide the {samples.shape[0]} samples: pass "
+            "the number of pseudo-samples each example contributes (e.g. the classes)"
+        )
+    total = samples.shape[0]
+    w = np.full(total, 1.0 / total) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (total,):
+        raise ValueError(f"weights must have shape ({total},); got {w.shape}")
+    gap, opt, fit = _shape_gap_once(samples, w, damping_rel, max_iter)
+    rng = np.random.default_rng(seed)
+    n_ex = total // per_example
+    out = np.full(resamples, np.nan)
+    for b in range(resamples):
+        pick = rng.integers(0, n_ex, n_ex)
+        idx = (pick[:, None] * per_example + np.arange(per_example)).ravel()
+        try:
+            out[b] = _shape_gap_once(samples[idx], w[idx], damping_rel, max_iter, fit)[0]
+        except FitNeedsDampingError:  # a resample too degenerate to fit: left out
+            pass
+    return ShapeGap(gap, opt, out)
 
 
 def instantaneous_kl_direction(g, relative_damping: float, **kwargs):

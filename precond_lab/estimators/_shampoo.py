@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..linalg import psd_power, symmetrize
-from ..structures import Kronecker
+from ..structures import Diagonal, Kronecker
 from ._common import target_of
 from ._registry import EstimatorSpec, on_target, register
 
-__all__ = ["shampoo", "shampoo_host", "shampoo_squared"]
+__all__ = ["adafactor", "shampoo", "shampoo_host", "shampoo_product", "shampoo_squared"]
 
 
 def shampoo(
@@ -50,6 +51,43 @@ def shampoo_squared(
     target = target_of(samples, weights, center, chunk_size)
     left, right = target.second_moments()
     return Kronecker(symmetrize(left), symmetrize(right), 1.0 / target.trace())
+
+
+def shampoo_product(
+    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+) -> Kronecker:
+    """Shampoo's two one-sided KL solutions combined: ``(L/n) ⊗ (R/m) = L⊗R/(mn)``.
+
+    Each factor alone is KL-optimal with the identity on the other side (P1's Claim 1,
+    ``one_sided_kl``); their product is not the two-sided optimum (P1-14): it is
+    mis-scaled (``L⊗R/tr Σ`` is the right multiple for an exact Kronecker ``Σ``) and,
+    unless ``Σ`` is a Kronecker product, mis-shaped.
+
+    Returns:
+        ``Kronecker(left=L, right=R, scale=1/(mn))``.
+    """
+    target = target_of(samples, weights, center, chunk_size)
+    m, n = target.matrix_shape
+    left, right = target.second_moments()
+    return Kronecker(symmetrize(left), symmetrize(right), 1.0 / (m * n))
+
+
+def adafactor(
+    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+) -> Diagonal:
+    """Adafactor's factored second moment ``diag(r) ⊗ diag(c) / Σ δ``.
+
+    ``δ = diag(Σ)`` reshaped ``(m, n)`` (the mean squared gradient entries), ``r`` its row
+    sums and ``c`` its column sums (``r = diag L``, ``c = diag R``). It is the minimiser of
+    the von Neumann divergence ``D_vN(Σ, diag(a ⊗ b))`` over positive ``a, b`` (P1-22;
+    ``reference.vn_optimal_diagonal_kronecker`` finds it numerically).
+
+    Returns:
+        ``Diagonal(r cᵀ / Σ δ)``.
+    """
+    target = target_of(samples, weights, center, chunk_size)
+    delta = target.rotated_diagonal(None, None)
+    return Diagonal(jnp.outer(delta.sum(1), delta.sum(0)) / jnp.sum(delta))
 
 
 register(
@@ -94,3 +132,28 @@ def shampoo_host(
         return ((v * np.sqrt(np.maximum(w, 0.0))) @ v.T).astype(target.dtype)
 
     return Kronecker(root(left), root(right))
+
+
+register(
+    EstimatorSpec(
+        "shampoo_product",
+        on_target(shampoo_product),
+        "Shampoo L⊗R/(mn)",
+        reference="shampoo_product",
+        summary="(L/n) ⊗ (R/m): Shampoo's two one-sided KL solutions combined (P1-14).",
+        color="#8C564B",
+        marker="<",
+    )
+)
+register(
+    EstimatorSpec(
+        "adafactor",
+        on_target(adafactor),
+        "Adafactor",
+        reference="adafactor",
+        summary="diag(row sums) ⊗ diag(col sums) / total of diag Σ: the vN-optimal "
+        "diagonal Kronecker fit.",
+        color="#6B8E23",
+        marker=">",
+    )
+)

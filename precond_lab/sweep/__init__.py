@@ -32,8 +32,11 @@ the ``"spectrum"`` metric)::
     target_eigenvalues (step, layer, target, index)  eigenvalues of Σ + λI
 
 Coordinates: ``step`` (int), ``layer``/``target``/``estimator``/``metric`` (str),
-``layer_rows``/``layer_cols`` on ``layer``, ``fit_source`` on ``estimator`` (the target
-kind it is fitted on, or ``"target"`` for the scored target itself), ``batch_size``,
+``layer_rows``/``layer_cols`` on ``layer`` (``-1`` where its targets differ in shape, as
+in a ``{name: target}`` dict of unrelated matrices), ``target_rows``/``target_cols`` on
+``(step, layer, target)`` (each built target's ``(m, n)``, ``-1`` where none),
+``fit_source`` on ``estimator`` (the target kind it is fitted on, or ``"target"`` for the
+scored target itself), ``batch_size``,
 and, from a capture, ``loss``/``accuracy`` on ``step``. Attributes hold provenance as
 strings and numbers only (netCDF rejects dicts and booleans): library and version,
 creation date, source, damping rule, dtype, and the failure summary.
@@ -41,7 +44,8 @@ creation date, source, damping rule, dtype, and the failure summary.
 Target kinds. From a capture (``precond_lab.capture``): ``"gradients"`` (empirical
 Fisher, real labels), ``"ggn"`` (exact Gauss–Newton), ``"ggn_mc"`` (sampled labels),
 ``"trajectory"`` (Adagrad's ``Σ_s g_s g_sᵀ``) and ``"batch_<B>"`` (the capture's
-mini-batch gradients). In memory: any names, as dict keys.
+mini-batch gradients). In memory: any names, as dict keys; ``{name: target}`` scores a
+named set of unrelated targets (any shapes) along ``target``, in one layer.
 
 Estimators are given by name (the registry ``precond_lab.estimators.ESTIMATORS``),
 with arguments in parentheses

@@ -60,7 +60,16 @@ class Grid:
         self.spectra: dict[tuple, np.ndarray] = {}
         self.target_spectra: dict[tuple, np.ndarray] = {}
         self.shapes: dict[str, tuple[int, int]] = {}
+        self.target_shape = np.full((*shape[:3], 2), -1, np.int64)
         self.dtypes: set[str] = set()
+
+    def record_shape(self, idx, shape) -> None:
+        """Store a built target's ``(m, n)``; a layer whose targets differ in shape (a
+        ``{name: target}`` dict of unrelated matrices) gets ``(-1, -1)`` as its shape."""
+        self.target_shape[idx] = shape
+        layer = self.coords[1][idx[1]]
+        if self.shapes.setdefault(layer, tuple(shape)) != tuple(shape):
+            self.shapes[layer] = (-1, -1)
 
     def record_fit(self, idx, fit) -> None:
         """Store a ``Fit``'s status, time and iterations."""
@@ -99,6 +108,8 @@ class Grid:
             Dim.METRIC.value: np.asarray(self.metrics, dtype=object),
             "layer_rows": (Dim.LAYER.value, np.asarray(rows, np.int64)),
             "layer_cols": (Dim.LAYER.value, np.asarray(cols, np.int64)),
+            "target_rows": (dims[:3], self.target_shape[..., 0]),
+            "target_cols": (dims[:3], self.target_shape[..., 1]),
             "fit_source": (
                 Dim.ESTIMATOR.value,
                 np.asarray([s.source or "target" for s in specs], object),
@@ -119,7 +130,7 @@ class Grid:
             "target_form": (dims[:3], self.target_form),
         }
         if spectrum_k is not False:
-            size = max([r * c for r, c in self.shapes.values()] or [0])
+            size = int(np.max(np.prod(self.target_shape, axis=-1), initial=0))
             size = size if spectrum_k is None else min(size, int(spectrum_k))
             ev = np.full((*self.shape, size), np.nan)
             for idx, vals in self.spectra.items():

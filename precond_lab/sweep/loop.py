@@ -124,7 +124,7 @@ def evaluate(
                         grid.record_error((i_s, i_l, i_t), *status_of(e))
                         bar.update(len(specs) * len(bs_list) * per_cell)
                         continue
-                    grid.shapes.setdefault(layer, target.matrix_shape)
+                    grid.record_shape((i_s, i_l, i_t), target.matrix_shape)
                     grid.dtypes.add(np.dtype(target.dtype).name)
                     grid.damping[i_s, i_l, i_t], grid.num_samples[i_s, i_l, i_t] = lam, count
                     grid.target_form[i_s, i_l, i_t] = cell.form(kind)

@@ -33,6 +33,7 @@ from ._base import DampedTarget, Spectrum, Target, check_weights, checked_eigenv
 from ._dense import DenseTarget
 from ._factored import FactoredTarget
 from ._sample import _CHUNK_BYTES, SampleTarget  # noqa: F401  (_CHUNK_BYTES: the benchmark)
+from ._synthetic import kronecker_samples, mixture_samples
 
 __all__ = [
     "Target",
@@ -44,6 +45,8 @@ __all__ = [
     "as_target",
     "check_weights",
     "checked_eigenvalues",
+    "kronecker_samples",
+    "mixture_samples",
 ]
 
 

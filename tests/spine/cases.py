@@ -76,6 +76,11 @@ ESTIMATOR_CASES = {
         est.kl_flat_tail(problem()[2], 1, tol=1e-14, max_iter=5000),
         ref.kl_flat_tail(problem()[1], 4, 3, 1),
     ),
+    "shampoo_product": lambda: (
+        est.shampoo_product(problem()[2]),
+        ref.shampoo_product(problem()[1], 4, 3),
+    ),
+    "adafactor": lambda: (est.adafactor(problem()[2]), ref.adafactor(problem()[1], 4, 3)),
     "one_sided_kl": lambda: (est.one_sided_kl(problem()[2]), ref.one_sided_kl(problem()[1], 4, 3)),
     "eigencorrected": _eig_case,
     "diagonal": lambda: (est.diagonal(problem()[2]), ref.diagonal(problem()[1])),
