@@ -847,11 +847,19 @@ def grid_lines(
 
     Args:
         da: the values, with exactly the dims ``x``, ``hue``, ``row``, ``col``.
+        x: the abscissa's dim.
+        hue: the dim whose values are the lines.
+        row: the dim of the panel rows.
+        col: the dim of the panel columns.
         title: ``title(row=value, col=value) -> str`` for each panel.
-        xlabel, ylabel: the outer panels' axis labels; ``suptitle`` the figure's title.
+        xlabel: the bottom panels' x label.
+        ylabel: the left panels' y label.
+        suptitle: the figure's title.
+        panel: one panel's (width, height) in inches.
+        legend_cols: columns of the figure legend.
         style_of: ``(hue value, index) -> line keywords`` (default: ``estimator_style`` for
-            estimators, matplotlib's cycle otherwise); label_of: ``hue value -> label``
-            (lines with one label share one legend entry).
+            estimators, matplotlib's cycle otherwise).
+        label_of: ``hue value -> label`` (lines with one label share one legend entry).
     """
     missing = sorted({x, hue, row, col} - set(da.dims)) or sorted(set(da.dims) - {x, hue, row, col})
     if missing:

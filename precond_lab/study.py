@@ -237,7 +237,7 @@ def grid(
 
     Returns:
         A Dataset with each variable on ``(*coords, *its inner dims)``; no provenance (see
-        :func:`dataset`).
+        ``dataset``).
 
     Raises:
         ValueError: a grid dimension is empty, or ``fn`` returns a value whose shape does not

@@ -1,12 +1,12 @@
-"""Training tasks on :mod:`precond_lab.tuning`: optimisers, tasks, tuning presets, rows.
+"""Training tasks on ``precond_lab.tuning``: optimisers, tasks, tuning presets, rows.
 
-A *task* is a model of the zoo (:func:`precond_lab.capture.make_model`) on a dataset with a
+A *task* is a model of the zoo (``precond_lab.capture.make_model``) on a dataset with a
 step budget and the papers' kind of schedule (linear warmup over 5 % of the steps, cosine
-decay to 10 % of the peak). An *optimiser* is a factory of :mod:`precond_lab.optim` with
-fixed settings. :func:`tune` runs :class:`precond_lab.tuning.Study` (one log₂ grid shared by
+decay to 10 % of the peak). An *optimiser* is a factory of ``precond_lab.optim`` with
+fixed settings. ``tune`` runs ``precond_lab.tuning.Study`` (one log₂ grid shared by
 the methods, interior optimum by bounded extension, selection on seed 0, fresh paired seeds
 1, 2, 3 …, every run stored as it ends under ``$PRECOND_LAB_CACHE/tuning``) and returns its
-Dataset; :func:`pair` turns a pair into the words better / worse / tie / unresolved with
+Dataset; ``pair`` turns a pair into the words better / worse / tie / unresolved with
 the interval and the grid behind them (``precond_lab.study.verdict_of`` maps a claim's
 decisions to a verdict; ``precond_lab.plotting.plot_tuning`` draws a tuning Dataset).
 """
@@ -134,7 +134,7 @@ class Task:
     Attributes:
         name: the task's name (part of every run's cache key).
         model: a name of the model zoo.
-        dataset: a name of :func:`precond_lab.capture.load_dataset`.
+        dataset: a name of ``precond_lab.capture.load_dataset``.
         options: the model's options as ``(name, value)`` pairs.
         steps: updates per run.
         batch_size: mini-batch size.
@@ -218,7 +218,7 @@ class Task:
         return res.probes
 
     def probes(self, rates: Mapping[str, float], probe) -> xr.DataArray | None:
-        """:meth:`probe` of each optimiser at its rate (NaN rates skipped), concatenated on
+        """``probe`` of each optimiser at its rate (NaN rates skipped), concatenated on
         ``probe_method`` with the probe's dims renamed ``probe_step``, ``probe_layer``,
         ``probe_target``, ``probe_estimator`` (so they sit beside a tuning Dataset)."""
         names = [m for m, lr in rates.items() if np.isfinite(lr)]

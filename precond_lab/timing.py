@@ -181,7 +181,7 @@ def ratio_verdict(r: Ratio, threshold: float) -> str:
 
 def optimiser_runner(tx: Any, params: Any, grad: Any, steps: int) -> tuple[Callable[[], Any], Any]:
     """A zero-argument call running ``steps`` jitted optimiser steps (``lax.scan``) from the
-    state after the first (initialising) update, for :func:`interleaved`.
+    state after the first (initialising) update, for ``interleaved``.
 
     The gradient is an argument of the jitted run (no constant folding at compile time) and
     every call starts from the same state, so a call with ``steps`` equal to a method's
@@ -222,7 +222,7 @@ def optimiser_step_timings(
 ) -> tuple[Timings, dict[str, Any]]:
     """Interleaved timings of each optimiser on one ``n×n`` weight with a fixed gradient.
 
-    Each timed call is ``steps`` steps (:func:`optimiser_runner`); divide by ``steps`` for
+    Each timed call is ``steps`` steps (``optimiser_runner``); divide by ``steps`` for
     the per-step time. Returns the ``Timings`` and ``{name: state}`` (for
     ``optim.state_size``).
     """

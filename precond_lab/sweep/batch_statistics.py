@@ -8,10 +8,10 @@ matrices ``f fᵀ`` and ``f yᵀ``, computed once: no ``mn × mn`` matrix is for
 statistics per batch size (P3's Section 4):
 
 * ``resampled``: ``M`` batches of ``B`` examples drawn with replacement, each example with
-  one of its draws at random (:func:`draw_batches`), ``(1/M) Σ_j B ḡ_j ḡ_jᵀ``;
+  one of its draws at random (``draw_batches``), ``(1/M) Σ_j B ḡ_j ḡ_jᵀ``;
 * ``groups``: consecutive groups of ``B`` examples, separately per draw
-  (:func:`group_operator`, the capture's ``batch`` target for real labels);
-* ``expected``: the ``M → ∞`` limit ``E[ggᵀ] + (B − 1) E[g]E[g]ᵀ`` (:func:`expected_operator`).
+  (``group_operator``, the capture's ``batch`` target for real labels);
+* ``expected``: the ``M → ∞`` limit ``E[ggᵀ] + (B − 1) E[g]E[g]ᵀ`` (``expected_operator``).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class LabelDraws:
 
     def resampled(self, idx: np.ndarray) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
         """``(cosine with H_GN, Shampoo factors)`` of ``(1/M) Σ_j s_j s_jᵀ``,
-        ``s_j = Σ_b f_{idx[j, b]}/√B`` (``idx`` from :func:`draw_batches`)."""
+        ``s_j = Σ_b f_{idx[j, b]}/√B`` (``idx`` from ``draw_batches``)."""
         m, bsz = idx.shape
         data = np.full(idx.size, 1.0 / np.sqrt(bsz), np.float32)
         c = sparse.csr_array((data, idx.ravel(), np.arange(0, idx.size + 1, bsz)),

@@ -189,7 +189,7 @@ def identity_overlaps(opt) -> tuple[float, float]:
 def power_cosines(target, max_steps: int, inits: Sequence[str], seed: int = 0):
     """Power-iteration cosines with the target and with the optimum, from several starts.
 
-    Cheaper than :func:`power_iteration_curve` (which scores every metric at every step):
+    Cheaper than ``power_iteration_curve`` (which scores every metric at every step):
     for unit-norm factors ``cos(Σ, A_k⊗B_k) = ⟨Σ, A_k⊗B_k⟩/‖Σ‖_F`` are the Rayleigh
     quotients the iteration records (``info.objective``), so the whole curve costs no extra
     pass; the cosine with the optimum is taken at ``k = 0``, 1 and ``max_steps`` only.
