@@ -12,6 +12,7 @@ Subpackages: ``estimators``, ``metrics``,
 
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._version import __version__
 from .errors import (
     FitNeedsDampingError,
@@ -45,19 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .targets import DenseTarget, FactoredTarget, SampleTarget, as_target
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'precond_lab' has no attribute {name!r}")
-    import importlib
-
-    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-    value = module if _LAZY[name] is None else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

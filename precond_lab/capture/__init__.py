@@ -28,6 +28,8 @@ examples (``.cache``).
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
+
 # Every name below loads on first use (PEP 562): the submodules import JAX, and
 # ``precond-lab capture --help`` must not wait for it (issue 23). Importing ``.cache`` (which
 # every capture path does) turns on JAX's persistent compilation cache, so a new process's
@@ -79,22 +81,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import SCHEMA, SCHEMA_VERSION, StoreError, open_capture, validate_store
 
 
-def __getattr__(name: str):
-    import importlib
-    import importlib.util
-
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        if name != "MODELS":  # register_model rebinds models.MODELS: always read it afresh
-            globals()[name] = value
-        return value
-    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
-        return importlib.import_module(f".{name}", __name__)  # a submodule: ``cap.cache``
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+# register_model rebinds models.MODELS: always read it afresh
+__getattr__, __dir__ = lazy_attributes(
+    __name__, globals(), _LAZY, fresh=frozenset({"MODELS"}), submodules=True
+)
 
 
 __all__ = [

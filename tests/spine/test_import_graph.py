@@ -14,7 +14,7 @@ PKG = ROOT / "precond_lab"
 #: Layers, bottom first: a module may import its own layer and those below it.
 LAYERS = [
     {"_version", "errors", "schema", "provenance", "_validation", "reference", "timing", "claims"},
-    {"_trace_power", "_atomic", "_help", "_progress"},  # standard library / NumPy only
+    {"_trace_power", "_atomic", "_help", "_progress", "_lazy"},  # standard library / NumPy only
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics", "methods"},
@@ -88,7 +88,7 @@ def test_no_module_imports_upward():
 
 
 #: Private modules shared by the whole package (helpers, not a layer's internals).
-SHARED_PRIVATE = ("_version", "_validation", "_trace_power", "_atomic", "_help", "_progress")
+SHARED_PRIVATE = ("_version", "_validation", "_trace_power", "_atomic", "_help", "_progress", "_lazy")
 
 
 def _private(mod: str, names: list[str]) -> list[str]:
