@@ -1740,6 +1740,18 @@ CASES = [
         r"segment_plan: need steps and length ≥ 1, got \[\], 5",
     ),
     (
+        "metrics diagonal_kl of a zero eigenvalue",
+        lambda: met.diagonal_kl([1.0, 2.0], [1.0, 0.0]),
+        ValueError,
+        r"both diagonals must be positive and finite \(add the damping to zero eigenvalues",
+    ),
+    (
+        "metrics diagonal_kl of two lengths",
+        lambda: met.diagonal_kl([1.0, 2.0], [1.0]),
+        ValueError,
+        r"must have one shape; got \(2,\) and \(1,\)",
+    ),
+    (
         "optim state_size field not a name",
         lambda: _po().state_size({}, field=3),
         ValueError,

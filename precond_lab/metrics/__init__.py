@@ -18,7 +18,13 @@ from . import _frobenius, _divergences, _spectra, _bregman  # noqa: F401
 # isort: on
 from ._bregman import bregman_divergence
 from ._direction import DirectionQuality, direction_quality, exact_direction, loss_scaling_response
-from ._divergences import kl_divergence, kl_scale, logdet_divergence, von_neumann_divergence
+from ._divergences import (
+    diagonal_kl,
+    kl_divergence,
+    kl_scale,
+    logdet_divergence,
+    von_neumann_divergence,
+)
 from ._frobenius import (
     cosine_similarity,
     frobenius_inner,
@@ -43,6 +49,7 @@ __all__ = [
     "cosine_similarity",
     "frobenius_inner",
     "frobenius_scale",
+    "diagonal_kl",
     "kl_divergence",
     "kl_scale",
     "logdet_divergence",

@@ -310,3 +310,27 @@ register_metric(
         in_score=False,
     )
 )
+
+
+def diagonal_kl(target_values, approx_values, *, rescale: bool = True) -> float:
+    """``KL(N(0, diag t) ‖ N(0, c·diag x))`` of two positive diagonals (e.g. a target's
+    second moment along an eigenbasis and a method's eigenvalues there), with the KL-optimal
+    ``c = mean(t/x)`` (``rescale``) or ``c = 1``: ``½Σ[r − 1 − ln r]``, ``r = t/(c·x)``.
+
+    Raises:
+        ValueError: the two are not the same shape, or not all positive and finite.
+    """
+    t, x = np.asarray(target_values, np.float64), np.asarray(approx_values, np.float64)
+    if t.shape != x.shape or t.size == 0:
+        raise ValueError(
+            f"diagonal_kl: target and approximation diagonals must have one shape; got "
+            f"{t.shape} and {x.shape}"
+        )
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(x)) and t.min() > 0 and x.min() > 0):
+        raise ValueError(
+            "diagonal_kl: both diagonals must be positive and finite (add the damping to "
+            "zero eigenvalues first)"
+        )
+    r = t / x
+    r = r / r.mean() if rescale else r
+    return float(0.5 * np.sum(r - 1.0 - np.log(r)))

@@ -214,3 +214,20 @@ def test_float32_metrics(rng):
     )
     assert v.dtype == jnp.float32
     assert met.spectrum(t32).dtype == jnp.float32
+
+
+def test_diagonal_kl_is_the_dense_gaussian_kl_at_the_optimal_scale():
+    from precond_lab.metrics import diagonal_kl
+
+    rng = np.random.default_rng(3)
+    t, x = rng.uniform(0.5, 2.0, 7), rng.uniform(0.5, 2.0, 7)
+
+    def kl(c):  # dense KL(N(0, diag t) ‖ N(0, c diag x))
+        y = np.diag(c * x)
+        return 0.5 * (np.trace(np.linalg.solve(y, np.diag(t))) - 7 + np.linalg.slogdet(y)[1]
+                      - np.sum(np.log(t)))  # fmt: skip
+
+    cs = np.linspace(0.2, 5.0, 20001)
+    assert abs(diagonal_kl(t, x) - min(kl(c) for c in cs)) < 1e-7
+    assert abs(diagonal_kl(t, x, rescale=False) - kl(1.0)) < 1e-12
+    assert diagonal_kl(t, 3.0 * t) < 1e-14  # a scaled copy: zero at the optimal scale
