@@ -22,6 +22,7 @@ import json
 import numpy as np
 import xarray as xr
 
+from precond_lab import study
 from precond_lab.provenance import make_attrs
 from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, PARTIAL, TestKind, claim_verdict
 from precond_lab.tuning import Decision, decide, paired_interval
@@ -45,7 +46,7 @@ WANT = dict(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(study.Config):
     """One run (the task's and the training's settings, and the protocol's).
 
     Attributes:
