@@ -224,8 +224,10 @@ def grid(
     Args:
         coords: ``{dim: values}``; the points are their Cartesian product, the last ``dim``
             varying fastest (so ``fn`` can cache work shared by the outer ones).
-        fn: ``fn(**point) -> {variable: value}``; a value is a scalar, or an array whose
-            dimensions are ``inner``'s (in order; trailing ones may be left out).
+        fn: ``fn(**point) -> {variable: value}`` (or an ``xarray.Dataset``); a value is a
+            scalar, an array whose dimensions are ``inner``'s (in order; trailing ones may be
+            left out), or a ``DataArray``, which keeps its own dimensions and coordinates
+            (the same shape at every point).
         inner: ``{dim: values}`` of the arrays ``fn`` returns (e.g. ``{"step": steps}``).
 
     Returns:
@@ -244,18 +246,29 @@ def grid(
     coords, inner = dict(coords), dict(inner or {})
     if not coords or any(len(v) == 0 for v in coords.values()):
         raise ValueError(f"grid: every dimension needs values, got {list(coords)}")
-    names, out = list(coords), {}
+    names, out, named = list(coords), {}, {}
     shape = tuple(len(v) for v in coords.values())
     for index in itertools.product(*(range(n) for n in shape)):
         point = {d: coords[d][i] for d, i in zip(names, index, strict=True)}
         for var, value in fn(**point).items():
-            value = np.asarray(value)
-            dims = list(inner)[: value.ndim]
-            if value.shape != tuple(len(inner[d]) for d in dims):
-                raise ValueError(
-                    f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
-                    f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
-                )
+            if isinstance(value, xr.DataArray):  # named dims: its own, with its coordinates
+                dims = list(value.dims)
+                for d in dims:
+                    named[d] = value[d].values if d in value.coords else np.arange(value.sizes[d])
+                value = value.values
+                if var in out and value.shape != out[var][1].shape[len(shape) :]:
+                    raise ValueError(
+                        f"grid: {var} at {point} has shape {value.shape}; at the first point "
+                        f"{out[var][1].shape[len(shape) :]}"
+                    )
+            else:
+                value = np.asarray(value)
+                dims = list(inner)[: value.ndim]
+                if value.shape != tuple(len(inner[d]) for d in dims):
+                    raise ValueError(
+                        f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
+                        f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
+                    )
             if var not in out:
                 fill = np.nan if value.dtype.kind in "fc" else None
                 out[var] = (
@@ -263,7 +276,7 @@ def grid(
                     np.full(shape + value.shape, fill, value.dtype if fill is not None else object),
                 )
             out[var][1][index] = value
-    return xr.Dataset(out, coords={**coords, **inner})
+    return xr.Dataset(out, coords={**named, **coords, **inner})
 
 
 class Outcome(NamedTuple):
