@@ -47,7 +47,6 @@ __all__ = [
     "bregman_penalty",
     "bregman_identity_errors",
     "bregman_perturbation_increase",
-    "bregman_optimality_checks",
 ]
 
 
@@ -557,38 +556,6 @@ def bregman_perturbation_increase(
         pr = right + db @ db.T - np.trace(db @ db.T) / (2 * n) * np.eye(n)
         inc.append(bregman_divergence(sigma, scale * np.kron(pl, pr), q) - base)
     return float(np.min(inc) / max(abs(base), 1e-300))
-
-
-def bregman_optimality_checks(samples, q: float, *, seed: int = 0, tol: float = 1e-14) -> dict:
-    """P4's Prop. 1 at one ``q`` on ``(N, m, n)`` samples: is ``estimators.bregman_optimal``
-    the minimiser of ``B_q(Σ, L ⊗ R)``?
-
-    Returns ``{"special": max relative difference from ``frobenius_optimal``,
-    ``shampoo_squared``, ``kl_optimal`` at ``q = 2, 1, 0`` (NaN at other q),
-    "stationarity": bregman_stationarity_residual, "dense": max relative difference from
-    this module's scipy ``bregman_optimal`` (L ⊗ R), "perturbation":
-    bregman_perturbation_increase}`` (small, small, small, > 0 at the minimiser).
-    """
-    from . import estimators as est
-
-    g = np.asarray(samples, np.float64)
-    if g.ndim != 3:
-        raise ValueError(f"samples must be (N, m, n); got shape {g.shape}")
-    m, n = g.shape[1:]
-    sigma = target_matrix(g)
-    fit = est.bregman_optimal(g, q, tol=tol)
-    dense, want = np.asarray(fit.to_dense()), np.kron(*bregman_optimal(sigma, m, n, q))
-    special = {2.0: est.frobenius_optimal, 1.0: est.shampoo_squared,
-               0.0: lambda t: est.kl_optimal(t, tol=tol, max_iter=5000)}.get(float(q))  # fmt: skip
-    named = np.nan if special is None else np.asarray(special(g).to_dense())
-    return {
-        "special": float(np.abs(dense - named).max() / np.abs(named).max()),
-        "stationarity": est.bregman_stationarity_residual(g, fit, q),
-        "dense": float(np.abs(dense - want).max() / np.abs(want).max()),
-        "perturbation": bregman_perturbation_increase(
-            sigma, fit.left, fit.right, q, scale=float(fit.scale), seed=seed
-        ),
-    }
 
 
 def psgd_whitening_criterion(c, p) -> float:

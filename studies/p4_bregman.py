@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import xarray as xr
 
+from precond_lab import estimators as est
 from precond_lab import finite_sample as fs
 from precond_lab import heldout, schema, study
 from precond_lab import reference as ref
@@ -113,7 +114,7 @@ def _synthetic(cfg: Config, rng) -> xr.Dataset:
     grid, decays = np.linspace(0.0, 2.0, 41), {"decay": list(cfg.mc_decays)}
     return xr.merge([
         study.grid({"exact_q": list(cfg.exact_qs)}, lambda exact_q: {f"{k}_check": v for k, v in
-                   ref.bregman_optimality_checks(g, exact_q, seed=cfg.seed).items()}),
+                   est.bregman_optimality_checks(g, exact_q, seed=cfg.seed).items()}),
         study.grid({"q": list(QS)}, lambda q: {f"{k}_identity": v for k, v in
                    ref.bregman_identity_errors(q, seed=cfg.seed).items()}),
         study.grid(decays | {"q": list(QS)}, mc),

@@ -746,7 +746,7 @@ CASES = [
     ),
     (
         "bregman_optimality_checks 2-d samples",
-        lambda: _ref().bregman_optimality_checks(np.ones((M, N)), 0.5),
+        lambda: est.bregman_optimality_checks(np.ones((M, N)), 0.5),
         ValueError,
         r"samples must be \(N, m, n\); got shape \(3, 4\)",
     ),

@@ -19,6 +19,7 @@ from . import _frobenius, _shampoo, _kl, _eigen, _kfac, _bregman, _flat_tail  # 
 from ._bregman import (
     bregman_objective,
     bregman_optimal,
+    bregman_optimality_checks,
     bregman_stationarity_residual,
     factor_power,
     trace_power_statistic,
@@ -55,6 +56,7 @@ __all__ = [
     "SpikeProfile",
     "bregman_objective",
     "bregman_optimal",
+    "bregman_optimality_checks",
     "bregman_stationarity_residual",
     "build",
     "parse_estimator",

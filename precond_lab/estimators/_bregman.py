@@ -33,6 +33,7 @@ from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, register
 
 __all__ = [
+    "bregman_optimality_checks",
     "bregman_stationarity_residual",
     "bregman_objective",
     "bregman_optimal",
@@ -203,6 +204,41 @@ def bregman_stationarity_residual(
         np.linalg.norm(new_l - left) / np.linalg.norm(left)
         + np.linalg.norm(new_r - right) / np.linalg.norm(right)
     )
+
+
+def bregman_optimality_checks(samples, q: float, *, seed: int = 0, tol: float = 1e-14) -> dict:
+    """P4's Prop. 1 at one ``q`` on ``(N, m, n)`` samples: is ``estimators.bregman_optimal``
+    the minimiser of ``B_q(Σ, L ⊗ R)``?
+
+    Returns ``{"special": max relative difference from ``frobenius_optimal``,
+    ``shampoo_squared``, ``kl_optimal`` at ``q = 2, 1, 0`` (NaN at other q),
+    "stationarity": bregman_stationarity_residual, "dense": max relative difference from
+    ``reference.bregman_optimal`` (scipy) (L ⊗ R), "perturbation":
+    reference.bregman_perturbation_increase}`` (small, small, small, > 0 at the minimiser).
+    """
+    from .. import reference as ref
+    from ._frobenius import frobenius_optimal
+    from ._kl import kl_optimal
+    from ._shampoo import shampoo_squared
+
+    g = np.asarray(samples, np.float64)
+    if g.ndim != 3:
+        raise ValueError(f"samples must be (N, m, n); got shape {g.shape}")
+    m, n = g.shape[1:]
+    sigma = ref.target_matrix(g)
+    fit = bregman_optimal(g, q, tol=tol)
+    dense, want = np.asarray(fit.to_dense()), np.kron(*ref.bregman_optimal(sigma, m, n, q))
+    special = {2.0: frobenius_optimal, 1.0: shampoo_squared,
+               0.0: lambda t: kl_optimal(t, tol=tol, max_iter=5000)}.get(float(q))  # fmt: skip
+    named = np.nan if special is None else np.asarray(special(g).to_dense())
+    return {
+        "special": float(np.abs(dense - named).max() / np.abs(named).max()),
+        "stationarity": bregman_stationarity_residual(g, fit, q),
+        "dense": float(np.abs(dense - want).max() / np.abs(want).max()),
+        "perturbation": ref.bregman_perturbation_increase(
+            sigma, fit.left, fit.right, q, scale=float(fit.scale), seed=seed
+        ),
+    }
 
 
 def bregman_objective(q: float, tr_yq, tr_y, cross) -> float:

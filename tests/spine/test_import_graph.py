@@ -18,7 +18,7 @@ LAYERS = [
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics", "methods"},
-    {"capture", "online", "sweep", "heldout", "interop"},
+    {"capture", "online", "sweep", "heldout", "finite_sample", "interop"},
     {"optim"},
     {"train", "tuning"},
     {"plotting", "evaluate", "demo"},
