@@ -72,7 +72,6 @@ class Config(study.Config):
     seed: int = 0
 
 
-# fmt: off
 PRESETS = {
     "test": Config(exact_qs=QS, mc_shape=(4, 5), mc_samples=(16, 64), mc_decays=(0.0, 1.5),
                    mc_trials=300, mix_samples=(20, 80), mix_permutations=2, mix_pool=512, width=8,
@@ -82,8 +81,7 @@ PRESETS = {
     "full": Config(mc_samples=(16, 32, 64, 128, 256, 1024), mc_trials=5000, mix_permutations=20,
                    width=32, per_fold=1280, few_repeats=10, ema_length=80, ema_blocks=16,
                    steps=(100, 600, 1500)),
-}
-# fmt: on
+}  # fmt: skip
 
 
 def capture_kwargs(c: Config) -> dict:
@@ -105,8 +103,7 @@ def _synthetic(cfg: Config, rng) -> xr.Dataset:
     def mc(decay, q):
         right, seed = (qb * np.arange(1, n + 1.0) ** -decay) @ qb.T, int(rng.integers(1 << 30))
         r = fs.one_sided_factor_error(left, right, q, cfg.mc_samples, cfg.mc_trials, seed=seed)
-        return r.rename(num_samples="mc_samples", error="mc_error", error_sem="mc_error_sem",
-                        predicted="mc_predicted")  # fmt: skip
+        return {f"mc_{k}": v.rename(num_samples="mc_samples") for k, v in r.items()}
 
     pool = fs.three_component_gradients(cfg.mix_pool, seed=cfg.seed, basis_seed=cfg.seed + 1)
     mix = fs.joint_fit_errors(pool, QS, cfg.mix_samples, cfg.mix_permutations, seed=cfg.seed,
@@ -165,7 +162,6 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
     """Fig. 4 (Monte Carlo, r_eff, Eq. 18 joint fits); on real gradients Fig. 1 (ξ, ξ^cf),
     Fig. 5 (sorted spectra, overlap, gain error) and Tables 2–3 (quartiles over repeats)."""
     from precond_lab.plotting import OKABE_ITO, band, figure, legend, quartile_errorbar, style
-
     figs, a, cells = {}, float(ds["decay"][-1]), ("checkpoint", "projection")
     kws = {q: dict(color=OKABE_ITO[COLORS[q]], label=f"{LABELS[q]} (q={q:g})") for q in QS}
     with style():
@@ -185,14 +181,16 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         ax[0, 1].set(xlabel="q", ylabel="r_eff(R⋆^q)", title="effective rank")
         ax[0, 2].set(xscale="log", yscale="log", xlabel="N", ylabel="error vs own pool fit",
                      title="Eq. 18 joint fits")
+        for j, n in ((0, ds["mc_samples"].values), (2, ds["mix_samples"].values)):
+            ax[0, j].minorticks_off()
+            ax[0, j].set_xticks(n, [str(int(x)) for x in n], fontsize=6)
         fig.suptitle("dots ±2 s.e.: Monte Carlo, lines: (m+1)/(N r_eff); band: min–max over "
                      "permutations", fontsize=7)
         legend(fig, ax, ncols=4)
         figs[f"{NAME}_factor_error"] = fig
         if "heldout_scale_error" not in ds:
             return study.save_figures(figs, figdir)
-        idx = ds["direction"].values + 1
-        fig, ax = figure(1, 2, panel=(2.6, 2.2), sharey=True)
+        idx, (fig, ax) = ds["direction"].values + 1, figure(1, 2, panel=(2.6, 2.2), sharey=True)
         titles = {"heldout_scale_error": "held-out ξ", "crossfit_scale_error": "cross-fit ξ^cf"}
         for j, (var, title) in enumerate(titles.items()):
             for i, step in enumerate(ds["checkpoint"].values):
@@ -204,8 +202,9 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         fig.suptitle("band: min–max over projections × source folds", fontsize=7)
         legend(fig, ax, ncols=3)
         figs[f"{NAME}_heldout_scale"] = fig
-        fig, ax = figure(1, 4, panel=(2.3, 2.2))
-        panels = {"spectrum_log_ratio": "log10 sorted fit/empirical",
+        fig, ax = figure(2, 2, panel=(2.6, 2.0))
+        ax = ax.reshape(1, 4)
+        panels = {"spectrum_log_ratio": "log10 fit/empirical (sorted)",
                   "subspace_overlap": "overlap O(k = i)", "gain_error_large": "gain error e_i"}
         for iq, q in enumerate(QS):
             for j, (var, ylabel) in enumerate(panels.items()):
@@ -218,8 +217,9 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
                                   xr.concat(arms, "arm", join="outer"), "r", fmt="o", ms=3,
                                   color=kws[q]["color"])
         ax[0, 3].set(xticks=[1, 2, 3.5, 4.5], xticklabels=["|e| few", "EMA", "|γ| few", "EMA"],
-                     yscale="log", ylabel="median error (quartiles over repeats)")
-        fig.suptitle("large-sample fits, band: min–max over checkpoints × projections", fontsize=7)
+                     yscale="log", ylabel="median error")
+        fig.suptitle("large-sample fits, band: min–max over checkpoints × projections; last "
+                     "panel: short-history fits, quartiles over repeats", fontsize=6)
         legend(fig, ax, ncols=4)
         figs[f"{NAME}_fits"] = fig
     return study.save_figures(figs, figdir)
@@ -236,9 +236,8 @@ def _per_q(v, fmt=".3f") -> str:
 
 def _p33(ds) -> study.Outcome:
     c = {k: float(ds[f"{k}_check"].max()) for k in ("stationarity", "dense", "special")}
-    pert = float(ds["perturbation_check"].min())
+    pert, qs = float(ds["perturbation_check"].min()), ", ".join(f"{q:g}" for q in ds.exact_q.values)
     ok = c["stationarity"] < 1e-9 and c["dense"] < 1e-8 and c["special"] < 1e-10 and pert > 0
-    qs = ", ".join(f"{q:g}" for q in ds["exact_q"].values)
     return study.Outcome(study.judge(ok), f"q ∈ {{{qs}}}, random non-Kronecker 4×3 target: "
         f"stationarity residual ≤ {c['stationarity']:.1e}, vs dense scipy minimiser ≤ "
         f"{c['dense']:.1e}, least relative B_q increase under 8 factor perturbations "
