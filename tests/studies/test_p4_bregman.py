@@ -127,13 +127,13 @@ def test_p4_36_median_and_cross_fit_control():
     assert _verdict("P4-36", _p36(-0.02, 0.0, 0.0)) == FAILS
 
 
-def _arms(values, ema_sd=0.0):
-    """large/few/ema errors per q (F, VN, SQ, KL) with an SD over EMA repeats."""
+def _arms(values, ema_sd=0.0, few_sd=0.0):
+    """large/few/ema errors per q (F, VN, SQ, KL) with an SD over the EMA and few repeats."""
     v = np.asarray(values, float)
     large = np.broadcast_to(v[:, None], (2, 2, 4, 6))
     rep = np.array([-1.0, 1.0, -1.0, 1.0])
     few = np.broadcast_to(v[:, None, None], (2, 2, 4, 2, 4))
-    ema = few + ema_sd * rep
+    ema, few = few + ema_sd * rep, few + few_sd * rep
     return xr.Dataset(
         {
             "gain_error_large": ((*CELLS, "q", "direction"), large),
@@ -151,6 +151,9 @@ def test_p4_37_38_kl_then_sq_and_the_ema_arm(claim):
     assert _verdict(claim, _arms([0.9, 0.3, 0.1, 0.15])) == PARTIAL  # SQ then KL
     noisy = _verdict(claim, _arms([0.9, 0.3, 0.15, 0.1], ema_sd=0.2))
     assert noisy == INCONCLUSIVE  # EMA's repeat SD exceeds the gaps; the rest holds
+    assert _verdict(claim, _arms([0.9, 0.3, 0.15, 0.1], few_sd=0.2)) == INCONCLUSIVE
+    # a decided arm that fails still decides: F lowest in the large/few arms, noisy EMA
+    assert _verdict(claim, _arms([0.1, 0.3, 0.15, 0.9], ema_sd=0.2)) == FAILS
 
 
 def test_p4_33_fails_when_a_check_fails(ds):
