@@ -84,8 +84,7 @@ PRESETS = {
 }  # fmt: skip
 
 
-def capture_kwargs(c: Config) -> dict:
-    """Keyword arguments of :func:`~precond_lab.study.cached_capture` (its cache key)."""
+def capture_kwargs(c: Config) -> dict:  # study.cached_capture's arguments (its cache key)
     return dict(model="transformer", dataset="stdlib-chars", steps=[int(s) for s in c.steps],
                 targets=["gradients"], layers=list(c.layers), optimizer="adam", batch_size=32,
                 num_samples=int(c.batch * c.folds * c.per_fold), seed=int(c.seed),
@@ -319,11 +318,12 @@ def _kl_then_sq(ds, metric: str, arms, paper: dict) -> study.Outcome:
 
 
 _SETTING = (
-    "transformer (1 block, width 16, context 16) on Python stdlib text, optax Adam, mini-batch "
-    "gradient = mean of 2 per-example gradients, 4 random folds of N = 512 (d = 256), checkpoints "
-    "50/300/900, q/v/o projections; every fit damped (λ = 1e-4·tr C_0/mn; P4 fits undamped); EMA "
-    "arm: 8 disjoint consecutive blocks of 64 source-fold gradients in capture order at one "
-    "checkpoint (P4: 16 disjoint chronological repeats along training); paper: " + PAPER_SETTING)
+    "quick preset: transformer (1 block, width 16, context 16) on Python stdlib text, optax Adam, "
+    "mini-batch gradient = mean of 2 per-example gradients, 4 random folds of N = 512 (d = 256), "
+    "checkpoints 50/300/900, q/v/o projections; every fit damped (λ = 1e-4·tr C_0/mn; P4 fits "
+    "undamped); EMA arm: 8 disjoint consecutive blocks of 64 source-fold gradients in capture "
+    "order at one checkpoint (P4: 16 disjoint chronological repeats along training); full preset: "
+    "width 32, N = 1,280, 16 EMA blocks of 80, steps 100/600/1500; paper: " + PAPER_SETTING)
 _TAIL = ("KL lowest, SQ second in each arm; an arm (EMA, few) is inconclusive when its repeat SD "
          "exceeds a gap among its three lowest")
 RULES = (
