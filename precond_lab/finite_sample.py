@@ -93,10 +93,8 @@ def one_sided_factor_error(
         err = []
         for start in range(0, int(trials), int(chunk)):
             t = min(int(chunk), int(trials) - start)
-            g = np.einsum(
-                "ab,tkbc,cd->tkad", lroot, rng.standard_normal((t, num, m, len(wr))), rroot
-            )
-            white = np.einsum("ab,tbc,dc->tad", lwhite, np.asarray(stat(g)), lwhite)
+            g = lroot @ rng.standard_normal((t, num, m, len(wr))) @ rroot  # (symmetric roots)
+            white = lwhite @ np.asarray(stat(g)) @ lwhite
             err.append(np.sum((white - np.eye(m)) ** 2, axis=(1, 2)) / m)
         err = np.concatenate(err)
         mean.append(err.mean())
