@@ -42,14 +42,21 @@ from .structures import Diagonal, EigenKronecker, Kronecker, Structure
 from .targets import DampedTarget, DenseTarget, SampleTarget, Target, as_target
 
 __all__ = [
+    "crossfit_scale_error",
     "directional_scales",
     "eigen_gains",
+    "disjoint_blocks",
+    "fit_errors",
+    "fold_scale_errors",
+    "trace_power_fit_errors",
     "flat_tail_errors",
     "heldout_gain_error",
     "heldout_scale_error",
     "inverse_quadratic",
+    "minibatch_means",
     "recovery_error",
     "source_directions",
+    "spectrum_log_ratio",
     "split_folds",
     "split_target",
     "subspace_overlap",
@@ -547,3 +554,212 @@ def swap_gains(
     new = jnp.where(chosen, 1.0 / gains.reshape(-1), values).reshape(m, n)
     qa, qb = _bases(eb)
     return EigenKronecker(qa, qb, new, validate=False)
+
+
+def minibatch_means(samples, batch: int) -> np.ndarray:
+    """Means of consecutive groups of ``batch`` per-example gradients (remainder dropped):
+    ``(N, m, n)`` → ``(N // batch, m, n)`` float64 mini-batch gradients, in sample order."""
+    batch = int(check_number(batch, "batch", low=1, integer=True))
+    g = np.asarray(samples, np.float64)
+    if g.ndim != 3 or len(g) < batch:
+        raise ValueError(f"samples must be (N, m, n) with N ≥ batch {batch}; got {g.shape}")
+    nb = len(g) // batch
+    return g[: nb * batch].reshape(nb, batch, *g.shape[1:]).mean(axis=1)
+
+
+def disjoint_blocks(num_samples: int, length: int, max_blocks: int | None = None) -> list:
+    """Consecutive, disjoint index blocks ``[k·length, (k+1)·length)`` of ``range(num)``.
+
+    The repeats of a chronological (stream-order) protocol: no sample is in two blocks.
+
+    Raises:
+        ValueError: ``length`` < 1, ``max_blocks`` < 1, or not one block fits.
+    """
+    length = int(check_number(length, "length", low=1, integer=True))
+    count = int(num_samples) // length
+    if max_blocks is not None:
+        count = min(count, int(check_number(max_blocks, "max_blocks", low=1, integer=True)))
+    if count < 1:
+        raise ValueError(f"{num_samples} samples cannot fill one block of length {length}")
+    return [np.arange(k * length, (k + 1) * length) for k in range(count)]
+
+
+def crossfit_scale_error(
+    source, heldout_a, heldout_b, num_directions: int | None = None
+) -> xr.DataArray:
+    """Cross-fit control of ``heldout_scale_error``: ``ξ^cf_i = log10(u_iᵀC_a u_i / u_iᵀC_b u_i)``.
+
+    ``u_i`` are the source's eigenvectors; ``C_a``, ``C_b`` two sample sets of the *same*
+    distribution, both independent of the source (e.g. two halves of the held-out data).
+    Neither selected ``u_i``, so ``ξ^cf ≈ 0`` up to sampling noise: a held-out ``ξ`` far
+    above ``ξ^cf`` is the source's own sampling error, not a shift between folds.
+
+    Returns:
+        DataArray ``(direction,)`` with coordinate ``source_eigenvalue``.
+    """
+    values, vectors = source_directions(source, num_directions)
+    a = directional_scales(heldout_a, vectors)
+    b = directional_scales(heldout_b, vectors)
+    return xr.DataArray(
+        np.log10(a / b),
+        dims=("direction",),
+        coords=_direction_coords(values),
+        name="crossfit_scale_error",
+        attrs={"long_name": "cross-fit scale error ξ^cf", "units": "log10"},
+    )
+
+
+def spectrum_log_ratio(target, approx: Structure, damping: float = 0.0) -> xr.DataArray:
+    """``log10(s_(i) / (λ_(i) + μ))``: the fit's sorted spectrum against the target's.
+
+    ``s_(i)`` and ``λ_(i)`` are the ``i``-th largest eigenvalues of the fit ``S`` and of
+    the target's second moment (P4's Fig. 5 compares the two sorted spectra, not values
+    along shared eigenvectors); ``μ`` (``damping``) is added to the target's when the fit
+    was made to ``Σ + μI``. Positive: the fit over-estimates the ``i``-th eigenvalue.
+
+    Returns:
+        DataArray ``(direction,)`` over the target's nonzero eigenvalues, with coordinates
+        ``source_eigenvalue`` and ``fitted_eigenvalue``.
+    """
+    damping = check_number(damping, "damping", low=0.0)
+    values, _ = source_directions(target)
+    fitted = np.sort(np.asarray(approx.eigen().values, np.float64).ravel())[::-1][: len(values)]
+    if np.min(fitted) <= 0:
+        raise ValueError(
+            f"the fit is not positive definite (smallest eigenvalue {np.min(fitted):.3e})"
+        )
+    return xr.DataArray(
+        np.log10(fitted / (values[: len(fitted)] + damping)),
+        dims=("direction",),
+        coords={
+            **_direction_coords(values[: len(fitted)]),
+            "fitted_eigenvalue": ("direction", fitted),
+        },
+        name="spectrum_log_ratio",
+        attrs={"long_name": "log10(sorted fit / sorted target eigenvalue)", "damping": damping},
+    )
+
+
+def fit_errors(source, heldout, approx: Structure, reference: Structure) -> tuple[float, float]:
+    """``(median_i |e_i|, median_j |γ_j|)``: P4's Table 2 and 3 entries for one fit.
+
+    ``e`` is ``heldout_gain_error(source, heldout, approx)`` and ``γ``
+    ``recovery_error(approx, reference)`` (its own large-sample fit as reference).
+    """
+    e = heldout_gain_error(source, heldout, approx)
+    g = recovery_error(approx, reference)
+    return float(np.median(np.abs(e.values))), float(np.median(np.abs(g.values)))
+
+
+def fold_scale_errors(samples, folds) -> xr.Dataset:
+    """``heldout_scale_error`` with each fold as the source, and its cross-fit control.
+
+    For source fold ``s``: ``ξ`` along its eigenvectors, averaged over the other folds, and
+    ``ξ^cf`` (``crossfit_scale_error``) between the two halves (alternate samples) of the
+    other folds pooled: same distribution, both independent of the source.
+
+    Args:
+        samples: ``(N, m, n)`` samples; folds: index arrays (``split_folds``).
+
+    Returns:
+        Dataset ``(source, direction)`` with ``heldout_scale_error`` and
+        ``crossfit_scale_error``, NaN past a fold's rank (``direction`` runs to ``mn``).
+    """
+    g = np.asarray(samples)
+    if len(folds) < 2:
+        raise ValueError(f"fold_scale_errors needs ≥ 2 folds; got {len(folds)}")
+    d = int(np.prod(g.shape[1:]))
+    targets = [SampleTarget(g[i]) for i in folds]
+    xi, cf = np.full((len(folds), d), np.nan), np.full((len(folds), d), np.nan)
+    for s, source in enumerate(targets):
+        rest = [t for i, t in enumerate(targets) if i != s]
+        pooled = np.concatenate([g[f] for i, f in enumerate(folds) if i != s])
+        x = heldout_scale_error(source, rest).mean("fold").values
+        c = crossfit_scale_error(source, pooled[0::2], pooled[1::2]).values
+        xi[s, : len(x)], cf[s, : len(c)] = x, c
+    dims = ("source", "direction")
+    return xr.Dataset(
+        {"heldout_scale_error": (dims, xi), "crossfit_scale_error": (dims, cf)},
+        coords={"source": np.arange(len(folds)), "direction": np.arange(d)},
+    )
+
+
+def trace_power_fit_errors(
+    source,
+    heldout,
+    q: float,
+    *,
+    damping: float = 0.0,
+    few: int = 40,
+    few_repeats: int = 4,
+    ema_length: int = 64,
+    ema_blocks: int = 8,
+    ema_beta: float = 0.95,
+    ema_frequency: int = 5,
+    seed: int = 0,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+) -> xr.Dataset:
+    """P4's held-out protocol (§5, Tables 2–3, Fig. 5) for one trace power ``q``.
+
+    On the source fold (``(N, m, n)`` samples, in stream order): the large-sample fit
+    ``bregman_optimal(source, q)``; ``few_repeats`` fits on ``few`` random samples of it;
+    EMA fits (``online.bregman_shampoo``, ``online.fit_stream``) on ``ema_blocks`` disjoint
+    consecutive blocks of ``ema_length`` (``disjoint_blocks``); every fit with ``damping``.
+
+    Returns:
+        Dataset: over ``direction`` (``mn``, NaN-padded) the large-sample fit's
+        ``gain_error_large`` (``heldout_gain_error``), ``spectrum_log_ratio`` and
+        ``subspace_overlap`` (``O(k)`` at ``k = direction + 1``); ``few_error``
+        ``(metric, few_repeat)`` and ``ema_error`` ``(metric, ema_repeat)``: median |e|
+        (``metric="gain"``) and median |γ| against the large-sample fit (``"recovery"``).
+    """
+    from . import online
+
+    src = np.asarray(source, np.float64)
+    check_number(few, "few", low=1, high=len(src), integer=True)
+    check_number(few_repeats, "few_repeats", low=1, integer=True)
+    opts = dict(damping=damping, tol=tol, max_iter=max_iter)
+    t0, held = (
+        SampleTarget(src),
+        [_target(h) for h in (heldout if isinstance(heldout, (list, tuple)) else [heldout])],
+    )
+    large = est.bregman_optimal(t0, q, **opts)
+    rng = np.random.default_rng(seed)
+    subsets = [rng.choice(len(src), int(few), replace=False) for _ in range(int(few_repeats))]
+    fews = [est.bregman_optimal(src[i], q, **opts) for i in subsets]
+    o = online.bregman_shampoo(
+        q, shampoo_beta=ema_beta, frequency=ema_frequency, clamp=False, damping=damping
+    )
+    emas = [online.fit_stream(o, src[b]) for b in disjoint_blocks(len(src), ema_length, ema_blocks)]
+    d = int(np.prod(src.shape[1:]))
+
+    def padded(x):
+        out = np.full(d, np.nan)
+        out[: len(x)] = np.asarray(x)[:d]
+        return out
+
+    _, vectors = source_directions(t0)  # once: the source's directions and held-out scales
+    h = np.mean([directional_scales(f, vectors) for f in held], axis=0)
+
+    def gain(fit):  # heldout_gain_error with p = −½
+        return 0.5 * np.log10(h * inverse_quadratic(fit, vectors))
+
+    def errors(fits):
+        return np.array([(np.median(np.abs(gain(f))), np.median(np.abs(recovery_error(f, large))))
+                         for f in fits]).T  # fmt: skip
+
+    data = {
+        "gain_error_large": gain(large),
+        "spectrum_log_ratio": spectrum_log_ratio(t0, large, damping).values,
+        "subspace_overlap": subspace_overlap(t0, large).values,
+    }
+    return xr.Dataset(
+        {k: ("direction", padded(v)) for k, v in data.items()}
+        | {
+            "few_error": (("metric", "few_repeat"), errors(fews)),
+            "ema_error": (("metric", "ema_repeat"), errors(emas)),
+        },
+        coords={"direction": np.arange(d), "metric": ["gain", "recovery"]},
+        attrs={"q": float(q), "damping": float(damping)},
+    )

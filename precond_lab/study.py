@@ -228,11 +228,12 @@ def grid(
     Args:
         coords: ``{dim: values}``; the points are their Cartesian product, the last ``dim``
             varying fastest (so ``fn`` can cache work shared by the outer ones).
-        fn: ``fn(**point) -> {variable: value}``; a value is a scalar, an array whose
-            dimensions are ``inner``'s (in order; trailing ones may be left out), or a
-            ``(dims, array)`` pair naming some of ``inner``'s dimensions. A point may
-            leave variables out (e.g. a model with fewer layers): they are NaN there
-            (floats), -1 (integers, booleans as int8) or ``""`` (text).
+        fn: ``fn(**point) -> {variable: value}`` (or an ``xarray.Dataset``); a value is a
+            scalar, an array whose dimensions are ``inner``'s (in order; trailing ones may be
+            left out), a ``(dims, array)`` pair naming some of ``inner``'s dimensions, or a
+            ``DataArray``, which keeps its own dimensions and coordinates (the same shape at
+            every point). A point may leave variables out (e.g. a model with fewer layers):
+            they are NaN there (floats), -1 (integers, booleans as int8) or ``""`` (text).
         inner: ``{dim: values}`` of the arrays ``fn`` returns (e.g. ``{"step": steps}``).
 
     Returns:
@@ -251,24 +252,35 @@ def grid(
     coords, inner = dict(coords), dict(inner or {})
     if not coords or any(len(v) == 0 for v in coords.values()):
         raise ValueError(f"grid: every dimension needs values, got {list(coords)}")
-    names, out = list(coords), {}
+    names, out, named = list(coords), {}, {}
     shape = tuple(len(v) for v in coords.values())
     for index in itertools.product(*(range(n) for n in shape)):
         point = {d: coords[d][i] for d, i in zip(names, index, strict=True)}
         for var, value in fn(**point).items():
-            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple):
-                dims, value = list(value[0]), np.asarray(value[1])
-                unknown = [d for d in dims if d not in inner]
-                if unknown:
-                    raise ValueError(f"grid: {var} names dims {unknown} not in inner")
+            if isinstance(value, xr.DataArray):  # named dims: its own, with its coordinates
+                dims = list(value.dims)
+                for d in dims:
+                    named[d] = value[d].values if d in value.coords else np.arange(value.sizes[d])
+                value = value.values
+                if var in out and value.shape != out[var][1].shape[len(shape) :]:
+                    raise ValueError(
+                        f"grid: {var} at {point} has shape {value.shape}; at the first point "
+                        f"{out[var][1].shape[len(shape) :]}"
+                    )
             else:
-                value = np.asarray(value)
-                dims = list(inner)[: value.ndim]
-            if value.shape != tuple(len(inner[d]) for d in dims):
-                raise ValueError(
-                    f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
-                    f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
-                )
+                if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple):
+                    dims, value = list(value[0]), np.asarray(value[1])
+                    unknown = [d for d in dims if d not in inner]
+                    if unknown:
+                        raise ValueError(f"grid: {var} names dims {unknown} not in inner")
+                else:
+                    value = np.asarray(value)
+                    dims = list(inner)[: value.ndim]
+                if value.shape != tuple(len(inner[d]) for d in dims):
+                    raise ValueError(
+                        f"grid: {var} at {point} has shape {value.shape}; expected scalars or "
+                        f"arrays over {dict((d, len(v)) for d, v in inner.items())}"
+                    )
             if var in out and out[var][0] != names + dims:
                 raise ValueError(f"grid: {var} changes its dims at {point}")
             if var not in out:  # missing points: NaN (floats), -1 (integers), "" (text)
@@ -278,7 +290,7 @@ def grid(
                                "b": (np.int8, -1)}.get(kind, (object, ""))  # fmt: skip
                 out[var] = (names + dims, np.full(shape + value.shape, fill, dtype))
             out[var][1][index] = value
-    return xr.Dataset(out, coords={**coords, **inner})
+    return xr.Dataset(out, coords={**named, **coords, **inner})
 
 
 def extra_attrs(ds) -> dict[str, Any]:

@@ -103,6 +103,18 @@ def _quadratic():
     return quadratic
 
 
+def _fs():
+    import precond_lab.finite_sample as fs
+
+    return fs
+
+
+def _ref():
+    from precond_lab import reference
+
+    return reference
+
+
 def _interop():
     from precond_lab import interop
 
@@ -673,6 +685,149 @@ CASES = [
         ValueError,
         r"scale must be a finite number ≥ 0 \(scale > 0\); got 0\.0",
     ),
+    # fmt: off
+    # --- P4 library (issue 22): finite_sample, heldout, reference, online.fit_stream ---
+    (
+        "effective_rank negative",
+        lambda: _fs().effective_rank([1.0, -0.5]),
+        ValueError,
+        r"eigenvalues must be finite, ≥ 0 and not all zero",
+    ),
+    (
+        "one_sided_factor_error trials=1",
+        lambda: _fs().one_sided_factor_error(np.eye(M), np.eye(N), 0.5, [4], 1),
+        ValueError,
+        r"trials must be an integer in \[2, inf\); got 1",
+    ),
+    (
+        "one_sided_factor_error left not PD",
+        lambda: _fs().one_sided_factor_error(-np.eye(M), np.eye(N), 0.5, [4], 4),
+        ValueError,
+        r"left must be positive definite",
+    ),
+    (
+        "one_sided_factor_error no sizes",
+        lambda: _fs().one_sided_factor_error(np.eye(M), np.eye(N), 0.5, [], 4),
+        ValueError,
+        r"sizes is empty",
+    ),
+    (
+        "three_component_gradients num=0",
+        lambda: _fs().three_component_gradients(0),
+        ValueError,
+        r"num must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "three_component_gradients noise<0",
+        lambda: _fs().three_component_gradients(4, noise=-1.0),
+        ValueError,
+        r"noise must be a real number in \[0, inf\)",
+    ),
+    (
+        "kron_relative_error shapes differ",
+        lambda: _fs().kron_relative_error(_kron(), Kronecker(np.eye(2), np.eye(N))),
+        ValueError,
+        r"fit is \(3, 4\) but reference is \(2, 4\)",
+    ),
+    (
+        "kron_relative_error singular reference",
+        lambda: _fs().kron_relative_error(_kron(), _kron(left=np.zeros((M, M)))),
+        ValueError,
+        r"reference left factor must be positive definite",
+    ),
+    (
+        "joint_fit_errors N > pool",
+        lambda: _fs().joint_fit_errors(_g(), [0.5], [K + 1], 1),
+        ValueError,
+        r"sizes \[21\] must be non-empty and ≤ the pool's 20 samples",
+    ),
+    (
+        "joint_fit_errors permutations=0",
+        lambda: _fs().joint_fit_errors(_g(), [0.5], [4], 0),
+        ValueError,
+        r"permutations must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "minibatch_means batch=0",
+        lambda: _heldout().minibatch_means(_g(), 0),
+        ValueError,
+        r"batch must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "minibatch_means batch > N",
+        lambda: _heldout().minibatch_means(_g(), K + 1),
+        ValueError,
+        r"samples must be \(N, m, n\) with N ≥ batch 21",
+    ),
+    (
+        "disjoint_blocks too long",
+        lambda: _heldout().disjoint_blocks(10, 11),
+        ValueError,
+        r"10 samples cannot fill one block of length 11",
+    ),
+    (
+        "disjoint_blocks max_blocks=0",
+        lambda: _heldout().disjoint_blocks(10, 2, 0),
+        ValueError,
+        r"max_blocks must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "spectrum_log_ratio damping<0",
+        lambda: _heldout().spectrum_log_ratio(_g(), _kron(), damping=-1.0),
+        ValueError,
+        r"damping must be a real number in \[0, inf\); got -1",
+    ),
+    (
+        "fold_scale_errors one fold",
+        lambda: _heldout().fold_scale_errors(_g(), [np.arange(K)]),
+        ValueError,
+        r"fold_scale_errors needs ≥ 2 folds; got 1",
+    ),
+    (
+        "trace_power_fit_errors few > N",
+        lambda: _heldout().trace_power_fit_errors(_g(), _g(), 0.5, few=K + 1),
+        ValueError,
+        r"few must be an integer in \[1, 20\]; got 21",
+    ),
+    (
+        "fit_stream one gradient",
+        lambda: onl.fit_stream(onl.bregman_shampoo(0.5), _g()[:1]),
+        ValueError,
+        r"stream must be \(T, m, n\) gradients with T ≥ 2",
+    ),
+    (
+        "fit_stream NaN",
+        lambda: onl.fit_stream(onl.bregman_shampoo(0.5), _g() * np.nan),
+        ValueError,
+        r"stream holds NaN/Inf",
+    ),
+    (
+        "bregman_penalty r=0",
+        lambda: _ref().bregman_penalty(0.5, 1.0, 0.0),
+        ValueError,
+        r"lam and r must be finite and > 0",
+    ),
+    (
+        "bregman_perturbation_increase trials=0",
+        lambda: _ref().bregman_perturbation_increase(
+            np.eye(12), np.eye(M), np.eye(N), 0.5, trials=0
+        ),
+        ValueError,
+        r"trials must be ≥ 1; got 0",
+    ),
+    (
+        "bregman_optimality_checks 2-d samples",
+        lambda: est.bregman_optimality_checks(np.ones((M, N)), 0.5),
+        ValueError,
+        r"samples must be \(N, m, n\); got shape \(3, 4\)",
+    ),
+    (
+        "bregman_stationarity_residual not a Kronecker",
+        lambda: est.bregman_stationarity_residual(_g(), Diagonal(np.ones((M, N))), 0.5),
+        TypeError,
+        r"fit must be a Kronecker; got Diagonal",
+    ),
+    # fmt: on
     # --- options: counts, iterations, sizes (issue 23, item 6) ---
     (
         "heldout num_directions=0",

@@ -402,3 +402,23 @@ def test_rule_outcomes_add_data_dependent_tolerance_and_setting_or_nothing():
     ]
     (row,) = verdicts_from({}, rules)
     assert (row.tolerance, row.setting) == ("t2; t1", "s2")
+
+
+def test_grid_keeps_the_dims_of_dataarray_values():
+    import numpy as np
+    import xarray as xr
+
+    from precond_lab import study
+
+    def fn(a):
+        return xr.Dataset(
+            {"u": ("k", np.arange(3.0) * a), "v": (("r", "k"), np.ones((2, 3)) * a)},
+            coords={"k": [10, 20, 30]},
+        )
+
+    ds = study.grid({"a": [1, 2]}, fn)
+    assert ds["u"].dims == ("a", "k") and ds["v"].dims == ("a", "r", "k")
+    assert list(ds["k"].values) == [10, 20, 30] and float(ds["u"].sel(a=2, k=30)) == 4.0
+    first = r"grid: u at \{'a': 2\} has shape \(3,\); at the first point \(2,\)"
+    with pytest.raises(ValueError, match=first):
+        study.grid({"a": [1, 2]}, lambda a: {"u": xr.DataArray(np.ones(a + 1), dims="k")})

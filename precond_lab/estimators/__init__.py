@@ -19,6 +19,8 @@ from . import _frobenius, _shampoo, _kl, _eigen, _kfac, _bregman, _flat_tail  # 
 from ._bregman import (
     bregman_objective,
     bregman_optimal,
+    bregman_optimality_checks,
+    bregman_stationarity_residual,
     factor_power,
     trace_power_statistic,
     trace_power_update,
@@ -66,6 +68,8 @@ __all__ = [
     "adafactor",
     "bregman_objective",
     "bregman_optimal",
+    "bregman_optimality_checks",
+    "bregman_stationarity_residual",
     "build",
     "parse_estimator",
     "register",

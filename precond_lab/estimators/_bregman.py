@@ -33,6 +33,8 @@ from ._common import default_tol, target_of
 from ._registry import EstimatorSpec, register
 
 __all__ = [
+    "bregman_optimality_checks",
+    "bregman_stationarity_residual",
     "bregman_objective",
     "bregman_optimal",
     "factor_power",
@@ -176,6 +178,67 @@ def trace_power_update(target, eigvals, eigvecs, q: float, side: str = "left"):
     power = (v * wp) @ v.T
     stat = target.contract_left(power) if side == "left" else target.contract_right(power)
     return symmetrize(stat) / total
+
+
+def bregman_stationarity_residual(
+    samples, fit: Kronecker, q: float, *, damping: float = 0.0
+) -> float:
+    """Relative residual of both stationarity equations (P4's Prop. 1) at a fit ``L ⊗ R``.
+
+    ``‖U_L(R) − L‖/‖L‖ + ‖U_R(L) − R‖/‖R‖`` with ``U`` the ``trace_power_update`` of each
+    side over the samples (``Σ + λI``); ``L`` carries the fit's scale. Zero exactly at a
+    stationary point of ``B_q(Σ + λI, L ⊗ R)``.
+    """
+    if not isinstance(fit, Kronecker):
+        raise TypeError(f"fit must be a Kronecker; got {type(fit).__name__}")
+    target = target_of(samples, None, False, None)
+    if check_number(damping, "damping", low=0.0) > 0:
+        target = target.damped(damping)
+    left = np.asarray(fit.left, np.float64) * float(fit.scale)
+    right = np.asarray(fit.right, np.float64)
+    wl, vl = np.linalg.eigh(left)
+    wr, vr = np.linalg.eigh(right)
+    new_l = np.asarray(trace_power_update(target, wr, vr, q, "left"))
+    new_r = np.asarray(trace_power_update(target, wl, vl, q, "right"))
+    return float(
+        np.linalg.norm(new_l - left) / np.linalg.norm(left)
+        + np.linalg.norm(new_r - right) / np.linalg.norm(right)
+    )
+
+
+def bregman_optimality_checks(samples, q: float, *, seed: int = 0, tol: float = 1e-14) -> dict:
+    """P4's Prop. 1 at one ``q`` on ``(N, m, n)`` samples: is ``estimators.bregman_optimal``
+    the minimiser of ``B_q(Σ, L ⊗ R)``?
+
+    Returns ``{"special": max relative difference from ``frobenius_optimal``,
+    ``shampoo_squared``, ``kl_optimal`` at ``q = 2, 1, 0`` (NaN at other q),
+    "stationarity": bregman_stationarity_residual, "dense": max relative difference from
+    ``reference.bregman_optimal`` (scipy) (L ⊗ R), "perturbation":
+    reference.bregman_perturbation_increase}`` (small, small, small, > 0 at the minimiser).
+    """
+    from .. import reference as ref
+    from ._frobenius import frobenius_optimal
+    from ._kl import kl_optimal
+    from ._shampoo import shampoo_squared
+
+    g = np.asarray(samples, np.float64)
+    if g.ndim != 3:
+        raise ValueError(f"samples must be (N, m, n); got shape {g.shape}")
+    m, n = g.shape[1:]
+    sigma = ref.target_matrix(g)
+    fit = bregman_optimal(g, q, tol=tol)
+    dense, want = np.asarray(fit.to_dense()), np.kron(*ref.bregman_optimal(sigma, m, n, q))
+    special = {2.0: frobenius_optimal, 1.0: shampoo_squared,
+               0.0: lambda t: kl_optimal(t, tol=tol, max_iter=5000)}.get(float(q))  # fmt: skip
+    named = np.nan if special is None else np.asarray(special(g).to_dense())
+    return {
+        "special": float(np.abs(dense - named).max() / np.abs(named).max()),
+        "stationarity": bregman_stationarity_residual(g, fit, q),
+        "dense": float(np.abs(dense - want).max() / np.abs(want).max()),
+        "perturbation": ref.bregman_perturbation_increase(
+            sigma, fit.left, fit.right, q, scale=float(fit.scale), seed=seed
+        ),
+    }
 
 
 def bregman_objective(q: float, tr_yq, tr_y, cross) -> float:

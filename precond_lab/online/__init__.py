@@ -20,7 +20,7 @@ defaults are the method's, the ones its optimiser in ``precond_lab.optim`` uses:
 from ..methods import OnlineState, if_shampoo_stationarity
 from ._estimators import ESTIMATORS, bregman_shampoo, estimator
 from ._invariance import batch_size_response, initialisation_response
-from ._runner import run_online, state_is_finite, structure_cosine
+from ._runner import fit_stream, run_online, state_is_finite, structure_cosine
 from ._scoring import (
     GAP_ROUNDOFF,
     captured_stream,
@@ -79,6 +79,7 @@ __all__ = [
     "batch_square",
     "bregman_shampoo",
     "estimator",
+    "fit_stream",
     "f_shampoo",
     "if_shampoo",
     "if_shampoo_stationarity",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -201,3 +202,27 @@ def run_online(
         )
     )
     return ds
+
+
+@functools.cache
+def _stream_scan(estimator):
+    return jax.jit(
+        lambda s, xs: jax.lax.scan(lambda c, x: (estimator.update(c, x), None), s, xs)[0]
+    )
+
+
+def fit_stream(estimator, stream) -> Structure:
+    """An online estimator's approximation after a gradient stream: ``init`` on the first
+    gradient, ``update`` on each of the rest (one jitted ``lax.scan``, compiled once per
+    estimator and stream shape).
+
+    Args:
+        estimator: an ``OnlineEstimator`` (e.g. ``bregman_shampoo(q, …)``).
+        stream: ``(T, m, n)`` gradients, ``T ≥ 2``.
+    """
+    x = jnp.asarray(stream)
+    if x.ndim != 3 or x.shape[0] < 2:
+        raise ValueError(f"stream must be (T, m, n) gradients with T ≥ 2; got shape {x.shape}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("stream holds NaN/Inf: the online state would be non-finite")
+    return estimator.approximation(_stream_scan(estimator)(estimator.init(x[0]), x[1:]))
