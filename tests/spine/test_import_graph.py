@@ -18,7 +18,7 @@ LAYERS = [
     {"linalg"},
     {"structures", "targets"},
     {"estimators", "metrics", "methods"},
-    {"capture", "online", "sweep", "heldout", "interop", "quadratic"},
+    {"capture", "online", "sweep", "heldout", "interop", "quadratic", "identities"},
     {"optim"},
     {"train", "tuning", "tasks"},
     {"plotting", "evaluate", "demo"},
