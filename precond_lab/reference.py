@@ -52,6 +52,12 @@ __all__ = [
     "bregman_penalty",
     "bregman_identity_errors",
     "bregman_perturbation_increase",
+    "kl_gradient",
+    "kl_factor_stationarity",
+    "congruence",
+    "symmetric_directions",
+    "equivalent_samples",
+    "vn_kronecker_minimiser",
 ]
 
 
@@ -637,3 +643,100 @@ def psgd_whitening_criterion(c, p) -> float:
     """
     c, p = np.asarray(c, np.float64), np.asarray(p, np.float64)
     return float(np.trace(p @ c) + np.trace(np.linalg.inv(p)))
+
+
+# --------------------------------------------------------------------------------------
+# Dense helpers of the identity checks (precond_lab.identities).
+# --------------------------------------------------------------------------------------
+
+
+def _square_pair(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or x.shape[0] != x.shape[1] or x.shape != y.shape:
+        raise ValueError(f"x and y must be square matrices of one shape; got {x.shape}, {y.shape}")
+    return x, y
+
+
+def kl_gradient(x, y) -> np.ndarray:
+    """``∇_Y KL(N(0,X) ‖ N(0,Y)) = ½(Y⁻¹ − Y⁻¹XY⁻¹)`` on the explicit matrices."""
+    x, y = _square_pair(x, y)
+    yi = np.linalg.inv(y)
+    return 0.5 * (yi - yi @ x @ yi)
+
+
+def kl_factor_stationarity(x, left, right=None) -> float:
+    """The gradient of ``KL(X ‖ L⊗R)`` in the factors by the chain rule on the dense
+    gradient, made dimensionless (0 at a stationary point): ``‖2L∇_L‖/(n√m) +
+    ‖2R∇_R‖/(m√n)``. ``right=None``: one-sided in ``L`` (``Y = L⊗I``, ``n = mn/m``);
+    ``left=None``: one-sided in ``R``."""
+    d = np.asarray(x).shape[0]
+    m = d // np.asarray(right).shape[0] if left is None else np.asarray(left).shape[0]
+    n = d // m
+    a = np.eye(m) if left is None else np.asarray(left, np.float64)
+    b = np.eye(n) if right is None else np.asarray(right, np.float64)
+    gy = kl_gradient(x, np.kron(a, b)).reshape(m, n, m, n)
+    out = 0.0
+    if left is not None:
+        gl = np.einsum("ijkl,jl->ik", gy, b)
+        out += float(np.linalg.norm(2 * a @ gl) / (n * np.sqrt(m)))
+    if right is not None:
+        gr = np.einsum("ijkl,ik->jl", gy, a)
+        out += float(np.linalg.norm(2 * b @ gr) / (m * np.sqrt(n)))
+    return out
+
+
+def congruence(a, e, eps: float) -> np.ndarray:
+    """``A^½ exp(εE) A^½``: a PD perturbation of ``A`` in the symmetric direction ``E``."""
+    r = psd_power(a, 0.5)
+    return r @ scipy.linalg.expm(eps * np.asarray(e, np.float64)) @ r
+
+
+def symmetric_directions(rng, d: int, count: int) -> list[np.ndarray]:
+    """``count`` random symmetric ``d×d`` directions of unit Frobenius norm."""
+    out = []
+    for _ in range(int(count)):
+        e = rng.standard_normal((d, d))
+        out.append((e + e.T) / np.linalg.norm(e + e.T))
+    return out
+
+
+def equivalent_samples(sigma, m: int, n: int) -> np.ndarray:
+    """``mn`` samples ``√(mn μ_k) v_k`` (as ``m×n``) whose mean outer product is exactly ``Σ``
+    (``μ_k, v_k`` its eigenpairs, negative ones clipped)."""
+    sigma = np.asarray(sigma, np.float64)
+    d = int(m) * int(n)
+    if sigma.shape != (d, d):
+        raise ValueError(f"sigma must be ({d}, {d}) for m={m}, n={n}; got {sigma.shape}")
+    w, v = np.linalg.eigh(sigma)
+    return (np.sqrt(np.clip(w, 0.0, None) * d) * v).T.reshape(d, m, n)
+
+
+def vn_kronecker_minimiser(x, m: int, n: int, rng) -> tuple[np.ndarray, float]:
+    """Minimise the von Neumann divergence ``vN(X, A⊗B)`` over Cholesky parameters of ``A``,
+    ``B`` (BFGS with finite differences, from ``√(trX/mn)·(I + 0.1·noise)``): the minimiser
+    ``A⊗B`` and its value (the argmin only as precise as BFGS in flat directions)."""
+    x = np.asarray(x, np.float64)
+    if x.shape != (m * n, m * n):
+        raise ValueError(f"x must be ({m * n}, {m * n}) for m={m}, n={n}; got {x.shape}")
+    tri_m, tri_n = np.tril_indices(m), np.tril_indices(n)
+
+    def unpack(p):
+        a, b = np.zeros((m, m)), np.zeros((n, n))
+        a[tri_m], b[tri_n] = p[: len(tri_m[0])], p[len(tri_m[0]) :]
+        return np.kron(a @ a.T, b @ b.T)
+
+    def f(p):
+        try:
+            return von_neumann_divergence(x, unpack(p))
+        except np.linalg.LinAlgError:
+            return np.inf
+
+    scale = (np.trace(x) / (m * n)) ** 0.25
+    p0 = np.concatenate(
+        [
+            (np.eye(m) * scale + 0.1 * scale * np.tril(rng.standard_normal((m, m))))[tri_m],
+            (np.eye(n) * scale + 0.1 * scale * np.tril(rng.standard_normal((n, n))))[tri_n],
+        ]
+    )
+    res = scipy.optimize.minimize(f, p0, method="BFGS", options={"gtol": 1e-11, "maxiter": 5000})
+    return unpack(res.x), float(res.fun)

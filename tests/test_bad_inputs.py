@@ -1973,7 +1973,73 @@ CASES = [
         ValueError,
         r"delta must be the \(m, n\) diagonal",
     ),
+    (
+        "identities.random_case of zero rows",
+        lambda: _identities().random_case(0, 2),
+        ValueError,
+        r"m must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "identities.kronecker_case of fractional columns",
+        lambda: _identities().kronecker_case(3, 1.5),
+        TypeError,
+        r"n must be an integer; got 1\.5",
+    ),
+    (
+        "identities.random_case negative conditioning",
+        lambda: _identities().random_case(3, 2, cond=-1.0),
+        ValueError,
+        r"cond must be a real number in \[0, inf\)",
+    ),
+    (
+        "identities.sample_case negative damping",
+        lambda: _identities().sample_case("c", "s", _g(), relative_damping=-1e-3),
+        ValueError,
+        r"relative_damping must be a real number in \[0, inf\)",
+    ),
+    (
+        "identities.check_identity unknown check",
+        lambda: _identities().check_identity("D10", None),
+        KeyError,
+        r"unknown identity check 'D10'; known: D1, D2-left",
+    ),
+    (
+        "identities.logdet_hessian_errors of a vector",
+        lambda: _identities().logdet_hessian_errors(np.ones(4), np.random.default_rng(0)),
+        ValueError,
+        r"x must be a square matrix; got shape \(4,\)",
+    ),
+    (
+        "identities.if_shampoo_orthogonality of one matrix",
+        lambda: _identities().if_shampoo_orthogonality(np.ones((3, 2)), 0.0, None),
+        ValueError,
+        r"g must be samples \(N, m, n\); got shape \(3, 2\)",
+    ),
+    (
+        "reference.kl_gradient of mismatched matrices",
+        lambda: _reference().kl_gradient(np.eye(3), np.eye(4)),
+        ValueError,
+        r"x and y must be square matrices of one shape; got \(3, 3\), \(4, 4\)",
+    ),
+    (
+        "reference.equivalent_samples of the wrong size",
+        lambda: _reference().equivalent_samples(np.eye(5), 3, 2),
+        ValueError,
+        r"sigma must be \(6, 6\) for m=3, n=2; got \(5, 5\)",
+    ),
+    (
+        "reference.vn_kronecker_minimiser of the wrong size",
+        lambda: _reference().vn_kronecker_minimiser(np.eye(5), 3, 2, None),
+        ValueError,
+        r"x must be \(6, 6\) for m=3, n=2; got \(5, 5\)",
+    ),
 ]
+
+
+def _identities():
+    from precond_lab import identities
+
+    return identities
 
 
 def _po():

@@ -1,4 +1,5 @@
-"""Cross-check against the official PyTorch code: KL-Shampoo/KL-SOAP, its SOAP, IF-Shampoo.
+"""Cross-check against the official PyTorch code: KL-Shampoo/KL-SOAP, its SOAP, IF-Shampoo,
+PSGD-Kron, SPlus, Purifying Shampoo.
 
 The official repository (``yorkerlin/KL-Methods``, ``optim/kl_opt.py`` and ``optim/soap.py``)
 is not vendored: point ``PRECOND_LAB_KL_METHODS`` at a checkout to run these tests (they are
@@ -16,6 +17,13 @@ PSGD-Kron is checked against ``lixilinx/psgd_torch``'s ``psgd.py`` ``KronWhiten`
 (``PRECOND_LAB_PSGD_TORCH``: a checkout; needs ``opt_einsum``) and SPlus against
 ``kvfrans/splus``'s ``optax/splus.py`` (``PRECOND_LAB_SPLUS``: a checkout), both in
 float64 to 1e-10.
+
+Purifying Shampoo is checked against Meta's Distributed Shampoo
+(``facebookresearch/optimizers``, ``EigenvalueCorrectedShampooPreconditionerConfig`` with
+``Eigh``/``QREigendecompositionConfig(tolerance)``; ``PRECOND_LAB_DISTRIBUTED_SHAMPOO``: a
+checkout from which ``import distributed_shampoo`` works) in float64 to 1e-10, the official
+side configured as ``precond_lab/methods/purifying.py`` describes (no merging of the leaf's
+dimensions, float64 states and default dtype, a learning rate exact in float32).
 """
 
 from __future__ import annotations
@@ -280,3 +288,84 @@ def test_splus_matches_the_official_optax_code(monkeypatch, every):
     got = trajectory(po.splus(0.2, **kw))
     for key in params:
         assert_close([np.asarray(x[key]) for x in got], [np.asarray(x[key]) for x in want], 1e-10)
+
+
+SHAMPOO = os.environ.get("PRECOND_LAB_DISTRIBUTED_SHAMPOO")
+
+
+@pytest.mark.skipif(
+    not SHAMPOO or not (Path(SHAMPOO) / "distributed_shampoo" / "distributed_shampoo.py").exists(),
+    reason="set PRECOND_LAB_DISTRIBUTED_SHAMPOO to a checkout of facebookresearch/optimizers",
+)
+@pytest.mark.parametrize("shape", [(6, 6), (5, 4)])
+@pytest.mark.parametrize("frequency", [1, 3])
+@pytest.mark.parametrize("tolerance", [0.0, 0.05])
+@pytest.mark.parametrize("solver", ["eigh", "qr"])
+def test_purifying_shampoo_matches_distributed_shampoo(
+    monkeypatch, shape, frequency, tolerance, solver
+):
+    """``DistributedShampoo`` with ``EigenvalueCorrectedShampooPreconditionerConfig`` and an
+    ``Eigh``/``QREigendecompositionConfig(tolerance)`` (3 QR iterations) against
+    ``po.purifying_shampoo``, float64, 12 steps, ≤1e-10. The official side is configured so
+    that it runs the same equations in float64: ``max_preconditioner_dim = max(shape)`` (a
+    larger one merges the ``m×n`` leaf into one ``mn``-vector with a single ``mn×mn``
+    factor), every state dtype float64 (``corrected_eigenvalues_dtype`` defaults to float32),
+    torch's default dtype float64 (``bias_correction2 = torch.tensor(1.0) − β₂^t`` is built in
+    it) and a learning rate exact in float32 (it is held in a float32 tensor). ``ε = 1e-6``:
+    the refresh at step 1 (``frequency=1``) diagonalises ``Q_aᵀG₁Q_b`` (an SVD), so the
+    off-diagonal entries of the direction are round-off over ``ε`` (1.8e-9 apart at ε = 1e-8,
+    1.7e-11 at 1e-6)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(SHAMPOO)
+    from distributed_shampoo import DistributedShampoo
+    from distributed_shampoo.preconditioner.matrix_functions_types import (
+        EighEigendecompositionConfig,
+        QREigendecompositionConfig,
+    )
+    from distributed_shampoo.shampoo_types import EigenvalueCorrectedShampooPreconditionerConfig
+
+    lr, b1, b2, eps, iters = 2.0**-6, 0.9, 0.99, 1e-6, 3
+    if solver == "eigh":
+        amortized = EighEigendecompositionConfig(tolerance=tolerance)
+    else:
+        amortized = QREigendecompositionConfig(tolerance=tolerance, max_iterations=iters)
+    config = EigenvalueCorrectedShampooPreconditionerConfig(
+        amortized_computation_config=amortized,
+        factor_matrix_dtype=torch.float64,
+        factor_matrix_eigenvectors_dtype=torch.float64,
+        corrected_eigenvalues_dtype=torch.float64,
+    )
+    w0 = np.random.default_rng(0).standard_normal(shape)
+    # decaying gradients: the factors settle and the criterion keeps the eigh basis at 16 of
+    # the 24 refreshes (frequency 1, τ = 0.05; QR, re-sorted after every refresh, never does)
+    grads = [g * 0.7**k for k, g in enumerate(grads_seq(shape, 12, seed=1))]
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        want = _torch_run(
+            torch,
+            lambda p: DistributedShampoo(
+                p,
+                lr=lr,
+                betas=(b1, b2),
+                epsilon=eps,
+                precondition_frequency=frequency,
+                max_preconditioner_dim=max(shape),
+                preconditioner_config=config,
+            ),
+            w0,
+            grads,
+        )
+    finally:
+        torch.set_default_dtype(default_dtype)
+    tx = po.purifying_shampoo(
+        lr,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        frequency=frequency,
+        tolerance=tolerance,
+        solver=solver,
+        max_iterations=iters,
+    )
+    assert_close(run(tx, w0, grads), want, 1e-10)

@@ -19,6 +19,7 @@ LAYERS = [
     {"structures", "targets"},
     {"estimators", "metrics", "methods"},
     {"capture", "online", "sweep", "heldout", "finite_sample", "interop", "quadratic"},
+    {"identities"},
     {"optim"},
     {"train", "tuning", "tasks"},
     {"plotting", "evaluate", "demo"},
