@@ -46,3 +46,29 @@ def test_precision_study_small(tmp_path):
 def test_status_codes_are_the_status_enum():
     assert STATUS_CODES == {s.code: s.value for s in Status}
     assert all(Status.from_code(c).value == v for c, v in STATUS_CODES.items())
+
+
+def test_precision_on_matrices_against_the_float64_truth():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import matrix_power, precision_on_matrices
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 6))
+    f = a @ a.T
+    ds = precision_on_matrices(
+        [f], methods=("eigh", "newton", "if_shampoo"), dtypes=("float32",), ps=(0.5, 1.0),
+        relative_damping=1e-2,
+    )  # fmt: skip
+    st, err = ds["status"], ds["rel_error_rounded_input"]
+    assert st.dims == ("method", "dtype", "p", "matrix")
+    assert st.sel({"method": "if_shampoo", "p": 0.5}).item() == Status.UNSUPPORTED_EXPONENT.code
+    # brute force: trace-1 input rounded to float32, truth by float64 eigh, λ = ε/d
+    s = np.asarray(np.float32(f / np.trace(f)), np.float64)
+    w, q = np.linalg.eigh(s)
+    for method, p in (("eigh", 0.5), ("newton", 0.5), ("if_shampoo", 1.0)):
+        truth = (q * (w + 1e-2 / 6) ** -p) @ q.T
+        x, _ = matrix_power(np.float32(s), -p, 1e-2 / 6, method=method, check=False)
+        want = np.linalg.norm(np.asarray(x, np.float64) - truth) / np.linalg.norm(truth)
+        assert st.sel({"method": method, "p": p}).item() == Status.OK.code
+        np.testing.assert_allclose(err.sel({"method": method, "p": p}).item(), want, rtol=1e-6)
+        assert want < 1e-3
