@@ -27,7 +27,7 @@ import xarray as xr
 from precond_lab import online, reference, schema, study, timing
 from precond_lab.claims import TestKind, claim
 from precond_lab.errors import Status
-from precond_lab.linalg import STATUS_CODES
+from precond_lab.linalg import STATUS_CODES, precision_failure_rate
 from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE_HERE, PARTIAL, Row
 from studies._setups import Capture
 
@@ -102,7 +102,7 @@ P230_GAP = 0.2  # Shampoo root-inverse (best bf16 matmul method) fails ≥ 20 po
 P230_ERR = 3.0  # ... or has ≥ 3× the median error
 P230_ERR_OK = 0.1  # a run counts as failed if not converged/finite or error > 0.1
 P231_SPEEDUP = 2.0  # eigh f32 ≥ 2× one bf16 IF-Shampoo update at the largest size
-OK, NOT_CONVERGED, NONFINITE = Status.OK.code, Status.NOT_CONVERGED.code, Status.NONFINITE.code
+OK = Status.OK.code
 _COLOURS = ("blue", "vermillion", "bluish_green", "orange")  # Okabe–Ito names, drawing order
 
 
@@ -167,23 +167,9 @@ def _measure(cfg: Config, step_node, factors: dict):
     return fn
 
 
-def _synthetic(pr: Precision) -> xr.Dataset:
-    """The harness on synthetic spectra (damping 1e-6), cases = (cond, dim, repeat) stacked."""
-    from precond_lab.linalg import precision_study
-
-    ds = precision_study(methods=("eigh", "newton", "newton_schulz", "if_shampoo"),
-                         dtypes=pr.dtypes, conds=pr.conds, dims=pr.dims, dampings=(1e-6,),
-                         ps=pr.ps, repeats=int(pr.repeats)).isel(damping=0)
-    ds = ds[["status", "rel_error_rounded_input"]].reindex({"method": list(PREC_METHODS)})
-    ds["status"] = ds["status"].fillna(Status.NOT_APPLICABLE.code).astype(np.int8)
-    ds = ds.stack(case=("cond", "dim", "repeat")).transpose("method", "dtype", "p", "case")
-    return ds.drop_vars(["case", "cond", "dim", "repeat", "damping"]).assign_coords(
-        case=np.arange(ds.sizes["case"]))
-
-
 def run(config: Config, **overrides) -> xr.Dataset:
     """Measure P2-27..P2-31 on one captured step of real gradients (see the module doc)."""
-    from precond_lab.linalg import precision_on_matrices
+    from precond_lab.linalg import precision_cases, precision_on_matrices
 
     cfg, t_start = config.replace(**overrides), time.perf_counter()
     pr, cap = cfg.precision, cfg.capture
@@ -198,42 +184,34 @@ def run(config: Config, **overrides) -> xr.Dataset:
     prec = {"real": precision_on_matrices(list(factors.values()), methods=PREC_METHODS,
                                           dtypes=pr.dtypes, ps=pr.ps, names=list(factors),
                                           relative_damping=cfg.damping_rel),
-            "synthetic": _synthetic(pr)}
+            "synthetic": precision_cases(PREC_METHODS, damping=1e-6, dtypes=pr.dtypes,
+                                         conds=pr.conds, dims=pr.dims, ps=pr.ps,
+                                         repeats=pr.repeats)}
     rn = {"method": "prec_method", "p": "power", "matrix": "factor"}
     for src, p in prec.items():
         p = p.rename({k: v for k, v in rn.items() if k in p.dims})
         ds[f"{src}_status"], ds[f"{src}_error"] = p["status"], p["rel_error_rounded_input"]
     ds["time_s"] = online.if_shampoo_timings(cfg.timing_sizes, cfg.timing_repeats)
     ds = ds.assign_coords(s0=[0.0, 1.0], init_step=np.arange(cfg.response_steps))
-    # fmt: off
     return study.dataset(
         ds.data_vars, ds.coords, title=TITLE, name=NAME, config=cfg, presets=PRESETS,
-        started=t_start, source=f"{cap.model}/{cap.dataset} capture", model=cap.model,
-        dataset=cap.dataset, damping_rel=float(cfg.damping_rel),
+        started=t_start, source=f"{cap.model}/{cap.dataset} capture",
         damping_rule="lambda = damping_rel * E||G||^2/(m n) per layer; the Gauss-Newton "
         "reference of P2-28 is damped by damping_rel * tr H/(m n)",
         newton_reference="exact Gauss-Newton of the layer (capture target ggn)",
-        direction_batch=int(cfg.direction_batch), init_batch=int(cfg.init_batch),
-        init_beta2=float(cfg.init_beta2),
         sampled_labels="ggn_mc pseudo-gradients times sqrt(mc) (zero-mean per example)",
         precision_synthetic=f"conds {list(pr.conds)}, dims {list(pr.dims)}, repeats "
         f"{pr.repeats}, damping 1e-6",
         precision_real="Shampoo factors L=E[GG^T], R=E[G^TG] scaled to trace 1, damping "
         "damping_rel/d", status_codes=", ".join(f"{k}={v}" for k, v in STATUS_CODES.items()),
         timing_device=str(jax.devices()[0].device_kind), timing_backend=jax.default_backend())
-    # fmt: on
-
 # fmt: on
 
 
 # --------------------------------------------------------------------------------- plot
 def _failure(status, err):
-    """Failure rate over the last axis; inputs not SPD once rounded (code 4) are no method's
-    failure and are not counted; NaN where nothing was attempted."""
-    attempted = np.isin(status, (OK, NOT_CONVERGED, NONFINITE))
-    fail = np.isin(status, (NOT_CONVERGED, NONFINITE)) | ((status == OK) & ~(err <= P230_ERR_OK))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(attempted.sum(-1) > 0, fail.sum(-1) / attempted.sum(-1), np.nan)
+    """Failure rate over the last axis (``linalg.precision_failure_rate``, error > 0.1)."""
+    return precision_failure_rate(status, err, P230_ERR_OK)
 
 
 # fmt: off
@@ -259,7 +237,7 @@ def _figures(ds: xr.Dataset) -> dict:
             ax.semilogy(ds.init_step, ds["init_step_norm"].sel(s0=s0), color=col[i],
                         label=f"s₀ = {s0:g}")
         ax.set(xlabel="step", ylabel="‖g/(s+λ)‖ (RF-RMSProp)")
-        ax.set_title(f"initialisation (B={ds.attrs.get('init_batch')}, one stream)", fontsize=7)
+        ax.set_title(f"initialisation (B={ds.attrs['config_init_batch']}, one stream)", fontsize=7)
         ax.legend(fontsize=6)
         figures[f"{NAME}_batch_init"] = fig
         # P2-28: direction cosines to the damped Gauss–Newton direction, quartiles over batches
@@ -342,7 +320,7 @@ def _p2_27(ds) -> study.Outcome:
         f"{ds.layer.values[0]}: step-scale ratio B={int(ds.batch_size[-1])} vs "
         f"B={int(ds.batch_size[0])}, median [min–max] over {ds.sizes['seed']} stream seeds: "
         + "; ".join(parts) + f". RF-RMSProp early-max/late-median step: s₀=0 {r0:.3g}, s₀=1 "
-        f"{r1:.3g} (B={ds.attrs['init_batch']}, β₂={ds.attrs['init_beta2']})."))
+        f"{r1:.3g} (B={ds.attrs['config_init_batch']}, β₂={ds.attrs['config_init_beta2']})."))
 
 
 def _p2_28(ds) -> study.Outcome:
@@ -358,7 +336,7 @@ def _p2_28(ds) -> study.Outcome:
                    f"root-free ×{float(r.sel(loss_scale=cv, p=1.0).mean()):.4g} (pred. 1, "
                    f"{1 / float(cv):g})" for cv in ds.loss_scale.values)
     return study.Outcome(study.judge(bool(np.all(diff > 0)), bool(np.any(diff > 0))), (
-        f"median over real-label mini-batches (B={ds.attrs.get('direction_batch', '?')}), H = "
+        f"median over real-label mini-batches (B={ds.attrs['config_direction_batch']}), H = "
         "the layer's exact Gauss–Newton + λ_H I: " + "; ".join(parts) + ". Information: loss "
         f"scaling of real gradients (Shampoo², relative damping): {sc}; max deviation "
         f"{float(dev.max()):.2e} (exact check: P2-42)."))

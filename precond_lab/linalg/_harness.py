@@ -24,7 +24,14 @@ from ..provenance import make_attrs
 from ._api import _NEEDS, METHODS, matrix_power
 from ._checks import DTYPES, UnsupportedDtypeError, check_spd, dtype_support
 
-__all__ = ["STATUS_CODES", "precision_on_matrices", "precision_study", "spd_with_spectrum"]
+__all__ = [
+    "STATUS_CODES",
+    "precision_cases",
+    "precision_failure_rate",
+    "precision_on_matrices",
+    "precision_study",
+    "spd_with_spectrum",
+]
 
 #: Integer codes of the ``status`` variable: ``Status(...).code -> Status(...).value``.
 STATUS_CODES: dict[int, str] = {s.code: s.value for s in Status}
@@ -307,6 +314,37 @@ def precision_on_matrices(
     return xr.Dataset(
         {"status": (dims, status), "rel_error_rounded_input": (dims, err)}, coords=coords
     )
+
+
+def precision_cases(labels: tuple[str, ...], *, damping: float = 0.0, **kwargs) -> xr.Dataset:
+    """``precision_study`` at one ``damping`` with its ``(cond, dim, repeat)`` runs stacked
+    into one ``case`` dim, ``status`` and ``rel_error_rounded_input`` on
+    ``(method, dtype, p, case)``, the methods in the order of ``labels`` (``"m@float32"``
+    where the study adds it; a label it did not run: ``NOT_APPLICABLE``, NaN).
+
+    Args:
+        labels: method labels; ``precision_study`` runs their base methods.
+        damping: ``λ``; kwargs: ``precision_study``'s other arguments.
+    """
+    base = tuple(dict.fromkeys(lab.partition("@")[0] for lab in labels))
+    ds = precision_study(methods=base, dampings=(damping,), **kwargs).isel(damping=0)
+    ds = ds[["status", "rel_error_rounded_input"]].reindex({"method": list(labels)})
+    ds["status"] = ds["status"].fillna(Status.NOT_APPLICABLE.code).astype(np.int8)
+    ds = ds.stack(case=("cond", "dim", "repeat")).transpose("method", "dtype", "p", "case")
+    ds = ds.drop_vars(["case", "cond", "dim", "repeat", "damping"])
+    return ds.assign_coords(case=np.arange(ds.sizes["case"]))
+
+
+def precision_failure_rate(status, error, max_error: float, axis: int = -1) -> np.ndarray:
+    """Failure rate along ``axis`` of the attempted runs: not converged, non-finite, or
+    ``error > max_error``; an input not SPD once rounded (``NOT_SPD``) is no method's failure
+    and is not counted; NaN where nothing was attempted."""
+    status, error = np.moveaxis(np.asarray(status), axis, -1), np.moveaxis(error, axis, -1)
+    bad = (Status.NOT_CONVERGED.code, Status.NONFINITE.code)
+    attempted = np.isin(status, (Status.OK.code, *bad))
+    fail = np.isin(status, bad) | ((status == Status.OK.code) & ~(error <= max_error))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(attempted.sum(-1) > 0, fail.sum(-1) / attempted.sum(-1), np.nan)
 
 
 def _run_status(converged: bool, finite: bool) -> Status:

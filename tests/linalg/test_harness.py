@@ -72,3 +72,32 @@ def test_precision_on_matrices_against_the_float64_truth():
         assert st.sel({"method": method, "p": p}).item() == Status.OK.code
         np.testing.assert_allclose(err.sel({"method": method, "p": p}).item(), want, rtol=1e-6)
         assert want < 1e-3
+
+
+def test_precision_cases_stack_the_study_runs():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import precision_cases, precision_study
+
+    kw = dict(dtypes=("float32",), conds=(1e2, 1e4), dims=(6,), ps=(1.0,), repeats=2)
+    got = precision_cases(("eigh", "eigh@float32", "if_shampoo"), damping=1e-6, **kw)
+    ref = precision_study(methods=("eigh", "if_shampoo"), dampings=(1e-6,), **kw)
+    assert got["status"].dims == ("method", "dtype", "p", "case") and got.sizes["case"] == 4
+    assert (got["status"].sel({"method": "eigh@float32"}) == Status.NOT_APPLICABLE.code).all()
+    want = ref["rel_error_rounded_input"].sel({"method": "if_shampoo", "damping": 1e-6})
+    np.testing.assert_array_equal(
+        got["rel_error_rounded_input"].sel({"method": "if_shampoo"}).values.ravel(),
+        want.transpose("dtype", "p", "cond", "dim", "repeat").values.ravel(),
+    )
+
+
+def test_precision_failure_rate_counts_attempted_runs_only():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import precision_failure_rate
+
+    ok, nc, nspd = Status.OK.code, Status.NOT_CONVERGED.code, Status.NOT_SPD.code
+    na = Status.NOT_APPLICABLE.code
+    st = np.array([[ok, ok, nc, nspd], [na, na, nspd, na]])
+    err = np.array([[0.01, 0.5, np.nan, np.nan], [np.nan] * 4])
+    fr = precision_failure_rate(st, err, 0.1)
+    np.testing.assert_array_equal(fr[:1], [2 / 3])
+    assert np.isnan(fr[1])
