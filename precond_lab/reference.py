@@ -254,10 +254,30 @@ def shampoo(sigma, m: int, n: int) -> np.ndarray:
     return np.kron(psd_power(left, 0.5), psd_power(right, 0.5))
 
 
-def shampoo_squared(sigma, m: int, n: int) -> np.ndarray:
-    """Dense ``L ⊗ R / tr Σ``."""
+def shampoo_squared(sigma, m: int, n: int, relative_damping: float = 0.0) -> np.ndarray:
+    """Dense ``L ⊗ R / tr Σ`` (each factor plus ``ε tr(F)/dim·I`` with ``relative_damping``)."""
     left, right = shampoo_statistics(sigma, m, n)
+    left = left + relative_damping * np.trace(left) / m * np.eye(m)
+    right = right + relative_damping * np.trace(right) / n * np.eye(n)
     return np.kron(left, right) / np.trace(sigma)
+
+
+def kfac_damped_flip_flop(a_out, a_in, damping: float, iters: int = 200):
+    """The damped K-FAC fixed point ``(S_out, S_in)`` by the dense flip-flop:
+    ``S_out = [tr(A_in S_in⁻¹) A_out + λ tr(S_in⁻¹) I]/n`` and symmetrically (float64).
+
+    ``S_out ⊗ S_in`` is the KL-optimal Kronecker fit of ``A_out ⊗ A_in + λI``; its inverse
+    is IF-Shampoo's fixed point when driven by K-FAC factors (``online.kfac_if_shampoo``).
+    """
+    ao, ai = np.asarray(a_out, np.float64), np.asarray(a_in, np.float64)
+    m, n = ao.shape[0], ai.shape[0]
+    so, si = np.eye(m), np.eye(n)
+    for _ in range(iters):
+        si_inv = np.linalg.inv(si)
+        so = (np.trace(ai @ si_inv) * ao + damping * np.trace(si_inv) * np.eye(m)) / n
+        so_inv = np.linalg.inv(so)
+        si = (np.trace(ao @ so_inv) * ai + damping * np.trace(so_inv) * np.eye(n)) / m
+    return so, si
 
 
 def shampoo_product(sigma, m: int, n: int) -> np.ndarray:

@@ -2033,6 +2033,84 @@ CASES = [
         ValueError,
         r"x must be \(6, 6\) for m=3, n=2; got \(5, 5\)",
     ),
+    (
+        "if_shampoo_step_scale batch_size 0",
+        lambda: onl.if_shampoo_step_scale(_g(), 0),
+        ValueError,
+        r"batch_size must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "if_shampoo_step_scale steps 1",
+        lambda: onl.if_shampoo_step_scale(_g(), 2, steps=1),
+        ValueError,
+        r"steps must be an integer in \[2, inf\); got 1",
+    ),
+    (
+        "step_scale_levels no batch sizes",
+        lambda: onl.step_scale_levels(_g(), ()),
+        ValueError,
+        r"batch_sizes must name at least one",
+    ),
+    (
+        "step_scale_levels negative damping",
+        lambda: onl.step_scale_levels(_g(), (1,), damping=-1.0),
+        ValueError,
+        r"damping must be a real number in \[0, inf\); got -1.0",
+    ),
+    (
+        "kfac_if_shampoo mismatched N",
+        lambda: onl.kfac_if_shampoo(np.ones((5, 3)), np.ones((4, 2)), damping=0.1),
+        ValueError,
+        r"activations \(N, n\) and backprops \(N, m\) must share N",
+    ),
+    (
+        "kfac_if_shampoo steps 0",
+        lambda: onl.kfac_if_shampoo(np.ones((5, 3)), np.ones((5, 2)), damping=0.1, steps=0),
+        ValueError,
+        r"steps must be an integer in \[1, inf\); got 0",
+    ),
+    (
+        "if_shampoo_timings repeats 3",
+        lambda: onl.if_shampoo_timings((4,), repeats=3),
+        ValueError,
+        r"repeats must be an integer in \[5, inf\); got 3",
+    ),
+    (
+        "if_shampoo_timings no sizes",
+        lambda: onl.if_shampoo_timings(()),
+        ValueError,
+        r"sizes must name at least one size",
+    ),
+    (
+        "direction_cosines no approximations",
+        lambda: met.direction_cosines(_g(), _g(), {}),
+        ValueError,
+        r"approximations must name at least one",
+    ),
+    (
+        "direction_cosines one gradient not batched",
+        lambda: met.direction_cosines(_g(), _g()[0], {"s": est.shampoo_squared(_g())}),
+        ValueError,
+        r"gradients must be \(B, m, n\)",
+    ),
+    (
+        "shampoo_squared negative relative damping",
+        lambda: est.shampoo_squared(_g(), relative_damping=-0.1),
+        ValueError,
+        r"relative_damping must be a real number in \[0, inf\); got -0.1",
+    ),
+    (
+        "precision_on_matrices not square",
+        lambda: linalg.precision_on_matrices([np.ones((2, 3))]),
+        ValueError,
+        r"matrices must be square",
+    ),
+    (
+        "precision_on_matrices negative relative damping",
+        lambda: linalg.precision_on_matrices([np.eye(2)], relative_damping=-1.0),
+        ValueError,
+        r"relative_damping must be a real number in \[0, inf\); got -1.0",
+    ),
 ]
 
 

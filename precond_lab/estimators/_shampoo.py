@@ -37,7 +37,12 @@ def shampoo(
 
 
 def shampoo_squared(
-    samples, *, weights=None, center: bool = False, chunk_size: int | None = None
+    samples,
+    *,
+    weights=None,
+    center: bool = False,
+    chunk_size: int | None = None,
+    relative_damping: float = 0.0,
 ) -> Kronecker:
     """Shampoo² with trace scaling: ``L ⊗ R / tr Σ``.
 
@@ -45,12 +50,24 @@ def shampoo_squared(
     scalar to one power-iteration step from the identity (Morwani et al.), and the
     exact minimiser of the von Neumann divergence ``D_vN(Σ, A ⊗ B)`` (identity D9).
 
+    Args:
+        relative_damping: ``ε ≥ 0``: each factor damped relative to its own trace,
+            ``(L + ε tr L/m·I) ⊗ (R + ε tr R/n·I) / tr Σ``; unlike an absolute ``λ`` this
+            keeps the estimate homogeneous of degree 2 in the samples (loss scaling, P2-28).
+
     Returns:
-        ``Kronecker(left=L, right=R, scale=1/tr Σ)``.
+        ``Kronecker(left=L (+ ε tr L/m·I), right=R (+ ε tr R/n·I), scale=1/tr Σ)``.
     """
+    from .._validation import check_number
+
+    eps = check_number(relative_damping, "relative_damping", low=0.0)
     target = target_of(samples, weights, center, chunk_size)
-    left, right = target.second_moments()
-    return Kronecker(symmetrize(left), symmetrize(right), 1.0 / target.trace())
+    left, right = (symmetrize(f) for f in target.second_moments())
+    if eps > 0:
+        m, n = left.shape[0], right.shape[0]
+        left = left + eps * jnp.trace(left) / m * jnp.eye(m, dtype=left.dtype)
+        right = right + eps * jnp.trace(right) / n * jnp.eye(n, dtype=right.dtype)
+    return Kronecker(left, right, 1.0 / target.trace())
 
 
 def shampoo_product(

@@ -22,7 +22,14 @@ from ._checks import (
     dtype_support,
 )
 from ._direct import qr_refresh_step
-from ._harness import STATUS_CODES, precision_study, spd_with_spectrum
+from ._harness import (
+    STATUS_CODES,
+    precision_cases,
+    precision_failure_rate,
+    precision_on_matrices,
+    precision_study,
+    spd_with_spectrum,
+)
 from ._spectral import eigh_sym, psd_function, psd_power, psd_sqrt, symmetrize
 
 __all__ = [
@@ -41,6 +48,9 @@ __all__ = [
     "eigh_sym",
     "inverse_root",
     "matrix_power",
+    "precision_cases",
+    "precision_failure_rate",
+    "precision_on_matrices",
     "precision_study",
     "psd_function",
     "psd_power",

@@ -24,7 +24,14 @@ from ..provenance import make_attrs
 from ._api import _NEEDS, METHODS, matrix_power
 from ._checks import DTYPES, UnsupportedDtypeError, check_spd, dtype_support
 
-__all__ = ["STATUS_CODES", "precision_study", "spd_with_spectrum"]
+__all__ = [
+    "STATUS_CODES",
+    "precision_cases",
+    "precision_failure_rate",
+    "precision_on_matrices",
+    "precision_study",
+    "spd_with_spectrum",
+]
 
 #: Integer codes of the ``status`` variable: ``Status(...).code -> Status(...).value``.
 STATUS_CODES: dict[int, str] = {s.code: s.value for s in Status}
@@ -233,6 +240,111 @@ def precision_study(
     ds["median_time_s"] = ds["time_s"].median("repeat")
     ds.attrs.update(_provenance(seed, qr_steps, basis_perturbation))
     return ds
+
+
+def precision_on_matrices(
+    matrices,
+    *,
+    methods: tuple[str, ...] = ("eigh", "eigh@float32", "newton", "newton_schulz", "if_shampoo"),
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
+    ps: tuple[float, ...] = (0.25, 0.5, 1.0),
+    relative_damping: float = 1e-3,
+    names=None,
+) -> xr.Dataset:
+    """``precision_study`` on given SPD matrices (e.g. real Shampoo factors ``L``, ``R``).
+
+    Each matrix is symmetrised and scaled to trace 1 (scale-free, no float16 overflow) and
+    damped by ``λ = relative_damping/d``; the truth is the float64 eigendecomposition of the
+    matrix *rounded to the dtype* (the algorithm's own error). Every method is run at every
+    dtype (``"<method>@float32"``: upcast), without an SPD check of the rounded input.
+
+    Args:
+        matrices: a sequence of ``(d, d)`` symmetric PSD arrays (sizes may differ).
+        methods: method labels (``matrix_power`` methods, optionally ``@float32``).
+        dtypes: dtype names. ps: powers ``p`` of ``(S + λI)^{-p}``.
+        relative_damping: ``λ·d`` after the trace scaling (≥ 0).
+        names: a name per matrix (default ``0, 1, …``).
+
+    Returns:
+        Dataset on ``(method, dtype, p, matrix)`` with ``status`` (``Status.code``) and
+        ``rel_error_rounded_input`` (NaN where not finite or not run).
+
+    Raises:
+        ValueError: a matrix that is not square, or a negative ``relative_damping``.
+    """
+    from .._validation import check_number
+
+    relative_damping = check_number(relative_damping, "relative_damping", low=0.0)
+    mats = [np.asarray(f, np.float64) for f in matrices]
+    for f in mats:
+        if f.ndim != 2 or f.shape[0] != f.shape[1]:
+            raise ValueError(f"precision_on_matrices: matrices must be square; got {f.shape}")
+    shape = (len(methods), len(dtypes), len(ps), len(mats))
+    status = np.full(shape, Status.NOT_APPLICABLE.code, np.int8)
+    err = np.full(shape, np.nan)
+    for jf, f in enumerate(mats):
+        f = 0.5 * (f + f.T) / np.trace(f)
+        lam = relative_damping / f.shape[0]
+        for kd, dt in enumerate(dtypes):
+            f_dt = jnp.asarray(f, jnp.float32).astype(dt)
+            w, q = np.linalg.eigh(_to64(f_dt))
+            for lp, p in enumerate(ps):
+                truth = (q * np.abs(w + lam) ** (-p)) @ q.T
+                for im, label in enumerate(methods):
+                    method, _, up = label.partition("@")
+                    idx = (im, kd, lp, jf)
+                    if not _exponent_ok(method, p):
+                        status[idx] = Status.UNSUPPORTED_EXPONENT.code
+                        continue
+                    try:
+                        x, info = matrix_power(
+                            f_dt, -p, lam, method=method, upcast=up or None, check=False
+                        )
+                    except UnsupportedDtypeError:
+                        status[idx] = Status.UNSUPPORTED_DTYPE.code
+                        continue
+                    x64 = _to64(x)
+                    finite = bool(np.isfinite(x64).all())
+                    status[idx] = _run_status(info.converged, finite).code
+                    if finite:
+                        err[idx] = _rel(x64, truth)
+    names = list(range(len(mats))) if names is None else list(names)
+    dims = ("method", "dtype", "p", "matrix")
+    coords = {"method": list(methods), "dtype": list(dtypes), "p": list(ps), "matrix": names}
+    return xr.Dataset(
+        {"status": (dims, status), "rel_error_rounded_input": (dims, err)}, coords=coords
+    )
+
+
+def precision_cases(labels: tuple[str, ...], *, damping: float = 0.0, **kwargs) -> xr.Dataset:
+    """``precision_study`` at one ``damping`` with its ``(cond, dim, repeat)`` runs stacked
+    into one ``case`` dim, ``status`` and ``rel_error_rounded_input`` on
+    ``(method, dtype, p, case)``, the methods in the order of ``labels`` (``"m@float32"``
+    where the study adds it; a label it did not run: ``NOT_APPLICABLE``, NaN).
+
+    Args:
+        labels: method labels; ``precision_study`` runs their base methods.
+        damping: ``λ``; kwargs: ``precision_study``'s other arguments.
+    """
+    base = tuple(dict.fromkeys(lab.partition("@")[0] for lab in labels))
+    ds = precision_study(methods=base, dampings=(damping,), **kwargs).isel(damping=0)
+    ds = ds[["status", "rel_error_rounded_input"]].reindex({"method": list(labels)})
+    ds["status"] = ds["status"].fillna(Status.NOT_APPLICABLE.code).astype(np.int8)
+    ds = ds.stack(case=("cond", "dim", "repeat")).transpose("method", "dtype", "p", "case")
+    ds = ds.drop_vars(["case", "cond", "dim", "repeat", "damping"])
+    return ds.assign_coords(case=np.arange(ds.sizes["case"]))
+
+
+def precision_failure_rate(status, error, max_error: float, axis: int = -1) -> np.ndarray:
+    """Failure rate along ``axis`` of the attempted runs: not converged, non-finite, or
+    ``error > max_error``; an input not SPD once rounded (``NOT_SPD``) is no method's failure
+    and is not counted; NaN where nothing was attempted."""
+    status, error = np.moveaxis(np.asarray(status), axis, -1), np.moveaxis(error, axis, -1)
+    bad = (Status.NOT_CONVERGED.code, Status.NONFINITE.code)
+    attempted = np.isin(status, (Status.OK.code, *bad))
+    fail = np.isin(status, bad) | ((status == Status.OK.code) & ~(error <= max_error))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(attempted.sum(-1) > 0, fail.sum(-1) / attempted.sum(-1), np.nan)
 
 
 def _run_status(converged: bool, finite: bool) -> Status:

@@ -17,7 +17,13 @@ from . import _frobenius, _divergences, _spectra, _bregman  # noqa: F401
 
 # isort: on
 from ._bregman import bregman_divergence
-from ._direction import DirectionQuality, direction_quality, exact_direction, loss_scaling_response
+from ._direction import (
+    DirectionQuality,
+    direction_cosines,
+    direction_quality,
+    exact_direction,
+    loss_scaling_response,
+)
 from ._divergences import (
     diagonal_kl,
     kl_divergence,
@@ -40,6 +46,7 @@ __all__ = [
     "MetricSpec",
     "register_metric",
     "DirectionQuality",
+    "direction_cosines",
     "direction_quality",
     "exact_direction",
     "loss_scaling_response",

@@ -30,6 +30,7 @@ from ..targets import Spectrum, Target, as_target
 
 __all__ = [
     "DirectionQuality",
+    "direction_cosines",
     "direction_quality",
     "exact_direction",
     "loss_scaling_response",
@@ -206,3 +207,57 @@ def loss_scaling_response(
         "cosine": float(jnp.sum(d1 * dc) / (n1 * nc)),
         "sigma_scale": float(tc.trace() / t1.trace()),
     }
+
+
+def direction_cosines(
+    target,
+    gradients,
+    approximations,
+    *,
+    damping: float = 0.0,
+    powers=(0.5, 1.0),
+):
+    """``cos(S^{-a} g, (Σ + λI)^{-e} g)`` for several approximations ``S`` and powers.
+
+    ``(Σ + λI)^{-e} g`` is ``exact_direction`` (one eigendecomposition of ``Σ``, e.g. a
+    layer's exact Gauss–Newton); ``S^{-a} g`` is ``S.power(-a, λ_S).matvec(g)``.
+
+    Args:
+        target: ``Σ``, a ``Target`` or ``(N, m, n)`` samples.
+        gradients: ``(B, m, n)`` gradients ``g``.
+        approximations: ``{name: (structure, λ_S)}`` (or ``{name: structure}``, ``λ_S = 0``).
+        damping: ``λ ≥ 0`` of the exact side.
+        powers: the powers, used for both ``a`` (approx) and ``e`` (exact).
+
+    Returns:
+        A DataArray on ``(estimator, approx_power, exact_power, batch)``.
+    """
+    import xarray as xr
+
+    if not approximations:
+        raise ValueError("approximations must name at least one structure")
+    powers = [check_number(p, "powers") for p in powers]
+    target = as_target(target)
+    spec = target.eigh(vectors=True)
+    grads = jnp.asarray(gradients)
+    if grads.ndim != 3:
+        raise ValueError(f"gradients must be (B, m, n); got shape {grads.shape}")
+    exact = {
+        pe: exact_direction(target, grads, p=pe, damping=damping, spectrum=spec) for pe in powers
+    }
+    names = list(approximations)
+    cos = np.zeros((len(names), len(powers), len(powers), grads.shape[0]))
+    for ie, name in enumerate(names):
+        entry = approximations[name]
+        s, lam = entry if isinstance(entry, tuple) else (entry, 0.0)
+        for ia, pa in enumerate(powers):
+            d = s.power(-pa, lam).matvec(grads).astype(exact[powers[-1]].dtype)
+            for je, pe in enumerate(powers):
+                e = exact[pe]
+                c = jnp.sum(d * e, axis=(-2, -1)) / (
+                    jnp.linalg.norm(d, axis=(-2, -1)) * jnp.linalg.norm(e, axis=(-2, -1))
+                )
+                cos[ie, ia, je] = np.asarray(c)
+    coords = {"estimator": names, "approx_power": powers, "exact_power": powers,
+              "batch": np.arange(grads.shape[0])}  # fmt: skip
+    return xr.DataArray(cos, coords=coords, dims=list(coords))

@@ -19,7 +19,16 @@ defaults are the method's, the ones its optimiser in ``precond_lab.optim`` uses:
 
 from ..methods import OnlineState, if_shampoo_stationarity
 from ._estimators import ESTIMATORS, bregman_shampoo, estimator
-from ._invariance import batch_size_response, initialisation_response
+from ._invariance import (
+    IF_TIMING_OPS,
+    KfacIfShampoo,
+    batch_size_response,
+    if_shampoo_step_scale,
+    if_shampoo_timings,
+    initialisation_response,
+    kfac_if_shampoo,
+    step_scale_levels,
+)
 from ._runner import fit_stream, run_online, state_is_finite, structure_cosine
 from ._scoring import (
     GAP_ROUNDOFF,
@@ -76,6 +85,12 @@ __all__ = [
     "batch_left",
     "batch_right",
     "batch_size_response",
+    "if_shampoo_step_scale",
+    "if_shampoo_timings",
+    "IF_TIMING_OPS",
+    "KfacIfShampoo",
+    "kfac_if_shampoo",
+    "step_scale_levels",
     "batch_square",
     "bregman_shampoo",
     "estimator",

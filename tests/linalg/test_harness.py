@@ -46,3 +46,58 @@ def test_precision_study_small(tmp_path):
 def test_status_codes_are_the_status_enum():
     assert STATUS_CODES == {s.code: s.value for s in Status}
     assert all(Status.from_code(c).value == v for c, v in STATUS_CODES.items())
+
+
+def test_precision_on_matrices_against_the_float64_truth():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import matrix_power, precision_on_matrices
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 6))
+    f = a @ a.T
+    ds = precision_on_matrices(
+        [f], methods=("eigh", "newton", "if_shampoo"), dtypes=("float32",), ps=(0.5, 1.0),
+        relative_damping=1e-2,
+    )  # fmt: skip
+    st, err = ds["status"], ds["rel_error_rounded_input"]
+    assert st.dims == ("method", "dtype", "p", "matrix")
+    assert st.sel({"method": "if_shampoo", "p": 0.5}).item() == Status.UNSUPPORTED_EXPONENT.code
+    # brute force: trace-1 input rounded to float32, truth by float64 eigh, λ = ε/d
+    s = np.asarray(np.float32(f / np.trace(f)), np.float64)
+    w, q = np.linalg.eigh(s)
+    for method, p in (("eigh", 0.5), ("newton", 0.5), ("if_shampoo", 1.0)):
+        truth = (q * (w + 1e-2 / 6) ** -p) @ q.T
+        x, _ = matrix_power(np.float32(s), -p, 1e-2 / 6, method=method, check=False)
+        want = np.linalg.norm(np.asarray(x, np.float64) - truth) / np.linalg.norm(truth)
+        assert st.sel({"method": method, "p": p}).item() == Status.OK.code
+        np.testing.assert_allclose(err.sel({"method": method, "p": p}).item(), want, rtol=1e-6)
+        assert want < 1e-3
+
+
+def test_precision_cases_stack_the_study_runs():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import precision_cases, precision_study
+
+    kw = dict(dtypes=("float32",), conds=(1e2, 1e4), dims=(6,), ps=(1.0,), repeats=2)
+    got = precision_cases(("eigh", "eigh@float32", "if_shampoo"), damping=1e-6, **kw)
+    ref = precision_study(methods=("eigh", "if_shampoo"), dampings=(1e-6,), **kw)
+    assert got["status"].dims == ("method", "dtype", "p", "case") and got.sizes["case"] == 4
+    assert (got["status"].sel({"method": "eigh@float32"}) == Status.NOT_APPLICABLE.code).all()
+    want = ref["rel_error_rounded_input"].sel({"method": "if_shampoo", "damping": 1e-6})
+    np.testing.assert_array_equal(
+        got["rel_error_rounded_input"].sel({"method": "if_shampoo"}).values.ravel(),
+        want.transpose("dtype", "p", "cond", "dim", "repeat").values.ravel(),
+    )
+
+
+def test_precision_failure_rate_counts_attempted_runs_only():
+    from precond_lab.errors import Status
+    from precond_lab.linalg import precision_failure_rate
+
+    ok, nc, nspd = Status.OK.code, Status.NOT_CONVERGED.code, Status.NOT_SPD.code
+    na = Status.NOT_APPLICABLE.code
+    st = np.array([[ok, ok, nc, nspd], [na, na, nspd, na]])
+    err = np.array([[0.01, 0.5, np.nan, np.nan], [np.nan] * 4])
+    fr = precision_failure_rate(st, err, 0.1)
+    np.testing.assert_array_equal(fr[:1], [2 / 3])
+    assert np.isnan(fr[1])

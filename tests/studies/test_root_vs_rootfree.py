@@ -60,7 +60,7 @@ def test_test_preset_end_to_end(ds, tmp_path):
     assert verdicts["P2-31"].verdict == NOT_TESTABLE_HERE
     assert verdicts["P2-31"].kind == TestKind.NOT_TESTABLE and "CPU" in verdicts["P2-31"].evidence
     assert "Gauss–Newton" in verdicts["P2-28"].evidence
-    # loss scaling with a scale-equivariant damping is exact: root invariant, root-free 1/c
+    # loss scaling with relative damping is exact (library check: tests/core/test_p2_directions)
     np.testing.assert_allclose(ds["scaling_ratio"], ds["scaling_predicted"], rtol=1e-2)
     # the P2-30 summary excludes inputs that rounding made indefinite (NOT_SPD)
     codes = np.array([[Status.NOT_SPD.code, Status.OK.code]])
@@ -125,6 +125,16 @@ def test_p2_28_verdict_logic(ds):
     off = good.copy(deep=True)
     off["scaling_ratio"][:] = 2 * good["scaling_predicted"].values
     assert by_claim(study.verdicts(off))["P2-28"].verdict == HOLDS
+
+
+def test_p2_29_verdict_logic(ds):
+    good = ds.copy(deep=True)
+    good["kfac_if_cosine"][:] = 0.999
+    v = by_claim(study.verdicts(good))["P2-29"]
+    assert v.verdict == PARTIAL, v.evidence  # a fixed-point check only: never more than partial
+    bad = ds.copy(deep=True)
+    bad["kfac_if_cosine"][:] = 0.9
+    assert by_claim(study.verdicts(bad))["P2-29"].verdict == FAILS
 
 
 def _timed(ds, eigh, if_bf16, if_f32, backend="gpu"):
