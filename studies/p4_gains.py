@@ -23,7 +23,6 @@ import numpy as np
 import xarray as xr
 
 from precond_lab import study
-from precond_lab.provenance import make_attrs
 from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, PARTIAL, TestKind, claim_verdict
 from precond_lab.tuning import Decision, decide, paired_interval
 
@@ -160,10 +159,9 @@ def run(config: Config = PRESETS["quick"], **overrides) -> xr.Dataset:
             data[f"tuned_{k}"] = (("variant",), tuned[k].values)
         coords.update(lr=tuned["lr"].values, tuned_seed=tuned["seed"].values)
     cfg = dataclasses.asdict(config)
-    attrs = make_attrs(
-        TITLE, **{k: json.dumps(v) if k == "lr_bounds" else v for k, v in cfg.items()}
-    )
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    attrs = {k: json.dumps(v) if k == "lr_bounds" else v for k, v in cfg.items()}
+    return study.dataset(data, coords, title=TITLE, name=NAME, config=config, presets=PRESETS,
+                         **attrs)  # fmt: skip
 
 
 def paired(ds: xr.Dataset, tuned: bool = False) -> dict:

@@ -1,6 +1,4 @@
-"""The field since the papers (issue 21): Clarifying Shampoo, PSGD-Kron, SPlus, Pro-KLShampoo.
-
-Rows, all float64 (``jax_enable_x64``):
+"""The field since the papers: Clarifying Shampoo, PSGD-Kron, SPlus, Pro-KLShampoo (float64).
 
 * P5-45: one-gradient Shampoo ``(GGᵀ)^{-1/4} G (GᵀG)^{-1/4}`` (``methods.one_gradient_shampoo``,
   eigendecompositions of the factors) against the SVD polar factor (``methods.polar_factor``)
@@ -243,8 +241,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "side": ["left", "right"],
             "rank": list(config.ranks),
         },
-        attrs={"fit_damping": config.fit_damping, "psgd_steps": steps},
-    )
+    ).pipe(lambda ds: study.dataset(ds.data_vars, ds.coords, title=TITLE, name=NAME,
+                                   config=config, presets=PRESETS,
+                                   fit_damping=config.fit_damping, psgd_steps=steps))  # fmt: skip
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:

@@ -188,8 +188,9 @@ def run(config: Config, **overrides) -> xr.Dataset:
             "estimator": list(METHODS),
             "metric": list(SCORES),
         },
-        attrs={"steps": config.steps, "batch": config.batch, "beta": b},
-    )
+    ).pipe(lambda ds: study.dataset(ds.data_vars, ds.coords, title=TITLE, name=NAME,
+                                   config=config, presets=PRESETS, steps=config.steps,
+                                   batch=config.batch, beta=b))  # fmt: skip
 
 
 def plot(ds: xr.Dataset, figdir) -> list[Path]:

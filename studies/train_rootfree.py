@@ -22,7 +22,6 @@ import dataclasses
 import xarray as xr
 
 from precond_lab import study
-from precond_lab.provenance import make_attrs
 from precond_lab.study import (
     FAILS,
     HOLDS,
@@ -125,16 +124,11 @@ def run(config: Config = PRESETS["quick"], log=None, **overrides) -> xr.Dataset:
     """Run (or resume) every comparison; returns the study's Dataset."""
     config = dataclasses.replace(config, **overrides)
     ds = tune_all(config.plan(), log=log)
-    ds.attrs.update(
-        make_attrs(
-            TITLE,
-            source="stdlib-chars" + (", mnist" if config.vision else ""),
-            steps=config.steps,
-            batch_size=config.batch_size,
-            eval_samples=config.eval_samples,
-        )
-    )
-    return ds
+    ds.attrs |= {"source": "stdlib-chars" + (", mnist" if config.vision else ""),
+                 "steps": config.steps, "batch_size": config.batch_size,
+                 "eval_samples": config.eval_samples}  # fmt: skip
+    return study.dataset(ds.data_vars, ds.coords, title=TITLE, name=NAME, config=config,
+                         presets=PRESETS, **study.extra_attrs(ds))  # fmt: skip
 
 
 def plot(ds: xr.Dataset, figdir) -> list:
