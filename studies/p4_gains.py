@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from precond_lab import study
-from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, PARTIAL, TestKind, claim_verdict
+from precond_lab.study import FAILS, HOLDS, INCONCLUSIVE, PARTIAL, TestKind
 from precond_lab.tuning import Decision, decide, paired_interval
 
 NAME = "p4_gains"
@@ -218,7 +218,7 @@ def _losses(ds: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
-def verdicts(ds: xr.Dataset) -> list:
+def _p4_44(ds) -> study.Outcome:
     """P4-44: at the paper's η (the verdict) and at tuned rates (an η-artefact check)."""
     a = ds.attrs
     at_eta = paired(ds)
@@ -248,11 +248,6 @@ def verdicts(ds: xr.Dataset) -> list:
         if v == HOLDS and vt != HOLDS:
             v = PARTIAL
             ev += " (so at the paper's η it holds, but part of it is an artefact of η)"
-    tol = (
-        f"ours: SQ-leading and SQ-tail tie with KL (Δlog10 interval within ±{TIE:g}); "
-        f"F-leading worse by > {MUCH:g} dex (≈{10**MUCH:.1f}×), F-tail worse by > {TIE:g}; "
-        "a diverged run (loss > 1e3 × initial) counts as worse"
-    )
     setting = (
         f"{a['steps']} steps, η = {a['eta']:g}, B = {a['batch']}, fits from the last "
         f"{a['history']} mini-batch gradients refitted every {a['refit_every']} step(s) "
@@ -262,7 +257,20 @@ def verdicts(ds: xr.Dataset) -> list:
         f"{ds.sizes['seed']} paired seeds; the paper: {PAPER_SETTING}, its quadratic "
         "and swap not known"
     )
-    return [claim_verdict("P4-44", v, ev, tol, kind=TestKind.PROXY, setting=setting)]
+    return study.Outcome(v, ev, setting=setting)
+
+
+RULES = (
+    study.Rule("P4-44", TestKind.PROXY, _p4_44, tolerance=(
+        f"ours: SQ-leading and SQ-tail tie with KL (Δlog10 interval within ±{TIE:g}); "
+        f"F-leading worse by > {MUCH:g} dex (≈{10**MUCH:.1f}×), F-tail worse by > {TIE:g}; "
+        "a diverged run (loss > 1e3 × initial) counts as worse")),
+)  # fmt: skip
+
+
+def verdicts(ds: xr.Dataset) -> list:
+    """P4-44 (``RULES``)."""
+    return study.verdicts_from(ds, RULES)
 
 
 def plot(ds: xr.Dataset, figdir) -> list:

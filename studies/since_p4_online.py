@@ -211,57 +211,27 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         return save_figures({f"{NAME}_purifying": fig}, figdir)
 
 
-def verdicts(ds: xr.Dataset) -> list:
-    """P7-55's eigenvalue half and P8-60, with their thresholds in the tolerance."""
-    from precond_lab.study import TestKind as K
-    from precond_lab.study import claim_verdict, judge
-
+def _p7_55(ds) -> study.Outcome:
     sh, pur = ds["shampoo_diag_kl"].values, ds["purifying_diag_kl"].values
-    best = pur.min(axis=1)
-    ok = sh >= MISSCALE_RATIO * best
+    ok = sh >= MISSCALE_RATIO * pur.min(axis=1)
     parts = [
         f"{lay}: Shampoo {sh[i]:.3g}, Purifying {', '.join(f'{x:.3g}' for x in pur[i])} "
         f"(T = {', '.join(str(f) for f in ds['frequency'].values)}); staleness ‖Σ−cΣ̂‖/‖Σ‖ "
         f"{', '.join(f'{x:.3f}' for x in ds['purifying_frobenius'].values[i])}"
         for i, lay in enumerate(ds["layer"].values)
     ]
-    statement = (
-        "The eigenvalue part: in Shampoo's eigenbasis its implied eigenvalues λ_iμ_j are "
-        "mis-scaled against the optimal (Frobenius = KL) diagonal diag(QᵀΣQ), which the "
-        "eigenvalue correction tracks; the training part (no grafting needed) is not yet tested."
-    )
-    tol = (
-        f"ours: Shampoo's scale-optimal diagonal KL ≥ {MISSCALE_RATIO:g}× Purifying's best "
-        "over the refresh periods, on every layer (any layer: partial)"
-    )
     ev = "; ".join(parts) + f" ({ds.attrs['steps']} mini-batches of {ds.attrs['batch']})"
-    out = [
-        claim_verdict(
-            "P7-55", judge(ok.all(), ok.any()), ev, tol, kind=K.PROXY, statement=statement
-        )
-    ]
+    return study.Outcome(study.judge(ok.all(), ok.any()), ev)
+
+
+def _p8_60(ds) -> study.Outcome:
     sc = ds["score"]
-    win = [
-        [
-            bool(
-                (
-                    sc.sel(estimator="dykaf", metric=mt)
-                    <= sc.sel(estimator=o, metric=mt) * (1 + 1e-9) + 1e-12
-                ).all()
-            )
-            for o in ("shampoo", "soap")
-        ]
-        for mt in SCORES
-    ]
-    ev = "; ".join(
-        f"{lay}: "
-        + ", ".join(
-            f"{mt} "
-            + "/".join(f"{float(sc.sel(layer=lay, estimator=me, metric=mt)):.3g}" for me in METHODS)
-            for mt in SCORES
-        )
-        for lay in ds["layer"].values
-    )
+    flat = [bool((sc.sel(estimator="dykaf", metric=mt)
+                  <= sc.sel(estimator=o, metric=mt) * (1 + 1e-9) + 1e-12).all())
+            for mt in SCORES for o in ("shampoo", "soap")]  # fmt: skip
+    ev = "; ".join(f"{lay}: " + ", ".join(f"{mt} " + "/".join(
+        f"{float(sc.sel(layer=lay, estimator=me, metric=mt)):.3g}" for me in METHODS)
+        for mt in SCORES) for lay in ds["layer"].values)  # fmt: skip
     fl = ds["batch_optimum"].values
     ev += (
         f" (DyKAF/Shampoo/SOAP, all three scored alike; for reference the batch Kronecker "
@@ -270,11 +240,26 @@ def verdicts(ds: xr.Dataset) -> list:
         "diagonal is not a Kronecker product, and λI added to an online member leaves the "
         f"Kronecker family, so either can score below them; β = {ds.attrs['beta']})"
     )
-    tol = (
+    return study.Outcome(study.judge(all(flat), any(flat)), ev)
+
+
+# fmt: off
+RULES = (
+    study.Rule("P7-55", study.TestKind.PROXY, _p7_55, statement=(
+        "The eigenvalue part: in Shampoo's eigenbasis its implied eigenvalues λ_iμ_j are "
+        "mis-scaled against the optimal (Frobenius = KL) diagonal diag(QᵀΣQ), which the "
+        "eigenvalue correction tracks; the training part (no grafting needed) is not yet "
+        "tested."), tolerance=(
+        f"ours: Shampoo's scale-optimal diagonal KL ≥ {MISSCALE_RATIO:g}× Purifying's best "
+        "over the refresh periods, on every layer (any layer: partial)")),
+    study.Rule("P8-60", study.TestKind.PROXY, _p8_60, tolerance=(
         "ours: DyKAF's score ≤ Shampoo's and SOAP's in both scores (min_c ‖Σ−cΣ̂‖/‖Σ‖; "
         "min_c KL(Σ+λI‖c·Σ̂+λI) with Σ̂ scaled to trΣ, λ = fit_damping·trΣ/(mn)) on every "
-        "layer: holds; in some (score, baseline) pairs: partial"
-    )
-    flat = [w for row in win for w in row]
-    out.append(claim_verdict("P8-60", judge(all(flat), any(flat)), ev, tol, kind=K.PROXY))
-    return out
+        "layer: holds; in some (score, baseline) pairs: partial")),
+)
+# fmt: on
+
+
+def verdicts(ds: xr.Dataset) -> list:
+    """P7-55's eigenvalue half and P8-60, with their thresholds in the tolerance."""
+    return study.verdicts_from(ds, RULES)
