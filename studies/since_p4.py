@@ -1,17 +1,10 @@
 """The field since the papers: Clarifying Shampoo, PSGD-Kron, SPlus, Pro-KLShampoo (float64).
 
-* P5-45: one-gradient Shampoo ``(GGᵀ)^{-1/4} G (GᵀG)^{-1/4}`` (``methods.one_gradient_shampoo``,
-  eigendecompositions of the factors) against the SVD polar factor (``methods.polar_factor``)
-  on Gaussian matrices (square, wide, tall) and captured gradients (per-example, mini-batch
-  and full-batch means of a digits MLP's layers);
-* P5-46: instantaneous KL-Shampoo's direction (``estimators.instantaneous_kl_direction``,
-  ``kl_optimal`` of one gradient) against the polar factor as the relative damping goes to 0;
-* P6-50: PSGD's whitening criterion against ``½·B_½(C, P⁻²) + 2 tr C^½`` (``reference``);
-* P6-51: the online PSGD-Kron estimator fed a stationary set's expectation
-  (``online.run_full_batch``), its distance to the KL and SQ (q = ½) optima per whitening;
-* P6-52: ``optim.cached_root_probe`` (SPlus's bounded update vs Shampoo's cached roots);
-* P9-65/66: ``spike_profile`` of ``kl_optimal``'s factors and ``heldout.flat_tail_errors``
-  against r on captured layers; P5-47 stays "not yet tested" (its ``needs``).
+P5-45 one-gradient Shampoo (``methods.one_gradient_shampoo``) against the SVD polar factor on
+Gaussian and captured gradients; P5-46 instantaneous KL-Shampoo's direction as the damping →
+0; P6-50 PSGD's criterion against ``½·B_½(C, P⁻²) + 2 tr C^½``; P6-51 online PSGD-Kron's
+fixed point per whitening (``online.run_full_batch``); P6-52 ``optim.cached_root_probe``;
+P9-65/66 ``spike_profile`` and ``heldout.flat_tail_errors`` of captured layers' KL fits.
 """
 
 from __future__ import annotations
@@ -22,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from precond_lab import study
+from precond_lab import claims, study
 from studies._setups import Capture
 
 NAME = "since_p4"
@@ -70,39 +63,22 @@ class Config(study.Config):
     ranks: tuple[int, ...] = (0, 1, 2, 4, 8)
 
 
-_MLP = Capture(
-    "mlp",
-    "digits",
-    steps=(100,),
-    num_samples=128,
-    targets=("gradients",),
-    layers=("layers/0/w", "layers/1/w"),
-    model_options=(("hidden", (16,)),),
-    dtype="float64",
-)
+_MLP = Capture("mlp", "digits", steps=(100,), num_samples=128, targets=("gradients",),
+               layers=("layers/0/w", "layers/1/w"), model_options=(("hidden", (16,)),),
+               dtype="float64")  # fmt: skip
+_DAMPINGS, _RANKS = tuple(10.0**-k for k in range(1, 9)), (0, 1, 2, 4, 8, 16, 32)
+# fmt: off
 PRESETS = {
-    "test": Config(
-        capture=dataclasses.replace(_MLP, steps=(5,), num_samples=16, layers=("layers/1/w",))
-    ),
-    "quick": Config(
-        shapes=((6, 6), (4, 7), (8, 5)),
-        seeds=(0,),
-        dampings=tuple(10.0**-k for k in range(1, 9)),
-        capture=_MLP,
-        psgd=(4, 6, 2000, 1000),
-        probe=(6, 6, 50),
-        ranks=(0, 1, 2, 4, 8, 16, 32),
-    ),
-    "full": Config(
-        shapes=((6, 6), (4, 7), (8, 5), (16, 16), (12, 20), (24, 10)),
-        seeds=(0, 1, 2),
-        dampings=tuple(10.0**-k for k in range(1, 9)),
-        capture=dataclasses.replace(_MLP, steps=(0, 100, 500), num_samples=256),
-        psgd=(4, 6, 2000, 2000),
-        probe=(8, 8, 100),
-        ranks=(0, 1, 2, 4, 8, 16, 32),
-    ),
+    "test": Config(capture=dataclasses.replace(_MLP, steps=(5,), num_samples=16,
+                                               layers=("layers/1/w",))),
+    "quick": Config(shapes=((6, 6), (4, 7), (8, 5)), seeds=(0,), dampings=_DAMPINGS, capture=_MLP,
+                    psgd=(4, 6, 2000, 1000), probe=(6, 6, 50), ranks=_RANKS),
+    "full": Config(shapes=((6, 6), (4, 7), (8, 5), (16, 16), (12, 20), (24, 10)), seeds=(0, 1, 2),
+                   dampings=_DAMPINGS, capture=dataclasses.replace(_MLP, steps=(0, 100, 500),
+                                                                  num_samples=256),
+                   psgd=(4, 6, 2000, 2000), probe=(8, 8, 100), ranks=_RANKS),
 }
+# fmt: on
 
 
 def _rel(a, b) -> float:
@@ -274,66 +250,67 @@ def plot(ds: xr.Dataset, figdir) -> list[Path]:
         return save_figures({f"{NAME}_limits": fig}, figdir)
 
 
-def verdicts(ds: xr.Dataset) -> list:
-    """One row per claim; tolerances are module constants (P9's are our thresholds)."""
-    from precond_lab import claims
-    from precond_lab.study import UNTESTED_VERDICT, claim_verdict, judge
-    from precond_lab.study import TestKind as K
-
+def _p5_45(ds):
     rnd = np.char.startswith(ds["matrix"].values.astype(str), "gauss")
     err = ds["polar_error"].values
     ev = f"max rel. error {err[rnd].max():.1e} on {rnd.sum()} Gaussian matrices"
     if (~rnd).any():
         ev += f", {err[~rnd].max():.1e} on {(~rnd).sum()} captured gradients"
-    out = [claim_verdict("P5-45", judge(err.max() <= EXACT), ev, f"≤ {EXACT:g}", kind=K.PAPER)]
+    return study.judge(err.max() <= EXACT), ev
+
+
+def _p5_46(ds):
     e, first, dmp = ds["kl_polar_error"].values, ds["kl_first_order"].values, ds["damping"].values
     mono = bool(np.all(np.diff(e, axis=1) <= 0))
     ok = mono and bool(np.all(e[:, -1] <= FIRST_ORDER * first[:, -1]))
-    ev = (
+    return study.judge(ok), (
         f"error at damping {dmp[0]:g} → {dmp[-1]:g}: {e[:, 0].max():.1e} → {e[:, -1].max():.1e} "
         f"(max over {e.shape[0]} matrices; bound {FIRST_ORDER * first[:, -1].min():.1e}+); "
         f"monotone: {mono}; flip-flop converged (tol 1e-12) "
         f"{int(ds['kl_converged'].sum())}/{e.size}"
     )
-    tol = f"decreasing, and at the smallest damping ≤ {FIRST_ORDER:g}·λ/σ_min² (first order in λ)"
-    out.append(claim_verdict("P5-46", judge(ok), ev, tol, kind=K.DERIVED))
-    needs = claims.claim("P5-47").needs
-    out.append(claim_verdict("P5-47", UNTESTED_VERDICT, needs, kind=K.PROXY))
-    c = ds["criterion_error"].values
-    ev = f"max rel. gap {c.max():.1e} on {c.size} (C, P_a⊗P_b)"
-    out.append(claim_verdict("P6-50", judge(c.max() <= EXACT), ev, f"≤ {EXACT:g}", kind=K.DERIVED))
+
+
+def _p6_51(ds):
     d = ds["psgd_distance"].values  # (partial, criterion) × (kl, sq)
     own, other = (d[0, 0], d[1, 1]), (d[0, 1], d[1, 0])
     ok = max(own) <= FIXED_POINT and min(other) >= SEPARATION * max(own)
-    ev = (
+    return study.judge(ok), (
         f"after {ds.attrs['psgd_steps']} full-batch steps: partial→KL {own[0]:.1e} (→SQ "
         f"{other[0]:.2f}), criterion→SQ {own[1]:.1e} (→KL {other[1]:.2f})"
     )
-    tol = f"own optimum ≤ {FIXED_POINT:g}, the other ≥ {SEPARATION:g}× farther"
-    out.append(claim_verdict("P6-51", judge(ok), ev, tol, kind=K.PROXY))
+
+
+def _p6_52(ds):
     sp, sh, un, bd = (float(ds["probe"].sel(probe_value=k)) for k in PROBE)
     ok = sp <= bd * (1 + 1e-12) and sh >= AMPLIFY * un
-    ev = f"unseen ‖G‖ {un:.2f}: SPlus ‖D‖ {sp:.3f} (bound {bd:.3f}), Shampoo {sh:.1e}"
-    tol = f"SPlus ≤ 2√(mn)/(m+n); Shampoo ≥ {AMPLIFY:g}·‖G‖"
-    out.append(claim_verdict("P6-52", judge(ok), ev, tol, kind=K.PROXY, statement=P6_52_PART))
-    if not ds.sizes["layer"]:
-        why = "no captured layers in this preset"
-        return out + [claim_verdict(c, UNTESTED_VERDICT, why, kind=K.PROXY) for c in P9]
-    sp, cv, dim, layers = ds["spikes"].values, ds["tail_cv"].values, ds["dim"].values, ds["layer"]
+    return study.judge(ok), (
+        f"unseen ‖G‖ {un:.2f}: SPlus ‖D‖ {sp:.3f} (bound {bd:.3f}), Shampoo {sh:.1e}"
+    )
+
+
+def _no_layers(ds):
+    none = (study.UNTESTED_VERDICT, "no captured layers in this preset")
+    return none if not ds.sizes["layer"] else None
+
+
+def _p9_65(ds):
+    if (none := _no_layers(ds)) is not None:
+        return none
+    sp, cv, dim = ds["spikes"].values, ds["tail_cv"].values, ds["dim"].values
     flat = (sp >= 1) & (sp <= SPIKE_MAX_FRACTION * dim) & (cv <= TAIL_CV_MAX)
-    ev = "; ".join(
-        f"{lay}: spikes {sp[i, 0]}/{dim[i, 0]} and {sp[i, 1]}/{dim[i, 1]}, tail CV "
-        f"{cv[i, 0]:.2f} and {cv[i, 1]:.2f}"
-        for i, lay in enumerate(layers.values)
-    )
+    ev = "; ".join(f"{lay}: spikes {sp[i, 0]}/{dim[i, 0]} and {sp[i, 1]}/{dim[i, 1]}, tail CV "
+                   f"{cv[i, 0]:.2f} and {cv[i, 1]:.2f}"
+                   for i, lay in enumerate(ds["layer"].values))  # fmt: skip
     ev += f" (left, right; fit damping {ds.attrs['fit_damping']:g}·trΣ/(mn))"
-    tol = (
-        f"ours: every factor 1 ≤ spikes (> 3× median) ≤ d/{1 / SPIKE_MAX_FRACTION:g}, "
-        f"tail CV ≤ {TAIL_CV_MAX:g}"
-    )
-    out.append(claim_verdict("P9-65", judge(flat.all(), flat.any()), ev, tol, kind=K.PROXY))
-    ranks, parts, good = ds["rank"].values, [], []
-    for i, lay in enumerate(layers.values):
+    return study.judge(flat.all(), flat.any()), ev
+
+
+def _p9_66(ds):
+    if (none := _no_layers(ds)) is not None:
+        return none
+    ranks, dim, parts, good = ds["rank"].values, ds["dim"].values, [], []
+    for i, lay in enumerate(ds["layer"].values):
         x, cap = ds["kl_excess_relative"].values[i], RANK_MAX_FRACTION * dim[i].max()
         hit = ranks[(ranks <= cap) & (x <= KL_EXCESS_MAX)]
         good.append(hit.size > 0)
@@ -341,9 +318,31 @@ def verdicts(ds: xr.Dataset) -> list:
         parts.append(
             f"{lay}: {best} ≤ {cap:g} (excess at r=0 {x[0]:.1%}, at r={ranks[-1]} {x[-1]:.1%})"
         )
-    tol = (
-        f"ours: per layer some r ≤ max(m,n)/4 with excess KL ≤ {KL_EXCESS_MAX:.0%} of the fit's KL"
-    )
-    ev = "; ".join(parts)
-    out.append(claim_verdict("P9-66", judge(all(good), any(good)), ev, tol, kind=K.PROXY))
-    return out
+    return study.judge(all(good), any(good)), "; ".join(parts)
+
+
+_K = study.TestKind
+# fmt: off
+RULES = (
+    study.Rule("P5-45", _K.PAPER, _p5_45, f"≤ {EXACT:g}"),
+    study.Rule("P5-46", _K.DERIVED, _p5_46, f"decreasing, and at the smallest damping ≤ "
+               f"{FIRST_ORDER:g}·λ/σ_min² (first order in λ)"),
+    study.Rule("P5-47", _K.PROXY, lambda ds: (study.UNTESTED_VERDICT, claims.claim("P5-47").needs)),
+    study.Rule("P6-50", _K.DERIVED, lambda ds: (study.judge(ds["criterion_error"].max() <= EXACT),
+               f"max rel. gap {float(ds['criterion_error'].max()):.1e} on "
+               f"{ds['criterion_error'].size} (C, P_a⊗P_b)"), f"≤ {EXACT:g}"),
+    study.Rule("P6-51", _K.PROXY, _p6_51, f"own optimum ≤ {FIXED_POINT:g}, the other ≥ "
+               f"{SEPARATION:g}× farther"),
+    study.Rule("P6-52", _K.PROXY, _p6_52, f"SPlus ≤ 2√(mn)/(m+n); Shampoo ≥ {AMPLIFY:g}·‖G‖",
+               statement=P6_52_PART),
+    study.Rule("P9-65", _K.PROXY, _p9_65, f"ours: every factor 1 ≤ spikes (> 3× median) ≤ "
+               f"d/{1 / SPIKE_MAX_FRACTION:g}, tail CV ≤ {TAIL_CV_MAX:g}"),
+    study.Rule("P9-66", _K.PROXY, _p9_66, f"ours: per layer some r ≤ max(m,n)/4 with excess KL ≤ "
+               f"{KL_EXCESS_MAX:.0%} of the fit's KL"),
+)
+# fmt: on
+
+
+def verdicts(ds: xr.Dataset) -> list:
+    """One row per claim; tolerances are module constants (P9's are our thresholds)."""
+    return study.verdicts_from(ds, RULES)
