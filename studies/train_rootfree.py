@@ -27,8 +27,9 @@ from precond_lab.study import (
     HOLDS,
     INCONCLUSIVE,
     NOT_TESTABLE_HERE,
+    Outcome,
+    Rule,
     TestKind,
-    claim_verdict,
     save_figures,
     unresolved_note,
 )
@@ -148,91 +149,62 @@ def _not_worse(decisions) -> str:
     return INCONCLUSIVE
 
 
-def _untestable(claim: str, what: str):
-    return claim_verdict(
-        claim,
-        NOT_TESTABLE_HERE,
-        f"needs {what} at a scale this 2-core CPU cannot train; run {FULL_COMMAND}",
-        "",
-        kind=TestKind.NOT_TESTABLE,
-    )
+def _on(comp, decide, present=True):
+    """A rule's ``decide`` on comparison ``comp`` (None when its presence is not ``present``),
+    with the protocol's tolerance and the comparison's setting in its row."""
+
+    def rule(ds):
+        if (comp in ds["comparison"].values.tolist()) != present:
+            return None
+        if not present:
+            return decide(None)
+        d = unstack(ds, comp)
+        out = decide(d)
+        return Outcome(out[0], out[1], tolerance(d), _setting(d))
+
+    return rule
 
 
-def verdicts(ds: xr.Dataset) -> list:
-    """P2-24, P2-25 (``full`` only), P2-26 and P2-32."""
-    comps = ds["comparison"].values.tolist()
-    out = []
-    if "cnn" in comps:
-        d = unstack(ds, "cnn")
-        gap, t_gap = pair(d, "sgd", "adamw")
-        closes, t_rf = pair(d, "rf_rmsprop", "sgd")
-        if gap != Decision.BETTER:
-            v = INCONCLUSIVE if gap == Decision.UNRESOLVED else FAILS
-            why = "no generalisation gap to close at this scale (SGD not better than AdamW)"
-        else:
-            v, why = _not_worse([closes]), "the gap exists"
-        out.append(
-            claim_verdict(
-                "P2-24",
-                v,
-                f"{unresolved_note(v)}{why}: {t_gap}; {t_rf}",
-                f"{tolerance(d)}; holds: SGD better than AdamW and RF-RMSProp not worse than "
-                "SGD (held-out loss, not accuracy)",
-                kind=TestKind.PROXY,
-                setting=_setting(d),
-            )
-        )
+def _untestable(what: str):
+    return lambda d: (NOT_TESTABLE_HERE, f"needs {what} at a scale this 2-core CPU cannot "
+                      f"train; run {FULL_COMMAND}")  # fmt: skip
+
+
+def _p2_24(d):
+    gap, t_gap = pair(d, "sgd", "adamw")
+    closes, t_rf = pair(d, "rf_rmsprop", "sgd")
+    if gap != Decision.BETTER:
+        v = INCONCLUSIVE if gap == Decision.UNRESOLVED else FAILS
+        why = "no generalisation gap to close at this scale (SGD not better than AdamW)"
     else:
-        out.append(_untestable("P2-24", "CNN training"))
-    if "vit" in comps:
-        d = unstack(ds, "vit")
-        decs, texts = [], []
-        for m in ("rf_rmsprop", "if_shampoo"):
-            for base in ("adamw", "shampoo_graft"):
-                dec, text = pair(d, m, base)
-                decs.append(dec)
-                texts.append(text)
-        v = _not_worse(decs)
-        out.append(
-            claim_verdict(
-                "P2-25",
-                v,
-                f"{unresolved_note(v)}" + "; ".join(texts),
-                f"{tolerance(d)}; holds: RF-RMSProp and IF-Shampoo not worse than AdamW and "
-                "grafted Shampoo",
-                kind=TestKind.PROXY,
-                setting=_setting(d),
-            )
-        )
-    else:
-        out.append(_untestable("P2-25", "vision-transformer training"))
-    d = unstack(ds, "lstm")
+        v, why = _not_worse([closes]), "the gap exists"
+    return v, f"{unresolved_note(v)}{why}: {t_gap}; {t_rf}"
+
+
+def _p2_25(d):
+    done = [pair(d, m, b) for m in ("rf_rmsprop", "if_shampoo") for b in ("adamw", "shampoo_graft")]
+    v = _not_worse([x for x, _ in done])
+    return v, f"{unresolved_note(v)}" + "; ".join(t for _, t in done)
+
+
+def _p2_26(d):
     decs, texts = [], []
     for m in ("rf_rmsprop", "if_shampoo"):
         dec, text = pair(d, m, "adamw")
         failed = int(d["seed_failures"].sel({"method": m}))
-        if failed:
-            dec = Decision.WORSE
-        decs.append(dec)
+        decs.append(Decision.WORSE if failed else dec)
         texts.append(f"{text}; failed fresh seeds {failed}")
     v = _not_worse(decs)
-    out.append(
-        claim_verdict(
-            "P2-26",
-            v,
-            f"{unresolved_note(v)}lstm: " + "; ".join(texts),
-            f"{tolerance(d)}; holds: no failed fresh seed and not worse than AdamW",
-            kind=TestKind.PROXY,
-            setting=_setting(d),
-        )
-    )
-    decs, texts = [], []
+    return v, f"{unresolved_note(v)}lstm: " + "; ".join(texts)
+
+
+def _p2_32(ds):
+    decs, texts, comps = [], [], ds["comparison"].values.tolist()
     for c in comps:
         d = unstack(ds, c)
         if not {"rf_rmsprop", "sign_sgd"} <= set(d["method"].values.tolist()):
             continue
-        rf, t_rf = pair(d, "rf_rmsprop", "adamw")
-        sign, t_sign = pair(d, "sign_sgd", "adamw")
+        (rf, t_rf), (sign, t_sign) = pair(d, "rf_rmsprop", "adamw"), pair(d, "sign_sgd", "adamw")
         decs.append((rf, sign))
         texts.append(f"{c}: {t_rf}; {t_sign}")
     if any(rf == Decision.WORSE or sign in (Decision.BETTER, Decision.TIE) for rf, sign in decs):
@@ -241,18 +213,30 @@ def verdicts(ds: xr.Dataset) -> list:
         v = HOLDS
     else:
         v = INCONCLUSIVE
-    out.append(
-        claim_verdict(
-            "P2-32",
-            v,
-            f"{unresolved_note(v)}" + "; ".join(texts),
-            f"{tolerance(d)}; holds: on every task RF-RMSProp (adaptive, no root, no sign) not "
-            "worse than AdamW while sign descent (sign, no adaptivity) is worse",
-            kind=TestKind.PROXY,
-            setting="; ".join(_setting(unstack(ds, c)) for c in comps),
-        )
-    )
-    return out
+    return Outcome(v, f"{unresolved_note(v)}" + "; ".join(texts), tolerance(d),
+                   "; ".join(_setting(unstack(ds, c)) for c in comps))  # fmt: skip
+
+
+_P, _N = TestKind.PROXY, TestKind.NOT_TESTABLE
+# fmt: off
+RULES = (
+    Rule("P2-24", _P, _on("cnn", _p2_24), "holds: SGD better than AdamW and RF-RMSProp not "
+         "worse than SGD (held-out loss, not accuracy)"),
+    Rule("P2-24", _N, _on("cnn", _untestable("CNN training"), present=False), setting=""),
+    Rule("P2-25", _P, _on("vit", _p2_25), "holds: RF-RMSProp and IF-Shampoo not worse than AdamW "
+         "and grafted Shampoo"),
+    Rule("P2-25", _N, _on("vit", _untestable("vision-transformer training"), present=False),
+         setting=""),
+    Rule("P2-26", _P, _on("lstm", _p2_26), "holds: no failed fresh seed and not worse than AdamW"),
+    Rule("P2-32", _P, _p2_32, "holds: on every task RF-RMSProp (adaptive, no root, no sign) not "
+         "worse than AdamW while sign descent (sign, no adaptivity) is worse"),
+)
+# fmt: on
+
+
+def verdicts(ds: xr.Dataset) -> list:
+    """P2-24, P2-25 (``full`` only), P2-26 and P2-32."""
+    return study.verdicts_from(ds, RULES)
 
 
 def _tuning_figure(ds):
