@@ -718,7 +718,7 @@ def _kind_cell(v: Row, *, planned: bool = False) -> str:
         return "**error: no test kind**"
     kind = TestKind(v.kind).value
     text = f"planned: {kind}" if planned else kind
-    return f"{text} ({v.setting})" if v.setting and v.kind == TestKind.PROXY else text
+    return f"{text} ({v.setting})" if v.setting else text  # every stated difference, any kind
 
 
 def _claim_cells(v: Row, docs: str) -> tuple[str, str, str]:
