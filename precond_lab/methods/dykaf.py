@@ -51,7 +51,8 @@ from jax import lax
 from ..structures import Kronecker, Structure
 from ._core import MethodSpec, Rule, register, two_mode_aliases
 from ._hp import hp
-from ._ops import cast_like, eigh_desc, mode_gram, project, project_back, qr_basis
+from ._ops import cast_like, eigh_desc, mode_gram
+from .shampoo import _soap_direction, _soap_refresh
 
 __all__ = ["DyKAFLeaf", "dykaf_rule", "ksl_step"]
 
@@ -163,23 +164,12 @@ def dykaf_rule(
         new = leaf._replace(bases=bases, bias=1 - beta, factors=factors, scale=scale)
         return jnp.zeros(gb.shape[1:], gb.dtype), new
 
-    def regular(leaf, gb, t):
-        qs = leaf.bases
-        gpb = project(gb, qs, offset=1)
-        mu = b1 * leaf.mu + (1 - b1) * jnp.mean(gpb, axis=0)
-        nu = b2 * leaf.nu + (1 - b2) * jnp.mean(gpb**2, axis=0)
-        corr = jnp.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else 1.0
-        u = corr * project_back(mu / (jnp.sqrt(nu) + eps), qs)
+    def regular(leaf, gb, t):  # SOAP's Adam step and refresh, on the KSL-tracked factors
+        adam = dict(b1=b1, b2=b2, eps=eps, correct_bias=correct_bias)
+        u, mu, nu = _soap_direction(leaf.bases, leaf.mu, leaf.nu, gb, t, **adam)
         factors, scale = ksl_step(leaf.factors, leaf.scale, gb, beta)
-        bias = 1 - beta ** (t + 1)
-        leaf = DyKAFLeaf(qs, bias, factors, mu, nu, scale)
-
-        def refresh(leaf):
-            new = tuple(qr_basis(f, q) for f, q in zip(leaf.factors, leaf.bases, strict=True))
-            return leaf._replace(mu=project(project_back(leaf.mu, leaf.bases), new), bases=new)
-
-        due = (frequency > 0) & (t % jnp.maximum(frequency, 1) == 0)
-        return u, lax.cond(due, refresh, lambda leaf: leaf, leaf)
+        leaf = DyKAFLeaf(leaf.bases, 1 - beta ** (t + 1), factors, mu, nu, scale)
+        return u, _soap_refresh(leaf, t, frequency)
 
     def step(leaf, gb, count, param, per_example):
         del param, per_example

@@ -168,6 +168,29 @@ def shampoo_rule(
     return Rule(init, step, tensor_mode, state_dtype)
 
 
+def _soap_direction(qs, mu, nu, gb, t, *, b1, b2, eps, correct_bias):
+    """SOAP's Adam step in the bases ``qs`` (shared by SOAP and DyKAF): the projected
+    batch's moment EMAs and the direction ``corr·Q(m/(√v + ε))Qᵀ``; returns
+    ``(direction, mu, nu)``."""
+    gpb = project(gb, qs, offset=1)
+    mu = b1 * mu + (1 - b1) * jnp.mean(gpb, axis=0)
+    nu = b2 * nu + (1 - b2) * jnp.mean(gpb**2, axis=0)
+    corr = jnp.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else 1.0
+    return corr * project_back(mu / (jnp.sqrt(nu) + eps), qs), mu, nu
+
+
+def _soap_refresh(leaf, t, frequency):
+    """Every ``frequency`` steps (0: never): one power step + QR of each factor from its basis,
+    the momentum rotated into the new bases (a leaf with ``factors``, ``bases``, ``mu``)."""
+
+    def refresh(leaf):
+        new = tuple(qr_basis(s, qb) for s, qb in zip(leaf.factors, leaf.bases, strict=True))
+        return leaf._replace(mu=project(project_back(leaf.mu, leaf.bases), new), bases=new)
+
+    due = (frequency > 0) & (t % jnp.maximum(frequency, 1) == 0)
+    return lax.cond(due, refresh, lambda leaf: leaf, leaf)
+
+
 def soap_rule(
     *,
     b1: float = 0.95,
@@ -218,20 +241,11 @@ def soap_rule(
 
     def regular(leaf, gb, t):
         qs = leaf.bases
-        gpb = project(gb, qs, offset=1)
-        mu = b1 * leaf.mu + (1 - b1) * jnp.mean(gpb, axis=0)
-        nu = b2 * leaf.nu + (1 - b2) * jnp.mean(gpb**2, axis=0)
+        adam = dict(b1=b1, b2=b2, eps=eps, correct_bias=correct_bias)
+        u, mu, nu = _soap_direction(qs, leaf.mu, leaf.nu, gb, t, **adam)
         bias = 1 - b2**t if correct_bias else jnp.ones([])
-        corr = jnp.sqrt(1 - b2**t) / (1 - b1**t) if correct_bias else 1.0
-        u = corr * project_back(mu / (jnp.sqrt(nu) + eps), qs)
         leaf = SOAPLeaf(qs, bias, _factor_ema(leaf.factors, gb, beta), mu, nu)
-
-        def refresh(leaf):
-            new = tuple(qr_basis(s, qb) for s, qb in zip(leaf.factors, leaf.bases, strict=True))
-            return leaf._replace(mu=project(project_back(leaf.mu, leaf.bases), new), bases=new)
-
-        due = (frequency > 0) & (t % jnp.maximum(frequency, 1) == 0)
-        return u, lax.cond(due, refresh, lambda leaf: leaf, leaf)
+        return u, _soap_refresh(leaf, t, frequency)
 
     def step(leaf, gb, count, param, per_example):
         del param, per_example
