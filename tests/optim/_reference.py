@@ -99,14 +99,14 @@ def kl_soap(w, grads, *, lr, b1=0.9, b2=0.98, beta=0.98, eps=1e-8, wd=0.01, T=10
     return out
 
 
-def soap(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
-    """SOAP on a matrix (Adam in Shampoo's eigenbasis with bias correction)."""
+def soap_on(w, grads, factors, *, lr, b1=0.95, b2=0.95, eps=1e-8, wd=0.01, T=10):
+    """Adam in the eigenbases of given factors ``factors[k] = (A_k, B_k)`` (after gradient
+    ``k``): the bases from ``factors[0]``, one power step + QR every ``T`` steps."""
     w = w.copy()
     out = []
     for k, g in enumerate(grads):
         if k == 0:
-            sa, sb = (1 - beta) * g @ g.T, (1 - beta) * g.T @ g
-            qa, qb = eig_desc(sa), eig_desc(sb)
+            qa, qb = eig_desc(factors[0][0]), eig_desc(factors[0][1])
             mu, nu = np.zeros_like(g), np.zeros_like(g)
             out.append(w.copy())
             continue
@@ -117,13 +117,22 @@ def soap(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
         u = qa @ (mu / (np.sqrt(nu) + eps)) @ qb.T
         w = w - step * u
         w = w - lr * wd * w
-        sa, sb = beta * sa + (1 - beta) * g @ g.T, beta * sb + (1 - beta) * g.T @ g
         if k % T == 0:
             full = qa @ mu @ qb.T
-            qa, qb = np.linalg.qr(sa @ qa)[0], np.linalg.qr(sb @ qb)[0]
+            qa, qb = np.linalg.qr(factors[k][0] @ qa)[0], np.linalg.qr(factors[k][1] @ qb)[0]
             mu = qa.T @ full @ qb
         out.append(w.copy())
     return out
+
+
+def soap(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
+    """SOAP on a matrix (Adam in Shampoo's eigenbasis with bias correction): ``soap_on`` with
+    the EMA factors ``S_a ← βS_a + (1−β)GGᵀ`` (from zero)."""
+    sa, sb, factors = 0.0, 0.0, []
+    for g in grads:
+        sa, sb = beta * sa + (1 - beta) * g @ g.T, beta * sb + (1 - beta) * g.T @ g
+        factors.append((sa, sb))
+    return soap_on(w, grads, factors, lr=lr, b1=b1, b2=b2, eps=eps, wd=wd, T=T)
 
 
 def _inv_root(s, p, damping):
@@ -487,25 +496,6 @@ def dykaf_factors(grads, *, beta=0.95):
 
 
 def dykaf(w, grads, *, lr, b1=0.95, b2=0.95, beta=0.95, eps=1e-8, wd=0.01, T=10):
-    """DyKAF on a matrix: ``soap`` above with the KSL factors (``dykaf_factors``)."""
-    w = w.copy()
-    factors, out = dykaf_factors(grads, beta=beta), []
-    for k, g in enumerate(grads):
-        if k == 0:
-            qa, qb = eig_desc(factors[0][0]), eig_desc(factors[0][1])
-            mu, nu = np.zeros_like(g), np.zeros_like(g)
-            out.append(w.copy())
-            continue
-        gp = qa.T @ g @ qb
-        mu = b1 * mu + (1 - b1) * gp
-        nu = b2 * nu + (1 - b2) * gp**2
-        step = lr * np.sqrt(1 - b2**k) / (1 - b1**k)
-        w = w - step * qa @ (mu / (np.sqrt(nu) + eps)) @ qb.T
-        w = w - lr * wd * w
-        ua, ub, _ = factors[k]
-        if k % T == 0:
-            full = qa @ mu @ qb.T
-            qa, qb = np.linalg.qr(ua @ qa)[0], np.linalg.qr(ub @ qb)[0]
-            mu = qa.T @ full @ qb
-        out.append(w.copy())
-    return out
+    """DyKAF on a matrix: ``soap_on`` with the KSL factors (``dykaf_factors``)."""
+    factors = [(u, v) for u, v, _ in dykaf_factors(grads, beta=beta)]
+    return soap_on(w, grads, factors, lr=lr, b1=b1, b2=b2, eps=eps, wd=wd, T=T)
