@@ -48,6 +48,7 @@ __all__ = [
     "extra_attrs",
     "verdicts_from",
     "pairs_outcome",
+    "on_comparison",
     "verdict_of",
     "unresolved_note",
     "HOLDS",
@@ -365,6 +366,30 @@ class Rule:
 def verdicts_from(ds, rules: Iterable[Rule]) -> list[Row]:
     """The rows of ``rules`` applied to ``ds``, in order (rules with nothing to say left out)."""
     return [row for r in rules if (row := r.row(ds)) is not None]
+
+
+def on_comparison(match: str, decide, setting, *, present: bool = True):
+    """A rule's ``decide`` on one comparison of a stacked tuning Dataset (``tuning.stack``).
+
+    The comparison is the first whose name starts with ``match``; ``decide(name, ds)`` sees
+    its Dataset (``tuning.unstack``), and the row gets the protocol's tolerance
+    (``tasks.tolerance``) and ``setting(ds)``. With ``present=False`` the rule speaks only
+    when no such comparison exists (``decide(None, None)``, e.g. "not testable here").
+    """
+    from .tasks import tolerance
+    from .tuning import unstack
+
+    def rule(ds):
+        name = next((c for c in ds["comparison"].values.tolist() if c.startswith(match)), None)
+        if (name is not None) != present:
+            return None
+        if not present:
+            return decide(None, None)
+        d = unstack(ds, name)
+        out = Outcome(*decide(name, d))
+        return Outcome(out.verdict, out.evidence, tolerance(d), setting(d))
+
+    return rule
 
 
 def pairs_outcome(ds, pairs: Iterable[tuple[str, str]], prefix: str = "") -> Outcome:

@@ -150,28 +150,12 @@ def plot(ds: xr.Dataset, figdir) -> list:
 
 
 # ----------------------------------------------------------------------------- verdicts
-def _comparison(ds, prefix):
-    """The first comparison named ``prefix…`` and its Dataset, or None."""
-    c = next((c for c in ds["comparison"].values.tolist() if c.startswith(prefix)), None)
-    return None if c is None else (c, unstack(ds, c))
-
-
 def _setting(d: xr.Dataset) -> str:
     return f"{d.attrs['setting']}; {grid_text(d)}; the papers: {PAPERS}"
 
 
 def _on(prefix, decide):
-    """A rule's ``decide`` on the comparison ``prefix…`` (None if the Dataset has none),
-    with the protocol's tolerance and the comparison's setting in its row."""
-
-    def rule(ds):
-        found = _comparison(ds, prefix)
-        if found is None:
-            return None
-        out = decide(*found)
-        return Outcome(out.verdict, out.evidence, tolerance(found[1]), _setting(found[1]))
-
-    return rule
+    return study.on_comparison(prefix, decide, _setting)
 
 
 def _p1_16(c, d) -> Outcome:

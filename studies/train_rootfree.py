@@ -150,27 +150,15 @@ def _not_worse(decisions) -> str:
 
 
 def _on(comp, decide, present=True):
-    """A rule's ``decide`` on comparison ``comp`` (None when its presence is not ``present``),
-    with the protocol's tolerance and the comparison's setting in its row."""
-
-    def rule(ds):
-        if (comp in ds["comparison"].values.tolist()) != present:
-            return None
-        if not present:
-            return decide(None)
-        d = unstack(ds, comp)
-        out = decide(d)
-        return Outcome(out[0], out[1], tolerance(d), _setting(d))
-
-    return rule
+    return study.on_comparison(comp, decide, _setting, present=present)
 
 
 def _untestable(what: str):
-    return lambda d: (NOT_TESTABLE_HERE, f"needs {what} at a scale this 2-core CPU cannot "
+    return lambda c, d: (NOT_TESTABLE_HERE, f"needs {what} at a scale this 2-core CPU cannot "
                       f"train; run {FULL_COMMAND}")  # fmt: skip
 
 
-def _p2_24(d):
+def _p2_24(c, d):
     gap, t_gap = pair(d, "sgd", "adamw")
     closes, t_rf = pair(d, "rf_rmsprop", "sgd")
     if gap != Decision.BETTER:
@@ -181,13 +169,13 @@ def _p2_24(d):
     return v, f"{unresolved_note(v)}{why}: {t_gap}; {t_rf}"
 
 
-def _p2_25(d):
+def _p2_25(c, d):
     done = [pair(d, m, b) for m in ("rf_rmsprop", "if_shampoo") for b in ("adamw", "shampoo_graft")]
     v = _not_worse([x for x, _ in done])
     return v, f"{unresolved_note(v)}" + "; ".join(t for _, t in done)
 
 
-def _p2_26(d):
+def _p2_26(c, d):
     decs, texts = [], []
     for m in ("rf_rmsprop", "if_shampoo"):
         dec, text = pair(d, m, "adamw")
