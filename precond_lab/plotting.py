@@ -893,6 +893,13 @@ def grid_lines(
     return fig
 
 
+def _method_color(name: str) -> str:
+    """The Okabe–Ito colour of a training study's optimiser (``tasks.optimizer``)."""
+    from .tasks import optimizer
+
+    return OKABE_ITO.get(optimizer(name).color, "#7F7F7F")
+
+
 def plot_tuning(ds: xr.Dataset) -> Figure:
     """A stacked tuning Dataset (``tuning.stack``), one column per comparison: loss against
     peak learning rate on the selection seed (failures drawn as × at the top, the fresh
@@ -900,9 +907,6 @@ def plot_tuning(ds: xr.Dataset) -> Figure:
     comparison's baseline with their intervals and the ±threshold band."""
     from .tasks import optimizer
     from .tuning import compare, unstack
-
-    def color(m):
-        return OKABE_ITO.get(optimizer(m).color, "#7F7F7F")
 
     comps = ds["comparison"].values.tolist()
     fig, axes = figure(2, len(comps), panel=(3.3, 2.5))
@@ -923,14 +927,14 @@ def plot_tuning(ds: xr.Dataset) -> Figure:
                 o.dash,
                 marker="o",
                 ms=3,
-                color=color(m),
+                color=_method_color(m),
                 label=o.label,
             )
-            ax.plot(lrs[bad], np.full(bad.sum(), top), "x", color=color(m), ms=6)
+            ax.plot(lrs[bad], np.full(bad.sum(), top), "x", color=_method_color(m), ms=6)
             lr = float(d["selected_lr"].sel({"method": m}))
             if np.isfinite(lr):
                 ys = d["loss"].sel({"method": m, "lr": lr}).values[1:]
-                ax.plot(np.full(ys.size, lr), ys, ".", color=color(m), ms=4)
+                ax.plot(np.full(ys.size, lr), ys, ".", color=_method_color(m), ms=4)
         ax.set(
             xscale="log",
             xlabel="peak learning rate",
@@ -978,7 +982,7 @@ def plot_probe(probe_score: xr.DataArray) -> Figure:
         ax, at = axes[i, j], {"probe_target": t, "probe_layer": layer, "metric": "cosine"}
         for m in methods:
             y = p.sel(probe_method=m, probe_estimator="optimizer", **at)
-            ax.plot(p["probe_step"], y, "-o", color=OKABE_ITO.get(optimizer(m).color, "#7F7F7F"),
+            ax.plot(p["probe_step"], y, "-o", color=_method_color(m),
                     label=f"{optimizer(m).label} (own)")  # fmt: skip
         for est, ls in (("kl_optimal", "--"), ("shampoo_squared", ":")):
             if est in p["probe_estimator"].values:
